@@ -1,0 +1,212 @@
+//! The trigger config as users write it (JSON or YAML), before validation.
+//!
+//! These types are strict (`deny_unknown_fields`) and only describe the shape;
+//! [`crate::validate`] turns them once into [`crate::Triggers`], the checked form that
+//! delivery uses.
+
+use crate::Secret;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Default per-attempt timeout of a webhook request, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+/// Smallest accepted `timeoutSecs`.
+pub const MIN_TIMEOUT_SECS: u64 = 1;
+/// Largest accepted `timeoutSecs`: a shard waits on its triggers, so a request may not
+/// hold it for longer than five minutes per attempt.
+pub const MAX_TIMEOUT_SECS: u64 = 300;
+/// Default number of retries after the first attempt.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Largest accepted `maxRetries`.
+pub const MAX_MAX_RETRIES: u32 = 20;
+
+/// The triggers of one materialization.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersConfig {
+    /// The webhooks to fire after each committed transaction that read documents.
+    pub config: Vec<TriggerConfig>,
+}
+
+/// One webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TriggerConfig {
+    /// Absolute `http` or `https` URL to send the payload to.
+    pub url: String,
+    /// HTTP method of the request.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Extra request headers. Values are secrets (they usually carry credentials).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Handlebars template of the JSON payload.
+    pub payload_template: String,
+    /// Timeout of each attempt, in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Retries after the first attempt before the delivery fails for good.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+/// The HTTP methods a webhook may use: those that carry a body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `POST`, the default.
+    #[default]
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+}
+
+fn default_timeout_secs() -> u64 {
+    DEFAULT_TIMEOUT_SECS
+}
+
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+
+/// The syntax a config document is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    /// JSON.
+    Json,
+    /// YAML (a superset of JSON, so JSON documents parse too).
+    Yaml,
+}
+
+impl std::fmt::Display for ConfigFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConfigFormat::Json => "JSON",
+            ConfigFormat::Yaml => "YAML",
+        })
+    }
+}
+
+/// A config document that does not have the shape of [`TriggersConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("trigger config is not valid {format} at line {line}, column {column}: {message}")]
+pub struct ParseError {
+    /// The syntax the document was read as.
+    pub format: ConfigFormat,
+    /// 1-based line of the problem (0 when the parser could not tell).
+    pub line: usize,
+    /// 1-based column of the problem (0 when the parser could not tell).
+    pub column: usize,
+    /// What the parser found. Never contains a secret value: serde reports field names and
+    /// types, not the values of strings.
+    pub message: String,
+}
+
+impl TriggersConfig {
+    /// Parses a config document.
+    pub fn parse(text: &str, format: ConfigFormat) -> Result<Self, ParseError> {
+        match format {
+            ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError {
+                format,
+                line: err.line(),
+                column: err.column(),
+                message: strip_position(&err.to_string()),
+            }),
+            ConfigFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|err| {
+                let (line, column) = err
+                    .location()
+                    .map(|at| (at.line(), at.column()))
+                    .unwrap_or((0, 0));
+                ParseError {
+                    format,
+                    line,
+                    column,
+                    message: strip_position(&err.to_string()),
+                }
+            }),
+        }
+    }
+}
+
+/// serde_json and serde_yaml append " at line L column C"; we report those as fields.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let config = TriggersConfig::parse(
+            r#"{"config": [{"url": "https://example.com", "payloadTemplate": "{}"}]}"#,
+            ConfigFormat::Json,
+        )
+        .expect("parses");
+        let trigger = &config.config[0];
+        assert_eq!(trigger.method, HttpMethod::Post);
+        assert_eq!(trigger.timeout_secs, DEFAULT_TIMEOUT_SECS);
+        assert_eq!(trigger.max_retries, DEFAULT_MAX_RETRIES);
+        assert!(trigger.headers.is_empty());
+    }
+
+    #[test]
+    fn yaml_parses_every_field() {
+        let config = TriggersConfig::parse(
+            "config:\n  - url: https://example.com/hook\n    method: PATCH\n    headers:\n      Authorization: Bearer abc\n    payloadTemplate: '{}'\n    timeoutSecs: 5\n    maxRetries: 0\n",
+            ConfigFormat::Yaml,
+        )
+        .expect("parses");
+        let trigger = &config.config[0];
+        assert_eq!(trigger.method, HttpMethod::Patch);
+        assert_eq!(trigger.timeout_secs, 5);
+        assert_eq!(trigger.max_retries, 0);
+        assert_eq!(trigger.headers["Authorization"].expose(), "Bearer abc");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_a_position() {
+        let err = TriggersConfig::parse(
+            "{\"config\": [{\"url\": \"https://example.com\",\n \"payloadTemplate\": \"{}\", \"retries\": 3}]}",
+            ConfigFormat::Json,
+        )
+        .expect_err("unknown field");
+        assert!(err.message.contains("unknown field `retries`"), "{err}");
+        assert_eq!(err.line, 2);
+
+        let err = TriggersConfig::parse(
+            "config:\n  - url: https://example.com\n    payloadTemplate: '{}'\n    auth: x\n",
+            ConfigFormat::Yaml,
+        )
+        .expect_err("unknown field");
+        assert!(err.message.contains("unknown field `auth`"), "{err}");
+        assert_eq!(err.line, 4);
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_secret_values() {
+        // A header value of the wrong type: the error names the type, not the value.
+        let err = TriggersConfig::parse(
+            r#"{"config": [{"url": "https://x", "payloadTemplate": "{}", "headers": {"A": ["hunter2"]}}]}"#,
+            ConfigFormat::Json,
+        )
+        .expect_err("wrong type");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn methods_other_than_post_put_patch_are_rejected() {
+        let err = TriggersConfig::parse(
+            r#"{"config": [{"url": "https://x", "method": "GET", "payloadTemplate": "{}"}]}"#,
+            ConfigFormat::Json,
+        )
+        .expect_err("GET has no body");
+        assert!(err.message.contains("unknown variant `GET`"), "{err}");
+    }
+}

@@ -1,0 +1,311 @@
+//! A webhook receiver on 127.0.0.1 for tests, the demo and the benches: it records every
+//! request and answers from a per-path script (default `200 OK`).
+//!
+//! Deliberately small and raw (HTTP/1.1 over a plain `TcpListener`, heads parsed with
+//! `httparse`) so a script can also misbehave on purpose: answer late, or hang up
+//! without answering. It stops when dropped: the accept loop and every connection task
+//! are aborted.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Largest request head accepted, in bytes.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest request body accepted, in bytes.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code of the answer.
+    pub status: u16,
+    /// Body of the answer.
+    pub body: String,
+    /// Wait this long before answering (a slow or hanging endpoint).
+    pub delay: Duration,
+    /// Close the connection instead of answering (a crashed endpoint).
+    pub hang_up: bool,
+}
+
+impl Reply {
+    /// Answers `status` at once, with a short body naming it.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            body: format!("status {status}"),
+            delay: Duration::ZERO,
+            hang_up: false,
+        }
+    }
+
+    /// Closes the connection without answering.
+    pub fn hang_up() -> Self {
+        Self {
+            hang_up: true,
+            ..Self::status(0)
+        }
+    }
+
+    /// Sets the answer's body.
+    pub fn with_body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Waits `delay` before answering.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Mutex<Vec<Request>>,
+    scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
+    default_reply: Mutex<Option<Reply>>,
+    arrived: tokio::sync::Notify,
+}
+
+/// A running receiver. Dropping it stops it.
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts a receiver on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Self { addr, shared, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:port{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Queues answers for requests to `path` (path and query); once they are used up,
+    /// the default answer applies.
+    pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        lock(&self.shared.scripts)
+            .entry(path.to_string())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Sets the answer for requests no script covers (initially `200 OK`).
+    pub fn set_default(&self, reply: Reply) {
+        *lock(&self.shared.default_reply) = Some(reply);
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Request> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Waits until at least `count` requests have arrived, or `timeout` passes; returns
+    /// what has arrived either way.
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Request> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.arrived.notified();
+            let requests = self.requests();
+            if requests.len() >= count {
+                return requests;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.requests();
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking test thread must not hide every later request from the others.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    // Owned here, so aborting this task drops the set and aborts every connection.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve(stream, shared.clone()));
+                }
+                Err(err) => tracing::warn!(%err, "receiver accept failed"),
+            },
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// Serves requests on one keep-alive connection until the peer closes it or a reply
+/// hangs up.
+async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let mut buf = Vec::with_capacity(4096);
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        let reply = {
+            let mut scripts = lock(&shared.scripts);
+            scripts
+                .get_mut(&request.path)
+                .and_then(VecDeque::pop_front)
+                .or_else(|| lock(&shared.default_reply).clone())
+                .unwrap_or_else(|| Reply::status(200).with_body("ok"))
+        };
+        lock(&shared.requests).push(request);
+        shared.arrived.notify_waiters();
+
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
+        if reply.hang_up {
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            reply.status,
+            reason(reply.status),
+            reply.body.len()
+        );
+        let written = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(reply.body.as_bytes()).await
+        };
+        if written.await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request; `None` when the connection ends or sends something unreadable.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if length > MAX_BODY {
+                    return None;
+                }
+                let method = parsed.method.unwrap_or_default().to_string();
+                let path = parsed.path.unwrap_or_default().to_string();
+                while buf.len() < head_len + length {
+                    if read_more(stream, buf).await == 0 {
+                        return None;
+                    }
+                }
+                let body = buf[head_len..head_len + length].to_vec();
+                buf.drain(..head_len + length);
+                return Some(Request {
+                    method,
+                    path,
+                    headers,
+                    body,
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+                if read_more(stream, buf).await == 0 {
+                    return None;
+                }
+            }
+            Ok(httparse::Status::Partial) | Err(_) => return None,
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}

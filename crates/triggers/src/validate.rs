@@ -1,0 +1,456 @@
+//! Publish-time validation: a config document in, the compiled [`Triggers`] out, or every
+//! problem of the document at once.
+
+use crate::config::{
+    ConfigFormat, HttpMethod, MAX_MAX_RETRIES, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, ParseError,
+    TriggerConfig, TriggersConfig,
+};
+use crate::template::{TemplateError, Templates};
+use crate::variables::Variables;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::time::Duration;
+use url::Url;
+
+/// The validated, compiled triggers of one materialization: what delivery runs.
+///
+/// Built only by [`validate`] or [`Triggers::from_config`], so every URL, header, bound
+/// and template in it has been checked, and every template trial-rendered to JSON.
+pub struct Triggers {
+    pub(crate) triggers: Vec<Trigger>,
+    pub(crate) templates: Templates,
+}
+
+/// One validated webhook.
+pub struct Trigger {
+    pub(crate) label: TriggerLabel,
+    pub(crate) url: Url,
+    pub(crate) method: reqwest::Method,
+    /// Values are marked sensitive, so even `HeaderMap`'s own Debug hides them.
+    pub(crate) headers: HeaderMap,
+    pub(crate) timeout: Duration,
+    pub(crate) max_retries: u32,
+}
+
+/// How errors and logs name a trigger: its index and its URL's origin.
+///
+/// Only the scheme, host and port are shown. User info and query strings often carry
+/// credentials, and some services (Slack, Discord) put the secret in the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerLabel {
+    /// Position of the trigger in the config.
+    pub index: usize,
+    /// `scheme://host[:port]` of its URL, or `<invalid url>`.
+    pub origin: String,
+}
+
+impl std::fmt::Display for TriggerLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "trigger {} ({})", self.index, self.origin)
+    }
+}
+
+impl TriggerLabel {
+    fn new(index: usize, raw_url: &str) -> Self {
+        let origin = match Url::parse(raw_url) {
+            Ok(url) if url.has_host() => url.origin().ascii_serialization(),
+            _ => "<invalid url>".to_string(),
+        };
+        Self { index, origin }
+    }
+}
+
+impl std::fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trigger")
+            .field("label", &self.label)
+            .field("method", &self.method)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Triggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.triggers).finish()
+    }
+}
+
+/// One problem of a config. Each names the trigger it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The document does not have the shape of a trigger config.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The URL is not an absolute http(s) URL.
+    #[error("{trigger}: `url` is invalid: {reason}")]
+    InvalidUrl {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// What is wrong with it (never the URL itself).
+        reason: String,
+    },
+    /// A header name is not a valid HTTP header name, or is one the client sets itself.
+    #[error("{trigger}: header name {name:?} is not allowed: {reason}")]
+    InvalidHeaderName {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The header name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A header value contains characters HTTP forbids (control characters, newlines).
+    /// The value is a secret and is not shown.
+    #[error("{trigger}: the value of header {name:?} contains characters not allowed in HTTP headers")]
+    InvalidHeaderValue {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The header name.
+        name: String,
+    },
+    /// A numeric field is outside its documented bounds.
+    #[error("{trigger}: `{field}` is {value}, but must be between {min} and {max}")]
+    OutOfBounds {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The field, as written in the config.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// The payload template does not compile or does not render.
+    #[error("{trigger}: `payloadTemplate`: {source}")]
+    Template {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// What is wrong, with line and column in the template.
+        #[source]
+        source: TemplateError,
+    },
+    /// The template renders, but not to JSON.
+    #[error(
+        "{trigger}: `payloadTemplate` does not render to valid JSON \
+         (with placeholder variables, at line {line}, column {column} of the output: {message}); \
+         use {{{{json variable}}}} to insert a value as a JSON string or array"
+    )]
+    NotJson {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// 1-based line in the rendered output.
+        line: usize,
+        /// 1-based column in the rendered output.
+        column: usize,
+        /// What the JSON parser found.
+        message: String,
+    },
+}
+
+/// Every problem of a config, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl std::fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "trigger config has {} error(s):", self.0.len())?;
+        for err in &self.0 {
+            write!(f, "\n  - {err}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Headers the HTTP client derives from the request itself; setting them by hand
+/// produces malformed or smuggled requests.
+const RESERVED_HEADERS: [&str; 5] = [
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+];
+
+/// Validates a config document: what a control plane calls at publish time.
+pub fn validate(text: &str, format: ConfigFormat) -> Result<Triggers, ValidationErrors> {
+    let config =
+        TriggersConfig::parse(text, format).map_err(|err| ValidationErrors(vec![err.into()]))?;
+    Triggers::from_config(&config)
+}
+
+impl Triggers {
+    /// Checks and compiles a parsed config, collecting every error.
+    pub fn from_config(config: &TriggersConfig) -> Result<Self, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut templates = Templates::new();
+        let mut triggers = Vec::with_capacity(config.config.len());
+        let placeholder = Templates::context(&Variables::placeholder());
+
+        for (index, raw) in config.config.iter().enumerate() {
+            let before = errors.len();
+            let trigger = check_trigger(index, raw, &mut errors);
+
+            let label = TriggerLabel::new(index, &raw.url);
+            match templates.compile(index, &raw.payload_template) {
+                Err(source) => errors.push(ValidationError::Template {
+                    trigger: label,
+                    source,
+                }),
+                Ok(()) => match templates.render(index, &placeholder) {
+                    Err(source) => errors.push(ValidationError::Template {
+                        trigger: label,
+                        source,
+                    }),
+                    Ok(output) => {
+                        if let Err(err) =
+                            serde_json::from_str::<serde::de::IgnoredAny>(&output)
+                        {
+                            errors.push(ValidationError::NotJson {
+                                trigger: label,
+                                line: err.line(),
+                                column: err.column(),
+                                message: err.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+                            });
+                        }
+                    }
+                },
+            }
+            if errors.len() == before {
+                triggers.extend(trigger);
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(Triggers {
+                triggers,
+                templates,
+            })
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    /// The triggers, in config order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Trigger> {
+        self.triggers.iter()
+    }
+
+    /// How many triggers there are.
+    pub fn len(&self) -> usize {
+        self.triggers.len()
+    }
+
+    /// Whether the config has no triggers (then nothing is persisted or delivered).
+    pub fn is_empty(&self) -> bool {
+        self.triggers.is_empty()
+    }
+
+    /// Renders the payload of trigger `index` for a render context
+    /// (see [`Templates::context`]).
+    pub fn render(
+        &self,
+        index: usize,
+        context: &serde_json::Value,
+    ) -> Result<String, TemplateError> {
+        self.templates.render(index, context)
+    }
+}
+
+impl Trigger {
+    /// How errors and logs name this trigger.
+    pub fn label(&self) -> &TriggerLabel {
+        &self.label
+    }
+}
+
+/// Checks everything of a trigger but its template; returns it when all is well.
+fn check_trigger(
+    index: usize,
+    raw: &TriggerConfig,
+    errors: &mut Vec<ValidationError>,
+) -> Option<Trigger> {
+    let label = TriggerLabel::new(index, &raw.url);
+    let before = errors.len();
+
+    let url = match Url::parse(&raw.url) {
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            errors.push(ValidationError::InvalidUrl {
+                trigger: label.clone(),
+                reason: format!("scheme must be http or https, not {:?}", url.scheme()),
+            });
+            None
+        }
+        Ok(url) if !url.has_host() => {
+            errors.push(ValidationError::InvalidUrl {
+                trigger: label.clone(),
+                reason: "it has no host".to_string(),
+            });
+            None
+        }
+        Ok(url) => Some(url),
+        Err(err) => {
+            errors.push(ValidationError::InvalidUrl {
+                trigger: label.clone(),
+                reason: format!("not an absolute URL ({err})"),
+            });
+            None
+        }
+    };
+
+    let mut headers = HeaderMap::new();
+    for (name, value) in &raw.headers {
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => {
+                errors.push(ValidationError::InvalidHeaderName {
+                    trigger: label.clone(),
+                    name: name.clone(),
+                    reason: "not a valid HTTP header name",
+                });
+                continue;
+            }
+            Ok(header) if RESERVED_HEADERS.contains(&header.as_str()) => {
+                errors.push(ValidationError::InvalidHeaderName {
+                    trigger: label.clone(),
+                    name: name.clone(),
+                    reason: "the HTTP client sets this header itself",
+                });
+                continue;
+            }
+            Ok(header) if headers.contains_key(&header) => {
+                errors.push(ValidationError::InvalidHeaderName {
+                    trigger: label.clone(),
+                    name: name.clone(),
+                    reason: "given twice (header names are case-insensitive)",
+                });
+                continue;
+            }
+            Ok(header) => header,
+        };
+        match HeaderValue::from_str(value.expose()) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                headers.insert(header, value);
+            }
+            Err(_) => errors.push(ValidationError::InvalidHeaderValue {
+                trigger: label.clone(),
+                name: name.clone(),
+            }),
+        }
+    }
+
+    if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&raw.timeout_secs) {
+        errors.push(ValidationError::OutOfBounds {
+            trigger: label.clone(),
+            field: "timeoutSecs",
+            value: raw.timeout_secs,
+            min: MIN_TIMEOUT_SECS,
+            max: MAX_TIMEOUT_SECS,
+        });
+    }
+    if raw.max_retries > MAX_MAX_RETRIES {
+        errors.push(ValidationError::OutOfBounds {
+            trigger: label.clone(),
+            field: "maxRetries",
+            value: u64::from(raw.max_retries),
+            min: 0,
+            max: u64::from(MAX_MAX_RETRIES),
+        });
+    }
+
+    let url = url?;
+    (errors.len() == before).then(|| Trigger {
+        label,
+        url,
+        method: match raw.method {
+            HttpMethod::Post => reqwest::Method::POST,
+            HttpMethod::Put => reqwest::Method::PUT,
+            HttpMethod::Patch => reqwest::Method::PATCH,
+        },
+        headers,
+        timeout: Duration::from_secs(raw.timeout_secs),
+        max_retries: raw.max_retries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"config": [
+        {"url": "https://user:pw@hooks.example.com/services/T0/B0/XYZ?token=abc",
+         "headers": {"Authorization": "Bearer hunter2"},
+         "payloadTemplate": "{\"text\": {{json materialization_name}}}"}
+    ]}"#;
+
+    #[test]
+    fn a_good_config_compiles() {
+        let triggers = validate(GOOD, ConfigFormat::Json).expect("valid");
+        assert_eq!(triggers.len(), 1);
+        let debug = format!("{triggers:?}");
+        assert!(debug.contains("https://hooks.example.com"), "{debug}");
+        for secret in ["hunter2", "pw", "XYZ", "token=abc"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+    }
+
+    #[test]
+    fn every_error_of_every_trigger_is_reported_at_once() {
+        let config = r#"{"config": [
+            {"url": "ftp://example.com", "payloadTemplate": "{}", "timeoutSecs": 0},
+            {"url": "https://ok.example.com", "payloadTemplate": "{\"a\": \"{{materialisation_name}}\"}",
+             "headers": {"Bad Name": "x", "X-Token": "line\nbreak", "Host": "evil"}, "maxRetries": 99},
+            {"url": "not a url", "payloadTemplate": "{\"a\": {{materialization_name}}}"},
+            {"url": "https://fine.example.com", "payloadTemplate": "{\"a\": {{json flow_run_id}}}"}
+        ]}"#;
+        let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        insta::assert_snapshot!(text.join("\n"));
+        assert!(!text.join("\n").contains("line\nbreak"));
+    }
+
+    #[test]
+    fn unknown_variable_error_names_trigger_line_column_and_known_variables() {
+        let config = "config:\n  - url: https://x.example.com/hook\n    payloadTemplate: |\n      {\n        \"n\": \"{{connector_image}}\",\n        \"m\": \"{{flow_published_at}}\"\n      }\n";
+        let ValidationErrors(errors) = validate(config, ConfigFormat::Yaml).expect_err("invalid");
+        assert_eq!(errors.len(), 1);
+        let ValidationError::Template { trigger, source } = &errors[0] else {
+            panic!("expected a template error: {errors:?}");
+        };
+        assert_eq!(trigger.index, 0);
+        assert_eq!(trigger.origin, "https://x.example.com");
+        assert_eq!(
+            source,
+            &TemplateError::UnknownVariable {
+                variable: "flow_published_at".to_string(),
+                line: 3,
+                column: 9
+            }
+        );
+        assert!(errors[0].to_string().contains("flow_published_at_min"));
+    }
+
+    #[test]
+    fn a_template_that_does_not_render_json_is_rejected() {
+        // The value is spliced without quotes: `{"name": acmeCo/...}`.
+        let config = r#"{"config": [{"url": "https://x.example.com",
+            "payloadTemplate": "{\"name\": {{materialization_name}}}"}]}"#;
+        let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
+        assert!(matches!(errors[..], [ValidationError::NotJson { .. }]), "{errors:?}");
+    }
+
+    #[test]
+    fn parse_errors_are_reported_alone() {
+        let ValidationErrors(errors) =
+            validate("{\"config\": [", ConfigFormat::Json).expect_err("truncated");
+        assert!(matches!(errors[..], [ValidationError::Parse(_)]), "{errors:?}");
+    }
+
+    #[test]
+    fn an_empty_config_has_no_triggers() {
+        assert!(validate("config: []", ConfigFormat::Yaml).expect("valid").is_empty());
+    }
+}
