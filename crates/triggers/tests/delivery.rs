@@ -1,0 +1,280 @@
+//! Delivery against a real HTTP receiver on 127.0.0.1.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use triggers::receiver::{Receiver, Reply};
+use triggers::{
+    ConfigFormat, Deliverer, DeliveryError, FailureReason, RetryBackoff, Triggers, Variables,
+    validate,
+};
+
+/// Retries in milliseconds, so tests do not sleep for real backoff.
+fn fast_deliverer() -> Deliverer {
+    Deliverer::new(RetryBackoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+        multiplier: 2.0,
+        jitter: 0.5,
+    })
+    .expect("client builds")
+}
+
+fn triggers(receiver: &Receiver, entries: &[(&str, &str)]) -> Triggers {
+    let config: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(path, extra)| {
+            let mut entry: serde_json::Value = serde_json::from_str(&format!(
+                r#"{{"url": "{}", "payloadTemplate": "{{\"name\": {{{{json materialization_name}}}}, \"run\": \"{{{{flow_run_id}}}}\", \"collections\": {{{{json collection_names}}}}}}"}}"#,
+                receiver.url(path)
+            ))
+            .expect("fixture is JSON");
+            let extra: serde_json::Value = serde_json::from_str(extra).expect("extra is JSON");
+            for (k, v) in extra.as_object().expect("extra is an object") {
+                entry[k] = v.clone();
+            }
+            entry
+        })
+        .collect();
+    let text = serde_json::json!({ "config": config }).to_string();
+    validate(&text, ConfigFormat::Json).expect("valid config")
+}
+
+fn variables() -> Variables {
+    Variables {
+        flow_run_id: "run-1".to_string(),
+        ..Variables::placeholder()
+    }
+}
+
+fn single_failure(err: &DeliveryError) -> &triggers::TriggerFailure {
+    assert_eq!(err.failures.len(), 1, "{err}");
+    &err.failures[0]
+}
+
+#[tokio::test]
+async fn two_triggers_are_delivered_with_their_payloads_and_headers() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(
+        &receiver,
+        &[
+            ("/a", r#"{"headers": {"Authorization": "Bearer hunter2"}}"#),
+            (
+                "/b",
+                r#"{"method": "PUT", "headers": {"Content-Type": "application/vnd.api+json"}}"#,
+            ),
+        ],
+    );
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+    assert_eq!(delivered.len(), 2);
+    assert!(delivered.iter().all(|d| d.status == 200 && d.attempts == 1));
+
+    let mut requests = receiver.requests();
+    requests.sort_by(|a, b| a.path.cmp(&b.path));
+    let (a, b) = (&requests[0], &requests[1]);
+    assert_eq!((a.method.as_str(), a.path.as_str()), ("POST", "/a"));
+    assert_eq!(a.header("authorization"), Some("Bearer hunter2"));
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert_eq!(
+        a.json().expect("JSON body"),
+        serde_json::json!({
+            "name": "acmeCo/example/materialize-placeholder",
+            "run": "run-1",
+            "collections": ["acmeCo/example/collection-a", "acmeCo/example/collection-b"],
+        })
+    );
+    assert_eq!((b.method.as_str(), b.path.as_str()), ("PUT", "/b"));
+    assert_eq!(b.header("content-type"), Some("application/vnd.api+json"));
+}
+
+#[tokio::test]
+async fn a_failing_receiver_is_retried_until_it_succeeds() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/flaky",
+        [
+            Reply::status(503),
+            Reply::status(429),
+            Reply::hang_up(),
+            Reply::status(408),
+            Reply::status(500),
+        ],
+    );
+    let triggers = triggers(&receiver, &[("/flaky", r#"{"maxRetries": 5}"#)]);
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered in the end");
+    assert_eq!(delivered[0].attempts, 6);
+    assert_eq!(receiver.requests().len(), 6);
+}
+
+#[tokio::test]
+async fn retries_are_bounded_by_max_retries() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(502).with_body("upstream down"));
+    let triggers = triggers(&receiver, &[("/down", r#"{"maxRetries": 2}"#)]);
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("never succeeds");
+    let failure = single_failure(&err);
+    assert_eq!(failure.attempts, 3);
+    assert!(!failure.permanent);
+    assert_eq!(
+        failure.reason,
+        FailureReason::Status {
+            status: 502,
+            body: "upstream down".to_string()
+        }
+    );
+    assert_eq!(receiver.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_permanent_4xx_fails_at_once_naming_trigger_status_and_body() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(401).with_body(format!("invalid token{}", "!".repeat(500))));
+    let triggers = triggers(
+        &receiver,
+        &[
+            ("/ok", "{}"),
+            ("/auth", r#"{"headers": {"X-Api-Key": "hunter2"}, "maxRetries": 5}"#),
+        ],
+    );
+    receiver.script("/ok", [Reply::status(204)]);
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("401 is permanent");
+    let failure = single_failure(&err);
+    assert_eq!(failure.attempts, 1);
+    assert!(failure.permanent);
+    assert_eq!(failure.trigger.index, 1);
+    assert_eq!(err.delivered.len(), 1);
+
+    let text = err.to_string();
+    assert!(text.contains("trigger 1 (http://127.0.0.1:"), "{text}");
+    assert!(text.contains("HTTP 401"), "{text}");
+    assert!(text.contains("invalid token"), "{text}");
+    assert!(text.len() < 600, "the body excerpt is bounded: {text}");
+    assert!(!text.contains("hunter2") && !format!("{err:?}").contains("hunter2"));
+    // 401 once on /auth, 204 once on /ok.
+    assert_eq!(receiver.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(302));
+    let triggers = triggers(&receiver, &[("/moved", "{}")]);
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("a redirect is not a delivery");
+    assert!(single_failure(&err).permanent);
+    assert_eq!(receiver.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_abandoned_and_retried() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/slow",
+        [
+            Reply::status(200).after(Duration::from_secs(3)),
+            Reply::status(200),
+        ],
+    );
+    let triggers = triggers(&receiver, &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 1}"#)]);
+    let started = std::time::Instant::now();
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("second attempt answers");
+    assert_eq!(delivered[0].attempts, 2);
+    assert!(started.elapsed() < Duration::from_millis(2900), "the first attempt was cut off");
+}
+
+#[tokio::test]
+async fn a_timeout_with_no_retries_left_is_reported_as_a_timeout() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
+    let triggers = triggers(&receiver, &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 0}"#)]);
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("times out");
+    let failure = single_failure(&err);
+    assert_eq!(failure.reason, FailureReason::Timeout(Duration::from_secs(1)));
+    assert!(!failure.permanent);
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_retried_connection_error() {
+    // Bind and drop a listener: nothing listens on that port any more.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let config = format!(
+        r#"{{"config": [{{"url": "http://user:hunter2@127.0.0.1:{port}/x?token=hunter2", "payloadTemplate": "{{}}", "maxRetries": 2}}]}}"#
+    );
+    let triggers = validate(&config, ConfigFormat::Json).expect("valid");
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("nothing listens");
+    let failure = single_failure(&err);
+    assert_eq!(failure.attempts, 3);
+    assert!(matches!(failure.reason, FailureReason::Connect(_)), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+/// A `Write` that appends to a shared buffer, for capturing log output.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn log_lines_name_the_trigger_and_never_a_credential() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/p?key=hunter2",
+        [Reply::status(500), Reply::status(403)],
+    );
+    let config = format!(
+        r#"{{"config": [{{"url": "{}?key=hunter2", "headers": {{"Authorization": "Bearer hunter2"}}, "payloadTemplate": "{{}}"}}]}}"#,
+        receiver.url("/p").replace("127.0.0.1", "user:hunter2@127.0.0.1")
+    );
+    let triggers = validate(&config, ConfigFormat::Json).expect("valid");
+    let _ = fast_deliverer().deliver(&triggers, &variables()).await;
+
+    let logs = String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf8");
+    assert!(logs.contains("webhook attempt failed"), "{logs}");
+    assert!(logs.contains("webhook failed for good"), "{logs}");
+    assert!(logs.contains("trigger=0"), "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+    std::io::stderr().write_all(logs.as_bytes()).ok();
+}
