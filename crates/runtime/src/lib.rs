@@ -1,1 +1,18 @@
-//! placeholder
+//! The trigger runtime of one shard: its RocksDB store and its commit / acknowledge /
+//! recover state machine.
+//!
+//! A consumer opens a [`Shard`] over its store directory, resumes from the returned
+//! checkpoint, and for each transaction calls [`Shard::start_commit`] (checkpoint and
+//! trigger variables in one durable WriteBatch) and then [`Shard::acknowledged`] (render,
+//! deliver, delete). A crash anywhere between the two re-fires the webhooks on the next
+//! start; a transaction whose StartCommit never completed never fires.
+//!
+//! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
+
+mod shard;
+mod stats;
+pub mod store;
+
+pub use shard::{Acknowledgement, Commit, ProtocolError, Recovery, Shard, ShardConfig, ShardError};
+pub use stats::TransactionStats;
+pub use store::{Durability, Store, StoreError};

@@ -74,7 +74,10 @@ mod tests {
         };
         let delays: Vec<Duration> = policy.delays().take(20).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(150));
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(1500)), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_millis(1500)),
+            "{delays:?}"
+        );
         // Late delays sit near the cap, not near the start.
         assert!(delays[19] >= Duration::from_millis(500), "{delays:?}");
     }

@@ -88,8 +88,8 @@ impl Clock {
         let seq = (((c << 10) as u16) & 0x3c00 | (flags & 0x3ff) | 0x8000).to_be_bytes();
         let p = producer;
         Uuid::from_bytes([
-            low[0], low[1], low[2], low[3], mid[0], mid[1], high[0], high[1], seq[0], seq[1],
-            p[0], p[1], p[2], p[3], p[4], p[5],
+            low[0], low[1], low[2], low[3], mid[0], mid[1], high[0], high[1], seq[0], seq[1], p[0],
+            p[1], p[2], p[3], p[4], p[5],
         ])
     }
 }
@@ -100,7 +100,11 @@ mod tests {
     use time::format_description::well_known::Rfc3339;
 
     fn rfc3339(clock: Clock) -> String {
-        clock.to_time().expect("valid").format(&Rfc3339).expect("formats")
+        clock
+            .to_time()
+            .expect("valid")
+            .format(&Rfc3339)
+            .expect("formats")
     }
 
     /// UUIDs whose times were computed independently, with Python's `uuid` module
@@ -109,15 +113,30 @@ mod tests {
     fn known_uuids_decode_to_known_times() {
         let cases = [
             // Gazette's own fixture: Unix(1567304621, 981273734) after two 1µs ticks.
-            ("83fc2f95-cc5f-11e9-8000-010203040506", "2019-09-01T02:23:41.9812757Z"),
+            (
+                "83fc2f95-cc5f-11e9-8000-010203040506",
+                "2019-09-01T02:23:41.9812757Z",
+            ),
             // The Unix epoch.
-            ("13814000-1dd2-11b2-8000-010000000000", "1970-01-01T00:00:00Z"),
+            (
+                "13814000-1dd2-11b2-8000-010000000000",
+                "1970-01-01T00:00:00Z",
+            ),
             // 2024-02-29T12:34:56 plus 1234567 ticks of 100ns.
-            ("f1c3ae87-d6fe-11ee-8000-0b0000000001", "2024-02-29T12:34:56.1234567Z"),
+            (
+                "f1c3ae87-d6fe-11ee-8000-0b0000000001",
+                "2024-02-29T12:34:56.1234567Z",
+            ),
             // The same time with counter 0xf: the counter orders, it does not move time.
-            ("f1c3ae87-d6fe-11ee-bc00-0b0000000001", "2024-02-29T12:34:56.1234567Z"),
+            (
+                "f1c3ae87-d6fe-11ee-bc00-0b0000000001",
+                "2024-02-29T12:34:56.1234567Z",
+            ),
             // Made by Python's uuid.uuid1() (clock_seq 0x2aa) on 2026-11-24.
-            ("60c94be4-e810-11f1-82aa-0b0000000002", "2026-11-24T14:07:26.61217Z"),
+            (
+                "60c94be4-e810-11f1-82aa-0b0000000002",
+                "2026-11-24T14:07:26.61217Z",
+            ),
         ];
         for (text, expect) in cases {
             let clock = Clock::from_uuid_str(text).expect(text);
@@ -154,10 +173,7 @@ mod tests {
             Clock::from_uuid_str("not-a-uuid"),
             Err(ClockError::NotAUuid { .. })
         ));
-        assert_eq!(
-            Clock(5).to_time(),
-            Err(ClockError::BeforeUnixEpoch(5)),
-        );
+        assert_eq!(Clock(5).to_time(), Err(ClockError::BeforeUnixEpoch(5)),);
         // The largest clock still decodes (year 5236) rather than panicking.
         assert!(Clock(u64::MAX).to_time().is_ok());
     }

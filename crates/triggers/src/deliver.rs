@@ -126,7 +126,9 @@ impl Deliverer {
     ) -> Result<Vec<Delivered>, DeliveryError> {
         let context = Templates::context(variables);
         let outcomes = futures::future::join_all(triggers.iter().enumerate().map(|(i, t)| {
-            let span = tracing::info_span!(
+            // At WARN, so the trigger's context stays on its retry and failure events
+            // even when a shard logs only warnings.
+            let span = tracing::warn_span!(
                 "deliver",
                 trigger = i,
                 origin = %t.label.origin,

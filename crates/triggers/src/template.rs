@@ -2,8 +2,8 @@
 
 use crate::variables::Variables;
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output,
-    PathAndJson, RenderContext, RenderErrorReason, Renderable as _,
+    Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output, PathAndJson,
+    RenderContext, RenderErrorReason, Renderable as _,
 };
 
 /// The compiled payload templates of one config, one per trigger.
@@ -92,24 +92,22 @@ impl Templates {
         index: usize,
         context: &serde_json::Value,
     ) -> Result<String, TemplateError> {
-        self.registry
-            .render(&name(index), context)
-            .map_err(|err| {
-                let line = err.line_no.unwrap_or(0);
-                let column = err.column_no.unwrap_or(0);
-                match err.reason() {
-                    RenderErrorReason::MissingVariable(path) => TemplateError::UnknownVariable {
-                        variable: path.clone().unwrap_or_default(),
-                        line,
-                        column,
-                    },
-                    reason => TemplateError::Render {
-                        line,
-                        column,
-                        message: reason.to_string(),
-                    },
-                }
-            })
+        self.registry.render(&name(index), context).map_err(|err| {
+            let line = err.line_no.unwrap_or(0);
+            let column = err.column_no.unwrap_or(0);
+            match err.reason() {
+                RenderErrorReason::MissingVariable(path) => TemplateError::UnknownVariable {
+                    variable: path.clone().unwrap_or_default(),
+                    line,
+                    column,
+                },
+                reason => TemplateError::Render {
+                    line,
+                    column,
+                    message: reason.to_string(),
+                },
+            }
+        })
     }
 
     /// The render context of a transaction, built once and shared by every trigger.
@@ -199,8 +197,10 @@ mod tests {
 
     #[test]
     fn renders_variables_without_html_escaping() {
-        let out = render(r#"{"image": "{{connector_image}}", "at": "{{flow_published_at_max}}", "x": "<&>"}"#)
-            .expect("renders");
+        let out = render(
+            r#"{"image": "{{connector_image}}", "at": "{{flow_published_at_max}}", "x": "<&>"}"#,
+        )
+        .expect("renders");
         assert_eq!(
             out,
             r#"{"image": "ghcr.io/estuary/materialize-example:v1", "at": "2024-01-01T00:05:00.7654321Z", "x": "<&>"}"#
@@ -209,8 +209,10 @@ mod tests {
 
     #[test]
     fn each_iterates_collection_names() {
-        let out = render(r#"[{{#each collection_names}}"{{this}}"{{#unless @last}},{{/unless}}{{/each}}]"#)
-            .expect("renders");
+        let out = render(
+            r#"[{{#each collection_names}}"{{this}}"{{#unless @last}},{{/unless}}{{/each}}]"#,
+        )
+        .expect("renders");
         assert_eq!(
             out,
             r#"["acmeCo/example/collection-a","acmeCo/example/collection-b"]"#
@@ -221,7 +223,10 @@ mod tests {
     fn json_helper_escapes_quotes_and_newlines() {
         let mut templates = Templates::new();
         templates
-            .compile(0, r#"{"name": {{json materialization_name}}, "all": {{json collection_names}}}"#)
+            .compile(
+                0,
+                r#"{"name": {{json materialization_name}}, "all": {{json collection_names}}}"#,
+            )
             .expect("compiles");
         let mut variables = Variables::placeholder();
         variables.materialization_name = "a \"quoted\"\nname\\".to_string();
@@ -245,7 +250,10 @@ mod tests {
             }
         );
         let text = err.to_string();
-        assert!(text.contains("materialization_name, collection_names"), "{text}");
+        assert!(
+            text.contains("materialization_name, collection_names"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -286,7 +294,10 @@ mod tests {
     #[test]
     fn syntax_errors_carry_a_position() {
         let err = render("{\n \"a\": {{#each collection_names}}\n}").expect_err("unclosed block");
-        assert!(matches!(err, TemplateError::Syntax { line, .. } if line >= 2), "{err:?}");
+        assert!(
+            matches!(err, TemplateError::Syntax { line, .. } if line >= 2),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ pub enum ValidationError {
     },
     /// A header value contains characters HTTP forbids (control characters, newlines).
     /// The value is a secret and is not shown.
-    #[error("{trigger}: the value of header {name:?} contains characters not allowed in HTTP headers")]
+    #[error(
+        "{trigger}: the value of header {name:?} contains characters not allowed in HTTP headers"
+    )]
     InvalidHeaderValue {
         /// The trigger.
         trigger: TriggerLabel,
@@ -206,14 +208,17 @@ impl Triggers {
                         source,
                     }),
                     Ok(output) => {
-                        if let Err(err) =
-                            serde_json::from_str::<serde::de::IgnoredAny>(&output)
-                        {
+                        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
                             errors.push(ValidationError::NotJson {
                                 trigger: label,
                                 line: err.line(),
                                 column: err.column(),
-                                message: err.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+                                message: err
+                                    .to_string()
+                                    .split(" at line ")
+                                    .next()
+                                    .unwrap_or_default()
+                                    .to_string(),
                             });
                         }
                     }
@@ -439,18 +444,28 @@ mod tests {
         let config = r#"{"config": [{"url": "https://x.example.com",
             "payloadTemplate": "{\"name\": {{materialization_name}}}"}]}"#;
         let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
-        assert!(matches!(errors[..], [ValidationError::NotJson { .. }]), "{errors:?}");
+        assert!(
+            matches!(errors[..], [ValidationError::NotJson { .. }]),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn parse_errors_are_reported_alone() {
         let ValidationErrors(errors) =
             validate("{\"config\": [", ConfigFormat::Json).expect_err("truncated");
-        assert!(matches!(errors[..], [ValidationError::Parse(_)]), "{errors:?}");
+        assert!(
+            matches!(errors[..], [ValidationError::Parse(_)]),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn an_empty_config_has_no_triggers() {
-        assert!(validate("config: []", ConfigFormat::Yaml).expect("valid").is_empty());
+        assert!(
+            validate("config: []", ConfigFormat::Yaml)
+                .expect("valid")
+                .is_empty()
+        );
     }
 }

@@ -244,7 +244,9 @@ fn to_timestamp(at: OffsetDateTime) -> Timestamp {
 }
 
 fn from_timestamp(ts: Timestamp) -> Option<OffsetDateTime> {
-    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
     OffsetDateTime::from_unix_timestamp(ts.seconds)
         .ok()?
         .replace_nanosecond(nanos)
@@ -324,7 +326,11 @@ mod tests {
             Err(VariablesError::InvalidClocks { binding: 0, .. })
         ));
         assert!(matches!(
-            Variables::from_stats(&materialization(), &[stats(0, 1, Clock(7), Clock(9))], "r".into()),
+            Variables::from_stats(
+                &materialization(),
+                &[stats(0, 1, Clock(7), Clock(9))],
+                "r".into()
+            ),
             Err(VariablesError::Clock { binding: 0, .. })
         ));
     }
@@ -359,7 +365,13 @@ mod tests {
     #[test]
     fn times_serialise_as_rfc3339_with_sub_second_precision() {
         let json = serde_json::to_value(Variables::placeholder()).expect("serialises");
-        assert_eq!(json["flow_published_at_min"], "2024-01-01T00:00:00.1234567Z");
-        assert_eq!(json["flow_published_at_max"], "2024-01-01T00:05:00.7654321Z");
+        assert_eq!(
+            json["flow_published_at_min"],
+            "2024-01-01T00:00:00.1234567Z"
+        );
+        assert_eq!(
+            json["flow_published_at_max"],
+            "2024-01-01T00:05:00.7654321Z"
+        );
     }
 }

@@ -142,7 +142,10 @@ async fn a_permanent_4xx_fails_at_once_naming_trigger_status_and_body() {
         &receiver,
         &[
             ("/ok", "{}"),
-            ("/auth", r#"{"headers": {"X-Api-Key": "hunter2"}, "maxRetries": 5}"#),
+            (
+                "/auth",
+                r#"{"headers": {"X-Api-Key": "hunter2"}, "maxRetries": 5}"#,
+            ),
         ],
     );
     receiver.script("/ok", [Reply::status(204)]);
@@ -189,27 +192,39 @@ async fn an_attempt_past_its_timeout_is_abandoned_and_retried() {
             Reply::status(200),
         ],
     );
-    let triggers = triggers(&receiver, &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 1}"#)]);
+    let triggers = triggers(
+        &receiver,
+        &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 1}"#)],
+    );
     let started = std::time::Instant::now();
     let delivered = fast_deliverer()
         .deliver(&triggers, &variables())
         .await
         .expect("second attempt answers");
     assert_eq!(delivered[0].attempts, 2);
-    assert!(started.elapsed() < Duration::from_millis(2900), "the first attempt was cut off");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "the first attempt was cut off"
+    );
 }
 
 #[tokio::test]
 async fn a_timeout_with_no_retries_left_is_reported_as_a_timeout() {
     let receiver = Receiver::start().await.expect("receiver");
     receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
-    let triggers = triggers(&receiver, &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 0}"#)]);
+    let triggers = triggers(
+        &receiver,
+        &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 0}"#)],
+    );
     let err = fast_deliverer()
         .deliver(&triggers, &variables())
         .await
         .expect_err("times out");
     let failure = single_failure(&err);
-    assert_eq!(failure.reason, FailureReason::Timeout(Duration::from_secs(1)));
+    assert_eq!(
+        failure.reason,
+        FailureReason::Timeout(Duration::from_secs(1))
+    );
     assert!(!failure.permanent);
 }
 
@@ -260,13 +275,12 @@ async fn log_lines_name_the_trigger_and_never_a_credential() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.script(
-        "/p?key=hunter2",
-        [Reply::status(500), Reply::status(403)],
-    );
+    receiver.script("/p?key=hunter2", [Reply::status(500), Reply::status(403)]);
     let config = format!(
         r#"{{"config": [{{"url": "{}?key=hunter2", "headers": {{"Authorization": "Bearer hunter2"}}, "payloadTemplate": "{{}}"}}]}}"#,
-        receiver.url("/p").replace("127.0.0.1", "user:hunter2@127.0.0.1")
+        receiver
+            .url("/p")
+            .replace("127.0.0.1", "user:hunter2@127.0.0.1")
     );
     let triggers = validate(&config, ConfigFormat::Json).expect("valid");
     let _ = fast_deliverer().deliver(&triggers, &variables()).await;
