@@ -1,0 +1,74 @@
+//! Trigger logic without I/O: variables from stats, and template rendering.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use triggers::{ConfigFormat, Templates, Variables, validate};
+
+/// Variables from stats must stay linear in the number of bindings.
+fn variables_from_stats(c: &mut Criterion) {
+    let mut group = c.benchmark_group("variables_from_stats");
+    for bindings in [1, 10, 100] {
+        let materialization = benches::materialization(bindings);
+        let stats = benches::stats(bindings);
+        group.throughput(Throughput::Elements(bindings as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(bindings), &stats, |b, stats| {
+            b.iter(|| Variables::from_stats(&materialization, black_box(stats), "run".into()))
+        });
+    }
+    group.finish();
+}
+
+/// Our render path (context built from the variables, then our strict registry) beside
+/// bare handlebars rendering the same template from a prebuilt context, and serde_json
+/// serialising the same variables.
+fn render(c: &mut Criterion) {
+    let mut group = c.benchmark_group("render");
+    let config = serde_json::json!({"config": [{"url": "https://example.com", "payloadTemplate": benches::TEMPLATE}]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let variables = Variables::from_stats(
+        &benches::materialization(10),
+        &benches::stats(10),
+        "run".into(),
+    )
+    .expect("valid")
+    .expect("has documents");
+
+    group.bench_function("ours", |b| {
+        b.iter(|| {
+            let context = Templates::context(black_box(&variables));
+            triggers.render(0, &context).expect("renders")
+        })
+    });
+
+    let mut bare = handlebars::Handlebars::new();
+    bare.register_escape_fn(handlebars::no_escape);
+    bare.register_helper(
+        "json",
+        Box::new(
+            |h: &handlebars::Helper,
+             _: &handlebars::Handlebars,
+             _: &handlebars::Context,
+             _: &mut handlebars::RenderContext,
+             out: &mut dyn handlebars::Output|
+             -> handlebars::HelperResult {
+                let value = h.param(0).map(|p| p.value().clone()).unwrap_or_default();
+                out.write(&value.to_string())?;
+                Ok(())
+            },
+        ),
+    );
+    bare.register_template_string("t", benches::TEMPLATE)
+        .expect("compiles");
+    let context = Templates::context(&variables);
+    group.bench_function("bare_handlebars", |b| {
+        b.iter(|| bare.render("t", black_box(&context)).expect("renders"))
+    });
+
+    group.bench_function("serde_json_floor", |b| {
+        b.iter(|| serde_json::to_string(black_box(&variables)).expect("serialises"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, variables_from_stats, render);
+criterion_main!(benches);
