@@ -6,12 +6,18 @@
 //! the project.
 //!
 //! Key types: [`Checkpoint`] (a Gazette consumer checkpoint), [`TransactionStats`] and
-//! [`BindingStats`] (what a transaction read, per binding), and [`TriggerParams`] (the
-//! persisted trigger variables of a committed transaction).
+//! [`BindingStats`] (what a transaction read, per binding), [`TriggerParams`] (the
+//! persisted trigger variables of a committed transaction), and the [`sidecar`] gRPC
+//! service through which a consumer in another language drives a shard.
 
 #![allow(missing_docs)] // Generated code; the .proto file carries the documentation.
 
 include!(concat!(env!("OUT_DIR"), "/triggers.rs"));
+
+/// The shard sidecar's gRPC service (server and client) and its messages.
+pub mod sidecar {
+    include!(concat!(env!("OUT_DIR"), "/triggers.sidecar.rs"));
+}
 
 pub use prost::Message;
 pub use prost_types::Timestamp;

@@ -1,5 +1,6 @@
-//! The trigger runtime of one shard: its RocksDB store and its commit / acknowledge /
-//! recover state machine.
+//! The trigger runtime of one shard: its RocksDB store, its commit / acknowledge /
+//! recover state machine, the gRPC sidecar that serves it to consumers in other
+//! languages, and a reference consumer.
 //!
 //! A consumer opens a [`Shard`] over its store directory, resumes from the returned
 //! checkpoint, and for each transaction calls [`Shard::start_commit`] (checkpoint and
@@ -9,7 +10,11 @@
 //!
 //! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
 
+pub mod cli;
+pub mod consumer;
+pub mod crash;
 mod shard;
+pub mod sidecar;
 mod stats;
 pub mod store;
 

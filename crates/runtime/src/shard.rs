@@ -1,5 +1,6 @@
 //! The commit / acknowledge / recover state machine of one shard.
 
+use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use triggers::{
 use triggers_proto::{BindingStats, Checkpoint};
 
 /// What a shard needs besides its store directory.
+#[derive(Clone)]
 pub struct ShardConfig {
     /// The materialization the shard belongs to.
     pub materialization: Materialization,
@@ -125,6 +127,8 @@ pub struct Shard {
     triggers: Arc<Triggers>,
     deliverer: Deliverer,
     phase: Phase,
+    /// flow_run_id of the persisted, undelivered trigger params, if any.
+    pending_run_id: Option<String>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -171,6 +175,7 @@ impl Shard {
             phase: Phase::Recovered {
                 pending: pending.is_some(),
             },
+            pending_run_id: pending.as_ref().map(|v| v.flow_run_id.clone()),
         };
         Ok((
             shard,
@@ -187,6 +192,31 @@ impl Shard {
             self.phase,
             Phase::Recovered { pending: true } | Phase::Committed { params: true }
         )
+    }
+
+    /// The flow_run_id of persisted trigger params awaiting delivery, if any.
+    pub fn pending_flow_run_id(&self) -> Option<&str> {
+        self.pending_run_id.as_deref()
+    }
+
+    /// The lifecycle phase, for status reports: `recovered`, `idle`, `committed` or `failed`.
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Recovered { .. } => "recovered",
+            Phase::Idle => "idle",
+            Phase::Committed { .. } => "committed",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether [`Shard::acknowledged`] is allowed now; lets a caller refuse a misplaced
+    /// Acknowledged before starting anything.
+    pub fn check_acknowledge(&self) -> Result<(), ProtocolError> {
+        match self.phase {
+            Phase::Recovered { .. } | Phase::Committed { .. } => Ok(()),
+            Phase::Idle => Err(ProtocolError::AcknowledgedWithoutCommit),
+            Phase::Failed => Err(ProtocolError::Failed),
+        }
     }
 
     /// StartCommit: writes the checkpoint and, if the transaction read documents and
@@ -217,10 +247,13 @@ impl Shard {
         let store = self.store.clone();
         // Until the write is known to have landed (or not), the store's state is unknown.
         self.phase = Phase::Failed;
+        crash_point!("start_commit.before_write");
         blocking(move || store.commit(&checkpoint, params.as_ref())).await??;
+        crash_point!("start_commit.after_write");
         self.phase = Phase::Committed {
             params: variables.is_some(),
         };
+        self.pending_run_id = variables.as_ref().map(|v| v.flow_run_id.clone());
         Ok(Commit { variables })
     }
 
@@ -229,14 +262,11 @@ impl Shard {
     /// webhook is delivered; if one fails for good, the variables stay persisted and the
     /// shard must be reopened (the next start fires them again).
     pub async fn acknowledged(&mut self) -> Result<Acknowledgement, ShardError> {
-        let pending = match self.phase {
-            Phase::Recovered { pending } => pending,
-            Phase::Committed { params } => params,
-            Phase::Idle => return Err(ProtocolError::AcknowledgedWithoutCommit.into()),
-            Phase::Failed => return Err(ProtocolError::Failed.into()),
-        };
+        self.check_acknowledge()?;
+        let pending = self.has_pending_triggers();
         if !pending {
             self.phase = Phase::Idle;
+            self.pending_run_id = None;
             return Ok(Acknowledgement {
                 variables: None,
                 delivered: Vec::new(),
@@ -267,9 +297,11 @@ impl Shard {
                 source,
             })?;
 
+        crash_point!("acknowledged.before_delete");
         let store = self.store.clone();
         blocking(move || store.clear_trigger_params()).await??;
         self.phase = Phase::Idle;
+        self.pending_run_id = None;
         Ok(Acknowledgement {
             variables: Some(variables),
             delivered,

@@ -1,6 +1,5 @@
 //! Delivery against a real HTTP receiver on 127.0.0.1.
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
@@ -290,5 +289,4 @@ async fn log_lines_name_the_trigger_and_never_a_credential() {
     assert!(logs.contains("webhook failed for good"), "{logs}");
     assert!(logs.contains("trigger=0"), "{logs}");
     assert!(!logs.contains("hunter2"), "{logs}");
-    std::io::stderr().write_all(logs.as_bytes()).ok();
 }

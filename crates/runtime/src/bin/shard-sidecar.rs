@@ -1,0 +1,73 @@
+//! `shard-sidecar`: serves one shard's trigger runtime over gRPC.
+
+use clap::Parser;
+use std::io::Write as _;
+use std::time::Duration;
+use triggers_runtime::cli::{ShardArgs, init_tracing};
+use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
+
+/// Runs one shard's trigger runtime beside a consumer, serving it over gRPC.
+///
+/// A consumer that is not written in Rust (a Go Gazette consumer, say) starts one
+/// sidecar per shard and drives it with the ShardSidecar service
+/// (crates/proto/proto/sidecar.proto): Open (recover; returns the last checkpoint and
+/// whether triggers are pending), StartCommit (checkpoint + per-binding stats; returns once
+/// durable), Acknowledged (delivers the triggers; optionally waits for the outcome),
+/// AwaitDelivery, ValidateConfig and Status.
+///
+/// The sidecar owns the shard's RocksDB store (one process per store) and its trigger
+/// config. On start it prints `listening on ADDRESS` to stdout. On SIGTERM or Ctrl-C it
+/// stops accepting calls, gives an in-flight delivery the grace period to finish, and
+/// exits; a delivery cut off stays persisted and fires on the next start.
+#[derive(Debug, Parser)]
+#[command(name = "shard-sidecar", version, verbatim_doc_comment)]
+struct Args {
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Where to listen: HOST:PORT (use 127.0.0.1; port 0 picks a free one) or
+    /// unix:/path/to.sock.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
+    listen: String,
+    /// Seconds an in-flight delivery may take to finish after SIGTERM.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    shutdown_grace: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    triggers_runtime::crash::arm_from_env();
+    init_tracing();
+    let args = Args::parse();
+    let config = SidecarConfig {
+        store: args.shard.store.clone(),
+        shard: args.shard.shard_config()?,
+    };
+    let listener = Listener::bind(&args.listen).await?;
+    println!("listening on {}", listener.address());
+    std::io::stdout().flush()?;
+    tracing::info!(address = %listener.address(), store = %args.shard.store.display(), "sidecar ready");
+
+    sidecar::run(
+        Sidecar::new(config),
+        listener,
+        shutdown_signal(),
+        Duration::from_secs(args.shutdown_grace),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the sidecar");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

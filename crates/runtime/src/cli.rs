@@ -1,0 +1,85 @@
+//! Command-line arguments shared by the binaries that run a shard: the sidecar and the
+//! reference consumer (in-process mode).
+
+use crate::{Durability, ShardConfig};
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use triggers::{ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
+
+/// Which shard to run, and how.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardArgs {
+    /// Directory of the shard's RocksDB store (created if missing). One process per store.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Trigger config file (`.json`, or YAML otherwise). Validated at start; an invalid
+    /// config stops the process with every error listed.
+    #[arg(long, value_name = "FILE")]
+    pub triggers: PathBuf,
+    /// Full name of the materialization (the `materialization_name` variable).
+    #[arg(long, value_name = "NAME")]
+    pub materialization: String,
+    /// Connector image of the materialization (the `connector_image` variable).
+    #[arg(long, value_name = "IMAGE")]
+    pub connector_image: String,
+    /// Source collection of each binding, in binding order; repeat once per binding.
+    #[arg(long = "binding", value_name = "COLLECTION", required = true)]
+    pub bindings: Vec<String>,
+    /// Return from StartCommit once the write is in the OS page cache instead of synced
+    /// to disk. Survives a killed process, not a power loss: only for stores made durable
+    /// by other means (a replicated recovery log).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Delay before the first retry of a failed webhook, in milliseconds (doubling,
+    /// capped at 30 s, with ±50 % jitter).
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub retry_initial_ms: u64,
+}
+
+impl ShardArgs {
+    /// Reads and validates the trigger config and builds the shard's config.
+    pub fn shard_config(&self) -> anyhow::Result<ShardConfig> {
+        Ok(ShardConfig {
+            materialization: Materialization {
+                name: self.materialization.clone(),
+                connector_image: self.connector_image.clone(),
+                binding_collections: self.bindings.clone(),
+            },
+            triggers: Arc::new(load_triggers(&self.triggers)?),
+            durability: if self.no_sync {
+                Durability::Unsynced
+            } else {
+                Durability::Synced
+            },
+            backoff: RetryBackoff {
+                initial: Duration::from_millis(self.retry_initial_ms),
+                ..RetryBackoff::default()
+            },
+        })
+    }
+}
+
+/// Reads and validates a trigger config file; JSON if it ends in `.json`, else YAML.
+pub fn load_triggers(path: &std::path::Path) -> anyhow::Result<Triggers> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading trigger config {}", path.display()))?;
+    let format = if path.extension().is_some_and(|e| e == "json") {
+        ConfigFormat::Json
+    } else {
+        ConfigFormat::Yaml
+    };
+    validate(&text, format).with_context(|| format!("trigger config {}", path.display()))
+}
+
+/// Installs the tracing subscriber of a binary: `RUST_LOG` or `info`, to stderr.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,302 @@
+//! The reference consumer: plays the reactor of a Gazette-style consumer for one shard.
+//!
+//! It reads documents (JSON lines, each with a `_meta/uuid` and a `collection`) from an
+//! input file, groups them into transactions of K documents, and drives a shard through
+//! StartCommit and Acknowledged, either in-process ([`Driver::Local`]) or through a
+//! sidecar over gRPC ([`Driver::Sidecar`]). Its checkpoint records the byte offset read
+//! through, so after a restart it resumes exactly there and reproduces the same
+//! transactions. It is the demo's engine and the crash tests' driver.
+
+use crate::crash::crash_point;
+use crate::{Shard, TransactionStats};
+use std::collections::BTreeMap;
+use std::path::Path;
+use triggers::Clock;
+use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
+use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest, StartCommitRequest};
+use triggers_proto::{BindingStats, Checkpoint, ProducerEntry, Source};
+
+/// The journal name under which the consumer checkpoints its input file.
+pub const INPUT_JOURNAL: &str = "input";
+
+/// One document of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// The binding reading its collection.
+    pub binding: u32,
+    /// The clock of its `_meta/uuid`.
+    pub clock: Clock,
+    /// The producer (node) id of its `_meta/uuid`.
+    pub producer: [u8; 6],
+    /// Byte offset of the end of its line in the input: the checkpoint after it.
+    pub end_offset: i64,
+    /// Size of its line.
+    pub bytes: u64,
+}
+
+/// Input the consumer cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not a usable document.
+    #[error("line {line}: {reason}")]
+    Document {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads every document of a JSON-lines input. `bindings` maps collections to bindings.
+pub fn read_documents(path: &Path, bindings: &[String]) -> Result<Vec<Document>, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_documents(&text, bindings)
+}
+
+/// Parses JSON-lines documents; see [`read_documents`].
+pub fn parse_documents(text: &str, bindings: &[String]) -> Result<Vec<Document>, InputError> {
+    let mut documents = Vec::new();
+    let mut offset = 0i64;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        offset += line.len() as i64;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fail = |reason: String| InputError::Document {
+            line: index + 1,
+            reason,
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(line).map_err(|err| fail(format!("not JSON: {err}")))?;
+        let uuid = doc
+            .pointer("/_meta/uuid")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| fail("no `_meta/uuid` string".to_string()))?;
+        let collection = doc
+            .get("collection")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| fail("no `collection` string".to_string()))?;
+        let binding = bindings
+            .iter()
+            .position(|c| c == collection)
+            .ok_or_else(|| fail(format!("collection {collection:?} has no binding")))?;
+        let parsed = uuid::Uuid::parse_str(uuid).map_err(|err| fail(err.to_string()))?;
+        let clock = Clock::from_uuid(&parsed).map_err(|err| fail(err.to_string()))?;
+        let node = &parsed.as_bytes()[10..];
+        documents.push(Document {
+            binding: binding as u32,
+            clock,
+            producer: [node[0], node[1], node[2], node[3], node[4], node[5]],
+            end_offset: offset,
+            bytes: line.len() as u64,
+        });
+    }
+    Ok(documents)
+}
+
+/// How the consumer reaches its shard.
+pub enum Driver {
+    /// The library, in this process.
+    Local {
+        /// Opens the shard (again, after a failure).
+        open: Box<dyn Fn() -> OpenShard + Send + Sync>,
+        /// The open shard.
+        shard: Option<Shard>,
+    },
+    /// A sidecar, over gRPC.
+    Sidecar(ShardSidecarClient<tonic::transport::Channel>),
+}
+
+/// A future opening a shard, for [`Driver::Local`].
+pub type OpenShard = std::pin::Pin<
+    Box<dyn Future<Output = Result<(Shard, crate::Recovery), crate::ShardError>> + Send>,
+>;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Offset the run resumed from.
+    pub resumed_at: i64,
+    /// Transactions committed by this run.
+    pub transactions: u64,
+    /// Of those, the ones whose trigger variables were persisted.
+    pub with_triggers: u64,
+    /// Whether recovery found trigger params of a committed transaction pending.
+    pub recovered_pending: bool,
+    /// Offset of the final checkpoint.
+    pub final_offset: i64,
+}
+
+impl Driver {
+    async fn open(&mut self) -> anyhow::Result<(Checkpoint, bool)> {
+        match self {
+            Driver::Local { open, shard } => {
+                drop(shard.take());
+                let (opened, recovery) = open().await?;
+                *shard = Some(opened);
+                Ok((recovery.checkpoint, recovery.pending.is_some()))
+            }
+            Driver::Sidecar(client) => {
+                let opened = client.open(OpenRequest {}).await?.into_inner();
+                Ok((
+                    opened.checkpoint.unwrap_or_default(),
+                    opened.triggers_pending,
+                ))
+            }
+        }
+    }
+
+    async fn start_commit(
+        &mut self,
+        checkpoint: Checkpoint,
+        stats: Vec<BindingStats>,
+    ) -> anyhow::Result<Option<String>> {
+        match self {
+            Driver::Local { shard, .. } => {
+                let shard = shard.as_mut().ok_or_else(|| anyhow::anyhow!("not open"))?;
+                let commit = shard.start_commit(checkpoint, &stats).await?;
+                Ok(commit.variables.map(|v| v.flow_run_id))
+            }
+            Driver::Sidecar(client) => {
+                let reply = client
+                    .start_commit(StartCommitRequest {
+                        checkpoint: Some(checkpoint),
+                        stats,
+                    })
+                    .await?
+                    .into_inner();
+                Ok(reply.triggers_persisted.then_some(reply.flow_run_id))
+            }
+        }
+    }
+
+    async fn acknowledged(&mut self) -> anyhow::Result<()> {
+        match self {
+            Driver::Local { shard, .. } => {
+                let shard = shard.as_mut().ok_or_else(|| anyhow::anyhow!("not open"))?;
+                shard.acknowledged().await?;
+                Ok(())
+            }
+            Driver::Sidecar(client) => {
+                let outcome = client
+                    .acknowledged(AcknowledgedRequest { wait: true })
+                    .await?
+                    .into_inner()
+                    .outcome
+                    .unwrap_or_default();
+                if outcome.ok {
+                    Ok(())
+                } else {
+                    anyhow::bail!("{}", outcome.error)
+                }
+            }
+        }
+    }
+}
+
+/// Runs the consumer: recover, acknowledge the recovered commit (delivering what a crash
+/// left pending), then commit the remaining documents K at a time, acknowledging each.
+/// Stops after `max_transactions` if given.
+pub async fn run(
+    driver: &mut Driver,
+    documents: &[Document],
+    docs_per_txn: usize,
+    max_transactions: Option<u64>,
+) -> anyhow::Result<Summary> {
+    anyhow::ensure!(docs_per_txn > 0, "transactions need at least one document");
+    let (mut checkpoint, recovered_pending) = driver.open().await?;
+    let resumed_at = checkpoint
+        .sources
+        .get(INPUT_JOURNAL)
+        .map_or(0, |s| s.read_through);
+    driver.acknowledged().await?;
+
+    let remaining = documents.partition_point(|d| d.end_offset <= resumed_at);
+    let mut summary = Summary {
+        resumed_at,
+        recovered_pending,
+        final_offset: resumed_at,
+        ..Summary::default()
+    };
+    for txn in documents[remaining..].chunks(docs_per_txn) {
+        if max_transactions.is_some_and(|max| summary.transactions >= max) {
+            break;
+        }
+        let mut stats = TransactionStats::default();
+        let mut producers: BTreeMap<[u8; 6], u64> = BTreeMap::new();
+        for doc in txn {
+            stats.add_document(doc.binding, doc.clock, doc.bytes);
+            let last = producers.entry(doc.producer).or_default();
+            *last = (*last).max(doc.clock.0);
+        }
+        let end = txn.last().map_or(summary.final_offset, |d| d.end_offset);
+        advance(&mut checkpoint, end, &producers);
+
+        let run_id = driver
+            .start_commit(checkpoint.clone(), stats.take())
+            .await?;
+        crash_point!("consumer.after_start_commit");
+        summary.transactions += 1;
+        summary.with_triggers += u64::from(run_id.is_some());
+        summary.final_offset = end;
+        driver.acknowledged().await?;
+    }
+    Ok(summary)
+}
+
+/// Moves the input's checkpoint to `offset` and records each producer's last clock.
+fn advance(checkpoint: &mut Checkpoint, offset: i64, producers: &BTreeMap<[u8; 6], u64>) {
+    let source = checkpoint
+        .sources
+        .entry(INPUT_JOURNAL.to_string())
+        .or_insert_with(Source::default);
+    source.read_through = offset;
+    for (id, clock) in producers {
+        match source.producers.iter_mut().find(|p| p.id == id) {
+            Some(entry) => entry.last_ack = entry.last_ack.max(*clock),
+            None => source.producers.push(ProducerEntry {
+                id: id.to_vec(),
+                last_ack: *clock,
+                begin: -1,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_carry_offsets_bindings_and_clocks() {
+        let bindings = vec!["a".to_string(), "b".to_string()];
+        let text = "{\"_meta\":{\"uuid\":\"83fc2f95-cc5f-11e9-8000-010203040506\"},\"collection\":\"b\"}\n\n{\"_meta\":{\"uuid\":\"13814000-1dd2-11b2-8000-010000000000\"},\"collection\":\"a\"}\n";
+        let docs = parse_documents(text, &bindings).expect("parses");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].binding, 1);
+        assert_eq!(docs[0].end_offset, 77);
+        assert_eq!(docs[0].producer, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(docs[1].end_offset, text.len() as i64);
+
+        let err = parse_documents("{\"collection\":\"a\"}\n", &bindings).expect_err("no uuid");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = parse_documents(
+            "{\"_meta\":{\"uuid\":\"9b2f7d1e-4c3a-4e8b-9f00-1234567890ab\"},\"collection\":\"a\"}\n",
+            &bindings,
+        )
+        .expect_err("v4 uuid");
+        assert!(err.to_string().contains("not a v1"), "{err}");
+    }
+}

@@ -1,0 +1,501 @@
+//! The shard sidecar: serves one shard's lifecycle over gRPC to a consumer written in any
+//! language. It owns the shard's store and trigger config.
+//!
+//! Acknowledged starts delivery in a task that holds the shard, so the next StartCommit
+//! waits for it (delivery before the next commit, as in the library), while the caller
+//! may return at once and collect the outcome later with AwaitDelivery.
+
+use crate::{Shard, ShardConfig, ShardError, StoreError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use triggers::{ConfigFormat, DeliveryError, ValidationError, validate};
+use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
+use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarServer};
+use triggers_proto::sidecar::{
+    AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, DeliveryOutcome, OpenRequest,
+    OpenResponse, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
+    TriggerOutcome, ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
+};
+
+/// How many finished deliveries AwaitDelivery can still be asked about.
+const REMEMBERED_DELIVERIES: usize = 64;
+/// Longest message of a gRPC status; longer ones are cut.
+const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// What the sidecar serves: one shard's store directory and config.
+pub struct SidecarConfig {
+    /// Directory of the shard's store.
+    pub store: PathBuf,
+    /// The shard's config (materialization, triggers, durability, backoff).
+    pub shard: ShardConfig,
+}
+
+/// The gRPC service. Cheap to clone; clones share the shard.
+#[derive(Clone)]
+pub struct Sidecar {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SidecarConfig,
+    /// `None` until Open. Held for the length of a delivery.
+    shard: Arc<tokio::sync::Mutex<Option<Shard>>>,
+    books: Mutex<Books>,
+}
+
+/// Bookkeeping for Status and AwaitDelivery.
+#[derive(Default)]
+struct Books {
+    next_delivery: u64,
+    deliveries: BTreeMap<u64, watch::Receiver<Option<DeliveryOutcome>>>,
+    last: Option<DeliveryOutcome>,
+    commits: u64,
+    finished_deliveries: u64,
+}
+
+impl Sidecar {
+    /// A sidecar for one shard; nothing is opened until the Open call.
+    pub fn new(config: SidecarConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                shard: Arc::new(tokio::sync::Mutex::new(None)),
+                books: Mutex::new(Books::default()),
+            }),
+        }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_service(self) -> ShardSidecarServer<Self> {
+        ShardSidecarServer::new(self)
+    }
+
+    /// Waits up to `grace` for an in-flight delivery, then closes the store. A delivery
+    /// still running after that is abandoned: its params stay persisted and fire on the
+    /// next start.
+    pub async fn close(&self, grace: Duration) {
+        match tokio::time::timeout(grace, self.inner.shard.lock()).await {
+            Ok(mut shard) => {
+                if shard.take().is_some() {
+                    tracing::info!("shard store closed");
+                }
+            }
+            Err(_) => tracing::warn!(
+                ?grace,
+                "a delivery is still running after the shutdown grace period; \
+                 its trigger params stay persisted and fire on the next start"
+            ),
+        }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.inner
+            .books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[tonic::async_trait]
+impl ShardSidecar for Sidecar {
+    async fn open(&self, _: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
+        let mut guard = self.inner.shard.lock().await;
+        // Close a previous incarnation first: its store lock must be released to reopen.
+        drop(guard.take());
+        let (shard, recovery) =
+            Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
+                .await
+                .map_err(to_status)?;
+        *guard = Some(shard);
+        tracing::info!(
+            pending = recovery.pending.is_some(),
+            "shard opened and recovered"
+        );
+        Ok(Response::new(OpenResponse {
+            checkpoint: Some(recovery.checkpoint),
+            triggers_pending: recovery.pending.is_some(),
+            pending_flow_run_id: recovery.pending.map(|v| v.flow_run_id).unwrap_or_default(),
+        }))
+    }
+
+    async fn start_commit(
+        &self,
+        request: Request<StartCommitRequest>,
+    ) -> Result<Response<StartCommitResponse>, Status> {
+        let request = request.into_inner();
+        let checkpoint = request
+            .checkpoint
+            .ok_or_else(|| Status::invalid_argument("StartCommit needs a checkpoint"))?;
+        let mut guard = self.inner.shard.lock().await;
+        let shard = guard.as_mut().ok_or_else(not_open)?;
+        let commit = shard
+            .start_commit(checkpoint, &request.stats)
+            .await
+            .map_err(to_status)?;
+        self.books().commits += 1;
+        Ok(Response::new(StartCommitResponse {
+            triggers_persisted: commit.variables.is_some(),
+            flow_run_id: commit.variables.map(|v| v.flow_run_id).unwrap_or_default(),
+        }))
+    }
+
+    async fn acknowledged(
+        &self,
+        request: Request<AcknowledgedRequest>,
+    ) -> Result<Response<AcknowledgedResponse>, Status> {
+        let wait = request.into_inner().wait;
+        let mut guard = self.inner.shard.clone().lock_owned().await;
+        guard
+            .as_ref()
+            .ok_or_else(not_open)?
+            .check_acknowledge()
+            .map_err(|err| to_status(err.into()))?;
+
+        let (done, outcome) = watch::channel(None);
+        let delivery_id = {
+            let mut books = self.books();
+            books.next_delivery += 1;
+            let id = books.next_delivery;
+            books.deliveries.insert(id, outcome.clone());
+            while books.deliveries.len() > REMEMBERED_DELIVERIES {
+                books.deliveries.pop_first();
+            }
+            id
+        };
+
+        let sidecar = self.clone();
+        tokio::spawn(async move {
+            let result = match guard.as_mut() {
+                Some(shard) => shard.acknowledged().await,
+                None => return,
+            };
+            let outcome = delivery_outcome(delivery_id, result);
+            if !outcome.ok {
+                tracing::error!(error = %outcome.error, "delivery failed; the shard must be reopened");
+            }
+            {
+                let mut books = sidecar.books();
+                books.last = Some(outcome.clone());
+                books.finished_deliveries += 1;
+            }
+            // Release the shard before announcing, so a waiter's next call can proceed.
+            drop(guard);
+            done.send_replace(Some(outcome));
+        });
+
+        let outcome = if wait {
+            Some(await_outcome(outcome).await?)
+        } else {
+            None
+        };
+        Ok(Response::new(AcknowledgedResponse {
+            delivery_id,
+            outcome,
+        }))
+    }
+
+    async fn await_delivery(
+        &self,
+        request: Request<AwaitDeliveryRequest>,
+    ) -> Result<Response<DeliveryOutcome>, Status> {
+        let id = request.into_inner().delivery_id;
+        let outcome = self.books().deliveries.get(&id).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "no delivery {id} (only the last {REMEMBERED_DELIVERIES} are kept)"
+            ))
+        })?;
+        Ok(Response::new(await_outcome(outcome).await?))
+    }
+
+    async fn validate_config(
+        &self,
+        request: Request<ValidateConfigRequest>,
+    ) -> Result<Response<ValidateConfigResponse>, Status> {
+        let request = request.into_inner();
+        let format = match request.format() {
+            triggers_proto::sidecar::ConfigFormat::Json => ConfigFormat::Json,
+            triggers_proto::sidecar::ConfigFormat::Yaml => ConfigFormat::Yaml,
+        };
+        Ok(Response::new(match validate(&request.config, format) {
+            Ok(triggers) => ValidateConfigResponse {
+                valid: true,
+                triggers: triggers.len() as u32,
+                errors: Vec::new(),
+            },
+            Err(errors) => ValidateConfigResponse {
+                valid: false,
+                triggers: 0,
+                errors: errors
+                    .0
+                    .iter()
+                    .map(|err| ValidationIssue {
+                        trigger_index: validation_trigger(err),
+                        message: err.to_string(),
+                    })
+                    .collect(),
+            },
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let (open, phase, pending_run_id) = match self.inner.shard.try_lock() {
+            Ok(guard) => match guard.as_ref() {
+                Some(shard) => (
+                    true,
+                    shard.phase_name(),
+                    shard.pending_flow_run_id().map(str::to_string),
+                ),
+                None => (false, "closed", None),
+            },
+            // Held by a delivery (or a commit in progress).
+            Err(_) => (true, "delivering", None),
+        };
+        let books = self.books();
+        let last = books.last.clone().unwrap_or_default();
+        Ok(Response::new(StatusResponse {
+            open,
+            phase: phase.to_string(),
+            triggers_pending: pending_run_id.is_some() || phase == "delivering",
+            pending_flow_run_id: pending_run_id.unwrap_or_default(),
+            last_outcomes: last.triggers,
+            last_error: last.error,
+            commits: books.commits,
+            deliveries: books.finished_deliveries,
+        }))
+    }
+}
+
+async fn await_outcome(
+    mut outcome: watch::Receiver<Option<DeliveryOutcome>>,
+) -> Result<DeliveryOutcome, Status> {
+    let outcome = outcome
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| Status::aborted("the delivery task ended without an outcome"))?;
+    Ok(outcome.clone().unwrap_or_default())
+}
+
+fn not_open() -> Status {
+    Status::failed_precondition("the shard is not open: call Open first")
+}
+
+fn validation_trigger(err: &ValidationError) -> i32 {
+    match err {
+        ValidationError::Parse(_) => -1,
+        ValidationError::InvalidUrl { trigger, .. }
+        | ValidationError::InvalidHeaderName { trigger, .. }
+        | ValidationError::InvalidHeaderValue { trigger, .. }
+        | ValidationError::OutOfBounds { trigger, .. }
+        | ValidationError::Template { trigger, .. }
+        | ValidationError::NotJson { trigger, .. } => trigger.index as i32,
+    }
+}
+
+fn delivery_outcome(
+    delivery_id: u64,
+    result: Result<crate::Acknowledgement, ShardError>,
+) -> DeliveryOutcome {
+    match result {
+        Ok(ack) => DeliveryOutcome {
+            delivery_id,
+            flow_run_id: ack.variables.map(|v| v.flow_run_id).unwrap_or_default(),
+            ok: true,
+            triggers: ack
+                .delivered
+                .iter()
+                .map(|d| TriggerOutcome {
+                    index: d.trigger.index as u32,
+                    origin: d.trigger.origin.clone(),
+                    delivered: true,
+                    status: u32::from(d.status),
+                    attempts: d.attempts,
+                    error: String::new(),
+                })
+                .collect(),
+            error: String::new(),
+        },
+        Err(ShardError::Delivery {
+            flow_run_id,
+            source,
+        }) => DeliveryOutcome {
+            delivery_id,
+            error: bounded(&format!(
+                "delivering the triggers of transaction {flow_run_id} failed: {source}"
+            )),
+            flow_run_id,
+            ok: false,
+            triggers: failed_outcomes(&source),
+        },
+        Err(err) => DeliveryOutcome {
+            delivery_id,
+            ok: false,
+            error: bounded(&err.to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+fn failed_outcomes(err: &DeliveryError) -> Vec<TriggerOutcome> {
+    let mut outcomes: Vec<TriggerOutcome> = err
+        .delivered
+        .iter()
+        .map(|d| TriggerOutcome {
+            index: d.trigger.index as u32,
+            origin: d.trigger.origin.clone(),
+            delivered: true,
+            status: u32::from(d.status),
+            attempts: d.attempts,
+            error: String::new(),
+        })
+        .chain(err.failures.iter().map(|f| TriggerOutcome {
+            index: f.trigger.index as u32,
+            origin: f.trigger.origin.clone(),
+            delivered: false,
+            status: match &f.reason {
+                triggers::FailureReason::Status { status, .. } => u32::from(*status),
+                _ => 0,
+            },
+            attempts: f.attempts,
+            error: bounded(&f.to_string()),
+        }))
+        .collect();
+    outcomes.sort_by_key(|o| o.index);
+    outcomes
+}
+
+/// The one place shard errors become gRPC statuses: codes a client can act on, messages
+/// cut to a bounded length.
+fn to_status(err: ShardError) -> Status {
+    let message = bounded(&err.to_string());
+    match err {
+        ShardError::Protocol(_) => Status::failed_precondition(message),
+        ShardError::Stats(_) => Status::invalid_argument(message),
+        ShardError::Store(StoreError::Locked { .. }) => Status::unavailable(message),
+        ShardError::Store(StoreError::Corrupt { .. }) | ShardError::Params(_) => {
+            Status::data_loss(message)
+        }
+        ShardError::Store(StoreError::RocksDb { .. }) | ShardError::Blocking(_) => {
+            Status::internal(message)
+        }
+        ShardError::Delivery { .. } => Status::aborted(message),
+    }
+}
+
+fn bounded(message: &str) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// A client of a sidecar at `address`: `http://127.0.0.1:PORT` or `unix:/path/to.sock`.
+pub async fn connect(
+    address: &str,
+) -> Result<ShardSidecarClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = match address.strip_prefix("unix:") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            // The URI is required but unused: the connector dials the socket.
+            tonic::transport::Endpoint::from_static("http://sidecar.invalid")
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await?
+        }
+        None => {
+            tonic::transport::Endpoint::from_shared(address.to_string())?
+                .connect()
+                .await?
+        }
+    };
+    Ok(ShardSidecarClient::new(channel))
+}
+
+/// Where the sidecar listens.
+pub enum Listener {
+    /// A TCP socket (127.0.0.1 for a sidecar beside its shard).
+    Tcp(tokio::net::TcpListener),
+    /// A Unix domain socket.
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Binds `127.0.0.1:PORT`-style addresses, or `unix:/path/to.sock`.
+    pub async fn bind(address: &str) -> std::io::Result<Self> {
+        match address.strip_prefix("unix:") {
+            Some(path) => {
+                // A stale socket file from a killed process would make bind fail.
+                if std::fs::metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
+            }
+            None => Ok(Listener::Tcp(tokio::net::TcpListener::bind(address).await?)),
+        }
+    }
+
+    /// The bound address, as a client would dial it.
+    pub fn address(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default(),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Serves `sidecar` on `listener` until `shutdown` resolves, then gives an in-flight
+/// delivery up to `grace` to finish before closing the store.
+pub async fn run(
+    sidecar: Sidecar,
+    listener: Listener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder().add_service(sidecar.clone().into_service());
+    let signal = async move {
+        let _ = stopped.await;
+    };
+    let serving = match listener {
+        Listener::Tcp(l) => tokio::spawn(server.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(l),
+            signal,
+        )),
+        Listener::Unix(l) => tokio::spawn(server.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(l),
+            signal,
+        )),
+    };
+    shutdown.await;
+    tracing::info!(?grace, "shutting down");
+    let _ = stop.send(());
+    // In-flight calls get the grace period too; a caller waiting on a delivery is cut off.
+    match tokio::time::timeout(grace, serving).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(%join, "server task failed"),
+        Err(_) => tracing::warn!("calls still in flight after the grace period"),
+    }
+    sidecar.close(grace).await;
+    Ok(())
+}
