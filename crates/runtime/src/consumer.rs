@@ -14,7 +14,7 @@ use std::path::Path;
 use triggers::Clock;
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest, StartCommitRequest};
-use triggers_proto::{BindingStats, Checkpoint, ProducerEntry, Source};
+use triggers_proto::{BindingStats, Checkpoint, ProducerEntry};
 
 /// The journal name under which the consumer checkpoints its input file.
 pub const INPUT_JOURNAL: &str = "input";
@@ -261,7 +261,7 @@ fn advance(checkpoint: &mut Checkpoint, offset: i64, producers: &BTreeMap<[u8; 6
     let source = checkpoint
         .sources
         .entry(INPUT_JOURNAL.to_string())
-        .or_insert_with(Source::default);
+        .or_default();
     source.read_through = offset;
     for (id, clock) in producers {
         match source.producers.iter_mut().find(|p| p.id == id) {

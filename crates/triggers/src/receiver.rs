@@ -29,6 +29,9 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// The status of the answer, once it was written in full; `None` while pending, or
+    /// if the receiver hung up or the client went away first.
+    pub answered: Option<u16>,
 }
 
 impl Request {
@@ -206,7 +209,11 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 .or_else(|| lock(&shared.default_reply).clone())
                 .unwrap_or_else(|| Reply::status(200).with_body("ok"))
         };
-        lock(&shared.requests).push(request);
+        let index = {
+            let mut requests = lock(&shared.requests);
+            requests.push(request);
+            requests.len() - 1
+        };
         shared.arrived.notify_waiters();
 
         if !reply.delay.is_zero() {
@@ -224,9 +231,10 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             reply.body.len(),
             reply.body,
         );
-        if stream.write_all(response.as_bytes()).await.is_err() {
+        if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
             return;
         }
+        lock(&shared.requests)[index].answered = Some(reply.status);
     }
 }
 
@@ -269,6 +277,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Reque
                     path,
                     headers,
                     body,
+                    answered: None,
                 });
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {

@@ -1,0 +1,542 @@
+//! Crash recovery with real processes: the reference consumer (and the sidecar) run as
+//! child processes, are killed with SIGKILL at named crash points or at random moments,
+//! and are restarted; a checker then verifies the at-least-once invariants against
+//! everything a real receiver on 127.0.0.1 recorded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use triggers::receiver::{Receiver, Reply};
+use triggers::{Clock, Materialization, Variables};
+use triggers_runtime::consumer::{INPUT_JOURNAL, parse_documents};
+use triggers_runtime::crash::{CRASH_POINT_ENV, CRASH_POINT_REACHED};
+use triggers_runtime::{Durability, Store, TransactionStats};
+
+const COLLECTIONS: [&str; 3] = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"];
+const TRIGGER_PATHS: [&str; 2] = ["/a", "/b"];
+/// Longest a child may run before the test gives up on it.
+const CHILD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One committed transaction as the checker expects to see it announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expected {
+    collections: Vec<String>,
+    min: String,
+    max: String,
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    receiver: Receiver,
+    input: PathBuf,
+    input_len: i64,
+    docs_per_txn: usize,
+    expected: Vec<Expected>,
+    crashes: usize,
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+struct Report {
+    transactions: usize,
+    webhooks: usize,
+    duplicates: usize,
+    violations: Vec<String>,
+}
+
+impl Harness {
+    async fn new(documents: usize, docs_per_txn: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let receiver = Receiver::start().await.expect("receiver");
+
+        // Documents with strictly increasing clocks over the three collections.
+        let mut text = String::new();
+        for i in 0..documents as u64 {
+            let collection = COLLECTIONS[(i * 7 % 5 % 3) as usize];
+            let clock = Clock::from_unix(1_750_000_000 + i * 3, (i as u32 * 7_919) % 1_000_000_000);
+            let uuid = clock.to_uuid([0x0b, 0, 0, 0, 0, (i % 2) as u8 + 1], 1);
+            text.push_str(&format!(
+                "{{\"_meta\":{{\"uuid\":\"{uuid}\"}},\"collection\":\"{collection}\",\"n\":{i}}}\n"
+            ));
+        }
+        let input = dir.path().join("input.jsonl");
+        std::fs::write(&input, &text).expect("write input");
+
+        let template = r#"{"run": "{{flow_run_id}}", "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "collections": {{json collection_names}}, "name": "{{materialization_name}}"}"#;
+        let config = serde_json::json!({"config": TRIGGER_PATHS.iter().map(|path| serde_json::json!({
+            "url": receiver.url(path),
+            "payloadTemplate": template,
+            "timeoutSecs": 5,
+            "maxRetries": 10,
+        })).collect::<Vec<_>>()});
+        std::fs::write(dir.path().join("triggers.json"), config.to_string()).expect("write config");
+
+        // What every committed transaction must announce, computed from the whole input.
+        let bindings: Vec<String> = COLLECTIONS.iter().map(ToString::to_string).collect();
+        let documents = parse_documents(&text, &bindings).expect("parses");
+        let materialization = Materialization {
+            name: "acmeCo/crash/test".to_string(),
+            connector_image: "ghcr.io/estuary/materialize-example:v1".to_string(),
+            binding_collections: bindings,
+        };
+        let expected = documents
+            .chunks(docs_per_txn)
+            .map(|txn| {
+                let mut stats = TransactionStats::default();
+                for doc in txn {
+                    stats.add_document(doc.binding, doc.clock, doc.bytes);
+                }
+                let v = Variables::from_stats(&materialization, &stats.take(), String::new())
+                    .expect("valid")
+                    .expect("documents");
+                let json = serde_json::to_value(&v).expect("serialises");
+                Expected {
+                    collections: v.collection_names,
+                    min: json["flow_published_at_min"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    max: json["flow_published_at_max"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                }
+            })
+            .collect();
+
+        Self {
+            input_len: text.len() as i64,
+            dir,
+            receiver,
+            input,
+            docs_per_txn,
+            expected,
+            crashes: 0,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        COLLECTIONS
+            .iter()
+            .flat_map(|c| ["--binding".to_string(), c.to_string()])
+            .collect()
+    }
+
+    /// The consumer, in-process mode, or driving the sidecar at `sidecar`.
+    fn consumer(&self, sidecar: Option<&str>, crash_point: Option<&str>) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_consumer"));
+        command
+            .arg("--input")
+            .arg(&self.input)
+            .arg("--docs-per-txn")
+            .arg(self.docs_per_txn.to_string())
+            .args(self.bindings());
+        match sidecar {
+            Some(address) => {
+                command.arg("--sidecar").arg(address);
+            }
+            None => {
+                command
+                    .arg("--store")
+                    .arg(self.store())
+                    .arg("--triggers")
+                    .arg(self.dir.path().join("triggers.json"))
+                    .arg("--materialization")
+                    .arg("acmeCo/crash/test")
+                    .arg("--retry-initial-ms")
+                    .arg("10");
+            }
+        }
+        spawn(command, crash_point)
+    }
+
+    fn sidecar(&self, crash_point: Option<&str>) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shard-sidecar"));
+        command
+            .arg("--store")
+            .arg(self.store())
+            .arg("--triggers")
+            .arg(self.dir.path().join("triggers.json"))
+            .arg("--materialization")
+            .arg("acmeCo/crash/test")
+            .arg("--connector-image")
+            .arg("ghcr.io/estuary/materialize-example:v1")
+            .arg("--retry-initial-ms")
+            .arg("10")
+            .args(self.bindings());
+        spawn(command, crash_point)
+    }
+
+    /// Runs the consumer in-process until it completes.
+    async fn complete(&self) {
+        let child = self.consumer(None, None);
+        let output = tokio::time::timeout(CHILD_DEADLINE, child.wait_with_output())
+            .await
+            .expect("consumer finishes in time")
+            .expect("consumer runs");
+        assert!(
+            output.status.success(),
+            "consumer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs `child` until it reports reaching its crash point, then SIGKILLs it.
+    async fn kill_at_crash_point(&mut self, mut child: Child) {
+        let stderr = child.stderr.take().expect("stderr piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let reached = tokio::time::timeout(CHILD_DEADLINE, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with(CRASH_POINT_REACHED) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(reached, "the child never reached its crash point");
+        self.kill(child).await;
+    }
+
+    async fn kill(&mut self, mut child: Child) {
+        // Child::start_kill sends SIGKILL.
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("reaped");
+        self.crashes += 1;
+    }
+
+    /// Checks the invariants against what the receiver recorded and the store holds.
+    fn check(&self) -> Report {
+        let mut report = Report {
+            transactions: self.expected.len(),
+            ..Report::default()
+        };
+        // (txn index, path) -> run ids of the accepted deliveries.
+        let mut seen: BTreeMap<(usize, String), Vec<String>> = BTreeMap::new();
+        for request in self.receiver.requests() {
+            if !request.answered.is_some_and(|s| (200..300).contains(&s)) {
+                continue;
+            }
+            report.webhooks += 1;
+            let body = request.json().expect("webhooks are JSON");
+            let position = self
+                .expected
+                .iter()
+                .position(|e| body["min"] == e.min.as_str() && body["max"] == e.max.as_str());
+            let Some(index) = position else {
+                report.violations.push(format!(
+                    "phantom webhook for no committed transaction: {body}"
+                ));
+                continue;
+            };
+            let collections: Vec<String> =
+                serde_json::from_value(body["collections"].clone()).unwrap_or_default();
+            if collections != self.expected[index].collections {
+                report.violations.push(format!(
+                    "transaction {index}: wrong collections {collections:?}"
+                ));
+            }
+            seen.entry((index, request.path.clone()))
+                .or_default()
+                .push(body["run"].as_str().unwrap_or_default().to_string());
+        }
+        for index in 0..self.expected.len() {
+            let mut runs: Vec<&String> = Vec::new();
+            for path in TRIGGER_PATHS {
+                match seen.get(&(index, path.to_string())) {
+                    None => report.violations.push(format!(
+                        "transaction {index}: trigger {path} never received"
+                    )),
+                    Some(ids) => {
+                        report.duplicates += ids.len() - 1;
+                        runs.extend(ids);
+                    }
+                }
+            }
+            runs.dedup();
+            if runs.len() > 1 {
+                report.violations.push(format!(
+                    "transaction {index}: announced with different variables (runs {runs:?})"
+                ));
+            }
+        }
+        for path in TRIGGER_PATHS {
+            let duplicates: usize = seen
+                .iter()
+                .filter(|((_, p), _)| p == path)
+                .map(|(_, ids)| ids.len() - 1)
+                .sum();
+            if duplicates > self.crashes {
+                report.violations.push(format!(
+                    "trigger {path}: {duplicates} duplicates after only {} crash(es)",
+                    self.crashes
+                ));
+            }
+        }
+        let store = Store::open(self.store(), Durability::Synced).expect("store opens");
+        let offset = store
+            .checkpoint()
+            .expect("checkpoint reads")
+            .sources
+            .get(INPUT_JOURNAL)
+            .map_or(0, |s| s.read_through);
+        if offset != self.input_len {
+            report.violations.push(format!(
+                "final checkpoint {offset} is not the end of the input {}",
+                self.input_len
+            ));
+        }
+        if store.trigger_params().expect("reads").is_some() {
+            report
+                .violations
+                .push("trigger params left pending at the end".to_string());
+        }
+        report
+    }
+
+    fn assert_clean(&self) -> Report {
+        let report = self.check();
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        report
+    }
+}
+
+fn spawn(mut command: Command, crash_point: Option<&str>) -> Child {
+    command
+        .env("RUST_LOG", "warn")
+        .env_remove(CRASH_POINT_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(point) = crash_point {
+        command.env(CRASH_POINT_ENV, point);
+    }
+    command.spawn().expect("child spawns")
+}
+
+/// Reads the sidecar's `listening on ADDRESS` line.
+async fn sidecar_address(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(CHILD_DEADLINE, lines.next_line())
+        .await
+        .expect("sidecar starts in time")
+        .expect("reads stdout")
+        .expect("prints its address");
+    line.strip_prefix("listening on ")
+        .expect("address line")
+        .to_string()
+}
+
+async fn crash_then_recover(point: &str) -> Report {
+    let mut harness = Harness::new(30, 3).await;
+    let child = harness.consumer(None, Some(point));
+    harness.kill_at_crash_point(child).await;
+    harness.complete().await;
+    let report = harness.assert_clean();
+    assert_eq!(report.transactions, 10);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_start_commit_writes_fires_nothing_extra() {
+    let report = crash_then_recover("start_commit.before_write@4").await;
+    assert_eq!(
+        report.duplicates, 0,
+        "the lost transaction never fired: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_write_before_the_reply_fires_once_on_recovery() {
+    let report = crash_then_recover("start_commit.after_write@4").await;
+    assert_eq!(report.duplicates, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_start_commit_before_acknowledged_fires_once_on_recovery() {
+    let report = crash_then_recover("consumer.after_start_commit@4").await;
+    assert_eq!(report.duplicates, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_delivery_before_the_delete_refires_that_transaction() {
+    let report = crash_then_recover("acknowledged.before_delete@4").await;
+    assert_eq!(
+        report.duplicates, 2,
+        "both triggers re-fired once: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_delivery_with_one_trigger_delivered_refires_both() {
+    let mut harness = Harness::new(30, 3).await;
+    // The 4th webhook to /b is held open while /a's is delivered; then the consumer dies.
+    harness.receiver.script(
+        "/b",
+        [
+            Reply::status(200),
+            Reply::status(200),
+            Reply::status(200),
+            Reply::status(200).after(Duration::from_secs(30)),
+        ],
+    );
+    let child = harness.consumer(None, None);
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    loop {
+        let requests = harness.receiver.requests();
+        let a = requests
+            .iter()
+            .filter(|r| r.path == "/a" && r.answered.is_some())
+            .count();
+        let b = requests.iter().filter(|r| r.path == "/b").count();
+        if a >= 4 && b >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reached the held delivery");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    harness.kill(child).await;
+    harness.complete().await;
+    let report = harness.assert_clean();
+    assert_eq!(
+        report.duplicates, 1,
+        "/a re-fired once, /b delivered once: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_killed_after_the_write_recovers_through_the_next_sidecar() {
+    let mut harness = Harness::new(30, 3).await;
+    let mut sidecar = harness.sidecar(Some("start_commit.after_write@4"));
+    let address = sidecar_address(&mut sidecar).await;
+    let consumer = harness.consumer(Some(&address), None);
+    harness.kill_at_crash_point(sidecar).await;
+    // The consumer loses its sidecar and fails; it is restarted with a new sidecar.
+    let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
+        .await
+        .expect("consumer notices")
+        .expect("consumer ran");
+    assert!(!output.status.success());
+
+    let mut sidecar = harness.sidecar(None);
+    let address = sidecar_address(&mut sidecar).await;
+    let consumer = harness.consumer(Some(&address), None);
+    let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
+        .await
+        .expect("consumer finishes")
+        .expect("consumer ran");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // SIGTERM: a clean shutdown releases the store.
+    let pid = sidecar.id().expect("running");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(CHILD_DEADLINE, sidecar.wait())
+        .await
+        .expect("sidecar exits on SIGTERM")
+        .expect("reaped");
+    assert!(status.success(), "clean shutdown: {status:?}");
+    let report = harness.assert_clean();
+    assert_eq!(report.duplicates, 0, "{report:?}");
+}
+
+/// A small deterministic generator, so a failing seed replays exactly.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Kills the consumer at random moments, many times, lets it finish, checks; again with
+/// fresh stores until `SOAK_SECS` (default 15) pass. `SOAK_SEED` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_random_kills() {
+    let seconds: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let seed: u64 = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("soak: seed={seed} (replay with SOAK_SEED={seed})");
+    let mut rng = XorShift(seed);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut rounds, mut cycles, mut crashes) = (0, 0, 0);
+    let mut totals = Report::default();
+
+    while rounds == 0 || Instant::now() < deadline {
+        rounds += 1;
+        let mut harness = Harness::new(200, 2).await;
+        loop {
+            cycles += 1;
+            // A slow or briefly failing endpoint makes kills land during delivery too.
+            harness
+                .receiver
+                .set_default(Reply::status(200).after(Duration::from_millis(rng.below(5))));
+            if rng.below(4) == 0 {
+                harness
+                    .receiver
+                    .script(TRIGGER_PATHS[rng.below(2) as usize], [Reply::status(503)]);
+            }
+            let mut child = harness.consumer(None, None);
+            let wait = Duration::from_millis(5 + rng.below(120));
+            match tokio::time::timeout(wait, child.wait()).await {
+                Ok(status) => {
+                    assert!(
+                        status.expect("reaped").success(),
+                        "consumer failed on its own"
+                    );
+                    break; // This round's input is done.
+                }
+                Err(_) => harness.kill(child).await,
+            }
+        }
+        harness.receiver.set_default(Reply::status(200));
+        harness.complete().await;
+        let report = harness.check();
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}, round {rounds}: {:#?}",
+            report.violations
+        );
+        crashes += harness.crashes;
+        totals.transactions += report.transactions;
+        totals.webhooks += report.webhooks;
+        totals.duplicates += report.duplicates;
+    }
+    println!(
+        "soak: seed={seed} rounds={rounds} cycles={cycles} crashes={crashes} transactions={} \
+         webhooks={} duplicates={} violations=0",
+        totals.transactions, totals.webhooks, totals.duplicates
+    );
+}
