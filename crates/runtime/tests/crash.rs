@@ -4,6 +4,7 @@
 //! everything a real receiver on 127.0.0.1 recorded.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -488,7 +489,10 @@ async fn soak_random_kills() {
                 .map_or(1, |d| d.as_nanos() as u64)
                 | 1
         });
-    println!("soak: seed={seed} (replay with SOAK_SEED={seed})");
+    let _ = writeln!(
+        std::io::stderr(),
+        "soak: seed={seed} (replay with SOAK_SEED={seed})"
+    );
     let mut rng = XorShift(seed);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut rounds, mut cycles, mut crashes) = (0, 0, 0);
@@ -534,9 +538,13 @@ async fn soak_random_kills() {
         totals.webhooks += report.webhooks;
         totals.duplicates += report.duplicates;
     }
-    println!(
+    // Straight to stderr, past the test harness's capture, so CI logs show it.
+    let _ = writeln!(
+        std::io::stderr(),
         "soak: seed={seed} rounds={rounds} cycles={cycles} crashes={crashes} transactions={} \
          webhooks={} duplicates={} violations=0",
-        totals.transactions, totals.webhooks, totals.duplicates
+        totals.transactions,
+        totals.webhooks,
+        totals.duplicates
     );
 }

@@ -87,13 +87,12 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("give either --sidecar, or --store and --triggers"),
     };
     let documents = read_documents(&args.input, &args.bindings)?;
-    let summary = consumer::run(
-        &mut driver,
-        &documents,
-        args.docs_per_txn,
-        args.max_transactions,
-    )
-    .await?;
+    let options = consumer::RunOptions {
+        docs_per_txn: args.docs_per_txn,
+        max_transactions: args.max_transactions,
+        stop_before_acknowledging: None,
+    };
+    let summary = consumer::run(&mut driver, &documents, options).await?;
     println!(
         "consumer: resumed at offset {}, committed {} transaction(s) ({} with triggers), final offset {}{}",
         summary.resumed_at,

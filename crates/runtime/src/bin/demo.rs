@@ -1,18 +1,17 @@
-//! The demo: drives real transactions over sample documents into a RocksDB store and
-//! fires their triggers at a receiver on 127.0.0.1, including a simulated crash between
-//! StartCommit and Acknowledged. Prints what was delivered and a summary.
+//! The demo: the reference consumer drives real transactions over sample documents into a
+//! RocksDB store and fires their triggers at a receiver on 127.0.0.1, with a simulated
+//! crash between StartCommit and Acknowledged. Prints what was delivered and a summary.
 //!
-//! Usage: `demo [--docs-per-txn K] [--store DIR]` (run from anywhere; the sample
-//! documents and trigger config are compiled in).
+//! Usage: `demo [--docs-per-txn K] [--store DIR]`. The sample documents and trigger
+//! config (crates/runtime/demo/) are compiled in.
 
 use anyhow::{Context as _, bail};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
-use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
-use triggers_proto::{ProducerEntry, Source};
-use triggers_runtime::{Durability, Shard, ShardConfig, TransactionStats};
+use triggers::{ConfigFormat, Materialization, RetryBackoff, validate};
+use triggers_runtime::consumer::{self, Driver, RunOptions, parse_documents};
+use triggers_runtime::{Durability, Shard, ShardConfig};
 
 const DOCUMENTS: &str = include_str!("../../demo/documents.jsonl");
 const TRIGGERS: &str = include_str!("../../demo/triggers.yaml");
@@ -21,8 +20,8 @@ const COLLECTIONS: [&str; 3] = [
     "acmeCo/shop/customers",
     "acmeCo/shop/refunds",
 ];
-/// The demo crashes after this transaction's StartCommit and recovers.
-const CRASH_AFTER_COMMIT_OF: usize = 2;
+/// The first run stops (as if crashed) after this transaction's StartCommit.
+const CRASH_AFTER_COMMIT_OF: u64 = 2;
 
 struct Args {
     docs_per_txn: usize,
@@ -45,7 +44,12 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--store" => args.store = Some(it.next().context("--store needs a directory")?.into()),
             "-h" | "--help" => {
-                println!("usage: demo [--docs-per-txn K] [--store DIR]");
+                println!(
+                    "usage: demo [--docs-per-txn K] [--store DIR]\n\n\
+                     Commits the sample documents in transactions of K (default 5) into a store\n\
+                     (default: a temp dir, removed afterwards) and fires the sample triggers at\n\
+                     a receiver on 127.0.0.1, crashing once between StartCommit and Acknowledged."
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -54,51 +58,17 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-struct Document {
-    binding: u32,
-    clock: Clock,
-    producer: Vec<u8>,
-    bytes: u64,
-}
-
-fn documents() -> anyhow::Result<Vec<Document>> {
-    DOCUMENTS
-        .lines()
-        .enumerate()
-        .map(|(line, text)| {
-            let doc: serde_json::Value = serde_json::from_str(text)
-                .with_context(|| format!("documents.jsonl line {}", line + 1))?;
-            let uuid = doc["_meta"]["uuid"]
-                .as_str()
-                .context("document without _meta/uuid")?;
-            let collection = doc["collection"]
-                .as_str()
-                .context("document without collection")?;
-            let binding = COLLECTIONS
-                .iter()
-                .position(|c| *c == collection)
-                .with_context(|| format!("unknown collection {collection}"))?;
-            let parsed = uuid::Uuid::parse_str(uuid)?;
-            Ok(Document {
-                binding: binding as u32,
-                clock: Clock::from_uuid(&parsed)?,
-                producer: parsed.as_bytes()[10..].to_vec(),
-                bytes: text.len() as u64 + 1,
-            })
-        })
-        .collect()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,triggers_runtime::consumer=info".into()),
         )
         .with_target(false)
         .without_time()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = parse_args()?;
 
@@ -118,15 +88,15 @@ async fn main() -> anyhow::Result<()> {
     let config_text = TRIGGERS.replace("${RECEIVER}", &receiver.url(""));
     let triggers = Arc::new(validate(&config_text, ConfigFormat::Yaml)?);
     println!(
-        "demo trigger config is valid: {} trigger(s)",
+        "the demo's trigger config is valid: {} trigger(s)\n",
         triggers.len()
     );
 
-    let store_dir = match &args.store {
+    let store = match &args.store {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("triggers-demo-{}", std::process::id())),
     };
-    let config = || ShardConfig {
+    let config = ShardConfig {
         materialization: Materialization {
             name: "acmeCo/shop/materialize-warehouse".to_string(),
             connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
@@ -139,85 +109,66 @@ async fn main() -> anyhow::Result<()> {
             ..RetryBackoff::default()
         },
     };
+    let bindings = config.materialization.binding_collections.clone();
+    let documents = parse_documents(DOCUMENTS, &bindings)?;
+    let driver = || {
+        let (store, config) = (store.clone(), config.clone());
+        Driver::Local {
+            open: Box::new(move || Box::pin(Shard::open(store.clone(), config.clone()))),
+            shard: None,
+        }
+    };
 
-    let (mut shard, recovery) = Shard::open(&store_dir, config()).await?;
     println!(
-        "opened store {} (pending triggers: {})",
-        store_dir.display(),
-        recovery.pending.is_some()
+        "run 1: commits until transaction {CRASH_AFTER_COMMIT_OF}, then \"crashes\" before its Acknowledged"
     );
-    shard.acknowledged().await?;
+    let first = consumer::run(
+        &mut driver(),
+        &documents,
+        RunOptions {
+            docs_per_txn: args.docs_per_txn,
+            max_transactions: None,
+            stop_before_acknowledging: Some(CRASH_AFTER_COMMIT_OF),
+        },
+    )
+    .await?;
 
-    let documents = documents()?;
-    let mut checkpoint = recovery.checkpoint;
-    let (mut committed, mut refired, mut empty) = (0, 0, 0);
-    let mut offsets: BTreeMap<String, i64> = BTreeMap::new();
-    // The sample documents in transactions of K, then one transaction that read nothing.
-    let mut transactions: Vec<&[Document]> = documents.chunks(args.docs_per_txn).collect();
-    transactions.push(&[]);
+    println!(
+        "\nrun 2: restarts from the store, delivers the recovered transaction, commits the rest"
+    );
+    let mut restarted = driver();
+    let second = consumer::run(
+        &mut restarted,
+        &documents,
+        RunOptions {
+            docs_per_txn: args.docs_per_txn,
+            max_transactions: None,
+            stop_before_acknowledging: None,
+        },
+    )
+    .await?;
 
-    for (number, txn) in transactions.into_iter().enumerate() {
-        let number = number + 1;
-        let mut stats = TransactionStats::default();
-        for doc in txn {
-            stats.add_document(doc.binding, doc.clock, doc.bytes);
-            let journal = format!("{}/pivot=00", COLLECTIONS[doc.binding as usize]);
-            let offset = offsets.entry(journal.clone()).or_default();
-            *offset += doc.bytes as i64;
-            let source = checkpoint
-                .sources
-                .entry(journal)
-                .or_insert_with(Source::default);
-            source.read_through = *offset;
-            match source.producers.iter_mut().find(|p| p.id == doc.producer) {
-                Some(entry) => entry.last_ack = entry.last_ack.max(doc.clock.0),
-                None => source.producers.push(ProducerEntry {
-                    id: doc.producer.clone(),
-                    last_ack: doc.clock.0,
-                    begin: -1,
-                }),
-            }
-        }
-        let commit = shard
-            .start_commit(checkpoint.clone(), &stats.take())
-            .await?;
-        committed += 1;
-        match &commit.variables {
-            Some(v) => println!(
-                "txn {number}: committed {} document(s) of {:?}, flow_run_id {}",
-                txn.len(),
-                v.collection_names,
-                v.flow_run_id
-            ),
-            None => {
-                empty += 1;
-                println!("txn {number}: committed, no documents: nothing will fire");
-            }
-        }
-
-        if number == CRASH_AFTER_COMMIT_OF {
-            println!("txn {number}: simulated crash before Acknowledged; reopening the store");
-            drop(shard);
-            let (reopened, recovery) = Shard::open(&store_dir, config()).await?;
-            shard = reopened;
-            let pending = recovery
-                .pending
-                .context("the committed transaction's params survive")?;
-            println!(
-                "txn {number}: recovered checkpoint and pending trigger params of flow_run_id {}",
-                pending.flow_run_id
-            );
-            refired += 1;
-        }
-
-        let ack = shard.acknowledged().await?;
-        for delivered in &ack.delivered {
-            println!(
-                "txn {number}: {} answered HTTP {} after {} attempt(s) in {:?}",
-                delivered.trigger, delivered.status, delivered.attempts, delivered.latency
-            );
-        }
+    // One more transaction that read nothing: it commits, and nothing fires.
+    let Driver::Local {
+        shard: Some(shard), ..
+    } = &mut restarted
+    else {
+        bail!("the in-process driver holds its shard");
+    };
+    let before = receiver.requests().len();
+    // The shard holds its store: a second handle is refused (one writer per shard).
+    match triggers_runtime::Store::open(&store, Durability::Synced) {
+        Err(err) => println!("\na second handle on the store is refused: {err}"),
+        Ok(_) => bail!("a second handle must be refused while the shard is open"),
     }
+    let empty = shard.start_commit(second.checkpoint.clone(), &[]).await?;
+    shard.acknowledged().await?;
+    println!(
+        "an empty transaction committed; persisted variables: {:?}; webhooks sent: {}",
+        empty.variables,
+        receiver.requests().len() - before
+    );
+    drop(restarted);
 
     println!("\nwebhooks received by {}:", receiver.url(""));
     let requests = receiver.requests();
@@ -226,18 +177,29 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .map(|v| v.to_string())
             .unwrap_or_else(|_| String::from_utf8_lossy(&request.body).into_owned());
-        println!("  {} {}\n    {body}", request.method, request.path);
+        let answer = request
+            .answered
+            .map_or("no answer".to_string(), |s| format!("answered {s}"));
+        println!(
+            "  {} {} ({answer})\n    {body}",
+            request.method, request.path
+        );
     }
-    drop(shard);
     if args.store.is_none() {
-        std::fs::remove_dir_all(&store_dir).ok();
+        std::fs::remove_dir_all(&store).ok();
     }
-    let with_docs = committed - empty;
+    let committed = first.transactions + second.transactions + 1;
     println!(
-        "\nsummary: {committed} transactions committed ({with_docs} with documents, {empty} without), \
-         {} trigger(s), {} webhook request(s) received, {refired} transaction(s) recovered after a crash",
+        "\nsummary: {committed} transactions committed ({} with documents, 1 without), {} trigger(s), \
+         {} webhook request(s) received ({} answered 2xx), {} transaction recovered after a crash",
+        first.with_triggers + second.with_triggers,
         triggers.len(),
         requests.len(),
+        requests
+            .iter()
+            .filter(|r| r.answered.is_some_and(|s| (200..300).contains(&s)))
+            .count(),
+        u64::from(second.recovered_pending),
     );
     Ok(())
 }

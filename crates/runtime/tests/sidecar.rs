@@ -1,0 +1,350 @@
+//! The sidecar's gRPC service, served in-process on 127.0.0.1 and on a Unix socket, with
+//! a real store and a real receiver.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+use triggers::receiver::{Receiver, Reply};
+use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
+use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
+use triggers_proto::sidecar::{
+    AcknowledgedRequest, AwaitDeliveryRequest, ConfigFormat as WireFormat, OpenRequest,
+    StartCommitRequest, StatusRequest, ValidateConfigRequest,
+};
+use triggers_proto::{BindingStats, Checkpoint, Source};
+use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
+use triggers_runtime::{Durability, ShardConfig};
+
+type Client = ShardSidecarClient<tonic::transport::Channel>;
+
+struct Running {
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.server)
+            .await
+            .expect("stops within the grace period")
+            .expect("server task");
+    }
+}
+
+async fn serve(receiver: &Receiver, address: &str) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = r#"{"run": "{{flow_run_id}}", "collections": {{json collection_names}}}"#;
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/a"), "payloadTemplate": template, "maxRetries": 1,
+         "headers": {"Authorization": "Bearer hunter2"}},
+        {"url": receiver.url("/b"), "payloadTemplate": template, "maxRetries": 1},
+    ]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let sidecar = Sidecar::new(SidecarConfig {
+        store: dir.path().join("store"),
+        shard: ShardConfig {
+            materialization: Materialization {
+                name: "acmeCo/orders/postgres".to_string(),
+                connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+                binding_collections: vec![
+                    "acmeCo/orders".to_string(),
+                    "acmeCo/customers".to_string(),
+                ],
+            },
+            triggers: Arc::new(triggers),
+            durability: Durability::Synced,
+            backoff: RetryBackoff {
+                initial: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+                ..RetryBackoff::default()
+            },
+        },
+    });
+    let address = if address == "unix" {
+        format!("unix:{}", dir.path().join("sidecar.sock").display())
+    } else {
+        address.to_string()
+    };
+    let listener = Listener::bind(&address).await.expect("binds");
+    let address = listener.address();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        sidecar::run(
+            sidecar,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("serves");
+    });
+    let client = sidecar::connect(&address).await.expect("connects");
+    Running {
+        client,
+        stop: Some(stop),
+        server,
+        _dir: dir,
+    }
+}
+
+fn checkpoint(offset: i64) -> Checkpoint {
+    Checkpoint {
+        sources: [(
+            "acmeCo/orders/pivot=00".to_string(),
+            Source {
+                read_through: offset,
+                producers: vec![],
+            },
+        )]
+        .into(),
+        ack_intents: Default::default(),
+    }
+}
+
+fn stats() -> Vec<BindingStats> {
+    let clock = Clock::from_unix(1_700_000_000, 0).0;
+    vec![BindingStats {
+        binding: 1,
+        docs: 2,
+        bytes: 10,
+        first_clock: clock,
+        last_clock: clock + 160,
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_lifecycle_over_grpc() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve(&receiver, "127.0.0.1:0").await;
+    let mut client = running.client.clone();
+
+    // Nothing works before Open.
+    let err = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: stats(),
+        })
+        .await
+        .expect_err("not open");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    let opened = client
+        .open(OpenRequest {})
+        .await
+        .expect("opens")
+        .into_inner();
+    assert_eq!(opened.checkpoint, Some(Checkpoint::default()));
+    assert!(!opened.triggers_pending);
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovery ack");
+
+    // Bad input: a StartCommit without a checkpoint, and stats for a binding that
+    // does not exist.
+    let err = client
+        .start_commit(StartCommitRequest {
+            checkpoint: None,
+            stats: stats(),
+        })
+        .await
+        .expect_err("no checkpoint");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut bad = stats();
+    bad[0].binding = 9;
+    let err = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: bad,
+        })
+        .await
+        .expect_err("unknown binding");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("binding 9"), "{}", err.message());
+
+    let commit = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits")
+        .into_inner();
+    assert!(commit.triggers_persisted);
+
+    let started = client
+        .acknowledged(AcknowledgedRequest { wait: false })
+        .await
+        .expect("starts delivery")
+        .into_inner();
+    assert!(started.outcome.is_none());
+    let outcome = client
+        .await_delivery(AwaitDeliveryRequest {
+            delivery_id: started.delivery_id,
+        })
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(outcome.ok, "{}", outcome.error);
+    assert_eq!(outcome.flow_run_id, commit.flow_run_id);
+    assert_eq!(outcome.triggers.len(), 2);
+    assert!(
+        outcome
+            .triggers
+            .iter()
+            .all(|t| t.delivered && t.status == 200)
+    );
+    assert_eq!(receiver.requests().len(), 2);
+
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.phase, "idle");
+    assert!(!status.triggers_pending);
+    assert_eq!((status.commits, status.deliveries), (1, 2));
+    assert_eq!(status.last_outcomes.len(), 2);
+
+    // Acknowledged without a commit is refused up front.
+    let err = client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect_err("nothing to acknowledge");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let err = client
+        .await_delivery(AwaitDeliveryRequest { delivery_id: 999 })
+        .await
+        .expect_err("unknown delivery");
+    assert_eq!(err.code(), Code::NotFound);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/b", [Reply::status(403).with_body("forbidden: bad key")]);
+    let running = serve(&receiver, "unix").await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovery ack");
+    let commit = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(5)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits")
+        .into_inner();
+
+    let outcome = client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("the call itself succeeds")
+        .into_inner()
+        .outcome
+        .expect("waited");
+    assert!(!outcome.ok);
+    assert!(outcome.error.contains("HTTP 403"), "{}", outcome.error);
+    assert!(!outcome.error.contains("hunter2"));
+    let failed = &outcome.triggers[1];
+    assert_eq!(
+        (failed.index, failed.delivered, failed.status),
+        (1, false, 403)
+    );
+    assert!(outcome.triggers[0].delivered);
+
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.phase, "failed");
+    assert!(
+        status.last_error.contains("forbidden: bad key"),
+        "{}",
+        status.last_error
+    );
+    let err = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(6)),
+            stats: stats(),
+        })
+        .await
+        .expect_err("failed shard");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Reopen, as a restarted shard would: the params are still there and fire again.
+    let reopened = client
+        .open(OpenRequest {})
+        .await
+        .expect("reopens")
+        .into_inner();
+    assert!(reopened.triggers_pending);
+    assert_eq!(reopened.pending_flow_run_id, commit.flow_run_id);
+    let outcome = client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("acks")
+        .into_inner()
+        .outcome
+        .expect("waited");
+    assert!(outcome.ok, "{}", outcome.error);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_config_reports_every_error_with_its_trigger() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve(&receiver, "127.0.0.1:0").await;
+    let mut client = running.client.clone();
+    let reply = client
+        .validate_config(ValidateConfigRequest {
+            config: "config:\n  - url: ftp://x\n    payloadTemplate: '{}'\n  - url: https://ok.example.com\n    payloadTemplate: '{\"a\": \"{{nope}}\"}'\n".to_string(),
+            format: WireFormat::Yaml as i32,
+        })
+        .await
+        .expect("validates")
+        .into_inner();
+    assert!(!reply.valid);
+    let indexes: Vec<i32> = reply.errors.iter().map(|e| e.trigger_index).collect();
+    assert_eq!(indexes, [0, 1]);
+    assert!(
+        reply.errors[1].message.contains("unknown variable `nope`"),
+        "{:?}",
+        reply.errors
+    );
+
+    let reply = client
+        .validate_config(ValidateConfigRequest {
+            config: "{".to_string(),
+            format: WireFormat::Json as i32,
+        })
+        .await
+        .expect("validates")
+        .into_inner();
+    assert_eq!(reply.errors[0].trigger_index, -1);
+
+    // An out-of-range enum value is treated as the default (JSON), not a panic.
+    let reply = client
+        .validate_config(ValidateConfigRequest {
+            config: "{\"config\": []}".to_string(),
+            format: 77,
+        })
+        .await
+        .expect("validates")
+        .into_inner();
+    assert!(reply.valid);
+    running.stop().await;
+}
