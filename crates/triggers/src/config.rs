@@ -29,7 +29,7 @@ pub struct TriggersConfig {
 }
 
 /// One webhook.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TriggerConfig {
     /// Absolute `http` or `https` URL to send the payload to.
@@ -48,6 +48,32 @@ pub struct TriggerConfig {
     /// Retries after the first attempt before the delivery fails for good.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+}
+
+impl std::fmt::Debug for TriggerConfig {
+    /// The URL is shown as its origin only: user info, query and path may hold credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriggerConfig")
+            .field("url", &url_origin(&self.url))
+            .field("method", &self.method)
+            .field("headers", &self.headers)
+            .field("payload_template", &self.payload_template)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+/// `scheme://host[:port]` of a URL, or `<invalid url>`: the only part of a webhook URL
+/// that is safe to print.
+pub(crate) fn url_origin(raw: &str) -> String {
+    url::Url::parse(raw)
+        .ok()
+        .filter(url::Url::has_host)
+        .map_or_else(
+            || "<invalid url>".to_string(),
+            |url| url.origin().ascii_serialization(),
+        )
 }
 
 /// The HTTP methods a webhook may use: those that carry a body.
@@ -198,6 +224,20 @@ mod tests {
         )
         .expect_err("wrong type");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_neither_header_values_nor_url_credentials() {
+        let config = TriggersConfig::parse(
+            r#"{"config": [{"url": "https://u:pw1@hooks.example.com/T0/secretpath?key=k3y", "headers": {"Authorization": "Bearer t0ken"}, "payloadTemplate": "{}"}]}"#,
+            ConfigFormat::Json,
+        )
+        .expect("parses");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("https://hooks.example.com"), "{debug}");
+        for secret in ["pw1", "secretpath", "k3y", "t0ken"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct Reply {
     pub delay: Duration,
     /// Close the connection instead of answering (a crashed endpoint).
     pub hang_up: bool,
+    /// Reset the connection (TCP RST) instead of answering.
+    pub reset: bool,
+    /// Extra response headers, e.g. `Retry-After`.
+    pub headers: Vec<(String, String)>,
+    /// Send the body one byte at a time with this pause between bytes (a slow endpoint
+    /// that answers its status promptly but drags out the body).
+    pub body_byte_delay: Duration,
 }
 
 impl Reply {
@@ -71,7 +78,30 @@ impl Reply {
             body: format!("status {status}"),
             delay: Duration::ZERO,
             hang_up: false,
+            reset: false,
+            headers: Vec::new(),
+            body_byte_delay: Duration::ZERO,
         }
+    }
+
+    /// Resets the connection (TCP RST) without answering.
+    pub fn reset() -> Self {
+        Self {
+            reset: true,
+            ..Self::status(0)
+        }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sends the body one byte per `delay`.
+    pub fn slow_body(mut self, delay: Duration) -> Self {
+        self.body_byte_delay = delay;
+        self
     }
 
     /// Closes the connection without answering.
@@ -219,23 +249,60 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
+        if reply.reset {
+            // SO_LINGER 0: closing sends RST instead of FIN.
+            let _ = stream.set_zero_linger();
+            return;
+        }
         if reply.hang_up {
             return;
         }
-        // One write for head and body: two small writes would meet the client's delayed
+        // Head and body in one write: two small writes would meet the client's delayed
         // ACK and add ~40 ms to every answer.
-        let response = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{}",
+        let extra: String = reply
+            .headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{extra}\r\n",
             reply.status,
             reason(reply.status),
             reply.body.len(),
-            reply.body,
         );
-        if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        let written = if reply.body_byte_delay.is_zero() {
+            stream
+                .write_all(format!("{head}{}", reply.body).as_bytes())
+                .await
+        } else {
+            write_slowly(
+                &mut stream,
+                head.as_bytes(),
+                reply.body.as_bytes(),
+                reply.body_byte_delay,
+            )
+            .await
+        };
+        if written.is_err() || stream.flush().await.is_err() {
             return;
         }
         lock(&shared.requests)[index].answered = Some(reply.status);
     }
+}
+
+async fn write_slowly(
+    stream: &mut TcpStream,
+    head: &[u8],
+    body: &[u8],
+    delay: Duration,
+) -> std::io::Result<()> {
+    stream.write_all(head).await?;
+    for byte in body {
+        stream.flush().await?;
+        tokio::time::sleep(delay).await;
+        stream.write_all(std::slice::from_ref(byte)).await?;
+    }
+    Ok(())
 }
 
 /// Reads one request; `None` when the connection ends or sends something unreadable.

@@ -51,11 +51,10 @@ impl std::fmt::Display for TriggerLabel {
 
 impl TriggerLabel {
     fn new(index: usize, raw_url: &str) -> Self {
-        let origin = match Url::parse(raw_url) {
-            Ok(url) if url.has_host() => url.origin().ascii_serialization(),
-            _ => "<invalid url>".to_string(),
-        };
-        Self { index, origin }
+        Self {
+            index,
+            origin: crate::config::url_origin(raw_url),
+        }
     }
 }
 

@@ -112,6 +112,45 @@ async fn a_failing_receiver_is_retried_until_it_succeeds() {
 }
 
 #[tokio::test]
+async fn resets_slow_bodies_and_retry_after_are_retried() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/faulty",
+        [
+            Reply::reset(),
+            Reply::status(429).with_header("Retry-After", "1"),
+            // The status arrives at once, the body drags on past the 1 s timeout: the
+            // status decides (503: retry; 200: delivered), the body read is cut short.
+            Reply::status(503)
+                .with_body("x".repeat(30))
+                .slow_body(Duration::from_millis(100)),
+            Reply::status(200)
+                .with_body("y".repeat(30))
+                .slow_body(Duration::from_millis(100)),
+        ],
+    );
+    let triggers = triggers(
+        &receiver,
+        &[("/faulty", r#"{"timeoutSecs": 1, "maxRetries": 4}"#)],
+    );
+    let started = std::time::Instant::now();
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("the fourth attempt succeeds");
+    assert_eq!(delivered[0].attempts, 4);
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "slow bodies are cut at the timeout: {:?}",
+        started.elapsed()
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(requests[0].answered, None, "reset, not answered");
+    assert_eq!(requests[1].answered, Some(429));
+}
+
+#[tokio::test]
 async fn retries_are_bounded_by_max_retries() {
     let receiver = Receiver::start().await.expect("receiver");
     receiver.set_default(Reply::status(502).with_body("upstream down"));
