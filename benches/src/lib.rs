@@ -39,3 +39,56 @@ pub const TEMPLATE: &str = r#"{
     "to": "{{flow_published_at_max}}"
   }
 }"#;
+
+/// A realistic consumer checkpoint: 8 journals, each with 4 producers, and ack intents;
+/// about 1.5 KB encoded.
+pub fn checkpoint(offset: i64) -> triggers_proto::Checkpoint {
+    use triggers_proto::{ProducerEntry, Source};
+    let sources = (0..8)
+        .map(|j| {
+            let producers = (0..4u8)
+                .map(|p| ProducerEntry {
+                    id: vec![0x0b, j as u8, p, 0x10, 0x20, 0x30],
+                    last_ack: Clock::from_unix(1_700_000_000 + offset as u64, 0).0 + u64::from(p),
+                    begin: -1,
+                })
+                .collect();
+            (
+                format!("acmeCo/analytics/collection-{j:03}/pivot=00000000-{j:08x}"),
+                Source {
+                    read_through: offset * 1024 + j,
+                    producers,
+                },
+            )
+        })
+        .collect();
+    let ack_intents = (0..2)
+        .map(|j| (format!("acmeCo/acks/journal-{j}"), vec![0xa5; 96]))
+        .collect();
+    triggers_proto::Checkpoint {
+        sources,
+        ack_intents,
+    }
+}
+
+/// The trigger params a 10-binding transaction persists.
+pub fn params() -> triggers_proto::TriggerParams {
+    triggers::Variables::from_stats(
+        &materialization(10),
+        &stats(10),
+        "6f1c2d7e-0000-4000-8000-000000000001".into(),
+    )
+    .expect("valid stats")
+    .expect("has documents")
+    .to_params()
+}
+
+/// A trigger config of `count` triggers posting [`TEMPLATE`] to `url`.
+pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
+    let config = serde_json::json!({
+        "config": (0..count).map(|_| serde_json::json!({
+            "url": url, "payloadTemplate": TEMPLATE, "maxRetries": 0
+        })).collect::<Vec<_>>()
+    });
+    triggers::validate(&config.to_string(), triggers::ConfigFormat::Json).expect("valid config")
+}

@@ -102,6 +102,9 @@ pub enum ShardError {
     /// A blocking store task did not finish (it panicked or the runtime is shutting down).
     #[error("store task did not complete: {0}")]
     Blocking(String),
+    /// The HTTP client could not be built (no TLS roots, say).
+    #[error("cannot build the webhook HTTP client: {0}")]
+    HttpClient(String),
 }
 
 /// Where the shard is in its transaction lifecycle.
@@ -166,7 +169,7 @@ impl Shard {
             );
         }
         let deliverer = Deliverer::new(config.backoff)
-            .map_err(|err| ShardError::Blocking(format!("HTTP client: {err}")))?;
+            .map_err(|err| ShardError::HttpClient(err.to_string()))?;
         let shard = Shard {
             store: Arc::new(store),
             materialization: config.materialization,

@@ -378,9 +378,9 @@ fn to_status(err: ShardError) -> Status {
         ShardError::Store(StoreError::Corrupt { .. }) | ShardError::Params(_) => {
             Status::data_loss(message)
         }
-        ShardError::Store(StoreError::RocksDb { .. }) | ShardError::Blocking(_) => {
-            Status::internal(message)
-        }
+        ShardError::Store(StoreError::RocksDb { .. })
+        | ShardError::Blocking(_)
+        | ShardError::HttpClient(_) => Status::internal(message),
         ShardError::Delivery { .. } => Status::aborted(message),
     }
 }

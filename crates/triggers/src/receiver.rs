@@ -127,6 +127,8 @@ impl Reply {
 
 #[derive(Default)]
 struct Shared {
+    /// Whether requests are kept; off for long runs whose memory is being measured.
+    forget: std::sync::atomic::AtomicBool,
     requests: Mutex<Vec<Request>>,
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     default_reply: Mutex<Option<Reply>>,
@@ -172,6 +174,14 @@ impl Receiver {
     /// Sets the answer for requests no script covers (initially `200 OK`).
     pub fn set_default(&self, reply: Reply) {
         *lock(&self.shared.default_reply) = Some(reply);
+    }
+
+    /// Stops keeping requests (they are still answered), so a long run's memory stays flat.
+    pub fn forget_requests(&self) {
+        self.shared
+            .forget
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.shared.requests).clear();
     }
 
     /// Every request received so far, in arrival order.
@@ -239,10 +249,12 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 .or_else(|| lock(&shared.default_reply).clone())
                 .unwrap_or_else(|| Reply::status(200).with_body("ok"))
         };
-        let index = {
+        let index = if shared.forget.load(std::sync::atomic::Ordering::Relaxed) {
+            None
+        } else {
             let mut requests = lock(&shared.requests);
             requests.push(request);
-            requests.len() - 1
+            Some(requests.len() - 1)
         };
         shared.arrived.notify_waiters();
 
@@ -286,7 +298,10 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         if written.is_err() || stream.flush().await.is_err() {
             return;
         }
-        lock(&shared.requests)[index].answered = Some(reply.status);
+        let mut requests = lock(&shared.requests);
+        if let Some(request) = index.and_then(|i| requests.get_mut(i)) {
+            request.answered = Some(reply.status);
+        }
     }
 }
 

@@ -1,0 +1,105 @@
+//! Delivery to a receiver on 127.0.0.1: our whole path (render, send, classify) against a
+//! bare reqwest POST of the same body on a warm connection; sequential throughput; and 16
+//! triggers fanned out against one, with a receiver that answers after 20 ms.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::time::Duration;
+use triggers::receiver::{Receiver, Reply};
+use triggers::{Deliverer, RetryBackoff, Templates, Variables};
+
+fn variables() -> Variables {
+    Variables::from_stats(
+        &benches::materialization(10),
+        &benches::stats(10),
+        "run".into(),
+    )
+    .expect("valid")
+    .expect("has documents")
+}
+
+fn deliver(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let receiver = runtime.block_on(Receiver::start()).expect("receiver");
+    let url = receiver.url("/hook");
+    let triggers = benches::triggers(&url, 1);
+    let variables = variables();
+    let deliverer = Deliverer::new(RetryBackoff::default()).expect("client");
+    let body = triggers
+        .render(0, &Templates::context(&variables))
+        .expect("renders");
+    let bare = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let post = |client: &reqwest::Client| {
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        async move {
+            let response = request.send().await.expect("sends");
+            assert!(response.status().is_success());
+            response.bytes().await.expect("reads");
+        }
+    };
+
+    let mut group = c.benchmark_group("deliver_one");
+    group.bench_function("ours", |b| {
+        b.to_async(&runtime).iter(|| async {
+            deliverer
+                .deliver(&triggers, &variables)
+                .await
+                .expect("delivers")
+        })
+    });
+    group.bench_function("bare_reqwest", |b| {
+        b.to_async(&runtime).iter(|| post(&bare))
+    });
+    group.finish();
+
+    const SEQUENTIAL: u64 = 50;
+    let mut group = c.benchmark_group("deliver_sequential");
+    group.throughput(Throughput::Elements(SEQUENTIAL));
+    group.bench_function("ours", |b| {
+        b.to_async(&runtime).iter(|| async {
+            for _ in 0..SEQUENTIAL {
+                deliverer
+                    .deliver(&triggers, &variables)
+                    .await
+                    .expect("delivers");
+            }
+        })
+    });
+    group.bench_function("bare_reqwest", |b| {
+        b.to_async(&runtime).iter(|| async {
+            for _ in 0..SEQUENTIAL {
+                post(&bare).await;
+            }
+        })
+    });
+    group.finish();
+
+    // A slow endpoint: fanning 16 triggers out costs about as much as one.
+    let slow = runtime.block_on(Receiver::start()).expect("receiver");
+    slow.set_default(Reply::status(200).after(Duration::from_millis(20)));
+    let one = benches::triggers(&slow.url("/slow"), 1);
+    let sixteen = benches::triggers(&slow.url("/slow"), 16);
+    let mut group = c.benchmark_group("fan_out_20ms");
+    group.sample_size(30);
+    group.bench_function("one_trigger", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { deliverer.deliver(&one, &variables).await.expect("delivers") })
+    });
+    group.bench_function("sixteen_triggers", |b| {
+        b.to_async(&runtime).iter(|| async {
+            deliverer
+                .deliver(&sixteen, &variables)
+                .await
+                .expect("delivers")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, deliver);
+criterion_main!(benches);

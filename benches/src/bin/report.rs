@@ -1,0 +1,144 @@
+//! Reads criterion's results and prints one line per ratio: ours against its floor, the
+//! goal, and whether it holds. Run after `cargo bench -p benches`.
+
+use std::path::{Path, PathBuf};
+
+/// (group, our bench, floor bench, goal, direction, what the ratio means)
+const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
+    (
+        "start_commit_sync",
+        "checkpoint_and_params",
+        "checkpoint_only",
+        1.05,
+        Goal::AtMost,
+        "StartCommit with params vs checkpoint only, synced",
+    ),
+    (
+        "start_commit_nosync",
+        "checkpoint_and_params",
+        "checkpoint_only",
+        1.10,
+        Goal::AtMost,
+        "StartCommit with params vs checkpoint only, not synced",
+    ),
+    (
+        "start_commit_sync",
+        "checkpoint_and_params",
+        "file_append_fdatasync",
+        1.30,
+        Goal::AtMost,
+        "StartCommit vs file append + fdatasync (hardware floor)",
+    ),
+    (
+        "variables_from_stats",
+        "100",
+        "10",
+        10.0 * 1.25,
+        Goal::AtMost,
+        "variables for 100 bindings vs 10 (linear: ~10x)",
+    ),
+    (
+        "variables_from_stats",
+        "10",
+        "1",
+        10.0 * 1.25,
+        Goal::AtMost,
+        "variables for 10 bindings vs 1 (linear: at most ~10x)",
+    ),
+    (
+        "render",
+        "ours",
+        "bare_handlebars",
+        1.30,
+        Goal::AtMost,
+        "our render vs bare handlebars",
+    ),
+    (
+        "render",
+        "ours",
+        "serde_json_floor",
+        f64::INFINITY,
+        Goal::AtMost,
+        "our render vs serde_json of the variables (information)",
+    ),
+    (
+        "deliver_one",
+        "ours",
+        "bare_reqwest",
+        1.20,
+        Goal::AtMost,
+        "one webhook, whole path vs bare reqwest POST",
+    ),
+    (
+        "deliver_sequential",
+        "ours",
+        "bare_reqwest",
+        1.25,
+        Goal::AtMost,
+        "sequential deliveries: time ratio (throughput >= 0.8x)",
+    ),
+    (
+        "fan_out_20ms",
+        "sixteen_triggers",
+        "one_trigger",
+        1.10,
+        Goal::AtMost,
+        "16 triggers fanned out vs 1, 20 ms endpoint",
+    ),
+    (
+        "recovery_1e5",
+        "open_and_find_pending",
+        "plain_open",
+        1.20,
+        Goal::AtMost,
+        "recovery with 1e5 transactions vs plain open",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Goal {
+    AtMost,
+}
+
+fn median_ns(root: &Path, group: &str, bench: &str) -> Option<f64> {
+    let path = root.join(group).join(bench).join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let root = target.join("criterion");
+    println!("criterion results in {}", root.display());
+    let mut failed = 0;
+    for (group, ours, floor, goal, direction, what) in RATIOS {
+        match (
+            median_ns(&root, group, ours),
+            median_ns(&root, group, floor),
+        ) {
+            (Some(a), Some(b)) => {
+                let ratio = a / b;
+                let holds = match direction {
+                    Goal::AtMost => ratio <= *goal,
+                };
+                failed += usize::from(!holds);
+                let goal = if goal.is_finite() {
+                    format!("<= {goal:.2}")
+                } else {
+                    "info".to_string()
+                };
+                println!(
+                    "{:<5} {ratio:>7.3}x  goal {goal:<8} {what} ({group}: {:.1} us / {:.1} us)",
+                    if holds { "ok" } else { "MISS" },
+                    a / 1e3,
+                    b / 1e3
+                );
+            }
+            _ => println!("--    (not measured) {what} ({group}/{ours} vs {floor})"),
+        }
+    }
+    println!("{failed} goal(s) missed");
+}

@@ -1,0 +1,64 @@
+//! Memory over a long run: resident set size after 10^3 and after 10^5 transactions of a
+//! shard (StartCommit, Acknowledged, a webhook delivered to a receiver on 127.0.0.1). A
+//! leak or an unbounded cache shows as growth; the goal is within 5 %.
+
+use std::sync::Arc;
+use std::time::Instant;
+use triggers::RetryBackoff;
+use triggers::receiver::Receiver;
+use triggers_runtime::{Durability, Shard, ShardConfig};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let total: u64 = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let receiver = Receiver::start().await?;
+    receiver.forget_requests();
+    let dir = tempfile::tempdir()?;
+    let config = ShardConfig {
+        materialization: benches::materialization(10),
+        triggers: Arc::new(benches::triggers(&receiver.url("/hook"), 1)),
+        // Memory, not disk, is measured here: skip the fsync per transaction.
+        durability: Durability::Unsynced,
+        backoff: RetryBackoff::default(),
+    };
+    let (mut shard, _) = Shard::open(dir.path(), config).await?;
+    shard.acknowledged().await?;
+    let stats = benches::stats(10);
+    let started = Instant::now();
+    let mut early = 0;
+    for txn in 1..=total {
+        shard
+            .start_commit(benches::checkpoint(txn as i64), &stats)
+            .await?;
+        shard.acknowledged().await?;
+        if txn == 1_000 {
+            early = rss_kib();
+            println!("rss after {txn:>7} transactions: {early} KiB");
+        }
+    }
+    let late = rss_kib();
+    let ratio = late as f64 / early.max(1) as f64;
+    println!("rss after {total:>7} transactions: {late} KiB");
+    println!(
+        "{} {ratio:.3}x  goal <= 1.05  rss after {total} vs after 1000 transactions ({:.0} transactions/s)",
+        if ratio <= 1.05 { "ok  " } else { "MISS" },
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
