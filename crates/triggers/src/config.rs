@@ -19,6 +19,17 @@ pub const MAX_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// Largest accepted `maxRetries`.
 pub const MAX_MAX_RETRIES: u32 = 20;
+/// Default time budget of one delivery's retries, in seconds: no retry starts (and no
+/// backoff or `Retry-After` wait begins) that would end past it.
+pub const DEFAULT_RETRY_BUDGET_SECS: u64 = 300;
+/// Smallest accepted `retryBudgetSecs`.
+pub const MIN_RETRY_BUDGET_SECS: u64 = 1;
+/// Largest accepted `retryBudgetSecs`: a shard waits on its triggers, so a delivery may
+/// not keep retrying for more than an hour.
+pub const MAX_RETRY_BUDGET_SECS: u64 = 3600;
+/// Most `signingSecrets` per trigger: a rotation needs two or three, not dozens (each one
+/// adds a signature to every request).
+pub const MAX_SIGNING_SECRETS: usize = 10;
 
 /// The triggers of one materialization.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +59,18 @@ pub struct TriggerConfig {
     /// Retries after the first attempt before the delivery fails for good.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Time budget, in seconds, across every attempt of one delivery; retries stop when it
+    /// is spent even if `maxRetries` allows more.
+    #[serde(default = "default_retry_budget_secs")]
+    pub retry_budget_secs: u64,
+    /// Standard Webhooks signing secrets (`whsec_` + base64). Each adds a `v1` signature
+    /// to `webhook-signature`, so a receiver can rotate keys without missing a webhook.
+    #[serde(default)]
+    pub signing_secrets: Vec<Secret>,
+    /// Follow `307` and `308` redirects (which keep method and body), re-checking the
+    /// network policy at every hop. Other redirects are never followed.
+    #[serde(default)]
+    pub follow_redirects: bool,
 }
 
 impl std::fmt::Debug for TriggerConfig {
@@ -60,6 +83,9 @@ impl std::fmt::Debug for TriggerConfig {
             .field("payload_template", &self.payload_template)
             .field("timeout_secs", &self.timeout_secs)
             .field("max_retries", &self.max_retries)
+            .field("retry_budget_secs", &self.retry_budget_secs)
+            .field("signing_secrets", &self.signing_secrets)
+            .field("follow_redirects", &self.follow_redirects)
             .finish()
     }
 }
@@ -95,6 +121,10 @@ fn default_timeout_secs() -> u64 {
 
 fn default_max_retries() -> u32 {
     DEFAULT_MAX_RETRIES
+}
+
+fn default_retry_budget_secs() -> u64 {
+    DEFAULT_RETRY_BUDGET_SECS
 }
 
 /// The syntax a config document is written in.
@@ -179,13 +209,16 @@ mod tests {
         assert_eq!(trigger.method, HttpMethod::Post);
         assert_eq!(trigger.timeout_secs, DEFAULT_TIMEOUT_SECS);
         assert_eq!(trigger.max_retries, DEFAULT_MAX_RETRIES);
+        assert_eq!(trigger.retry_budget_secs, DEFAULT_RETRY_BUDGET_SECS);
+        assert!(trigger.signing_secrets.is_empty());
+        assert!(!trigger.follow_redirects);
         assert!(trigger.headers.is_empty());
     }
 
     #[test]
     fn yaml_parses_every_field() {
         let config = TriggersConfig::parse(
-            "config:\n  - url: https://example.com/hook\n    method: PATCH\n    headers:\n      Authorization: Bearer abc\n    payloadTemplate: '{}'\n    timeoutSecs: 5\n    maxRetries: 0\n",
+            "config:\n  - url: https://example.com/hook\n    method: PATCH\n    headers:\n      Authorization: Bearer abc\n    payloadTemplate: '{}'\n    timeoutSecs: 5\n    maxRetries: 0\n    retryBudgetSecs: 60\n    signingSecrets: [whsec_c2VjcmV0]\n    followRedirects: true\n",
             ConfigFormat::Yaml,
         )
         .expect("parses");
@@ -193,6 +226,9 @@ mod tests {
         assert_eq!(trigger.method, HttpMethod::Patch);
         assert_eq!(trigger.timeout_secs, 5);
         assert_eq!(trigger.max_retries, 0);
+        assert_eq!(trigger.retry_budget_secs, 60);
+        assert_eq!(trigger.signing_secrets[0].expose(), "whsec_c2VjcmV0");
+        assert!(trigger.follow_redirects);
         assert_eq!(trigger.headers["Authorization"].expose(), "Bearer abc");
     }
 
@@ -229,13 +265,14 @@ mod tests {
     #[test]
     fn debug_shows_neither_header_values_nor_url_credentials() {
         let config = TriggersConfig::parse(
-            r#"{"config": [{"url": "https://u:pw1@hooks.example.com/T0/secretpath?key=k3y", "headers": {"Authorization": "Bearer t0ken"}, "payloadTemplate": "{}"}]}"#,
+            r#"{"config": [{"url": "https://u:pw1@hooks.example.com/T0/secretpath?key=k3y", "headers": {"Authorization": "Bearer t0ken"}, "signingSecrets": ["whsec_czNjcjN0"], "payloadTemplate": "{}"}]}"#,
             ConfigFormat::Json,
         )
         .expect("parses");
         let debug = format!("{config:?}");
         assert!(debug.contains("https://hooks.example.com"), "{debug}");
-        for secret in ["pw1", "secretpath", "k3y", "t0ken"] {
+        assert!(debug.contains("signing_secrets: [<redacted>]"), "{debug}");
+        for secret in ["pw1", "secretpath", "k3y", "t0ken", "czNjcjN0"] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
         }
     }

@@ -1,14 +1,23 @@
 //! Delivery: render every trigger of a transaction and send them concurrently, each with
-//! a per-attempt timeout and capped, jittered retries.
+//! a per-attempt timeout and capped, jittered retries within a time budget, Standard
+//! Webhooks headers, and only to destinations the network policy allows.
 
-use crate::backoff_policy::RetryBackoff;
-use crate::retry::{Attempt, Verdict, verdict};
+use crate::backoff_policy::{Delays, RetryBackoff};
+use crate::network_policy::{GuardedResolver, NetworkPolicy, Refusal, redirect_policy};
+use crate::retry::{Attempt, Verdict, retry_after, verdict};
+use crate::signing::signature_header;
 use crate::template::{TemplateError, Templates};
 use crate::validate::{Trigger, TriggerLabel, Triggers};
 use crate::variables::Variables;
+use crate::webhook_headers::{
+    RETRY_REASON, SendReason, WEBHOOK_ATTEMPT, WEBHOOK_ID, WEBHOOK_REASON, WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP,
+};
+use crate::webhook_id;
 use bytes::Bytes;
-use reqwest::header::CONTENT_TYPE;
-use std::time::{Duration, Instant};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument as _;
 
 /// Longest response-body excerpt kept for an error message, in characters.
@@ -19,12 +28,16 @@ const BODY_READ_LIMIT: usize = 64 * 1024;
 
 /// Sends the webhooks of committed transactions.
 ///
-/// One `Deliverer` serves a whole shard: it owns the HTTP client (and so its connection
-/// pool) and the backoff policy.
+/// One `Deliverer` serves a whole shard: it owns the HTTP clients (and so their
+/// connection pools), the backoff policy and the network policy.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    /// Follows no redirect: what every trigger uses unless it sets `followRedirects`.
+    direct: reqwest::Client,
+    /// Follows 307 and 308 only, checking each hop against the policy.
+    following: reqwest::Client,
     backoff: RetryBackoff,
+    policy: NetworkPolicy,
 }
 
 /// A webhook the endpoint accepted.
@@ -66,12 +79,23 @@ pub enum FailureReason {
     /// The request could not be built.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The network policy refused the destination, or a redirect's.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// A 307/308 redirect could not be followed (too many hops, another scheme).
+    #[error("redirect not followed: {0}")]
+    Redirect(String),
 }
 
-/// A trigger whose webhook failed for good: permanently, or after its last retry.
+/// A trigger whose webhook failed for good: permanently, after its last retry, or when
+/// its retry budget ran out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{trigger}: {reason} (gave up after {attempts} attempt(s), {})",
-    if *.permanent { "a permanent failure" } else { "retries exhausted" })]
+    match (*.permanent, *.budget_exhausted) {
+        (true, _) => "a permanent failure",
+        (false, true) => "retry time budget exhausted",
+        (false, false) => "retries exhausted",
+    })]
 pub struct TriggerFailure {
     /// The trigger.
     pub trigger: TriggerLabel,
@@ -79,6 +103,9 @@ pub struct TriggerFailure {
     pub attempts: u32,
     /// Whether the failure was permanent (not retried) rather than retries running out.
     pub permanent: bool,
+    /// Whether retries stopped because the next one would have started past the
+    /// trigger's `retryBudgetSecs` (not `maxRetries`). Never set with `permanent`.
+    pub budget_exhausted: bool,
     /// The last attempt's failure.
     pub reason: FailureReason,
 }
@@ -105,27 +132,71 @@ impl std::fmt::Display for DeliveryError {
 }
 
 impl Deliverer {
-    /// A deliverer with its own HTTP client. Redirects are not followed (see
-    /// [`crate::retry`]) and proxies from the environment are ignored, so a webhook goes
-    /// exactly where its config says.
+    /// A deliverer that may also reach loopback addresses ([`NetworkPolicy::ALLOW_LOOPBACK`]),
+    /// because the runtime's tests and demo deliver to a receiver on 127.0.0.1. Private
+    /// and link-local destinations are refused. A data plane should use
+    /// [`Deliverer::with_policy`] with [`NetworkPolicy::default`], which refuses loopback.
     pub fn new(backoff: RetryBackoff) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("flow-triggers/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, backoff })
+        Self::with_policy(backoff, NetworkPolicy::ALLOW_LOOPBACK)
     }
 
-    /// Renders and delivers every trigger for one transaction, concurrently.
-    /// Returns when all are delivered or have failed for good.
+    /// A deliverer that connects only where `policy` allows: IP-literal hosts are checked
+    /// before each attempt, hostnames after resolution (every address a name resolves to
+    /// is checked, and refused ones are never connected to), redirect targets at every hop.
+    ///
+    /// Redirects are not followed unless a trigger sets `followRedirects`, and then only
+    /// 307 and 308 (see [`crate::retry`]); proxies from the environment are ignored and no
+    /// `Referer` is sent, so a webhook goes exactly where its config says and its URL
+    /// (which may hold a credential) is not repeated to a redirect target.
+    pub fn with_policy(
+        backoff: RetryBackoff,
+        policy: NetworkPolicy,
+    ) -> Result<Self, reqwest::Error> {
+        let client = |redirects: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .redirect(redirects)
+                .referer(false)
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver { policy }))
+                .user_agent(concat!("flow-triggers/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        Ok(Self {
+            direct: client(reqwest::redirect::Policy::none())?,
+            following: client(redirect_policy(policy))?,
+            backoff,
+            policy,
+        })
+    }
+
+    /// The network policy this deliverer enforces.
+    pub fn policy(&self) -> NetworkPolicy {
+        self.policy
+    }
+
+    /// Renders and delivers every trigger for one transaction, concurrently, as a
+    /// [`SendReason::FirstSend`]. Returns when all are delivered or have failed for good.
     pub async fn deliver(
         &self,
         triggers: &Triggers,
         variables: &Variables,
     ) -> Result<Vec<Delivered>, DeliveryError> {
+        self.deliver_with_reason(triggers, variables, SendReason::FirstSend)
+            .await
+    }
+
+    /// Like [`Deliverer::deliver`], telling receivers (in `webhook-reason`) why the first
+    /// attempt is sent: a recovery re-fire or an operator's replay may repeat a webhook
+    /// the receiver already has.
+    pub async fn deliver_with_reason(
+        &self,
+        triggers: &Triggers,
+        variables: &Variables,
+        reason: SendReason,
+    ) -> Result<Vec<Delivered>, DeliveryError> {
         let context = Templates::context(variables);
         let outcomes = futures::future::join_all(triggers.iter().enumerate().map(|(i, t)| {
+            let id = webhook_id(&variables.flow_run_id, i);
             // At WARN, so the trigger's context stays on its retry and failure events
             // even when a shard logs only warnings.
             let span = tracing::warn_span!(
@@ -133,8 +204,11 @@ impl Deliverer {
                 trigger = i,
                 origin = %t.label.origin,
                 flow_run_id = %variables.flow_run_id,
+                webhook_id = %id,
+                %reason,
             );
-            self.deliver_one(triggers, i, t, &context).instrument(span)
+            self.deliver_one(triggers, i, t, &context, id, reason)
+                .instrument(span)
         }))
         .await;
 
@@ -161,7 +235,11 @@ impl Deliverer {
         index: usize,
         trigger: &Trigger,
         context: &serde_json::Value,
+        id: String,
+        reason: SendReason,
     ) -> Result<Delivered, TriggerFailure> {
+        // `render` adds `webhook_id` from the same `flow_run_id`: the payload's id and
+        // the header's are one derivation.
         let body = match triggers.render(index, context) {
             Ok(body) => Bytes::from(body),
             Err(err) => {
@@ -170,6 +248,7 @@ impl Deliverer {
                     trigger: trigger.label.clone(),
                     attempts: 0,
                     permanent: true,
+                    budget_exhausted: false,
                     reason: FailureReason::Render(err),
                 });
             }
@@ -180,9 +259,16 @@ impl Deliverer {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let attempt = self.attempt(trigger, body.clone()).await;
+            let sent_as = if attempts == 1 {
+                reason.as_str()
+            } else {
+                RETRY_REASON
+            };
+            let attempt = self
+                .attempt(trigger, &id, attempts, sent_as, body.clone())
+                .await;
             let verdict = verdict(&attempt);
-            let give_up = match verdict {
+            let wait = match verdict {
                 Verdict::Delivered(code) => {
                     tracing::info!(status = code, attempts, latency = ?started.elapsed(), "delivered");
                     return Ok(Delivered {
@@ -192,50 +278,122 @@ impl Deliverer {
                         latency: started.elapsed(),
                     });
                 }
-                Verdict::Fail => Some(true),
-                Verdict::Retry if attempts > trigger.max_retries => Some(false),
-                Verdict::Retry => None,
+                Verdict::Fail => Err(GiveUp::Permanent),
+                Verdict::Retry if attempts > trigger.max_retries => Err(GiveUp::RetriesExhausted),
+                Verdict::Retry => {
+                    let wait = self.wait_before_retry(&mut delays, &attempt);
+                    if started.elapsed() + wait >= trigger.retry_budget {
+                        Err(GiveUp::BudgetExhausted)
+                    } else {
+                        Ok(wait)
+                    }
+                }
             };
-            let reason = failure_reason(attempt, trigger.timeout);
-            match give_up {
-                Some(permanent) => {
-                    tracing::error!(attempts, permanent, error = %reason, "webhook failed for good");
+            let failure = failure_reason(attempt, trigger.timeout);
+            match wait {
+                Err(give_up) => {
+                    let (permanent, budget_exhausted) = match give_up {
+                        GiveUp::Permanent => (true, false),
+                        GiveUp::RetriesExhausted => (false, false),
+                        GiveUp::BudgetExhausted => (false, true),
+                    };
+                    tracing::error!(attempts, permanent, budget_exhausted, error = %failure, "webhook failed for good");
                     return Err(TriggerFailure {
                         trigger: trigger.label.clone(),
                         attempts,
                         permanent,
-                        reason,
+                        budget_exhausted,
+                        reason: failure,
                     });
                 }
-                None => {
-                    let delay = delays.next().unwrap_or(self.backoff.max);
-                    tracing::warn!(attempts, error = %reason, retry_in = ?delay, "webhook attempt failed");
+                Ok(delay) => {
+                    tracing::warn!(attempts, error = %failure, retry_in = ?delay, "webhook attempt failed");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
-    async fn attempt(&self, trigger: &Trigger, body: Bytes) -> Attempt {
-        let mut request = self
-            .client
+    /// The backoff's next delay, or what the endpoint asked for in `Retry-After` if that
+    /// is longer; never more than the backoff's cap, so an endpoint cannot park a shard.
+    fn wait_before_retry(&self, delays: &mut Delays, attempt: &Attempt) -> Duration {
+        let backoff = delays.next().unwrap_or(self.backoff.max);
+        let asked = match attempt {
+            Attempt::Status { retry_after, .. } => *retry_after,
+            Attempt::Timeout
+            | Attempt::Connect(_)
+            | Attempt::Transport(_)
+            | Attempt::Invalid(_)
+            | Attempt::Refused(_)
+            | Attempt::Redirect(_) => None,
+        };
+        match asked {
+            Some(asked) => backoff.max(asked.min(self.backoff.max)),
+            None => backoff,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        trigger: &Trigger,
+        id: &str,
+        number: u32,
+        reason: &'static str,
+        body: Bytes,
+    ) -> Attempt {
+        if let Err(refusal) = self.policy.check_url(&trigger.url) {
+            return Attempt::Refused(refusal);
+        }
+        let client = if trigger.follow_redirects {
+            &self.following
+        } else {
+            &self.direct
+        };
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut request = client
             .request(trigger.method.clone(), trigger.url.clone())
             .headers(trigger.headers.clone())
+            .header(WEBHOOK_ID, id)
+            .header(WEBHOOK_TIMESTAMP, timestamp)
+            .header(WEBHOOK_ATTEMPT, number)
+            .header(WEBHOOK_REASON, reason)
             .timeout(trigger.timeout);
+        if let Some(signatures) = signature_header(&trigger.signing_keys, id, timestamp, &body) {
+            request = request.header(WEBHOOK_SIGNATURE, signatures);
+        }
         if !trigger.headers.contains_key(CONTENT_TYPE) {
             request = request.header(CONTENT_TYPE, "application/json");
         }
         match request.body(body).send().await {
             Ok(response) => {
                 let code = response.status().as_u16();
+                let retry_after = retry_after(
+                    code,
+                    response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok()),
+                    SystemTime::now(),
+                );
                 Attempt::Status {
                     code,
                     excerpt: read_excerpt(response).await,
+                    retry_after,
                 }
             }
             Err(err) => transport_attempt(err),
         }
     }
+}
+
+/// Why a delivery stopped retrying.
+enum GiveUp {
+    /// Retrying cannot help.
+    Permanent,
+    /// `maxRetries` retries were made.
+    RetriesExhausted,
+    /// The next retry would start past `retryBudgetSecs`.
+    BudgetExhausted,
 }
 
 /// Reads (a bounded part of) the response body and keeps its start. A body that fails
@@ -262,6 +420,18 @@ async fn read_excerpt(mut response: reqwest::Response) -> String {
 }
 
 fn transport_attempt(err: reqwest::Error) -> Attempt {
+    // The policy's refusals come back wrapped (from the resolver or the redirect policy):
+    // find them, so a refusal is a typed, permanent failure rather than a retried error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(cause) = source {
+        if let Some(refusal) = cause.downcast_ref::<Refusal>() {
+            return Attempt::Refused(refusal.clone());
+        }
+        source = cause.source();
+    }
+    if err.is_redirect() {
+        return Attempt::Redirect(error_chain(&err.without_url()));
+    }
     // `without_url`: the URL may carry credentials (user info, a token in the query).
     let kind_timeout = err.is_timeout();
     let kind_connect = err.is_connect();
@@ -295,7 +465,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReason {
     match attempt {
-        Attempt::Status { code, excerpt } => FailureReason::Status {
+        Attempt::Status { code, excerpt, .. } => FailureReason::Status {
             status: code,
             body: excerpt,
         },
@@ -303,5 +473,7 @@ fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReason {
         Attempt::Connect(message) => FailureReason::Connect(message),
         Attempt::Transport(message) => FailureReason::Transport(message),
         Attempt::Invalid(message) => FailureReason::InvalidRequest(message),
+        Attempt::Refused(refusal) => FailureReason::Refused(refusal),
+        Attempt::Redirect(message) => FailureReason::Redirect(message),
     }
 }

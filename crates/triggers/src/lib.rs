@@ -8,28 +8,44 @@
 //! A config document is parsed ([`TriggersConfig`]), then validated and compiled once
 //! ([`validate`] → [`Triggers`]): the same check a control plane runs at publish time.
 //!
+//! Receivers can dedupe and verify: every request carries the Standard Webhooks headers
+//! (`webhook-id`, stable per transaction and trigger; `webhook-timestamp`; and, with
+//! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`.
+//! A [`NetworkPolicy`] keeps webhooks off loopback, private and link-local addresses.
+//!
 //! This crate knows nothing of RocksDB, shards or gRPC; `triggers-runtime` does.
 
 mod backoff_policy;
 mod clock;
 mod config;
 mod deliver;
+mod network_policy;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 mod retry;
 mod secret;
+mod signing;
 mod template;
 mod validate;
 mod variables;
+mod webhook_headers;
+mod webhook_id;
 
 pub use backoff_policy::{Delays, RetryBackoff};
 pub use clock::{Clock, ClockError};
 pub use config::{
-    ConfigFormat, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECS, HttpMethod, MAX_MAX_RETRIES,
-    MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
+    ConfigFormat, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS, HttpMethod,
+    MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS,
+    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
 };
 pub use deliver::{Delivered, Deliverer, DeliveryError, FailureReason, TriggerFailure};
+pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
 pub use secret::Secret;
+pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
 pub use template::{TemplateError, Templates};
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};
+pub use webhook_headers::{
+    SendReason, WEBHOOK_ATTEMPT, WEBHOOK_ID, WEBHOOK_REASON, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
+};
+pub use webhook_id::webhook_id;

@@ -92,7 +92,15 @@ impl Templates {
         index: usize,
         context: &serde_json::Value,
     ) -> Result<String, TemplateError> {
-        self.registry.render(&name(index), context).map_err(|err| {
+        self.render_data(index, context)
+    }
+
+    fn render_data(
+        &self,
+        index: usize,
+        data: &impl serde::Serialize,
+    ) -> Result<String, TemplateError> {
+        self.registry.render(&name(index), data).map_err(|err| {
             let line = err.line_no.unwrap_or(0);
             let column = err.column_no.unwrap_or(0);
             match err.reason() {
@@ -110,10 +118,49 @@ impl Templates {
         })
     }
 
+    /// Renders trigger `index` against a transaction's context (see
+    /// [`Templates::context`]) plus that trigger's own variable `webhook_id`, derived
+    /// from the context's `flow_run_id` exactly as the `webhook-id` header is, so a
+    /// payload can carry the id its receiver dedupes on. A context without a string
+    /// `flow_run_id` gets no `webhook_id` (a template using it then fails as unknown).
+    pub fn render_trigger(
+        &self,
+        index: usize,
+        context: &serde_json::Value,
+    ) -> Result<String, TemplateError> {
+        let run_id = context
+            .get("flow_run_id")
+            .and_then(serde_json::Value::as_str);
+        match (run_id, context.as_object()) {
+            (Some(run_id), Some(transaction)) => {
+                let webhook_id = crate::webhook_id(run_id, index);
+                self.render_data(
+                    index,
+                    &TriggerContext {
+                        transaction,
+                        webhook_id: &webhook_id,
+                    },
+                )
+            }
+            _ => self.render(index, context),
+        }
+    }
+
     /// The render context of a transaction, built once and shared by every trigger.
     pub fn context(variables: &Variables) -> serde_json::Value {
-        serde_json::to_value(variables).expect("variables always serialise to JSON")
+        // Infallible in practice (strings, a list of strings, formatted times); a failure
+        // would yield a context every template fails against, not a panic.
+        serde_json::to_value(variables).unwrap_or_default()
     }
+}
+
+/// A transaction's context plus one trigger's variables, serialised as one object
+/// without copying the transaction's part first.
+#[derive(serde::Serialize)]
+struct TriggerContext<'a> {
+    #[serde(flatten)]
+    transaction: &'a serde_json::Map<String, serde_json::Value>,
+    webhook_id: &'a str,
 }
 
 fn name(index: usize) -> String {
@@ -192,7 +239,7 @@ mod tests {
     fn render(source: &str) -> Result<String, TemplateError> {
         let mut templates = Templates::new();
         templates.compile(0, source)?;
-        templates.render(0, &Templates::context(&Variables::placeholder()))
+        templates.render_trigger(0, &Templates::context(&Variables::placeholder()))
     }
 
     #[test]
@@ -298,6 +345,27 @@ mod tests {
             matches!(err, TemplateError::Syntax { line, .. } if line >= 2),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn webhook_id_is_per_trigger_and_derived_from_the_run_id() {
+        let mut templates = Templates::new();
+        for index in 0..2 {
+            templates
+                .compile(index, "{{webhook_id}} {{flow_run_id}}")
+                .expect("compiles");
+        }
+        let context = Templates::context(&Variables::placeholder());
+        let run = Variables::placeholder().flow_run_id;
+        for index in 0..2 {
+            let out = templates.render_trigger(index, &context).expect("renders");
+            assert_eq!(out, format!("{} {run}", crate::webhook_id(&run, index)));
+        }
+        // The transaction-wide context alone has no `webhook_id`.
+        assert!(matches!(
+            templates.render(0, &context),
+            Err(TemplateError::UnknownVariable { variable, .. }) if variable == "webhook_id"
+        ));
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! problem of the document at once.
 
 use crate::config::{
-    ConfigFormat, HttpMethod, MAX_MAX_RETRIES, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, ParseError,
-    TriggerConfig, TriggersConfig,
+    ConfigFormat, HttpMethod, MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS,
+    MAX_TIMEOUT_SECS, MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig,
+    TriggersConfig,
 };
+use crate::signing::{SigningKey, SigningSecretError};
 use crate::template::{TemplateError, Templates};
 use crate::variables::Variables;
+use crate::webhook_headers::DELIVERER_HEADERS;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 use url::Url;
@@ -29,6 +32,10 @@ pub struct Trigger {
     pub(crate) headers: HeaderMap,
     pub(crate) timeout: Duration,
     pub(crate) max_retries: u32,
+    pub(crate) retry_budget: Duration,
+    /// Decoded `signingSecrets`, in config order.
+    pub(crate) signing_keys: Vec<SigningKey>,
+    pub(crate) follow_redirects: bool,
 }
 
 /// How errors and logs name a trigger: its index and its URL's origin.
@@ -66,6 +73,9 @@ impl std::fmt::Debug for Trigger {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
+            .field("retry_budget", &self.retry_budget)
+            .field("signing_keys", &self.signing_keys.len())
+            .field("follow_redirects", &self.follow_redirects)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +134,26 @@ pub enum ValidationError {
         min: u64,
         /// Largest allowed.
         max: u64,
+    },
+    /// A signing secret is not a Standard Webhooks secret. The secret is not shown.
+    #[error("{trigger}: `signingSecrets[{position}]` is invalid: {reason}")]
+    InvalidSigningSecret {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// 0-based position of the secret in `signingSecrets`.
+        position: usize,
+        /// What is wrong with it.
+        reason: SigningSecretError,
+    },
+    /// More signing secrets than [`MAX_SIGNING_SECRETS`].
+    #[error("{trigger}: `signingSecrets` has {count} secrets, but at most {max} are allowed")]
+    TooManySigningSecrets {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// How many there are.
+        count: usize,
+        /// The most allowed.
+        max: usize,
     },
     /// The payload template does not compile or does not render.
     #[error("{trigger}: `payloadTemplate`: {source}")]
@@ -201,7 +231,7 @@ impl Triggers {
                     trigger: label,
                     source,
                 }),
-                Ok(()) => match templates.render(index, &placeholder) {
+                Ok(()) => match templates.render_trigger(index, &placeholder) {
                     Err(source) => errors.push(ValidationError::Template {
                         trigger: label,
                         source,
@@ -253,14 +283,15 @@ impl Triggers {
         self.triggers.is_empty()
     }
 
-    /// Renders the payload of trigger `index` for a render context
-    /// (see [`Templates::context`]).
+    /// Renders the payload of trigger `index` for a transaction's render context
+    /// (see [`Templates::context`]), with the trigger's `webhook_id` added as delivery
+    /// adds it (see [`Templates::render_trigger`]).
     pub fn render(
         &self,
         index: usize,
         context: &serde_json::Value,
     ) -> Result<String, TemplateError> {
-        self.templates.render(index, context)
+        self.templates.render_trigger(index, context)
     }
 }
 
@@ -316,6 +347,14 @@ fn check_trigger(
                 });
                 continue;
             }
+            Ok(header) if DELIVERER_HEADERS.contains(&header.as_str()) => {
+                errors.push(ValidationError::InvalidHeaderName {
+                    trigger: label.clone(),
+                    name: name.clone(),
+                    reason: "the deliverer sets this webhook header itself",
+                });
+                continue;
+            }
             Ok(header) if RESERVED_HEADERS.contains(&header.as_str()) => {
                 errors.push(ValidationError::InvalidHeaderName {
                     trigger: label.clone(),
@@ -365,6 +404,35 @@ fn check_trigger(
         });
     }
 
+    if !(MIN_RETRY_BUDGET_SECS..=MAX_RETRY_BUDGET_SECS).contains(&raw.retry_budget_secs) {
+        errors.push(ValidationError::OutOfBounds {
+            trigger: label.clone(),
+            field: "retryBudgetSecs",
+            value: raw.retry_budget_secs,
+            min: MIN_RETRY_BUDGET_SECS,
+            max: MAX_RETRY_BUDGET_SECS,
+        });
+    }
+
+    if raw.signing_secrets.len() > MAX_SIGNING_SECRETS {
+        errors.push(ValidationError::TooManySigningSecrets {
+            trigger: label.clone(),
+            count: raw.signing_secrets.len(),
+            max: MAX_SIGNING_SECRETS,
+        });
+    }
+    let mut signing_keys = Vec::with_capacity(raw.signing_secrets.len());
+    for (position, secret) in raw.signing_secrets.iter().enumerate() {
+        match SigningKey::parse(secret) {
+            Ok(key) => signing_keys.push(key),
+            Err(reason) => errors.push(ValidationError::InvalidSigningSecret {
+                trigger: label.clone(),
+                position,
+                reason,
+            }),
+        }
+    }
+
     let url = url?;
     (errors.len() == before).then(|| Trigger {
         label,
@@ -377,6 +445,9 @@ fn check_trigger(
         headers,
         timeout: Duration::from_secs(raw.timeout_secs),
         max_retries: raw.max_retries,
+        retry_budget: Duration::from_secs(raw.retry_budget_secs),
+        signing_keys,
+        follow_redirects: raw.follow_redirects,
     })
 }
 
@@ -408,12 +479,20 @@ mod tests {
             {"url": "https://ok.example.com", "payloadTemplate": "{\"a\": \"{{materialisation_name}}\"}",
              "headers": {"Bad Name": "x", "X-Token": "line\nbreak", "Host": "evil"}, "maxRetries": 99},
             {"url": "not a url", "payloadTemplate": "{\"a\": {{materialization_name}}}"},
-            {"url": "https://fine.example.com", "payloadTemplate": "{\"a\": {{json flow_run_id}}}"}
+            {"url": "https://fine.example.com", "payloadTemplate": "{\"a\": {{json flow_run_id}}, \"id\": \"{{webhook_id}}\"}"},
+            {"url": "https://signed.example.com", "payloadTemplate": "{}", "retryBudgetSecs": 0,
+             "headers": {"Webhook-Signature": "v1,forged"},
+             "signingSecrets": ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_%%%hunter3", "whsec_", "whsec_c2VjcmV0"]},
+            {"url": "https://many.example.com", "payloadTemplate": "{}",
+             "signingSecrets": ["whsec_a2V5", "whsec_a2V5", "whsec_a2V5", "whsec_a2V5", "whsec_a2V5", "whsec_a2V5",
+                                "whsec_a2V5", "whsec_a2V5", "whsec_a2V5", "whsec_a2V5", "whsec_a2V5"]}
         ]}"#;
         let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         insta::assert_snapshot!(text.join("\n"));
-        assert!(!text.join("\n").contains("line\nbreak"));
+        for secret in ["line\nbreak", "MfKQ9r8", "hunter3", "a2V5", "c2VjcmV0"] {
+            assert!(!text.join("\n").contains(secret), "{secret} leaked");
+        }
     }
 
     #[test]
@@ -435,6 +514,24 @@ mod tests {
             }
         );
         assert!(errors[0].to_string().contains("flow_published_at_min"));
+    }
+
+    #[test]
+    fn signing_secrets_compile_into_keys_that_debug_hides() {
+        let config = r#"{"config": [{"url": "https://x.example.com", "payloadTemplate": "{}",
+            "signingSecrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2VjcmV0"],
+            "retryBudgetSecs": 60, "followRedirects": true}]}"#;
+        let triggers = validate(config, ConfigFormat::Json).expect("valid");
+        let trigger = triggers.iter().next().expect("one trigger");
+        assert_eq!(trigger.signing_keys.len(), 2);
+        assert_eq!(trigger.retry_budget, Duration::from_secs(60));
+        assert!(trigger.follow_redirects);
+        let debug = format!("{triggers:?}");
+        assert!(debug.contains("signing_keys: 2"), "{debug}");
+        assert!(
+            !debug.contains("MfKQ9r8") && !debug.contains("c2VjcmV0"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -6,14 +6,16 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use triggers_proto::{BindingStats, TRIGGER_PARAMS_VERSION, Timestamp, TriggerParams};
 
-/// Names of every variable a template may use, in documentation order.
-pub const VARIABLE_NAMES: [&str; 6] = [
+/// Names of every variable a template may use, in documentation order. All but the last
+/// are fields of [`Variables`]; `webhook_id` is per trigger (see [`crate::webhook_id`]).
+pub const VARIABLE_NAMES: [&str; 7] = [
     "materialization_name",
     "collection_names",
     "connector_image",
     "flow_published_at_min",
     "flow_published_at_max",
     "flow_run_id",
+    "webhook_id",
 ];
 
 /// What the runtime knows of the materialization a shard belongs to.

@@ -1,0 +1,624 @@
+//! Receivers can dedupe and verify: stable webhook ids, Standard Webhooks signatures,
+//! attempt and reason headers, Retry-After, the retry budget, the network policy and
+//! redirects, against real receivers on 127.0.0.1.
+
+use std::time::{Duration, Instant, SystemTime};
+use triggers::receiver::{Receiver, Reply, Request};
+use triggers::{
+    AddressClass, ConfigFormat, Deliverer, DeliveryError, FailureReason, MAX_REDIRECTS,
+    NetworkPolicy, RetryBackoff, Secret, SendReason, SigningKey, TriggerFailure, Triggers,
+    Variables, validate, verify_signature, webhook_id,
+};
+
+/// The Standard Webhooks specification's example secret.
+const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// A second secret, as during a rotation.
+const NEXT_SECRET: &str = "whsec_bmV4dCBrZXkgYWZ0ZXIgdGhlIHJvdGF0aW9u";
+
+/// Backoff in milliseconds, capped at `max`: the cap also bounds Retry-After waits.
+fn backoff(max: Duration) -> RetryBackoff {
+    RetryBackoff {
+        initial: Duration::from_millis(5),
+        max,
+        multiplier: 2.0,
+        jitter: 1.0,
+    }
+}
+
+fn deliverer() -> Deliverer {
+    Deliverer::new(backoff(Duration::from_millis(20))).expect("client builds")
+}
+
+fn deliverer_with(max: Duration, policy: NetworkPolicy) -> Deliverer {
+    Deliverer::with_policy(backoff(max), policy).expect("client builds")
+}
+
+/// A config of one trigger per `(url, extra fields)`, each with a payload that carries
+/// its `webhook_id`.
+fn triggers(entries: &[(String, serde_json::Value)]) -> Triggers {
+    let config: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(url, extra)| {
+            let mut entry = serde_json::json!({
+                "url": url,
+                "payloadTemplate": "{\"id\": \"{{webhook_id}}\", \"run\": {{json flow_run_id}}}",
+            });
+            for (k, v) in extra.as_object().expect("extra is an object") {
+                entry[k] = v.clone();
+            }
+            entry
+        })
+        .collect();
+    let text = serde_json::json!({ "config": config }).to_string();
+    validate(&text, ConfigFormat::Json).expect("valid config")
+}
+
+fn variables() -> Variables {
+    Variables {
+        flow_run_id: "3b241101-e2bb-4255-8caf-4136c566a962".to_string(),
+        ..Variables::placeholder()
+    }
+}
+
+fn single_failure(err: &DeliveryError) -> &TriggerFailure {
+    assert_eq!(err.failures.len(), 1, "{err}");
+    &err.failures[0]
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> &'a str {
+    request
+        .header(name)
+        .unwrap_or_else(|| panic!("no {name} header: {request:?}"))
+}
+
+fn by_path(receiver: &Receiver, path: &str) -> Vec<Request> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect()
+}
+
+#[tokio::test]
+async fn webhook_id_is_stable_across_re_fires_and_distinct_per_trigger() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(&[
+        (receiver.url("/a"), serde_json::json!({})),
+        (receiver.url("/b"), serde_json::json!({})),
+    ]);
+    let deliverer = deliverer();
+    deliverer
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+    // A re-fire after a restart: a fresh deliverer, the persisted variables.
+    Deliverer::new(RetryBackoff::default())
+        .expect("client builds")
+        .deliver_with_reason(&triggers, &variables(), SendReason::RecoveryRefire)
+        .await
+        .expect("delivered again");
+
+    let run = variables().flow_run_id;
+    for (index, path) in ["/a", "/b"].into_iter().enumerate() {
+        let requests = by_path(&receiver, path);
+        assert_eq!(requests.len(), 2, "{path}");
+        let expect = webhook_id(&run, index);
+        for request in &requests {
+            assert_eq!(header(request, "webhook-id"), expect);
+            // The template's `webhook_id` is the header's.
+            assert_eq!(request.json().expect("JSON")["id"], expect.as_str());
+        }
+    }
+    assert_ne!(webhook_id(&run, 0), webhook_id(&run, 1));
+
+    // Another transaction, other ids.
+    let other = Variables {
+        flow_run_id: "0b3a4c1e-6a36-4b53-9d2d-5e1c1b7a9f00".to_string(),
+        ..variables()
+    };
+    deliverer
+        .deliver(&triggers, &other)
+        .await
+        .expect("delivered");
+    let ids: std::collections::HashSet<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| header(r, "webhook-id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+}
+
+#[tokio::test]
+async fn attempts_and_reasons_are_announced() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/flaky", [Reply::status(503), Reply::status(500)]);
+    let triggers = triggers(&[(receiver.url("/flaky"), serde_json::json!({"maxRetries": 3}))]);
+    let delivered = deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!(delivered[0].attempts, 3);
+    let seen: Vec<(String, String)> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                header(r, "webhook-attempt").to_string(),
+                header(r, "webhook-reason").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("1", "first-send"), ("2", "retry"), ("3", "retry")].map(|(a, r)| (a.into(), r.into()))
+    );
+
+    for (reason, expect) in [
+        (SendReason::RecoveryRefire, "recovery-refire"),
+        (SendReason::OperatorReplay, "operator-replay"),
+        (SendReason::FirstSend, "first-send"),
+    ] {
+        deliverer()
+            .deliver_with_reason(&triggers, &variables(), reason)
+            .await
+            .expect("delivered");
+        let last = receiver.requests().pop().expect("a request");
+        assert_eq!(header(&last, "webhook-reason"), expect);
+        assert_eq!(header(&last, "webhook-attempt"), "1");
+    }
+}
+
+/// A receiver's check: every signature header, with the id, timestamp and body received.
+fn verifies(secret: &str, request: &Request) -> bool {
+    let key = SigningKey::parse(&Secret::new(secret)).expect("valid secret");
+    let timestamp: i64 = header(request, "webhook-timestamp")
+        .parse()
+        .expect("unix seconds");
+    verify_signature(
+        &key,
+        header(request, "webhook-signature"),
+        header(request, "webhook-id"),
+        timestamp,
+        &request.body,
+    )
+}
+
+#[tokio::test]
+async fn signatures_verify_with_every_configured_secret_and_only_those() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/signed", [Reply::status(500)]);
+    let triggers = triggers(&[
+        (
+            receiver.url("/signed"),
+            serde_json::json!({"signingSecrets": [SPEC_SECRET, NEXT_SECRET]}),
+        ),
+        (receiver.url("/plain"), serde_json::json!({})),
+    ]);
+    deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+
+    let signed = by_path(&receiver, "/signed");
+    assert_eq!(signed.len(), 2, "a retry is signed afresh");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    for request in &signed {
+        let timestamp: i64 = header(request, "webhook-timestamp")
+            .parse()
+            .expect("seconds");
+        assert!((now - timestamp).abs() <= 5, "{timestamp} vs {now}");
+        assert_eq!(header(request, "webhook-signature").split(' ').count(), 2);
+        assert!(verifies(SPEC_SECRET, request));
+        assert!(verifies(NEXT_SECRET, request));
+        assert!(!verifies("whsec_c29tZW9uZSBlbHNl", request));
+        // A tampered body does not verify.
+        let mut tampered = request.clone();
+        tampered.body.push(b' ');
+        assert!(!verifies(SPEC_SECRET, &tampered));
+    }
+
+    let plain = by_path(&receiver, "/plain");
+    assert_eq!(plain[0].header("webhook-signature"), None);
+    assert!(plain[0].header("webhook-timestamp").is_some());
+    assert!(plain[0].header("webhook-id").is_some());
+}
+
+/// Verifies a request with the Standard Webhooks reference library for Python, exactly as
+/// a receiver would. Returns `None` when Python or the `standardwebhooks` package is not
+/// installed (`pip install standardwebhooks`).
+fn verify_with_python(secret: &str, request: &Request) -> Option<Result<(), String>> {
+    const SCRIPT: &str = r#"
+import json, sys
+try:
+    from standardwebhooks.webhooks import Webhook
+except ImportError:
+    sys.exit(77)
+given = json.load(sys.stdin)
+try:
+    Webhook(given["secret"]).verify(given["body"], given["headers"])
+except Exception as err:
+    print(repr(err))
+    sys.exit(1)
+"#;
+    let input = serde_json::json!({
+        "secret": secret,
+        "body": String::from_utf8_lossy(&request.body),
+        "headers": {
+            "webhook-id": request.header("webhook-id"),
+            "webhook-timestamp": request.header("webhook-timestamp"),
+            "webhook-signature": request.header("webhook-signature"),
+        },
+    });
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take()?;
+        stdin.write_all(input.to_string().as_bytes()).ok()?;
+    }
+    let output = child.wait_with_output().ok()?;
+    match output.status.code() {
+        Some(0) => Some(Ok(())),
+        Some(77) => None,
+        _ => Some(Err(String::from_utf8_lossy(&output.stdout).into_owned())),
+    }
+}
+
+#[tokio::test]
+async fn the_reference_python_library_verifies_our_signatures() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(&[(
+        receiver.url("/signed"),
+        serde_json::json!({"signingSecrets": [SPEC_SECRET, NEXT_SECRET]}),
+    )]);
+    deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+    let request = receiver.requests().pop().expect("a request");
+    for secret in [SPEC_SECRET, NEXT_SECRET] {
+        match verify_with_python(secret, &request) {
+            None => {
+                eprintln!(
+                    "SKIPPED: python3 or its `standardwebhooks` package is not installed \
+                     (pip install standardwebhooks); our signatures were not checked \
+                     against the reference library"
+                );
+                return;
+            }
+            Some(result) => result.expect("standardwebhooks verifies the request"),
+        }
+    }
+    let mut tampered = request.clone();
+    tampered.body.push(b' ');
+    assert!(
+        matches!(verify_with_python(SPEC_SECRET, &tampered), Some(Err(_))),
+        "a tampered body must not verify"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_is_honoured() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/busy",
+        [Reply::status(429).with_header("Retry-After", "1")],
+    );
+    let triggers = triggers(&[(receiver.url("/busy"), serde_json::json!({}))]);
+    let started = Instant::now();
+    deliverer_with(Duration::from_secs(5), NetworkPolicy::ALLOW_LOOPBACK)
+        .deliver(&triggers, &variables())
+        .await
+        .expect("second attempt succeeds");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    let receiver = Receiver::start().await.expect("receiver");
+    // Whole seconds only: two seconds ahead waits between one and two.
+    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+    receiver.script(
+        "/down",
+        [Reply::status(503).with_header("Retry-After", &at)],
+    );
+    let triggers = triggers(&[(receiver.url("/down"), serde_json::json!({}))]);
+    let started = Instant::now();
+    deliverer_with(Duration::from_secs(5), NetworkPolicy::ALLOW_LOOPBACK)
+        .deliver(&triggers, &variables())
+        .await
+        .expect("second attempt succeeds");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_capped_at_the_backoff_maximum() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/busy",
+        [Reply::status(429).with_header("Retry-After", "86400")],
+    );
+    let triggers = triggers(&[(receiver.url("/busy"), serde_json::json!({}))]);
+    let started = Instant::now();
+    deliverer_with(Duration::from_millis(500), NetworkPolicy::ALLOW_LOOPBACK)
+        .deliver(&triggers, &variables())
+        .await
+        .expect("second attempt succeeds");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_on_other_statuses_is_ignored() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/err",
+        [Reply::status(500).with_header("Retry-After", "30")],
+    );
+    let triggers = triggers(&[(receiver.url("/err"), serde_json::json!({}))]);
+    let started = Instant::now();
+    deliverer_with(Duration::from_secs(60), NetworkPolicy::ALLOW_LOOPBACK)
+        .deliver(&triggers, &variables())
+        .await
+        .expect("second attempt succeeds");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_retry_budget_stops_retries_before_max_retries() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(500).after(Duration::from_millis(300)));
+    let triggers = triggers(&[(
+        receiver.url("/slow-fail"),
+        serde_json::json!({"maxRetries": 20, "retryBudgetSecs": 1}),
+    )]);
+    let started = Instant::now();
+    let err = deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("never succeeds");
+    let elapsed = started.elapsed();
+    let failure = single_failure(&err);
+    assert!(failure.budget_exhausted && !failure.permanent, "{err}");
+    assert!((2..=5).contains(&failure.attempts), "{err}");
+    assert_eq!(receiver.requests().len() as u32, failure.attempts);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert!(
+        err.to_string().contains("retry time budget exhausted"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_budget_gives_up_at_once() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(503).with_header("Retry-After", "2"));
+    let triggers = triggers(&[(
+        receiver.url("/later"),
+        serde_json::json!({"maxRetries": 5, "retryBudgetSecs": 1}),
+    )]);
+    let started = Instant::now();
+    let err = deliverer_with(Duration::from_secs(5), NetworkPolicy::ALLOW_LOOPBACK)
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("the wait would end past the budget");
+    let failure = single_failure(&err);
+    assert!(failure.budget_exhausted, "{err}");
+    assert_eq!(failure.attempts, 1);
+    assert!(started.elapsed() < Duration::from_millis(800));
+}
+
+fn refusal(failure: &TriggerFailure) -> &triggers::Refusal {
+    match &failure.reason {
+        FailureReason::Refused(refusal) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn loopback_is_refused_by_the_default_policy_and_allowed_when_configured() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(&[(
+        receiver.url("/private/path?token=hunter2"),
+        serde_json::json!({"maxRetries": 5}),
+    )]);
+    let err = deliverer_with(Duration::from_millis(20), NetworkPolicy::default())
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("loopback is refused");
+    let failure = single_failure(&err);
+    assert!(failure.permanent, "{err}");
+    assert_eq!(failure.attempts, 1);
+    assert_eq!(refusal(failure).class, AddressClass::Loopback);
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("http://{}", receiver.addr())),
+        "{text}"
+    );
+    assert!(
+        !text.contains("private/path") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(receiver.requests().is_empty(), "nothing was sent");
+
+    for policy in [
+        NetworkPolicy::ALLOW_LOOPBACK,
+        NetworkPolicy {
+            allow_loopback: true,
+            allow_private: true,
+            allow_link_local: true,
+        },
+    ] {
+        deliverer_with(Duration::from_millis(20), policy)
+            .deliver(&triggers, &variables())
+            .await
+            .expect("loopback allowed");
+    }
+    // `Deliverer::new` keeps allowing loopback, for the runtime's tests and demo.
+    assert_eq!(deliverer().policy(), NetworkPolicy::ALLOW_LOOPBACK);
+    assert_eq!(receiver.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_hostname_resolving_to_loopback_is_refused_by_the_resolver() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let url = format!("http://localhost:{}/hook/s3cret", receiver.addr().port());
+    let triggers = triggers(&[(url, serde_json::json!({"maxRetries": 3}))]);
+    let err = deliverer_with(Duration::from_millis(20), NetworkPolicy::default())
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("localhost is loopback");
+    let failure = single_failure(&err);
+    assert!(failure.permanent && failure.attempts == 1, "{err}");
+    let refusal = refusal(failure);
+    assert_eq!(refusal.host, "localhost");
+    assert_eq!(refusal.class, AddressClass::Loopback);
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(receiver.requests().is_empty());
+
+    deliverer_with(Duration::from_millis(20), NetworkPolicy::ALLOW_LOOPBACK)
+        .deliver(&triggers, &variables())
+        .await
+        .expect("allowed when loopback is");
+    assert_eq!(receiver.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn redirects_other_than_307_and_308_are_never_followed() {
+    let (origin, target) = (
+        Receiver::start().await.expect("receiver"),
+        Receiver::start().await.expect("receiver"),
+    );
+    for status in [301, 302, 303] {
+        origin.script(
+            "/moved",
+            [Reply::status(status).with_header("Location", &target.url("/landed"))],
+        );
+        let triggers = triggers(&[(
+            origin.url("/moved"),
+            serde_json::json!({"followRedirects": true}),
+        )]);
+        let err = deliverer()
+            .deliver(&triggers, &variables())
+            .await
+            .expect_err("not followed");
+        let failure = single_failure(&err);
+        assert!(failure.permanent, "{err}");
+        assert!(
+            matches!(&failure.reason, FailureReason::Status { status: s, .. } if *s == status),
+            "{err}"
+        );
+    }
+    assert!(target.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_307_is_followed_only_when_enabled() {
+    let (origin, target) = (
+        Receiver::start().await.expect("receiver"),
+        Receiver::start().await.expect("receiver"),
+    );
+    origin.set_default(Reply::status(307).with_header("Location", &target.url("/landed")));
+    let config = |follow: bool| {
+        triggers(&[(
+            origin.url("/temp"),
+            serde_json::json!({
+                "followRedirects": follow,
+                "signingSecrets": [SPEC_SECRET],
+                "method": "PUT",
+            }),
+        )])
+    };
+
+    let err = deliverer()
+        .deliver(&config(false), &variables())
+        .await
+        .expect_err("not followed by default");
+    assert!(single_failure(&err).permanent, "{err}");
+    assert!(target.requests().is_empty());
+
+    let delivered = deliverer()
+        .deliver(&config(true), &variables())
+        .await
+        .expect("followed");
+    assert_eq!(delivered[0].attempts, 1);
+    let landed = target.requests();
+    assert_eq!(landed.len(), 1);
+    // Same method, body and webhook headers: the receiver can still verify.
+    assert_eq!(landed[0].method, "PUT");
+    assert_eq!(landed[0].path, "/landed");
+    assert_eq!(
+        landed[0].json().expect("JSON")["id"],
+        webhook_id(&variables().flow_run_id, 0).as_str()
+    );
+    assert!(verifies(SPEC_SECRET, &landed[0]));
+    assert_eq!(landed[0].header("referer"), None);
+}
+
+#[tokio::test]
+async fn a_307_to_a_refused_destination_is_a_permanent_refusal() {
+    let origin = Receiver::start().await.expect("receiver");
+    // 0.0.0.0 is refused by every policy; were the guard broken, it would still only
+    // reach this host.
+    origin.set_default(Reply::status(307).with_header(
+        "Location",
+        &format!("http://0.0.0.0:{}/metadata", origin.addr().port()),
+    ));
+    let triggers = triggers(&[(
+        origin.url("/temp"),
+        serde_json::json!({"followRedirects": true, "maxRetries": 3}),
+    )]);
+    let err = deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("refused hop");
+    let failure = single_failure(&err);
+    assert!(failure.permanent && failure.attempts == 1, "{err}");
+    let refusal = refusal(failure);
+    assert_eq!(refusal.class, AddressClass::Reserved);
+    assert_eq!(refusal.host, "0.0.0.0");
+    assert_eq!(origin.requests().len(), 1, "the hop was never sent");
+}
+
+#[tokio::test]
+async fn a_redirect_loop_stops_after_the_limit() {
+    let origin = Receiver::start().await.expect("receiver");
+    origin.set_default(Reply::status(308).with_header("Location", &origin.url("/loop")));
+    let triggers = triggers(&[(
+        origin.url("/loop"),
+        serde_json::json!({"followRedirects": true, "maxRetries": 3}),
+    )]);
+    let err = deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("loops");
+    let failure = single_failure(&err);
+    assert!(failure.permanent, "{err}");
+    assert!(
+        matches!(failure.reason, FailureReason::Redirect(_)),
+        "{err}"
+    );
+    assert_eq!(origin.requests().len(), MAX_REDIRECTS + 1);
+}
