@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         // Memory, not disk, is measured here: skip the fsync per transaction.
         durability: Durability::Unsynced,
         backoff: RetryBackoff::default(),
+        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
     };
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
     shard.acknowledged().await?;

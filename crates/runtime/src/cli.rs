@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::{ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
+use triggers::{ConfigFormat, Materialization, NetworkPolicy, RetryBackoff, Triggers, validate};
 
 /// Which shard to run, and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,9 +33,16 @@ pub struct ShardArgs {
     #[arg(long)]
     pub no_sync: bool,
     /// Delay before the first retry of a failed webhook, in milliseconds (doubling,
-    /// capped at 30 s, with ±50 % jitter).
+    /// capped at 30 s, with full jitter).
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub retry_initial_ms: u64,
+    /// Let webhooks reach loopback addresses (127.0.0.0/8, ::1, `localhost`). Off by
+    /// default: a trigger URL is user input and must not reach the shard's own host.
+    #[arg(long)]
+    pub allow_loopback: bool,
+    /// Let webhooks reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    #[arg(long)]
+    pub allow_private_networks: bool,
 }
 
 impl ShardArgs {
@@ -56,6 +63,11 @@ impl ShardArgs {
             backoff: RetryBackoff {
                 initial: Duration::from_millis(self.retry_initial_ms),
                 ..RetryBackoff::default()
+            },
+            network: NetworkPolicy {
+                allow_loopback: self.allow_loopback,
+                allow_private: self.allow_private_networks,
+                ..NetworkPolicy::PUBLIC_ONLY
             },
         })
     }

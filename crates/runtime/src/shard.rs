@@ -5,8 +5,8 @@ use crate::store::{Durability, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use triggers::{
-    Delivered, Deliverer, DeliveryError, Materialization, ParamsError, RetryBackoff, Triggers,
-    Variables, VariablesError,
+    Delivered, Deliverer, DeliveryError, Materialization, NetworkPolicy, ParamsError, RetryBackoff,
+    SendReason, Triggers, Variables, VariablesError,
 };
 use triggers_proto::{BindingStats, Checkpoint};
 
@@ -21,6 +21,9 @@ pub struct ShardConfig {
     pub durability: Durability,
     /// Delays between delivery attempts.
     pub backoff: RetryBackoff,
+    /// Which non-public destinations webhooks may reach ([`NetworkPolicy::PUBLIC_ONLY`] in
+    /// production; tests and demos allow loopback).
+    pub network: NetworkPolicy,
 }
 
 /// What [`Shard::open`] recovered.
@@ -168,7 +171,7 @@ impl Shard {
                 "recovered trigger params of a committed transaction; they fire on the next Acknowledged"
             );
         }
-        let deliverer = Deliverer::new(config.backoff)
+        let deliverer = Deliverer::with_policy(config.backoff, config.network)
             .map_err(|err| ShardError::HttpClient(err.to_string()))?;
         let shard = Shard {
             store: Arc::new(store),
@@ -267,6 +270,12 @@ impl Shard {
     pub async fn acknowledged(&mut self) -> Result<Acknowledgement, ShardError> {
         self.check_acknowledge()?;
         let pending = self.has_pending_triggers();
+        // Recovered params may have been delivered before the crash: say so to receivers.
+        let reason = if matches!(self.phase, Phase::Recovered { .. }) {
+            SendReason::RecoveryRefire
+        } else {
+            SendReason::FirstSend
+        };
         if !pending {
             self.phase = Phase::Idle;
             self.pending_run_id = None;
@@ -293,7 +302,7 @@ impl Shard {
 
         let delivered = self
             .deliverer
-            .deliver(&self.triggers, &variables)
+            .deliver_with_reason(&self.triggers, &variables, reason)
             .await
             .map_err(|source| ShardError::Delivery {
                 flow_run_id: variables.flow_run_id.clone(),

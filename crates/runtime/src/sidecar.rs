@@ -284,15 +284,9 @@ fn not_open() -> Status {
 }
 
 fn validation_trigger(err: &ValidationError) -> i32 {
-    match err {
-        ValidationError::Parse(_) => -1,
-        ValidationError::InvalidUrl { trigger, .. }
-        | ValidationError::InvalidHeaderName { trigger, .. }
-        | ValidationError::InvalidHeaderValue { trigger, .. }
-        | ValidationError::OutOfBounds { trigger, .. }
-        | ValidationError::Template { trigger, .. }
-        | ValidationError::NotJson { trigger, .. } => trigger.index as i32,
-    }
+    err.trigger_index()
+        .and_then(|index| i32::try_from(index).ok())
+        .unwrap_or(-1)
 }
 
 fn delivery_outcome(

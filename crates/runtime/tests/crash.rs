@@ -152,7 +152,8 @@ impl Harness {
                     .arg("--materialization")
                     .arg("acmeCo/crash/test")
                     .arg("--retry-initial-ms")
-                    .arg("10");
+                    .arg("10")
+                    .arg("--allow-loopback");
             }
         }
         spawn(command, crash_point)
@@ -171,6 +172,7 @@ impl Harness {
             .arg("ghcr.io/estuary/materialize-example:v1")
             .arg("--retry-initial-ms")
             .arg("10")
+            .arg("--allow-loopback")
             .args(self.bindings());
         spawn(command, crash_point)
     }

@@ -41,6 +41,7 @@ fn config(triggers: Arc<Triggers>) -> ShardConfig {
             multiplier: 2.0,
             jitter: 0.5,
         },
+        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
     }
 }
 
@@ -111,6 +112,7 @@ async fn happy_path_delivers_two_triggers_then_deletes_the_params() {
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2);
     for request in &requests {
+        assert_eq!(request.header("webhook-reason"), Some("first-send"));
         assert_eq!(
             request.json().expect("JSON"),
             serde_json::json!({
@@ -188,6 +190,8 @@ async fn recovery_after_a_drop_between_start_commit_and_acknowledged_fires_once(
             request.json().expect("JSON")["run"],
             committed.flow_run_id.as_str()
         );
+        // Receivers learn this may be a duplicate.
+        assert_eq!(request.header("webhook-reason"), Some("recovery-refire"));
     }
 
     // The next transaction proceeds normally.

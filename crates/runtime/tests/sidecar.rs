@@ -63,6 +63,7 @@ async fn serve(receiver: &Receiver, address: &str) -> Running {
                 max: Duration::from_millis(20),
                 ..RetryBackoff::default()
             },
+            network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         },
     });
     let address = if address == "unix" {

@@ -182,6 +182,23 @@ pub enum ValidationError {
     },
 }
 
+impl ValidationError {
+    /// Index of the trigger the problem belongs to; `None` for the document as a whole.
+    pub fn trigger_index(&self) -> Option<usize> {
+        match self {
+            ValidationError::Parse(_) => None,
+            ValidationError::InvalidUrl { trigger, .. }
+            | ValidationError::InvalidHeaderName { trigger, .. }
+            | ValidationError::InvalidHeaderValue { trigger, .. }
+            | ValidationError::OutOfBounds { trigger, .. }
+            | ValidationError::InvalidSigningSecret { trigger, .. }
+            | ValidationError::TooManySigningSecrets { trigger, .. }
+            | ValidationError::Template { trigger, .. }
+            | ValidationError::NotJson { trigger, .. } => Some(trigger.index),
+        }
+    }
+}
+
 /// Every problem of a config, in document order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ValidationErrors(pub Vec<ValidationError>);

@@ -58,6 +58,12 @@ struct Args {
     /// In-process mode: delay before the first webhook retry, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     retry_initial_ms: u64,
+    /// In-process mode: let webhooks reach loopback addresses.
+    #[arg(long)]
+    allow_loopback: bool,
+    /// In-process mode: let webhooks reach private networks.
+    #[arg(long)]
+    allow_private_networks: bool,
 }
 
 #[tokio::main]
@@ -77,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
                 bindings: args.bindings.clone(),
                 no_sync: args.no_sync,
                 retry_initial_ms: args.retry_initial_ms,
+                allow_loopback: args.allow_loopback,
+                allow_private_networks: args.allow_private_networks,
             };
             let config = shard.shard_config()?;
             Driver::Local {

@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             initial: Duration::from_millis(100),
             ..RetryBackoff::default()
         },
+        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
     };
     let bindings = config.materialization.binding_collections.clone();
     let documents = parse_documents(DOCUMENTS, &bindings)?;
