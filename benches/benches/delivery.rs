@@ -20,6 +20,8 @@ fn variables() -> Variables {
 fn deliver(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let receiver = runtime.block_on(Receiver::start()).expect("receiver");
+    // Keeping a million requests would make the receiver, not the client, the measurement.
+    receiver.forget_requests();
     let url = receiver.url("/hook");
     let triggers = benches::triggers(&url, 1);
     let variables = variables();
@@ -77,10 +79,31 @@ fn deliver(c: &mut Criterion) {
             }
         })
     });
+    // Information: bare reqwest with the per-attempt timeout every webhook needs.
+    let timed = |client: &reqwest::Client| {
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(30))
+            .body(body.clone());
+        async move {
+            let response = request.send().await.expect("sends");
+            assert!(response.status().is_success());
+            response.bytes().await.expect("reads");
+        }
+    };
+    group.bench_function("bare_reqwest_with_timeout", |b| {
+        b.to_async(&runtime).iter(|| async {
+            for _ in 0..SEQUENTIAL {
+                timed(&bare).await;
+            }
+        })
+    });
     group.finish();
 
     // A slow endpoint: fanning 16 triggers out costs about as much as one.
     let slow = runtime.block_on(Receiver::start()).expect("receiver");
+    slow.forget_requests();
     slow.set_default(Reply::status(200).after(Duration::from_millis(20)));
     let one = benches::triggers(&slow.url("/slow"), 1);
     let sixteen = benches::triggers(&slow.url("/slow"), 16);

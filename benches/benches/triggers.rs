@@ -2,7 +2,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use triggers::{Templates, Variables};
+use triggers::Variables;
 
 /// Variables from stats must stay linear in the number of bindings.
 fn variables_from_stats(c: &mut Criterion) {
@@ -34,8 +34,9 @@ fn render(c: &mut Criterion) {
 
     group.bench_function("ours", |b| {
         b.iter(|| {
-            let context = Templates::context(black_box(&variables));
-            triggers.render(0, &context).expect("renders")
+            triggers
+                .render_variables(0, black_box(&variables), "msg_0")
+                .expect("renders")
         })
     });
 

@@ -6,7 +6,7 @@ use crate::backoff_policy::{Delays, RetryBackoff};
 use crate::network_policy::{GuardedResolver, NetworkPolicy, Refusal, redirect_policy};
 use crate::retry::{Attempt, Verdict, retry_after, verdict};
 use crate::signing::signature_header;
-use crate::template::{TemplateError, Templates};
+use crate::template::TemplateError;
 use crate::validate::{Trigger, TriggerLabel, Triggers};
 use crate::variables::Variables;
 use crate::webhook_headers::{
@@ -194,7 +194,6 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Result<Vec<Delivered>, DeliveryError> {
-        let context = Templates::context(variables);
         let outcomes = futures::future::join_all(triggers.iter().enumerate().map(|(i, t)| {
             let id = webhook_id(&variables.flow_run_id, i);
             // At WARN, so the trigger's context stays on its retry and failure events
@@ -207,7 +206,7 @@ impl Deliverer {
                 webhook_id = %id,
                 %reason,
             );
-            self.deliver_one(triggers, i, t, &context, id, reason)
+            self.deliver_one(triggers, i, t, variables, id, reason)
                 .instrument(span)
         }))
         .await;
@@ -234,13 +233,12 @@ impl Deliverer {
         triggers: &Triggers,
         index: usize,
         trigger: &Trigger,
-        context: &serde_json::Value,
+        variables: &Variables,
         id: String,
         reason: SendReason,
     ) -> Result<Delivered, TriggerFailure> {
-        // `render` adds `webhook_id` from the same `flow_run_id`: the payload's id and
-        // the header's are one derivation.
-        let body = match triggers.render(index, context) {
+        // The payload's `webhook_id` and the header's are one derivation.
+        let body = match triggers.render_variables(index, variables, &id) {
             Ok(body) => Bytes::from(body),
             Err(err) => {
                 tracing::error!(error = %err, "payload template failed");

@@ -146,6 +146,24 @@ impl Templates {
         }
     }
 
+    /// Renders trigger `index` straight from a transaction's variables plus its
+    /// `webhook_id`: one serialisation per render, as bare Handlebars would do, instead of
+    /// building a JSON context and then copying it.
+    pub fn render_variables(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+    ) -> Result<String, TemplateError> {
+        self.render_data(
+            index,
+            &TriggerVariables {
+                variables,
+                webhook_id,
+            },
+        )
+    }
+
     /// The render context of a transaction, built once and shared by every trigger.
     pub fn context(variables: &Variables) -> serde_json::Value {
         // Infallible in practice (strings, a list of strings, formatted times); a failure
@@ -160,6 +178,14 @@ impl Templates {
 struct TriggerContext<'a> {
     #[serde(flatten)]
     transaction: &'a serde_json::Map<String, serde_json::Value>,
+    webhook_id: &'a str,
+}
+
+/// A transaction's variables plus one trigger's `webhook_id`, serialised as one object.
+#[derive(serde::Serialize)]
+struct TriggerVariables<'a> {
+    #[serde(flatten)]
+    variables: &'a Variables,
     webhook_id: &'a str,
 }
 
@@ -336,6 +362,22 @@ mod tests {
         )
         .expect("renders");
         assert_eq!(out, "some id");
+    }
+
+    #[test]
+    fn the_delivery_path_renders_exactly_what_validation_rendered() {
+        let mut templates = Templates::new();
+        let source = r#"{"id": "{{webhook_id}}", "all": {{json this}}}"#;
+        templates.compile(3, source).expect("compiles");
+        let variables = Variables::placeholder();
+        let via_context = templates
+            .render_trigger(3, &Templates::context(&variables))
+            .expect("renders");
+        let id = crate::webhook_id(&variables.flow_run_id, 3);
+        let via_variables = templates
+            .render_variables(3, &variables, &id)
+            .expect("renders");
+        assert_eq!(via_context, via_variables);
     }
 
     #[test]

@@ -310,6 +310,18 @@ impl Triggers {
     ) -> Result<String, TemplateError> {
         self.templates.render_trigger(index, context)
     }
+
+    /// Renders the payload of trigger `index` for a transaction, with the trigger's
+    /// `webhook_id`: the delivery path, which serialises the variables once per trigger.
+    pub fn render_variables(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+    ) -> Result<String, TemplateError> {
+        self.templates
+            .render_variables(index, variables, webhook_id)
+    }
 }
 
 impl Trigger {
