@@ -51,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
         if txn == 1_000 {
             early = rss_kib();
             println!("rss after {txn:>7} transactions: {early} KiB");
+        } else if txn % 10_000 == 0 && txn < total {
+            // The curve between the two marks: growth that flattens is warm-up, growth
+            // that keeps going is a leak.
+            println!("rss after {txn:>7} transactions: {} KiB", rss_kib());
         }
     }
     let late = rss_kib();
