@@ -18,7 +18,12 @@ fn variables() -> Variables {
 }
 
 fn deliver(c: &mut Criterion) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // One thread for client and receiver alike: on a shared 2-core machine, cross-thread
+    // wakeups of a multi-threaded runtime dominated and swamped the ratios with noise.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let receiver = runtime.block_on(Receiver::start()).expect("receiver");
     // Keeping a million requests would make the receiver, not the client, the measurement.
     receiver.forget_requests();

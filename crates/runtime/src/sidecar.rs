@@ -298,18 +298,7 @@ fn delivery_outcome(
             delivery_id,
             flow_run_id: ack.variables.map(|v| v.flow_run_id).unwrap_or_default(),
             ok: true,
-            triggers: ack
-                .delivered
-                .iter()
-                .map(|d| TriggerOutcome {
-                    index: d.trigger.index as u32,
-                    origin: d.trigger.origin.clone(),
-                    delivered: true,
-                    status: u32::from(d.status),
-                    attempts: d.attempts,
-                    error: String::new(),
-                })
-                .collect(),
+            triggers: ack.delivered.iter().map(delivered_outcome).collect(),
             error: String::new(),
         },
         Err(ShardError::Delivery {
@@ -333,18 +322,22 @@ fn delivery_outcome(
     }
 }
 
+fn delivered_outcome(d: &triggers::Delivered) -> TriggerOutcome {
+    TriggerOutcome {
+        index: d.trigger.index as u32,
+        origin: d.trigger.origin.clone(),
+        delivered: true,
+        status: u32::from(d.status),
+        attempts: d.attempts,
+        error: String::new(),
+    }
+}
+
 fn failed_outcomes(err: &DeliveryError) -> Vec<TriggerOutcome> {
     let mut outcomes: Vec<TriggerOutcome> = err
         .delivered
         .iter()
-        .map(|d| TriggerOutcome {
-            index: d.trigger.index as u32,
-            origin: d.trigger.origin.clone(),
-            delivered: true,
-            status: u32::from(d.status),
-            attempts: d.attempts,
-            error: String::new(),
-        })
+        .map(delivered_outcome)
         .chain(err.failures.iter().map(|f| TriggerOutcome {
             index: f.trigger.index as u32,
             origin: f.trigger.origin.clone(),
