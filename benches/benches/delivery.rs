@@ -50,6 +50,26 @@ fn deliver(c: &mut Criterion) {
         }
     };
 
+    // The composite floor: bare Handlebars rendering the same template, then the bare POST.
+    let mut handlebars = handlebars::Handlebars::new();
+    handlebars.register_escape_fn(handlebars::no_escape);
+    handlebars.register_helper("json", Box::new(benches::json_helper));
+    handlebars
+        .register_template_string("t", benches::TEMPLATE)
+        .expect("compiles");
+    let render_and_post = |client: &reqwest::Client| {
+        let body = handlebars.render("t", &variables).expect("renders");
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.expect("sends");
+            assert!(response.status().is_success());
+            response.bytes().await.expect("reads");
+        }
+    };
+
     let mut group = c.benchmark_group("deliver_one");
     group.bench_function("ours", |b| {
         b.to_async(&runtime).iter(|| async {
@@ -61,6 +81,9 @@ fn deliver(c: &mut Criterion) {
     });
     group.bench_function("bare_reqwest", |b| {
         b.to_async(&runtime).iter(|| post(&bare))
+    });
+    group.bench_function("bare_render_and_reqwest", |b| {
+        b.to_async(&runtime).iter(|| render_and_post(&bare))
     });
     group.finish();
 

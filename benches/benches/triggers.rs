@@ -42,21 +42,7 @@ fn render(c: &mut Criterion) {
 
     let mut bare = handlebars::Handlebars::new();
     bare.register_escape_fn(handlebars::no_escape);
-    bare.register_helper(
-        "json",
-        Box::new(
-            |h: &handlebars::Helper,
-             _: &handlebars::Handlebars,
-             _: &handlebars::Context,
-             _: &mut handlebars::RenderContext,
-             out: &mut dyn handlebars::Output|
-             -> handlebars::HelperResult {
-                let value = h.param(0).map(|p| p.value().clone()).unwrap_or_default();
-                out.write(&value.to_string())?;
-                Ok(())
-            },
-        ),
-    );
+    bare.register_helper("json", Box::new(benches::json_helper));
     bare.register_template_string("t", benches::TEMPLATE)
         .expect("compiles");
     group.bench_function("bare_handlebars", |b| {

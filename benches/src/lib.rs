@@ -92,3 +92,17 @@ pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
     });
     triggers::validate(&config.to_string(), triggers::ConfigFormat::Json).expect("valid config")
 }
+
+/// A minimal `{{json value}}` helper for the bare-Handlebars floors: the same output as
+/// ours, without its strictness checks.
+pub fn json_helper(
+    h: &handlebars::Helper,
+    _: &handlebars::Handlebars,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let value = h.param(0).map(|p| p.value().clone()).unwrap_or_default();
+    out.write(&value.to_string())?;
+    Ok(())
+}

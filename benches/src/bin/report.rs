@@ -70,6 +70,14 @@ const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
         "one webhook, whole path vs bare reqwest POST",
     ),
     (
+        "deliver_one",
+        "ours",
+        "bare_render_and_reqwest",
+        f64::INFINITY,
+        Goal::AtMost,
+        "one webhook vs bare handlebars render + bare POST (information)",
+    ),
+    (
         "deliver_sequential",
         "ours",
         "bare_reqwest",

@@ -7,6 +7,7 @@
 //! `flow_run_id` and the trigger's index alone, deterministically, with nothing stored.
 
 use sha2::{Digest as _, Sha256};
+use std::fmt::Write as _;
 
 /// Domain separation: ids of this derivation cannot collide with hashes made for any
 /// other purpose from the same inputs, and a future derivation can use `v2`.
@@ -28,7 +29,8 @@ pub fn webhook_id(flow_run_id: &str, trigger_index: usize) -> String {
     let mut id = String::with_capacity(4 + 32);
     id.push_str("msg_");
     for byte in &digest[..16] {
-        id.push_str(&format!("{byte:02x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{byte:02x}");
     }
     id
 }
