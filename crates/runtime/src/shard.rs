@@ -293,6 +293,7 @@ impl Shard {
             // Unreachable unless the store was edited underneath us; nothing to send.
             tracing::warn!("trigger params expected but absent from the store");
             self.phase = Phase::Idle;
+            self.pending_run_id = None;
             return Ok(Acknowledgement {
                 variables: None,
                 delivered: Vec::new(),
