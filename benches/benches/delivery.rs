@@ -5,7 +5,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
-use triggers::{Deliverer, RetryBackoff, Templates, Variables};
+use triggers::{Deliverer, RetryBackoff, Variables};
 
 fn variables() -> Variables {
     Variables::from_stats(
@@ -32,7 +32,11 @@ fn deliver(c: &mut Criterion) {
     let variables = variables();
     let deliverer = Deliverer::new(RetryBackoff::default()).expect("client");
     let body = triggers
-        .render(0, &Templates::context(&variables))
+        .render(
+            0,
+            &variables,
+            &triggers::webhook_id(&variables.flow_run_id, 0),
+        )
         .expect("renders");
     let bare = reqwest::Client::builder()
         .no_proxy()

@@ -35,7 +35,7 @@ fn render(c: &mut Criterion) {
     group.bench_function("ours", |b| {
         b.iter(|| {
             triggers
-                .render_variables(0, black_box(&variables), "msg_0")
+                .render(0, black_box(&variables), "msg_0")
                 .expect("renders")
         })
     });

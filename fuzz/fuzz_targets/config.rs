@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use triggers::{ConfigFormat, Templates, Variables, validate};
+use triggers::{ConfigFormat, Variables, validate, webhook_id};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -14,10 +14,11 @@ fuzz_target!(|data: &[u8]| {
     for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
         match validate(text, format) {
             Ok(triggers) => {
-                let context = Templates::context(&Variables::placeholder());
+                let variables = Variables::placeholder();
                 for index in 0..triggers.len() {
+                    let id = webhook_id(&variables.flow_run_id, index);
                     let body = triggers
-                        .render(index, &context)
+                        .render(index, &variables, &id)
                         .expect("validated templates render");
                     serde_json::from_str::<serde::de::IgnoredAny>(&body)
                         .expect("validated templates render JSON");

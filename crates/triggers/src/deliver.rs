@@ -238,7 +238,7 @@ impl Deliverer {
         reason: SendReason,
     ) -> Result<Delivered, TriggerFailure> {
         // The payload's `webhook_id` and the header's are one derivation.
-        let body = match triggers.render_variables(index, variables, &id) {
+        let body = match triggers.render(index, variables, &id) {
             Ok(body) => Bytes::from(body),
             Err(err) => {
                 tracing::error!(error = %err, "payload template failed");

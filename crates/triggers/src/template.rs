@@ -118,37 +118,10 @@ impl Templates {
         })
     }
 
-    /// Renders trigger `index` against a transaction's context (see
-    /// [`Templates::context`]) plus that trigger's own variable `webhook_id`, derived
-    /// from the context's `flow_run_id` exactly as the `webhook-id` header is, so a
-    /// payload can carry the id its receiver dedupes on. A context without a string
-    /// `flow_run_id` gets no `webhook_id` (a template using it then fails as unknown).
-    pub fn render_trigger(
-        &self,
-        index: usize,
-        context: &serde_json::Value,
-    ) -> Result<String, TemplateError> {
-        let run_id = context
-            .get("flow_run_id")
-            .and_then(serde_json::Value::as_str);
-        match (run_id, context.as_object()) {
-            (Some(run_id), Some(transaction)) => {
-                let webhook_id = crate::webhook_id(run_id, index);
-                self.render_data(
-                    index,
-                    &TriggerContext {
-                        transaction,
-                        webhook_id: &webhook_id,
-                    },
-                )
-            }
-            _ => self.render(index, context),
-        }
-    }
-
-    /// Renders trigger `index` straight from a transaction's variables plus its
-    /// `webhook_id`: one serialisation per render, as bare Handlebars would do, instead of
-    /// building a JSON context and then copying it.
+    /// Renders trigger `index` for a transaction: its variables plus the trigger's
+    /// `webhook_id`, serialised once per render (as bare Handlebars would). Validation's
+    /// trial render and delivery both come here, so publish time checks the path that
+    /// runs in production.
     pub fn render_variables(
         &self,
         index: usize,
@@ -164,21 +137,13 @@ impl Templates {
         )
     }
 
-    /// The render context of a transaction, built once and shared by every trigger.
+    /// A transaction's variables as a JSON context, for [`Templates::render`] (tests and
+    /// fuzzing render arbitrary contexts; it carries no `webhook_id`).
     pub fn context(variables: &Variables) -> serde_json::Value {
         // Infallible in practice (strings, a list of strings, formatted times); a failure
         // would yield a context every template fails against, not a panic.
         serde_json::to_value(variables).unwrap_or_default()
     }
-}
-
-/// A transaction's context plus one trigger's variables, serialised as one object
-/// without copying the transaction's part first.
-#[derive(serde::Serialize)]
-struct TriggerContext<'a> {
-    #[serde(flatten)]
-    transaction: &'a serde_json::Map<String, serde_json::Value>,
-    webhook_id: &'a str,
 }
 
 /// A transaction's variables plus one trigger's `webhook_id`, serialised as one object.
@@ -265,7 +230,8 @@ mod tests {
     fn render(source: &str) -> Result<String, TemplateError> {
         let mut templates = Templates::new();
         templates.compile(0, source)?;
-        templates.render_trigger(0, &Templates::context(&Variables::placeholder()))
+        let variables = Variables::placeholder();
+        templates.render_variables(0, &variables, &crate::webhook_id(&variables.flow_run_id, 0))
     }
 
     #[test]
@@ -365,22 +331,6 @@ mod tests {
     }
 
     #[test]
-    fn the_delivery_path_renders_exactly_what_validation_rendered() {
-        let mut templates = Templates::new();
-        let source = r#"{"id": "{{webhook_id}}", "all": {{json this}}}"#;
-        templates.compile(3, source).expect("compiles");
-        let variables = Variables::placeholder();
-        let via_context = templates
-            .render_trigger(3, &Templates::context(&variables))
-            .expect("renders");
-        let id = crate::webhook_id(&variables.flow_run_id, 3);
-        let via_variables = templates
-            .render_variables(3, &variables, &id)
-            .expect("renders");
-        assert_eq!(via_context, via_variables);
-    }
-
-    #[test]
     fn syntax_errors_carry_a_position() {
         let err = render("{\n \"a\": {{#each collection_names}}\n}").expect_err("unclosed block");
         assert!(
@@ -397,12 +347,16 @@ mod tests {
                 .compile(index, "{{webhook_id}} {{flow_run_id}}")
                 .expect("compiles");
         }
-        let context = Templates::context(&Variables::placeholder());
-        let run = Variables::placeholder().flow_run_id;
+        let variables = Variables::placeholder();
+        let run = &variables.flow_run_id;
         for index in 0..2 {
-            let out = templates.render_trigger(index, &context).expect("renders");
-            assert_eq!(out, format!("{} {run}", crate::webhook_id(&run, index)));
+            let id = crate::webhook_id(run, index);
+            let out = templates
+                .render_variables(index, &variables, &id)
+                .expect("renders");
+            assert_eq!(out, format!("{id} {run}"));
         }
+        let context = Templates::context(&variables);
         // The transaction-wide context alone has no `webhook_id`.
         assert!(matches!(
             templates.render(0, &context),

@@ -236,7 +236,7 @@ impl Triggers {
         let mut errors = Vec::new();
         let mut templates = Templates::new();
         let mut triggers = Vec::with_capacity(config.config.len());
-        let placeholder = Templates::context(&Variables::placeholder());
+        let placeholder = Variables::placeholder();
 
         for (index, raw) in config.config.iter().enumerate() {
             let before = errors.len();
@@ -248,7 +248,11 @@ impl Triggers {
                     trigger: label,
                     source,
                 }),
-                Ok(()) => match templates.render_trigger(index, &placeholder) {
+                Ok(()) => match templates.render_variables(
+                    index,
+                    &placeholder,
+                    &crate::webhook_id(&placeholder.flow_run_id, index),
+                ) {
                     Err(source) => errors.push(ValidationError::Template {
                         trigger: label,
                         source,
@@ -300,20 +304,9 @@ impl Triggers {
         self.triggers.is_empty()
     }
 
-    /// Renders the payload of trigger `index` for a transaction's render context
-    /// (see [`Templates::context`]), with the trigger's `webhook_id` added as delivery
-    /// adds it (see [`Templates::render_trigger`]).
-    pub fn render(
-        &self,
-        index: usize,
-        context: &serde_json::Value,
-    ) -> Result<String, TemplateError> {
-        self.templates.render_trigger(index, context)
-    }
-
     /// Renders the payload of trigger `index` for a transaction, with the trigger's
-    /// `webhook_id`: the delivery path, which serialises the variables once per trigger.
-    pub fn render_variables(
+    /// `webhook_id` (see [`crate::webhook_id`]): what delivery sends.
+    pub fn render(
         &self,
         index: usize,
         variables: &Variables,
