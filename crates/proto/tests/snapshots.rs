@@ -3,8 +3,8 @@
 //! in review.
 
 use triggers_proto::{
-    BindingStats, Checkpoint, Message, ProducerEntry, Source, Timestamp, TransactionStats,
-    TriggerParams,
+    BacklogEntry, BindingStats, Checkpoint, Message, ProducerEntry, Source, Timestamp,
+    TransactionStats, TriggerParams,
 };
 
 fn hex(bytes: &[u8]) -> String {
@@ -55,10 +55,42 @@ fn transaction_stats_bytes() {
     insta::assert_snapshot!(round_trip(&stats));
 }
 
+/// Version 1, as the first release wrote it: these bytes are on disk and must keep decoding.
 #[test]
 fn trigger_params_bytes() {
+    insta::assert_snapshot!(round_trip(&params_v1()));
+}
+
+/// Version 2 adds the commit sequence range and transaction count.
+#[test]
+fn trigger_params_v2_bytes() {
     let params = TriggerParams {
-        version: triggers_proto::TRIGGER_PARAMS_VERSION,
+        version: 2,
+        first_commit_seq: 7,
+        last_commit_seq: 9,
+        transaction_count: 3,
+        ..params_v1()
+    };
+    insta::assert_snapshot!(round_trip(&params));
+}
+
+#[test]
+fn backlog_entry_bytes() {
+    let entry = BacklogEntry {
+        params: Some(TriggerParams {
+            version: 2,
+            first_commit_seq: 4,
+            last_commit_seq: 4,
+            transaction_count: 1,
+            ..params_v1()
+        }),
+    };
+    insta::assert_snapshot!(round_trip(&entry));
+}
+
+fn params_v1() -> TriggerParams {
+    TriggerParams {
+        version: 1,
         materialization_name: "acmeCo/orders/postgres".to_string(),
         collection_names: vec!["acmeCo/orders".to_string(), "acmeCo/customers".to_string()],
         connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
@@ -71,8 +103,8 @@ fn trigger_params_bytes() {
             nanos: 1_234_500,
         }),
         flow_run_id: "6f1c2d7e-0000-4000-8000-000000000001".to_string(),
-    };
-    insta::assert_snapshot!(round_trip(&params));
+        ..Default::default()
+    }
 }
 
 /// A reader of today's layout must accept bytes written with fields it does not know

@@ -4,7 +4,7 @@
 //! [`crate::validate`] turns them once into [`crate::Triggers`], the checked form that
 //! delivery uses.
 
-use crate::Secret;
+use crate::{DrainConfig, Secret};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -71,6 +71,11 @@ pub struct TriggerConfig {
     /// network policy at every hop. Other redirects are never followed.
     #[serde(default)]
     pub follow_redirects: bool,
+    /// How the trigger's backlog drains when the runtime delivers in decoupled mode:
+    /// `{"mode": "coalesced", "minIntervalSecs": 0}` (the default), `{"mode": "ordered"}`
+    /// or `{"mode": "concurrent", "maxInFlight": 4}`.
+    #[serde(default)]
+    pub drain: DrainConfig,
 }
 
 impl std::fmt::Debug for TriggerConfig {
@@ -86,6 +91,7 @@ impl std::fmt::Debug for TriggerConfig {
             .field("retry_budget_secs", &self.retry_budget_secs)
             .field("signing_secrets", &self.signing_secrets)
             .field("follow_redirects", &self.follow_redirects)
+            .field("drain", &self.drain)
             .finish()
     }
 }
@@ -275,6 +281,44 @@ mod tests {
         for secret in ["pw1", "secretpath", "k3y", "t0ken", "czNjcjN0"] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
         }
+    }
+
+    #[test]
+    fn drain_modes_parse_with_defaults_and_reject_unknown_fields() {
+        let parse = |drain: &str| {
+            TriggersConfig::parse(
+                &format!(r#"{{"config": [{{"url": "https://x", "payloadTemplate": "{{}}", "drain": {drain}}}]}}"#),
+                ConfigFormat::Json,
+            )
+            .map(|c| c.config[0].drain)
+        };
+        assert_eq!(parse(r#"{"mode": "ordered"}"#), Ok(DrainConfig::Ordered {}));
+        assert_eq!(
+            parse(r#"{"mode": "concurrent"}"#),
+            Ok(DrainConfig::Concurrent {
+                max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT
+            })
+        );
+        assert_eq!(
+            parse(r#"{"mode": "coalesced", "minIntervalSecs": 60}"#),
+            Ok(DrainConfig::Coalesced {
+                min_interval_secs: 60
+            })
+        );
+        for bad in [
+            r#"{"mode": "ordered", "maxInFlight": 2}"#,
+            r#"{"mode": "coalesced", "maxInFlight": 2}"#,
+            r#"{"mode": "fifo"}"#,
+            r#"{}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
+        let default = TriggersConfig::parse(
+            r#"{"config": [{"url": "https://x", "payloadTemplate": "{}"}]}"#,
+            ConfigFormat::Json,
+        )
+        .expect("parses");
+        assert_eq!(default.config[0].drain, DrainConfig::default());
     }
 
     #[test]

@@ -228,6 +228,33 @@ impl Deliverer {
         }
     }
 
+    /// Renders and delivers one trigger's webhook, with retries: what a decoupled
+    /// runtime's per-trigger worker sends for one backlog entry. Logged in the same
+    /// `deliver` span as [`Deliverer::deliver_with_reason`].
+    pub async fn deliver_trigger(
+        &self,
+        triggers: &Triggers,
+        index: usize,
+        variables: &Variables,
+        reason: SendReason,
+    ) -> Option<Result<Delivered, TriggerFailure>> {
+        let trigger = triggers.triggers.get(index)?;
+        let id = webhook_id(&variables.flow_run_id, index);
+        let span = tracing::warn_span!(
+            "deliver",
+            trigger = index,
+            origin = %trigger.label.origin,
+            flow_run_id = %variables.flow_run_id,
+            webhook_id = %id,
+            %reason,
+        );
+        Some(
+            self.deliver_one(triggers, index, trigger, variables, id, reason)
+                .instrument(span)
+                .await,
+        )
+    }
+
     async fn deliver_one(
         &self,
         triggers: &Triggers,

@@ -19,6 +19,7 @@ mod backoff_policy;
 mod clock;
 mod config;
 mod deliver;
+mod drain;
 mod network_policy;
 #[cfg(feature = "receiver")]
 pub mod receiver;
@@ -39,6 +40,9 @@ pub use config::{
     MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
 };
 pub use deliver::{Delivered, Deliverer, DeliveryError, FailureReason, TriggerFailure};
+pub use drain::{
+    DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
+};
 pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};

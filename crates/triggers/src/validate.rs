@@ -10,6 +10,7 @@ use crate::signing::{SigningKey, SigningSecretError};
 use crate::template::{TemplateError, Templates};
 use crate::variables::Variables;
 use crate::webhook_headers::DELIVERER_HEADERS;
+use crate::{Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 use url::Url;
@@ -36,6 +37,7 @@ pub struct Trigger {
     /// Decoded `signingSecrets`, in config order.
     pub(crate) signing_keys: Vec<SigningKey>,
     pub(crate) follow_redirects: bool,
+    pub(crate) drain: Drain,
 }
 
 /// How errors and logs name a trigger: its index and its URL's origin.
@@ -76,6 +78,7 @@ impl std::fmt::Debug for Trigger {
             .field("retry_budget", &self.retry_budget)
             .field("signing_keys", &self.signing_keys.len())
             .field("follow_redirects", &self.follow_redirects)
+            .field("drain", &self.drain)
             .finish_non_exhaustive()
     }
 }
@@ -322,6 +325,11 @@ impl Trigger {
     pub fn label(&self) -> &TriggerLabel {
         &self.label
     }
+
+    /// How its backlog drains in decoupled delivery.
+    pub fn drain(&self) -> Drain {
+        self.drain
+    }
 }
 
 /// Checks everything of a trigger but its template; returns it when all is well.
@@ -455,6 +463,36 @@ fn check_trigger(
         }
     }
 
+    let drain = match raw.drain {
+        DrainConfig::Ordered {} => Drain::Ordered,
+        DrainConfig::Concurrent { max_in_flight } => {
+            if !(1..=MAX_MAX_IN_FLIGHT).contains(&max_in_flight) {
+                errors.push(ValidationError::OutOfBounds {
+                    trigger: label.clone(),
+                    field: "drain.maxInFlight",
+                    value: u64::from(max_in_flight),
+                    min: 1,
+                    max: u64::from(MAX_MAX_IN_FLIGHT),
+                });
+            }
+            Drain::Concurrent(max_in_flight)
+        }
+        DrainConfig::Coalesced { min_interval_secs } => {
+            if min_interval_secs > MAX_MIN_INTERVAL_SECS {
+                errors.push(ValidationError::OutOfBounds {
+                    trigger: label.clone(),
+                    field: "drain.minIntervalSecs",
+                    value: min_interval_secs,
+                    min: 0,
+                    max: MAX_MIN_INTERVAL_SECS,
+                });
+            }
+            Drain::Coalesced {
+                min_interval: Duration::from_secs(min_interval_secs),
+            }
+        }
+    };
+
     let url = url?;
     (errors.len() == before).then(|| Trigger {
         label,
@@ -470,6 +508,7 @@ fn check_trigger(
         retry_budget: Duration::from_secs(raw.retry_budget_secs),
         signing_keys,
         follow_redirects: raw.follow_redirects,
+        drain,
     })
 }
 
@@ -575,6 +614,37 @@ mod tests {
         assert!(
             matches!(errors[..], [ValidationError::Parse(_)]),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn drain_settings_are_checked_against_their_bounds() {
+        let config = r#"{"config": [
+            {"url": "https://a.example.com", "payloadTemplate": "{}", "drain": {"mode": "concurrent", "maxInFlight": 0}},
+            {"url": "https://b.example.com", "payloadTemplate": "{}", "drain": {"mode": "coalesced", "minIntervalSecs": 90000}},
+            {"url": "https://c.example.com", "payloadTemplate": "{}", "drain": {"mode": "concurrent", "maxInFlight": 8}}
+        ]}"#;
+        let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "trigger 0 (https://a.example.com): `drain.maxInFlight` is 0, but must be between 1 and 64",
+                "trigger 1 (https://b.example.com): `drain.minIntervalSecs` is 90000, but must be between 0 and 86400",
+            ]
+        );
+        let ok = r#"{"config": [{"url": "https://c.example.com", "payloadTemplate": "{}", "drain": {"mode": "concurrent", "maxInFlight": 8}},
+                                {"url": "https://d.example.com", "payloadTemplate": "{}"}]}"#;
+        let triggers = validate(ok, ConfigFormat::Json).expect("valid");
+        let drains: Vec<Drain> = triggers.iter().map(Trigger::drain).collect();
+        assert_eq!(
+            drains,
+            [
+                Drain::Concurrent(8),
+                Drain::Coalesced {
+                    min_interval: Duration::ZERO
+                }
+            ]
         );
     }
 

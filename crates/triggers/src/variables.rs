@@ -8,13 +8,16 @@ use triggers_proto::{BindingStats, TRIGGER_PARAMS_VERSION, Timestamp, TriggerPar
 
 /// Names of every variable a template may use, in documentation order. All but the last
 /// are fields of [`Variables`]; `webhook_id` is per trigger (see [`crate::webhook_id`]).
-pub const VARIABLE_NAMES: [&str; 7] = [
+pub const VARIABLE_NAMES: [&str; 10] = [
     "materialization_name",
     "collection_names",
     "connector_image",
     "flow_published_at_min",
     "flow_published_at_max",
     "flow_run_id",
+    "transaction_count",
+    "first_commit_seq",
+    "last_commit_seq",
     "webhook_id",
 ];
 
@@ -29,7 +32,8 @@ pub struct Materialization {
     pub binding_collections: Vec<String>,
 }
 
-/// The variables of one committed transaction.
+/// The variables of one committed transaction, or of several merged into one webhook by a
+/// coalesced trigger (see [`Variables::merge`]).
 ///
 /// Serialised (with RFC 3339 times) this is exactly the context a template sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,8 +50,16 @@ pub struct Variables {
     /// Publish time of the latest document of the transaction.
     #[serde(with = "time::serde::rfc3339")]
     pub flow_published_at_max: OffsetDateTime,
-    /// Identifies the transaction; the same on every re-fire because it is persisted.
+    /// Identifies the transaction (the newest one, when merged); the same on every
+    /// re-fire because it is persisted.
     pub flow_run_id: String,
+    /// How many transactions these variables cover: 1 unless merged.
+    pub transaction_count: u64,
+    /// Commit sequence number (per shard, from 1) of the first transaction covered; 0 when
+    /// the runtime did not number it (params written by a version-1 store).
+    pub first_commit_seq: u64,
+    /// Commit sequence number of the last transaction covered.
+    pub last_commit_seq: u64,
 }
 
 /// Stats that cannot be turned into variables. Each names the offending binding, so the
@@ -178,7 +190,40 @@ impl Variables {
             flow_published_at_min: min.to_time().expect("checked"),
             flow_published_at_max: max.to_time().expect("checked"),
             flow_run_id,
+            transaction_count: 1,
+            first_commit_seq: 0,
+            last_commit_seq: 0,
         }))
+    }
+
+    /// Numbers the transaction: the runtime assigns commit sequence numbers when it
+    /// persists variables, so merged webhooks can say which transactions they cover.
+    pub fn with_commit_seq(mut self, seq: u64) -> Self {
+        self.first_commit_seq = seq;
+        self.last_commit_seq = seq;
+        self
+    }
+
+    /// Folds the variables of a later transaction into these, as a coalesced trigger
+    /// sends them: collections are the union in commit order (each once), the time range
+    /// spans both, `flow_run_id` is the newer transaction's, and the covered count and
+    /// sequence range grow. The result is what one webhook announces for all of them.
+    pub fn merge(&mut self, newer: &Variables) {
+        for name in &newer.collection_names {
+            if !self.collection_names.contains(name) {
+                self.collection_names.push(name.clone());
+            }
+        }
+        self.flow_published_at_min = self.flow_published_at_min.min(newer.flow_published_at_min);
+        self.flow_published_at_max = self.flow_published_at_max.max(newer.flow_published_at_max);
+        self.flow_run_id.clone_from(&newer.flow_run_id);
+        self.materialization_name
+            .clone_from(&newer.materialization_name);
+        self.connector_image.clone_from(&newer.connector_image);
+        self.transaction_count = self
+            .transaction_count
+            .saturating_add(newer.transaction_count);
+        self.last_commit_seq = newer.last_commit_seq;
     }
 
     /// The persisted form, written in the same WriteBatch as the checkpoint.
@@ -191,6 +236,9 @@ impl Variables {
             flow_published_at_min: Some(to_timestamp(self.flow_published_at_min)),
             flow_published_at_max: Some(to_timestamp(self.flow_published_at_max)),
             flow_run_id: self.flow_run_id.clone(),
+            first_commit_seq: self.first_commit_seq,
+            last_commit_seq: self.last_commit_seq,
+            transaction_count: self.transaction_count,
         }
     }
 
@@ -218,6 +266,10 @@ impl Variables {
             flow_published_at_max: from_timestamp(max)
                 .ok_or(ParamsError::InvalidTimestamp("flow_published_at_max"))?,
             flow_run_id: params.flow_run_id,
+            // Version 1 knew only single transactions.
+            transaction_count: params.transaction_count.max(1),
+            first_commit_seq: params.first_commit_seq,
+            last_commit_seq: params.last_commit_seq,
         })
     }
 
@@ -234,6 +286,9 @@ impl Variables {
             flow_published_at_min: time::macros::datetime!(2024-01-01 00:00:00.1234567 UTC),
             flow_published_at_max: time::macros::datetime!(2024-01-01 00:05:00.7654321 UTC),
             flow_run_id: "00000000-0000-4000-8000-000000000000".to_string(),
+            transaction_count: 3,
+            first_commit_seq: 40,
+            last_commit_seq: 42,
         }
     }
 }
@@ -361,6 +416,60 @@ mod tests {
         assert_eq!(
             Variables::from_params(broken),
             Err(ParamsError::InvalidTimestamp("flow_published_at_max"))
+        );
+    }
+
+    #[test]
+    fn merge_unions_collections_in_commit_order_and_widens_every_range() {
+        let t = |s: u64| Clock::from_unix(1_700_000_000 + s, 0);
+        let build = |stats: &[BindingStats], run: &str, seq: u64| {
+            Variables::from_stats(&materialization(), stats, run.into())
+                .expect("valid")
+                .expect("has documents")
+                .with_commit_seq(seq)
+        };
+        let mut merged = build(&[stats(3, 1, t(5), t(6))], "first", 7);
+        merged.merge(&build(
+            &[stats(0, 1, t(2), t(4)), stats(3, 1, t(4), t(4))],
+            "second",
+            8,
+        ));
+        merged.merge(&build(&[stats(1, 1, t(7), t(9))], "third", 9));
+        assert_eq!(
+            merged.collection_names,
+            ["acmeCo/refunds", "acmeCo/orders", "acmeCo/customers"]
+        );
+        assert_eq!(merged.flow_published_at_min, t(2).to_time().expect("valid"));
+        assert_eq!(merged.flow_published_at_max, t(9).to_time().expect("valid"));
+        assert_eq!(merged.flow_run_id, "third");
+        assert_eq!(
+            (
+                merged.transaction_count,
+                merged.first_commit_seq,
+                merged.last_commit_seq
+            ),
+            (3, 7, 9)
+        );
+        assert_eq!(Variables::from_params(merged.to_params()), Ok(merged));
+    }
+
+    #[test]
+    fn version_1_params_read_as_one_unnumbered_transaction() {
+        let params = TriggerParams {
+            version: 1,
+            transaction_count: 0,
+            first_commit_seq: 0,
+            last_commit_seq: 0,
+            ..Variables::placeholder().to_params()
+        };
+        let vars = Variables::from_params(params).expect("reads");
+        assert_eq!(
+            (
+                vars.transaction_count,
+                vars.first_commit_seq,
+                vars.last_commit_seq
+            ),
+            (1, 0, 0)
         );
     }
 
