@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         durability: Durability::Unsynced,
         backoff: RetryBackoff::default(),
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+        delivery: triggers_runtime::DeliveryMode::Waiting,
     };
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
     shard.acknowledged().await?;

@@ -1,7 +1,7 @@
 //! Command-line arguments shared by the binaries that run a shard: the sidecar and the
 //! reference consumer (in-process mode).
 
-use crate::{Durability, ShardConfig};
+use crate::{DEFAULT_BACKLOG_LIMIT, DeliveryMode, Durability, ShardConfig};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +43,23 @@ pub struct ShardArgs {
     /// Let webhooks reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
     #[arg(long)]
     pub allow_private_networks: bool,
+    /// `decoupled`: webhooks go to a persisted per-trigger backlog that drains while the
+    /// shard keeps committing (each trigger's `drain` mode applies). `waiting`: each
+    /// transaction's webhooks are delivered before the next transaction commits.
+    #[arg(long, value_enum, default_value_t = DeliveryArg::Decoupled)]
+    pub delivery: DeliveryArg,
+    /// Decoupled delivery: entries a trigger's backlog may hold before StartCommit waits.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_BACKLOG_LIMIT)]
+    pub backlog_limit: usize,
+}
+
+/// The `--delivery` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryArg {
+    /// Commits never wait on webhooks (backpressure only at the backlog limit).
+    Decoupled,
+    /// Each transaction's webhooks are delivered before the next transaction commits.
+    Waiting,
 }
 
 impl ShardArgs {
@@ -68,6 +85,12 @@ impl ShardArgs {
                 allow_loopback: self.allow_loopback,
                 allow_private: self.allow_private_networks,
                 ..NetworkPolicy::PUBLIC_ONLY
+            },
+            delivery: match self.delivery {
+                DeliveryArg::Waiting => DeliveryMode::Waiting,
+                DeliveryArg::Decoupled => DeliveryMode::Decoupled {
+                    backlog_limit: self.backlog_limit.max(1),
+                },
             },
         })
     }

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use triggers::Clock;
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
-use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest, StartCommitRequest};
+use triggers_proto::sidecar::{
+    AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest,
+};
 use triggers_proto::{BindingStats, Checkpoint, ProducerEntry};
 
 /// The journal name under which the consumer checkpoints its input file.
@@ -145,7 +147,9 @@ impl Driver {
     async fn open(&mut self) -> anyhow::Result<(Checkpoint, bool)> {
         match self {
             Driver::Local { open, shard } => {
-                drop(shard.take());
+                if let Some(previous) = shard.take() {
+                    previous.close().await;
+                }
                 let (opened, recovery) = open().await?;
                 *shard = Some(opened);
                 Ok((recovery.checkpoint, recovery.pending.is_some()))
@@ -208,6 +212,30 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Waits until every acknowledged webhook is delivered (decoupled delivery).
+    async fn drained(&mut self) -> anyhow::Result<()> {
+        match self {
+            Driver::Local { shard, .. } => {
+                let shard = shard.as_ref().ok_or_else(|| anyhow::anyhow!("not open"))?;
+                shard.drained().await?;
+                Ok(())
+            }
+            Driver::Sidecar(client) => {
+                let reply = client
+                    .await_drained(AwaitDrainedRequest {})
+                    .await?
+                    .into_inner();
+                if reply.ok {
+                    Ok(())
+                } else {
+                    anyhow::bail!("{}", reply.error)
+                }
+            }
+        }
+    }
+}
+
 /// How a run proceeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -221,7 +249,8 @@ pub struct RunOptions {
 }
 
 /// Runs the consumer: recover, acknowledge the recovered commit (delivering what a crash
-/// left pending), then commit the remaining documents K at a time, acknowledging each.
+/// left pending), then commit the remaining documents K at a time, acknowledging each,
+/// and at the end of the input wait for the webhook backlog (decoupled delivery) to drain.
 pub async fn run(
     driver: &mut Driver,
     documents: &[Document],
@@ -287,10 +316,11 @@ pub async fn run(
             break;
         }
         driver.acknowledged().await?;
-        tracing::info!(
-            transaction = summary.transactions,
-            "acknowledged and delivered"
-        );
+        tracing::info!(transaction = summary.transactions, "acknowledged");
+    }
+    if stop_before_acknowledging.is_none_or(|stop| summary.transactions < stop) {
+        driver.drained().await?;
+        tracing::info!("every acknowledged webhook is delivered");
     }
     summary.checkpoint = checkpoint;
     Ok(summary)

@@ -10,6 +10,7 @@
 //!
 //! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
 
+mod backlog;
 pub mod cli;
 pub mod consumer;
 pub mod crash;
@@ -18,6 +19,10 @@ pub mod sidecar;
 mod stats;
 pub mod store;
 
-pub use shard::{Acknowledgement, Commit, ProtocolError, Recovery, Shard, ShardConfig, ShardError};
+pub use backlog::{BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, QueueStatus};
+pub use shard::{
+    Acknowledgement, Commit, DEFAULT_BACKLOG_LIMIT, DeliveryMode, ProtocolError, Recovery, Shard,
+    ShardConfig, ShardError,
+};
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};

@@ -1,5 +1,6 @@
 //! The commit / acknowledge / recover state machine of one shard.
 
+use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogStatus};
 use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
 use std::path::PathBuf;
@@ -24,6 +25,36 @@ pub struct ShardConfig {
     /// Which non-public destinations webhooks may reach ([`NetworkPolicy::PUBLIC_ONLY`] in
     /// production; tests and demos allow loopback).
     pub network: NetworkPolicy,
+    /// Whether commits wait for webhooks or a persisted backlog decouples them.
+    pub delivery: DeliveryMode,
+}
+
+/// Default [`DeliveryMode::Decoupled`] backlog limit, in entries per trigger.
+pub const DEFAULT_BACKLOG_LIMIT: usize = 1000;
+
+/// How webhooks relate to the transaction pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Acknowledged delivers the transaction's webhooks and returns when all are
+    /// accepted, so the next transaction waits on the slowest endpoint. One persisted key
+    /// (`trigger-params`). The reference design.
+    Waiting,
+    /// Acknowledged hands the transaction's webhooks to a persisted per-trigger backlog,
+    /// written in StartCommit's WriteBatch, that workers drain as each trigger's `drain`
+    /// mode says; commits go on. StartCommit waits only when a backlog holds
+    /// `backlog_limit` entries (backpressure). The default.
+    Decoupled {
+        /// Entries a trigger's backlog may hold before StartCommit waits (at least 1).
+        backlog_limit: usize,
+    },
+}
+
+impl Default for DeliveryMode {
+    fn default() -> Self {
+        DeliveryMode::Decoupled {
+            backlog_limit: DEFAULT_BACKLOG_LIMIT,
+        }
+    }
 }
 
 /// What [`Shard::open`] recovered.
@@ -32,8 +63,12 @@ pub struct Recovery {
     /// The last committed checkpoint (empty for a new store). Resume reading from here.
     pub checkpoint: Checkpoint,
     /// Variables of a committed transaction whose webhooks were not delivered before the
-    /// last stop. They fire on the first [`Shard::acknowledged`].
+    /// last stop (the oldest, when a backlog holds several). They fire on the first
+    /// [`Shard::acknowledged`].
     pub pending: Option<Variables>,
+    /// Backlog entries recovered, across every trigger (decoupled delivery, or a waiting
+    /// shard opening a store a decoupled one wrote).
+    pub backlog: usize,
 }
 
 /// What [`Shard::start_commit`] wrote.
@@ -47,10 +82,13 @@ pub struct Commit {
 /// What [`Shard::acknowledged`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Acknowledgement {
-    /// The variables whose webhooks were sent, if any.
+    /// The variables whose webhooks were sent (waiting) or queued (decoupled), if any.
     pub variables: Option<Variables>,
-    /// The webhooks delivered, in config order.
+    /// The webhooks delivered, in config order (waiting delivery only).
     pub delivered: Vec<Delivered>,
+    /// In decoupled delivery, the backlog entries waiting after this acknowledgement,
+    /// across every trigger; `None` in waiting delivery.
+    pub queued: Option<usize>,
 }
 
 /// A call that the shard's current state does not allow.
@@ -102,6 +140,10 @@ pub enum ShardError {
         #[source]
         source: DeliveryError,
     },
+    /// Decoupled delivery stopped: a webhook failed for good (naming the trigger, its
+    /// status and the backlog depth), or a delivered entry could not be deleted.
+    #[error(transparent)]
+    Backlog(#[from] BacklogError),
     /// A blocking store task did not finish (it panicked or the runtime is shutting down).
     #[error("store task did not complete: {0}")]
     Blocking(String),
@@ -135,6 +177,14 @@ pub struct Shard {
     phase: Phase,
     /// flow_run_id of the persisted, undelivered trigger params, if any.
     pending_run_id: Option<String>,
+    mode: DeliveryMode,
+    /// Decoupled delivery's engine; in waiting delivery, only while a backlog left by a
+    /// decoupled run drains at the recovered Acknowledged.
+    backlog: Option<Backlog>,
+    /// The next commit sequence number to hand out.
+    next_seq: u64,
+    /// Variables of the commit awaiting Acknowledged (decoupled delivery).
+    committed: Option<Variables>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -150,46 +200,157 @@ impl std::fmt::Debug for Shard {
 
 impl Shard {
     /// Opens the shard's store and recovers its last checkpoint and any trigger variables
-    /// a crash left undelivered.
+    /// a crash left undelivered (the single pending transaction of waiting delivery, or
+    /// every trigger's backlog of decoupled delivery; a store written in one layout opens
+    /// in the other mode without losing or repeating a transaction).
     pub async fn open(
         path: impl Into<PathBuf>,
         config: ShardConfig,
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
         let durability = config.durability;
-        let (store, checkpoint, params) = blocking(move || {
+        let decoupled = matches!(config.delivery, DeliveryMode::Decoupled { .. });
+        let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
+        let recovered = blocking(move || {
             let store = Store::open(&path, durability)?;
             let checkpoint = store.checkpoint()?;
-            let params = store.trigger_params()?;
-            Ok::<_, StoreError>((store, checkpoint, params))
+            let mut commit_seq = store.commit_seq()?;
+            let mut params = store.trigger_params()?;
+            if let (true, Some(legacy)) = (decoupled && triggers > 0, &mut params) {
+                // Waiting delivery's single key becomes one entry per trigger, numbered if
+                // a version-1 store did not number it.
+                if legacy.last_commit_seq == 0 {
+                    commit_seq += 1;
+                    legacy.first_commit_seq = commit_seq;
+                    legacy.last_commit_seq = commit_seq;
+                }
+                store.move_params_to_backlog(legacy, triggers)?;
+                params = None;
+            }
+            let backlog = store.backlog()?;
+            let last_sent = (0..triggers)
+                .map(|trigger| store.last_sent_ms(trigger))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, StoreError>(Recovered {
+                store,
+                checkpoint,
+                commit_seq,
+                params,
+                backlog,
+                last_sent,
+            })
         })
         .await??;
-        let pending = params.map(Variables::from_params).transpose()?;
+
+        let pending = recovered.params.map(Variables::from_params).transpose()?;
+        let mut entries = Vec::new();
+        for entry in recovered.backlog {
+            if entry.trigger >= triggers {
+                tracing::warn!(
+                    trigger = entry.trigger,
+                    first_commit_seq = entry.key_seq,
+                    "backlog entry of a trigger the config no longer has; it stays in the \
+                     store and is not sent"
+                );
+                continue;
+            }
+            let variables = Variables::from_params(entry.params.clone())?;
+            entries.push((entry, variables));
+        }
+        let backlog_len = entries.len();
+        let first_backlogged = entries.first().map(|(_, v)| v.clone());
         if let Some(variables) = &pending {
             tracing::info!(
                 flow_run_id = %variables.flow_run_id,
                 "recovered trigger params of a committed transaction; they fire on the next Acknowledged"
             );
         }
+        if backlog_len > 0 {
+            tracing::info!(
+                entries = backlog_len,
+                "recovered a webhook backlog; it drains after the next Acknowledged"
+            );
+        }
+
         let deliverer = Deliverer::with_policy(config.backoff, config.network)
             .map_err(|err| ShardError::HttpClient(err.to_string()))?;
+        let store = Arc::new(recovered.store);
+        let backlog = match config.delivery {
+            DeliveryMode::Decoupled { backlog_limit } => Some(backlog_limit),
+            // A waiting shard drains a decoupled run's backlog once, at recovery.
+            DeliveryMode::Waiting if backlog_len > 0 => Some(usize::MAX),
+            DeliveryMode::Waiting => None,
+        }
+        .map(|limit| {
+            Backlog::start(
+                store.clone(),
+                config.triggers.clone(),
+                deliverer.clone(),
+                limit,
+                entries,
+                recovered.last_sent,
+            )
+        });
+        let pending_now = pending.is_some() || backlog_len > 0;
         let shard = Shard {
-            store: Arc::new(store),
+            store,
             materialization: config.materialization,
             triggers: config.triggers,
             deliverer,
             phase: Phase::Recovered {
-                pending: pending.is_some(),
+                pending: pending_now,
             },
-            pending_run_id: pending.as_ref().map(|v| v.flow_run_id.clone()),
+            pending_run_id: pending
+                .as_ref()
+                .or(first_backlogged.as_ref())
+                .map(|v| v.flow_run_id.clone()),
+            mode: config.delivery,
+            backlog,
+            next_seq: recovered.commit_seq + 1,
+            committed: None,
         };
         Ok((
             shard,
             Recovery {
-                checkpoint,
-                pending,
+                checkpoint: recovered.checkpoint,
+                pending: pending.or(first_backlogged),
+                backlog: backlog_len,
             },
         ))
+    }
+
+    /// The delivery mode the shard runs in.
+    pub fn delivery_mode(&self) -> DeliveryMode {
+        self.mode
+    }
+
+    /// The backlog's state (decoupled delivery), for status reports.
+    pub fn backlog_status(&self) -> Option<BacklogStatus> {
+        self.backlog.as_ref().map(|b| b.handle().status())
+    }
+
+    /// A handle that reports the backlog's state without borrowing the shard, so status
+    /// can be read while a StartCommit waits for room.
+    pub fn backlog_handle(&self) -> Option<BacklogHandle> {
+        self.backlog.as_ref().map(Backlog::handle)
+    }
+
+    /// Waits until every acknowledged webhook is delivered (decoupled delivery; returns
+    /// at once otherwise), or fails with the error that stopped delivery. For a consumer
+    /// at the end of its input, and for tests.
+    pub async fn drained(&self) -> Result<(), ShardError> {
+        match &self.backlog {
+            Some(backlog) => backlog.drained().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops delivery workers and closes the store, so it can be reopened at once.
+    /// Undelivered webhooks stay persisted and fire on the next start.
+    pub async fn close(mut self) {
+        if let Some(backlog) = self.backlog.take() {
+            backlog.shutdown().await;
+        }
     }
 
     /// Whether trigger variables are persisted and await delivery.
@@ -197,7 +358,7 @@ impl Shard {
         matches!(
             self.phase,
             Phase::Recovered { pending: true } | Phase::Committed { params: true }
-        )
+        ) || self.backlog.as_ref().is_some_and(|b| b.depth() > 0)
     }
 
     /// The flow_run_id of persisted trigger params awaiting delivery, if any.
@@ -242,20 +403,37 @@ impl Shard {
             Phase::Failed => return Err(ProtocolError::Failed.into()),
         }
 
+        if let Some(failure) = self.backlog.as_ref().and_then(Backlog::failure) {
+            self.phase = Phase::Failed;
+            return Err(failure.into());
+        }
+
         let variables = if self.triggers.is_empty() {
             None
         } else {
             let run_id = uuid::Uuid::new_v4().to_string();
             Variables::from_stats(&self.materialization, stats, run_id)?
+                .map(|v| v.with_commit_seq(self.next_seq))
         };
-        let params = variables.as_ref().map(Variables::to_params);
 
-        let store = self.store.clone();
         // Until the write is known to have landed (or not), the store's state is unknown.
         self.phase = Phase::Failed;
-        crash_point!("start_commit.before_write");
-        blocking(move || store.commit(&checkpoint, params.as_ref())).await??;
+        match (&self.mode, &self.backlog) {
+            (DeliveryMode::Decoupled { .. }, Some(backlog)) => {
+                backlog.commit(checkpoint, variables.as_ref()).await?;
+            }
+            _ => {
+                let params = variables.as_ref().map(Variables::to_params);
+                let store = self.store.clone();
+                crash_point!("start_commit.before_write");
+                blocking(move || store.commit(&checkpoint, params.as_ref())).await??;
+            }
+        }
         crash_point!("start_commit.after_write");
+        if variables.is_some() {
+            self.next_seq += 1;
+        }
+        self.committed.clone_from(&variables);
         self.phase = Phase::Committed {
             params: variables.is_some(),
         };
@@ -269,6 +447,37 @@ impl Shard {
     /// shard must be reopened (the next start fires them again).
     pub async fn acknowledged(&mut self) -> Result<Acknowledgement, ShardError> {
         self.check_acknowledge()?;
+        if let Some(backlog) = &self.backlog {
+            if let Some(failure) = backlog.failure() {
+                self.phase = Phase::Failed;
+                return Err(failure.into());
+            }
+            let newest = match self.phase {
+                Phase::Recovered { .. } => backlog.newest_seq(),
+                _ => self.committed.as_ref().map_or(0, |v| v.last_commit_seq),
+            };
+            backlog.acknowledge(newest);
+            if let DeliveryMode::Decoupled { .. } = self.mode {
+                self.phase = Phase::Idle;
+                self.pending_run_id = None;
+                return Ok(Acknowledgement {
+                    variables: self.committed.take(),
+                    delivered: Vec::new(),
+                    queued: Some(backlog.depth()),
+                });
+            }
+            // Waiting delivery drains a backlog a decoupled run left, then goes on as usual.
+            self.phase = Phase::Failed;
+            backlog.drained().await?;
+            if let Some(backlog) = self.backlog.take() {
+                backlog.shutdown().await;
+            }
+            let store = self.store.clone();
+            let params_pending = blocking(move || store.trigger_params()).await??.is_some();
+            self.phase = Phase::Recovered {
+                pending: params_pending,
+            };
+        }
         let pending = self.has_pending_triggers();
         // Recovered params may have been delivered before the crash: say so to receivers.
         let reason = if matches!(self.phase, Phase::Recovered { .. }) {
@@ -282,6 +491,7 @@ impl Shard {
             return Ok(Acknowledgement {
                 variables: None,
                 delivered: Vec::new(),
+                queued: None,
             });
         }
         self.phase = Phase::Failed;
@@ -297,6 +507,7 @@ impl Shard {
             return Ok(Acknowledgement {
                 variables: None,
                 delivered: Vec::new(),
+                queued: None,
             });
         };
         let variables = Variables::from_params(params)?;
@@ -318,12 +529,23 @@ impl Shard {
         Ok(Acknowledgement {
             variables: Some(variables),
             delivered,
+            queued: None,
         })
     }
 }
 
+/// What [`Shard::open`] read from the store, on its blocking thread.
+struct Recovered {
+    store: Store,
+    checkpoint: Checkpoint,
+    commit_seq: u64,
+    params: Option<triggers_proto::TriggerParams>,
+    backlog: Vec<crate::store::StoredEntry>,
+    last_sent: Vec<Option<u64>>,
+}
+
 /// Runs blocking store work off the async executor.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ShardError> {
     tokio::task::spawn_blocking(work)

@@ -5,7 +5,7 @@
 //! waits for it (delivery before the next commit, as in the library), while the caller
 //! may return at once and collect the outcome later with AwaitDelivery.
 
-use crate::{Shard, ShardConfig, ShardError, StoreError};
+use crate::{BacklogHandle, DeliveryMode, Shard, ShardConfig, ShardError, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,10 @@ use triggers::{ConfigFormat, DeliveryError, ValidationError, validate};
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarServer};
 use triggers_proto::sidecar::{
-    AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, DeliveryOutcome, OpenRequest,
-    OpenResponse, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
-    TriggerOutcome, ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
+    AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
+    AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, OpenRequest, OpenResponse,
+    StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse, TriggerOutcome,
+    ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
 };
 
 /// How many finished deliveries AwaitDelivery can still be asked about.
@@ -45,6 +46,8 @@ struct Inner {
     /// `None` until Open. Held for the length of a delivery.
     shard: Arc<tokio::sync::Mutex<Option<Shard>>>,
     books: Mutex<Books>,
+    /// The open shard's backlog (decoupled delivery), readable while the shard is held.
+    backlog: Mutex<Option<BacklogHandle>>,
 }
 
 /// Bookkeeping for Status and AwaitDelivery.
@@ -65,6 +68,7 @@ impl Sidecar {
                 config,
                 shard: Arc::new(tokio::sync::Mutex::new(None)),
                 books: Mutex::new(Books::default()),
+                backlog: Mutex::new(None),
             }),
         }
     }
@@ -80,7 +84,8 @@ impl Sidecar {
     pub async fn close(&self, grace: Duration) {
         match tokio::time::timeout(grace, self.inner.shard.lock()).await {
             Ok(mut shard) => {
-                if shard.take().is_some() {
+                if let Some(shard) = shard.take() {
+                    shard.close().await;
                     tracing::info!("shard store closed");
                 }
             }
@@ -90,6 +95,13 @@ impl Sidecar {
                  its trigger params stay persisted and fire on the next start"
             ),
         }
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Option<BacklogHandle>> {
+        self.inner
+            .backlog
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -105,11 +117,15 @@ impl ShardSidecar for Sidecar {
     async fn open(&self, _: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
         let mut guard = self.inner.shard.lock().await;
         // Close a previous incarnation first: its store lock must be released to reopen.
-        drop(guard.take());
+        *self.backlog() = None;
+        if let Some(previous) = guard.take() {
+            previous.close().await;
+        }
         let (shard, recovery) =
             Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
                 .await
                 .map_err(to_status)?;
+        *self.backlog() = shard.backlog_handle();
         *guard = Some(shard);
         tracing::info!(
             pending = recovery.pending.is_some(),
@@ -254,17 +270,63 @@ impl ShardSidecar for Sidecar {
             // Held by a delivery (or a commit in progress).
             Err(_) => (true, "delivering", None),
         };
+        let backlog = self.backlog().as_ref().map(BacklogHandle::status);
         let books = self.books();
         let last = books.last.clone().unwrap_or_default();
+        let mode = match self.inner.config.shard.delivery {
+            DeliveryMode::Waiting => "waiting",
+            DeliveryMode::Decoupled { .. } => "decoupled",
+        };
         Ok(Response::new(StatusResponse {
+            delivery_mode: mode.to_string(),
+            backlog_limit: backlog.as_ref().map_or(0, |b| b.limit as u64),
+            backpressured: backlog.as_ref().is_some_and(|b| b.backpressured),
+            backpressure_waits: backlog.as_ref().map_or(0, |b| b.backpressure_waits),
+            backlog: backlog
+                .iter()
+                .flat_map(|b| &b.queues)
+                .map(|q| BacklogQueue {
+                    trigger: q.trigger as u32,
+                    drain: q.drain.to_string(),
+                    depth: q.depth as u64,
+                    in_flight: q.in_flight as u64,
+                    delivered: q.delivered,
+                    transactions_delivered: q.transactions_delivered,
+                    oldest_pending_seq: q.oldest_pending_seq.unwrap_or(0),
+                })
+                .collect(),
             open,
             phase: phase.to_string(),
             triggers_pending: pending_run_id.is_some() || phase == "delivering",
             pending_flow_run_id: pending_run_id.unwrap_or_default(),
             last_outcomes: last.triggers,
-            last_error: last.error,
+            last_error: match (&last.error, backlog.and_then(|b| b.failure)) {
+                (error, None) => error.clone(),
+                (_, Some(failure)) => bounded(&failure),
+            },
             commits: books.commits,
             deliveries: books.finished_deliveries,
+        }))
+    }
+
+    async fn await_drained(
+        &self,
+        _: Request<AwaitDrainedRequest>,
+    ) -> Result<Response<AwaitDrainedResponse>, Status> {
+        let backlog = self.backlog().clone();
+        let result = match backlog {
+            Some(backlog) => backlog.drained().await,
+            None => Ok(()),
+        };
+        Ok(Response::new(match result {
+            Ok(()) => AwaitDrainedResponse {
+                ok: true,
+                error: String::new(),
+            },
+            Err(err) => AwaitDrainedResponse {
+                ok: false,
+                error: bounded(&err.to_string()),
+            },
         }))
     }
 }
@@ -300,6 +362,8 @@ fn delivery_outcome(
             ok: true,
             triggers: ack.delivered.iter().map(delivered_outcome).collect(),
             error: String::new(),
+            queued: ack.queued.is_some(),
+            backlog_depth: ack.queued.unwrap_or(0) as u64,
         },
         Err(ShardError::Delivery {
             flow_run_id,
@@ -312,6 +376,7 @@ fn delivery_outcome(
             flow_run_id,
             ok: false,
             triggers: failed_outcomes(&source),
+            ..Default::default()
         },
         Err(err) => DeliveryOutcome {
             delivery_id,
@@ -362,13 +427,12 @@ fn to_status(err: ShardError) -> Status {
         ShardError::Protocol(_) => Status::failed_precondition(message),
         ShardError::Stats(_) => Status::invalid_argument(message),
         ShardError::Store(StoreError::Locked { .. }) => Status::unavailable(message),
-        ShardError::Store(StoreError::Corrupt { .. }) | ShardError::Params(_) => {
-            Status::data_loss(message)
-        }
+        ShardError::Store(StoreError::Corrupt { .. } | StoreError::CorruptBacklog { .. })
+        | ShardError::Params(_) => Status::data_loss(message),
         ShardError::Store(StoreError::RocksDb { .. })
         | ShardError::Blocking(_)
         | ShardError::HttpClient(_) => Status::internal(message),
-        ShardError::Delivery { .. } => Status::aborted(message),
+        ShardError::Delivery { .. } | ShardError::Backlog(_) => Status::aborted(message),
     }
 }
 

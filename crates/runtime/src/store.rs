@@ -1,10 +1,17 @@
 //! The shard's RocksDB store: every byte the runtime keeps on disk.
 //!
-//! Two keys matter. `checkpoint` holds the consumer checkpoint of the last committed
-//! transaction. `trigger-params` holds the trigger variables of a committed transaction
-//! whose webhooks are not yet delivered. Both are written by one WriteBatch at
-//! StartCommit, so a checkpoint is never durable without its webhooks' variables, nor
-//! the variables without their checkpoint.
+//! `checkpoint` holds the consumer checkpoint of the last committed transaction. The
+//! trigger variables of committed transactions whose webhooks are not yet delivered live
+//! beside it, written by the same WriteBatch at StartCommit, so a checkpoint is never
+//! durable without its webhooks' variables, nor the variables without their checkpoint:
+//!
+//! - `trigger-params`: waiting delivery's single pending transaction (the first layout).
+//! - `backlog/<trigger u32 BE><first commit seq u64 BE>`: decoupled delivery's per-trigger
+//!   queues of [`BacklogEntry`], in commit order; a coalesced trigger rewrites its newest
+//!   entry in place to merge a transaction into it.
+//! - `backlog-sent/<trigger u32 BE>`: when the trigger's last webhook was sent (unix ms),
+//!   so a coalesced trigger's minimum interval survives restarts.
+//! - `commit-seq`: the last commit sequence number given to a transaction's variables.
 //!
 //! Calls block on disk I/O; async callers run them on a blocking thread (see
 //! [`crate::Shard`]).
@@ -12,12 +19,18 @@
 use prost::Message as _;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use std::path::{Path, PathBuf};
-use triggers_proto::{Checkpoint, TriggerParams};
+use triggers_proto::{BacklogEntry, Checkpoint, TriggerParams};
 
 /// Key of the last committed checkpoint.
 pub const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// Key of the pending trigger variables.
 pub const TRIGGER_PARAMS_KEY: &[u8] = b"trigger-params";
+/// Key of the last commit sequence number handed out.
+pub const COMMIT_SEQ_KEY: &[u8] = b"commit-seq";
+/// Prefix of backlog entries.
+pub const BACKLOG_PREFIX: &[u8] = b"backlog/";
+/// Prefix of each trigger's last send time.
+pub const BACKLOG_SENT_PREFIX: &[u8] = b"backlog-sent/";
 
 /// How StartCommit makes its WriteBatch durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +69,16 @@ pub enum StoreError {
         /// Directory of the store.
         path: PathBuf,
         /// RocksDB's own words.
+        detail: String,
+    },
+    /// A stored backlog value (or the commit sequence) does not decode.
+    #[error("stored `{key}` in {path} is corrupt: {detail}")]
+    CorruptBacklog {
+        /// The key, printably.
+        key: String,
+        /// Directory of the store.
+        path: PathBuf,
+        /// What is wrong with it.
         detail: String,
     },
     /// A stored value does not decode.
@@ -140,8 +163,9 @@ impl Store {
         self.get(TRIGGER_PARAMS_KEY, "trigger-params")
     }
 
-    /// StartCommit's write: the checkpoint and, when given, the trigger variables, in one
-    /// atomic WriteBatch with the store's durability. Nothing else is written.
+    /// StartCommit's write in waiting delivery: the checkpoint and, when given, the
+    /// trigger variables (and their commit sequence number, when they have one), in one
+    /// atomic WriteBatch with the store's durability.
     pub fn commit(
         &self,
         checkpoint: &Checkpoint,
@@ -151,12 +175,159 @@ impl Store {
         batch.put(CHECKPOINT_KEY, checkpoint.encode_to_vec());
         if let Some(params) = params {
             batch.put(TRIGGER_PARAMS_KEY, params.encode_to_vec());
+            if params.last_commit_seq > 0 {
+                batch.put(COMMIT_SEQ_KEY, params.last_commit_seq.to_be_bytes());
+            }
         }
+        self.write(batch, "commit")
+    }
+
+    /// StartCommit's write in decoupled delivery: the checkpoint, the transaction's commit
+    /// sequence number, and each trigger's new or merged backlog entry, in one atomic
+    /// WriteBatch with the store's durability.
+    pub fn commit_backlog(
+        &self,
+        checkpoint: &Checkpoint,
+        commit_seq: Option<u64>,
+        entries: &[BacklogWrite],
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(CHECKPOINT_KEY, checkpoint.encode_to_vec());
+        if let Some(seq) = commit_seq {
+            batch.put(COMMIT_SEQ_KEY, seq.to_be_bytes());
+        }
+        for entry in entries {
+            batch.put(
+                backlog_key(entry.trigger, entry.key_seq),
+                BacklogEntry {
+                    params: Some(entry.params.clone()),
+                }
+                .encode_to_vec(),
+            );
+        }
+        self.write(batch, "commit")
+    }
+
+    /// The last commit sequence number handed out (0 for a new store).
+    pub fn commit_seq(&self) -> Result<u64, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get_pinned(COMMIT_SEQ_KEY)
+            .map_err(|err| self.rocksdb_error("read", err))?
+        else {
+            return Ok(0);
+        };
+        <[u8; 8]>::try_from(bytes.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| self.corrupt_backlog(COMMIT_SEQ_KEY, "not an 8-byte number"))
+    }
+
+    /// Every backlog entry, per trigger in commit order.
+    pub fn backlog(&self) -> Result<Vec<StoredEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self.db.prefix_iterator(BACKLOG_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            let Some(suffix) = key.strip_prefix(BACKLOG_PREFIX) else {
+                break; // Past the prefix: prefix_iterator seeks, it does not stop.
+            };
+            let (trigger, key_seq) = match suffix.split_at_checked(4) {
+                Some((trigger, seq)) if seq.len() == 8 => (
+                    u32::from_be_bytes(trigger.try_into().unwrap_or_default()),
+                    u64::from_be_bytes(seq.try_into().unwrap_or_default()),
+                ),
+                _ => return Err(self.corrupt_backlog(&key, "malformed backlog key")),
+            };
+            let entry = BacklogEntry::decode(value.as_ref())
+                .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))?;
+            let params = entry
+                .params
+                .ok_or_else(|| self.corrupt_backlog(&key, "entry has no params"))?;
+            entries.push(StoredEntry {
+                trigger,
+                key_seq,
+                params,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Deletes a delivered backlog entry and, when given, records when the trigger's
+    /// webhook was sent (unix milliseconds), in one WriteBatch.
+    ///
+    /// Not synced, like [`Store::clear_trigger_params`]: a deletion lost to a power cut
+    /// re-sends the webhook, which at-least-once allows.
+    pub fn finish_backlog_entry(
+        &self,
+        trigger: u32,
+        key_seq: u64,
+        sent_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete(backlog_key(trigger, key_seq));
+        if let Some(at) = sent_at_ms {
+            batch.put(backlog_sent_key(trigger), at.to_be_bytes());
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("delete", err))
+    }
+
+    /// When trigger `trigger`'s last webhook was sent (unix milliseconds), if recorded.
+    pub fn last_sent_ms(&self, trigger: u32) -> Result<Option<u64>, StoreError> {
+        let key = backlog_sent_key(trigger);
+        let Some(bytes) = self
+            .db
+            .get_pinned(&key)
+            .map_err(|err| self.rocksdb_error("read", err))?
+        else {
+            return Ok(None);
+        };
+        <[u8; 8]>::try_from(bytes.as_ref())
+            .map(|b| Some(u64::from_be_bytes(b)))
+            .map_err(|_| self.corrupt_backlog(&key, "not an 8-byte time"))
+    }
+
+    /// Moves waiting delivery's pending `trigger-params` into the backlog, one entry per
+    /// trigger, in one synced WriteBatch: how a store written by the single-key layout
+    /// is opened for decoupled delivery without losing or repeating a transaction.
+    pub fn move_params_to_backlog(
+        &self,
+        params: &TriggerParams,
+        triggers: u32,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete(TRIGGER_PARAMS_KEY);
+        batch.put(COMMIT_SEQ_KEY, params.last_commit_seq.to_be_bytes());
+        let entry = BacklogEntry {
+            params: Some(params.clone()),
+        }
+        .encode_to_vec();
+        for trigger in 0..triggers {
+            batch.put(backlog_key(trigger, params.first_commit_seq), &entry);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("migrate", err))
+    }
+
+    fn write(&self, batch: WriteBatch, operation: &'static str) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(self.durability == Durability::Synced);
         self.db
             .write_opt(batch, &options)
-            .map_err(|err| self.rocksdb_error("commit", err))
+            .map_err(|err| self.rocksdb_error(operation, err))
+    }
+
+    fn corrupt_backlog(&self, key: &[u8], detail: &str) -> StoreError {
+        StoreError::CorruptBacklog {
+            key: String::from_utf8_lossy(key).escape_debug().to_string(),
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        }
     }
 
     /// Deletes the trigger variables once their webhooks are delivered.
@@ -210,6 +381,44 @@ impl Store {
     }
 }
 
+/// One backlog entry to write at StartCommit: a new entry, or a merged one replacing the
+/// entry already stored under the same key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BacklogWrite {
+    /// Index of the trigger whose queue it belongs to.
+    pub trigger: u32,
+    /// Commit sequence number of the first transaction it covers: its key.
+    pub key_seq: u64,
+    /// The variables to deliver.
+    pub params: TriggerParams,
+}
+
+/// A backlog entry read back from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    /// Index of the trigger whose queue it belongs to.
+    pub trigger: u32,
+    /// Commit sequence number of the first transaction it covers: its key.
+    pub key_seq: u64,
+    /// The variables to deliver.
+    pub params: TriggerParams,
+}
+
+fn backlog_key(trigger: u32, key_seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(BACKLOG_PREFIX.len() + 12);
+    key.extend_from_slice(BACKLOG_PREFIX);
+    key.extend_from_slice(&trigger.to_be_bytes());
+    key.extend_from_slice(&key_seq.to_be_bytes());
+    key
+}
+
+fn backlog_sent_key(trigger: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(BACKLOG_SENT_PREFIX.len() + 4);
+    key.extend_from_slice(BACKLOG_SENT_PREFIX);
+    key.extend_from_slice(&trigger.to_be_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +468,119 @@ mod tests {
         store.commit(&checkpoint(20), None).expect("commits");
         assert_eq!(store.trigger_params().expect("reads"), None);
         assert_eq!(store.checkpoint().expect("reads"), checkpoint(20));
+    }
+
+    #[test]
+    fn backlog_entries_commit_with_the_checkpoint_merge_in_place_and_finish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let params = |run: &str, first: u64, last: u64| TriggerParams {
+            version: 2,
+            flow_run_id: run.into(),
+            first_commit_seq: first,
+            last_commit_seq: last,
+            transaction_count: last - first + 1,
+            ..Default::default()
+        };
+        let write = |trigger, key_seq, params| BacklogWrite {
+            trigger,
+            key_seq,
+            params,
+        };
+        {
+            let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+            store
+                .commit_backlog(
+                    &checkpoint(1),
+                    Some(1),
+                    &[
+                        write(0, 1, params("a", 1, 1)),
+                        write(1, 1, params("a", 1, 1)),
+                    ],
+                )
+                .expect("commits");
+            // Trigger 1 coalesces: its entry 1 now covers 1..=2. Trigger 0 queues.
+            store
+                .commit_backlog(
+                    &checkpoint(2),
+                    Some(2),
+                    &[
+                        write(0, 2, params("b", 2, 2)),
+                        write(1, 1, params("b", 1, 2)),
+                    ],
+                )
+                .expect("commits");
+            store
+                .finish_backlog_entry(0, 1, Some(1234))
+                .expect("finishes");
+        }
+        let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+        assert_eq!(store.checkpoint().expect("reads"), checkpoint(2));
+        assert_eq!(store.commit_seq().expect("reads"), 2);
+        assert_eq!(store.last_sent_ms(0).expect("reads"), Some(1234));
+        assert_eq!(store.last_sent_ms(1).expect("reads"), None);
+        let entries: Vec<(u32, u64, String, u64)> = store
+            .backlog()
+            .expect("reads")
+            .into_iter()
+            .map(|e| {
+                (
+                    e.trigger,
+                    e.key_seq,
+                    e.params.flow_run_id,
+                    e.params.last_commit_seq,
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [(0, 2, "b".to_string(), 2), (1, 1, "b".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn single_key_params_move_to_every_triggers_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        let params = TriggerParams {
+            version: 1,
+            flow_run_id: "legacy".into(),
+            first_commit_seq: 5,
+            last_commit_seq: 5,
+            ..Default::default()
+        };
+        store
+            .commit(&checkpoint(3), Some(&params))
+            .expect("commits");
+        store.move_params_to_backlog(&params, 2).expect("moves");
+        assert_eq!(store.trigger_params().expect("reads"), None);
+        let queues: Vec<(u32, u64)> = store
+            .backlog()
+            .expect("reads")
+            .iter()
+            .map(|e| (e.trigger, e.key_seq))
+            .collect();
+        assert_eq!(queues, [(0, 5), (1, 5)]);
+        assert_eq!(store.commit_seq().expect("reads"), 5);
+    }
+
+    #[test]
+    fn corrupt_backlog_bytes_are_a_typed_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        store
+            .put_raw_for_tests(COMMIT_SEQ_KEY, b"xyz")
+            .expect("writes");
+        assert!(matches!(
+            store.commit_seq(),
+            Err(StoreError::CorruptBacklog { .. })
+        ));
+        store
+            .put_raw_for_tests(b"backlog/\x00", b"")
+            .expect("writes");
+        assert!(matches!(
+            store.backlog(),
+            Err(StoreError::CorruptBacklog { .. })
+        ));
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn config(triggers: Arc<Triggers>) -> ShardConfig {
             jitter: 0.5,
         },
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+        delivery: triggers_runtime::DeliveryMode::Waiting,
     }
 }
 

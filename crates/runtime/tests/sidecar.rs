@@ -64,6 +64,7 @@ async fn serve(receiver: &Receiver, address: &str) -> Running {
                 ..RetryBackoff::default()
             },
             network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+            delivery: triggers_runtime::DeliveryMode::Waiting,
         },
     });
     let address = if address == "unix" {

@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use triggers_runtime::Shard;
-use triggers_runtime::cli::{ShardArgs, init_tracing};
+use triggers_runtime::cli::{DeliveryArg, ShardArgs, init_tracing};
 use triggers_runtime::consumer::{self, Driver, read_documents};
 use triggers_runtime::sidecar;
 
@@ -64,6 +64,14 @@ struct Args {
     /// In-process mode: let webhooks reach private networks.
     #[arg(long)]
     allow_private_networks: bool,
+    /// In-process mode: `decoupled` (a persisted backlog drains while commits go on) or
+    /// `waiting` (each transaction's webhooks before the next commit).
+    #[arg(long, value_enum, default_value_t = DeliveryArg::Decoupled)]
+    delivery: DeliveryArg,
+    /// In-process mode, decoupled delivery: entries a trigger's backlog may hold before
+    /// StartCommit waits.
+    #[arg(long, value_name = "ENTRIES", default_value_t = triggers_runtime::DEFAULT_BACKLOG_LIMIT)]
+    backlog_limit: usize,
 }
 
 #[tokio::main]
@@ -85,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
                 retry_initial_ms: args.retry_initial_ms,
                 allow_loopback: args.allow_loopback,
                 allow_private_networks: args.allow_private_networks,
+                delivery: args.delivery,
+                backlog_limit: args.backlog_limit,
             };
             let config = shard.shard_config()?;
             Driver::Local {

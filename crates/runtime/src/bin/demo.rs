@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             ..RetryBackoff::default()
         },
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+        delivery: triggers_runtime::DeliveryMode::default(),
     };
     let bindings = config.materialization.binding_collections.clone();
     let documents = parse_documents(DOCUMENTS, &bindings)?;
