@@ -558,12 +558,11 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
     if room == 0 {
         return (Vec::new(), None);
     }
-    if let Drain::Coalesced { min_interval } = queue.drain {
-        if let Some(next) = state.last_sent.map(|at| at + min_interval) {
-            if next > SystemTime::now() && !min_interval.is_zero() {
-                return (Vec::new(), Some(next));
-            }
-        }
+    if let Drain::Coalesced { min_interval } = queue.drain
+        && let Some(next) = state.last_sent.map(|at| at + min_interval)
+        && next > SystemTime::now()
+    {
+        return (Vec::new(), Some(next));
     }
     let strict_order = !matches!(queue.drain, Drain::Concurrent(_));
     let mut picked = Vec::new();

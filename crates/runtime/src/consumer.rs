@@ -114,8 +114,8 @@ pub enum Driver {
     Local {
         /// Opens the shard (again, after a failure).
         open: Box<dyn Fn() -> OpenShard + Send + Sync>,
-        /// The open shard.
-        shard: Option<Shard>,
+        /// The open shard (boxed: it is large beside a gRPC client).
+        shard: Option<Box<Shard>>,
     },
     /// A sidecar, over gRPC.
     Sidecar(ShardSidecarClient<tonic::transport::Channel>),
@@ -151,7 +151,7 @@ impl Driver {
                     previous.close().await;
                 }
                 let (opened, recovery) = open().await?;
-                *shard = Some(opened);
+                *shard = Some(Box::new(opened));
                 Ok((recovery.checkpoint, recovery.pending.is_some()))
             }
             Driver::Sidecar(client) => {

@@ -1,0 +1,483 @@
+//! Decoupled delivery on a real RocksDB in a temp dir, delivering to a real receiver on
+//! 127.0.0.1: each drain mode, backpressure, permanent failure, restarts, and stores
+//! written by waiting delivery's single-key layout.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use triggers::receiver::{Receiver, Reply};
+use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
+use triggers_proto::{BindingStats, Checkpoint, Source};
+use triggers_runtime::{
+    BacklogError, DeliveryMode, Durability, Shard, ShardConfig, ShardError, Store,
+};
+
+const TEMPLATE: &str = r#"{"run": "{{flow_run_id}}", "id": "{{webhook_id}}", "collections": {{json collection_names}}, "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "count": {{transaction_count}}, "first": {{first_commit_seq}}, "last": {{last_commit_seq}}}"#;
+
+fn materialization() -> Materialization {
+    Materialization {
+        name: "acmeCo/orders/postgres".to_string(),
+        connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+        binding_collections: vec![
+            "acmeCo/orders".to_string(),
+            "acmeCo/customers".to_string(),
+            "acmeCo/refunds".to_string(),
+        ],
+    }
+}
+
+/// One trigger per `(path, drain)`.
+fn triggers(receiver: &Receiver, drains: &[(&str, serde_json::Value)]) -> Arc<Triggers> {
+    let config = serde_json::json!({"config": drains.iter().map(|(path, drain)| serde_json::json!({
+        "url": receiver.url(path),
+        "payloadTemplate": TEMPLATE,
+        "maxRetries": 2,
+        "drain": drain,
+    })).collect::<Vec<_>>()});
+    Arc::new(validate(&config.to_string(), ConfigFormat::Json).expect("valid config"))
+}
+
+fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
+    ShardConfig {
+        materialization: materialization(),
+        triggers,
+        durability: Durability::Unsynced,
+        backoff: RetryBackoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+            multiplier: 2.0,
+            jitter: 0.5,
+        },
+        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+        delivery,
+    }
+}
+
+fn decoupled(limit: usize) -> DeliveryMode {
+    DeliveryMode::Decoupled {
+        backlog_limit: limit,
+    }
+}
+
+fn checkpoint(offset: i64) -> Checkpoint {
+    Checkpoint {
+        sources: [(
+            "acmeCo/orders/pivot=00".to_string(),
+            Source {
+                read_through: offset,
+                producers: vec![],
+            },
+        )]
+        .into(),
+        ack_intents: Default::default(),
+    }
+}
+
+/// Transaction `n` (from 1) reads binding `n % 3` at second `n`.
+fn stats(n: u64) -> Vec<BindingStats> {
+    let clock = Clock::from_unix(1_750_000_000 + n, 0).0;
+    vec![BindingStats {
+        binding: (n % 3) as u32,
+        docs: 1,
+        bytes: 10,
+        first_clock: clock,
+        last_clock: clock,
+    }]
+}
+
+/// Commits and acknowledges transactions `range`.
+async fn commit_all(shard: &mut Shard, range: std::ops::RangeInclusive<u64>) {
+    for n in range {
+        shard
+            .start_commit(checkpoint(n as i64), &stats(n))
+            .await
+            .expect("commits");
+        let ack = shard.acknowledged().await.expect("acknowledged");
+        assert!(ack.queued.is_some(), "decoupled acknowledgements queue");
+    }
+}
+
+/// Accepted webhooks of `path`, in arrival order, as (id, first, last, count, body).
+fn accepted(receiver: &Receiver, path: &str) -> Vec<(String, u64, u64, u64, serde_json::Value)> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path && r.answered.is_some_and(|s| (200..300).contains(&s)))
+        .map(|r| {
+            let body = r.json().expect("JSON");
+            (
+                body["id"].as_str().unwrap_or_default().to_string(),
+                body["first"].as_u64().unwrap_or_default(),
+                body["last"].as_u64().unwrap_or_default(),
+                body["count"].as_u64().unwrap_or_default(),
+                body,
+            )
+        })
+        .collect()
+}
+
+/// Checks that the distinct webhooks of `path` cover transactions 1..=n exactly once, each
+/// with a consistent count; returns how many distinct webhooks there were.
+fn assert_covers_exactly_once(receiver: &Receiver, path: &str, n: u64) -> usize {
+    let mut ranges = BTreeSet::new();
+    for (id, first, last, count, _) in accepted(receiver, path) {
+        assert_eq!(
+            count,
+            last - first + 1,
+            "{path} {id}: count matches its range"
+        );
+        ranges.insert((first, last, id));
+    }
+    let mut next = 1;
+    for (first, last, id) in &ranges {
+        assert_eq!(
+            *first, next,
+            "{path}: ranges {ranges:?} leave a gap or overlap at {id}"
+        );
+        next = last + 1;
+    }
+    assert_eq!(next, n + 1, "{path}: every transaction covered: {ranges:?}");
+    ranges.len()
+}
+
+async fn open(dir: &std::path::Path, config: ShardConfig) -> Shard {
+    let (mut shard, _) = Shard::open(dir, config).await.expect("opens");
+    shard.acknowledged().await.expect("recovered ack");
+    shard
+}
+
+#[tokio::test]
+async fn coalesced_merges_what_commits_during_a_slow_webhook_and_covers_every_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(150)));
+    let triggers = triggers(
+        &receiver,
+        &[("/c", serde_json::json!({"mode": "coalesced"}))],
+    );
+    let mut shard = open(dir.path(), config(triggers, decoupled(8))).await;
+
+    let started = Instant::now();
+    commit_all(&mut shard, 1..=30).await;
+    let committing = started.elapsed();
+    shard.drained().await.expect("drains");
+
+    // 30 commits did not wait on 150 ms webhooks.
+    assert!(
+        committing < Duration::from_secs(3),
+        "commits took {committing:?}"
+    );
+    let webhooks = assert_covers_exactly_once(&receiver, "/c", 30);
+    assert!(webhooks < 30, "merged into fewer webhooks: {webhooks}");
+    // The merged variables: collections in commit order, the time range of all of them,
+    // the newest transaction's id.
+    let all = accepted(&receiver, "/c");
+    let (_, first, last, _, body) = all.iter().find(|w| w.3 > 2).expect("a merged webhook");
+    let expect_collections: Vec<&str> = {
+        let mut seen = Vec::new();
+        for n in *first..=*last {
+            let name = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"][(n % 3) as usize];
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+        seen
+    };
+    assert_eq!(body["collections"], serde_json::json!(expect_collections));
+    let at = |n: u64| {
+        time::OffsetDateTime::from_unix_timestamp(1_750_000_000 + n as i64)
+            .expect("valid")
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("formats")
+    };
+    assert_eq!(body["min"], at(*first).as_str());
+    assert_eq!(body["max"], at(*last).as_str());
+
+    let status = shard.backlog_status().expect("decoupled");
+    assert_eq!(status.depth(), 0);
+    assert_eq!(status.queues[0].transactions_delivered, 30);
+    assert_eq!(status.backpressure_waits, 0, "coalesced never backs up");
+    shard.close().await;
+    let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+    assert!(store.backlog().expect("reads").is_empty());
+}
+
+#[tokio::test]
+async fn ordered_keeps_commit_order_and_holds_the_backlog_at_its_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(20)));
+    // One 503 on the way: the retry keeps the order.
+    receiver.script("/o", [Reply::status(200), Reply::status(503)]);
+    let triggers = triggers(&receiver, &[("/o", serde_json::json!({"mode": "ordered"}))]);
+    let mut shard = open(dir.path(), config(triggers, decoupled(3))).await;
+    let handle = shard.backlog_handle().expect("decoupled");
+
+    let watcher = tokio::spawn(async move {
+        let mut deepest = 0;
+        let mut saw_backpressure = false;
+        for _ in 0..400 {
+            let status = handle.status();
+            deepest = deepest.max(status.depth());
+            saw_backpressure |= status.backpressured;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (deepest, saw_backpressure)
+    });
+    commit_all(&mut shard, 1..=15).await;
+    shard.drained().await.expect("drains");
+    let (deepest, saw_backpressure) = watcher.await.expect("watcher");
+
+    let firsts: Vec<u64> = accepted(&receiver, "/o").iter().map(|w| w.1).collect();
+    assert_eq!(
+        firsts,
+        (1..=15).collect::<Vec<_>>(),
+        "one webhook each, in order"
+    );
+    assert!(deepest <= 3, "never past its bound: {deepest}");
+    let status = shard.backlog_status().expect("decoupled");
+    assert!(status.backpressure_waits > 0, "{status:?}");
+    assert!(saw_backpressure, "status showed the wait");
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_sends_up_to_its_limit_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(200)));
+    let triggers = triggers(
+        &receiver,
+        &[(
+            "/n",
+            serde_json::json!({"mode": "concurrent", "maxInFlight": 4}),
+        )],
+    );
+    let mut shard = open(dir.path(), config(triggers, decoupled(100))).await;
+    let started = Instant::now();
+    commit_all(&mut shard, 1..=8).await;
+    let handle = shard.backlog_handle().expect("decoupled");
+    let mut most_in_flight = 0;
+    while handle.status().depth() > 0 {
+        most_in_flight = most_in_flight.max(handle.status().queues[0].in_flight);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    shard.drained().await.expect("drains");
+    assert_eq!(most_in_flight, 4, "up to maxInFlight at once");
+    // 8 webhooks of 200 ms, 4 at a time: about 400 ms, far from the 1.6 s of one by one.
+    assert!(elapsed < Duration::from_millis(1200), "{elapsed:?}");
+    assert_eq!(assert_covers_exactly_once(&receiver, "/n", 8), 8);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_fails_the_shard_naming_trigger_status_and_depth_and_refires_after_reopen()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/p",
+        [Reply::status(200), Reply::status(410).with_body("gone")],
+    );
+    let drains = [("/p", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=4).await;
+    let err = shard.drained().await.expect_err("410 is permanent");
+    let ShardError::Backlog(BacklogError::Webhook(failure)) = &err else {
+        panic!("expected a webhook failure: {err}");
+    };
+    assert_eq!(failure.failure.trigger.index, 0);
+    assert_eq!(failure.depth, 3, "transactions 2, 3 and 4 wait");
+    let message = err.to_string();
+    for part in [
+        "trigger 0",
+        "HTTP 410",
+        "3 webhook(s) in its backlog",
+        "2..=2",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    // The shard refuses to go on.
+    let refused = shard
+        .start_commit(checkpoint(5), &stats(5))
+        .await
+        .expect_err("failed shard");
+    assert!(matches!(refused, ShardError::Backlog(_)), "{refused}");
+    shard.close().await;
+
+    // The endpoint is fixed; reopening re-fires what was left, marked as recovery.
+    receiver.set_default(Reply::status(200));
+    let (mut shard, recovery) = Shard::open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await
+    .expect("reopens");
+    assert_eq!(recovery.backlog, 3);
+    shard.acknowledged().await.expect("recovered ack");
+    shard.drained().await.expect("drains");
+    assert_eq!(assert_covers_exactly_once(&receiver, "/p", 4), 4);
+    let reasons: Vec<String> = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.answered == Some(200))
+        .map(|r| r.header("webhook-reason").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "first-send",
+            "recovery-refire",
+            "recovery-refire",
+            "recovery-refire"
+        ]
+    );
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn nothing_fires_before_acknowledged_and_an_unacknowledged_commit_fires_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [
+        ("/o", serde_json::json!({"mode": "ordered"})),
+        ("/c", serde_json::json!({"mode": "coalesced"})),
+    ];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=2).await;
+    shard.drained().await.expect("drains");
+    shard
+        .start_commit(checkpoint(3), &stats(3))
+        .await
+        .expect("commits");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        accepted(&receiver, "/o").iter().all(|w| w.2 < 3),
+        "transaction 3 is not acknowledged yet"
+    );
+    // A crash here: the commit is durable, so it fires after the restart's Acknowledged.
+    shard.close().await;
+    let shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    shard.drained().await.expect("drains");
+    assert_covers_exactly_once(&receiver, "/o", 3);
+    assert_covers_exactly_once(&receiver, "/c", 3);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_single_key_store_opens_decoupled_and_a_backlog_opens_waiting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [
+        ("/a", serde_json::json!({"mode": "ordered"})),
+        ("/b", serde_json::json!({"mode": "coalesced"})),
+    ];
+    // Waiting delivery commits transaction 1 and stops before its Acknowledged: its
+    // variables sit under the single `trigger-params` key.
+    {
+        let (mut shard, _) = Shard::open(
+            dir.path(),
+            config(triggers(&receiver, &drains), DeliveryMode::Waiting),
+        )
+        .await
+        .expect("opens");
+        shard.acknowledged().await.expect("ack");
+        shard
+            .start_commit(checkpoint(1), &stats(1))
+            .await
+            .expect("commits");
+        shard.close().await;
+    }
+    // Decoupled delivery finds it, queues it for both triggers, and goes on.
+    {
+        let (mut shard, recovery) = Shard::open(
+            dir.path(),
+            config(triggers(&receiver, &drains), decoupled(10)),
+        )
+        .await
+        .expect("opens");
+        assert_eq!(recovery.backlog, 2, "one entry per trigger");
+        shard.acknowledged().await.expect("recovered ack");
+        commit_all(&mut shard, 2..=3).await;
+        shard.drained().await.expect("drains");
+        // Transaction 4 is committed and acknowledged but its webhooks held back...
+        receiver.set_default(Reply::status(200).after(Duration::from_secs(30)));
+        commit_all(&mut shard, 4..=4).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shard.close().await;
+    }
+    // ...and waiting delivery drains that backlog at its recovered Acknowledged.
+    receiver.set_default(Reply::status(200));
+    let (mut shard, recovery) = Shard::open(
+        dir.path(),
+        config(triggers(&receiver, &drains), DeliveryMode::Waiting),
+    )
+    .await
+    .expect("opens");
+    assert_eq!(recovery.backlog, 2);
+    shard.acknowledged().await.expect("drains the backlog");
+    assert_covers_exactly_once(&receiver, "/a", 4);
+    assert_covers_exactly_once(&receiver, "/b", 4);
+    shard
+        .start_commit(checkpoint(5), &stats(5))
+        .await
+        .expect("waiting delivery goes on");
+    let ack = shard.acknowledged().await.expect("delivers");
+    assert_eq!(ack.delivered.len(), 2);
+    assert_eq!(ack.variables.expect("variables").first_commit_seq, 5);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_coalesced_minimum_interval_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [(
+        "/i",
+        serde_json::json!({"mode": "coalesced", "minIntervalSecs": 2}),
+    )];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    shard.drained().await.expect("drains");
+    let first_sent = Instant::now();
+    // Within the interval: these merge into one webhook, held until the interval passes.
+    commit_all(&mut shard, 2..=4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(accepted(&receiver, "/i").len(), 1, "held by the interval");
+    shard.close().await;
+
+    let shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    shard.drained().await.expect("drains");
+    let waited = first_sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the restart kept the interval: second webhook after {waited:?}"
+    );
+    let all = accepted(&receiver, "/i");
+    assert_eq!(
+        all.iter().map(|w| (w.1, w.2)).collect::<Vec<_>>(),
+        [(1, 1), (2, 4)]
+    );
+    shard.close().await;
+}
