@@ -7,8 +7,10 @@
 //! the feature the macro compiles to nothing.
 //!
 //! The points: `start_commit.before_write`, `start_commit.after_write` (durable, not yet
-//! replied), `consumer.after_start_commit` (before Acknowledged), and
-//! `acknowledged.before_delete` (delivered, params not yet deleted).
+//! replied), `consumer.after_start_commit` (before Acknowledged),
+//! `acknowledged.before_delete` (waiting delivery: delivered, params not yet deleted), and
+//! `backlog.before_delete` (decoupled delivery: one webhook delivered, its backlog entry
+//! not yet deleted).
 
 /// Marks a named crash point (see the module docs).
 macro_rules! crash_point {

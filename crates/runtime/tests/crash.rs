@@ -29,6 +29,41 @@ struct Expected {
     max: String,
 }
 
+/// How the shard under test delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Each transaction's webhooks before the next commit.
+    Waiting,
+    /// A backlog, both triggers draining in this mode.
+    Decoupled(Drain),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    Ordered,
+    Concurrent,
+    Coalesced,
+}
+
+impl Drain {
+    const ALL: [Drain; 3] = [Drain::Ordered, Drain::Concurrent, Drain::Coalesced];
+
+    fn config(self) -> serde_json::Value {
+        match self {
+            Drain::Ordered => serde_json::json!({"mode": "ordered"}),
+            Drain::Concurrent => serde_json::json!({"mode": "concurrent", "maxInFlight": 3}),
+            Drain::Coalesced => serde_json::json!({"mode": "coalesced"}),
+        }
+    }
+
+    fn in_flight(self) -> usize {
+        match self {
+            Drain::Concurrent => 3,
+            Drain::Ordered | Drain::Coalesced => 1,
+        }
+    }
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     receiver: Receiver,
@@ -37,6 +72,7 @@ struct Harness {
     docs_per_txn: usize,
     expected: Vec<Expected>,
     crashes: usize,
+    delivery: Delivery,
 }
 
 /// What the checker found.
@@ -50,6 +86,10 @@ struct Report {
 
 impl Harness {
     async fn new(documents: usize, docs_per_txn: usize) -> Self {
+        Self::with_delivery(documents, docs_per_txn, Delivery::Waiting).await
+    }
+
+    async fn with_delivery(documents: usize, docs_per_txn: usize, delivery: Delivery) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let receiver = Receiver::start().await.expect("receiver");
 
@@ -66,12 +106,17 @@ impl Harness {
         let input = dir.path().join("input.jsonl");
         std::fs::write(&input, &text).expect("write input");
 
-        let template = r#"{"run": "{{flow_run_id}}", "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "collections": {{json collection_names}}, "name": "{{materialization_name}}"}"#;
+        let template = r#"{"run": "{{flow_run_id}}", "id": "{{webhook_id}}", "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "collections": {{json collection_names}}, "name": "{{materialization_name}}", "count": {{transaction_count}}, "first": {{first_commit_seq}}, "last": {{last_commit_seq}}}"#;
+        let drain = match delivery {
+            Delivery::Waiting => serde_json::json!({"mode": "ordered"}),
+            Delivery::Decoupled(drain) => drain.config(),
+        };
         let config = serde_json::json!({"config": TRIGGER_PATHS.iter().map(|path| serde_json::json!({
             "url": receiver.url(path),
             "payloadTemplate": template,
             "timeoutSecs": 5,
             "maxRetries": 10,
+            "drain": drain,
         })).collect::<Vec<_>>()});
         std::fs::write(dir.path().join("triggers.json"), config.to_string()).expect("write config");
 
@@ -116,6 +161,14 @@ impl Harness {
             docs_per_txn,
             expected,
             crashes: 0,
+            delivery,
+        }
+    }
+
+    fn delivery_arg(&self) -> &'static str {
+        match self.delivery {
+            Delivery::Waiting => "waiting",
+            Delivery::Decoupled(_) => "decoupled",
         }
     }
 
@@ -153,6 +206,8 @@ impl Harness {
                     .arg("acmeCo/crash/test")
                     .arg("--retry-initial-ms")
                     .arg("10")
+                    .arg("--delivery")
+                    .arg(self.delivery_arg())
                     .arg("--allow-loopback");
             }
         }
@@ -172,6 +227,8 @@ impl Harness {
             .arg("ghcr.io/estuary/materialize-example:v1")
             .arg("--retry-initial-ms")
             .arg("10")
+            .arg("--delivery")
+            .arg(self.delivery_arg())
             .arg("--allow-loopback")
             .args(self.bindings());
         spawn(command, crash_point)
@@ -218,6 +275,127 @@ impl Harness {
 
     /// Checks the invariants against what the receiver recorded and the store holds.
     fn check(&self) -> Report {
+        let mut report = match self.delivery {
+            Delivery::Waiting => self.check_waiting(),
+            Delivery::Decoupled(drain) => self.check_backlog(drain),
+        };
+        self.check_store(&mut report);
+        report
+    }
+
+    /// Decoupled delivery: per trigger, the distinct webhooks (by id) cover every
+    /// committed transaction exactly once in their ranges, each announcing exactly the
+    /// merge of the transactions it covers; a repeated id repeats the same variables;
+    /// ordered and coalesced triggers send in commit order.
+    fn check_backlog(&self, drain: Drain) -> Report {
+        let mut report = Report {
+            transactions: self.expected.len(),
+            ..Report::default()
+        };
+        let requests = self.receiver.requests();
+        for path in TRIGGER_PATHS {
+            let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+            let mut covered_through = 0;
+            let mut duplicates = 0;
+            for request in requests.iter().filter(|r| r.path == path) {
+                if !request.answered.is_some_and(|s| (200..300).contains(&s)) {
+                    continue;
+                }
+                report.webhooks += 1;
+                let body = request.json().expect("webhooks are JSON");
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                if let Some(earlier) = by_id.get(&id) {
+                    duplicates += 1;
+                    if earlier != &body {
+                        report.violations.push(format!(
+                            "{path}: webhook {id} repeated with other variables: {earlier} then {body}"
+                        ));
+                    }
+                    continue;
+                }
+                let (first, last, count) = (
+                    body["first"].as_u64().unwrap_or_default(),
+                    body["last"].as_u64().unwrap_or_default(),
+                    body["count"].as_u64().unwrap_or_default(),
+                );
+                if first == 0 || last < first || last as usize > self.expected.len() {
+                    report.violations.push(format!(
+                        "{path}: phantom webhook for transactions {first}..={last}: {body}"
+                    ));
+                    continue;
+                }
+                if count != last - first + 1 {
+                    report.violations.push(format!(
+                        "{path}: webhook {id} counts {count} for {first}..={last}"
+                    ));
+                }
+                if drain != Drain::Concurrent && first != covered_through + 1 {
+                    report.violations.push(format!(
+                        "{path}: {first}..={last} sent after {covered_through}: order broken"
+                    ));
+                }
+                covered_through = covered_through.max(last);
+                let merged = &self.expected[first as usize - 1..last as usize];
+                let mut collections: Vec<&String> = Vec::new();
+                for name in merged.iter().flat_map(|e| &e.collections) {
+                    if !collections.contains(&name) {
+                        collections.push(name);
+                    }
+                }
+                let min = merged.iter().map(|e| &e.min).min();
+                let max = merged.iter().map(|e| &e.max).max();
+                if body["collections"] != serde_json::json!(collections)
+                    || body["min"].as_str() != min.map(String::as_str)
+                    || body["max"].as_str() != max.map(String::as_str)
+                {
+                    report.violations.push(format!(
+                        "{path}: webhook for {first}..={last} announces other variables: {body}"
+                    ));
+                }
+                by_id.insert(id, body);
+            }
+            let mut ranges: Vec<(u64, u64)> = by_id
+                .values()
+                .map(|b| {
+                    (
+                        b["first"].as_u64().unwrap_or_default(),
+                        b["last"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            ranges.sort_unstable();
+            let mut next = 1;
+            for (first, last) in ranges {
+                if first > next {
+                    report.violations.push(format!(
+                        "{path}: transactions {next}..{first} (exclusive) never announced"
+                    ));
+                } else if first < next {
+                    report.violations.push(format!(
+                        "{path}: transactions from {first} to {} announced by more than one webhook",
+                        next - 1
+                    ));
+                }
+                next = next.max(last + 1);
+            }
+            if next as usize != self.expected.len() + 1 {
+                report.violations.push(format!(
+                    "{path}: transactions {next}..={} never announced",
+                    self.expected.len()
+                ));
+            }
+            report.duplicates += duplicates;
+            if duplicates > self.crashes * drain.in_flight() {
+                report.violations.push(format!(
+                    "{path}: {duplicates} duplicates after only {} crash(es)",
+                    self.crashes
+                ));
+            }
+        }
+        report
+    }
+
+    fn check_waiting(&self) -> Report {
         let mut report = Report {
             transactions: self.expected.len(),
             ..Report::default()
@@ -284,6 +462,11 @@ impl Harness {
                 ));
             }
         }
+        report
+    }
+
+    /// Both modes: the final checkpoint is the end of the input, nothing is left pending.
+    fn check_store(&self, report: &mut Report) {
         let store = Store::open(self.store(), Durability::Synced).expect("store opens");
         let offset = store
             .checkpoint()
@@ -302,7 +485,12 @@ impl Harness {
                 .violations
                 .push("trigger params left pending at the end".to_string());
         }
-        report
+        let backlog = store.backlog().expect("reads").len();
+        if backlog > 0 {
+            report
+                .violations
+                .push(format!("{backlog} backlog entries left pending at the end"));
+        }
     }
 
     fn assert_clean(&self) -> Report {
@@ -459,6 +647,65 @@ async fn sidecar_killed_after_the_write_recovers_through_the_next_sidecar() {
     assert_eq!(report.duplicates, 0, "{report:?}");
 }
 
+/// Every drain mode, killed at each crash point of decoupled delivery: after the commit's
+/// write, between StartCommit and Acknowledged, and after a delivery before its entry is
+/// deleted. The receiver is slow enough that commits pile up behind webhooks (and merge,
+/// for coalesced triggers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoupled_crash_points_lose_nothing_in_every_drain_mode() {
+    for drain in Drain::ALL {
+        for point in [
+            "start_commit.after_write@4",
+            "consumer.after_start_commit@5",
+            "backlog.before_delete@3",
+        ] {
+            let mut harness = Harness::with_delivery(30, 3, Delivery::Decoupled(drain)).await;
+            harness
+                .receiver
+                .set_default(Reply::status(200).after(Duration::from_millis(15)));
+            let child = harness.consumer(None, Some(point));
+            harness.kill_at_crash_point(child).await;
+            harness.complete().await;
+            let report = harness.check();
+            assert!(
+                report.violations.is_empty(),
+                "{drain:?} at {point}: {:#?}",
+                report.violations
+            );
+            assert_eq!(report.transactions, 10);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoupled_sidecar_killed_mid_backlog_recovers_through_the_next_sidecar() {
+    let mut harness = Harness::with_delivery(30, 3, Delivery::Decoupled(Drain::Coalesced)).await;
+    harness
+        .receiver
+        .set_default(Reply::status(200).after(Duration::from_millis(15)));
+    let mut sidecar = harness.sidecar(Some("backlog.before_delete@2"));
+    let address = sidecar_address(&mut sidecar).await;
+    let consumer = harness.consumer(Some(&address), None);
+    harness.kill_at_crash_point(sidecar).await;
+    let _ = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output()).await;
+
+    let mut sidecar = harness.sidecar(None);
+    let address = sidecar_address(&mut sidecar).await;
+    let consumer = harness.consumer(Some(&address), None);
+    let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
+        .await
+        .expect("consumer finishes")
+        .expect("consumer ran");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    sidecar.start_kill().expect("SIGKILL");
+    sidecar.wait().await.expect("reaped");
+    harness.assert_clean();
+}
+
 /// A small deterministic generator, so a failing seed replays exactly.
 struct XorShift(u64);
 
@@ -502,7 +749,12 @@ async fn soak_random_kills() {
 
     while rounds == 0 || Instant::now() < deadline {
         rounds += 1;
-        let mut harness = Harness::new(200, 2).await;
+        // Rounds rotate through waiting delivery and each drain mode of decoupled delivery.
+        let delivery = match rounds % 4 {
+            0 => Delivery::Waiting,
+            n => Delivery::Decoupled(Drain::ALL[n as usize - 1]),
+        };
+        let mut harness = Harness::with_delivery(200, 2, delivery).await;
         loop {
             cycles += 1;
             // A slow or briefly failing endpoint makes kills land during delivery too.
