@@ -94,6 +94,38 @@ const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
         "16 triggers fanned out vs 1, 20 ms endpoint",
     ),
     (
+        "throughput_50ms",
+        "coalesced",
+        "no_triggers",
+        1.0 / 0.9,
+        Goal::AtMost,
+        "coalesced, 50 ms endpoint: time per transaction vs no triggers (throughput >= 0.9x)",
+    ),
+    (
+        "throughput_50ms",
+        "waiting",
+        "coalesced",
+        20.0,
+        Goal::AtLeast,
+        "waiting vs coalesced delivery, 50 ms endpoint: time per transaction (coalesced >= 20x throughput)",
+    ),
+    (
+        "throughput_50ms",
+        "waiting",
+        "ordered",
+        f64::INFINITY,
+        Goal::AtMost,
+        "waiting vs ordered at its backlog bound: time per transaction (information)",
+    ),
+    (
+        "throughput_50ms",
+        "waiting",
+        "concurrent",
+        f64::INFINITY,
+        Goal::AtMost,
+        "waiting vs concurrent (4 in flight) at its bound: time per transaction (information)",
+    ),
+    (
         "recovery_1e5",
         "open_and_find_pending",
         "plain_open",
@@ -106,6 +138,7 @@ const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
 #[derive(Clone, Copy)]
 enum Goal {
     AtMost,
+    AtLeast,
 }
 
 fn median_ns(root: &Path, group: &str, bench: &str) -> Option<f64> {
@@ -131,12 +164,13 @@ fn main() {
                 let ratio = a / b;
                 let holds = match direction {
                     Goal::AtMost => ratio <= *goal,
+                    Goal::AtLeast => ratio >= *goal,
                 };
                 failed += usize::from(!holds);
-                let goal = if goal.is_finite() {
-                    format!("<= {goal:.2}")
-                } else {
-                    "info".to_string()
+                let goal = match (goal.is_finite(), direction) {
+                    (false, _) => "info".to_string(),
+                    (true, Goal::AtMost) => format!("<= {goal:.2}"),
+                    (true, Goal::AtLeast) => format!(">= {goal:.2}"),
                 };
                 println!(
                     "{:<5} {ratio:>7.3}x  goal {goal:<8} {what} ({group}: {:.1} us / {:.1} us)",

@@ -1,0 +1,155 @@
+//! Transaction throughput of a shard whose webhook endpoint answers after 50 ms: no
+//! triggers (the floor), waiting delivery, and decoupled delivery in each drain mode. Each
+//! iteration is one StartCommit + Acknowledged of a realistic transaction, synced to
+//! disk. The backlog depth (now, and the deepest seen) is printed beside each figure.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use triggers::receiver::{Receiver, Reply};
+use triggers::{ConfigFormat, RetryBackoff, validate};
+use triggers_runtime::{DeliveryMode, Durability, Shard, ShardConfig};
+
+const ENDPOINT_DELAY: Duration = Duration::from_millis(50);
+const BINDINGS: usize = 10;
+/// Backlog bound of the decoupled modes: small, so ordered and concurrent reach it.
+const BACKLOG_LIMIT: usize = 50;
+
+fn config(
+    receiver: &Receiver,
+    drain: Option<serde_json::Value>,
+    delivery: DeliveryMode,
+) -> ShardConfig {
+    let triggers = match drain {
+        None => serde_json::json!({"config": []}),
+        Some(drain) => serde_json::json!({"config": [{
+            "url": receiver.url("/hook"),
+            "payloadTemplate": benches::TEMPLATE,
+            "drain": drain,
+        }]}),
+    };
+    ShardConfig {
+        materialization: benches::materialization(BINDINGS),
+        triggers: Arc::new(validate(&triggers.to_string(), ConfigFormat::Json).expect("valid")),
+        durability: Durability::Synced,
+        backoff: RetryBackoff::default(),
+        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+        delivery,
+    }
+}
+
+fn throughput(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let receiver = runtime.block_on(Receiver::start()).expect("receiver");
+    receiver.set_default(Reply::status(200).after(ENDPOINT_DELAY));
+    let decoupled = DeliveryMode::Decoupled {
+        backlog_limit: BACKLOG_LIMIT,
+    };
+    let cases = [
+        ("no_triggers", None, decoupled),
+        (
+            "waiting",
+            Some(serde_json::json!({"mode": "ordered"})),
+            DeliveryMode::Waiting,
+        ),
+        (
+            "ordered",
+            Some(serde_json::json!({"mode": "ordered"})),
+            decoupled,
+        ),
+        (
+            "concurrent",
+            Some(serde_json::json!({"mode": "concurrent", "maxInFlight": 4})),
+            decoupled,
+        ),
+        (
+            "coalesced",
+            Some(serde_json::json!({"mode": "coalesced"})),
+            decoupled,
+        ),
+    ];
+
+    let mut group = c.benchmark_group("throughput_50ms");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(6));
+    let stats = benches::stats(BINDINGS);
+    let mut depths = Vec::new();
+    for (name, drain, delivery) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = runtime.block_on(async {
+            let (mut shard, _) = Shard::open(dir.path(), config(&receiver, drain, delivery))
+                .await
+                .expect("opens");
+            shard.acknowledged().await.expect("recovered ack");
+            Arc::new(Mutex::new(shard))
+        });
+        let deepest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let (shard, stats, deepest, offset) = (
+                    shard.clone(),
+                    stats.clone(),
+                    deepest.clone(),
+                    offset.clone(),
+                );
+                async move {
+                    let mut shard = shard.lock().await;
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let at = offset.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        shard
+                            .start_commit(benches::checkpoint(at), &stats)
+                            .await
+                            .expect("commits");
+                        shard.acknowledged().await.expect("acknowledged");
+                        if let Some(status) = shard.backlog_status() {
+                            deepest.fetch_max(status.depth(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    started.elapsed()
+                }
+            })
+        });
+        let shard = runtime.block_on(async {
+            let shard = shard.lock().await;
+            shard.backlog_status()
+        });
+        let line = format!(
+            "throughput_50ms/{name}: backlog depth now {}, deepest {} (bound {}), {} transactions committed, {} webhook(s) delivered covering {} transaction(s), backpressure waits {}",
+            shard.as_ref().map_or(0, |s| s.depth()),
+            deepest.load(std::sync::atomic::Ordering::Relaxed),
+            if name == "no_triggers" || name == "waiting" {
+                "-".to_string()
+            } else {
+                BACKLOG_LIMIT.to_string()
+            },
+            offset.load(std::sync::atomic::Ordering::Relaxed),
+            shard
+                .as_ref()
+                .map_or(0, |s| s.queues.iter().map(|q| q.delivered).sum::<u64>()),
+            shard.as_ref().map_or(0, |s| s
+                .queues
+                .iter()
+                .map(|q| q.transactions_delivered)
+                .sum::<u64>()),
+            shard.as_ref().map_or(0, |s| s.backpressure_waits),
+        );
+        println!("{line}");
+        depths.push(line);
+    }
+    group.finish();
+    // Again at the end, together, so they are not lost in criterion's output.
+    for line in depths {
+        println!("{line}");
+    }
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);
