@@ -267,10 +267,15 @@ impl ShardSidecar for Sidecar {
                 ),
                 None => (false, "closed", None),
             },
-            // Held by a delivery (or a commit in progress).
+            // Held by a delivery, or a commit in progress (maybe waiting for backlog room).
             Err(_) => (true, "delivering", None),
         };
         let backlog = self.backlog().as_ref().map(BacklogHandle::status);
+        let phase = match (phase, &backlog) {
+            ("delivering", Some(b)) if b.backpressured => "backpressured",
+            ("delivering", Some(_)) => "committing",
+            (phase, _) => phase,
+        };
         let books = self.books();
         let last = books.last.clone().unwrap_or_default();
         let mode = match self.inner.config.shard.delivery {

@@ -8,12 +8,12 @@ use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::{
-    AcknowledgedRequest, AwaitDeliveryRequest, ConfigFormat as WireFormat, OpenRequest,
-    StartCommitRequest, StatusRequest, ValidateConfigRequest,
+    AcknowledgedRequest, AwaitDeliveryRequest, AwaitDrainedRequest, ConfigFormat as WireFormat,
+    OpenRequest, StartCommitRequest, StatusRequest, ValidateConfigRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, Source};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
-use triggers_runtime::{Durability, ShardConfig};
+use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
 
 type Client = ShardSidecarClient<tonic::transport::Channel>;
 
@@ -37,12 +37,27 @@ impl Running {
 }
 
 async fn serve(receiver: &Receiver, address: &str) -> Running {
+    serve_with(
+        receiver,
+        address,
+        DeliveryMode::Waiting,
+        serde_json::json!({"mode": "ordered"}),
+    )
+    .await
+}
+
+async fn serve_with(
+    receiver: &Receiver,
+    address: &str,
+    delivery: DeliveryMode,
+    drain: serde_json::Value,
+) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let template = r#"{"run": "{{flow_run_id}}", "collections": {{json collection_names}}}"#;
     let config = serde_json::json!({"config": [
         {"url": receiver.url("/a"), "payloadTemplate": template, "maxRetries": 1,
-         "headers": {"Authorization": "Bearer hunter2"}},
-        {"url": receiver.url("/b"), "payloadTemplate": template, "maxRetries": 1},
+         "headers": {"Authorization": "Bearer hunter2"}, "drain": drain},
+        {"url": receiver.url("/b"), "payloadTemplate": template, "maxRetries": 1, "drain": drain},
     ]});
     let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
     let sidecar = Sidecar::new(SidecarConfig {
@@ -64,7 +79,7 @@ async fn serve(receiver: &Receiver, address: &str) -> Running {
                 ..RetryBackoff::default()
             },
             network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-            delivery: triggers_runtime::DeliveryMode::Waiting,
+            delivery,
         },
     });
     let address = if address == "unix" {
@@ -348,5 +363,134 @@ async fn validate_config_reports_every_error_with_its_trigger() {
         .expect("validates")
         .into_inner();
     assert!(reply.valid);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(150)));
+    let running = serve_with(
+        &receiver,
+        "127.0.0.1:0",
+        DeliveryMode::Decoupled { backlog_limit: 2 },
+        serde_json::json!({"mode": "ordered"}),
+    )
+    .await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+
+    let mut committer = client.clone();
+    let commits = tokio::spawn(async move {
+        for n in 1..=5 {
+            committer
+                .start_commit(StartCommitRequest {
+                    checkpoint: Some(checkpoint(n)),
+                    stats: stats(),
+                })
+                .await
+                .expect("commits");
+            let ack = committer
+                .acknowledged(AcknowledgedRequest { wait: true })
+                .await
+                .expect("ack")
+                .into_inner()
+                .outcome
+                .expect("outcome");
+            assert!(ack.ok && ack.queued, "{ack:?}");
+        }
+    });
+    // The third commit waits for room; Status says so while it waits.
+    let mut seen = None;
+    for _ in 0..200 {
+        let status = client
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.backpressured {
+            seen = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = seen.expect("Status showed backpressure");
+    assert_eq!(status.delivery_mode, "decoupled");
+    assert_eq!(status.backlog_limit, 2);
+    assert_eq!(status.backlog.len(), 2);
+    assert!(
+        status
+            .backlog
+            .iter()
+            .any(|q| q.depth == 2 && q.drain == "ordered"),
+        "{status:?}"
+    );
+    commits.await.expect("commits finish");
+
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        status
+            .backlog
+            .iter()
+            .all(|q| q.depth == 0 && q.delivered == 5),
+        "{status:?}"
+    );
+    assert!(status.backpressure_waits > 0);
+
+    // A permanent failure on /b stops delivery; every surface names it.
+    receiver.script("/b", [Reply::status(404).with_body("no such hook")]);
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(6)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("ack");
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(!drained.ok);
+    for part in ["trigger 1", "HTTP 404", "no such hook", "backlog"] {
+        assert!(
+            drained.error.contains(part),
+            "{part:?} missing: {}",
+            drained.error
+        );
+    }
+    assert!(!drained.error.contains("hunter2"));
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.last_error.contains("HTTP 404"), "{status:?}");
+    let refused = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(7)),
+            stats: stats(),
+        })
+        .await
+        .expect_err("failed shard");
+    assert_eq!(refused.code(), Code::Aborted, "{refused}");
     running.stop().await;
 }
