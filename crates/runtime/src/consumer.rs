@@ -213,6 +213,16 @@ impl Driver {
 }
 
 impl Driver {
+    /// Closes an in-process shard (stopping its delivery workers and releasing its store);
+    /// a sidecar keeps its shard.
+    pub async fn close(&mut self) {
+        if let Driver::Local { shard, .. } = self
+            && let Some(shard) = shard.take()
+        {
+            shard.close().await;
+        }
+    }
+
     /// Waits until every acknowledged webhook is delivered (decoupled delivery).
     async fn drained(&mut self) -> anyhow::Result<()> {
         match self {
@@ -270,7 +280,7 @@ pub async fn run(
     tracing::info!(resumed_at, recovered_pending, "recovered");
     driver.acknowledged().await?;
     if recovered_pending {
-        tracing::info!("delivered the triggers of the recovered transaction");
+        tracing::info!("acknowledged the recovered commit; its pending webhooks are sent");
     }
 
     let remaining = documents.partition_point(|d| d.end_offset <= resumed_at);

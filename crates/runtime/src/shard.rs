@@ -169,6 +169,10 @@ enum Phase {
 
 /// One shard: its store, its triggers, and where it is in the lifecycle
 /// open → (StartCommit → Acknowledged → deliver → delete params)*.
+///
+/// Call [`Shard::close`] before reopening the same store in this process: dropping a
+/// shard stops its delivery workers too, but they release the store a moment later, on
+/// the runtime's threads, and an immediate reopen would find it locked.
 pub struct Shard {
     store: Arc<Store>,
     materialization: Materialization,

@@ -124,8 +124,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "run 1: commits until transaction {CRASH_AFTER_COMMIT_OF}, then \"crashes\" before its Acknowledged"
     );
+    let mut crashed = driver();
     let first = consumer::run(
-        &mut driver(),
+        &mut crashed,
         &documents,
         RunOptions {
             docs_per_txn: args.docs_per_txn,
@@ -134,6 +135,8 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // A real crash would release the store with the process; here the shard is closed.
+    crashed.close().await;
 
     println!(
         "\nrun 2: restarts from the store, delivers the recovered transaction, commits the rest"
@@ -170,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         empty.variables,
         receiver.requests().len() - before
     );
-    drop(restarted);
+    restarted.close().await;
 
     println!("\nwebhooks received by {}:", receiver.url(""));
     let requests = receiver.requests();
