@@ -149,6 +149,107 @@ fn throughput(c: &mut Criterion) {
     for line in depths {
         println!("{line}");
     }
+    paired(&runtime, &receiver);
+}
+
+/// Synced commits are bound by fdatasync, whose latency drifts by 2-4x on this shared
+/// machine between criterion's separate runs of each bench. So coalesced delivery is also
+/// measured against no triggers *paired*: blocks of commits alternate between the two
+/// shards, and the ratio of their median block times is printed and saved for the report
+/// (`paired.json` beside criterion's results). With `THROUGHPUT_AA=1` both shards have no
+/// triggers: the control, which measured 0.99-1.02 here.
+fn paired(runtime: &tokio::runtime::Runtime, receiver: &Receiver) {
+    const BLOCKS: usize = 40;
+    const COMMITS_PER_BLOCK: usize = 50;
+    let stats = benches::stats(BINDINGS);
+    let decoupled = DeliveryMode::Decoupled {
+        backlog_limit: BACKLOG_LIMIT,
+    };
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let (no_triggers, coalesced, depth) = runtime.block_on(async {
+        let open = |dir: std::path::PathBuf, drain| {
+            let config = config(receiver, drain, decoupled);
+            async move {
+                let (mut shard, _) = Shard::open(dir, config).await.expect("opens");
+                shard.acknowledged().await.expect("recovered ack");
+                shard
+            }
+        };
+        let mut plain = open(dir_a.path().to_path_buf(), None).await;
+        let mut merged = open(
+            dir_b.path().to_path_buf(),
+            if std::env::var_os("THROUGHPUT_AA").is_some() {
+                None
+            } else {
+                Some(serde_json::json!({"mode": "coalesced"}))
+            },
+        )
+        .await;
+        let (mut a, mut b, mut deepest) = (Vec::new(), Vec::new(), 0);
+        let mut offset = 0;
+        for block in 0..BLOCKS {
+            // Alternate which goes first, so neither always follows the other's fsyncs.
+            let order: [bool; 2] = if block % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for with_triggers in order {
+                let shard = if with_triggers {
+                    &mut merged
+                } else {
+                    &mut plain
+                };
+                let started = Instant::now();
+                for _ in 0..COMMITS_PER_BLOCK {
+                    offset += 1;
+                    shard
+                        .start_commit(benches::checkpoint(offset), &stats)
+                        .await
+                        .expect("commits");
+                    shard.acknowledged().await.expect("acknowledged");
+                }
+                let per_commit = started.elapsed() / COMMITS_PER_BLOCK as u32;
+                if with_triggers {
+                    b.push(per_commit);
+                    deepest = deepest.max(shard.backlog_status().map_or(0, |s| s.depth()));
+                } else {
+                    a.push(per_commit);
+                }
+            }
+        }
+        plain.close().await;
+        merged.close().await;
+        (median(a), median(b), deepest)
+    });
+    let ratio = coalesced.as_secs_f64() / no_triggers.as_secs_f64();
+    println!(
+        "throughput_50ms paired ({BLOCKS} alternating blocks of {COMMITS_PER_BLOCK} synced commits): \
+         no triggers {:.1} us/commit, coalesced {:.1} us/commit, time ratio {ratio:.3} \
+         (throughput {:.3}x), coalesced backlog deepest {depth}",
+        no_triggers.as_secs_f64() * 1e6,
+        coalesced.as_secs_f64() * 1e6,
+        1.0 / ratio,
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"));
+    let dir = target.join("criterion/throughput_50ms");
+    let json = serde_json::json!({
+        "no_triggers_ns": no_triggers.as_nanos() as f64,
+        "coalesced_ns": coalesced.as_nanos() as f64,
+    });
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("paired.json"), json.to_string());
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
 criterion_group!(benches, throughput);

@@ -182,5 +182,26 @@ fn main() {
             _ => println!("--    (not measured) {what} ({group}/{ours} vs {floor})"),
         }
     }
+    // The paired measurement of the throughput bench (see benches/throughput.rs).
+    let paired = std::fs::read_to_string(root.join("throughput_50ms/paired.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    match paired
+        .as_ref()
+        .and_then(|p| Some((p["coalesced_ns"].as_f64()?, p["no_triggers_ns"].as_f64()?)))
+    {
+        Some((coalesced, plain)) => {
+            let ratio = coalesced / plain;
+            let holds = ratio <= 1.0 / 0.9;
+            failed += usize::from(!holds);
+            println!(
+                "{:<5} {ratio:>7.3}x  goal <= 1.11    coalesced vs no triggers, paired blocks: time per transaction (throughput >= 0.9x) ({:.1} us / {:.1} us)",
+                if holds { "ok" } else { "MISS" },
+                coalesced / 1e3,
+                plain / 1e3
+            );
+        }
+        None => println!("--    (not measured) coalesced vs no triggers, paired blocks"),
+    }
     println!("{failed} goal(s) missed");
 }

@@ -354,10 +354,18 @@ impl Backlog {
     }
 
     /// Every transaction up to `seq` is acknowledged: its webhooks may go.
+    ///
+    /// Only a worker with room to send is woken: on a busy shard a coalesced or ordered
+    /// trigger usually has a request in flight, and waking its worker on every commit
+    /// would cost a cross-thread wakeup per transaction for nothing (the worker looks
+    /// again when the request finishes).
     pub(crate) fn acknowledge(&self, seq: u64) {
         self.shared.acked_seq.fetch_max(seq, Ordering::SeqCst);
         for queue in &self.shared.queues {
-            queue.wake.notify_one();
+            let in_flight = queue.lock().entries.iter().filter(|e| e.in_flight).count();
+            if in_flight < queue.drain.max_in_flight() {
+                queue.wake.notify_one();
+            }
         }
     }
 
@@ -430,8 +438,8 @@ impl Backlog {
                 }),
                 _ => {}
             }
-            drop(state);
-            queue.wake.notify_one();
+            // No wakeup: nothing written here may be sent before its Acknowledged, which
+            // wakes the worker.
         }
         written??;
         Ok(())
