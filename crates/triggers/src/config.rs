@@ -161,28 +161,39 @@ pub struct ParseError {
 }
 
 impl TriggersConfig {
-    /// Parses a config document.
+    /// Parses a plaintext config document. A SOPS-encrypted one goes through
+    /// [`crate::decrypt_config`] instead (or [`crate::load_config`], which takes either).
     pub fn parse(text: &str, format: ConfigFormat) -> Result<Self, ParseError> {
-        match format {
-            ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError {
+        parse_document(text, format)
+    }
+}
+
+/// Parses a JSON or YAML document into any serde type, reporting the position of the
+/// first problem. Shared by the plaintext parser and the SOPS reader, so both accept the
+/// same syntax.
+pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: ConfigFormat,
+) -> Result<T, ParseError> {
+    match format {
+        ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError {
+            format,
+            line: err.line(),
+            column: err.column(),
+            message: strip_position(&err.to_string()),
+        }),
+        ConfigFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|err| {
+            let (line, column) = err
+                .location()
+                .map(|at| (at.line(), at.column()))
+                .unwrap_or((0, 0));
+            ParseError {
                 format,
-                line: err.line(),
-                column: err.column(),
+                line,
+                column,
                 message: strip_position(&err.to_string()),
-            }),
-            ConfigFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|err| {
-                let (line, column) = err
-                    .location()
-                    .map(|at| (at.line(), at.column()))
-                    .unwrap_or((0, 0));
-                ParseError {
-                    format,
-                    line,
-                    column,
-                    message: strip_position(&err.to_string()),
-                }
-            }),
-        }
+            }
+        }),
     }
 }
 
