@@ -70,20 +70,25 @@ const SOPS_MADE: [&str; 6] = [
 
 #[test]
 fn files_made_by_sops_decrypt_to_their_plaintext() {
-    let expected = project(&TriggersConfig::parse(&read("plain.yaml"), ConfigFormat::Yaml).unwrap());
+    let expected =
+        project(&TriggersConfig::parse(&read("plain.yaml"), ConfigFormat::Yaml).expect("succeeds"));
     assert_eq!(
         expected,
-        project(&TriggersConfig::parse(&read("plain.json"), ConfigFormat::Json).unwrap())
+        project(&TriggersConfig::parse(&read("plain.json"), ConfigFormat::Json).expect("succeeds"))
     );
     assert!(expected[0].contains("Bearer s3cr3t-t0ken"));
     for name in SOPS_MADE {
         let text = read(name);
         assert!(is_sops_encrypted(&text, format_of(name)), "{name}");
-        assert!(!text.contains("s3cr3t-t0ken"), "{name} holds a secret in clear");
+        assert!(
+            !text.contains("s3cr3t-t0ken"),
+            "{name} holds a secret in clear"
+        );
         let config = decrypt_config(&text, format_of(name), &identity("key1.agekey"))
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(project(&config), expected, "{name}");
-        let loaded = load_config(&text, format_of(name), &identity("key1.agekey")).unwrap();
+        let loaded =
+            load_config(&text, format_of(name), &identity("key1.agekey")).expect("succeeds");
         assert_eq!(project(&loaded), expected, "{name}");
     }
 }
@@ -100,7 +105,7 @@ fn the_second_recipient_opens_two_recipient_files_and_only_those() {
         ConfigFormat::Json,
         &identity("key2.agekey"),
     )
-    .unwrap_err();
+    .expect_err("fails");
     assert!(matches!(err, SopsError::NoMatchingIdentity { .. }), "{err}");
 }
 
@@ -108,7 +113,7 @@ fn the_second_recipient_opens_two_recipient_files_and_only_those() {
 fn a_key_that_is_no_recipient_is_refused_by_name() {
     for name in SOPS_MADE {
         let err = decrypt_config(&read(name), format_of(name), &identity("unrelated.agekey"))
-            .unwrap_err();
+            .expect_err("fails");
         let SopsError::NoMatchingIdentity { recipients } = &err else {
             panic!("{name}: {err}");
         };
@@ -121,12 +126,16 @@ fn plaintext_files_are_not_sops_files() {
     for name in ["plain.json", "plain.yaml"] {
         assert!(!is_sops_encrypted(&read(name), format_of(name)));
         assert_eq!(
-            decrypt_config(&read(name), format_of(name), &identity("key1.agekey")).unwrap_err(),
+            decrypt_config(&read(name), format_of(name), &identity("key1.agekey"))
+                .expect_err("fails"),
             SopsError::NotEncrypted
         );
         // load_config takes either.
         assert_eq!(
-            load_config(&read(name), format_of(name), &[]).unwrap().config.len(),
+            load_config(&read(name), format_of(name), &[])
+                .expect("succeeds")
+                .config
+                .len(),
             2
         );
     }
@@ -143,17 +152,22 @@ fn sops_decrypts_what_encrypt_config_writes() {
         .iter()
         .map(|name| identity(name)[0].recipient())
         .collect();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("succeeds");
     for (plain, format, ext) in [
         ("plain.json", ConfigFormat::Json, "json"),
         ("plain.yaml", ConfigFormat::Yaml, "yaml"),
     ] {
-        let encrypted = encrypt_config(&read(plain), format, &recipients).unwrap();
+        let encrypted = encrypt_config(&read(plain), format, &recipients).expect("succeeds");
         let path = dir.path().join(format!("ours.{ext}"));
-        std::fs::write(&path, &encrypted).unwrap();
+        std::fs::write(&path, &encrypted).expect("succeeds");
         for key in ["key1.agekey", "key2.agekey"] {
             let out = std::process::Command::new(&sops)
-                .args(["--disable-version-check", "decrypt", "--output-type", "json"])
+                .args([
+                    "--disable-version-check",
+                    "decrypt",
+                    "--output-type",
+                    "json",
+                ])
                 .arg(&path)
                 .env("SOPS_AGE_KEY_FILE", fixtures().join(key))
                 .output()
@@ -163,10 +177,10 @@ fn sops_decrypts_what_encrypt_config_writes() {
                 "sops refused our {ext} file: {}\n{encrypted}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let decrypted = String::from_utf8(out.stdout).unwrap();
+            let decrypted = String::from_utf8(out.stdout).expect("succeeds");
             assert_eq!(
-                project(&TriggersConfig::parse(&decrypted, ConfigFormat::Json).unwrap()),
-                project(&TriggersConfig::parse(&read(plain), format).unwrap()),
+                project(&TriggersConfig::parse(&decrypted, ConfigFormat::Json).expect("succeeds")),
+                project(&TriggersConfig::parse(&read(plain), format).expect("succeeds")),
                 "{ext} with {key}"
             );
         }

@@ -100,9 +100,9 @@ impl Metadata {
                 "names more than one of encrypted_suffix, unencrypted_suffix, encrypted_regex and unencrypted_regex",
             ));
         }
-        let rule = rules.pop().unwrap_or_else(|| {
-            Rule::UnencryptedSuffix(DEFAULT_UNENCRYPTED_SUFFIX.to_string())
-        });
+        let rule = rules
+            .pop()
+            .unwrap_or_else(|| Rule::UnencryptedSuffix(DEFAULT_UNENCRYPTED_SUFFIX.to_string()));
 
         let mac_only_encrypted = match block.get("mac_only_encrypted") {
             None | Some(Node::Null) => false,
@@ -217,7 +217,8 @@ mod tests {
 
     #[test]
     fn rules_match_any_key_on_the_path() {
-        let regex = Rule::EncryptedRegex(Regex::new("^(headers|signingSecrets)$").unwrap());
+        let regex =
+            Rule::EncryptedRegex(Regex::new("^(headers|signingSecrets)$").expect("succeeds"));
         assert!(regex.encrypts(&["config", "headers", "Authorization"]));
         assert!(regex.encrypts(&["config", "signingSecrets"]));
         assert!(!regex.encrypts(&["config", "url"]));
@@ -227,7 +228,7 @@ mod tests {
         let suffix = Rule::EncryptedSuffix("_enc".into());
         assert!(suffix.encrypts(&["a_enc", "b"]));
         assert!(!suffix.encrypts(&["a", "b"]));
-        let regex = Rule::UnencryptedRegex(Regex::new("^url$").unwrap());
+        let regex = Rule::UnencryptedRegex(Regex::new("^url$").expect("succeeds"));
         assert!(!regex.encrypts(&["config", "url"]));
         assert!(regex.encrypts(&["config", "method"]));
     }

@@ -51,7 +51,7 @@ const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
 /// (by its key path, which sops never encrypts), never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SopsError {
-    /// The document is not valid JSON or YAML (or not a map at the top).
+    /// The document is not valid JSON or YAML, or (for plaintext) not a valid config.
     #[error(transparent)]
     Parse(#[from] ParseError),
     /// The document has no top-level `sops` block, but decryption was asked for.
@@ -111,7 +111,9 @@ pub enum SopsError {
     },
     /// A value failed authentication: its ciphertext was edited, or it was moved from
     /// another key.
-    #[error("encrypted value at `{path}` failed authentication (tampered, or moved from another key)")]
+    #[error(
+        "encrypted value at `{path}` failed authentication (tampered, or moved from another key)"
+    )]
     Tampered {
         /// Where the value is.
         path: String,
@@ -126,9 +128,13 @@ pub enum SopsError {
     /// edited in clear.
     #[error("the sops MAC does not match the config's values: the file was modified")]
     MacMismatch,
-    /// The decrypted document is not a valid trigger config.
-    #[error("decrypted config: {0}")]
-    Config(ParseError),
+    /// The decrypted document does not have the shape of a trigger config. There is no
+    /// line or column: the text parsed was the encrypted one.
+    #[error("the decrypted config is not a valid trigger config: {message}")]
+    Config {
+        /// What serde found, withheld if it would show a decrypted value.
+        message: String,
+    },
     /// A config could not be encrypted.
     #[error("encrypting the config failed: {reason}")]
     Encrypt {
@@ -152,7 +158,7 @@ pub fn load_config(
     if is_sops_encrypted(text, format) {
         decrypt_config(text, format, identities)
     } else {
-        TriggersConfig::parse(text, format).map_err(SopsError::Config)
+        Ok(TriggersConfig::parse(text, format)?)
     }
 }
 
@@ -211,8 +217,8 @@ pub fn decrypt_config(
         return Err(SopsError::MacMismatch);
     }
 
-    let json = plain.into_json().map_err(|_| {
-        SopsError::Config(config_error(format, "a number is not finite".to_string()))
+    let json = plain.into_json().map_err(|_| SopsError::Config {
+        message: "a number is not finite".to_string(),
     })?;
     TriggersConfig::deserialize(json).map_err(|err| {
         let message = err.to_string();
@@ -228,17 +234,8 @@ pub fn decrypt_config(
         } else {
             message
         };
-        SopsError::Config(config_error(format, message))
+        SopsError::Config { message }
     })
-}
-
-fn config_error(format: ConfigFormat, message: String) -> ParseError {
-    ParseError {
-        format,
-        line: 0,
-        column: 0,
-        message,
-    }
 }
 
 /// Compares the MAC we computed with the stored hex, in time independent of where they
@@ -269,7 +266,7 @@ struct DecryptWalk<'k> {
     mac_only_encrypted: bool,
     json_numbers: bool,
     hash: Sha512,
-    /// Every decrypted string, to keep them out of error messages.
+    /// Every decrypted value as text, to keep them out of error messages.
     plaintexts: Vec<String>,
 }
 
@@ -324,17 +321,18 @@ impl DecryptWalk<'_> {
                     reason,
                 },
             })?;
-            if let Node::Str(plain) = &value {
-                self.plaintexts.push(plain.clone());
+            if let Some(bytes) = value_cipher::mac_bytes(&value, self.json_numbers) {
+                self.plaintexts
+                    .push(String::from_utf8_lossy(&bytes).into_owned());
             }
             value
         } else {
             leaf.clone()
         };
-        if encrypted || !self.mac_only_encrypted {
-            if let Some(bytes) = value_cipher::mac_bytes(&value, self.json_numbers) {
-                self.hash.update(bytes);
-            }
+        if (encrypted || !self.mac_only_encrypted)
+            && let Some(bytes) = value_cipher::mac_bytes(&value, self.json_numbers)
+        {
+            self.hash.update(bytes);
         }
         Ok(value)
     }
@@ -358,15 +356,27 @@ fn encrypt_config_at(
     recipients: &[AgeRecipient],
     lastmodified: &str,
 ) -> Result<String, SopsError> {
+    if is_sops_encrypted(text, format) {
+        return Err(SopsError::AlreadyEncrypted);
+    }
     // Only a valid config is worth encrypting; checking first also means a shape error
     // is reported with its line and column.
-    TriggersConfig::parse(text, format).map_err(SopsError::Config)?;
+    TriggersConfig::parse(text, format)?;
     let doc: Node = parse_document(text, format)?;
+    seal_document(doc, format, recipients, lastmodified)
+}
+
+/// Encrypts any document (not only a valid config) with [`SECRET_FIELDS_REGEX`].
+fn seal_document(
+    doc: Node,
+    format: ConfigFormat,
+    recipients: &[AgeRecipient],
+    lastmodified: &str,
+) -> Result<String, SopsError> {
     let Node::Map(entries) = doc else {
-        return Err(SopsError::Config(config_error(
-            format,
-            "the config is not a map".to_string(),
-        )));
+        return Err(SopsError::Config {
+            message: "the config is not a map".to_string(),
+        });
     };
     if entries.iter().any(|(key, _)| key == SOPS_KEY) {
         return Err(SopsError::AlreadyEncrypted);

@@ -45,10 +45,10 @@ impl Node {
             Node::Bool(b) => serde_json::Value::Bool(b),
             Node::Int(i) => serde_json::Value::from(i),
             Node::Float(f) => {
-                if f.fract() == 0.0 && f >= 0.0 && f < 18_446_744_073_709_551_616.0 {
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
                     // In range and integral, so the cast is exact.
                     serde_json::Value::from(f as u64)
-                } else if f.fract() == 0.0 && f < 0.0 && f >= -9_223_372_036_854_775_808.0 {
+                } else if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
                     serde_json::Value::from(f as i64)
                 } else {
                     serde_json::Number::from_f64(f)
@@ -70,6 +70,24 @@ impl Node {
                     .collect::<Result<_, _>>()?,
             ),
         })
+    }
+}
+
+/// Shows the shape only: a decrypted tree holds secrets.
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Node::Null => f.write_str("null"),
+            Node::Bool(_) => f.write_str("<bool>"),
+            Node::Int(_) => f.write_str("<int>"),
+            Node::Float(_) => f.write_str("<float>"),
+            Node::Str(_) => f.write_str("<str>"),
+            Node::Seq(items) => f.debug_list().entries(items).finish(),
+            Node::Map(entries) => f
+                .debug_map()
+                .entries(entries.iter().map(|(k, v)| (k, v)))
+                .finish(),
+        }
     }
 }
 
@@ -230,7 +248,8 @@ mod tests {
 
     #[test]
     fn maps_keep_document_order_and_refuse_duplicates() {
-        let node: Node = serde_json::from_str(r#"{"b": 1, "a": [true, null, 1.5]}"#).unwrap();
+        let node: Node =
+            serde_json::from_str(r#"{"b": 1, "a": [true, null, 1.5]}"#).expect("succeeds");
         let Node::Map(entries) = &node else {
             panic!("not a map")
         };
@@ -262,7 +281,7 @@ mod tests {
             ("c".into(), Node::Float(-2.0)),
         ])
         .into_json()
-        .unwrap();
+        .expect("succeeds");
         assert_eq!(json, serde_json::json!({"a": 30, "b": 1.5, "c": -2}));
         assert!(Node::Float(f64::NAN).into_json().is_err());
     }

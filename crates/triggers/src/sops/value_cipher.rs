@@ -212,8 +212,8 @@ mod tests {
             (Node::Bool(true), false),
             (Node::Bool(false), true),
         ] {
-            let sealed = encrypt(&value, json, &KEY, "config:headers:").unwrap();
-            let opened = decrypt(&sealed, &KEY, "config:headers:").unwrap();
+            let sealed = encrypt(&value, json, &KEY, "config:headers:").expect("succeeds");
+            let opened = decrypt(&sealed, &KEY, "config:headers:").expect("succeeds");
             let expected = match value {
                 Node::Int(i) if json => Node::Float(i as f64),
                 other => other,
@@ -221,12 +221,12 @@ mod tests {
             assert!(opened == expected, "{sealed}");
         }
         assert_eq!(encrypt(&Node::Str(String::new()), false, &KEY, "a:"), None);
-        assert!(decrypt("", &KEY, "a:").unwrap() == Node::Str(String::new()));
+        assert!(decrypt("", &KEY, "a:").expect("succeeds") == Node::Str(String::new()));
     }
 
     #[test]
     fn a_value_moved_to_another_path_or_key_fails() {
-        let sealed = encrypt(&Node::Str("x".into()), false, &KEY, "a:b:").unwrap();
+        let sealed = encrypt(&Node::Str("x".into()), false, &KEY, "a:b:").expect("succeeds");
         assert_eq!(decrypt(&sealed, &KEY, "a:c:"), Err(LeafError::Tampered));
         assert_eq!(decrypt(&sealed, &[8; 32], "a:b:"), Err(LeafError::Tampered));
     }
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn random_bytes_in_an_enc_string_never_panic() {
         let mut rng = fastrand::Rng::with_seed(6);
-        let good = encrypt(&Node::Str("value".into()), false, &KEY, "a:").unwrap();
+        let good = encrypt(&Node::Str("value".into()), false, &KEY, "a:").expect("succeeds");
         for _ in 0..2000 {
             let mut bytes = good.clone().into_bytes();
             for _ in 0..rng.usize(1..4) {
@@ -271,7 +271,11 @@ mod tests {
                 bytes.truncate(rng.usize(..bytes.len()));
             }
             let text = String::from_utf8_lossy(&bytes);
-            assert!(decrypt(&text, &KEY, "a:").is_err() || text == good);
+            // Only the intact value, or nothing at all (sops's empty string), opens.
+            assert!(
+                decrypt(&text, &KEY, "a:").is_err() || text == good || text.is_empty(),
+                "{text}"
+            );
         }
     }
 }
