@@ -25,6 +25,7 @@ mod network_policy;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 mod retry;
+mod schema;
 mod secret;
 mod signing;
 mod sops;
@@ -43,6 +44,7 @@ pub use config::{
 };
 pub use deliver::{Delivered, Deliverer, DeliveryError, FailureReason, TriggerFailure};
 pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
+pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
 pub use sops::{
