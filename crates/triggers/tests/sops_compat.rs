@@ -59,13 +59,14 @@ fn project(config: &TriggersConfig) -> Vec<String> {
         .collect()
 }
 
-const SOPS_MADE: [&str; 6] = [
+const SOPS_MADE: [&str; 7] = [
     "regex-one.sops.json",
     "regex-one.sops.yaml",
     "all-two.sops.json",
     "all-two.sops.yaml",
     "regex-maconly.sops.json",
     "regex-maconly.sops.yaml",
+    "comments-all-one.sops.yaml",
 ];
 
 #[test]
