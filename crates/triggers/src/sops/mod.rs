@@ -193,8 +193,7 @@ pub fn decrypt_config(
     if metadata.mac_only_encrypted {
         walk.hash.update(MAC_ONLY_ENCRYPTED_INIT);
     }
-    let mut steps = Vec::new();
-    let plain = walk.node(&doc, &mut steps)?;
+    let plain = doc.map_leaves(&mut Vec::new(), &mut |leaf, steps| walk.leaf(leaf, steps))?;
     let computed = walk.hash.finalize();
 
     let stored = match value_cipher::decrypt(&metadata.mac, &key, &metadata.mac_aad) {
@@ -271,32 +270,6 @@ struct DecryptWalk<'k> {
 }
 
 impl DecryptWalk<'_> {
-    fn node<'a>(&mut self, node: &'a Node, steps: &mut Vec<Step<'a>>) -> Result<Node, SopsError> {
-        match node {
-            // sops neither encrypts nor hashes nulls.
-            Node::Null => Ok(Node::Null),
-            Node::Seq(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    steps.push(Step::Index(i));
-                    out.push(self.node(item, steps)?);
-                    steps.pop();
-                }
-                Ok(Node::Seq(out))
-            }
-            Node::Map(entries) => {
-                let mut out = Vec::with_capacity(entries.len());
-                for (key, value) in entries {
-                    steps.push(Step::Key(key));
-                    out.push((key.clone(), self.node(value, steps)?));
-                    steps.pop();
-                }
-                Ok(Node::Map(out))
-            }
-            leaf => self.leaf(leaf, steps),
-        }
-    }
-
     fn leaf(&mut self, leaf: &Node, steps: &[Step<'_>]) -> Result<Node, SopsError> {
         let keys = key_path(steps);
         let encrypted = self.rule.encrypts(&keys);
@@ -400,9 +373,8 @@ fn seal_document(
         json_numbers: format == ConfigFormat::Json,
         hash: Sha512::new(),
     };
-    let mut steps = Vec::new();
     let body = Node::Map(entries);
-    let mut sealed = walk.node(&body, &mut steps)?;
+    let mut sealed = body.map_leaves(&mut Vec::new(), &mut |leaf, steps| walk.leaf(leaf, steps))?;
     let mac = hex_upper(&walk.hash.finalize());
     let mac = value_cipher::encrypt_str(&mac, &key, lastmodified).ok_or(SopsError::Encrypt {
         reason: "sealing the MAC failed".to_string(),
@@ -458,44 +430,21 @@ struct EncryptWalk<'k> {
 }
 
 impl EncryptWalk<'_> {
-    fn node<'a>(&mut self, node: &'a Node, steps: &mut Vec<Step<'a>>) -> Result<Node, SopsError> {
-        match node {
-            Node::Null => Ok(Node::Null),
-            Node::Seq(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    steps.push(Step::Index(i));
-                    out.push(self.node(item, steps)?);
-                    steps.pop();
-                }
-                Ok(Node::Seq(out))
-            }
-            Node::Map(entries) => {
-                let mut out = Vec::with_capacity(entries.len());
-                for (key, value) in entries {
-                    steps.push(Step::Key(key));
-                    out.push((key.clone(), self.node(value, steps)?));
-                    steps.pop();
-                }
-                Ok(Node::Map(out))
-            }
-            leaf => {
-                if let Some(bytes) = value_cipher::mac_bytes(leaf, self.json_numbers) {
-                    self.hash.update(bytes);
-                }
-                let keys = key_path(steps);
-                if !self.rule.encrypts(&keys) {
-                    return Ok(leaf.clone());
-                }
-                let aad = format!("{}:", keys.join(":"));
-                match value_cipher::encrypt(leaf, self.json_numbers, self.key, &aad) {
-                    Some(sealed) => Ok(Node::Str(sealed)),
-                    None if matches!(leaf, Node::Str(s) if s.is_empty()) => Ok(leaf.clone()),
-                    None => Err(SopsError::Encrypt {
-                        reason: format!("sealing the value at `{}` failed", display_path(steps)),
-                    }),
-                }
-            }
+    fn leaf(&mut self, leaf: &Node, steps: &[Step<'_>]) -> Result<Node, SopsError> {
+        if let Some(bytes) = value_cipher::mac_bytes(leaf, self.json_numbers) {
+            self.hash.update(bytes);
+        }
+        let keys = key_path(steps);
+        if !self.rule.encrypts(&keys) {
+            return Ok(leaf.clone());
+        }
+        let aad = format!("{}:", keys.join(":"));
+        match value_cipher::encrypt(leaf, self.json_numbers, self.key, &aad) {
+            Some(sealed) => Ok(Node::Str(sealed)),
+            None if matches!(leaf, Node::Str(s) if s.is_empty()) => Ok(leaf.clone()),
+            None => Err(SopsError::Encrypt {
+                reason: format!("sealing the value at `{}` failed", display_path(steps)),
+            }),
         }
     }
 }

@@ -73,6 +73,40 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Rebuilds the tree with every scalar replaced by `f(scalar, path)`, in document
+    /// order (the order sops's MAC covers). Nulls are kept as they are and never passed
+    /// to `f`: sops neither encrypts nor hashes them.
+    pub(crate) fn map_leaves<'a, E>(
+        &'a self,
+        steps: &mut Vec<Step<'a>>,
+        f: &mut impl FnMut(&Node, &[Step<'a>]) -> Result<Node, E>,
+    ) -> Result<Node, E> {
+        match self {
+            Node::Null => Ok(Node::Null),
+            Node::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    steps.push(Step::Index(i));
+                    out.push(item.map_leaves(steps, f)?);
+                    steps.pop();
+                }
+                Ok(Node::Seq(out))
+            }
+            Node::Map(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (key, value) in entries {
+                    steps.push(Step::Key(key));
+                    out.push((key.clone(), value.map_leaves(steps, f)?));
+                    steps.pop();
+                }
+                Ok(Node::Map(out))
+            }
+            leaf => f(leaf, steps),
+        }
+    }
+}
+
 /// Shows the shape only: a decrypted tree holds secrets.
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
