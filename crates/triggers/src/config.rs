@@ -5,7 +5,8 @@
 //! delivery uses.
 
 use crate::{DrainConfig, Secret};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Default per-attempt timeout of a webhook request, in seconds.
@@ -32,7 +33,7 @@ pub const MAX_RETRY_BUDGET_SECS: u64 = 3600;
 pub const MAX_SIGNING_SECRETS: usize = 10;
 
 /// The triggers of one materialization.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggersConfig {
     /// The webhooks to fire after each committed transaction that read documents.
@@ -40,32 +41,38 @@ pub struct TriggersConfig {
 }
 
 /// One webhook.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TriggerConfig {
     /// Absolute `http` or `https` URL to send the payload to.
+    #[schemars(url)]
     pub url: String,
     /// HTTP method of the request.
     #[serde(default)]
     pub method: HttpMethod,
     /// Extra request headers. Values are secrets (they usually carry credentials).
     #[serde(default)]
+    #[schemars(extend("default" = {}))]
     pub headers: BTreeMap<String, Secret>,
     /// Handlebars template of the JSON payload.
     pub payload_template: String,
     /// Timeout of each attempt, in seconds.
     #[serde(default = "default_timeout_secs")]
+    #[schemars(range(min = MIN_TIMEOUT_SECS, max = MAX_TIMEOUT_SECS))]
     pub timeout_secs: u64,
     /// Retries after the first attempt before the delivery fails for good.
     #[serde(default = "default_max_retries")]
+    #[schemars(range(max = MAX_MAX_RETRIES))]
     pub max_retries: u32,
     /// Time budget, in seconds, across every attempt of one delivery; retries stop when it
     /// is spent even if `maxRetries` allows more.
     #[serde(default = "default_retry_budget_secs")]
+    #[schemars(range(min = MIN_RETRY_BUDGET_SECS, max = MAX_RETRY_BUDGET_SECS))]
     pub retry_budget_secs: u64,
     /// Standard Webhooks signing secrets (`whsec_` + base64). Each adds a `v1` signature
     /// to `webhook-signature`, so a receiver can rotate keys without missing a webhook.
     #[serde(default)]
+    #[schemars(length(max = MAX_SIGNING_SECRETS), extend("default" = []))]
     pub signing_secrets: Vec<Secret>,
     /// Follow `307` and `308` redirects (which keep method and body), re-checking the
     /// network policy at every hop. Other redirects are never followed.
@@ -109,7 +116,8 @@ pub(crate) fn url_origin(raw: &str) -> String {
 }
 
 /// The HTTP methods a webhook may use: those that carry a body.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+// Serialize only so the schema can show the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
     /// `POST`, the default.
@@ -167,28 +175,39 @@ pub struct ParseError {
 }
 
 impl TriggersConfig {
-    /// Parses a config document.
+    /// Parses a plaintext config document. A SOPS-encrypted one goes through
+    /// [`crate::decrypt_config`] instead (or [`crate::load_config`], which takes either).
     pub fn parse(text: &str, format: ConfigFormat) -> Result<Self, ParseError> {
-        match format {
-            ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError {
+        parse_document(text, format)
+    }
+}
+
+/// Parses a JSON or YAML document into any serde type, reporting the position of the
+/// first problem. Shared by the plaintext parser and the SOPS reader, so both accept the
+/// same syntax.
+pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: ConfigFormat,
+) -> Result<T, ParseError> {
+    match format {
+        ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError {
+            format,
+            line: err.line(),
+            column: err.column(),
+            message: strip_position(&err.to_string()),
+        }),
+        ConfigFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|err| {
+            let (line, column) = err
+                .location()
+                .map(|at| (at.line(), at.column()))
+                .unwrap_or((0, 0));
+            ParseError {
                 format,
-                line: err.line(),
-                column: err.column(),
+                line,
+                column,
                 message: strip_position(&err.to_string()),
-            }),
-            ConfigFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|err| {
-                let (line, column) = err
-                    .location()
-                    .map(|at| (at.line(), at.column()))
-                    .unwrap_or((0, 0));
-                ParseError {
-                    format,
-                    line,
-                    column,
-                    message: strip_position(&err.to_string()),
-                }
-            }),
-        }
+            }
+        }),
     }
 }
 

@@ -1,7 +1,8 @@
 //! How a trigger's backlog of committed transactions drains when the runtime delivers in
 //! decoupled mode (commits never wait on webhooks; see `triggers-runtime`).
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Default `maxInFlight` of a concurrent trigger.
@@ -16,17 +17,18 @@ pub const MAX_MIN_INTERVAL_SECS: u64 = 86_400;
 ///
 /// Only decoupled delivery has a backlog to drain; in waiting mode each transaction's
 /// webhooks are sent before the next transaction commits, whatever this says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DrainConfig {
     /// One request in flight, strictly in commit order: each transaction gets its own
     /// webhook, and a receiver never sees a later one before an earlier one is accepted.
-    /// (A struct variant, so that stray fields such as `maxInFlight` are refused.)
+    // A struct variant, so that stray fields such as `maxInFlight` are refused.
     Ordered {},
     /// Up to `maxInFlight` requests at once, one per transaction; order is not promised.
     Concurrent {
         /// Requests in flight at most.
         #[serde(rename = "maxInFlight", default = "default_max_in_flight")]
+        #[schemars(range(min = 1, max = MAX_MAX_IN_FLIGHT))]
         max_in_flight: u32,
     },
     /// Transactions that commit while a request is in flight (or within `minIntervalSecs`
@@ -37,6 +39,7 @@ pub enum DrainConfig {
         /// Least time between two webhooks of this trigger, in seconds; 0 sends as soon
         /// as the previous one is accepted.
         #[serde(rename = "minIntervalSecs", default)]
+        #[schemars(range(max = MAX_MIN_INTERVAL_SECS))]
         min_interval_secs: u64,
     },
 }

@@ -7,6 +7,8 @@
 //!
 //! A config document is parsed ([`TriggersConfig`]), then validated and compiled once
 //! ([`validate`] → [`Triggers`]): the same check a control plane runs at publish time.
+//! A config stored SOPS-encrypted (secrets as `ENC[...]` leaves, the data key wrapped for
+//! age recipients) is read with [`decrypt_config`] into the same [`TriggersConfig`].
 //!
 //! Receivers can dedupe and verify: every request carries the Standard Webhooks headers
 //! (`webhook-id`, stable per transaction and trigger; `webhook-timestamp`; and, with
@@ -24,8 +26,10 @@ mod network_policy;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 mod retry;
+mod schema;
 mod secret;
 mod signing;
+mod sops;
 mod template;
 mod validate;
 mod variables;
@@ -44,8 +48,13 @@ pub use drain::{
     DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
 };
 pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
+pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
+pub use sops::{
+    AgeIdentity, AgeRecipient, KeyError, SECRET_FIELDS_REGEX, SOPS_FORMAT_VERSION, SopsError,
+    decrypt_config, encrypt_config, is_sops_encrypted, load_config,
+};
 pub use template::{TemplateError, Templates};
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};

@@ -40,6 +40,25 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A secret is a string marked `"secret": true`, which tells a form editor to mask it and
+/// a control plane to encrypt it (see [`crate::encrypt_config`]).
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "secret": true
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,461 @@
+use super::*;
+
+const TOKEN: &str = "Bearer hunter2-t0ken";
+const TEAM: &str = "team-secret-value";
+const WHSEC_1: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const WHSEC_2: &str = "whsec_c2Vjb25kLXNlY3JldA==";
+
+fn plain_json() -> String {
+    format!(
+        r#"{{"config": [{{"url": "https://hooks.example.com/a", "headers": {{"Authorization": "{TOKEN}", "X-Team": "{TEAM}"}}, "payloadTemplate": "{{\"n\": \"{{{{materialization_name}}}}\"}}", "timeoutSecs": 10, "signingSecrets": ["{WHSEC_1}", "{WHSEC_2}"], "followRedirects": true}}, {{"url": "https://hooks.example.com/b", "payloadTemplate": "{{}}", "headers": {{"Empty": ""}}}}]}}"#
+    )
+}
+
+fn plain_yaml() -> String {
+    format!(
+        "config:\n  - url: https://hooks.example.com/a\n    headers:\n      Authorization: {TOKEN}\n      X-Team: {TEAM}\n    payloadTemplate: '{{\"n\": \"{{{{materialization_name}}}}\"}}'\n    timeoutSecs: 10\n    signingSecrets:\n      - {WHSEC_1}\n      - '{WHSEC_2}'\n    followRedirects: true\n  - url: https://hooks.example.com/b\n    payloadTemplate: '{{}}'\n    headers:\n      Empty: ''\n"
+    )
+}
+
+const SECRETS: [&str; 4] = [TOKEN, TEAM, WHSEC_1, WHSEC_2];
+
+fn assert_no_secret(text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
+
+fn check_error(err: &SopsError) {
+    assert_no_secret(&err.to_string());
+    assert_no_secret(&format!("{err:?}"));
+}
+
+fn encrypted(format: ConfigFormat) -> (String, AgeIdentity) {
+    let identity = AgeIdentity::generate();
+    let text = match format {
+        ConfigFormat::Json => plain_json(),
+        ConfigFormat::Yaml => plain_yaml(),
+    };
+    let sealed = encrypt_config(&text, format, &[identity.recipient()]).expect("encrypts");
+    (sealed, identity)
+}
+
+fn decrypt_err(text: &str, format: ConfigFormat, identity: &AgeIdentity) -> SopsError {
+    let err = decrypt_config(text, format, std::slice::from_ref(identity)).expect_err("refused");
+    check_error(&err);
+    err
+}
+
+#[test]
+fn round_trips_json_and_yaml_keeping_non_secrets_readable() {
+    for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
+        let (sealed, identity) = encrypted(format);
+        assert_no_secret(&sealed);
+        for readable in [
+            "https://hooks.example.com/a",
+            "materialization_name",
+            "Authorization",
+            "signingSecrets",
+            "encrypted_regex",
+            "^(headers|signingSecrets)$",
+            "lastmodified",
+            "BEGIN AGE ENCRYPTED FILE",
+            SOPS_FORMAT_VERSION,
+        ] {
+            assert!(
+                sealed.contains(readable),
+                "{format}: no {readable} in {sealed}"
+            );
+        }
+        assert!(is_sops_encrypted(&sealed, format));
+
+        let config = decrypt_config(&sealed, format, &[identity]).expect("decrypts");
+        let trigger = &config.config[0];
+        assert_eq!(trigger.headers["Authorization"].expose(), TOKEN);
+        assert_eq!(trigger.headers["X-Team"].expose(), TEAM);
+        assert_eq!(trigger.signing_secrets[0].expose(), WHSEC_1);
+        assert_eq!(trigger.signing_secrets[1].expose(), WHSEC_2);
+        assert_eq!(trigger.timeout_secs, 10);
+        assert!(trigger.follow_redirects);
+        // sops leaves empty strings unencrypted, and so do we.
+        assert_eq!(config.config[1].headers["Empty"].expose(), "");
+        assert_no_secret(&format!("{config:?}"));
+    }
+}
+
+#[test]
+fn any_one_of_several_recipients_decrypts() {
+    let (a, b) = (AgeIdentity::generate(), AgeIdentity::generate());
+    let sealed = encrypt_config(
+        &plain_json(),
+        ConfigFormat::Json,
+        &[a.recipient(), b.recipient()],
+    )
+    .expect("succeeds");
+    for identity in [a, b] {
+        decrypt_config(
+            &sealed,
+            ConfigFormat::Json,
+            &[AgeIdentity::generate(), identity],
+        )
+        .expect("decrypts");
+    }
+}
+
+#[test]
+fn the_wrong_key_is_named_by_recipient() {
+    let (sealed, identity) = encrypted(ConfigFormat::Json);
+    let err = decrypt_err(&sealed, ConfigFormat::Json, &AgeIdentity::generate());
+    assert_eq!(
+        err,
+        SopsError::NoMatchingIdentity {
+            recipients: vec![identity.recipient().to_string()]
+        }
+    );
+    let err = decrypt_config(&sealed, ConfigFormat::Json, &[]).expect_err("fails");
+    assert!(matches!(err, SopsError::NoMatchingIdentity { .. }), "{err}");
+}
+
+/// Replaces the `n`th ENC value's data with other base64 of the same length.
+fn flip_data(sealed: &str, n: usize) -> String {
+    let at = sealed
+        .match_indices("ENC[AES256_GCM,data:")
+        .nth(n)
+        .expect("succeeds")
+        .0
+        + 20;
+    let mut bytes = sealed.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("succeeds")
+}
+
+#[test]
+fn a_tampered_value_fails_with_its_path() {
+    for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
+        let (sealed, identity) = encrypted(format);
+        let err = decrypt_err(&flip_data(&sealed, 0), format, &identity);
+        assert_eq!(
+            err,
+            SopsError::Tampered {
+                path: "config[0].headers.Authorization".into()
+            },
+            "{format}"
+        );
+        let err = decrypt_err(&flip_data(&sealed, 3), format, &identity);
+        assert_eq!(
+            err,
+            SopsError::Tampered {
+                path: "config[0].signingSecrets[1]".into()
+            }
+        );
+    }
+}
+
+/// The `n`th ENC string of a document.
+fn enc_value(sealed: &str, n: usize) -> String {
+    let (at, _) = sealed
+        .match_indices("ENC[AES256_GCM,data:")
+        .nth(n)
+        .expect("succeeds");
+    let end = sealed[at..].find(']').expect("succeeds");
+    sealed[at..=at + end].to_string()
+}
+
+#[test]
+fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
+    let (sealed, identity) = encrypted(ConfigFormat::Json);
+    // Header values carry their key in the additional data: swapping them breaks GCM.
+    let (auth, team) = (enc_value(&sealed, 0), enc_value(&sealed, 1));
+    let swapped = sealed
+        .replace(&auth, "@AUTH@")
+        .replace(&team, &auth)
+        .replace("@AUTH@", &team);
+    let err = decrypt_err(&swapped, ConfigFormat::Json, &identity);
+    assert_eq!(
+        err,
+        SopsError::Tampered {
+            path: "config[0].headers.Authorization".into()
+        }
+    );
+    // List items share their list's path (sops does not add indices), so only the MAC,
+    // which covers order, notices a swap.
+    let (first, second) = (enc_value(&sealed, 2), enc_value(&sealed, 3));
+    let swapped = sealed
+        .replace(&first, "@FIRST@")
+        .replace(&second, &first)
+        .replace("@FIRST@", &second);
+    assert_eq!(
+        decrypt_err(&swapped, ConfigFormat::Json, &identity),
+        SopsError::MacMismatch
+    );
+}
+
+#[test]
+fn an_edited_clear_value_fails_the_mac() {
+    for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
+        let (sealed, identity) = encrypted(format);
+        let edited = sealed.replace("https://hooks.example.com/a", "https://evil.example.com/a");
+        assert_eq!(
+            decrypt_err(&edited, format, &identity),
+            SopsError::MacMismatch
+        );
+        let edited = sealed
+            .replace("\"timeoutSecs\": 10", "\"timeoutSecs\": 11")
+            .replace("timeoutSecs: 10", "timeoutSecs: 11");
+        assert_ne!(edited, sealed);
+        assert_eq!(
+            decrypt_err(&edited, format, &identity),
+            SopsError::MacMismatch
+        );
+    }
+}
+
+#[test]
+fn a_tampered_or_missing_mac_is_refused() {
+    let (sealed, identity) = encrypted(ConfigFormat::Json);
+    let mac = enc_value(&sealed, 4);
+    assert!(sealed.contains(&format!("\"mac\": \"{mac}\"")), "{sealed}");
+    let err = decrypt_err(&flip_data(&sealed, 4), ConfigFormat::Json, &identity);
+    assert_eq!(err, SopsError::MacTampered);
+
+    // lastmodified is the MAC's additional data.
+    let doc: serde_json::Value = serde_json::from_str(&sealed).expect("succeeds");
+    let lastmodified = doc["sops"]["lastmodified"].as_str().expect("succeeds");
+    let edited = sealed.replace(lastmodified, "2001-01-01T00:00:00Z");
+    assert_eq!(
+        decrypt_err(&edited, ConfigFormat::Json, &identity),
+        SopsError::MacTampered
+    );
+
+    let without = sealed.replace(&format!("\"mac\": \"{mac}\","), "");
+    assert_eq!(
+        decrypt_err(&without, ConfigFormat::Json, &identity),
+        SopsError::MacMissing
+    );
+    let empty = sealed.replace(&mac, "");
+    assert_eq!(
+        decrypt_err(&empty, ConfigFormat::Json, &identity),
+        SopsError::MacMissing
+    );
+}
+
+#[test]
+fn a_malformed_or_clear_secret_is_named_by_path() {
+    let (sealed, identity) = encrypted(ConfigFormat::Json);
+    let auth = enc_value(&sealed, 0);
+    let broken = sealed.replace(&auth, "ENC[AES256_GCM,data:%%%,iv:x,tag:y,type:str]");
+    assert_eq!(
+        decrypt_err(&broken, ConfigFormat::Json, &identity),
+        SopsError::MalformedValue {
+            path: "config[0].headers.Authorization".into(),
+            reason: "data is not base64"
+        }
+    );
+    let clear = sealed.replace(&auth, "Bearer planted");
+    assert_eq!(
+        decrypt_err(&clear, ConfigFormat::Json, &identity),
+        SopsError::NotEncryptedValue {
+            path: "config[0].headers.Authorization".into()
+        }
+    );
+}
+
+/// Edits the `sops` block of a JSON document, leaving the body's key order (which the
+/// MAC covers) as it was.
+fn edit_block(sealed: &str, edit: &dyn Fn(&mut serde_json::Value)) -> String {
+    let mut doc: Node = serde_json::from_str(sealed).expect("succeeds");
+    let Node::Map(entries) = &mut doc else {
+        panic!("not a map")
+    };
+    let (_, block) = entries
+        .iter_mut()
+        .find(|(k, _)| k == "sops")
+        .expect("succeeds");
+    let mut json = block.clone().into_json().expect("succeeds");
+    edit(&mut json);
+    *block = serde_json::from_value(json).expect("succeeds");
+    serde_json::to_string(&doc).expect("succeeds")
+}
+
+#[test]
+fn metadata_problems_are_typed() {
+    let (sealed, identity) = encrypted(ConfigFormat::Json);
+    let with_block = |edit: &dyn Fn(&mut serde_json::Value)| edit_block(&sealed, edit);
+
+    let kms_only = with_block(&|block| {
+        block.as_object_mut().expect("succeeds").remove("age");
+        block["kms"] = serde_json::json!([{"arn": "arn:aws:kms:x", "enc": "AAAA"}]);
+    });
+    assert_eq!(
+        decrypt_err(&kms_only, ConfigFormat::Json, &identity),
+        SopsError::NoAgeRecipients {
+            others: vec!["kms"]
+        }
+    );
+
+    let shamir = with_block(&|block| {
+        let age = block
+            .as_object_mut()
+            .expect("succeeds")
+            .remove("age")
+            .expect("succeeds");
+        block["key_groups"] = serde_json::json!([{"age": age}, {"age": age}]);
+    });
+    assert!(matches!(
+        decrypt_err(&shamir, ConfigFormat::Json, &identity),
+        SopsError::Unsupported { .. }
+    ));
+    // One key group is what sops writes as top-level keys; both read the same.
+    let one_group = with_block(&|block| {
+        let age = block
+            .as_object_mut()
+            .expect("succeeds")
+            .remove("age")
+            .expect("succeeds");
+        block["key_groups"] = serde_json::json!([{"age": age}]);
+    });
+    decrypt_config(
+        &one_group,
+        ConfigFormat::Json,
+        std::slice::from_ref(&identity),
+    )
+    .expect("succeeds");
+
+    let two_rules = with_block(&|block| block["unencrypted_suffix"] = "_clear".into());
+    assert!(matches!(
+        decrypt_err(&two_rules, ConfigFormat::Json, &identity),
+        SopsError::Metadata { field: "sops", .. }
+    ));
+    let bad_time = with_block(&|block| block["lastmodified"] = "yesterday".into());
+    assert!(matches!(
+        decrypt_err(&bad_time, ConfigFormat::Json, &identity),
+        SopsError::Metadata {
+            field: "lastmodified",
+            ..
+        }
+    ));
+    let comments = with_block(&|block| block["encrypted_comment_regex"] = "^enc".into());
+    assert!(matches!(
+        decrypt_err(&comments, ConfigFormat::Json, &identity),
+        SopsError::Unsupported { .. }
+    ));
+    let not_a_map = with_block(&|block| *block = "sops".into());
+    assert!(matches!(
+        decrypt_err(&not_a_map, ConfigFormat::Json, &identity),
+        SopsError::Metadata { field: "sops", .. }
+    ));
+}
+
+#[test]
+fn truncated_age_armor_fails_cleanly() {
+    let (sealed, identity) = encrypted(ConfigFormat::Json);
+    let doc: serde_json::Value = serde_json::from_str(&sealed).expect("succeeds");
+    let enc = doc["sops"]["age"][0]["enc"]
+        .as_str()
+        .expect("succeeds")
+        .to_string();
+    for cut in [0, 10, 40, enc.len() / 2, enc.len() - 40] {
+        let truncated = edit_block(&sealed, &|block| block["age"][0]["enc"] = enc[..cut].into());
+        let err = decrypt_err(&truncated, ConfigFormat::Json, &identity);
+        assert!(matches!(err, SopsError::DataKey { .. }), "cut {cut}: {err}");
+    }
+}
+
+#[test]
+fn plaintext_configs_need_no_keys_and_encrypted_ones_are_not_reencrypted() {
+    let config = load_config(&plain_yaml(), ConfigFormat::Yaml, &[]).expect("succeeds");
+    assert_eq!(config.config[0].headers["Authorization"].expose(), TOKEN);
+    assert_eq!(
+        decrypt_config(
+            &plain_yaml(),
+            ConfigFormat::Yaml,
+            &[AgeIdentity::generate()]
+        )
+        .expect_err("fails"),
+        SopsError::NotEncrypted
+    );
+    let (sealed, identity) = encrypted(ConfigFormat::Yaml);
+    assert_eq!(
+        encrypt_config(&sealed, ConfigFormat::Yaml, &[identity.recipient()]).expect_err("fails"),
+        SopsError::AlreadyEncrypted
+    );
+    assert!(matches!(
+        encrypt_config(&plain_json(), ConfigFormat::Json, &[]).expect_err("fails"),
+        SopsError::Encrypt { .. }
+    ));
+    let err = encrypt_config(
+        r#"{"config": [{"url": "https://x", "payloadTemplate": "{}", "auth": "x"}]}"#,
+        ConfigFormat::Json,
+        &[identity.recipient()],
+    )
+    .expect_err("fails");
+    assert!(matches!(err, SopsError::Parse(_)), "{err}");
+}
+
+#[test]
+fn a_decrypted_value_of_the_wrong_type_is_not_echoed() {
+    let identity = AgeIdentity::generate();
+    let doc: Node = serde_json::from_str(
+        r#"{"config": [{"url": "https://x", "payloadTemplate": "{}", "headers": {"A": 987654321}}]}"#,
+    )
+    .expect("succeeds");
+    let sealed = seal_document(
+        doc,
+        ConfigFormat::Json,
+        &[identity.recipient()],
+        "2026-01-01T00:00:00Z",
+    )
+    .expect("succeeds");
+    assert!(!sealed.contains("987654321"), "{sealed}");
+    let err = decrypt_config(&sealed, ConfigFormat::Json, &[identity]).expect_err("fails");
+    assert!(matches!(err, SopsError::Config { .. }), "{err}");
+    assert!(!err.to_string().contains("987654321"), "{err}");
+}
+
+#[test]
+fn random_damage_to_an_encrypted_document_never_panics_nor_yields_another_config() {
+    for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
+        let (sealed, identity) = encrypted(format);
+        let mut rng = fastrand::Rng::with_seed(6);
+        for _ in 0..300 {
+            let mut bytes = sealed.clone().into_bytes();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..bytes.len());
+                bytes[at] = rng.u8(32..127);
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            match decrypt_config(&text, format, std::slice::from_ref(&identity)) {
+                Err(err) => check_error(&err),
+                // A change to formatting only (say, a space) may still decrypt; then it
+                // must be the same config.
+                Ok(config) => {
+                    let trigger = &config.config[0];
+                    assert_eq!(trigger.headers["Authorization"].expose(), TOKEN);
+                    assert_eq!(trigger.url, "https://hooks.example.com/a");
+                    assert_eq!(trigger.signing_secrets[1].expose(), WHSEC_2);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn garbage_documents_are_errors() {
+    let identity = AgeIdentity::generate();
+    for (text, format) in [
+        ("", ConfigFormat::Json),
+        ("[1, 2]", ConfigFormat::Json),
+        ("\"sops\"", ConfigFormat::Yaml),
+        ("sops: [", ConfigFormat::Yaml),
+        ("{\"sops\": {}}", ConfigFormat::Json),
+        ("{\"sops\": null}", ConfigFormat::Json),
+        ("sops: {age: [{recipient: 1}]}", ConfigFormat::Yaml),
+        (
+            "sops: {age: [{recipient: x, enc: y}], lastmodified: '2026-01-01T00:00:00Z', mac: z}",
+            ConfigFormat::Yaml,
+        ),
+    ] {
+        let err = decrypt_config(text, format, std::slice::from_ref(&identity));
+        assert!(err.is_err(), "{text}");
+    }
+}

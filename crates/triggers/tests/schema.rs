@@ -1,0 +1,141 @@
+//! The checked-in JSON Schema is current, and it agrees with the Rust parser and
+//! validator on good and bad configs.
+//!
+//! Regenerate `config.schema.json` after changing the config types with
+//! `UPDATE_SCHEMA=1 cargo test -p triggers schema`.
+
+use std::path::Path;
+use triggers::{ConfigFormat, config_schema, validate};
+
+fn schema_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config.schema.json")
+}
+
+fn rendered() -> String {
+    let mut text = serde_json::to_string_pretty(&config_schema()).expect("serializes");
+    text.push('\n');
+    text
+}
+
+#[test]
+fn checked_in_schema_is_current() {
+    let path = schema_path();
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, rendered()).expect("writes config.schema.json");
+        return;
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == rendered(),
+        "crates/triggers/config.schema.json is stale; regenerate it with \
+         `UPDATE_SCHEMA=1 cargo test -p triggers schema` and commit the result"
+    );
+}
+
+#[test]
+fn schema_marks_secrets_and_carries_bounds_and_defaults() {
+    let schema = config_schema();
+    let trigger = &schema["$defs"]["TriggerConfig"];
+    let props = &trigger["properties"];
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(trigger["additionalProperties"], false);
+    assert_eq!(props["headers"]["additionalProperties"]["secret"], true);
+    assert_eq!(props["signingSecrets"]["items"]["secret"], true);
+    assert_eq!(
+        props["signingSecrets"]["maxItems"],
+        triggers::MAX_SIGNING_SECRETS
+    );
+    assert_eq!(props["timeoutSecs"]["minimum"], triggers::MIN_TIMEOUT_SECS);
+    assert_eq!(props["timeoutSecs"]["maximum"], triggers::MAX_TIMEOUT_SECS);
+    assert_eq!(
+        props["timeoutSecs"]["default"],
+        triggers::DEFAULT_TIMEOUT_SECS
+    );
+    assert_eq!(props["maxRetries"]["minimum"], 0);
+    assert_eq!(props["maxRetries"]["maximum"], triggers::MAX_MAX_RETRIES);
+    assert_eq!(
+        props["maxRetries"]["default"],
+        triggers::DEFAULT_MAX_RETRIES
+    );
+    assert_eq!(
+        props["retryBudgetSecs"]["minimum"],
+        triggers::MIN_RETRY_BUDGET_SECS
+    );
+    assert_eq!(
+        props["retryBudgetSecs"]["maximum"],
+        triggers::MAX_RETRY_BUDGET_SECS
+    );
+    assert_eq!(
+        props["retryBudgetSecs"]["default"],
+        triggers::DEFAULT_RETRY_BUDGET_SECS
+    );
+    assert_eq!(props["followRedirects"]["default"], false);
+    assert!(
+        props["url"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("http")),
+        "{props}"
+    );
+    assert_eq!(
+        trigger["required"],
+        serde_json::json!(["url", "payloadTemplate"])
+    );
+}
+
+fn trigger(extra: &str) -> String {
+    format!(
+        r#"{{"config": [{{"url": "https://hooks.example.com/x", "payloadTemplate": "{{}}"{extra}}}]}}"#
+    )
+}
+
+#[test]
+fn schema_and_rust_agree_on_examples() {
+    let validator = jsonschema::validator_for(&config_schema()).expect("schema compiles");
+    let good = [
+        trigger(""),
+        trigger(
+            r#", "method": "PATCH", "timeoutSecs": 1, "maxRetries": 0, "retryBudgetSecs": 3600"#,
+        ),
+        trigger(r#", "timeoutSecs": 300, "maxRetries": 20, "followRedirects": true"#),
+        trigger(
+            r#", "headers": {"Authorization": "Bearer x"}, "signingSecrets": ["whsec_c2VjcmV0"]"#,
+        ),
+        r#"{"config": []}"#.to_string(),
+    ];
+    let ten = ["\"whsec_c2VjcmV0\""; 10].join(",");
+    let eleven = ["\"whsec_c2VjcmV0\""; 11].join(",");
+    let good = good
+        .into_iter()
+        .chain([trigger(&format!(r#", "signingSecrets": [{ten}]"#))]);
+    for text in good {
+        let instance: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert!(validator.is_valid(&instance), "schema refused {text}");
+        validate(&text, ConfigFormat::Json).unwrap_or_else(|err| panic!("{text}: {err}"));
+    }
+
+    let bad = [
+        trigger(r#", "timeoutSecs": 0"#),
+        trigger(r#", "timeoutSecs": 301"#),
+        trigger(r#", "maxRetries": 21"#),
+        trigger(r#", "maxRetries": -1"#),
+        trigger(r#", "retryBudgetSecs": 0"#),
+        trigger(r#", "retryBudgetSecs": 3601"#),
+        trigger(&format!(r#", "signingSecrets": [{eleven}]"#)),
+        trigger(r#", "method": "GET""#),
+        trigger(r#", "retries": 3"#),
+        trigger(r#", "headers": {"A": 1}"#),
+        trigger(r#", "followRedirects": "yes""#),
+        r#"{"config": [{"url": "https://x"}]}"#.to_string(),
+        r#"{"config": [{"payloadTemplate": "{}"}]}"#.to_string(),
+        r#"{"config": [], "extra": 1}"#.to_string(),
+        r#"{}"#.to_string(),
+    ];
+    for text in bad {
+        let instance: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert!(!validator.is_valid(&instance), "schema accepted {text}");
+        assert!(
+            validate(&text, ConfigFormat::Json).is_err(),
+            "Rust accepted {text}"
+        );
+    }
+}
