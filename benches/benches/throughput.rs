@@ -36,6 +36,7 @@ fn config(
         backoff: RetryBackoff::default(),
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery,
+        ledger: triggers_runtime::LedgerRetention::default(),
     }
 }
 

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         backoff: RetryBackoff::default(),
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery: triggers_runtime::DeliveryMode::Waiting,
+        ledger: triggers_runtime::LedgerRetention::default(),
     };
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
     shard.acknowledged().await?;

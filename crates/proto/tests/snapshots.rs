@@ -3,8 +3,8 @@
 //! in review.
 
 use triggers_proto::{
-    BacklogEntry, BindingStats, Checkpoint, Message, ProducerEntry, Source, Timestamp,
-    TransactionStats, TriggerParams,
+    BacklogEntry, BindingStats, Checkpoint, DeliveryAttempt, DeliveryRecord, DeliveryState,
+    Message, ProducerEntry, Source, Timestamp, TransactionStats, TriggerParams,
 };
 
 fn hex(bytes: &[u8]) -> String {
@@ -84,8 +84,47 @@ fn backlog_entry_bytes() {
             transaction_count: 1,
             ..params_v1()
         }),
+        committed_at: Some(Timestamp {
+            seconds: 1_700_000_300,
+            nanos: 5,
+        }),
     };
     insta::assert_snapshot!(round_trip(&entry));
+}
+
+/// A delivery's ledger record, with one attempt.
+#[test]
+fn delivery_record_bytes() {
+    let record = DeliveryRecord {
+        trigger: 1,
+        first_commit_seq: 4,
+        last_commit_seq: 6,
+        transaction_count: 3,
+        flow_run_id: "6f1c2d7e-0000-4000-8000-000000000001".to_string(),
+        state: DeliveryState::Failed as i32,
+        committed_at: Some(Timestamp {
+            seconds: 1_700_000_300,
+            nanos: 5,
+        }),
+        updated_at: Some(Timestamp {
+            seconds: 1_700_000_301,
+            nanos: 0,
+        }),
+        attempts: vec![DeliveryAttempt {
+            number: 1,
+            at: Some(Timestamp {
+                seconds: 1_700_000_300,
+                nanos: 9,
+            }),
+            status: 422,
+            latency_micros: 1500,
+            error: "endpoint answered HTTP 422".to_string(),
+            reason: "first-send".to_string(),
+        }],
+        cancel_reason: String::new(),
+        error: "trigger 1 (https://x): endpoint answered HTTP 422".to_string(),
+    };
+    insta::assert_snapshot!(round_trip(&record));
 }
 
 fn params_v1() -> TriggerParams {

@@ -1,7 +1,10 @@
 //! Command-line arguments shared by the binaries that run a shard: the sidecar and the
 //! reference consumer (in-process mode).
 
-use crate::{DEFAULT_BACKLOG_LIMIT, DeliveryMode, Durability, ShardConfig};
+use crate::{
+    DEFAULT_BACKLOG_LIMIT, DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, DeliveryMode, Durability,
+    LedgerRetention, ShardConfig,
+};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +54,12 @@ pub struct ShardArgs {
     /// Decoupled delivery: entries a trigger's backlog may hold before StartCommit waits.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_BACKLOG_LIMIT)]
     pub backlog_limit: usize,
+    /// Decoupled delivery: finished deliveries kept in the ledger (newest first).
+    #[arg(long, value_name = "RECORDS", default_value_t = DEFAULT_LEDGER_KEEP)]
+    pub ledger_keep: usize,
+    /// Decoupled delivery: finished deliveries older than this leave the ledger.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LEDGER_MAX_AGE.as_secs())]
+    pub ledger_max_age_secs: u64,
 }
 
 /// The `--delivery` choices.
@@ -91,6 +100,10 @@ impl ShardArgs {
                 DeliveryArg::Decoupled => DeliveryMode::Decoupled {
                     backlog_limit: self.backlog_limit.max(1),
                 },
+            },
+            ledger: LedgerRetention {
+                keep: self.ledger_keep,
+                max_age: Duration::from_secs(self.ledger_max_age_secs),
             },
         })
     }

@@ -19,7 +19,10 @@ pub mod sidecar;
 mod stats;
 pub mod store;
 
-pub use backlog::{BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, QueueStatus};
+pub use backlog::{
+    BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
+    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus, state_name,
+};
 pub use shard::{
     Acknowledgement, Commit, DEFAULT_BACKLOG_LIMIT, DeliveryMode, ProtocolError, Recovery, Shard,
     ShardConfig, ShardError,

@@ -1,6 +1,6 @@
 //! The commit / acknowledge / recover state machine of one shard.
 
-use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogStatus};
+use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogStatus, LedgerRetention};
 use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
 use std::path::PathBuf;
@@ -27,6 +27,8 @@ pub struct ShardConfig {
     pub network: NetworkPolicy,
     /// Whether commits wait for webhooks or a persisted backlog decouples them.
     pub delivery: DeliveryMode,
+    /// How long finished deliveries stay in the ledger (decoupled delivery).
+    pub ledger: LedgerRetention,
 }
 
 /// Default [`DeliveryMode::Decoupled`] backlog limit, in entries per trigger.
@@ -170,9 +172,10 @@ enum Phase {
 /// One shard: its store, its triggers, and where it is in the lifecycle
 /// open → (StartCommit → Acknowledged → deliver → delete params)*.
 ///
-/// Call [`Shard::close`] before reopening the same store in this process: dropping a
-/// shard stops its delivery workers too, but they release the store a moment later, on
-/// the runtime's threads, and an immediate reopen would find it locked.
+/// Call [`Shard::close`] (and drop any [`BacklogHandle`]) before reopening the same store
+/// in this process: dropping a shard stops its delivery workers too, but they release the
+/// store a moment later, on the runtime's threads, and an immediate reopen would find it
+/// locked.
 pub struct Shard {
     store: Arc<Store>,
     materialization: Materialization,
@@ -230,6 +233,16 @@ impl Shard {
                 }
                 store.move_params_to_backlog(legacy, triggers)?;
                 params = None;
+            }
+            {
+                // Either mode drains a backlog, so either resets what a stop interrupted.
+                let reset = crate::backlog::reset_interrupted(&store)?;
+                if reset > 0 {
+                    tracing::info!(
+                        reset,
+                        "deliveries interrupted by the last stop are pending again"
+                    );
+                }
             }
             let backlog = store.backlog()?;
             let last_sent = (0..triggers)
@@ -291,6 +304,7 @@ impl Shard {
                 config.triggers.clone(),
                 deliverer.clone(),
                 limit,
+                config.ledger,
                 entries,
                 recovered.last_sent,
             )
@@ -407,8 +421,9 @@ impl Shard {
             Phase::Failed => return Err(ProtocolError::Failed.into()),
         }
 
+        // A stopped backlog refuses commits until an operator retries or skips the
+        // failed delivery (or the shard is reopened); the shard itself is intact.
         if let Some(failure) = self.backlog.as_ref().and_then(Backlog::failure) {
-            self.phase = Phase::Failed;
             return Err(failure.into());
         }
 
@@ -419,6 +434,12 @@ impl Shard {
             Variables::from_stats(&self.materialization, stats, run_id)?
                 .map(|v| v.with_commit_seq(self.next_seq))
         };
+
+        if let (DeliveryMode::Decoupled { .. }, Some(backlog), Some(_)) =
+            (&self.mode, &self.backlog, &variables)
+        {
+            backlog.wait_for_room().await?;
+        }
 
         // Until the write is known to have landed (or not), the store's state is unknown.
         self.phase = Phase::Failed;
@@ -453,7 +474,6 @@ impl Shard {
         self.check_acknowledge()?;
         if let Some(backlog) = &self.backlog {
             if let Some(failure) = backlog.failure() {
-                self.phase = Phase::Failed;
                 return Err(failure.into());
             }
             let newest = match self.phase {

@@ -5,7 +5,7 @@
 //! waits for it (delivery before the next commit, as in the library), while the caller
 //! may return at once and collect the outcome later with AwaitDelivery.
 
-use crate::{BacklogHandle, DeliveryMode, Shard, ShardConfig, ShardError, StoreError};
+use crate::{BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,13 +13,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use triggers::{ConfigFormat, DeliveryError, ValidationError, validate};
+use triggers_proto::DeliveryRecord;
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarServer};
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
-    AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, OpenRequest, OpenResponse,
-    StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse, TriggerOutcome,
-    ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
+    AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
+    ListDeliveriesResponse, OpenRequest, OpenResponse, SkipDeliveryRequest, StartCommitRequest,
+    StartCommitResponse, StatusRequest, StatusResponse, TriggerOutcome, ValidateConfigRequest,
+    ValidateConfigResponse, ValidationIssue,
 };
 
 /// How many finished deliveries AwaitDelivery can still be asked about.
@@ -102,6 +104,16 @@ impl Sidecar {
             .backlog
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The open shard's ledger, or why there is none.
+    fn ledger(&self) -> Result<BacklogHandle, Status> {
+        if self.inner.config.shard.delivery == DeliveryMode::Waiting {
+            return Err(Status::failed_precondition(
+                "the delivery ledger belongs to decoupled delivery; this sidecar runs waiting delivery",
+            ));
+        }
+        self.backlog().clone().ok_or_else(not_open)
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -314,6 +326,64 @@ impl ShardSidecar for Sidecar {
         }))
     }
 
+    async fn list_deliveries(
+        &self,
+        request: Request<ListDeliveriesRequest>,
+    ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let request = request.into_inner();
+        let (deliveries, next_page_token) = self
+            .ledger()?
+            .deliveries(request.page_size as usize, &request.page_token)
+            .await
+            .map_err(ledger_status)?;
+        Ok(Response::new(ListDeliveriesResponse {
+            deliveries,
+            next_page_token,
+        }))
+    }
+
+    async fn get_delivery(
+        &self,
+        request: Request<DeliveryRef>,
+    ) -> Result<Response<DeliveryRecord>, Status> {
+        let at = request.into_inner();
+        let record = self
+            .ledger()?
+            .delivery(at.trigger, at.first_commit_seq)
+            .await
+            .map_err(ledger_status)?;
+        Ok(Response::new(record))
+    }
+
+    async fn retry_delivery(
+        &self,
+        request: Request<DeliveryRef>,
+    ) -> Result<Response<DeliveryRecord>, Status> {
+        let at = request.into_inner();
+        let record = self
+            .ledger()?
+            .retry(at.trigger, at.first_commit_seq)
+            .await
+            .map_err(ledger_status)?;
+        Ok(Response::new(record))
+    }
+
+    async fn skip_delivery(
+        &self,
+        request: Request<SkipDeliveryRequest>,
+    ) -> Result<Response<DeliveryRecord>, Status> {
+        let request = request.into_inner();
+        let at = request
+            .delivery
+            .ok_or_else(|| Status::invalid_argument("SkipDelivery needs a delivery"))?;
+        let record = self
+            .ledger()?
+            .skip(at.trigger, at.first_commit_seq, &request.reason)
+            .await
+            .map_err(ledger_status)?;
+        Ok(Response::new(record))
+    }
+
     async fn await_drained(
         &self,
         _: Request<AwaitDrainedRequest>,
@@ -438,6 +508,21 @@ fn to_status(err: ShardError) -> Status {
         | ShardError::Blocking(_)
         | ShardError::HttpClient(_) => Status::internal(message),
         ShardError::Delivery { .. } | ShardError::Backlog(_) => Status::aborted(message),
+    }
+}
+
+/// Ledger errors as gRPC statuses: an operator's mistake is a precondition or argument
+/// problem, not a server fault.
+fn ledger_status(err: LedgerError) -> Status {
+    let message = bounded(&err.to_string());
+    match err {
+        LedgerError::NotFound { .. } => Status::not_found(message),
+        LedgerError::IllegalTransition { .. } => Status::failed_precondition(message),
+        LedgerError::Invalid(_) => Status::invalid_argument(message),
+        LedgerError::Store(StoreError::Corrupt { .. } | StoreError::CorruptBacklog { .. }) => {
+            Status::data_loss(message)
+        }
+        LedgerError::Store(_) | LedgerError::Blocking(_) => Status::internal(message),
     }
 }
 

@@ -19,7 +19,7 @@
 use prost::Message as _;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use std::path::{Path, PathBuf};
-use triggers_proto::{BacklogEntry, Checkpoint, TriggerParams};
+use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, TriggerParams};
 
 /// Key of the last committed checkpoint.
 pub const CHECKPOINT_KEY: &[u8] = b"checkpoint";
@@ -31,6 +31,8 @@ pub const COMMIT_SEQ_KEY: &[u8] = b"commit-seq";
 pub const BACKLOG_PREFIX: &[u8] = b"backlog/";
 /// Prefix of each trigger's last send time.
 pub const BACKLOG_SENT_PREFIX: &[u8] = b"backlog-sent/";
+/// Prefix of delivery ledger records.
+pub const LEDGER_PREFIX: &[u8] = b"ledger/";
 
 /// How StartCommit makes its WriteBatch durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -201,6 +203,7 @@ impl Store {
                 backlog_key(entry.trigger, entry.key_seq),
                 BacklogEntry {
                     params: Some(entry.params.clone()),
+                    committed_at: Some(entry.committed_at),
                 }
                 .encode_to_vec(),
             );
@@ -246,32 +249,94 @@ impl Store {
                 trigger,
                 key_seq,
                 params,
+                committed_at: entry.committed_at,
             });
         }
         Ok(entries)
     }
 
-    /// Deletes a delivered backlog entry and, when given, records when the trigger's
-    /// webhook was sent (unix milliseconds), in one WriteBatch.
+    /// Writes a delivery's ledger record and, in the same WriteBatch, deletes its backlog
+    /// entry (a delivered or cancelled webhook) and records when the trigger last sent
+    /// (unix milliseconds), when asked.
     ///
     /// Not synced, like [`Store::clear_trigger_params`]: a deletion lost to a power cut
     /// re-sends the webhook, which at-least-once allows.
-    pub fn finish_backlog_entry(
+    pub fn write_delivery(
         &self,
-        trigger: u32,
-        key_seq: u64,
+        record: &DeliveryRecord,
+        delete_entry: bool,
         sent_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        batch.delete(backlog_key(trigger, key_seq));
+        let key_seq = record.first_commit_seq;
+        batch.put(ledger_key(record.trigger, key_seq), record.encode_to_vec());
+        if delete_entry {
+            batch.delete(backlog_key(record.trigger, key_seq));
+        }
         if let Some(at) = sent_at_ms {
-            batch.put(backlog_sent_key(trigger), at.to_be_bytes());
+            batch.put(backlog_sent_key(record.trigger), at.to_be_bytes());
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
         self.db
             .write_opt(batch, &options)
-            .map_err(|err| self.rocksdb_error("delete", err))
+            .map_err(|err| self.rocksdb_error("ledger write", err))
+    }
+
+    /// The ledger record of a delivery, if it has left PENDING.
+    pub fn delivery(
+        &self,
+        trigger: u32,
+        key_seq: u64,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        let key = ledger_key(trigger, key_seq);
+        let Some(bytes) = self
+            .db
+            .get_pinned(&key)
+            .map_err(|err| self.rocksdb_error("read", err))?
+        else {
+            return Ok(None);
+        };
+        DeliveryRecord::decode(bytes.as_ref())
+            .map(Some)
+            .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))
+    }
+
+    /// Whether a backlog entry is stored under this key.
+    pub fn has_backlog_entry(&self, trigger: u32, key_seq: u64) -> Result<bool, StoreError> {
+        self.db
+            .get_pinned(backlog_key(trigger, key_seq))
+            .map(|value| value.is_some())
+            .map_err(|err| self.rocksdb_error("read", err))
+    }
+
+    /// Every ledger record, per trigger in commit order.
+    pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut records = Vec::new();
+        for item in self.db.prefix_iterator(LEDGER_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            if !key.starts_with(LEDGER_PREFIX) {
+                break;
+            }
+            records.push(
+                DeliveryRecord::decode(value.as_ref())
+                    .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))?,
+            );
+        }
+        Ok(records)
+    }
+
+    /// Deletes ledger records (retention), in one unsynced WriteBatch.
+    pub fn delete_deliveries(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (trigger, key_seq) in keys {
+            batch.delete(ledger_key(*trigger, *key_seq));
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("ledger delete", err))
     }
 
     /// When trigger `trigger`'s last webhook was sent (unix milliseconds), if recorded.
@@ -302,6 +367,7 @@ impl Store {
         batch.put(COMMIT_SEQ_KEY, params.last_commit_seq.to_be_bytes());
         let entry = BacklogEntry {
             params: Some(params.clone()),
+            committed_at: None,
         }
         .encode_to_vec();
         for trigger in 0..triggers {
@@ -391,6 +457,8 @@ pub struct BacklogWrite {
     pub key_seq: u64,
     /// The variables to deliver.
     pub params: TriggerParams,
+    /// When the first transaction it covers committed.
+    pub committed_at: triggers_proto::Timestamp,
 }
 
 /// A backlog entry read back from the store.
@@ -402,11 +470,22 @@ pub struct StoredEntry {
     pub key_seq: u64,
     /// The variables to deliver.
     pub params: TriggerParams,
+    /// When the first transaction it covers committed (absent for entries moved from
+    /// the single-key layout).
+    pub committed_at: Option<triggers_proto::Timestamp>,
 }
 
 fn backlog_key(trigger: u32, key_seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(BACKLOG_PREFIX.len() + 12);
     key.extend_from_slice(BACKLOG_PREFIX);
+    key.extend_from_slice(&trigger.to_be_bytes());
+    key.extend_from_slice(&key_seq.to_be_bytes());
+    key
+}
+
+fn ledger_key(trigger: u32, key_seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(LEDGER_PREFIX.len() + 12);
+    key.extend_from_slice(LEDGER_PREFIX);
     key.extend_from_slice(&trigger.to_be_bytes());
     key.extend_from_slice(&key_seq.to_be_bytes());
     key
@@ -485,6 +564,7 @@ mod tests {
             trigger,
             key_seq,
             params,
+            committed_at: triggers_proto::Timestamp::default(),
         };
         {
             let store = Store::open(dir.path(), Durability::Synced).expect("opens");
@@ -509,8 +589,15 @@ mod tests {
                     ],
                 )
                 .expect("commits");
+            let delivered = DeliveryRecord {
+                trigger: 0,
+                first_commit_seq: 1,
+                last_commit_seq: 1,
+                state: triggers_proto::DeliveryState::Success as i32,
+                ..Default::default()
+            };
             store
-                .finish_backlog_entry(0, 1, Some(1234))
+                .write_delivery(&delivered, true, Some(1234))
                 .expect("finishes");
         }
         let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
@@ -535,6 +622,16 @@ mod tests {
             entries,
             [(0, 2, "b".to_string(), 2), (1, 1, "b".to_string(), 2)]
         );
+        let ledger = store.deliveries().expect("reads");
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(
+            store.delivery(0, 1).expect("reads"),
+            Some(ledger[0].clone())
+        );
+        assert!(!store.has_backlog_entry(0, 1).expect("reads"));
+        assert!(store.has_backlog_entry(0, 2).expect("reads"));
+        store.delete_deliveries(&[(0, 1)]).expect("deletes");
+        assert!(store.deliveries().expect("reads").is_empty());
     }
 
     #[test]

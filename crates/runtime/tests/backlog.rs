@@ -50,6 +50,7 @@ fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
         },
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery,
+        ledger: triggers_runtime::LedgerRetention::default(),
     }
 }
 
@@ -479,5 +480,291 @@ async fn a_coalesced_minimum_interval_survives_a_restart() {
         all.iter().map(|w| (w.1, w.2)).collect::<Vec<_>>(),
         [(1, 1), (2, 4)]
     );
+    shard.close().await;
+}
+
+// The delivery ledger.
+
+use triggers_proto::{DeliveryRecord, DeliveryState};
+use triggers_runtime::{LedgerError, LedgerRetention};
+
+fn states(records: &[DeliveryRecord]) -> Vec<(u64, DeliveryState)> {
+    records
+        .iter()
+        .map(|r| (r.first_commit_seq, r.state()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_ledger_lists_deliveries_newest_first_in_pages_with_their_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/o", [Reply::status(503), Reply::status(200)]);
+    let drains = [("/o", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=3).await;
+    shard.drained().await.expect("drains");
+    let ledger = shard.backlog_handle().expect("decoupled");
+
+    let (first, token) = ledger.deliveries(2, "").await.expect("lists");
+    assert_eq!(
+        states(&first),
+        [(3, DeliveryState::Success), (2, DeliveryState::Success)]
+    );
+    let (rest, last) = ledger.deliveries(2, &token).await.expect("lists");
+    assert_eq!(states(&rest), [(1, DeliveryState::Success)]);
+    assert!(last.is_empty(), "last page");
+
+    let one = ledger.delivery(0, 1).await.expect("gets");
+    let attempts: Vec<(u32, u32, &str)> = one
+        .attempts
+        .iter()
+        .map(|a| (a.number, a.status, a.reason.as_str()))
+        .collect();
+    assert_eq!(attempts, [(1, 503, "first-send"), (2, 200, "retry")]);
+    assert!(one.attempts[0].error.contains("HTTP 503"), "{one:?}");
+    assert!(one.committed_at.is_some() && one.updated_at.is_some());
+    assert!(matches!(
+        ledger.delivery(0, 99).await,
+        Err(LedgerError::NotFound { .. })
+    ));
+    assert!(matches!(
+        ledger.deliveries(1, "garbage").await,
+        Err(LedgerError::Invalid(_))
+    ));
+    drop(ledger);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_skips_a_poisoned_webhook_and_the_shard_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/o",
+        [
+            Reply::status(200),
+            Reply::status(422).with_body("bad payload"),
+        ],
+    );
+    let drains = [("/o", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=3).await;
+    shard.drained().await.expect_err("422 is permanent");
+    let ledger = shard.backlog_handle().expect("decoupled");
+    let failed = ledger.delivery(0, 2).await.expect("gets");
+    assert_eq!(failed.state(), DeliveryState::Failed);
+    assert!(failed.error.contains("HTTP 422"), "{failed:?}");
+    assert!(
+        shard.start_commit(checkpoint(4), &stats(4)).await.is_err(),
+        "stopped"
+    );
+
+    // Illegal transitions are refused with the reason.
+    let err = ledger.skip(0, 2, "  ").await.expect_err("needs a reason");
+    assert!(matches!(err, LedgerError::Invalid(_)), "{err}");
+    let err = ledger.skip(0, 1, "why not").await.expect_err("delivered");
+    assert!(
+        err.to_string().contains("it is SUCCESS; it was delivered"),
+        "{err}"
+    );
+    let err = ledger.retry(0, 3).await.expect_err("pending");
+    assert!(err.to_string().contains("it is PENDING"), "{err}");
+
+    let skipped = ledger
+        .skip(
+            0,
+            2,
+            "the receiver rejects this payload for good (ticket 42)",
+        )
+        .await
+        .expect("skips");
+    assert_eq!(skipped.state(), DeliveryState::Cancelled);
+    assert!(skipped.cancel_reason.contains("ticket 42"));
+    let err = ledger
+        .skip(0, 2, "again")
+        .await
+        .expect_err("already cancelled");
+    assert!(
+        matches!(err, LedgerError::IllegalTransition { .. }),
+        "{err}"
+    );
+
+    // The backlog resumes without a reopen, and the shard commits again.
+    shard.drained().await.expect("drains after the skip");
+    commit_all(&mut shard, 4..=4).await;
+    shard.drained().await.expect("drains");
+    let (all, _) = ledger.deliveries(10, "").await.expect("lists");
+    assert_eq!(
+        states(&all),
+        [
+            (4, DeliveryState::Success),
+            (3, DeliveryState::Success),
+            (2, DeliveryState::Cancelled),
+            (1, DeliveryState::Success)
+        ]
+    );
+    let firsts: Vec<u64> = accepted(&receiver, "/o").iter().map(|w| w.1).collect();
+    assert_eq!(firsts, [1, 3, 4], "the skipped webhook was never accepted");
+    drop(ledger);
+    shard.close().await;
+    let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+    assert!(
+        store.backlog().expect("reads").is_empty(),
+        "no entry left behind"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_failed_delivery_now_and_a_running_one_cannot_be_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [("/r", serde_json::json!({"mode": "ordered"}))];
+    let config_text = serde_json::json!({"config": [{
+        "url": receiver.url("/r"), "payloadTemplate": TEMPLATE, "maxRetries": 0,
+        "drain": {"mode": "ordered"},
+    }]});
+    let no_retries =
+        Arc::new(validate(&config_text.to_string(), ConfigFormat::Json).expect("valid"));
+    receiver.script("/r", [Reply::status(500)]);
+    let mut shard = open(dir.path(), config(no_retries, decoupled(10))).await;
+    commit_all(&mut shard, 1..=1).await;
+    shard
+        .drained()
+        .await
+        .expect_err("500 with no retries fails");
+    let ledger = shard.backlog_handle().expect("decoupled");
+
+    // The endpoint now holds the next request open: the retried delivery is RUNNING.
+    receiver.script("/r", [Reply::status(200).after(Duration::from_millis(400))]);
+    let retried = ledger.retry(0, 1).await.expect("retries");
+    assert_eq!(retried.state(), DeliveryState::Pending);
+    let mut running = None;
+    for _ in 0..100 {
+        let now = ledger.delivery(0, 1).await.expect("gets");
+        if now.state() == DeliveryState::Running {
+            running = Some(now);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(running.is_some(), "the retry runs");
+    let err = ledger.skip(0, 1, "too late").await.expect_err("running");
+    assert!(err.to_string().contains("it is RUNNING"), "{err}");
+
+    shard.drained().await.expect("delivered on retry");
+    let done = ledger.delivery(0, 1).await.expect("gets");
+    assert_eq!(done.state(), DeliveryState::Success);
+    let statuses: Vec<u32> = done.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [500, 200], "both runs' attempts are on record");
+    drop((drains, ledger));
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_delivery_interrupted_by_a_stop_is_pending_again_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(30)));
+    let drains = [("/h", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    for _ in 0..100 {
+        if ledger.delivery(0, 1).await.expect("gets").state() == DeliveryState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(ledger);
+    shard.close().await;
+    {
+        let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+        let stored = store.delivery(0, 1).expect("reads").expect("recorded");
+        assert_eq!(
+            stored.state(),
+            DeliveryState::Running,
+            "as the stop left it"
+        );
+    }
+    receiver.set_default(Reply::status(200));
+    let (mut shard, _) = Shard::open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await
+    .expect("reopens");
+    let ledger = shard.backlog_handle().expect("decoupled");
+    assert_eq!(
+        ledger.delivery(0, 1).await.expect("gets").state(),
+        DeliveryState::Pending
+    );
+    shard.acknowledged().await.expect("recovered ack");
+    shard.drained().await.expect("drains");
+    assert_eq!(
+        ledger.delivery(0, 1).await.expect("gets").state(),
+        DeliveryState::Success
+    );
+    drop(ledger);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn retention_collects_terminal_records_by_count_and_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [("/g", serde_json::json!({"mode": "ordered"}))];
+    let mut config = config(triggers(&receiver, &drains), decoupled(100));
+    config.ledger = LedgerRetention {
+        keep: 5,
+        max_age: Duration::from_secs(3600),
+    };
+    let mut shard = open(dir.path(), config.clone()).await;
+    commit_all(&mut shard, 1..=40).await;
+    shard.drained().await.expect("drains");
+    let ledger = shard.backlog_handle().expect("decoupled");
+    // A pass ran by itself after 32 terminal transitions; another one now.
+    ledger.collect().await.expect("collects");
+    let (kept, _) = ledger.deliveries(100, "").await.expect("lists");
+    assert_eq!(
+        kept.iter().map(|r| r.first_commit_seq).collect::<Vec<_>>(),
+        [40, 39, 38, 37, 36],
+        "the newest five"
+    );
+    drop(ledger);
+    shard.close().await;
+
+    config.ledger = LedgerRetention {
+        keep: 5,
+        max_age: Duration::ZERO,
+    };
+    let shard = open(dir.path(), config).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    assert_eq!(
+        ledger.collect().await.expect("collects"),
+        5,
+        "all older than zero"
+    );
+    assert!(
+        ledger
+            .deliveries(100, "")
+            .await
+            .expect("lists")
+            .0
+            .is_empty()
+    );
+    drop(ledger);
     shard.close().await;
 }

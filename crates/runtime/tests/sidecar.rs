@@ -80,6 +80,7 @@ async fn serve_with(
             },
             network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
             delivery,
+            ledger: triggers_runtime::LedgerRetention::default(),
         },
     });
     let address = if address == "unix" {

@@ -38,6 +38,73 @@ pub struct Deliverer {
     following: reqwest::Client,
     backoff: RetryBackoff,
     policy: NetworkPolicy,
+    observer: Option<Arc<dyn AttemptObserver>>,
+}
+
+/// Told of every finished attempt (see [`Deliverer::with_observer`]). Called on the
+/// delivering task: keep it quick and non-blocking.
+pub trait AttemptObserver: Send + Sync {
+    /// One attempt finished.
+    fn attempt_finished(&self, record: &AttemptRecord);
+}
+
+/// One finished attempt of a webhook: what a delivery ledger keeps and metrics count.
+/// Never holds a secret: the error is the same text errors show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// Index of the trigger.
+    pub trigger: usize,
+    /// 1-based attempt number within the delivery.
+    pub number: u32,
+    /// Why it was sent, as in `webhook-reason`.
+    pub reason: &'static str,
+    /// When it started.
+    pub at: SystemTime,
+    /// How long it took.
+    pub latency: Duration,
+    /// The HTTP status answered, if any.
+    pub status: Option<u16>,
+    /// What came of it.
+    pub outcome: AttemptOutcome,
+    /// Why it failed (bounded to an excerpt), if it did.
+    pub error: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The endpoint accepted the webhook (2xx).
+    Delivered,
+    /// A failure worth retrying (5xx, 408, 429, timeout, connection error); the delivery
+    /// may still have given up after it (retries or budget spent).
+    Retryable,
+    /// A failure no retry can fix (another 4xx, a refused destination, a redirect).
+    Permanent,
+}
+
+impl AttemptOutcome {
+    /// `delivered`, `retryable` or `permanent`: the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::Permanent => "permanent",
+        }
+    }
+}
+
+impl std::fmt::Debug for dyn AttemptObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptObserver")
+    }
+}
+
+/// An error text cut to [`EXCERPT_CHARS`] characters.
+fn bounded_excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// A webhook the endpoint accepted.
@@ -166,12 +233,29 @@ impl Deliverer {
             following: client(redirect_policy(policy))?,
             backoff,
             policy,
+            observer: None,
         })
     }
 
     /// The network policy this deliverer enforces.
     pub fn policy(&self) -> NetworkPolicy {
         self.policy
+    }
+
+    /// Reports every finished attempt to `observer`: how a runtime keeps a delivery
+    /// ledger and metrics without this crate knowing of either.
+    pub fn with_observer(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, extra: Option<&dyn AttemptObserver>, record: &AttemptRecord) {
+        if let Some(observer) = &self.observer {
+            observer.attempt_finished(record);
+        }
+        if let Some(observer) = extra {
+            observer.attempt_finished(record);
+        }
     }
 
     /// Renders and delivers every trigger for one transaction, concurrently, as a
@@ -206,7 +290,7 @@ impl Deliverer {
                 webhook_id = %id,
                 %reason,
             );
-            self.deliver_one(triggers, i, t, variables, id, reason)
+            self.deliver_one(triggers, t, variables, id, reason, None)
                 .instrument(span)
         }))
         .await;
@@ -238,6 +322,33 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Option<Result<Delivered, TriggerFailure>> {
+        self.deliver_trigger_inner(triggers, index, variables, reason, None)
+            .await
+    }
+
+    /// Like [`Deliverer::deliver_trigger`], also telling `observer` of each attempt of
+    /// this delivery (besides the deliverer's own observer): how a runtime keeps one
+    /// delivery's attempts in its ledger.
+    pub async fn deliver_trigger_observed(
+        &self,
+        triggers: &Triggers,
+        index: usize,
+        variables: &Variables,
+        reason: SendReason,
+        observer: &dyn AttemptObserver,
+    ) -> Option<Result<Delivered, TriggerFailure>> {
+        self.deliver_trigger_inner(triggers, index, variables, reason, Some(observer))
+            .await
+    }
+
+    async fn deliver_trigger_inner(
+        &self,
+        triggers: &Triggers,
+        index: usize,
+        variables: &Variables,
+        reason: SendReason,
+        observer: Option<&dyn AttemptObserver>,
+    ) -> Option<Result<Delivered, TriggerFailure>> {
         let trigger = triggers.triggers.get(index)?;
         let id = webhook_id(&variables.flow_run_id, index);
         let span = tracing::warn_span!(
@@ -249,7 +360,7 @@ impl Deliverer {
             %reason,
         );
         Some(
-            self.deliver_one(triggers, index, trigger, variables, id, reason)
+            self.deliver_one(triggers, trigger, variables, id, reason, observer)
                 .instrument(span)
                 .await,
         )
@@ -258,12 +369,13 @@ impl Deliverer {
     async fn deliver_one(
         &self,
         triggers: &Triggers,
-        index: usize,
         trigger: &Trigger,
         variables: &Variables,
         id: String,
         reason: SendReason,
+        observer: Option<&dyn AttemptObserver>,
     ) -> Result<Delivered, TriggerFailure> {
+        let index = trigger.label.index;
         // The payload's `webhook_id` and the header's are one derivation.
         let body = match triggers.render(index, variables, &id) {
             Ok(body) => Bytes::from(body),
@@ -289,12 +401,32 @@ impl Deliverer {
             } else {
                 RETRY_REASON
             };
+            let attempt_started = (SystemTime::now(), Instant::now());
             let attempt = self
                 .attempt(trigger, &id, attempts, sent_as, body.clone())
+                .instrument(tracing::info_span!(
+                    "attempt",
+                    number = attempts,
+                    reason = sent_as
+                ))
                 .await;
             let verdict = verdict(&attempt);
+            let observed = |outcome, error: Option<&FailureReason>| AttemptRecord {
+                trigger: index,
+                number: attempts,
+                reason: sent_as,
+                at: attempt_started.0,
+                latency: attempt_started.1.elapsed(),
+                status: match &attempt {
+                    Attempt::Status { code, .. } => Some(*code),
+                    _ => None,
+                },
+                outcome,
+                error: error.map(|e| bounded_excerpt(&e.to_string())),
+            };
             let wait = match verdict {
                 Verdict::Delivered(code) => {
+                    self.observe(observer, &observed(AttemptOutcome::Delivered, None));
                     tracing::info!(status = code, attempts, latency = ?started.elapsed(), "delivered");
                     return Ok(Delivered {
                         trigger: trigger.label.clone(),
@@ -314,7 +446,20 @@ impl Deliverer {
                     }
                 }
             };
+            let outcome = if matches!(verdict, Verdict::Fail) {
+                AttemptOutcome::Permanent
+            } else {
+                AttemptOutcome::Retryable
+            };
+            let record = observed(outcome, None);
             let failure = failure_reason(attempt, trigger.timeout);
+            self.observe(
+                observer,
+                &AttemptRecord {
+                    error: Some(bounded_excerpt(&failure.to_string())),
+                    ..record
+                },
+            );
             match wait {
                 Err(give_up) => {
                     let (permanent, budget_exhausted) = match give_up {

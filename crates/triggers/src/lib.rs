@@ -43,7 +43,10 @@ pub use config::{
     MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS,
     MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
 };
-pub use deliver::{Delivered, Deliverer, DeliveryError, FailureReason, TriggerFailure};
+pub use deliver::{
+    AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, Deliverer, DeliveryError,
+    FailureReason, TriggerFailure,
+};
 pub use drain::{
     DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
 };

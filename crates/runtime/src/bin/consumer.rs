@@ -95,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
                 allow_private_networks: args.allow_private_networks,
                 delivery: args.delivery,
                 backlog_limit: args.backlog_limit,
+                ledger_keep: triggers_runtime::DEFAULT_LEDGER_KEEP,
+                ledger_max_age_secs: triggers_runtime::DEFAULT_LEDGER_MAX_AGE.as_secs(),
             };
             let config = shard.shard_config()?;
             Driver::Local {

@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         },
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery: triggers_runtime::DeliveryMode::default(),
+        ledger: triggers_runtime::LedgerRetention::default(),
     };
     let bindings = config.materialization.binding_collections.clone();
     let documents = parse_documents(DOCUMENTS, &bindings)?;

@@ -17,6 +17,13 @@
 //!   backlog on disk to fire again at the next start.
 
 use crate::ShardError;
+mod ledger;
+
+pub(crate) use ledger::reset_interrupted;
+pub use ledger::{
+    DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, state_name,
+};
+
 use crate::crash::crash_point;
 use crate::shard::blocking;
 use crate::store::{BacklogWrite, Store, StoredEntry};
@@ -29,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use triggers::{Delivered, Deliverer, Drain, SendReason, TriggerFailure, Triggers, Variables};
-use triggers_proto::Checkpoint;
+use triggers_proto::{Checkpoint, DeliveryAttempt};
 
 /// Why decoupled delivery stopped. The backlog stays on disk and fires again at the next
 /// start.
@@ -119,6 +126,10 @@ struct Entry {
     /// A StartCommit is writing a merged version of this entry: not to be sent until it
     /// lands, or the send (and its deletion) would drop the merged transaction.
     merging: bool,
+    /// When its first transaction committed.
+    committed_at: SystemTime,
+    /// Attempts of the delivery in flight, for the ledger's view of a RUNNING delivery.
+    attempts: Arc<Mutex<Vec<DeliveryAttempt>>>,
 }
 
 #[derive(Default)]
@@ -161,6 +172,12 @@ struct Shared {
     failure: Mutex<Option<BacklogError>>,
     /// Wakes whoever waits for the backlog to drain.
     drained: Notify,
+    /// Serialises ledger transitions: each reads a delivery's state and writes the next
+    /// one under it, so a transition is a compare-and-set (one process owns the store).
+    ledger_lock: Mutex<()>,
+    retention: LedgerRetention,
+    /// Terminal transitions since the last retention pass.
+    terminal_since_gc: AtomicU64,
 }
 
 impl Shared {
@@ -281,6 +298,7 @@ impl Backlog {
         triggers: Arc<Triggers>,
         deliverer: Deliverer,
         limit: usize,
+        retention: LedgerRetention,
         recovered: Vec<(StoredEntry, Variables)>,
         last_sent_ms: Vec<Option<u64>>,
     ) -> Self {
@@ -303,12 +321,18 @@ impl Backlog {
             .collect();
         for (stored, variables) in recovered {
             if let Some(queue) = queues.get(stored.trigger as usize) {
+                let committed_at = stored
+                    .committed_at
+                    .and_then(ledger::system_time)
+                    .unwrap_or_else(SystemTime::now);
                 queue.lock().entries.push_back(Entry {
                     key_seq: stored.key_seq,
                     variables,
                     recovered: true,
                     in_flight: false,
                     merging: false,
+                    committed_at,
+                    attempts: Arc::default(),
                 });
             }
         }
@@ -324,6 +348,9 @@ impl Backlog {
             backpressure_waits: AtomicU64::new(0),
             failure: Mutex::new(None),
             drained: Notify::new(),
+            ledger_lock: Mutex::new(()),
+            retention,
+            terminal_since_gc: AtomicU64::new(0),
         });
         let workers = (0..shared.queues.len())
             .map(|index| tokio::spawn(drain_queue(shared.clone(), index)))
@@ -369,9 +396,9 @@ impl Backlog {
         }
     }
 
-    /// StartCommit in decoupled delivery: waits for room in every queue the transaction
-    /// would grow, then writes the checkpoint, the commit sequence number and each
-    /// trigger's new or merged entry in one WriteBatch.
+    /// StartCommit in decoupled delivery (after [`Backlog::wait_for_room`]): writes the
+    /// checkpoint, the commit sequence number and each trigger's new or merged entry in
+    /// one WriteBatch.
     pub(crate) async fn commit(
         &self,
         checkpoint: Checkpoint,
@@ -383,7 +410,7 @@ impl Backlog {
             blocking(move || store.commit_backlog(&checkpoint, None, &[])).await??;
             return Ok(());
         };
-        self.wait_for_room().await?;
+        let now = SystemTime::now();
 
         // Decide each trigger's write, marking merge targets so no worker sends them
         // while the merged version is being written.
@@ -394,24 +421,25 @@ impl Backlog {
                 .entries
                 .back_mut()
                 .filter(|tail| queue.drain.coalesces() && !tail.recovered && !tail.in_flight);
-            let (key_seq, merged) = match target {
+            let (key_seq, merged, committed_at) = match target {
                 Some(tail) => {
                     tail.merging = true;
                     let mut merged = tail.variables.clone();
                     merged.merge(variables);
-                    (tail.key_seq, merged)
+                    (tail.key_seq, merged, tail.committed_at)
                 }
-                None => (variables.first_commit_seq, variables.clone()),
+                None => (variables.first_commit_seq, variables.clone(), now),
             };
-            writes.push((key_seq, merged));
+            writes.push((key_seq, merged, committed_at));
         }
         let batch: Vec<BacklogWrite> = writes
             .iter()
             .enumerate()
-            .map(|(trigger, (key_seq, merged))| BacklogWrite {
+            .map(|(trigger, (key_seq, merged, committed_at))| BacklogWrite {
                 trigger: trigger as u32,
                 key_seq: *key_seq,
                 params: merged.to_params(),
+                committed_at: ledger::timestamp(*committed_at),
             })
             .collect();
 
@@ -420,7 +448,7 @@ impl Backlog {
         crash_point!("start_commit.before_write");
         let written = blocking(move || store.commit_backlog(&checkpoint, Some(seq), &batch)).await;
 
-        for (queue, (key_seq, merged)) in self.shared.queues.iter().zip(writes) {
+        for (queue, (key_seq, merged, committed_at)) in self.shared.queues.iter().zip(writes) {
             let mut state = queue.lock();
             match state.entries.back_mut() {
                 Some(tail) if tail.merging => {
@@ -435,6 +463,8 @@ impl Backlog {
                     recovered: false,
                     in_flight: false,
                     merging: false,
+                    committed_at,
+                    attempts: Arc::default(),
                 }),
                 _ => {}
             }
@@ -448,7 +478,7 @@ impl Backlog {
     /// Waits until no queue is at its limit, logging and counting the wait. A coalesced
     /// queue never grows past its in-flight entry plus the one absorbing new commits, so
     /// only ordered and concurrent triggers (or a long recovered backlog) make it wait.
-    async fn wait_for_room(&self) -> Result<(), ShardError> {
+    pub(crate) async fn wait_for_room(&self) -> Result<(), ShardError> {
         let shared = &self.shared;
         let full = || {
             shared.queues.iter().find_map(|queue| {
@@ -514,26 +544,38 @@ struct Send {
     key_seq: u64,
     variables: Variables,
     reason: SendReason,
+    committed_at: SystemTime,
+    /// Shared with the entry, so the ledger shows a RUNNING delivery's attempts.
+    attempts: Arc<Mutex<Vec<DeliveryAttempt>>>,
+}
+
+/// What came of a picked entry.
+enum Sent {
+    /// Delivered, or failed for good.
+    Done(Result<Delivered, TriggerFailure>),
+    /// Not sent: it was no longer PENDING (an operator cancelled it first).
+    NotPending,
+    /// Could not be sent or recorded.
+    Stopped(String),
 }
 
 /// The worker of queue `index`: picks sendable entries as its drain mode allows, sends
-/// them, deletes each once delivered, and stops the backlog at the first failure.
+/// them, records each in the ledger (deleting delivered ones from the backlog), and stops
+/// picking at the first failure, until an operator retries or skips the failed delivery.
 async fn drain_queue(shared: Arc<Shared>, index: usize) {
     let queue = &shared.queues[index];
     let mut in_flight = FuturesUnordered::new();
     loop {
-        if shared.failure().is_some() {
-            return;
-        }
-        let (picked, wait_until) = pick(&shared, queue, in_flight.len());
+        let (picked, wait_until) = if shared.failure().is_some() {
+            (Vec::new(), None)
+        } else {
+            pick(&shared, queue, in_flight.len())
+        };
         for send in picked {
             let shared = shared.clone();
             in_flight.push(async move {
-                let outcome = shared
-                    .deliverer
-                    .deliver_trigger(&shared.triggers, index, &send.variables, send.reason)
-                    .await;
-                (send, outcome)
+                let sent = send_one(&shared, index, &send).await;
+                (send, sent)
             });
         }
         let pause = async {
@@ -546,14 +588,42 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
             }
         };
         tokio::select! {
-            Some((send, outcome)) = in_flight.next() => {
-                if !finish(&shared, queue, send, outcome).await {
-                    return;
-                }
-            }
+            Some((send, sent)) = in_flight.next() => finish(&shared, queue, send, sent).await,
             () = queue.wake.notified() => {}
             () = pause => {}
         }
+    }
+}
+
+/// Moves the delivery to RUNNING (compare-and-set: only from PENDING) and sends it,
+/// collecting its attempts for the ledger.
+async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
+    let begun = {
+        let shared = shared.clone();
+        let record = ledger::running(index, send);
+        blocking(move || shared.begin(record)).await
+    };
+    match begun {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Sent::NotPending,
+        Ok(Err(err)) => return Sent::Stopped(err.to_string()),
+        Err(err) => return Sent::Stopped(err.to_string()),
+    }
+    let collector = ledger::Collector(send.attempts.clone());
+    match shared
+        .deliverer
+        .deliver_trigger_observed(
+            &shared.triggers,
+            index,
+            &send.variables,
+            send.reason,
+            &collector,
+        )
+        .await
+    {
+        Some(outcome) => Sent::Done(outcome),
+        // The trigger index comes from the config the queues were built from.
+        None => Sent::Stopped(format!("trigger {index} is not in the config")),
     }
 }
 
@@ -582,9 +652,12 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
             !entry.in_flight && !entry.merging && entry.variables.last_commit_seq <= acked;
         if sendable {
             entry.in_flight = true;
+            entry.attempts = Arc::default();
             picked.push(Send {
                 key_seq: entry.key_seq,
                 variables: entry.variables.clone(),
+                committed_at: entry.committed_at,
+                attempts: entry.attempts.clone(),
                 reason: if entry.recovered {
                     SendReason::RecoveryRefire
                 } else {
@@ -605,27 +678,57 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
     (picked, None)
 }
 
-/// Records a finished send: deletes a delivered entry (and remembers when the trigger
-/// last sent), or stops the backlog on a failure. Returns whether the worker goes on.
-async fn finish(
-    shared: &Arc<Shared>,
-    queue: &Queue,
-    send: Send,
-    outcome: Option<Result<Delivered, TriggerFailure>>,
-) -> bool {
-    let failure = match outcome {
-        Some(Ok(_)) => None,
-        Some(Err(failure)) => Some(failure),
-        // The trigger index comes from the config the queues were built from.
-        None => {
-            shared.fail(BacklogError::Stopped(format!(
-                "trigger {} is not in the config",
-                queue.index
-            )));
-            return false;
+/// Records a finished send in the ledger: a delivered entry becomes SUCCESS and leaves
+/// the backlog (with the trigger's last send time) in one batch; a failure becomes FAILED
+/// and stops the backlog.
+async fn finish(shared: &Arc<Shared>, queue: &Queue, send: Send, sent: Sent) {
+    let failure = match sent {
+        Sent::Done(Ok(_)) => None,
+        Sent::Done(Err(failure)) => Some(failure),
+        Sent::NotPending => {
+            let mut state = queue.lock();
+            if let Some(at) = state.entries.iter().position(|e| e.key_seq == send.key_seq) {
+                state.entries.remove(at);
+            }
+            let empty = state.entries.is_empty();
+            drop(state);
+            shared.room.notify_one();
+            if empty {
+                shared.drained.notify_waiters();
+            }
+            return;
+        }
+        Sent::Stopped(detail) => {
+            queue.lock().entries.iter_mut().for_each(|e| {
+                if e.key_seq == send.key_seq {
+                    e.in_flight = false;
+                }
+            });
+            shared.fail(BacklogError::Stopped(detail));
+            return;
         }
     };
+    let attempts = ledger::take_attempts(&send.attempts);
     if let Some(failure) = failure {
+        let record = ledger::failed(queue.index, &send, attempts, &failure);
+        let recorded = {
+            let shared = shared.clone();
+            blocking(move || shared.record_failure(record)).await
+        };
+        let recorded = match recorded {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = recorded {
+            // The shard stops anyway; the entry stays in the backlog and re-fires.
+            tracing::error!(error = %err, "cannot record a failed delivery in the ledger");
+        }
+        queue.lock().entries.iter_mut().for_each(|e| {
+            if e.key_seq == send.key_seq {
+                e.in_flight = false;
+            }
+        });
         shared.fail(BacklogError::Webhook(BacklogFailure {
             failure,
             flow_run_id: send.variables.flow_run_id.clone(),
@@ -633,7 +736,7 @@ async fn finish(
             last_commit_seq: send.variables.last_commit_seq,
             depth: shared.depth(),
         }));
-        return false;
+        return;
     }
 
     crash_point!("backlog.before_delete");
@@ -645,17 +748,21 @@ async fn finish(
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         _ => None,
     };
-    let store = shared.store.clone();
-    let (trigger, key_seq) = (queue.index as u32, send.key_seq);
-    let deleted = blocking(move || store.finish_backlog_entry(trigger, key_seq, sent_at_ms))
-        .await
-        .map_err(|err| err.to_string())
-        .and_then(|result| result.map_err(|err| err.to_string()));
-    if let Err(err) = deleted {
+    let record = ledger::succeeded(queue.index, &send, attempts);
+    let recorded = {
+        let shared = shared.clone();
+        blocking(move || shared.record_success(record, sent_at_ms)).await
+    };
+    let recorded = match recorded {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(err) = recorded {
         shared.fail(BacklogError::Stopped(format!(
-            "deleting a delivered backlog entry failed: {err}"
+            "recording a delivered webhook (and deleting its backlog entry) failed: {err}"
         )));
-        return false;
+        return;
     }
 
     let mut state = queue.lock();
@@ -670,5 +777,4 @@ async fn finish(
     if empty {
         shared.drained.notify_waiters();
     }
-    true
 }
