@@ -9,9 +9,10 @@ use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AwaitDeliveryRequest, AwaitDrainedRequest, ConfigFormat as WireFormat,
-    OpenRequest, StartCommitRequest, StatusRequest, ValidateConfigRequest,
+    DeliveryRef, ListDeliveriesRequest, OpenRequest, SkipDeliveryRequest, StartCommitRequest,
+    StatusRequest, ValidateConfigRequest,
 };
-use triggers_proto::{BindingStats, Checkpoint, Source};
+use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
 
@@ -493,5 +494,67 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         .await
         .expect_err("failed shard");
     assert_eq!(refused.code(), Code::Aborted, "{refused}");
+
+    // The operator finds the failed delivery in the ledger and skips it; the shard goes on.
+    let page = client
+        .list_deliveries(ListDeliveriesRequest {
+            page_size: 4,
+            page_token: String::new(),
+        })
+        .await
+        .expect("lists")
+        .into_inner();
+    let failed = page
+        .deliveries
+        .iter()
+        .find(|d| d.state() == DeliveryState::Failed)
+        .expect("a FAILED delivery")
+        .clone();
+    assert_eq!((failed.trigger, failed.first_commit_seq), (1, 6));
+    assert!(!page.next_page_token.is_empty(), "more than one page");
+    let at = DeliveryRef {
+        trigger: 1,
+        first_commit_seq: 6,
+    };
+    let err = client
+        .skip_delivery(SkipDeliveryRequest {
+            delivery: Some(at),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = client
+        .retry_delivery(DeliveryRef {
+            trigger: 0,
+            first_commit_seq: 1,
+        })
+        .await
+        .expect_err("delivered already");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    let skipped = client
+        .skip_delivery(SkipDeliveryRequest {
+            delivery: Some(at),
+            reason: "hook deleted on the receiver's side".to_string(),
+        })
+        .await
+        .expect("skips")
+        .into_inner();
+    assert_eq!(skipped.state(), DeliveryState::Cancelled);
+    let got = client.get_delivery(at).await.expect("gets").into_inner();
+    assert_eq!(got.cancel_reason, "hook deleted on the receiver's side");
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(7)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits again");
     running.stop().await;
 }
