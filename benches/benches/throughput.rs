@@ -37,6 +37,7 @@ fn config(
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery,
         ledger: triggers_runtime::LedgerRetention::default(),
+        attempt_observer: None,
     }
 }
 

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery: triggers_runtime::DeliveryMode::Waiting,
         ledger: triggers_runtime::LedgerRetention::default(),
+        attempt_observer: None,
     };
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
     shard.acknowledged().await?;

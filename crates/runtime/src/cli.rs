@@ -105,6 +105,7 @@ impl ShardArgs {
                 keep: self.ledger_keep,
                 max_age: Duration::from_secs(self.ledger_max_age_secs),
             },
+            attempt_observer: None,
         })
     }
 }

@@ -14,6 +14,7 @@ mod backlog;
 pub mod cli;
 pub mod consumer;
 pub mod crash;
+pub mod metrics;
 mod shard;
 pub mod sidecar;
 mod stats;

@@ -5,9 +5,10 @@ use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument as _;
 use triggers::{
-    Delivered, Deliverer, DeliveryError, Materialization, NetworkPolicy, ParamsError, RetryBackoff,
-    SendReason, Triggers, Variables, VariablesError,
+    AttemptObserver, Delivered, Deliverer, DeliveryError, Materialization, NetworkPolicy,
+    ParamsError, RetryBackoff, SendReason, Triggers, Variables, VariablesError,
 };
 use triggers_proto::{BindingStats, Checkpoint};
 
@@ -29,6 +30,8 @@ pub struct ShardConfig {
     pub delivery: DeliveryMode,
     /// How long finished deliveries stay in the ledger (decoupled delivery).
     pub ledger: LedgerRetention,
+    /// Told of every webhook attempt (metrics, say); `None` for nothing.
+    pub attempt_observer: Option<Arc<dyn AttemptObserver>>,
 }
 
 /// Default [`DeliveryMode::Decoupled`] backlog limit, in entries per trigger.
@@ -192,6 +195,8 @@ pub struct Shard {
     next_seq: u64,
     /// Variables of the commit awaiting Acknowledged (decoupled delivery).
     committed: Option<Variables>,
+    /// Names the shard in delivery spans: its store directory.
+    label: String,
 }
 
 impl std::fmt::Debug for Shard {
@@ -215,6 +220,7 @@ impl Shard {
         config: ShardConfig,
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
+        let path_label = path.display().to_string();
         let durability = config.durability;
         let decoupled = matches!(config.delivery, DeliveryMode::Decoupled { .. });
         let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
@@ -289,8 +295,12 @@ impl Shard {
             );
         }
 
-        let deliverer = Deliverer::with_policy(config.backoff, config.network)
+        let mut deliverer = Deliverer::with_policy(config.backoff, config.network)
             .map_err(|err| ShardError::HttpClient(err.to_string()))?;
+        if let Some(observer) = &config.attempt_observer {
+            deliverer = deliverer.with_observer(observer.clone());
+        }
+        let shard_label = path_label.clone();
         let store = Arc::new(recovered.store);
         let backlog = match config.delivery {
             DeliveryMode::Decoupled { backlog_limit } => Some(backlog_limit),
@@ -305,6 +315,7 @@ impl Shard {
                 deliverer.clone(),
                 limit,
                 config.ledger,
+                shard_label.clone(),
                 entries,
                 recovered.last_sent,
             )
@@ -326,6 +337,7 @@ impl Shard {
             backlog,
             next_seq: recovered.commit_seq + 1,
             committed: None,
+            label: shard_label,
         };
         Ok((
             shard,
@@ -539,6 +551,7 @@ impl Shard {
         let delivered = self
             .deliverer
             .deliver_with_reason(&self.triggers, &variables, reason)
+            .instrument(tracing::warn_span!("shard", shard = %self.label))
             .await
             .map_err(|source| ShardError::Delivery {
                 flow_run_id: variables.flow_run_id.clone(),

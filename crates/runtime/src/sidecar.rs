@@ -5,6 +5,7 @@
 //! waits for it (delivery before the next commit, as in the library), while the caller
 //! may return at once and collect the outcome later with AwaitDelivery.
 
+use crate::metrics::Metrics;
 use crate::{BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -50,6 +51,7 @@ struct Inner {
     books: Mutex<Books>,
     /// The open shard's backlog (decoupled delivery), readable while the shard is held.
     backlog: Mutex<Option<BacklogHandle>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Bookkeeping for Status and AwaitDelivery.
@@ -63,10 +65,14 @@ struct Books {
 }
 
 impl Sidecar {
-    /// A sidecar for one shard; nothing is opened until the Open call.
-    pub fn new(config: SidecarConfig) -> Self {
+    /// A sidecar for one shard; nothing is opened until the Open call. Its metrics count
+    /// every attempt of the shard's webhooks.
+    pub fn new(mut config: SidecarConfig) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        config.shard.attempt_observer = Some(metrics.clone());
         Self {
             inner: Arc::new(Inner {
+                metrics,
                 config,
                 shard: Arc::new(tokio::sync::Mutex::new(None)),
                 books: Mutex::new(Books::default()),
@@ -114,6 +120,22 @@ impl Sidecar {
             ));
         }
         self.backlog().clone().ok_or_else(not_open)
+    }
+
+    /// The sidecar's metrics in the OpenMetrics text format (what `GET /metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        let backlog = self.backlog().as_ref().map(BacklogHandle::status);
+        self.inner.metrics.render(backlog.as_ref())
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+    pub async fn serve_metrics(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let sidecar = self.clone();
+        crate::metrics::serve(listener, move || sidecar.metrics_text(), shutdown).await;
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -165,6 +187,7 @@ impl ShardSidecar for Sidecar {
             .await
             .map_err(to_status)?;
         self.books().commits += 1;
+        self.inner.metrics.commit();
         Ok(Response::new(StartCommitResponse {
             triggers_persisted: commit.variables.is_some(),
             flow_run_id: commit.variables.map(|v| v.flow_run_id).unwrap_or_default(),

@@ -51,6 +51,7 @@ fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery,
         ledger: triggers_runtime::LedgerRetention::default(),
+        attempt_observer: None,
     }
 }
 
@@ -767,4 +768,79 @@ async fn retention_collects_terminal_records_by_count_and_age() {
     );
     drop(ledger);
     shard.close().await;
+}
+
+/// Records, for every `attempt` span, its fields and those of every span around it.
+#[derive(Clone, Default)]
+struct AttemptSpans(Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={:?} ", field.name(), value));
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for AttemptSpans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Fields(format!("{}: ", attrs.metadata().name()));
+        attrs.record(&mut fields);
+        let Some(span) = ctx.span(id) else { return };
+        span.extensions_mut().insert(fields.0.clone());
+        if attrs.metadata().name() == "attempt" {
+            let chain: Vec<String> = span
+                .scope()
+                .filter_map(|s| s.extensions().get::<String>().cloned())
+                .collect();
+            self.0.lock().expect("lock").push(chain.join("| "));
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_attempt_has_a_span_naming_shard_transaction_and_trigger() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = AttemptSpans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/s", [Reply::status(503), Reply::status(200)]);
+    let drains = [("/s", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    shard.drained().await.expect("drains");
+    let run = accepted(&receiver, "/s")[0].4["run"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    shard.close().await;
+
+    let recorded = spans.0.lock().expect("lock").clone();
+    assert_eq!(recorded.len(), 2, "one span per attempt: {recorded:#?}");
+    for (number, chain) in recorded.iter().enumerate() {
+        for part in [
+            format!("attempt: number={} ", number + 1),
+            "trigger=0".to_string(),
+            format!("flow_run_id={run}"),
+            format!("shard={}", dir.path().display()),
+            "first_commit_seq=1".to_string(),
+        ] {
+            assert!(chain.contains(&part), "{part:?} missing from {chain}");
+        }
+    }
 }

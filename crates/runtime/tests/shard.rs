@@ -44,6 +44,7 @@ fn config(triggers: Arc<Triggers>) -> ShardConfig {
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery: triggers_runtime::DeliveryMode::Waiting,
         ledger: triggers_runtime::LedgerRetention::default(),
+        attempt_observer: None,
     }
 }
 

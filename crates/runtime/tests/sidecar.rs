@@ -20,6 +20,8 @@ type Client = ShardSidecarClient<tonic::transport::Channel>;
 
 struct Running {
     client: Client,
+    /// `http://127.0.0.1:PORT/metrics`.
+    metrics: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -82,6 +84,7 @@ async fn serve_with(
             network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
             delivery,
             ledger: triggers_runtime::LedgerRetention::default(),
+            attempt_observer: None,
         },
     });
     let address = if address == "unix" {
@@ -91,6 +94,19 @@ async fn serve_with(
     };
     let listener = Listener::bind(&address).await.expect("binds");
     let address = listener.address();
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let metrics = format!(
+        "http://{}/metrics",
+        metrics_listener.local_addr().expect("address")
+    );
+    let scraped = sidecar.clone();
+    tokio::spawn(async move {
+        scraped
+            .serve_metrics(metrics_listener, std::future::pending::<()>())
+            .await;
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         sidecar::run(
@@ -107,6 +123,7 @@ async fn serve_with(
     let client = sidecar::connect(&address).await.expect("connects");
     Running {
         client,
+        metrics,
         stop: Some(stop),
         server,
         _dir: dir,
@@ -556,5 +573,90 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         })
         .await
         .expect("commits again");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_over_http() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/a", [Reply::status(503), Reply::status(200)]);
+    let running = serve_with(
+        &receiver,
+        "127.0.0.1:0",
+        DeliveryMode::Decoupled { backlog_limit: 10 },
+        serde_json::json!({"mode": "ordered"}),
+    )
+    .await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    for n in 1..=2 {
+        client
+            .start_commit(StartCommitRequest {
+                checkpoint: Some(checkpoint(n)),
+                stats: stats(),
+            })
+            .await
+            .expect("commits");
+        client
+            .acknowledged(AcknowledgedRequest { wait: true })
+            .await
+            .expect("ack");
+    }
+    client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("drains");
+    // One more, held by /b for a while: it shows in the backlog gauges.
+    receiver.script("/b", [Reply::status(200).after(Duration::from_millis(800))]);
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(3)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("ack");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let http = reqwest::Client::new();
+    let response = http.get(&running.metrics).send().await.expect("scrapes");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    for line in [
+        r#"triggers_delivery_attempts_total{trigger="0",outcome="retryable",status_class="5xx"} 1"#,
+        r#"triggers_delivery_attempts_total{trigger="0",outcome="delivered",status_class="2xx"} 3"#,
+        r#"triggers_delivery_attempts_total{trigger="1",outcome="delivered",status_class="2xx"} 2"#,
+        r#"triggers_delivery_attempt_duration_seconds_count{trigger="0"} 4"#,
+        "triggers_commits_total 3",
+        r#"triggers_backlog_depth{trigger="0"} 0"#,
+        r#"triggers_backlog_depth{trigger="1"} 1"#,
+        "triggers_backpressured 0",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let age_line = text
+        .lines()
+        .find(|l| l.starts_with(r#"triggers_oldest_pending_delivery_age_seconds{trigger="1"}"#))
+        .expect("age of /b's pending delivery");
+    let age: f64 = age_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!(age > 0.1 && age < 30.0, "{age_line}");
+    assert!(!text.contains("hunter2"));
+    let missing = http
+        .get(running.metrics.replace("/metrics", "/other"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(missing.status(), 404);
     running.stop().await;
 }

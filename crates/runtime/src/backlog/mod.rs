@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use triggers::{Delivered, Deliverer, Drain, SendReason, TriggerFailure, Triggers, Variables};
 use triggers_proto::{Checkpoint, DeliveryAttempt};
 
@@ -91,6 +92,8 @@ pub struct QueueStatus {
     pub transactions_delivered: u64,
     /// Commit sequence number of the oldest transaction waiting, if any.
     pub oldest_pending_seq: Option<u64>,
+    /// When the oldest transaction waiting committed, if any.
+    pub oldest_committed_at: Option<SystemTime>,
 }
 
 /// The whole backlog's state.
@@ -178,6 +181,8 @@ struct Shared {
     retention: LedgerRetention,
     /// Terminal transitions since the last retention pass.
     terminal_since_gc: AtomicU64,
+    /// Names the shard in every delivery's span.
+    shard: String,
 }
 
 impl Shared {
@@ -211,6 +216,7 @@ impl Shared {
                             .iter()
                             .map(|e| e.variables.first_commit_seq)
                             .min(),
+                        oldest_committed_at: state.entries.iter().map(|e| e.committed_at).min(),
                     }
                 })
                 .collect(),
@@ -299,6 +305,7 @@ impl Backlog {
         deliverer: Deliverer,
         limit: usize,
         retention: LedgerRetention,
+        shard: String,
         recovered: Vec<(StoredEntry, Variables)>,
         last_sent_ms: Vec<Option<u64>>,
     ) -> Self {
@@ -351,6 +358,7 @@ impl Backlog {
             ledger_lock: Mutex::new(()),
             retention,
             terminal_since_gc: AtomicU64::new(0),
+            shard,
         });
         let workers = (0..shared.queues.len())
             .map(|index| tokio::spawn(drain_queue(shared.clone(), index)))
@@ -573,10 +581,20 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
         };
         for send in picked {
             let shared = shared.clone();
-            in_flight.push(async move {
-                let sent = send_one(&shared, index, &send).await;
-                (send, sent)
-            });
+            let span = tracing::warn_span!(
+                "backlog",
+                shard = %shared.shard,
+                trigger = index,
+                first_commit_seq = send.key_seq,
+                last_commit_seq = send.variables.last_commit_seq,
+            );
+            in_flight.push(
+                async move {
+                    let sent = send_one(&shared, index, &send).await;
+                    (send, sent)
+                }
+                .instrument(span),
+            );
         }
         let pause = async {
             match wait_until {

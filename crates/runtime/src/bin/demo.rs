@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery: triggers_runtime::DeliveryMode::default(),
         ledger: triggers_runtime::LedgerRetention::default(),
+        attempt_observer: None,
     };
     let bindings = config.materialization.binding_collections.clone();
     let documents = parse_documents(DOCUMENTS, &bindings)?;

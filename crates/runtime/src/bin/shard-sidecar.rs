@@ -31,6 +31,9 @@ struct Args {
     /// Seconds an in-flight delivery may take to finish after SIGTERM.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     shutdown_grace: u64,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_address: Option<String>,
 }
 
 #[tokio::main]
@@ -47,8 +50,20 @@ async fn main() -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(address = %listener.address(), store = %args.shard.store.display(), "sidecar ready");
 
+    let sidecar = Sidecar::new(config);
+    if let Some(address) = &args.metrics_address {
+        let metrics = tokio::net::TcpListener::bind(address).await?;
+        println!("metrics on http://{}/metrics", metrics.local_addr()?);
+        std::io::stdout().flush()?;
+        let serving = sidecar.clone();
+        tokio::spawn(async move {
+            serving
+                .serve_metrics(metrics, std::future::pending::<()>())
+                .await;
+        });
+    }
     sidecar::run(
-        Sidecar::new(config),
+        sidecar,
         listener,
         shutdown_signal(),
         Duration::from_secs(args.shutdown_grace),
