@@ -202,22 +202,21 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
                 let render = render.clone();
                 async move {
-                    let response =
-                        if request.method() == hyper::Method::GET
-                            && request.uri().path() == "/metrics"
-                        {
-                            hyper::Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(Bytes::from(render())))
-                        } else {
-                            hyper::Response::builder().status(404).body(Full::new(
-                                Bytes::from_static(b"only GET /metrics is served\n"),
-                            ))
-                        };
-                    response
+                    if request.method() == hyper::Method::GET && request.uri().path() == "/metrics"
+                    {
+                        hyper::Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(Full::new(Bytes::from(render())))
+                    } else {
+                        hyper::Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from_static(
+                                b"only GET /metrics is served\n",
+                            )))
+                    }
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);

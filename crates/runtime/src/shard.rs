@@ -1,6 +1,8 @@
 //! The commit / acknowledge / recover state machine of one shard.
 
-use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogStatus, LedgerRetention};
+use crate::backlog::{
+    Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, LedgerRetention,
+};
 use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
 use std::path::PathBuf;
@@ -310,12 +312,14 @@ impl Shard {
         }
         .map(|limit| {
             Backlog::start(
-                store.clone(),
-                config.triggers.clone(),
-                deliverer.clone(),
-                limit,
-                config.ledger,
-                shard_label.clone(),
+                BacklogSetup {
+                    store: store.clone(),
+                    triggers: config.triggers.clone(),
+                    deliverer: deliverer.clone(),
+                    limit,
+                    retention: config.ledger,
+                    shard: shard_label.clone(),
+                },
                 entries,
                 recovered.last_sent,
             )

@@ -282,6 +282,18 @@ impl std::fmt::Debug for BacklogHandle {
     }
 }
 
+/// What a backlog is built from (besides what recovery found).
+pub(crate) struct BacklogSetup {
+    pub(crate) store: Arc<Store>,
+    pub(crate) triggers: Arc<Triggers>,
+    pub(crate) deliverer: Deliverer,
+    /// Entries a queue may hold before StartCommit waits.
+    pub(crate) limit: usize,
+    pub(crate) retention: LedgerRetention,
+    /// Names the shard in spans.
+    pub(crate) shard: String,
+}
+
 /// The decoupled delivery engine of one shard: per-trigger queues and their workers.
 pub(crate) struct Backlog {
     shared: Arc<Shared>,
@@ -300,15 +312,18 @@ impl Backlog {
     /// Loads the recovered entries and starts one worker per trigger. Nothing is sent
     /// until [`Backlog::acknowledge`] covers it.
     pub(crate) fn start(
-        store: Arc<Store>,
-        triggers: Arc<Triggers>,
-        deliverer: Deliverer,
-        limit: usize,
-        retention: LedgerRetention,
-        shard: String,
+        setup: BacklogSetup,
         recovered: Vec<(StoredEntry, Variables)>,
         last_sent_ms: Vec<Option<u64>>,
     ) -> Self {
+        let BacklogSetup {
+            store,
+            triggers,
+            deliverer,
+            limit,
+            retention,
+            shard,
+        } = setup;
         let queues: Vec<Queue> = triggers
             .iter()
             .enumerate()
