@@ -164,11 +164,17 @@ impl PreviewVariables {
     fn set(&mut self, name: &str, value: serde_json::Value) -> Result<(), VariablesInputError> {
         let v = &mut self.variables;
         match name {
-            "materialization_name" => v.materialization_name = typed("materialization_name", value)?,
+            "materialization_name" => {
+                v.materialization_name = typed("materialization_name", value)?
+            }
             "collection_names" => v.collection_names = typed("collection_names", value)?,
             "connector_image" => v.connector_image = typed("connector_image", value)?,
-            "flow_published_at_min" => v.flow_published_at_min = time_value("flow_published_at_min", value)?,
-            "flow_published_at_max" => v.flow_published_at_max = time_value("flow_published_at_max", value)?,
+            "flow_published_at_min" => {
+                v.flow_published_at_min = time_value("flow_published_at_min", value)?
+            }
+            "flow_published_at_max" => {
+                v.flow_published_at_max = time_value("flow_published_at_max", value)?
+            }
             "flow_run_id" => {
                 v.flow_run_id = typed("flow_run_id", value)?;
                 self.flow_run_id_given = true;
@@ -382,20 +388,29 @@ mod tests {
 
     #[test]
     fn bad_variables_are_typed_errors_naming_the_field() {
-        let err = PreviewVariables::from_json(r#"{"materialisation_name": "x"}"#)
-            .expect_err("unknown");
+        let err =
+            PreviewVariables::from_json(r#"{"materialisation_name": "x"}"#).expect_err("unknown");
         assert_eq!(
             err,
             VariablesInputError::UnknownVariable {
                 name: "materialisation_name".into()
             }
         );
-        assert!(err.to_string().contains("materialization_name, collection_names"));
-
-        let err = PreviewVariables::from_json(r#"{"transaction_count": "3"}"#)
-            .expect_err("wrong type");
         assert!(
-            matches!(err, VariablesInputError::WrongType { name: "transaction_count", .. }),
+            err.to_string()
+                .contains("materialization_name, collection_names")
+        );
+
+        let err =
+            PreviewVariables::from_json(r#"{"transaction_count": "3"}"#).expect_err("wrong type");
+        assert!(
+            matches!(
+                err,
+                VariablesInputError::WrongType {
+                    name: "transaction_count",
+                    ..
+                }
+            ),
             "{err}"
         );
         let err = PreviewVariables::from_json(r#"{"flow_published_at_min": "yesterday"}"#)

@@ -5,12 +5,12 @@
 //! through the deliverer's own clients: the same network policy, headers, signatures and
 //! timeout as a real delivery.
 
+use crate::FailureReason;
 use crate::deliver::{Deliverer, failure_reason};
 use crate::preview::{PreviewError, PreviewVariables};
 use crate::retry::Attempt;
 use crate::validate::{TriggerLabel, Triggers};
 use crate::webhook_headers::SendReason;
-use crate::FailureReason;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;

@@ -51,7 +51,10 @@ async fn a_200_is_reported_with_status_latency_and_body_excerpt() {
     let request = &requests[0];
     assert_eq!(request.header("webhook-reason"), Some("test-fire"));
     assert_eq!(request.header("webhook-attempt"), Some("1"));
-    assert_eq!(request.header("webhook-id"), Some(report.webhook_id.as_str()));
+    assert_eq!(
+        request.header("webhook-id"),
+        Some(report.webhook_id.as_str())
+    );
     assert_eq!(request.header("authorization"), Some("Bearer hunter2"));
     let body = request.json().expect("JSON body");
     assert_eq!(body["n"], 1);
