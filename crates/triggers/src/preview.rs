@@ -6,7 +6,7 @@
 //! context, so nothing here can print them.
 
 use crate::template::TemplateError;
-use crate::validate::{TriggerLabel, Triggers};
+use crate::validate::{TriggerLabel, Triggers, json_error_message};
 use crate::variables::{VARIABLE_NAMES, Variables};
 use crate::webhook_id;
 use time::OffsetDateTime;
@@ -288,12 +288,7 @@ impl Triggers {
             trigger: label.clone(),
             line: err.line(),
             column: err.column(),
-            message: err
-                .to_string()
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            message: json_error_message(&err),
         })?;
         Ok(Rendered {
             trigger: label,

@@ -16,6 +16,9 @@ use triggers_runtime::cli::{
 };
 use triggers_runtime::sidecar;
 
+type Client =
+    triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient<tonic::transport::Channel>;
+
 /// Checks and tries out trigger configs.
 ///
 ///   triggers schema                                  the config's JSON Schema
@@ -237,16 +240,14 @@ async fn preview(
 ) -> anyhow::Result<ExitCode> {
     if let Some(address) = &source.sidecar {
         let trigger = trigger.context("--sidecar needs --trigger")?;
-        let mut client = sidecar::connect(address)
-            .await
-            .with_context(|| format!("connecting to the sidecar at {address}"))?;
+        let mut client = connect(address).await?;
         let response = client
             .preview(PreviewRequest {
                 trigger: wire_index(trigger)?,
                 variables: variables.text()?,
             })
             .await
-            .map_err(|status| anyhow::anyhow!("sidecar: {}", status.message()))?
+            .map_err(rpc_error)?
             .into_inner();
         eprintln!(
             "trigger {trigger} ({}), webhook-id {}",
@@ -283,16 +284,14 @@ async fn test_fire(
             )
         }
         Some(address) => {
-            let mut client = sidecar::connect(address)
-                .await
-                .with_context(|| format!("connecting to the sidecar at {address}"))?;
+            let mut client = connect(address).await?;
             let r = client
                 .test_fire(TestFireRequest {
                     trigger: wire_index(trigger)?,
                     variables: variables.text()?,
                 })
                 .await
-                .map_err(|status| anyhow::anyhow!("sidecar: {}", status.message()))?
+                .map_err(rpc_error)?
                 .into_inner();
             Fired {
                 trigger: format!("trigger {trigger} ({})", r.origin),
@@ -354,6 +353,17 @@ impl Fired {
             println!("body: {}", self.body);
         }
     }
+}
+
+async fn connect(address: &str) -> anyhow::Result<Client> {
+    sidecar::connect(address)
+        .await
+        .with_context(|| format!("connecting to the sidecar at {address}"))
+}
+
+/// The sidecar's message (it names the trigger and what is wrong), not tonic's framing.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("sidecar: {}", status.message())
 }
 
 fn wire_index(trigger: usize) -> anyhow::Result<u32> {
