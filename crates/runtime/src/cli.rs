@@ -1,15 +1,18 @@
-//! Command-line arguments shared by the binaries that run a shard: the sidecar and the
-//! reference consumer (in-process mode).
+//! Command-line arguments and file loading shared by the binaries: the sidecar, the
+//! reference consumer (in-process mode) and the `triggers` tool.
 
 use crate::{
     DEFAULT_BACKLOG_LIMIT, DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, DeliveryMode, Durability,
     LedgerRetention, ShardConfig,
 };
 use anyhow::Context as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::{ConfigFormat, Materialization, NetworkPolicy, RetryBackoff, Triggers, validate};
+use triggers::{
+    AgeIdentity, ConfigFormat, Materialization, NetworkPolicy, RetryBackoff, Triggers,
+    TriggersConfig, load_config,
+};
 
 /// Which shard to run, and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,13 +42,9 @@ pub struct ShardArgs {
     /// capped at 30 s, with full jitter).
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub retry_initial_ms: u64,
-    /// Let webhooks reach loopback addresses (127.0.0.0/8, ::1, `localhost`). Off by
-    /// default: a trigger URL is user input and must not reach the shard's own host.
-    #[arg(long)]
-    pub allow_loopback: bool,
-    /// Let webhooks reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
-    #[arg(long)]
-    pub allow_private_networks: bool,
+    /// Where webhooks may go.
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// `decoupled`: webhooks go to a persisted per-trigger backlog that drains while the
     /// shard keeps committing (each trigger's `drain` mode applies). `waiting`: each
     /// transaction's webhooks are delivered before the next transaction commits.
@@ -60,6 +59,29 @@ pub struct ShardArgs {
     /// Decoupled delivery: finished deliveries older than this leave the ledger.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LEDGER_MAX_AGE.as_secs())]
     pub ledger_max_age_secs: u64,
+}
+
+/// The network policy's switches, shared by every binary that sends webhooks.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NetworkArgs {
+    /// Let webhooks reach loopback addresses (127.0.0.0/8, ::1, `localhost`). Off by
+    /// default: a trigger URL is user input and must not reach the shard's own host.
+    #[arg(long)]
+    pub allow_loopback: bool,
+    /// Let webhooks reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    #[arg(long)]
+    pub allow_private_networks: bool,
+}
+
+impl NetworkArgs {
+    /// Public destinations only, plus what the flags allow.
+    pub fn policy(&self) -> NetworkPolicy {
+        NetworkPolicy {
+            allow_loopback: self.allow_loopback,
+            allow_private: self.allow_private_networks,
+            ..NetworkPolicy::PUBLIC_ONLY
+        }
+    }
 }
 
 /// The `--delivery` choices.
@@ -90,11 +112,7 @@ impl ShardArgs {
                 initial: Duration::from_millis(self.retry_initial_ms),
                 ..RetryBackoff::default()
             },
-            network: NetworkPolicy {
-                allow_loopback: self.allow_loopback,
-                allow_private: self.allow_private_networks,
-                ..NetworkPolicy::PUBLIC_ONLY
-            },
+            network: self.network.policy(),
             delivery: match self.delivery {
                 DeliveryArg::Waiting => DeliveryMode::Waiting,
                 DeliveryArg::Decoupled => DeliveryMode::Decoupled {
@@ -110,23 +128,69 @@ impl ShardArgs {
     }
 }
 
-/// Reads and validates a trigger config file; JSON if it ends in `.json`, else YAML.
-pub fn load_triggers(path: &std::path::Path) -> anyhow::Result<Triggers> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading trigger config {}", path.display()))?;
-    let format = if path.extension().is_some_and(|e| e == "json") {
+/// Reads and validates a plaintext trigger config file; JSON if it ends in `.json`,
+/// else YAML.
+pub fn load_triggers(path: &Path) -> anyhow::Result<Triggers> {
+    load_triggers_with(path, &[])
+}
+
+/// Reads and validates a trigger config file, plaintext or SOPS-encrypted (then opened
+/// with `identities`).
+pub fn load_triggers_with(path: &Path, identities: &[AgeIdentity]) -> anyhow::Result<Triggers> {
+    let config = read_config(path, identities)?;
+    Triggers::from_config(&config).with_context(|| format!("trigger config {}", path.display()))
+}
+
+/// Reads and parses a trigger config file (decrypting it if it is SOPS-encrypted),
+/// without validating it.
+pub fn read_config(path: &Path, identities: &[AgeIdentity]) -> anyhow::Result<TriggersConfig> {
+    let text = read_config_text(path)?;
+    load_config(&text, config_format(path), identities)
+        .with_context(|| format!("trigger config {}", path.display()))
+}
+
+/// A config file's text.
+pub fn read_config_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading trigger config {}", path.display()))
+}
+
+/// A config file's format: JSON if its name ends in `.json`, else YAML.
+pub fn config_format(path: &Path) -> ConfigFormat {
+    if path.extension().is_some_and(|e| e == "json") {
         ConfigFormat::Json
     } else {
         ConfigFormat::Yaml
-    };
-    validate(&text, format).with_context(|| format!("trigger config {}", path.display()))
+    }
+}
+
+/// Reads age identities (`AGE-SECRET-KEY-1...`, as `age-keygen` writes them) from each
+/// keys file, to open SOPS-encrypted configs.
+pub fn load_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<AgeIdentity>> {
+    let mut identities = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading age keys file {}", path.display()))?;
+        identities.extend(
+            AgeIdentity::parse_keys_file(&text)
+                .with_context(|| format!("age keys file {}", path.display()))?,
+        );
+    }
+    Ok(identities)
 }
 
 /// Installs the tracing subscriber of a binary: `RUST_LOG` or `info`, to stderr.
 pub fn init_tracing() {
+    init_tracing_at("info");
+}
+
+/// Installs the tracing subscriber of a binary: `RUST_LOG` or `default`, to stderr. A
+/// tool whose output is its result logs less by default than a server.
+pub fn init_tracing_at(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -4,6 +4,9 @@
 //! Acknowledged starts delivery in a task that holds the shard, so the next StartCommit
 //! waits for it (delivery before the next commit, as in the library), while the caller
 //! may return at once and collect the outcome later with AwaitDelivery.
+//!
+//! Preview and TestFire use only the configured triggers and network policy: they work
+//! before Open and beside a running delivery, and never take the shard.
 
 use crate::metrics::Metrics;
 use crate::{BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError, StoreError};
@@ -13,15 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
-use triggers::{ConfigFormat, DeliveryError, ValidationError, validate};
+use triggers::{
+    ConfigFormat, Deliverer, DeliveryError, PreviewError, PreviewVariables, ValidationError,
+    validate,
+};
 use triggers_proto::DeliveryRecord;
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarServer};
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
     AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
-    ListDeliveriesResponse, OpenRequest, OpenResponse, SkipDeliveryRequest, StartCommitRequest,
-    StartCommitResponse, StatusRequest, StatusResponse, TriggerOutcome, ValidateConfigRequest,
+    ListDeliveriesResponse, OpenRequest, OpenResponse, PreviewRequest, PreviewResponse,
+    SkipDeliveryRequest, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
+    TestFireRequest, TestFireResponse, TriggerOutcome, ValidateConfigRequest,
     ValidateConfigResponse, ValidationIssue,
 };
 
@@ -426,6 +433,79 @@ impl ShardSidecar for Sidecar {
                 error: bounded(&err.to_string()),
             },
         }))
+    }
+
+    async fn preview(
+        &self,
+        request: Request<PreviewRequest>,
+    ) -> Result<Response<PreviewResponse>, Status> {
+        let request = request.into_inner();
+        let variables = preview_variables(request.variables.as_deref())?;
+        let preview = self
+            .inner
+            .config
+            .shard
+            .triggers
+            .preview(trigger_index(request.trigger), &variables)
+            .map_err(preview_status)?;
+        Ok(Response::new(PreviewResponse {
+            origin: preview.trigger.origin,
+            webhook_id: preview.webhook_id,
+            payload: preview.payload,
+        }))
+    }
+
+    async fn test_fire(
+        &self,
+        request: Request<TestFireRequest>,
+    ) -> Result<Response<TestFireResponse>, Status> {
+        let request = request.into_inner();
+        let variables = preview_variables(request.variables.as_deref())?;
+        let shard = &self.inner.config.shard;
+        let deliverer =
+            Deliverer::with_policy(shard.backoff.clone(), shard.network).map_err(|err| {
+                Status::internal(bounded(&format!("cannot build the HTTP client: {err}")))
+            })?;
+        let report = deliverer
+            .test_fire(&shard.triggers, trigger_index(request.trigger), &variables)
+            .await
+            .map_err(preview_status)?;
+        Ok(Response::new(TestFireResponse {
+            accepted: report.accepted(),
+            origin: report.trigger.origin,
+            webhook_id: report.webhook_id,
+            status: report.status.map_or(0, u32::from),
+            latency_ms: u64::try_from(report.latency.as_millis()).unwrap_or(u64::MAX),
+            body_excerpt: report.body_excerpt,
+            error: report
+                .error
+                .map(|err| bounded(&err.to_string()))
+                .unwrap_or_default(),
+        }))
+    }
+}
+
+/// A wire trigger index as a config index; one past any config if it does not fit.
+fn trigger_index(trigger: u32) -> usize {
+    usize::try_from(trigger).unwrap_or(usize::MAX)
+}
+
+fn preview_variables(given: Option<&str>) -> Result<PreviewVariables, Status> {
+    match given {
+        None => Ok(PreviewVariables::placeholder()),
+        Some(text) => PreviewVariables::from_json(text)
+            .map_err(|err| Status::invalid_argument(bounded(&err.to_string()))),
+    }
+}
+
+/// Preview and test-fire errors are all the caller's input: an index past the config, or
+/// variables the template cannot render to JSON.
+fn preview_status(err: PreviewError) -> Status {
+    let message = bounded(&err.to_string());
+    match err {
+        PreviewError::NoSuchTrigger { .. }
+        | PreviewError::Template { .. }
+        | PreviewError::NotJson { .. } => Status::invalid_argument(message),
     }
 }
 

@@ -9,8 +9,8 @@ use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
 use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AwaitDeliveryRequest, AwaitDrainedRequest, ConfigFormat as WireFormat,
-    DeliveryRef, ListDeliveriesRequest, OpenRequest, SkipDeliveryRequest, StartCommitRequest,
-    StatusRequest, ValidateConfigRequest,
+    DeliveryRef, ListDeliveriesRequest, OpenRequest, PreviewRequest, SkipDeliveryRequest,
+    StartCommitRequest, StatusRequest, TestFireRequest, ValidateConfigRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
@@ -658,5 +658,144 @@ async fn metrics_are_scraped_over_http() {
         .await
         .expect("answers");
     assert_eq!(missing.status(), 404);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/b", [Reply::status(503).with_body("down")]);
+    let running = serve(&receiver, "127.0.0.1:0").await;
+    let mut client = running.client.clone();
+
+    // Before Open.
+    let preview = client
+        .preview(PreviewRequest {
+            trigger: 0,
+            variables: Some(r#"{"collection_names": ["acmeCo/orders"]}"#.to_string()),
+        })
+        .await
+        .expect("previews")
+        .into_inner();
+    let placeholder_run = triggers::Variables::placeholder().flow_run_id;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&preview.payload).expect("JSON"),
+        serde_json::json!({"run": placeholder_run, "collections": ["acmeCo/orders"]})
+    );
+    assert_eq!(
+        preview.webhook_id,
+        triggers::webhook_id(&placeholder_run, 0)
+    );
+    assert!(!format!("{preview:?}").contains("hunter2"));
+
+    // Bad input is INVALID_ARGUMENT with a message that says what is wrong.
+    for (trigger, variables, expected) in [
+        (5, None, "no trigger 5: the config has 2 trigger(s)"),
+        (0, Some("{"), "variables are not valid JSON"),
+        (
+            0,
+            Some(r#"{"nope": 1}"#),
+            "unknown variable `nope`; the variables are",
+        ),
+        (
+            0,
+            Some(r#"{"transaction_count": -1}"#),
+            "variable `transaction_count` must be",
+        ),
+    ] {
+        let err = client
+            .preview(PreviewRequest {
+                trigger,
+                variables: variables.map(str::to_string),
+            })
+            .await
+            .expect_err("bad input");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.message().contains(expected), "{}", err.message());
+        let err = client
+            .test_fire(TestFireRequest {
+                trigger,
+                variables: variables.map(str::to_string),
+            })
+            .await
+            .expect_err("bad input");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    }
+
+    // A 503 is reported once, not retried (the trigger allows one retry).
+    let fired = client
+        .test_fire(TestFireRequest {
+            trigger: 1,
+            variables: None,
+        })
+        .await
+        .expect("fires")
+        .into_inner();
+    assert_eq!((fired.status, fired.accepted), (503, false));
+    assert_eq!(fired.body_excerpt, "down");
+    assert!(fired.error.is_empty(), "{}", fired.error);
+    assert_eq!(receiver.requests().len(), 1);
+
+    // While a delivery holds the shard (trigger 0's endpoint answers after 3 s), both
+    // still answer at once.
+    receiver.script("/a", [Reply::status(200).after(Duration::from_secs(3))]);
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovery ack");
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits");
+    let started = client
+        .acknowledged(AcknowledgedRequest { wait: false })
+        .await
+        .expect("delivery starts")
+        .into_inner();
+    receiver.wait_for(3, Duration::from_secs(5)).await;
+    let fired = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.test_fire(TestFireRequest {
+            trigger: 1,
+            variables: None,
+        }),
+    )
+    .await
+    .expect("does not wait for the delivery")
+    .expect("fires")
+    .into_inner();
+    assert_eq!((fired.status, fired.accepted), (200, true));
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        client.preview(PreviewRequest {
+            trigger: 1,
+            variables: None,
+        }),
+    )
+    .await
+    .expect("does not wait for the delivery")
+    .expect("previews");
+    let outcome = client
+        .await_delivery(AwaitDeliveryRequest {
+            delivery_id: started.delivery_id,
+        })
+        .await
+        .expect("delivery ends")
+        .into_inner();
+    assert!(outcome.ok, "{}", outcome.error);
+    let reasons: Vec<_> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-reason").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "test-fire").count(),
+        2,
+        "{reasons:?}"
+    );
     running.stop().await;
 }

@@ -503,7 +503,8 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(
+    /// One HTTP attempt, checked against the network policy first.
+    pub(crate) async fn attempt(
         &self,
         trigger: &Trigger,
         id: &str,
@@ -633,7 +634,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReason {
+pub(crate) fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReason {
     match attempt {
         Attempt::Status { code, excerpt, .. } => FailureReason::Status {
             status: code,

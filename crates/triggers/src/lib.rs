@@ -15,6 +15,10 @@
 //! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`.
 //! A [`NetworkPolicy`] keeps webhooks off loopback, private and link-local addresses.
 //!
+//! Operators check a trigger before a transaction fires it: [`Triggers::preview`] renders
+//! a payload against [`PreviewVariables`] without sending it, and
+//! [`Deliverer::test_fire`] sends one marked attempt and reports what came back.
+//!
 //! This crate knows nothing of RocksDB, shards or gRPC; `triggers-runtime` does.
 
 mod backoff_policy;
@@ -23,6 +27,7 @@ mod config;
 mod deliver;
 mod drain;
 mod network_policy;
+mod preview;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 mod retry;
@@ -31,6 +36,7 @@ mod secret;
 mod signing;
 mod sops;
 mod template;
+mod test_fire;
 mod validate;
 mod variables;
 mod webhook_headers;
@@ -51,6 +57,7 @@ pub use drain::{
     DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
 };
 pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
+pub use preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
 pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
@@ -59,6 +66,7 @@ pub use sops::{
     decrypt_config, encrypt_config, is_sops_encrypted, load_config,
 };
 pub use template::{TemplateError, Templates};
+pub use test_fire::TestFireReport;
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};
 pub use webhook_headers::{

@@ -216,6 +216,16 @@ impl std::fmt::Display for ValidationErrors {
     }
 }
 
+/// What the JSON parser found, without its "at line L column C" (errors give those as
+/// fields, relative to the rendered output).
+pub(crate) fn json_error_message(err: &serde_json::Error) -> String {
+    err.to_string()
+        .split(" at line ")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Headers the HTTP client derives from the request itself; setting them by hand
 /// produces malformed or smuggled requests.
 const RESERVED_HEADERS: [&str; 5] = [
@@ -266,12 +276,7 @@ impl Triggers {
                                 trigger: label,
                                 line: err.line(),
                                 column: err.column(),
-                                message: err
-                                    .to_string()
-                                    .split(" at line ")
-                                    .next()
-                                    .unwrap_or_default()
-                                    .to_string(),
+                                message: json_error_message(&err),
                             });
                         }
                     }

@@ -38,6 +38,10 @@ pub enum SendReason {
     RecoveryRefire,
     /// An operator asked for the webhooks to be sent again.
     OperatorReplay,
+    /// An operator sent one test webhook ([`crate::Deliverer::test_fire`]) with
+    /// placeholder or given variables: it announces no real transaction, so a receiver
+    /// should answer it but act on nothing.
+    TestFire,
 }
 
 impl SendReason {
@@ -47,6 +51,7 @@ impl SendReason {
             SendReason::FirstSend => "first-send",
             SendReason::RecoveryRefire => "recovery-refire",
             SendReason::OperatorReplay => "operator-replay",
+            SendReason::TestFire => "test-fire",
         }
     }
 }

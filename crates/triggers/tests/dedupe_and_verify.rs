@@ -156,6 +156,7 @@ async fn attempts_and_reasons_are_announced() {
     for (reason, expect) in [
         (SendReason::RecoveryRefire, "recovery-refire"),
         (SendReason::OperatorReplay, "operator-replay"),
+        (SendReason::TestFire, "test-fire"),
         (SendReason::FirstSend, "first-send"),
     ] {
         deliverer()

@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use triggers_runtime::Shard;
-use triggers_runtime::cli::{DeliveryArg, ShardArgs, init_tracing};
+use triggers_runtime::cli::{DeliveryArg, NetworkArgs, ShardArgs, init_tracing};
 use triggers_runtime::consumer::{self, Driver, read_documents};
 use triggers_runtime::sidecar;
 
@@ -58,12 +58,9 @@ struct Args {
     /// In-process mode: delay before the first webhook retry, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     retry_initial_ms: u64,
-    /// In-process mode: let webhooks reach loopback addresses.
-    #[arg(long)]
-    allow_loopback: bool,
-    /// In-process mode: let webhooks reach private networks.
-    #[arg(long)]
-    allow_private_networks: bool,
+    /// In-process mode: where webhooks may go.
+    #[command(flatten)]
+    network: NetworkArgs,
     /// In-process mode: `decoupled` (a persisted backlog drains while commits go on) or
     /// `waiting` (each transaction's webhooks before the next commit).
     #[arg(long, value_enum, default_value_t = DeliveryArg::Decoupled)]
@@ -91,8 +88,7 @@ async fn main() -> anyhow::Result<()> {
                 bindings: args.bindings.clone(),
                 no_sync: args.no_sync,
                 retry_initial_ms: args.retry_initial_ms,
-                allow_loopback: args.allow_loopback,
-                allow_private_networks: args.allow_private_networks,
+                network: args.network.clone(),
                 delivery: args.delivery,
                 backlog_limit: args.backlog_limit,
                 ledger_keep: triggers_runtime::DEFAULT_LEDGER_KEEP,

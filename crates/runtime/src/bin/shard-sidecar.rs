@@ -13,7 +13,8 @@ use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 /// (crates/proto/proto/sidecar.proto): Open (recover; returns the last checkpoint and
 /// whether triggers are pending), StartCommit (checkpoint + per-binding stats; returns once
 /// durable), Acknowledged (delivers the triggers; optionally waits for the outcome),
-/// AwaitDelivery, ValidateConfig and Status.
+/// AwaitDelivery, AwaitDrained, ValidateConfig, Status, and Preview and TestFire (one
+/// trigger's payload unsent, or one test webhook; they need no open shard).
 ///
 /// The sidecar owns the shard's RocksDB store (one process per store) and its trigger
 /// config. On start it prints `listening on ADDRESS` to stdout. On SIGTERM or Ctrl-C it

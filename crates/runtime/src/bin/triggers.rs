@@ -1,0 +1,371 @@
+//! `triggers`: the operator's tool for trigger configs (schema, validate, encrypt,
+//! preview, test-fire), locally or through a running sidecar.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use triggers::{
+    AgeRecipient, Deliverer, PreviewVariables, RetryBackoff, SopsError, Triggers, ValidationErrors,
+    config_schema, encrypt_config, load_config,
+};
+use triggers_proto::sidecar::{PreviewRequest, TestFireRequest};
+use triggers_runtime::cli::{
+    NetworkArgs, config_format, init_tracing_at, load_identities, load_triggers_with,
+    read_config_text,
+};
+use triggers_runtime::sidecar;
+
+type Client =
+    triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient<tonic::transport::Channel>;
+
+/// Checks and tries out trigger configs.
+///
+///   triggers schema                                  the config's JSON Schema
+///   triggers validate --config triggers.yaml         every error, exit 1 if invalid
+///   triggers encrypt --config triggers.yaml --recipient age1...
+///   triggers preview --config triggers.yaml          each trigger's payload, unsent
+///   triggers test-fire --config triggers.yaml --trigger 0
+///
+/// A config file is JSON if its name ends in `.json`, YAML otherwise; a SOPS-encrypted
+/// one needs `--identity` (an age keys file). Preview and test-fire can also ask a
+/// running shard-sidecar (`--sidecar ADDRESS`), which uses its own config and network
+/// policy. Nothing prints header values or signing secrets.
+#[derive(Debug, Parser)]
+#[command(name = "triggers", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the config's JSON Schema (for form editors and linters).
+    Schema,
+    /// Validate a config as a control plane does at publish time: print every error
+    /// (naming the trigger, and the line, column and variable of template errors) and
+    /// exit with status 1 if there is any.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print the config SOPS-encrypted for age recipients: header values and signing
+    /// secrets become ENC[...] values, everything else stays readable. The output has the
+    /// input's format and decrypts with `sops` or `--identity`.
+    Encrypt {
+        /// Plaintext trigger config file (`.json`, or YAML otherwise).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// An age public key (age1...) that may decrypt the config; repeat for several.
+        #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY", required = true)]
+        recipients: Vec<String>,
+    },
+    /// Print each trigger's payload (or one trigger's) as it would be sent, without
+    /// sending it: pretty-printed JSON on stdout, one document per trigger, each
+    /// trigger's name and webhook-id on stderr.
+    Preview {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Only this trigger (0-based index in the config). Required with --sidecar.
+        #[arg(long, value_name = "N")]
+        trigger: Option<usize>,
+        #[command(flatten)]
+        variables: VariablesArgs,
+    },
+    /// Send one test webhook of one trigger now (one attempt, no retries, header
+    /// `webhook-reason: test-fire`) and print its status, latency and the start of the
+    /// response body. Exits with status 1 unless the endpoint answers 2xx.
+    TestFire {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// The trigger (0-based index in the config).
+        #[arg(long, value_name = "N")]
+        trigger: usize,
+        #[command(flatten)]
+        variables: VariablesArgs,
+        /// Where the webhook may go (local mode; a sidecar applies its own policy).
+        #[command(flatten)]
+        network: NetworkArgs,
+    },
+}
+
+/// A config file, maybe SOPS-encrypted.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Trigger config file (`.json`, or YAML otherwise), plaintext or SOPS-encrypted.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// age keys file (as age-keygen writes it) to decrypt a SOPS-encrypted config;
+    /// repeat for several.
+    #[arg(long = "identity", value_name = "AGE_KEYS_FILE")]
+    identities: Vec<PathBuf>,
+}
+
+/// Where the triggers come from: a config file, or a running sidecar's config.
+#[derive(Debug, Args)]
+struct SourceArgs {
+    /// Trigger config file (`.json`, or YAML otherwise), plaintext or SOPS-encrypted.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "sidecar",
+        conflicts_with = "sidecar"
+    )]
+    config: Option<PathBuf>,
+    /// Ask the shard-sidecar at this address (http://127.0.0.1:PORT or unix:/path)
+    /// instead, with its config and network policy.
+    #[arg(long, value_name = "ADDRESS", requires = "trigger")]
+    sidecar: Option<String>,
+    /// age keys file to decrypt a SOPS-encrypted config; repeat for several.
+    #[arg(long = "identity", value_name = "AGE_KEYS_FILE", requires = "config")]
+    identities: Vec<PathBuf>,
+}
+
+/// The variables to render with.
+#[derive(Debug, Args)]
+struct VariablesArgs {
+    /// Variable values as a JSON object (or @FILE holding one), overriding the
+    /// placeholders field by field, e.g. '{"collection_names": ["acmeCo/orders"]}'.
+    /// Unknown names are an error listing the variables.
+    #[arg(long, value_name = "JSON_OR_@FILE")]
+    variables: Option<String>,
+}
+
+impl VariablesArgs {
+    /// The JSON text given, read from the file for `@FILE`.
+    fn text(&self) -> anyhow::Result<Option<String>> {
+        match self.variables.as_deref() {
+            None => Ok(None),
+            Some(arg) => match arg.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading variables file {path}"))
+                    .map(Some),
+                None => Ok(Some(arg.to_string())),
+            },
+        }
+    }
+
+    fn parse(&self) -> anyhow::Result<PreviewVariables> {
+        match self.text()? {
+            None => Ok(PreviewVariables::placeholder()),
+            Some(text) => Ok(PreviewVariables::from_json(&text)?),
+        }
+    }
+}
+
+impl SourceArgs {
+    fn triggers(&self) -> anyhow::Result<Triggers> {
+        let path = self
+            .config
+            .as_deref()
+            .context("give --config or --sidecar")?;
+        load_triggers_with(path, &load_identities(&self.identities)?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing_at("warn");
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(err) => {
+            // One line, causes included; no backtrace: this is for operators.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&config_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config } => validate(&config),
+        Command::Encrypt { config, recipients } => {
+            let recipients = recipients
+                .iter()
+                .map(|r| AgeRecipient::parse(r).with_context(|| format!("--recipient {r}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let text = read_config_text(&config)?;
+            let encrypted = encrypt_config(&text, config_format(&config), &recipients)
+                .with_context(|| format!("encrypting {}", config.display()))?;
+            print!("{encrypted}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preview {
+            source,
+            trigger,
+            variables,
+        } => preview(&source, trigger, &variables).await,
+        Command::TestFire {
+            source,
+            trigger,
+            variables,
+            network,
+        } => test_fire(&source, trigger, &variables, &network).await,
+    }
+}
+
+fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let path = args.config.display();
+    let text = read_config_text(&args.config)?;
+    let identities = load_identities(&args.identities)?;
+    let checked = match load_config(&text, config_format(&args.config), &identities) {
+        Ok(config) => Triggers::from_config(&config),
+        // A document that does not parse is invalid, not a failure of the tool.
+        Err(SopsError::Parse(err)) => Err(ValidationErrors(vec![err.into()])),
+        Err(err) => return Err(err).with_context(|| format!("trigger config {path}")),
+    };
+    match checked {
+        Ok(triggers) => {
+            println!("{path}: valid, {} trigger(s)", triggers.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            println!("{path}: invalid, {} error(s):", errors.0.len());
+            for err in &errors.0 {
+                println!("  - {err}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn preview(
+    source: &SourceArgs,
+    trigger: Option<usize>,
+    variables: &VariablesArgs,
+) -> anyhow::Result<ExitCode> {
+    if let Some(address) = &source.sidecar {
+        let trigger = trigger.context("--sidecar needs --trigger")?;
+        let mut client = connect(address).await?;
+        let response = client
+            .preview(PreviewRequest {
+                trigger: wire_index(trigger)?,
+                variables: variables.text()?,
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        eprintln!(
+            "trigger {trigger} ({}), webhook-id {}",
+            response.origin, response.webhook_id
+        );
+        println!("{}", response.payload);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let triggers = source.triggers()?;
+    let given = variables.parse()?;
+    let indices = match trigger {
+        Some(index) => index..index.saturating_add(1),
+        None => 0..triggers.len(),
+    };
+    for index in indices {
+        let preview = triggers.preview(index, &given)?;
+        eprintln!("{}, webhook-id {}", preview.trigger, preview.webhook_id);
+        println!("{}", preview.payload);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn test_fire(
+    source: &SourceArgs,
+    trigger: usize,
+    variables: &VariablesArgs,
+    network: &NetworkArgs,
+) -> anyhow::Result<ExitCode> {
+    let fired = match &source.sidecar {
+        Some(_) if network.allow_loopback || network.allow_private_networks => {
+            anyhow::bail!(
+                "--allow-loopback and --allow-private-networks are for --config: \
+                 a sidecar applies its own network policy"
+            )
+        }
+        Some(address) => {
+            let mut client = connect(address).await?;
+            let r = client
+                .test_fire(TestFireRequest {
+                    trigger: wire_index(trigger)?,
+                    variables: variables.text()?,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            Fired {
+                trigger: format!("trigger {trigger} ({})", r.origin),
+                webhook_id: r.webhook_id,
+                status: (r.status != 0).then_some(r.status),
+                latency_ms: r.latency_ms,
+                body: r.body_excerpt,
+                error: r.error,
+            }
+        }
+        None => {
+            let triggers = source.triggers()?;
+            let deliverer = Deliverer::with_policy(RetryBackoff::default(), network.policy())?;
+            let r = deliverer
+                .test_fire(&triggers, trigger, &variables.parse()?)
+                .await?;
+            Fired {
+                trigger: r.trigger.to_string(),
+                webhook_id: r.webhook_id,
+                status: r.status.map(u32::from),
+                latency_ms: u64::try_from(r.latency.as_millis()).unwrap_or(u64::MAX),
+                body: r.body_excerpt,
+                error: r.error.map(|e| e.to_string()).unwrap_or_default(),
+            }
+        }
+    };
+    fired.print();
+    Ok(if fired.accepted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A test-fire's report, from the library or from a sidecar.
+struct Fired {
+    trigger: String,
+    webhook_id: String,
+    status: Option<u32>,
+    latency_ms: u64,
+    body: String,
+    error: String,
+}
+
+impl Fired {
+    fn accepted(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    fn print(&self) {
+        println!("{}", self.trigger);
+        println!("webhook-id: {}", self.webhook_id);
+        match self.status {
+            Some(status) => println!("status: {status}"),
+            None => println!("status: no answer: {}", self.error),
+        }
+        println!("latency: {} ms", self.latency_ms);
+        if self.status.is_some() {
+            println!("body: {}", self.body);
+        }
+    }
+}
+
+async fn connect(address: &str) -> anyhow::Result<Client> {
+    sidecar::connect(address)
+        .await
+        .with_context(|| format!("connecting to the sidecar at {address}"))
+}
+
+/// The sidecar's message (it names the trigger and what is wrong), not tonic's framing.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("sidecar: {}", status.message())
+}
+
+fn wire_index(trigger: usize) -> anyhow::Result<u32> {
+    u32::try_from(trigger).with_context(|| format!("--trigger {trigger} is out of range"))
+}

@@ -1,0 +1,119 @@
+//! Test-fire: send one webhook of one trigger now, as an operator's check that the
+//! endpoint, its credentials and the network path work, and report what came back.
+//!
+//! Exactly one attempt (no retries, no backoff), marked `webhook-reason: test-fire`,
+//! through the deliverer's own clients: the same network policy, headers, signatures and
+//! timeout as a real delivery.
+
+use crate::FailureReason;
+use crate::deliver::{Deliverer, failure_reason};
+use crate::preview::{PreviewError, PreviewVariables};
+use crate::retry::Attempt;
+use crate::validate::{TriggerLabel, Triggers};
+use crate::webhook_headers::SendReason;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+
+/// What one test webhook came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestFireReport {
+    /// The trigger.
+    pub trigger: TriggerLabel,
+    /// The `webhook-id` sent.
+    pub webhook_id: String,
+    /// The status the endpoint answered, if it answered.
+    pub status: Option<u16>,
+    /// From sending the request to the answer (or the failure).
+    pub latency: Duration,
+    /// The start of the response body (bounded, as in delivery errors); empty without
+    /// an answer.
+    pub body_excerpt: String,
+    /// Why there was no answer: a timeout, a refused connection, the network policy.
+    /// `None` whenever the endpoint answered, whatever the status.
+    pub error: Option<FailureReason>,
+}
+
+impl TestFireReport {
+    /// Whether the endpoint accepted the webhook (a 2xx status), as delivery would.
+    pub fn accepted(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+impl std::fmt::Display for TestFireReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.latency.as_millis();
+        match (&self.status, &self.error) {
+            (Some(status), _) => write!(
+                f,
+                "{}: HTTP {status} in {ms} ms: {:?}",
+                self.trigger, self.body_excerpt
+            ),
+            (None, Some(error)) => write!(f, "{}: {error} (after {ms} ms)", self.trigger),
+            (None, None) => write!(f, "{}: no answer (after {ms} ms)", self.trigger),
+        }
+    }
+}
+
+impl Deliverer {
+    /// Sends one test webhook of trigger `index`: one attempt, no retries, marked
+    /// [`SendReason::TestFire`], rendered against `variables` (with a fresh `flow_run_id`
+    /// unless one is given, so each test has its own `webhook-id`). Any answer or network
+    /// failure is a report, never an error; only a trigger that does not exist or a
+    /// payload that does not render is, and then nothing is sent.
+    pub async fn test_fire(
+        &self,
+        triggers: &Triggers,
+        index: usize,
+        variables: &PreviewVariables,
+    ) -> Result<TestFireReport, PreviewError> {
+        let variables = variables.for_test_fire();
+        let rendered = triggers.render_checked(index, &variables)?;
+        let trigger = triggers
+            .triggers
+            .get(index)
+            .ok_or(PreviewError::NoSuchTrigger {
+                index,
+                count: triggers.len(),
+            })?;
+        let span = tracing::info_span!(
+            "test_fire",
+            trigger = index,
+            origin = %trigger.label.origin,
+            webhook_id = %rendered.webhook_id,
+        );
+        let started = Instant::now();
+        let attempt = self
+            .attempt(
+                trigger,
+                &rendered.webhook_id,
+                1,
+                SendReason::TestFire.as_str(),
+                Bytes::from(rendered.body),
+            )
+            .instrument(span.clone())
+            .await;
+        let latency = started.elapsed();
+        let report = match attempt {
+            Attempt::Status { code, excerpt, .. } => TestFireReport {
+                trigger: rendered.trigger,
+                webhook_id: rendered.webhook_id,
+                status: Some(code),
+                latency,
+                body_excerpt: excerpt,
+                error: None,
+            },
+            failed => TestFireReport {
+                trigger: rendered.trigger,
+                webhook_id: rendered.webhook_id,
+                status: None,
+                latency,
+                body_excerpt: String::new(),
+                error: Some(failure_reason(failed, trigger.timeout)),
+            },
+        };
+        span.in_scope(|| tracing::info!(report = %report, "test webhook sent"));
+        Ok(report)
+    }
+}
