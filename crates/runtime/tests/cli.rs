@@ -359,6 +359,8 @@ async fn preview_and_test_fire_through_a_sidecar() {
             backoff: RetryBackoff::default(),
             network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
             delivery: DeliveryMode::Waiting,
+            ledger: triggers_runtime::LedgerRetention::default(),
+            attempt_observer: None,
         },
     });
     let listener = Listener::bind("127.0.0.1:0").await.expect("binds");
