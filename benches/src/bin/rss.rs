@@ -21,8 +21,12 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The runtime the shard binaries use (capped, long-lived blocking threads).
+    triggers_runtime::cli::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let total: u64 = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())

@@ -179,6 +179,18 @@ pub fn load_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<AgeIdentity>> {
     Ok(identities)
 }
 
+/// The tokio runtime of a binary that runs a shard. Store work runs on blocking threads;
+/// tokio replaces blocking threads that idle out, and glibc gives every new thread its
+/// own malloc arena, which over a long run grew RSS by a quarter (see benches' `rss`).
+/// A shard needs few such threads, so they are capped and kept alive instead.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .build()
+}
+
 /// Installs the tracing subscriber of a binary: `RUST_LOG` or `info`, to stderr.
 pub fn init_tracing() {
     init_tracing_at("info");

@@ -71,8 +71,11 @@ struct Args {
     backlog_limit: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    triggers_runtime::cli::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     triggers_runtime::crash::arm_from_env();
     init_tracing();
     let args = Args::parse();

@@ -37,8 +37,11 @@ struct Args {
     metrics_address: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    triggers_runtime::cli::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     triggers_runtime::crash::arm_from_env();
     init_tracing();
     let args = Args::parse();
