@@ -212,8 +212,9 @@ impl Deliverer {
     /// is checked, and refused ones are never connected to), redirect targets at every hop.
     ///
     /// Redirects are not followed unless a trigger sets `followRedirects`, and then only
-    /// 307 and 308; proxies from the environment are ignored and no `Referer` is sent, so a webhook goes exactly where its config says and its URL
-    /// (which may hold a credential) is not repeated to a redirect target.
+    /// 307 and 308; proxies from the environment are ignored and no `Referer` is sent, so
+    /// a webhook goes exactly where its config says and its URL (which may hold a
+    /// credential) is not repeated to a redirect target.
     pub fn with_policy(
         backoff: RetryBackoff,
         policy: NetworkPolicy,
