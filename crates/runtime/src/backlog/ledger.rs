@@ -327,10 +327,7 @@ impl Shared {
                 return Ok(from_entry(queue.index, entry, stored.as_ref()));
             }
         }
-        stored.ok_or(LedgerError::NotFound {
-            trigger,
-            first_commit_seq: seq,
-        })
+        stored.ok_or_else(|| not_found(trigger, seq))
     }
 
     /// Every delivery, newest first (by first commit sequence number, then trigger).
@@ -358,18 +355,12 @@ impl Shared {
         let queue = self
             .queues
             .get(trigger as usize)
-            .ok_or(LedgerError::NotFound {
-                trigger,
-                first_commit_seq: seq,
-            })?;
+            .ok_or_else(|| not_found(trigger, seq))?;
         let mut state = queue.lock();
         let _cas = self.ledger_guard();
         let stored = self.store.delivery(trigger, seq)?;
         let Some(entry) = state.entries.iter_mut().find(|e| e.key_seq == seq) else {
-            let stored = stored.ok_or(LedgerError::NotFound {
-                trigger,
-                first_commit_seq: seq,
-            })?;
+            let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
             return Err(illegal(
                 "retry",
                 &stored,
@@ -415,18 +406,12 @@ impl Shared {
         let queue = self
             .queues
             .get(trigger as usize)
-            .ok_or(LedgerError::NotFound {
-                trigger,
-                first_commit_seq: seq,
-            })?;
+            .ok_or_else(|| not_found(trigger, seq))?;
         let mut state = queue.lock();
         let _cas = self.ledger_guard();
         let stored = self.store.delivery(trigger, seq)?;
         let Some(at) = state.entries.iter().position(|e| e.key_seq == seq) else {
-            let stored = stored.ok_or(LedgerError::NotFound {
-                trigger,
-                first_commit_seq: seq,
-            })?;
+            let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
             let hint = match stored.state() {
                 DeliveryState::Success => "it was delivered",
                 _ => "it is already finished",
@@ -479,6 +464,13 @@ impl Shared {
                 queue.wake.notify_one();
             }
         }
+    }
+}
+
+fn not_found(trigger: u32, first_commit_seq: u64) -> LedgerError {
+    LedgerError::NotFound {
+        trigger,
+        first_commit_seq,
     }
 }
 
