@@ -159,16 +159,13 @@ async fn coalesced_merges_what_commits_during_a_slow_webhook_and_covers_every_tr
     );
     let mut shard = open(dir.path(), config(triggers, decoupled(8))).await;
 
-    let started = Instant::now();
     commit_all(&mut shard, 1..=30).await;
-    let committing = started.elapsed();
+    // All 30 committed while at most a few 150 ms webhooks were answered: commits did
+    // not wait on them.
+    let answered_by_then = accepted(&receiver, "/c").len();
+    assert!(answered_by_then < 30, "{answered_by_then} answered already");
     shard.drained().await.expect("drains");
 
-    // 30 commits did not wait on 150 ms webhooks.
-    assert!(
-        committing < Duration::from_secs(3),
-        "commits took {committing:?}"
-    );
     let webhooks = assert_covers_exactly_once(&receiver, "/c", 30);
     assert!(webhooks < 30, "merged into fewer webhooks: {webhooks}");
     // The merged variables: collections in commit order, the time range of all of them,
@@ -256,19 +253,21 @@ async fn concurrent_sends_up_to_its_limit_at_once() {
         )],
     );
     let mut shard = open(dir.path(), config(triggers, decoupled(100))).await;
-    let started = Instant::now();
     commit_all(&mut shard, 1..=8).await;
     let handle = shard.backlog_handle().expect("decoupled");
     let mut most_in_flight = 0;
-    while handle.status().depth() > 0 {
-        most_in_flight = most_in_flight.max(handle.status().queues[0].in_flight);
+    // Bounded: 8 webhooks of 200 ms take well under the 4 s this polls for.
+    for _ in 0..800 {
+        let status = handle.status();
+        if status.depth() == 0 {
+            break;
+        }
+        most_in_flight = most_in_flight.max(status.queues[0].in_flight);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let elapsed = started.elapsed();
+    drop(handle);
     shard.drained().await.expect("drains");
-    assert_eq!(most_in_flight, 4, "up to maxInFlight at once");
-    // 8 webhooks of 200 ms, 4 at a time: about 400 ms, far from the 1.6 s of one by one.
-    assert!(elapsed < Duration::from_millis(1200), "{elapsed:?}");
+    assert_eq!(most_in_flight, 4, "up to maxInFlight at once, never more");
     assert_eq!(assert_covers_exactly_once(&receiver, "/n", 8), 8);
     shard.close().await;
 }

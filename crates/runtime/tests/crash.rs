@@ -248,6 +248,38 @@ impl Harness {
         );
     }
 
+    /// Starts a sidecar armed at `point` and a consumer driving it, SIGKILLs the sidecar
+    /// at the point, and waits for the consumer, which loses its sidecar and fails.
+    async fn kill_sidecar_under_consumer(&mut self, point: &str) {
+        let mut sidecar = self.sidecar(Some(point));
+        let address = sidecar_address(&mut sidecar).await;
+        let consumer = self.consumer(Some(&address), None);
+        self.kill_at_crash_point(sidecar).await;
+        let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
+            .await
+            .expect("consumer notices")
+            .expect("consumer ran");
+        assert!(!output.status.success(), "the consumer lost its sidecar");
+    }
+
+    /// Starts a new sidecar and runs the consumer through it to the end of the input;
+    /// returns the sidecar, still running.
+    async fn complete_through_new_sidecar(&self) -> Child {
+        let mut sidecar = self.sidecar(None);
+        let address = sidecar_address(&mut sidecar).await;
+        let consumer = self.consumer(Some(&address), None);
+        let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
+            .await
+            .expect("consumer finishes")
+            .expect("consumer ran");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        sidecar
+    }
+
     /// Runs `child` until it reports reaching its crash point, then SIGKILLs it.
     async fn kill_at_crash_point(&mut self, mut child: Child) {
         let stderr = child.stderr.take().expect("stderr piped");
@@ -608,29 +640,10 @@ async fn crash_during_delivery_with_one_trigger_delivered_refires_both() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_killed_after_the_write_recovers_through_the_next_sidecar() {
     let mut harness = Harness::new(30, 3).await;
-    let mut sidecar = harness.sidecar(Some("start_commit.after_write@4"));
-    let address = sidecar_address(&mut sidecar).await;
-    let consumer = harness.consumer(Some(&address), None);
-    harness.kill_at_crash_point(sidecar).await;
-    // The consumer loses its sidecar and fails; it is restarted with a new sidecar.
-    let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
-        .await
-        .expect("consumer notices")
-        .expect("consumer ran");
-    assert!(!output.status.success());
-
-    let mut sidecar = harness.sidecar(None);
-    let address = sidecar_address(&mut sidecar).await;
-    let consumer = harness.consumer(Some(&address), None);
-    let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
-        .await
-        .expect("consumer finishes")
-        .expect("consumer ran");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    harness
+        .kill_sidecar_under_consumer("start_commit.after_write@4")
+        .await;
+    let mut sidecar = harness.complete_through_new_sidecar().await;
     // SIGTERM: a clean shutdown releases the store.
     let pid = sidecar.id().expect("running");
     std::process::Command::new("kill")
@@ -683,24 +696,10 @@ async fn decoupled_sidecar_killed_mid_backlog_recovers_through_the_next_sidecar(
     harness
         .receiver
         .set_default(Reply::status(200).after(Duration::from_millis(15)));
-    let mut sidecar = harness.sidecar(Some("backlog.before_delete@2"));
-    let address = sidecar_address(&mut sidecar).await;
-    let consumer = harness.consumer(Some(&address), None);
-    harness.kill_at_crash_point(sidecar).await;
-    let _ = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output()).await;
-
-    let mut sidecar = harness.sidecar(None);
-    let address = sidecar_address(&mut sidecar).await;
-    let consumer = harness.consumer(Some(&address), None);
-    let output = tokio::time::timeout(CHILD_DEADLINE, consumer.wait_with_output())
-        .await
-        .expect("consumer finishes")
-        .expect("consumer ran");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    harness
+        .kill_sidecar_under_consumer("backlog.before_delete@2")
+        .await;
+    let mut sidecar = harness.complete_through_new_sidecar().await;
     sidecar.start_kill().expect("SIGKILL");
     sidecar.wait().await.expect("reaped");
     harness.assert_clean();

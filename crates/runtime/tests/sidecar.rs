@@ -130,6 +130,42 @@ async fn serve_with(
     }
 }
 
+/// A decoupled sidecar (both triggers ordered, backlogs of `limit`), opened, with the
+/// recovered commit acknowledged.
+async fn serve_decoupled_and_open(receiver: &Receiver, limit: usize) -> (Running, Client) {
+    let running = serve_with(
+        receiver,
+        "127.0.0.1:0",
+        DeliveryMode::Decoupled {
+            backlog_limit: limit,
+        },
+        serde_json::json!({"mode": "ordered"}),
+    )
+    .await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    (running, client)
+}
+
+/// StartCommit of transaction `n` (offset `n`), then its Acknowledged.
+async fn commit_and_acknowledge(client: &mut Client, n: i64) {
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(n)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("ack");
+}
+
 fn checkpoint(offset: i64) -> Checkpoint {
     Checkpoint {
         sources: [(
@@ -389,19 +425,7 @@ async fn validate_config_reports_every_error_with_its_trigger() {
 async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure() {
     let receiver = Receiver::start().await.expect("receiver");
     receiver.set_default(Reply::status(200).after(Duration::from_millis(150)));
-    let running = serve_with(
-        &receiver,
-        "127.0.0.1:0",
-        DeliveryMode::Decoupled { backlog_limit: 2 },
-        serde_json::json!({"mode": "ordered"}),
-    )
-    .await;
-    let mut client = running.client.clone();
-    client.open(OpenRequest {}).await.expect("opens");
-    client
-        .acknowledged(AcknowledgedRequest { wait: true })
-        .await
-        .expect("recovered ack");
+    let (running, mut client) = serve_decoupled_and_open(&receiver, 2).await;
 
     let mut committer = client.clone();
     let commits = tokio::spawn(async move {
@@ -472,17 +496,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
 
     // A permanent failure on /b stops delivery; every surface names it.
     receiver.script("/b", [Reply::status(404).with_body("no such hook")]);
-    client
-        .start_commit(StartCommitRequest {
-            checkpoint: Some(checkpoint(6)),
-            stats: stats(),
-        })
-        .await
-        .expect("commits");
-    client
-        .acknowledged(AcknowledgedRequest { wait: true })
-        .await
-        .expect("ack");
+    commit_and_acknowledge(&mut client, 6).await;
     let drained = client
         .await_drained(AwaitDrainedRequest {})
         .await
@@ -580,31 +594,9 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
 async fn metrics_are_scraped_over_http() {
     let receiver = Receiver::start().await.expect("receiver");
     receiver.script("/a", [Reply::status(503), Reply::status(200)]);
-    let running = serve_with(
-        &receiver,
-        "127.0.0.1:0",
-        DeliveryMode::Decoupled { backlog_limit: 10 },
-        serde_json::json!({"mode": "ordered"}),
-    )
-    .await;
-    let mut client = running.client.clone();
-    client.open(OpenRequest {}).await.expect("opens");
-    client
-        .acknowledged(AcknowledgedRequest { wait: true })
-        .await
-        .expect("recovered ack");
+    let (running, mut client) = serve_decoupled_and_open(&receiver, 10).await;
     for n in 1..=2 {
-        client
-            .start_commit(StartCommitRequest {
-                checkpoint: Some(checkpoint(n)),
-                stats: stats(),
-            })
-            .await
-            .expect("commits");
-        client
-            .acknowledged(AcknowledgedRequest { wait: true })
-            .await
-            .expect("ack");
+        commit_and_acknowledge(&mut client, n).await;
     }
     client
         .await_drained(AwaitDrainedRequest {})
@@ -612,17 +604,7 @@ async fn metrics_are_scraped_over_http() {
         .expect("drains");
     // One more, held by /b for a while: it shows in the backlog gauges.
     receiver.script("/b", [Reply::status(200).after(Duration::from_millis(800))]);
-    client
-        .start_commit(StartCommitRequest {
-            checkpoint: Some(checkpoint(3)),
-            stats: stats(),
-        })
-        .await
-        .expect("commits");
-    client
-        .acknowledged(AcknowledgedRequest { wait: true })
-        .await
-        .expect("ack");
+    commit_and_acknowledge(&mut client, 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let http = reqwest::Client::new();

@@ -412,8 +412,18 @@ impl Backlog {
     pub(crate) fn acknowledge(&self, seq: u64) {
         self.shared.acked_seq.fetch_max(seq, Ordering::SeqCst);
         for queue in &self.shared.queues {
-            let in_flight = queue.lock().entries.iter().filter(|e| e.in_flight).count();
-            if in_flight < queue.drain.max_in_flight() {
+            let max = queue.drain.max_in_flight();
+            // Stops at the `max`-th in-flight entry, which on a busy queue is at its head:
+            // no walk over a long backlog on the commit path.
+            let busy = queue
+                .lock()
+                .entries
+                .iter()
+                .filter(|e| e.in_flight)
+                .take(max)
+                .count()
+                == max;
+            if !busy {
                 queue.wake.notify_one();
             }
         }
