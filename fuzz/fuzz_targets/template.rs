@@ -1,6 +1,7 @@
 //! Arbitrary templates against arbitrary variables: compiling and rendering return a
-//! value or a typed error, never panic; rendering is deterministic; and the `json` helper
-//! round-trips any string and list exactly.
+//! value or a typed error, never panic; rendering is deterministic; direct rendering is
+//! byte for byte Handlebars'; and the `json` helper round-trips any string and list
+//! exactly.
 
 #![no_main]
 
@@ -45,6 +46,18 @@ fuzz_target!(|input: Input| {
         let first = templates.render(0, &context);
         let second = templates.render(0, &context);
         assert_eq!(first, second, "rendering is deterministic");
+
+        // A template with a direct plan renders exactly what Handlebars renders from
+        // the serialised variables; one without renders by Handlebars itself.
+        let id = triggers::webhook_id(&variables.flow_run_id, 0);
+        let mut with_id = context.clone();
+        with_id["webhook_id"] = serde_json::Value::String(id.clone());
+        assert_eq!(
+            templates.render_variables(0, &variables, &id),
+            templates.render(0, &with_id),
+            "direct: {}",
+            templates.renders_directly(0)
+        );
     }
 
     let mut json = Templates::new();

@@ -15,7 +15,7 @@ use crate::webhook_headers::{
 };
 use crate::webhook_id;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument as _;
@@ -521,21 +521,55 @@ impl Deliverer {
             &self.direct
         };
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut request = client
+        // The builder moves credentials in the URL's user info into a Basic
+        // `Authorization` header (so they reach neither logs nor the connection pool's
+        // key); the rest is set directly, in one map sized once with header names made at
+        // compile time: the builder's `header` re-parses each name and grows the map.
+        let mut request = match client
             .request(trigger.method.clone(), trigger.url.clone())
-            .headers(trigger.headers.clone())
-            .header(WEBHOOK_ID, id)
-            .header(WEBHOOK_TIMESTAMP, timestamp)
-            .header(WEBHOOK_ATTEMPT, number)
-            .header(WEBHOOK_REASON, reason)
-            .timeout(trigger.timeout);
+            .build()
+        {
+            Ok(request) => request,
+            Err(err) => return transport_attempt(err),
+        };
+        let mut headers = trigger.headers.clone();
+        headers.reserve(request.headers().len() + 6);
+        for (name, value) in request.headers() {
+            // The config's own `Authorization` wins over user info, as it always has.
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        match HeaderValue::try_from(id) {
+            Ok(id) => headers.insert(HeaderName::from_static(WEBHOOK_ID), id),
+            Err(err) => return Attempt::Invalid(format!("webhook-id {id:?}: {err}")),
+        };
+        headers.insert(
+            HeaderName::from_static(WEBHOOK_TIMESTAMP),
+            HeaderValue::from(timestamp),
+        );
+        headers.insert(
+            HeaderName::from_static(WEBHOOK_ATTEMPT),
+            HeaderValue::from(number),
+        );
+        // Every reason is one of our constants: `SendReason::as_str` or `retry`.
+        headers.insert(
+            HeaderName::from_static(WEBHOOK_REASON),
+            HeaderValue::from_static(reason),
+        );
         if let Some(signatures) = signature_header(&trigger.signing_keys, id, timestamp, &body) {
-            request = request.header(WEBHOOK_SIGNATURE, signatures);
+            match HeaderValue::try_from(signatures) {
+                Ok(value) => headers.insert(HeaderName::from_static(WEBHOOK_SIGNATURE), value),
+                Err(err) => return Attempt::Invalid(format!("webhook-signature: {err}")),
+            };
         }
-        if !trigger.headers.contains_key(CONTENT_TYPE) {
-            request = request.header(CONTENT_TYPE, "application/json");
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        match request.body(body).send().await {
+        *request.headers_mut() = headers;
+        *request.timeout_mut() = Some(trigger.timeout);
+        *request.body_mut() = Some(body.into());
+        match client.execute(request).await {
             Ok(response) => {
                 let code = response.status().as_u16();
                 let retry_after = retry_after(

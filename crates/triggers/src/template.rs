@@ -1,6 +1,9 @@
 //! Payload templates: Handlebars, compiled once per config, strict, without HTML escaping.
 
+mod direct;
+
 use crate::variables::Variables;
+use direct::DirectTemplate;
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output, PathAndJson,
     RenderContext, RenderErrorReason, Renderable as _,
@@ -12,8 +15,13 @@ use handlebars::{
 /// is off because payloads are JSON, not HTML. The `json` helper writes any value as
 /// JSON (`{{json materialization_name}}` gives a quoted, escaped string;
 /// `{{json collection_names}}` an array), so values with quotes or newlines stay valid.
+///
+/// Templates of the common shape (text, `{{variable}}`, `{{json variable}}`) also get a
+/// direct plan that renders the same bytes without building a JSON context per render.
 pub struct Templates {
     registry: Handlebars<'static>,
+    /// By trigger index: the direct plan, where the template has one.
+    direct: Vec<Option<DirectTemplate>>,
 }
 
 /// A template that does not compile or render.
@@ -69,13 +77,21 @@ impl Templates {
         registry.register_helper("json", Box::new(json_helper));
         registry.register_helper("if", Box::new(StrictIf { positive: true }));
         registry.register_helper("unless", Box::new(StrictIf { positive: false }));
-        Self { registry }
+        Self {
+            registry,
+            direct: Vec::new(),
+        }
     }
 
     /// Compiles the template of trigger `index`.
     pub fn compile(&mut self, index: usize, source: &str) -> Result<(), TemplateError> {
+        let name = name(index);
+        if index >= self.direct.len() {
+            self.direct.resize(index + 1, None);
+        }
+        self.direct[index] = None;
         self.registry
-            .register_template_string(&name(index), source)
+            .register_template_string(&name, source)
             .map_err(|err| {
                 let (line, column) = err.pos().unwrap_or((0, 0));
                 TemplateError::Syntax {
@@ -83,7 +99,18 @@ impl Templates {
                     column,
                     message: err.reason().to_string(),
                 }
-            })
+            })?;
+        self.direct[index] = self
+            .registry
+            .get_template(&name)
+            .and_then(DirectTemplate::plan);
+        Ok(())
+    }
+
+    /// Whether trigger `index` renders by its direct plan: for tests and benches.
+    #[doc(hidden)]
+    pub fn renders_directly(&self, index: usize) -> bool {
+        matches!(self.direct.get(index), Some(Some(_)))
     }
 
     /// Renders trigger `index` against a context made by [`Templates::context`].
@@ -128,6 +155,11 @@ impl Templates {
         variables: &Variables,
         webhook_id: &str,
     ) -> Result<String, TemplateError> {
+        if let Some(Some(direct)) = self.direct.get(index)
+            && let Some(rendered) = direct.render(variables, webhook_id)
+        {
+            return Ok(rendered);
+        }
         self.render_data(
             index,
             &TriggerVariables {
@@ -362,6 +394,85 @@ mod tests {
             templates.render(0, &context),
             Err(TemplateError::UnknownVariable { variable, .. }) if variable == "webhook_id"
         ));
+    }
+
+    /// Renders `source` both ways: by the direct plan (which it must have, if `direct`)
+    /// and by Handlebars against the serialised context. They must agree byte for byte.
+    fn render_both(source: &str, variables: &Variables, direct: bool) -> String {
+        let mut templates = Templates::new();
+        templates.compile(3, source).expect("compiles");
+        assert_eq!(templates.renders_directly(3), direct, "{source}");
+        let id = crate::webhook_id(&variables.flow_run_id, 3);
+        let ours = templates
+            .render_variables(3, variables, &id)
+            .unwrap_or_else(|err| panic!("{source}: {err}"));
+        let mut context = Templates::context(variables);
+        context["webhook_id"] = serde_json::Value::String(id);
+        let handlebars = templates
+            .render(3, &context)
+            .unwrap_or_else(|err| panic!("{source}: {err}"));
+        assert_eq!(ours, handlebars, "{source}");
+        ours
+    }
+
+    #[test]
+    fn direct_rendering_matches_handlebars_byte_for_byte() {
+        let mut odd = Variables::placeholder();
+        odd.materialization_name = "a \"quoted\"\nname\\ </script> \u{1F600} \u{7}".to_string();
+        odd.collection_names = vec!["x, y".to_string(), String::new(), "\"q\"".to_string()];
+        odd.connector_image = "{{connector_image}}".to_string();
+        odd.transaction_count = u64::MAX;
+        let mut none = Variables::placeholder();
+        none.collection_names.clear();
+        none.flow_published_at_min = time::macros::datetime!(1970-01-01 00:00:00 UTC);
+        let every_variable = crate::VARIABLE_NAMES
+            .iter()
+            .map(|name| format!("{name}={{{{{name}}}}} json={{{{json {name}}}}}\n"))
+            .collect::<String>();
+        let direct = [
+            every_variable.as_str(),
+            "{\"dag_run_id\": \"flow-{{flow_run_id}}\", \"from\": \"{{flow_published_at_min}}\"}",
+            "",
+            "no variables at all",
+            r#"{"name": "{{materialization_name}}", "all": {{json collection_names}}}"#,
+            "{{{materialization_name}}} {{&connector_image}} {{! a comment }}{{!-- another --}}",
+            "  {{~ flow_run_id ~}}  \n {{~json webhook_id}}",
+            "{{[materialization_name]}} \\{{not_a_variable}}",
+            "{\n  {{json transaction_count}}\n}\n",
+            // Outside any block, `this` is the root: the same segments as the bare name.
+            "{{this.materialization_name}} {{./flow_run_id}}",
+        ];
+        for variables in [Variables::placeholder(), odd, none] {
+            for source in direct {
+                render_both(source, &variables, true);
+            }
+            for source in [
+                "{{#each collection_names}}{{this}},{{/each}}",
+                "{{#if collection_names}}some{{/if}}",
+                "{{json materialization_name pretty=true}}",
+                "{{json \"literal\"}}",
+                "{{#with materialization_name}}{{this}}{{/with}}",
+                "{{@root.flow_run_id}}",
+            ] {
+                render_both(source, &variables, false);
+            }
+        }
+    }
+
+    #[test]
+    fn templates_with_unknown_variables_have_no_direct_plan() {
+        let mut templates = Templates::new();
+        templates
+            .compile(0, "{{materialisation_name}}")
+            .expect("compiles");
+        assert!(!templates.renders_directly(0));
+        // A recompiled index forgets its old plan.
+        templates.compile(1, "{{flow_run_id}}").expect("compiles");
+        assert!(templates.renders_directly(1));
+        templates
+            .compile(1, "{{#each collection_names}}{{/each}}")
+            .expect("compiles");
+        assert!(!templates.renders_directly(1));
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! `flow_run_id` and the trigger's index alone, deterministically, with nothing stored.
 
 use sha2::{Digest as _, Sha256};
-use std::fmt::Write as _;
 
 /// Domain separation: ids of this derivation cannot collide with hashes made for any
 /// other purpose from the same inputs, and a future derivation can use `v2`.
@@ -26,11 +25,12 @@ pub fn webhook_id(flow_run_id: &str, trigger_index: usize) -> String {
     hash.update(flow_run_id.as_bytes());
     hash.update((trigger_index as u64).to_be_bytes());
     let digest = hash.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(4 + 32);
     id.push_str("msg_");
     for byte in &digest[..16] {
-        // Writing to a String cannot fail.
-        let _ = write!(id, "{byte:02x}");
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     id
 }

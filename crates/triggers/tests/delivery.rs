@@ -330,3 +330,39 @@ async fn log_lines_name_the_trigger_and_never_a_credential() {
     assert!(logs.contains("trigger=0"), "{logs}");
     assert!(!logs.contains("hunter2"), "{logs}");
 }
+
+#[tokio::test]
+async fn user_info_in_the_url_is_sent_as_basic_auth_unless_the_config_sets_authorization() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let with_user = |path: &str| {
+        receiver
+            .url(path)
+            .replace("127.0.0.1", "ops:s%20cret@127.0.0.1")
+    };
+    let config = serde_json::json!({"config": [
+        {"url": with_user("/basic"), "payloadTemplate": "{}"},
+        {"url": with_user("/own"), "payloadTemplate": "{}",
+         "headers": {"Authorization": "Bearer mine"}},
+    ]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+
+    let mut requests = receiver.requests();
+    requests.sort_by(|a, b| a.path.cmp(&b.path));
+    // "ops:s cret", percent-decoded, in base64.
+    assert_eq!(requests[0].path, "/basic");
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some("Basic b3BzOnMgY3JldA==")
+    );
+    assert_eq!(requests[1].path, "/own");
+    assert_eq!(requests[1].header("authorization"), Some("Bearer mine"));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("webhook-id").is_some() && r.header("webhook-reason").is_some())
+    );
+}
