@@ -3,7 +3,7 @@
 //! triggers fanned out against one, with a receiver that answers after 20 ms.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use triggers::receiver::{Receiver, Reply};
 use triggers::{Deliverer, RetryBackoff, Variables};
 
@@ -132,6 +132,47 @@ fn deliver(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Paired: blocks of deliveries alternate between our path and the bare POST, so both
+    // meet the same loopback latency (which drifts between criterion's separate runs).
+    // Their time per delivery is also the inverse of sequential throughput.
+    const BLOCKS: usize = 200;
+    const PER_BLOCK: u32 = 50;
+    let paired = runtime.block_on(async {
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for block in 0..BLOCKS {
+            // Alternate which goes first, so neither always runs on the other's heels.
+            for ours_now in [block % 2 == 0, block % 2 == 1] {
+                let started = Instant::now();
+                for _ in 0..PER_BLOCK {
+                    if ours_now {
+                        deliverer
+                            .deliver(&triggers, &variables)
+                            .await
+                            .expect("delivers");
+                    } else {
+                        post(&bare).await;
+                    }
+                }
+                let per_delivery = started.elapsed() / PER_BLOCK;
+                if ours_now {
+                    ours.push(per_delivery);
+                } else {
+                    floor.push(per_delivery);
+                }
+            }
+        }
+        benches::Paired::from_blocks(ours, floor)
+    });
+    println!(
+        "deliver_paired ({BLOCKS} alternating blocks of {PER_BLOCK} deliveries): ours {:.1} us, \
+         bare reqwest {:.1} us per delivery, time ratio {:.3} (throughput {:.3}x)",
+        paired.ours.as_secs_f64() * 1e6,
+        paired.floor.as_secs_f64() * 1e6,
+        paired.ratio(),
+        1.0 / paired.ratio(),
+    );
+    paired.save("deliver_paired");
 
     // A slow endpoint: fanning 16 triggers out costs about as much as one.
     let slow = runtime.block_on(Receiver::start()).expect("receiver");

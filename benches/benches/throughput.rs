@@ -225,9 +225,13 @@ fn paired(runtime: &tokio::runtime::Runtime, receiver: &Receiver) {
         }
         plain.close().await;
         merged.close().await;
-        (median(a), median(b), deepest)
+        (benches::median(a), benches::median(b), deepest)
     });
-    let ratio = coalesced.as_secs_f64() / no_triggers.as_secs_f64();
+    let paired = benches::Paired {
+        ours: coalesced,
+        floor: no_triggers,
+    };
+    let ratio = paired.ratio();
     println!(
         "throughput_50ms paired ({BLOCKS} alternating blocks of {COMMITS_PER_BLOCK} synced commits): \
          no triggers {:.1} us/commit, coalesced {:.1} us/commit, time ratio {ratio:.3} \
@@ -236,22 +240,7 @@ fn paired(runtime: &tokio::runtime::Runtime, receiver: &Receiver) {
         coalesced.as_secs_f64() * 1e6,
         1.0 / ratio,
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("target"));
-    let dir = target.join("criterion/throughput_50ms");
-    let json = serde_json::json!({
-        "no_triggers_ns": no_triggers.as_nanos() as f64,
-        "coalesced_ns": coalesced.as_nanos() as f64,
-    });
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("paired.json"), json.to_string());
-    }
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    samples.get(samples.len() / 2).copied().unwrap_or_default()
+    paired.save("throughput_50ms");
 }
 
 criterion_group!(benches, throughput);

@@ -1,6 +1,8 @@
 //! Fixtures shared by the criterion benches: realistic materializations, stats and
 //! templates, built outside the timed closures.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 use triggers::{Clock, Materialization};
 use triggers_proto::BindingStats;
 
@@ -105,4 +107,69 @@ pub fn json_helper(
     let value = h.param(0).map(|p| p.value().clone()).unwrap_or_default();
     out.write(&value.to_string())?;
     Ok(())
+}
+
+/// Where criterion writes its results: `$CARGO_TARGET_DIR/criterion`, or `target/criterion`.
+pub fn criterion_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("criterion")
+}
+
+/// A paired measurement: blocks of our path and of its floor alternate in one run, and
+/// the medians of their per-operation block times are compared. Criterion runs each case
+/// separately, and on this shared machine the floor itself drifts between those runs
+/// (loopback round trips by up to 1.3x, fdatasync by 2-4x), which a ratio of separate
+/// runs cannot tell from our overhead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paired {
+    /// Median time per operation of our path.
+    pub ours: Duration,
+    /// Median time per operation of the floor.
+    pub floor: Duration,
+}
+
+impl Paired {
+    /// From per-operation block times, in any order.
+    pub fn from_blocks(ours: Vec<Duration>, floor: Vec<Duration>) -> Self {
+        Self {
+            ours: median(ours),
+            floor: median(floor),
+        }
+    }
+
+    /// Ours over the floor: time per operation.
+    pub fn ratio(&self) -> f64 {
+        self.ours.as_secs_f64() / self.floor.as_secs_f64()
+    }
+
+    /// Saves it as `paired.json` in criterion's directory for `group`, for the report.
+    pub fn save(&self, group: &str) {
+        let dir = criterion_dir().join(group);
+        let json = serde_json::json!({
+            "ours_ns": self.ours.as_nanos() as f64,
+            "floor_ns": self.floor.as_nanos() as f64,
+        });
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join("paired.json"), json.to_string());
+        }
+    }
+
+    /// What [`Paired::save`] wrote for `group` under `root`, if anything.
+    pub fn load(root: &Path, group: &str) -> Option<Self> {
+        let text = std::fs::read_to_string(root.join(group).join("paired.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let ns = |key: &str| Some(Duration::from_nanos(json[key].as_f64()? as u64));
+        Some(Self {
+            ours: ns("ours_ns")?,
+            floor: ns("floor_ns")?,
+        })
+    }
+}
+
+/// The median of `samples` (the upper one of an even count); zero when empty.
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
