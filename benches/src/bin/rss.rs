@@ -8,17 +8,33 @@ use triggers::RetryBackoff;
 use triggers::receiver::Receiver;
 use triggers_runtime::{Durability, Shard, ShardConfig};
 
-fn rss_kib() -> u64 {
+/// A field of `/proc/self/status`, in KiB (0 when absent).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// RSS split into anonymous memory (heap, stacks: what a leak grows) and file-backed
+/// pages (mostly the binary's code, faulted in as new paths first run).
+fn split() -> String {
+    format!(
+        "anon {} KiB, file {} KiB, {} threads",
+        status_kib("RssAnon:"),
+        status_kib("RssFile:"),
+        status_kib("Threads:")
+    )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +47,11 @@ async fn run() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
+    let delivery = match std::env::args().nth(2).as_deref() {
+        None | Some("decoupled") => triggers_runtime::DeliveryMode::default(),
+        Some("waiting") => triggers_runtime::DeliveryMode::Waiting,
+        Some(other) => anyhow::bail!("unknown delivery {other:?}: decoupled or waiting"),
+    };
     let receiver = Receiver::start().await?;
     receiver.forget_requests();
     let dir = tempfile::tempdir()?;
@@ -41,7 +62,7 @@ async fn run() -> anyhow::Result<()> {
         durability: Durability::Unsynced,
         backoff: RetryBackoff::default(),
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-        delivery: triggers_runtime::DeliveryMode::Waiting,
+        delivery,
         ledger: triggers_runtime::LedgerRetention::default(),
         attempt_observer: None,
     };
@@ -57,16 +78,23 @@ async fn run() -> anyhow::Result<()> {
         shard.acknowledged().await?;
         if txn == 1_000 {
             early = rss_kib();
-            println!("rss after {txn:>7} transactions: {early} KiB");
+            println!("rss after {txn:>7} transactions: {early} KiB ({})", split());
         } else if txn % 10_000 == 0 && txn < total {
             // The curve between the two marks: growth that flattens is warm-up, growth
             // that keeps going is a leak.
-            println!("rss after {txn:>7} transactions: {} KiB", rss_kib());
+            println!(
+                "rss after {txn:>7} transactions: {} KiB ({})",
+                rss_kib(),
+                split()
+            );
         }
     }
     let late = rss_kib();
     let ratio = late as f64 / early.max(1) as f64;
-    println!("rss after {total:>7} transactions: {late} KiB");
+    println!(
+        "rss after {total:>7} transactions: {late} KiB ({})",
+        split()
+    );
     println!(
         "{} {ratio:.3}x  goal <= 1.05  rss after {total} vs after 1000 transactions ({:.0} transactions/s)",
         if ratio <= 1.05 { "ok  " } else { "MISS" },

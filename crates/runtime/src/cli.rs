@@ -179,10 +179,10 @@ pub fn load_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<AgeIdentity>> {
     Ok(identities)
 }
 
-/// The tokio runtime of a binary that runs a shard. Store work runs on blocking threads;
-/// tokio replaces blocking threads that idle out, and glibc gives every new thread its
-/// own malloc arena, which over a long run grew RSS by a quarter (see benches' `rss`).
-/// A shard needs few such threads, so they are capped and kept alive instead.
+/// The tokio runtime of a binary that runs a shard. Store work has a thread of its own;
+/// the blocking pool serves the rest (name lookups). tokio replaces blocking threads that
+/// idle out, and glibc gives every new thread its own malloc arena, which over a long run
+/// grows RSS (see benches' `rss`), so the pool's threads are capped and kept alive.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,6 +19,7 @@ mod shard;
 pub mod sidecar;
 mod stats;
 pub mod store;
+mod store_thread;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,

@@ -5,6 +5,7 @@ use crate::backlog::{
 };
 use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
+use crate::store_thread::StoreThread;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::Instrument as _;
@@ -151,7 +152,7 @@ pub enum ShardError {
     /// status and the backlog depth), or a delivered entry could not be deleted.
     #[error(transparent)]
     Backlog(#[from] BacklogError),
-    /// A blocking store task did not finish (it panicked or the runtime is shutting down).
+    /// Store work did not finish: it panicked, or its thread could not start.
     #[error("store task did not complete: {0}")]
     Blocking(String),
     /// The HTTP client could not be built (no TLS roots, say).
@@ -183,6 +184,8 @@ enum Phase {
 /// locked.
 pub struct Shard {
     store: Arc<Store>,
+    /// Runs the store's blocking work, off the async executor.
+    thread: StoreThread,
     materialization: Materialization,
     triggers: Arc<Triggers>,
     deliverer: Deliverer,
@@ -226,46 +229,49 @@ impl Shard {
         let durability = config.durability;
         let decoupled = matches!(config.delivery, DeliveryMode::Decoupled { .. });
         let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
-        let recovered = blocking(move || {
-            let store = Store::open(&path, durability)?;
-            let checkpoint = store.checkpoint()?;
-            let mut commit_seq = store.commit_seq()?;
-            let mut params = store.trigger_params()?;
-            if let (true, Some(legacy)) = (decoupled && triggers > 0, &mut params) {
-                // Waiting delivery's single key becomes one entry per trigger, numbered if
-                // a version-1 store did not number it.
-                if legacy.last_commit_seq == 0 {
-                    commit_seq += 1;
-                    legacy.first_commit_seq = commit_seq;
-                    legacy.last_commit_seq = commit_seq;
+        let thread = StoreThread::start()
+            .map_err(|err| ShardError::Blocking(format!("cannot start the store thread: {err}")))?;
+        let recovered = thread
+            .run(move || {
+                let store = Store::open(&path, durability)?;
+                let checkpoint = store.checkpoint()?;
+                let mut commit_seq = store.commit_seq()?;
+                let mut params = store.trigger_params()?;
+                if let (true, Some(legacy)) = (decoupled && triggers > 0, &mut params) {
+                    // Waiting delivery's single key becomes one entry per trigger, numbered if
+                    // a version-1 store did not number it.
+                    if legacy.last_commit_seq == 0 {
+                        commit_seq += 1;
+                        legacy.first_commit_seq = commit_seq;
+                        legacy.last_commit_seq = commit_seq;
+                    }
+                    store.move_params_to_backlog(legacy, triggers)?;
+                    params = None;
                 }
-                store.move_params_to_backlog(legacy, triggers)?;
-                params = None;
-            }
-            {
-                // Either mode drains a backlog, so either resets what a stop interrupted.
-                let reset = crate::backlog::reset_interrupted(&store)?;
-                if reset > 0 {
-                    tracing::info!(
-                        reset,
-                        "deliveries interrupted by the last stop are pending again"
-                    );
+                {
+                    // Either mode drains a backlog, so either resets what a stop interrupted.
+                    let reset = crate::backlog::reset_interrupted(&store)?;
+                    if reset > 0 {
+                        tracing::info!(
+                            reset,
+                            "deliveries interrupted by the last stop are pending again"
+                        );
+                    }
                 }
-            }
-            let backlog = store.backlog()?;
-            let last_sent = (0..triggers)
-                .map(|trigger| store.last_sent_ms(trigger))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StoreError>(Recovered {
-                store,
-                checkpoint,
-                commit_seq,
-                params,
-                backlog,
-                last_sent,
+                let backlog = store.backlog()?;
+                let last_sent = (0..triggers)
+                    .map(|trigger| store.last_sent_ms(trigger))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, StoreError>(Recovered {
+                    store,
+                    checkpoint,
+                    commit_seq,
+                    params,
+                    backlog,
+                    last_sent,
+                })
             })
-        })
-        .await??;
+            .await??;
 
         let pending = recovered.params.map(Variables::from_params).transpose()?;
         let mut entries = Vec::new();
@@ -314,6 +320,7 @@ impl Shard {
             Backlog::start(
                 BacklogSetup {
                     store: store.clone(),
+                    thread: thread.clone(),
                     triggers: config.triggers.clone(),
                     deliverer: deliverer.clone(),
                     limit,
@@ -327,6 +334,7 @@ impl Shard {
         let pending_now = pending.is_some() || backlog_len > 0;
         let shard = Shard {
             store,
+            thread,
             materialization: config.materialization,
             triggers: config.triggers,
             deliverer,
@@ -467,7 +475,9 @@ impl Shard {
                 let params = variables.as_ref().map(Variables::to_params);
                 let store = self.store.clone();
                 crash_point!("start_commit.before_write");
-                blocking(move || store.commit(&checkpoint, params.as_ref())).await??;
+                self.thread
+                    .run(move || store.commit(&checkpoint, params.as_ref()))
+                    .await??;
             }
         }
         crash_point!("start_commit.after_write");
@@ -513,7 +523,11 @@ impl Shard {
                 backlog.shutdown().await;
             }
             let store = self.store.clone();
-            let params_pending = blocking(move || store.trigger_params()).await??.is_some();
+            let params_pending = self
+                .thread
+                .run(move || store.trigger_params())
+                .await??
+                .is_some();
             self.phase = Phase::Recovered {
                 pending: params_pending,
             };
@@ -538,7 +552,7 @@ impl Shard {
 
         // Read back what StartCommit persisted: delivery uses exactly the durable copy.
         let store = self.store.clone();
-        let params = blocking(move || store.trigger_params()).await??;
+        let params = self.thread.run(move || store.trigger_params()).await??;
         let Some(params) = params else {
             // Unreachable unless the store was edited underneath us; nothing to send.
             tracing::warn!("trigger params expected but absent from the store");
@@ -564,7 +578,9 @@ impl Shard {
 
         crash_point!("acknowledged.before_delete");
         let store = self.store.clone();
-        blocking(move || store.clear_trigger_params()).await??;
+        self.thread
+            .run(move || store.clear_trigger_params())
+            .await??;
         self.phase = Phase::Idle;
         self.pending_run_id = None;
         Ok(Acknowledgement {
@@ -583,13 +599,4 @@ struct Recovered {
     params: Option<triggers_proto::TriggerParams>,
     backlog: Vec<crate::store::StoredEntry>,
     last_sent: Vec<Option<u64>>,
-}
-
-/// Runs blocking store work off the async executor.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ShardError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| ShardError::Blocking(err.to_string()))
 }

@@ -17,9 +17,16 @@
 //! [`crate::Shard`]).
 
 use prost::Message as _;
-use rocksdb::{DB, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, DBIteratorWithThreadMode, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
 use std::path::{Path, PathBuf};
 use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, TriggerParams};
+
+/// The block cache of one store: several times a store's live data (a checkpoint, a
+/// backlog of at most its bound, a ledger of about a thousand records).
+const BLOCK_CACHE_BYTES: usize = 4 << 20;
 
 /// Key of the last committed checkpoint.
 pub const CHECKPOINT_KEY: &[u8] = b"checkpoint";
@@ -126,6 +133,12 @@ impl Store {
         options.set_keep_log_file_num(2);
         options.set_write_buffer_size(1 << 20);
         options.set_max_write_buffer_number(2);
+        // RocksDB's default block cache is 32 MiB, filled as blocks are read: RSS would
+        // climb toward it over a long run. A store's live data is far smaller (a
+        // checkpoint, a bounded backlog and ledger), and scans skip the cache anyway.
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        options.set_block_based_table_factory(&table);
         let db = DB::open(&options, &path).map_err(|err| {
             let detail = err.into_string();
             // RocksDB reports its LOCK file held by another process or handle.
@@ -228,10 +241,10 @@ impl Store {
     /// Every backlog entry, per trigger in commit order.
     pub fn backlog(&self) -> Result<Vec<StoredEntry>, StoreError> {
         let mut entries = Vec::new();
-        for item in self.db.prefix_iterator(BACKLOG_PREFIX) {
+        for item in self.scan(BACKLOG_PREFIX) {
             let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
             let Some(suffix) = key.strip_prefix(BACKLOG_PREFIX) else {
-                break; // Past the prefix: prefix_iterator seeks, it does not stop.
+                break; // Past the prefix (the scan's upper bound stops it first).
             };
             let (trigger, key_seq) = match suffix.split_at_checked(4) {
                 Some((trigger, seq)) if seq.len() == 8 => (
@@ -310,20 +323,49 @@ impl Store {
             .map_err(|err| self.rocksdb_error("read", err))
     }
 
+    /// Every key under `prefix`, in order. A scan reads its range once (at open, and for
+    /// ledger retention), so it does not fill the block cache: it would push out the
+    /// blocks point lookups use and hold memory in proportion to the data.
+    fn scan(&self, prefix: &[u8]) -> DBIteratorWithThreadMode<'_, DB> {
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        // Every prefix ends in `/`: the first key past the range ends in `0` instead.
+        if let Some((last, head)) = prefix.split_last() {
+            let mut end = head.to_vec();
+            end.push(last.saturating_add(1));
+            read.set_iterate_upper_bound(end);
+        }
+        self.db
+            .iterator_opt(IteratorMode::From(prefix, Direction::Forward), read)
+    }
+
     /// Every ledger record, per trigger in commit order.
     pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut records = Vec::new();
-        for item in self.db.prefix_iterator(LEDGER_PREFIX) {
+        self.for_each_delivery(|record| {
+            records.push(record);
+            Ok(())
+        })?;
+        Ok(records)
+    }
+
+    /// Calls `visit` with every ledger record, per trigger in commit order, one at a time:
+    /// a pass over the ledger that keeps little of each record holds little memory.
+    pub fn for_each_delivery(
+        &self,
+        mut visit: impl FnMut(DeliveryRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.scan(LEDGER_PREFIX) {
             let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
             if !key.starts_with(LEDGER_PREFIX) {
                 break;
             }
-            records.push(
+            visit(
                 DeliveryRecord::decode(value.as_ref())
                     .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))?,
-            );
+            )?;
         }
-        Ok(records)
+        Ok(())
     }
 
     /// Deletes ledger records (retention), in one unsynced WriteBatch.

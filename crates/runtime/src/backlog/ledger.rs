@@ -9,8 +9,8 @@
 //! WriteBatch. Terminal records are collected by [`LedgerRetention`].
 
 use super::{Entry, Send, Shared};
-use crate::shard::blocking;
 use crate::store::StoreError;
+use crate::store_thread::StoreThread;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,7 +85,7 @@ pub enum LedgerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A blocking store task did not finish.
+    /// Store work did not finish (it panicked).
     #[error("ledger task did not complete: {0}")]
     Blocking(String),
 }
@@ -288,8 +288,9 @@ impl Shared {
     pub(crate) fn collect(&self) -> Result<usize, StoreError> {
         let _cas = self.ledger_guard();
         let now = SystemTime::now();
-        let mut terminal: Vec<DeliveryRecord> = Vec::new();
-        for record in self.store.deliveries()? {
+        // Only when each finished and which it is: a pass holds a few bytes per record.
+        let mut terminal: Vec<(SystemTime, u32, u64)> = Vec::new();
+        self.store.for_each_delivery(|record| {
             let done = match record.state() {
                 DeliveryState::Success | DeliveryState::Cancelled => true,
                 DeliveryState::Failed => !self
@@ -298,19 +299,23 @@ impl Shared {
                 DeliveryState::Pending | DeliveryState::Running => false,
             };
             if done {
-                terminal.push(record);
+                let updated = record
+                    .updated_at
+                    .and_then(system_time)
+                    .unwrap_or(UNIX_EPOCH);
+                terminal.push((updated, record.trigger, record.first_commit_seq));
             }
-        }
-        let updated = |r: &DeliveryRecord| r.updated_at.and_then(system_time).unwrap_or(UNIX_EPOCH);
-        terminal.sort_by_key(|r| std::cmp::Reverse(updated(r)));
+            Ok(())
+        })?;
+        terminal.sort_by_key(|(updated, ..)| std::cmp::Reverse(*updated));
         let doomed: Vec<(u32, u64)> = terminal
             .iter()
             .enumerate()
-            .filter(|(rank, r)| {
+            .filter(|(rank, (updated, ..))| {
                 *rank >= self.retention.keep
-                    || now.duration_since(updated(r)).unwrap_or_default() > self.retention.max_age
+                    || now.duration_since(*updated).unwrap_or_default() > self.retention.max_age
             })
-            .map(|(_, r)| (r.trigger, r.first_commit_seq))
+            .map(|(_, (_, trigger, seq))| (*trigger, *seq))
             .collect();
         if !doomed.is_empty() {
             self.store.delete_deliveries(&doomed)?;
@@ -516,7 +521,10 @@ impl super::BacklogHandle {
         first_commit_seq: u64,
     ) -> Result<DeliveryRecord, LedgerError> {
         let shared = self.0.clone();
-        run(move || shared.get(trigger, first_commit_seq)).await
+        run(&self.0.thread, move || {
+            shared.get(trigger, first_commit_seq)
+        })
+        .await
     }
 
     /// A page of deliveries, newest first; `page_token` is the previous page's
@@ -533,7 +541,7 @@ impl super::BacklogHandle {
         };
         let after = parse_token(page_token)?;
         let shared = self.0.clone();
-        let all = run(move || shared.list()).await?;
+        let all = run(&self.0.thread, move || shared.list()).await?;
         let start = match after {
             None => 0,
             Some(key) => all
@@ -558,7 +566,10 @@ impl super::BacklogHandle {
         first_commit_seq: u64,
     ) -> Result<DeliveryRecord, LedgerError> {
         let shared = self.0.clone();
-        run(move || shared.retry(trigger, first_commit_seq)).await
+        run(&self.0.thread, move || {
+            shared.retry(trigger, first_commit_seq)
+        })
+        .await
     }
 
     /// Cancels a PENDING or FAILED delivery, with a reason (→ CANCELLED).
@@ -570,20 +581,28 @@ impl super::BacklogHandle {
     ) -> Result<DeliveryRecord, LedgerError> {
         let shared = self.0.clone();
         let reason = reason.to_string();
-        run(move || shared.skip(trigger, first_commit_seq, &reason)).await
+        run(&self.0.thread, move || {
+            shared.skip(trigger, first_commit_seq, &reason)
+        })
+        .await
     }
 
     /// Runs a retention pass now; returns how many records it collected.
     pub async fn collect(&self) -> Result<usize, LedgerError> {
         let shared = self.0.clone();
-        run(move || shared.collect().map_err(LedgerError::from)).await
+        run(&self.0.thread, move || {
+            shared.collect().map_err(LedgerError::from)
+        })
+        .await
     }
 }
 
 async fn run<T: std::marker::Send + 'static>(
+    thread: &StoreThread,
     work: impl FnOnce() -> Result<T, LedgerError> + std::marker::Send + 'static,
 ) -> Result<T, LedgerError> {
-    blocking(work)
+    thread
+        .run(work)
         .await
         .map_err(|err| LedgerError::Blocking(err.to_string()))?
 }

@@ -25,8 +25,8 @@ pub use ledger::{
 };
 
 use crate::crash::crash_point;
-use crate::shard::blocking;
 use crate::store::{BacklogWrite, Store, StoredEntry};
+use crate::store_thread::StoreThread;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use std::collections::VecDeque;
@@ -162,6 +162,7 @@ impl Queue {
 
 struct Shared {
     store: Arc<Store>,
+    thread: StoreThread,
     triggers: Arc<Triggers>,
     deliverer: Deliverer,
     limit: usize,
@@ -285,6 +286,8 @@ impl std::fmt::Debug for BacklogHandle {
 /// What a backlog is built from (besides what recovery found).
 pub(crate) struct BacklogSetup {
     pub(crate) store: Arc<Store>,
+    /// The shard's store thread, where backlog and ledger writes run.
+    pub(crate) thread: StoreThread,
     pub(crate) triggers: Arc<Triggers>,
     pub(crate) deliverer: Deliverer,
     /// Entries a queue may hold before StartCommit waits.
@@ -318,6 +321,7 @@ impl Backlog {
     ) -> Self {
         let BacklogSetup {
             store,
+            thread,
             triggers,
             deliverer,
             limit,
@@ -360,6 +364,7 @@ impl Backlog {
         }
         let shared = Arc::new(Shared {
             store,
+            thread,
             triggers,
             deliverer,
             limit: limit.max(1),
@@ -440,7 +445,10 @@ impl Backlog {
         let Some(variables) = variables else {
             let store = self.shared.store.clone();
             crash_point!("start_commit.before_write");
-            blocking(move || store.commit_backlog(&checkpoint, None, &[])).await??;
+            self.shared
+                .thread
+                .run(move || store.commit_backlog(&checkpoint, None, &[]))
+                .await??;
             return Ok(());
         };
         let now = SystemTime::now();
@@ -479,7 +487,11 @@ impl Backlog {
         let store = self.shared.store.clone();
         let seq = variables.last_commit_seq;
         crash_point!("start_commit.before_write");
-        let written = blocking(move || store.commit_backlog(&checkpoint, Some(seq), &batch)).await;
+        let written = self
+            .shared
+            .thread
+            .run(move || store.commit_backlog(&checkpoint, Some(seq), &batch))
+            .await;
 
         for (queue, (key_seq, merged, committed_at)) in self.shared.queues.iter().zip(writes) {
             let mut state = queue.lock();
@@ -644,7 +656,8 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
     let begun = {
         let shared = shared.clone();
         let record = ledger::running(index, send);
-        blocking(move || shared.begin(record)).await
+        let thread = shared.thread.clone();
+        thread.run(move || shared.begin(record)).await
     };
     match begun {
         Ok(Ok(true)) => {}
@@ -756,7 +769,8 @@ async fn finish(shared: &Arc<Shared>, queue: &Queue, send: Send, sent: Sent) {
         let record = ledger::failed(queue.index, &send, attempts, &failure);
         let recorded = {
             let shared = shared.clone();
-            blocking(move || shared.record_failure(record)).await
+            let thread = shared.thread.clone();
+            thread.run(move || shared.record_failure(record)).await
         };
         let recorded = match recorded {
             Ok(Ok(())) => Ok(()),
@@ -794,7 +808,10 @@ async fn finish(shared: &Arc<Shared>, queue: &Queue, send: Send, sent: Sent) {
     let record = ledger::succeeded(queue.index, &send, attempts);
     let recorded = {
         let shared = shared.clone();
-        blocking(move || shared.record_success(record, sent_at_ms)).await
+        let thread = shared.thread.clone();
+        thread
+            .run(move || shared.record_success(record, sent_at_ms))
+            .await
     };
     let recorded = match recorded {
         Ok(Ok(())) => Ok(()),
