@@ -7,8 +7,10 @@
 //! the variables straight into the output: byte for byte what Handlebars renders (unit
 //! tests and the `template` fuzz target compare the two on every render).
 //!
-//! Anything else (blocks, paths with dots, literals, other helpers, partials) has no plan
-//! and keeps Handlebars, as does a render whose value Handlebars would fail on.
+//! Anything else (blocks, nested paths, literals, other helpers, partials) has no plan and
+//! keeps Handlebars, as does a render whose value Handlebars would fail on. A variable
+//! may be named bare or as `this.name` (outside a block, `this` is the root: the same
+//! path to Handlebars).
 
 use crate::variables::Variables;
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
@@ -20,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DirectTemplate {
     parts: Vec<Part>,
-    /// The length of the text parts: where the output buffer starts.
+    /// The total length of the text parts: the output's size before any value.
     text_len: usize,
 }
 
@@ -147,9 +149,7 @@ impl DirectTemplate {
         // Every part wrote UTF-8; the check is what keeps this free of `unsafe`.
         String::from_utf8(out).ok()
     }
-}
 
-impl DirectTemplate {
     /// Room for the text and the values (times and numbers are short), so a render
     /// allocates once.
     fn capacity(&self, variables: &Variables, webhook_id: &str) -> usize {
