@@ -138,6 +138,16 @@ const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
 /// (group, goal on ours/floor time per operation, what the ratio means)
 const PAIRED: &[(&str, f64, &str)] = &[
     (
+        "start_commit_sync_paired",
+        1.05,
+        "StartCommit with params vs checkpoint only, synced",
+    ),
+    (
+        "start_commit_nosync_paired",
+        1.10,
+        "StartCommit with params vs checkpoint only, not synced",
+    ),
+    (
         "deliver_paired",
         1.2,
         "one webhook, our whole path vs a bare reqwest POST: time",

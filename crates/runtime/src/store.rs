@@ -214,11 +214,7 @@ impl Store {
         for entry in entries {
             batch.put(
                 backlog_key(entry.trigger, entry.key_seq),
-                BacklogEntry {
-                    params: Some(entry.params.clone()),
-                    committed_at: Some(entry.committed_at),
-                }
-                .encode_to_vec(),
+                encode_entry(entry),
             );
         }
         self.write(batch, "commit")
@@ -503,6 +499,18 @@ pub struct BacklogWrite {
     pub committed_at: triggers_proto::Timestamp,
 }
 
+/// The bytes of `BacklogEntry { params, committed_at }` for `entry`, encoded from borrowed
+/// fields: building the message would clone the params on every StartCommit.
+fn encode_entry(entry: &BacklogWrite) -> Vec<u8> {
+    use prost::encoding::message;
+    let mut bytes = Vec::with_capacity(
+        message::encoded_len(1, &entry.params) + message::encoded_len(2, &entry.committed_at),
+    );
+    message::encode(1, &entry.params, &mut bytes);
+    message::encode(2, &entry.committed_at, &mut bytes);
+    bytes
+}
+
 /// A backlog entry read back from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEntry {
@@ -544,6 +552,24 @@ fn backlog_sent_key(trigger: u32) -> Vec<u8> {
 mod tests {
     use super::*;
     use triggers_proto::Source;
+
+    #[test]
+    fn backlog_entries_encode_as_the_message_does() {
+        let write = BacklogWrite {
+            trigger: 3,
+            key_seq: 7,
+            params: triggers::Variables::placeholder().to_params(),
+            committed_at: triggers_proto::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            },
+        };
+        let message = BacklogEntry {
+            params: Some(write.params.clone()),
+            committed_at: Some(write.committed_at),
+        };
+        assert_eq!(encode_entry(&write), message.encode_to_vec());
+    }
 
     fn checkpoint(offset: i64) -> Checkpoint {
         Checkpoint {

@@ -173,7 +173,9 @@ impl Variables {
         };
 
         // Two bindings may read one collection; it is listed once, at its first binding.
-        let mut listed = std::collections::HashSet::new();
+        // Fx hashing: the names come from the materialization's own spec, and SipHash
+        // was a tenth of a coalesced StartCommit's instructions.
+        let mut listed = rustc_hash::FxHashSet::default();
         let collection_names: Vec<String> = materialization
             .binding_collections
             .iter()
@@ -228,14 +230,19 @@ impl Variables {
 
     /// The persisted form, written in the same WriteBatch as the checkpoint.
     pub fn to_params(&self) -> TriggerParams {
+        self.clone().into_params()
+    }
+
+    /// The persisted form, taking the variables (no string is copied).
+    pub fn into_params(self) -> TriggerParams {
         TriggerParams {
             version: TRIGGER_PARAMS_VERSION,
-            materialization_name: self.materialization_name.clone(),
-            collection_names: self.collection_names.clone(),
-            connector_image: self.connector_image.clone(),
+            materialization_name: self.materialization_name,
+            collection_names: self.collection_names,
+            connector_image: self.connector_image,
             flow_published_at_min: Some(to_timestamp(self.flow_published_at_min)),
             flow_published_at_max: Some(to_timestamp(self.flow_published_at_max)),
-            flow_run_id: self.flow_run_id.clone(),
+            flow_run_id: self.flow_run_id,
             first_commit_seq: self.first_commit_seq,
             last_commit_seq: self.last_commit_seq,
             transaction_count: self.transaction_count,

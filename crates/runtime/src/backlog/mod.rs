@@ -455,34 +455,29 @@ impl Backlog {
 
         // Decide each trigger's write, marking merge targets so no worker sends them
         // while the merged version is being written.
-        let mut writes = Vec::with_capacity(self.shared.queues.len());
-        for queue in &self.shared.queues {
+        let mut batch = Vec::with_capacity(self.shared.queues.len());
+        for (trigger, queue) in self.shared.queues.iter().enumerate() {
             let mut state = queue.lock();
             let target = state
                 .entries
                 .back_mut()
                 .filter(|tail| queue.drain.coalesces() && !tail.recovered && !tail.in_flight);
-            let (key_seq, merged, committed_at) = match target {
+            let (key_seq, params, committed_at) = match target {
                 Some(tail) => {
                     tail.merging = true;
                     let mut merged = tail.variables.clone();
                     merged.merge(variables);
-                    (tail.key_seq, merged, tail.committed_at)
+                    (tail.key_seq, merged.into_params(), tail.committed_at)
                 }
-                None => (variables.first_commit_seq, variables.clone(), now),
+                None => (variables.first_commit_seq, variables.to_params(), now),
             };
-            writes.push((key_seq, merged, committed_at));
-        }
-        let batch: Vec<BacklogWrite> = writes
-            .iter()
-            .enumerate()
-            .map(|(trigger, (key_seq, merged, committed_at))| BacklogWrite {
+            batch.push(BacklogWrite {
                 trigger: trigger as u32,
-                key_seq: *key_seq,
-                params: merged.to_params(),
-                committed_at: ledger::timestamp(*committed_at),
-            })
-            .collect();
+                key_seq,
+                params,
+                committed_at: ledger::timestamp(committed_at),
+            });
+        }
 
         let store = self.shared.store.clone();
         let seq = variables.last_commit_seq;
@@ -493,22 +488,25 @@ impl Backlog {
             .run(move || store.commit_backlog(&checkpoint, Some(seq), &batch))
             .await;
 
-        for (queue, (key_seq, merged, committed_at)) in self.shared.queues.iter().zip(writes) {
+        // The write landed (or not): merge the tails in memory as they were on disk, or
+        // queue the new entries.
+        let landed = matches!(written, Ok(Ok(())));
+        for queue in &self.shared.queues {
             let mut state = queue.lock();
             match state.entries.back_mut() {
                 Some(tail) if tail.merging => {
                     tail.merging = false;
-                    if matches!(written, Ok(Ok(()))) {
-                        tail.variables = merged;
+                    if landed {
+                        tail.variables.merge(variables);
                     }
                 }
-                _ if matches!(written, Ok(Ok(()))) => state.entries.push_back(Entry {
-                    key_seq,
-                    variables: merged,
+                _ if landed => state.entries.push_back(Entry {
+                    key_seq: variables.first_commit_seq,
+                    variables: variables.clone(),
                     recovered: false,
                     in_flight: false,
                     merging: false,
-                    committed_at,
+                    committed_at: now,
                     attempts: Arc::default(),
                 }),
                 _ => {}
