@@ -667,11 +667,20 @@ async fn sidecar_killed_after_the_write_recovers_through_the_next_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decoupled_crash_points_lose_nothing_in_every_drain_mode() {
     for drain in Drain::ALL {
+        // How many webhooks a coalesced trigger sends depends on how commits race the
+        // 15 ms endpoint (all ten may merge into one), so only its first is sure to come.
+        let delivery = if drain == Drain::Coalesced {
+            "backlog.before_delete@1"
+        } else {
+            "backlog.before_delete@3"
+        };
         for point in [
             "start_commit.after_write@4",
             "consumer.after_start_commit@5",
-            "backlog.before_delete@3",
+            delivery,
         ] {
+            // Named in the output, so a failure says which case it was.
+            println!("case: {drain:?} at {point}");
             let mut harness = Harness::with_delivery(30, 3, Delivery::Decoupled(drain)).await;
             harness
                 .receiver
@@ -697,7 +706,8 @@ async fn decoupled_sidecar_killed_mid_backlog_recovers_through_the_next_sidecar(
         .receiver
         .set_default(Reply::status(200).after(Duration::from_millis(15)));
     harness
-        .kill_sidecar_under_consumer("backlog.before_delete@2")
+        // The first webhook is the only one sure to come: the rest may all merge into one.
+        .kill_sidecar_under_consumer("backlog.before_delete@1")
         .await;
     let mut sidecar = harness.complete_through_new_sidecar().await;
     sidecar.start_kill().expect("SIGKILL");

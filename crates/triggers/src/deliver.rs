@@ -403,7 +403,7 @@ impl Deliverer {
             };
             let attempt_started = (SystemTime::now(), Instant::now());
             let attempt = self
-                .attempt(trigger, &id, attempts, sent_as, body.clone())
+                .attempt(trigger, &id, attempts, sent_as, body.clone(), false)
                 .instrument(tracing::info_span!(
                     "attempt",
                     number = attempts,
@@ -503,7 +503,9 @@ impl Deliverer {
         }
     }
 
-    /// One HTTP attempt, checked against the network policy first.
+    /// One HTTP attempt, checked against the network policy first. The response body is
+    /// read in any case (so the connection is reused) but kept as an excerpt only for a
+    /// failure, or always when `keep_excerpt` (a test-fire shows it to the operator).
     pub(crate) async fn attempt(
         &self,
         trigger: &Trigger,
@@ -511,6 +513,7 @@ impl Deliverer {
         number: u32,
         reason: &'static str,
         body: Bytes,
+        keep_excerpt: bool,
     ) -> Attempt {
         if let Err(refusal) = self.policy.check_url(&trigger.url) {
             return Attempt::Refused(refusal);
@@ -580,9 +583,10 @@ impl Deliverer {
                         .and_then(|value| value.to_str().ok()),
                     SystemTime::now(),
                 );
+                let keep = keep_excerpt || !(200..300).contains(&code);
                 Attempt::Status {
                     code,
-                    excerpt: read_excerpt(response).await,
+                    excerpt: read_excerpt(response, keep).await,
                     retry_after,
                 }
             }
@@ -601,13 +605,15 @@ enum GiveUp {
     BudgetExhausted,
 }
 
-/// Reads (a bounded part of) the response body and keeps its start. A body that fails
-/// mid-read does not change the outcome: the status is what the endpoint decided.
-async fn read_excerpt(mut response: reqwest::Response) -> String {
+/// Reads (a bounded part of) the response body and, if `keep`, returns its start. A body
+/// that fails mid-read does not change the outcome: the status is what the endpoint
+/// decided.
+async fn read_excerpt(mut response: reqwest::Response, keep: bool) -> String {
     let mut head = Vec::new();
     let mut read = 0;
     while read < BODY_READ_LIMIT {
         match response.chunk().await {
+            Ok(Some(chunk)) if !keep => read += chunk.len(),
             Ok(Some(chunk)) => {
                 read += chunk.len();
                 let room = (EXCERPT_CHARS * 4).saturating_sub(head.len());
@@ -615,6 +621,9 @@ async fn read_excerpt(mut response: reqwest::Response) -> String {
             }
             Ok(None) | Err(_) => break,
         }
+    }
+    if !keep {
+        return String::new();
     }
     let text = String::from_utf8_lossy(&head);
     let mut excerpt: String = text.chars().take(EXCERPT_CHARS).collect();

@@ -91,6 +91,7 @@ impl Deliverer {
                 1,
                 SendReason::TestFire.as_str(),
                 Bytes::from(rendered.body),
+                true,
             )
             .instrument(span.clone())
             .await;
