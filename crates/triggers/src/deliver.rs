@@ -20,6 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument as _;
 
+/// The headers every request carries, as names built at compile time.
+const ID_HEADER: HeaderName = HeaderName::from_static(WEBHOOK_ID);
+const TIMESTAMP_HEADER: HeaderName = HeaderName::from_static(WEBHOOK_TIMESTAMP);
+const ATTEMPT_HEADER: HeaderName = HeaderName::from_static(WEBHOOK_ATTEMPT);
+const REASON_HEADER: HeaderName = HeaderName::from_static(WEBHOOK_REASON);
+const SIGNATURE_HEADER: HeaderName = HeaderName::from_static(WEBHOOK_SIGNATURE);
+
 /// Longest response-body excerpt kept for an error message, in characters.
 const EXCERPT_CHARS: usize = 200;
 /// Most response-body bytes read per attempt: enough to reuse the connection after a
@@ -526,8 +533,8 @@ impl Deliverer {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         // The builder moves credentials in the URL's user info into a Basic
         // `Authorization` header (so they reach neither logs nor the connection pool's
-        // key); the rest is set directly, in one map sized once with header names made at
-        // compile time: the builder's `header` re-parses each name and grows the map.
+        // key); the rest is set directly, in one map sized once with header names built at
+        // compile time: the builder's `header` parses each name again and grows the map.
         let mut request = match client
             .request(trigger.method.clone(), trigger.url.clone())
             .build()
@@ -544,25 +551,16 @@ impl Deliverer {
             }
         }
         match HeaderValue::try_from(id) {
-            Ok(id) => headers.insert(HeaderName::from_static(WEBHOOK_ID), id),
+            Ok(id) => headers.insert(ID_HEADER, id),
             Err(err) => return Attempt::Invalid(format!("webhook-id {id:?}: {err}")),
         };
-        headers.insert(
-            HeaderName::from_static(WEBHOOK_TIMESTAMP),
-            HeaderValue::from(timestamp),
-        );
-        headers.insert(
-            HeaderName::from_static(WEBHOOK_ATTEMPT),
-            HeaderValue::from(number),
-        );
+        headers.insert(TIMESTAMP_HEADER, HeaderValue::from(timestamp));
+        headers.insert(ATTEMPT_HEADER, HeaderValue::from(number));
         // Every reason is one of our constants: `SendReason::as_str` or `retry`.
-        headers.insert(
-            HeaderName::from_static(WEBHOOK_REASON),
-            HeaderValue::from_static(reason),
-        );
+        headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
         if let Some(signatures) = signature_header(&trigger.signing_keys, id, timestamp, &body) {
             match HeaderValue::try_from(signatures) {
-                Ok(value) => headers.insert(HeaderName::from_static(WEBHOOK_SIGNATURE), value),
+                Ok(value) => headers.insert(SIGNATURE_HEADER, value),
                 Err(err) => return Attempt::Invalid(format!("webhook-signature: {err}")),
             };
         }
