@@ -131,6 +131,19 @@ impl Templates {
             let line = err.line_no.unwrap_or(0);
             let column = err.column_no.unwrap_or(0);
             match err.reason() {
+                // Strict mode reports a missing *result* (`lookup` past the end of a list)
+                // as a variable with no name: say what happened instead.
+                RenderErrorReason::MissingVariable(path)
+                    if path.as_deref().is_none_or(str::is_empty) =>
+                {
+                    TemplateError::Render {
+                        line,
+                        column,
+                        message: "a looked-up value does not exist (a `lookup` past the end of \
+                                  `collection_names`, say)"
+                            .to_string(),
+                    }
+                }
                 RenderErrorReason::MissingVariable(path) => TemplateError::UnknownVariable {
                     variable: path.clone().unwrap_or_default(),
                     line,
@@ -473,6 +486,19 @@ mod tests {
             .compile(1, "{{#each collection_names}}{{/each}}")
             .expect("compiles");
         assert!(!templates.renders_directly(1));
+    }
+
+    #[test]
+    fn a_lookup_past_the_end_says_so_rather_than_naming_no_variable() {
+        let err = render("{\"third\": \"{{lookup collection_names 2}}\"}").expect_err("two names");
+        assert!(
+            matches!(&err, TemplateError::Render { message, .. } if message.contains("lookup")),
+            "{err:?}"
+        );
+        assert_eq!(
+            render("{{lookup collection_names 1}}").expect("in range"),
+            "acmeCo/example/collection-b"
+        );
     }
 
     #[test]
