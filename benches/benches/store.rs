@@ -113,6 +113,40 @@ fn recovery(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Paired, as StartCommit is: an open's time drifts between criterion's separate runs
+    // (the ratio above read 0.84 in one full run and 1.29 in the next).
+    const BLOCKS: usize = 30;
+    const OPENS: u32 = 5;
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for block in 0..BLOCKS {
+        for find_pending in [block % 2 == 0, block % 2 == 1] {
+            let started = Instant::now();
+            for _ in 0..OPENS {
+                let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+                if find_pending {
+                    let checkpoint = store.checkpoint().expect("reads");
+                    let pending = store.trigger_params().expect("reads");
+                    assert!(pending.is_some() && !checkpoint.sources.is_empty());
+                }
+            }
+            let per_open = started.elapsed() / OPENS;
+            if find_pending {
+                ours.push(per_open);
+            } else {
+                floor.push(per_open);
+            }
+        }
+    }
+    let paired = benches::Paired::from_blocks(ours, floor);
+    println!(
+        "recovery_1e5_paired ({BLOCKS} alternating blocks of {OPENS} opens): open and find \
+         pending {:.2} ms, plain open {:.2} ms, ratio {:.3}",
+        paired.ours.as_secs_f64() * 1e3,
+        paired.floor.as_secs_f64() * 1e3,
+        paired.ratio()
+    );
+    paired.save("recovery_1e5_paired");
 }
 
 criterion_group!(benches, start_commit, recovery);

@@ -148,6 +148,11 @@ const PAIRED: &[(&str, f64, &str)] = &[
         "StartCommit with params vs checkpoint only, not synced",
     ),
     (
+        "recovery_1e5_paired",
+        1.2,
+        "recovery with 1e5 transactions vs plain open",
+    ),
+    (
         "deliver_paired",
         1.2,
         "one webhook, our whole path vs a bare reqwest POST: time",
