@@ -1,6 +1,9 @@
 //! Memory over a long run: resident set size after 10^3 and after 10^5 transactions of a
 //! shard (StartCommit, Acknowledged, a webhook delivered to a receiver on 127.0.0.1). A
 //! leak or an unbounded cache shows as growth; the goal is within 5 %.
+//!
+//! `rss [TRANSACTIONS] [decoupled|waiting] [LEDGER_KEEP]`: 10^5, decoupled (the default
+//! delivery) and the ledger's default retention unless given.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,6 +55,15 @@ async fn run() -> anyhow::Result<()> {
         Some("waiting") => triggers_runtime::DeliveryMode::Waiting,
         Some(other) => anyhow::bail!("unknown delivery {other:?}: decoupled or waiting"),
     };
+    // Decoupled delivery's ledger keeps this many finished deliveries (default 1000): it
+    // fills after the first mark, so a smaller one shows how much of the growth it is.
+    let ledger = match std::env::args().nth(3) {
+        None => triggers_runtime::LedgerRetention::default(),
+        Some(keep) => triggers_runtime::LedgerRetention {
+            keep: keep.parse()?,
+            ..Default::default()
+        },
+    };
     let receiver = Receiver::start().await?;
     receiver.forget_requests();
     let dir = tempfile::tempdir()?;
@@ -63,7 +75,7 @@ async fn run() -> anyhow::Result<()> {
         backoff: RetryBackoff::default(),
         network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
         delivery,
-        ledger: triggers_runtime::LedgerRetention::default(),
+        ledger,
         attempt_observer: None,
     };
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
