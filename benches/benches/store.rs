@@ -4,7 +4,6 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::io::Write as _;
-use std::time::Instant;
 use triggers_proto::Message as _;
 use triggers_runtime::{Durability, Store};
 
@@ -55,23 +54,11 @@ fn paired(
         Durability::Synced => (60, 20),
         Durability::Unsynced => (200, 500),
     };
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for block in 0..blocks {
-        for with_params in [block % 2 == 0, block % 2 == 1] {
-            let params = with_params.then_some(params);
-            let started = Instant::now();
-            for _ in 0..per_block {
-                store.commit(checkpoint, params).expect("commits");
-            }
-            let per_commit = started.elapsed() / per_block;
-            if with_params {
-                ours.push(per_commit);
-            } else {
-                floor.push(per_commit);
-            }
-        }
-    }
-    let paired = benches::Paired::from_blocks(ours, floor);
+    let paired = benches::Paired::alternate(blocks, per_block, |with_params| {
+        store
+            .commit(checkpoint, with_params.then_some(params))
+            .expect("commits");
+    });
     println!(
         "{group}_paired ({blocks} alternating blocks of {per_block} commits): with params {:.2} us, \
          checkpoint only {:.2} us, ratio {:.3}",
@@ -118,27 +105,14 @@ fn recovery(c: &mut Criterion) {
     // (the ratio above read 0.84 in one full run and 1.29 in the next).
     const BLOCKS: usize = 30;
     const OPENS: u32 = 5;
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for block in 0..BLOCKS {
-        for find_pending in [block % 2 == 0, block % 2 == 1] {
-            let started = Instant::now();
-            for _ in 0..OPENS {
-                let store = Store::open(dir.path(), Durability::Synced).expect("opens");
-                if find_pending {
-                    let checkpoint = store.checkpoint().expect("reads");
-                    let pending = store.trigger_params().expect("reads");
-                    assert!(pending.is_some() && !checkpoint.sources.is_empty());
-                }
-            }
-            let per_open = started.elapsed() / OPENS;
-            if find_pending {
-                ours.push(per_open);
-            } else {
-                floor.push(per_open);
-            }
+    let paired = benches::Paired::alternate(BLOCKS, OPENS, |find_pending| {
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        if find_pending {
+            let checkpoint = store.checkpoint().expect("reads");
+            let pending = store.trigger_params().expect("reads");
+            assert!(pending.is_some() && !checkpoint.sources.is_empty());
         }
-    }
-    let paired = benches::Paired::from_blocks(ours, floor);
+    });
     println!(
         "recovery_1e5_paired ({BLOCKS} alternating blocks of {OPENS} opens): open and find \
          pending {:.2} ms, plain open {:.2} ms, ratio {:.3}",

@@ -131,6 +131,28 @@ pub struct Paired {
 }
 
 impl Paired {
+    /// Runs `blocks` alternating blocks of `per_block` operations, `op(true)` being ours
+    /// and `op(false)` the floor, each block timed; which goes first alternates too, so
+    /// neither always runs on the other's heels.
+    pub fn alternate(blocks: usize, per_block: u32, mut op: impl FnMut(bool)) -> Self {
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for block in 0..blocks {
+            for is_ours in [block % 2 == 0, block % 2 == 1] {
+                let started = std::time::Instant::now();
+                for _ in 0..per_block {
+                    op(is_ours);
+                }
+                let per_op = started.elapsed() / per_block;
+                if is_ours {
+                    ours.push(per_op);
+                } else {
+                    floor.push(per_op);
+                }
+            }
+        }
+        Self::from_blocks(ours, floor)
+    }
+
     /// From per-operation block times, in any order.
     pub fn from_blocks(ours: Vec<Duration>, floor: Vec<Duration>) -> Self {
         Self {
