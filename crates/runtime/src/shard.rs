@@ -393,6 +393,9 @@ impl Shard {
         if let Some(backlog) = self.backlog.take() {
             backlog.shutdown().await;
         }
+        // Store work the stopped workers had queued still holds the store. The thread
+        // runs work in order, so once this runs, all of that has finished and let go.
+        let _ = self.thread.run(|| ()).await;
     }
 
     /// Whether trigger variables are persisted and await delivery.
