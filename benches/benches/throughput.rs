@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use triggers::receiver::{Receiver, Reply};
-use triggers::{ConfigFormat, RetryBackoff, validate};
 use triggers_runtime::{DeliveryMode, Durability, Shard, ShardConfig};
 
 const ENDPOINT_DELAY: Duration = Duration::from_millis(50);
-const BINDINGS: usize = 10;
 /// Backlog bound of the decoupled modes: small, so ordered and concurrent reach it.
 const BACKLOG_LIMIT: usize = 50;
 
@@ -21,24 +19,11 @@ fn config(
     drain: Option<serde_json::Value>,
     delivery: DeliveryMode,
 ) -> ShardConfig {
-    let triggers = match drain {
-        None => serde_json::json!({"config": []}),
-        Some(drain) => serde_json::json!({"config": [{
-            "url": receiver.url("/hook"),
-            "payloadTemplate": benches::TEMPLATE,
-            "drain": drain,
-        }]}),
-    };
-    ShardConfig {
-        materialization: benches::materialization(BINDINGS),
-        triggers: Arc::new(validate(&triggers.to_string(), ConfigFormat::Json).expect("valid")),
-        durability: Durability::Synced,
-        backoff: RetryBackoff::default(),
-        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+    benches::shard_config(
+        benches::drained_triggers(&receiver.url("/hook"), drain),
+        Durability::Synced,
         delivery,
-        ledger: triggers_runtime::LedgerRetention::default(),
-        attempt_observer: None,
-    }
+    )
 }
 
 fn throughput(c: &mut Criterion) {
@@ -80,7 +65,7 @@ fn throughput(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(6));
-    let stats = benches::stats(BINDINGS);
+    let stats = benches::stats(benches::SHARD_BINDINGS);
     let mut depths = Vec::new();
     for (name, drain, delivery) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -163,7 +148,7 @@ fn throughput(c: &mut Criterion) {
 fn paired(runtime: &tokio::runtime::Runtime, receiver: &Receiver) {
     const BLOCKS: usize = 40;
     const COMMITS_PER_BLOCK: usize = 50;
-    let stats = benches::stats(BINDINGS);
+    let stats = benches::stats(benches::SHARD_BINDINGS);
     let decoupled = DeliveryMode::Decoupled {
         backlog_limit: BACKLOG_LIMIT,
     };

@@ -103,32 +103,18 @@ fn shard(coalesced: bool, count: usize) -> anyhow::Result<()> {
         let receiver = Receiver::start().await?;
         receiver.forget_requests();
         receiver.set_default(Reply::status(200).after(std::time::Duration::from_millis(50)));
-        let config = if coalesced {
-            serde_json::json!({"config": [{
-                "url": receiver.url("/hook"),
-                "payloadTemplate": benches::TEMPLATE,
-                "drain": {"mode": "coalesced"},
-            }]})
-        } else {
-            serde_json::json!({"config": []})
-        };
         let dir = tempfile::tempdir()?;
-        let config = triggers_runtime::ShardConfig {
-            materialization: benches::materialization(10),
-            triggers: std::sync::Arc::new(triggers::validate(
-                &config.to_string(),
-                triggers::ConfigFormat::Json,
-            )?),
-            durability: triggers_runtime::Durability::Unsynced,
-            backoff: RetryBackoff::default(),
-            network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-            delivery: triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 50 },
-            ledger: triggers_runtime::LedgerRetention::default(),
-            attempt_observer: None,
-        };
+        let config = benches::shard_config(
+            benches::drained_triggers(
+                &receiver.url("/hook"),
+                coalesced.then(|| serde_json::json!({"mode": "coalesced"})),
+            ),
+            triggers_runtime::Durability::Unsynced,
+            triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 50 },
+        );
         let (mut shard, _) = triggers_runtime::Shard::open(dir.path(), config).await?;
         shard.acknowledged().await?;
-        let stats = benches::stats(10);
+        let stats = benches::stats(benches::SHARD_BINDINGS);
         for txn in 1..=count {
             shard
                 .start_commit(benches::checkpoint(txn as i64), &stats)

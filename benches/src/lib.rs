@@ -95,6 +95,40 @@ pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
     triggers::validate(&config.to_string(), triggers::ConfigFormat::Json).expect("valid config")
 }
 
+/// How many bindings the shard benches' materialization has (and their stats cover).
+pub const SHARD_BINDINGS: usize = 10;
+
+/// One trigger posting [`TEMPLATE`] to `url` and draining as `drain`; no trigger at all
+/// without a drain (the no-trigger baseline).
+pub fn drained_triggers(url: &str, drain: Option<serde_json::Value>) -> triggers::Triggers {
+    let config = match drain {
+        None => serde_json::json!({"config": []}),
+        Some(drain) => serde_json::json!({"config": [{
+            "url": url, "payloadTemplate": TEMPLATE, "drain": drain,
+        }]}),
+    };
+    triggers::validate(&config.to_string(), triggers::ConfigFormat::Json).expect("valid config")
+}
+
+/// The config of a bench's shard: [`SHARD_BINDINGS`] bindings, `triggers` delivering to
+/// loopback, default backoff and ledger retention.
+pub fn shard_config(
+    triggers: triggers::Triggers,
+    durability: triggers_runtime::Durability,
+    delivery: triggers_runtime::DeliveryMode,
+) -> triggers_runtime::ShardConfig {
+    triggers_runtime::ShardConfig {
+        materialization: materialization(SHARD_BINDINGS),
+        triggers: std::sync::Arc::new(triggers),
+        durability,
+        backoff: triggers::RetryBackoff::default(),
+        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
+        delivery,
+        ledger: triggers_runtime::LedgerRetention::default(),
+        attempt_observer: None,
+    }
+}
+
 /// A minimal `{{json value}}` helper for the bare-Handlebars floors: the same output as
 /// ours, without its strictness checks.
 pub fn json_helper(

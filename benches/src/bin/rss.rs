@@ -5,9 +5,7 @@
 //! `rss [TRANSACTIONS] [decoupled|waiting] [LEDGER_KEEP]`: 10^5, decoupled (the default
 //! delivery) and the ledger's default retention unless given.
 
-use std::sync::Arc;
 use std::time::Instant;
-use triggers::RetryBackoff;
 use triggers::receiver::Receiver;
 use triggers_runtime::{Durability, Shard, ShardConfig};
 
@@ -68,19 +66,17 @@ async fn run() -> anyhow::Result<()> {
     receiver.forget_requests();
     let dir = tempfile::tempdir()?;
     let config = ShardConfig {
-        materialization: benches::materialization(10),
-        triggers: Arc::new(benches::triggers(&receiver.url("/hook"), 1)),
-        // Memory, not disk, is measured here: skip the fsync per transaction.
-        durability: Durability::Unsynced,
-        backoff: RetryBackoff::default(),
-        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-        delivery,
         ledger,
-        attempt_observer: None,
+        ..benches::shard_config(
+            benches::triggers(&receiver.url("/hook"), 1),
+            // Memory, not disk, is measured here: skip the fsync per transaction.
+            Durability::Unsynced,
+            delivery,
+        )
     };
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
     shard.acknowledged().await?;
-    let stats = benches::stats(10);
+    let stats = benches::stats(benches::SHARD_BINDINGS);
     let started = Instant::now();
     let mut early = 0;
     for txn in 1..=total {
