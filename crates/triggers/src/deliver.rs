@@ -556,8 +556,10 @@ impl Deliverer {
         };
         headers.insert(TIMESTAMP_HEADER, HeaderValue::from(timestamp));
         headers.insert(ATTEMPT_HEADER, HeaderValue::from(number));
-        // Every reason is one of our constants: `SendReason::as_str` or `retry`.
-        headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+        match HeaderValue::try_from(reason) {
+            Ok(value) => headers.insert(REASON_HEADER, value),
+            Err(err) => return Attempt::Invalid(format!("webhook-reason {reason:?}: {err}")),
+        };
         if let Some(signatures) = signature_header(&trigger.signing_keys, id, timestamp, &body) {
             match HeaderValue::try_from(signatures) {
                 Ok(value) => headers.insert(SIGNATURE_HEADER, value),
