@@ -439,3 +439,147 @@ fn a_second_process_opening_the_store_gets_a_clear_error() {
         "{stdout}"
     );
 }
+
+/// Bounds every wait of the tests below, so a regression fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn decoupled(triggers: Arc<Triggers>) -> ShardConfig {
+    ShardConfig {
+        delivery: triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 10 },
+        ..config(triggers)
+    }
+}
+
+/// Issue 12: closing or reopening a shard ends every waiter on the old one at once, with
+/// an error (a `drained` waiter on a backlog handle used to wait forever, holding the
+/// store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_shard_ends_every_drained_waiter_at_once_with_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    // Never answered while the test runs.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(60)));
+    let triggers = two_triggers(&receiver, 0);
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(triggers.clone()))
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("queues");
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+    let handle = shard.backlog_handle().expect("decoupled");
+    let waiter = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.drained().await }
+    });
+
+    shard.close().await;
+    let ended = tokio::time::timeout(WAIT, waiter)
+        .await
+        .expect("the waiter ends with its shard")
+        .expect("task");
+    let err = ended.expect_err("the backlog did not drain");
+    assert!(err.to_string().contains("closed"), "{err}");
+    // The status a handle reports after its shard closed says so too.
+    assert!(
+        handle
+            .status()
+            .failure
+            .is_some_and(|f| f.contains("closed")),
+        "{:?}",
+        handle.status()
+    );
+    drop(handle);
+
+    // The webhooks cut off stay persisted and fire again.
+    let (_, recovery) = Shard::open(dir.path(), decoupled(triggers))
+        .await
+        .expect("reopens");
+    assert_eq!(recovery.backlog, 2);
+}
+
+/// Issue 12: a StartCommit before the recovered Acknowledged was accepted when nothing
+/// was pending; it is a protocol error whatever the store holds.
+#[tokio::test]
+async fn a_start_commit_before_the_recovered_acknowledged_is_refused_even_with_nothing_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let (mut shard, recovery) = open(&dir, two_triggers(&receiver, 0)).await;
+    assert_eq!(recovery.pending, None);
+    let err = shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            ShardError::Protocol(ProtocolError::CommitBeforeRecoveryAcknowledged)
+        ),
+        "{err}"
+    );
+    // Refused before anything was written: the shard is intact.
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("delivers");
+    assert_eq!(receiver.requests().len(), 2);
+}
+
+/// Cancel safety: an `open` dropped at its await (the store work already queued) leaves
+/// the store closed and reopenable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dropped_mid_way_leaves_the_store_reopenable_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = two_triggers(&receiver, 0);
+    for _ in 0..3 {
+        let mut opening = Box::pin(Shard::open(dir.path(), decoupled(triggers.clone())));
+        // One poll queues the store work; the drop comes while it runs.
+        assert!(futures::poll!(opening.as_mut()).is_pending());
+        drop(opening);
+    }
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(triggers))
+        .await
+        .expect("reopens at once");
+    shard.acknowledged().await.expect("recovery ack");
+    shard.close().await;
+}
+
+/// Cancel safety: a dropped `drained` leaves the shard as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_drained_leaves_the_shard_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/a", [Reply::status(200).after(Duration::from_millis(300))]);
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(two_triggers(&receiver, 0)))
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("queues");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), shard.drained())
+            .await
+            .is_err(),
+        "the slow webhook is still in flight"
+    );
+    shard
+        .start_commit(checkpoint(2), &stats())
+        .await
+        .expect("commits after the drop");
+    shard.acknowledged().await.expect("queues");
+    tokio::time::timeout(WAIT, shard.drained())
+        .await
+        .expect("drains in time")
+        .expect("drains");
+    assert_eq!(receiver.requests().len(), 4);
+    shard.close().await;
+}
