@@ -148,7 +148,9 @@ impl Driver {
         match self {
             Driver::Local { open, shard } => {
                 if let Some(previous) = shard.take() {
-                    previous.close().await;
+                    // Requests in flight finish first: cut off, they would be sent again
+                    // while the receiver may still be handling the first one.
+                    previous.close_within(crate::DEFAULT_SHUTDOWN_GRACE).await;
                 }
                 let (opened, recovery) = open().await?;
                 *shard = Some(Box::new(opened));

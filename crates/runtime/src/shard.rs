@@ -38,6 +38,10 @@ pub struct ShardConfig {
     pub attempt_observer: Option<Arc<dyn AttemptObserver>>,
 }
 
+/// How long a planned close lets webhook requests in flight finish by default
+/// ([`Shard::close_within`]; the sidecar's `--shutdown-grace`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Default [`DeliveryMode::Decoupled`] backlog limit, in entries per trigger.
 pub const DEFAULT_BACKLOG_LIMIT: usize = 1000;
 

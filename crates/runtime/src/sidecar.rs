@@ -40,9 +40,6 @@ const REMEMBERED_DELIVERIES: usize = 64;
 /// Longest message of a gRPC status; longer ones are cut.
 const MAX_STATUS_MESSAGE: usize = 2048;
 
-/// Default [`SidecarConfig::shutdown_grace`].
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// What the sidecar serves: one shard's store directory and config.
 #[non_exhaustive]
 pub struct SidecarConfig {
@@ -58,12 +55,13 @@ pub struct SidecarConfig {
 }
 
 impl SidecarConfig {
-    /// A config for the shard at `store`, with the default shutdown grace.
+    /// A config for the shard at `store`, with the default shutdown grace
+    /// ([`crate::DEFAULT_SHUTDOWN_GRACE`]).
     pub fn new(store: impl Into<PathBuf>, shard: ShardConfig) -> Self {
         Self {
             store: store.into(),
             shard,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

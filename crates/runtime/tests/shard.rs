@@ -583,3 +583,44 @@ async fn a_dropped_drained_leaves_the_shard_intact() {
     assert_eq!(receiver.requests().len(), 4);
     shard.close().await;
 }
+
+/// Cancel safety: a StartCommit dropped at its store write (a caller's deadline) leaves
+/// the shard failed with a clear error, not wedged; the write itself runs to its end, and
+/// a reopen recovers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_commit_dropped_at_its_write_fails_the_shard_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = two_triggers(&receiver, 0);
+    let (mut shard, _) = open(&dir, triggers.clone()).await;
+    shard.acknowledged().await.expect("recovery ack");
+    {
+        let stats = stats();
+        let mut committing = Box::pin(shard.start_commit(checkpoint(1), &stats));
+        // One poll queues the write on the store thread; the drop comes while it runs.
+        assert!(futures::poll!(committing.as_mut()).is_pending());
+    }
+    let err = shard
+        .start_commit(checkpoint(2), &stats())
+        .await
+        .expect_err("the shard does not know whether the write landed");
+    assert!(
+        matches!(err, ShardError::Protocol(ProtocolError::Failed)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("reopened"), "{err}");
+    shard.close().await;
+
+    let (mut shard, recovery) = open(&dir, triggers).await;
+    assert_eq!(
+        recovery.checkpoint,
+        checkpoint(1),
+        "the write ran to its end"
+    );
+    assert!(recovery.pending.is_some());
+    shard
+        .acknowledged()
+        .await
+        .expect("fires the recovered params");
+    assert_eq!(receiver.requests().len(), 2);
+}

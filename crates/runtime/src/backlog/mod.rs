@@ -631,12 +631,14 @@ impl Backlog {
                 .iter()
                 .map(|q| q.in_flight)
                 .sum();
-            tracing::warn!(
-                ?grace,
-                in_flight,
-                "webhooks still in flight after the grace period are cut off; they stay \
-                 persisted and fire again at the next start"
-            );
+            if in_flight > 0 {
+                tracing::warn!(
+                    ?grace,
+                    in_flight,
+                    "webhooks still in flight after the grace period are cut off; they \
+                     stay persisted and fire again at the next start"
+                );
+            }
             for abort in &aborts {
                 abort.abort();
             }

@@ -32,7 +32,7 @@ struct Args {
     listen: String,
     /// Seconds webhook requests in flight may take to finish after SIGTERM, or when
     /// Open reopens the shard; those still running then fire again at the next start.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    #[arg(long, default_value_t = triggers_runtime::DEFAULT_SHUTDOWN_GRACE.as_secs(), value_name = "SECONDS")]
     shutdown_grace: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT")]
