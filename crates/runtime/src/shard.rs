@@ -231,7 +231,8 @@ impl Shard {
     /// Cancel-safe: the store work runs on the shard's store thread to its end even if
     /// this future is dropped (what it writes, moving a waiting store's params into the
     /// backlog or resetting interrupted deliveries, is one step each), and dropping the
-    /// future waits for that work and closes the store, so it can be opened again at once.
+    /// future waits for that work (blocking the dropping thread meanwhile) and closes the
+    /// store, so it can be opened again at once.
     pub async fn open(
         path: impl Into<PathBuf>,
         config: ShardConfig,
