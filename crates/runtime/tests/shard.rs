@@ -624,3 +624,52 @@ async fn a_start_commit_dropped_at_its_write_fails_the_shard_with_a_clear_error(
         .expect("fires the recovered params");
     assert_eq!(receiver.requests().len(), 2);
 }
+
+/// `close_within` lets the requests in flight finish within the grace and cuts off only
+/// those still running after it: they stay persisted and re-fire at the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_within_lets_in_flight_webhooks_finish_and_cuts_off_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/a", [Reply::status(200).after(Duration::from_millis(300))]);
+    // Still running when the grace ends.
+    receiver.script("/b", [Reply::status(200).after(Duration::from_secs(60))]);
+    let triggers = two_triggers(&receiver, 0);
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(triggers.clone()))
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("queues");
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+
+    tokio::time::timeout(WAIT, shard.close_within(Duration::from_secs(3)))
+        .await
+        .expect("the grace bounds the close");
+    let (mut shard, recovery) = Shard::open(dir.path(), decoupled(triggers))
+        .await
+        .expect("reopens at once");
+    assert_eq!(recovery.backlog, 1, "only /b's webhook was cut off");
+    shard.acknowledged().await.expect("recovery ack");
+    shard.drained().await.expect("drains");
+    let b: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/b")
+        .map(|r| r.header("webhook-reason").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(b, ["first-send", "recovery-refire"]);
+    assert_eq!(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/a")
+            .count(),
+        1,
+        "/a finished within the grace and is not sent again"
+    );
+    shard.close().await;
+}
