@@ -248,10 +248,7 @@ impl Shared {
             limit: self.limit,
             backpressured: self.backpressured.load(Ordering::Relaxed),
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
-            failure: self
-                .failure()
-                .or_else(|| self.closing().then_some(BacklogError::Closed))
-                .map(|f| f.to_string()),
+            failure: self.failure().map(|f| f.to_string()),
         }
     }
 
