@@ -134,8 +134,10 @@ impl Sidecar {
     /// still running after that are cut off: they stay persisted and fire on the next
     /// start.
     ///
-    /// Cancel safety: dropped while it waits for a waiting delivery, nothing has
-    /// changed; dropped later, see [`Shard::close_within`].
+    /// Cancel safety: dropped while it waits for the shard (a waiting delivery), the
+    /// backlog has already stopped picking webhooks and calls that wait on it answer
+    /// ABORTED until the next Open; dropped later, see [`Shard::close_within`]. Nothing
+    /// persisted is lost either way.
     pub async fn close(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         self.begin_close();
