@@ -943,6 +943,13 @@ async fn status_codes_agree_with_the_readme() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("call Open first"), "{err}");
 
+    // The store held by another handle (another process, in production).
+    let held = triggers_runtime::Store::open(running._dir.path().join("store"), Durability::Synced)
+        .expect("opens");
+    let err = client.open(OpenRequest {}).await.expect_err("locked");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    drop(held);
+
     let opened = client
         .open(OpenRequest {})
         .await
