@@ -148,7 +148,9 @@ impl Driver {
         match self {
             Driver::Local { open, shard } => {
                 if let Some(previous) = shard.take() {
-                    previous.close().await;
+                    // Requests in flight finish first: cut off, they would be sent again
+                    // while the receiver may still be handling the first one.
+                    previous.close_within(crate::DEFAULT_SHUTDOWN_GRACE).await;
                 }
                 let (opened, recovery) = open().await?;
                 *shard = Some(Box::new(opened));
@@ -215,6 +217,9 @@ impl Driver {
 impl Driver {
     /// Closes an in-process shard (stopping its delivery workers and releasing its store);
     /// a sidecar keeps its shard.
+    ///
+    /// Cancel safety: as [`Shard::close_within`]; the driver has let go of its shard
+    /// either way.
     pub async fn close(&mut self) {
         if let Driver::Local { shard, .. } = self
             && let Some(shard) = shard.take()
@@ -261,6 +266,9 @@ pub struct RunOptions {
 /// Runs the consumer: recover, acknowledge the recovered commit (delivering what a crash
 /// left pending), then commit the remaining documents K at a time, acknowledging each,
 /// and at the end of the input wait for the webhook backlog (decoupled delivery) to drain.
+///
+/// Cancel safety: as the shard call it was dropped in (see [`Shard`]'s methods): a
+/// checkpoint is either committed or not, and the next run recovers from the store.
 pub async fn run(
     driver: &mut Driver,
     documents: &[Document],

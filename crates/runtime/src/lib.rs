@@ -26,8 +26,8 @@ pub use backlog::{
     DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus, state_name,
 };
 pub use shard::{
-    Acknowledgement, Commit, DEFAULT_BACKLOG_LIMIT, DeliveryMode, ProtocolError, Recovery, Shard,
-    ShardConfig, ShardError,
+    Acknowledgement, Commit, DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode,
+    ProtocolError, Recovery, Shard, ShardConfig, ShardError,
 };
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};

@@ -180,6 +180,9 @@ impl AttemptObserver for Metrics {
 
 /// Answers `GET /metrics` on `listener` with `render()`'s text until `shutdown` resolves.
 /// Anything else gets a 404.
+///
+/// Cancel-safe: dropping it stops accepting; connections already accepted are served on
+/// in their own tasks.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     render: impl Fn() -> String + Clone + Send + Sync + 'static,

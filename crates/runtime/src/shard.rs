@@ -8,6 +8,7 @@ use crate::store::{Durability, Store, StoreError};
 use crate::store_thread::StoreThread;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument as _;
 use triggers::{
     AttemptObserver, Delivered, Deliverer, DeliveryError, Materialization, NetworkPolicy,
@@ -36,6 +37,10 @@ pub struct ShardConfig {
     /// Told of every webhook attempt (metrics, say); `None` for nothing.
     pub attempt_observer: Option<Arc<dyn AttemptObserver>>,
 }
+
+/// How long a planned close lets webhook requests in flight finish by default
+/// ([`Shard::close_within`]; the sidecar's `--shutdown-grace`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default [`DeliveryMode::Decoupled`] backlog limit, in entries per trigger.
 pub const DEFAULT_BACKLOG_LIMIT: usize = 1000;
@@ -108,11 +113,13 @@ pub enum ProtocolError {
     /// StartCommit arrived while the previous commit awaits its Acknowledged.
     #[error("StartCommit while the previous commit is not yet acknowledged")]
     CommitBeforeAcknowledged,
-    /// StartCommit arrived before the recovered checkpoint was acknowledged, which would
-    /// overwrite the recovered trigger variables.
+    /// StartCommit arrived before the recovered checkpoint was acknowledged. Refused
+    /// whether or not anything is pending, so a caller that skips the recovered
+    /// Acknowledged learns it on its first run, not on the run after a crash (where the
+    /// commit would overwrite the recovered trigger variables).
     #[error(
-        "StartCommit before the recovered checkpoint was acknowledged; its pending triggers \
-         must be delivered first"
+        "StartCommit before the recovered checkpoint was acknowledged: call Acknowledged \
+         once after Open (it delivers any triggers a crash left pending)"
     )]
     CommitBeforeRecoveryAcknowledged,
     /// An earlier failure left the shard unusable; reopen it.
@@ -220,6 +227,12 @@ impl Shard {
     /// a crash left undelivered (the single pending transaction of waiting delivery, or
     /// every trigger's backlog of decoupled delivery; a store written in one layout opens
     /// in the other mode without losing or repeating a transaction).
+    ///
+    /// Cancel-safe: the store work runs on the shard's store thread to its end even if
+    /// this future is dropped (what it writes, moving a waiting store's params into the
+    /// backlog or resetting interrupted deliveries, is one step each), and dropping the
+    /// future waits for that work (blocking the dropping thread meanwhile) and closes the
+    /// store, so it can be opened again at once.
     pub async fn open(
         path: impl Into<PathBuf>,
         config: ShardConfig,
@@ -380,6 +393,8 @@ impl Shard {
     /// Waits until every acknowledged webhook is delivered (decoupled delivery; returns
     /// at once otherwise), or fails with the error that stopped delivery. For a consumer
     /// at the end of its input, and for tests.
+    ///
+    /// Cancel-safe: it only reads; a dropped wait leaves the shard as it was.
     pub async fn drained(&self) -> Result<(), ShardError> {
         match &self.backlog {
             Some(backlog) => backlog.drained().await,
@@ -388,10 +403,26 @@ impl Shard {
     }
 
     /// Stops delivery workers and closes the store, so it can be reopened at once.
-    /// Undelivered webhooks stay persisted and fire on the next start.
-    pub async fn close(mut self) {
+    /// Requests in flight are cut off; they and every other undelivered webhook stay
+    /// persisted and fire on the next start. [`Shard::close_within`] lets them finish.
+    ///
+    /// Cancel safety: as [`Shard::close_within`].
+    pub async fn close(self) {
+        self.close_within(Duration::ZERO).await;
+    }
+
+    /// Closes the shard as [`Shard::close`] does, but lets the webhook requests in flight
+    /// finish (retries included) for up to `grace` first: no new ones start, so a planned
+    /// stop does not leave them to be sent again as recovery re-fires. Every waiter on
+    /// the backlog ([`BacklogHandle::drained`]) ends at once with
+    /// [`crate::BacklogError::Closed`].
+    ///
+    /// Cancel safety: nothing is lost, but a dropped close no longer bounds the wait: the
+    /// workers finish their requests in flight in the background (none new start) and
+    /// only then let go of the store, so a reopen before that finds it locked.
+    pub async fn close_within(mut self, grace: Duration) {
         if let Some(backlog) = self.backlog.take() {
-            backlog.shutdown().await;
+            backlog.shutdown(grace).await;
         }
         // Store work the stopped workers had queued still holds the store. The thread
         // runs work in order, so once this runs, all of that has finished and let go.
@@ -434,14 +465,19 @@ impl Shard {
     /// StartCommit: writes the checkpoint and, if the transaction read documents and
     /// triggers are configured, its trigger variables, in one WriteBatch. Returns once
     /// the write is durable (per the configured [`Durability`]).
+    ///
+    /// Cancel safety: dropped while it waits for backlog room (decoupled delivery),
+    /// nothing was written and the shard is intact. Dropped at its store write, the
+    /// write still runs to its end but whether it landed is unknown to the shard, which
+    /// is failed ([`ProtocolError::Failed`]): reopen it to recover the checkpoint.
     pub async fn start_commit(
         &mut self,
         checkpoint: Checkpoint,
         stats: &[BindingStats],
     ) -> Result<Commit, ShardError> {
         match self.phase {
-            Phase::Idle | Phase::Recovered { pending: false } => {}
-            Phase::Recovered { pending: true } => {
+            Phase::Idle => {}
+            Phase::Recovered { .. } => {
                 return Err(ProtocolError::CommitBeforeRecoveryAcknowledged.into());
             }
             Phase::Committed { .. } => return Err(ProtocolError::CommitBeforeAcknowledged.into()),
@@ -499,6 +535,11 @@ impl Shard {
     /// Delivers its triggers, if any, then deletes their variables. Returns when every
     /// webhook is delivered; if one fails for good, the variables stay persisted and the
     /// shard must be reopened (the next start fires them again).
+    ///
+    /// Cancel safety: in decoupled delivery it does not wait, so there is nothing to
+    /// drop. In waiting delivery a drop during delivery or the delete leaves the shard
+    /// failed ([`ProtocolError::Failed`]) with its params persisted: reopen it, and they
+    /// fire again.
     pub async fn acknowledged(&mut self) -> Result<Acknowledgement, ShardError> {
         self.check_acknowledge()?;
         if let Some(backlog) = &self.backlog {
@@ -523,7 +564,8 @@ impl Shard {
             self.phase = Phase::Failed;
             backlog.drained().await?;
             if let Some(backlog) = self.backlog.take() {
-                backlog.shutdown().await;
+                // Drained: nothing is in flight.
+                backlog.shutdown(Duration::ZERO).await;
             }
             let store = self.store.clone();
             let params_pending = self

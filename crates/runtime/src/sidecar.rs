@@ -9,7 +9,10 @@
 //! before Open and beside a running delivery, and never take the shard.
 
 use crate::metrics::Metrics;
-use crate::{BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError, StoreError};
+use crate::{
+    BacklogError, BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError,
+    StoreError,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -38,11 +41,29 @@ const REMEMBERED_DELIVERIES: usize = 64;
 const MAX_STATUS_MESSAGE: usize = 2048;
 
 /// What the sidecar serves: one shard's store directory and config.
+#[non_exhaustive]
 pub struct SidecarConfig {
     /// Directory of the shard's store.
     pub store: PathBuf,
     /// The shard's config (materialization, triggers, durability, backoff).
     pub shard: ShardConfig,
+    /// How long webhook requests in flight may take to finish when the shard closes: at
+    /// shutdown, and when Open reopens a live shard (so a restarted consumer never has
+    /// its sidecar send a webhook again while the first request is still open). Those
+    /// still running then are cut off, stay persisted and fire again at the next open.
+    pub shutdown_grace: Duration,
+}
+
+impl SidecarConfig {
+    /// A config for the shard at `store`, with the default shutdown grace
+    /// ([`crate::DEFAULT_SHUTDOWN_GRACE`]).
+    pub fn new(store: impl Into<PathBuf>, shard: ShardConfig) -> Self {
+        Self {
+            store: store.into(),
+            shard,
+            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
 }
 
 /// The gRPC service. Cheap to clone; clones share the shard.
@@ -56,9 +77,22 @@ struct Inner {
     /// `None` until Open. Held for the length of a delivery.
     shard: Arc<tokio::sync::Mutex<Option<Shard>>>,
     books: Mutex<Books>,
-    /// The open shard's backlog (decoupled delivery), readable while the shard is held.
-    backlog: Mutex<Option<BacklogHandle>>,
+    /// What calls that do not take the shard see of it; `None` before Open and after a
+    /// close, so they answer FAILED_PRECONDITION like the rest.
+    opened: Mutex<Option<Opened>>,
+    /// Held for reading by calls that use the open shard's backlog outside the shard
+    /// lock (AwaitDrained, the ledger calls): a backlog handle holds the store. A close
+    /// ends those calls, then takes it for writing, so the old store is let go before a
+    /// reopen opens it again.
+    users: tokio::sync::RwLock<()>,
     metrics: Arc<Metrics>,
+}
+
+/// The open shard, as seen without its lock.
+#[derive(Clone)]
+struct Opened {
+    /// Its backlog (decoupled delivery, or a waiting shard's recovered one).
+    backlog: Option<BacklogHandle>,
 }
 
 /// Bookkeeping for Status and AwaitDelivery.
@@ -83,7 +117,8 @@ impl Sidecar {
                 config,
                 shard: Arc::new(tokio::sync::Mutex::new(None)),
                 books: Mutex::new(Books::default()),
-                backlog: Mutex::new(None),
+                opened: Mutex::new(None),
+                users: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -93,16 +128,23 @@ impl Sidecar {
         ShardSidecarServer::new(self)
     }
 
-    /// Waits up to `grace` for an in-flight delivery, then closes the store. A delivery
-    /// still running after that is abandoned: its params stay persisted and fire on the
-    /// next start.
+    /// Closes the shard: every call waiting on it (AwaitDrained, a StartCommit waiting
+    /// for backlog room) ends at once with ABORTED; webhook requests in flight and a
+    /// waiting delivery get up to `grace` to finish; then the store is closed. Requests
+    /// still running after that are cut off: they stay persisted and fire on the next
+    /// start.
+    ///
+    /// Cancel safety: dropped while it waits for the shard (a waiting delivery), the
+    /// backlog has already stopped picking webhooks and calls that wait on it answer
+    /// ABORTED until the next Open; dropped later, see [`Shard::close_within`]. Nothing
+    /// persisted is lost either way.
     pub async fn close(&self, grace: Duration) {
-        match tokio::time::timeout(grace, self.inner.shard.lock()).await {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.begin_close();
+        match tokio::time::timeout_at(deadline, self.inner.shard.lock()).await {
             Ok(mut shard) => {
-                if let Some(shard) = shard.take() {
-                    shard.close().await;
-                    tracing::info!("shard store closed");
-                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.retire(&mut shard, left).await;
             }
             Err(_) => tracing::warn!(
                 ?grace,
@@ -112,30 +154,98 @@ impl Sidecar {
         }
     }
 
-    fn backlog(&self) -> std::sync::MutexGuard<'_, Option<BacklogHandle>> {
+    /// Ends the open shard's waiters and stops its backlog picking new webhooks, without
+    /// its lock: a StartCommit waiting for room holds that lock until room comes.
+    fn begin_close(&self) {
+        if let Some(backlog) = self.opened().as_ref().and_then(|o| o.backlog.as_ref()) {
+            backlog.begin_close();
+        }
+    }
+
+    /// Closes the shard in `slot` (held under the shard lock), giving requests in flight
+    /// `grace`, and waits until no call holds its store any more.
+    async fn retire(&self, slot: &mut Option<Shard>, grace: Duration) {
+        let opened = self.opened().take();
+        if let Some(shard) = slot.take() {
+            shard.close_within(grace).await;
+            tracing::info!("shard store closed");
+        }
+        drop(opened);
+        // Calls on the old backlog were told to stop; once they let go, so does the store.
+        drop(self.inner.users.write().await);
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, Option<Opened>> {
         self.inner
-            .backlog
+            .opened
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The open shard's backlog state, read in place (no handle escapes the lock).
+    fn backlog_status(&self) -> Option<crate::BacklogStatus> {
+        self.opened()
+            .as_ref()
+            .and_then(|o| o.backlog.as_ref().map(BacklogHandle::status))
+    }
+
+    /// The open shard, for a call that uses its backlog without the shard lock: the
+    /// guard keeps a close waiting until the call lets go of the store.
+    async fn open_shard(&self) -> Result<(tokio::sync::RwLockReadGuard<'_, ()>, Opened), Status> {
+        let user = self.inner.users.read().await;
+        let opened = self.opened().clone().ok_or_else(not_open)?;
+        Ok((user, opened))
+    }
+
     /// The open shard's ledger, or why there is none.
-    fn ledger(&self) -> Result<BacklogHandle, Status> {
+    async fn ledger(
+        &self,
+    ) -> Result<(tokio::sync::RwLockReadGuard<'_, ()>, BacklogHandle), Status> {
         if self.inner.config.shard.delivery == DeliveryMode::Waiting {
             return Err(Status::failed_precondition(
                 "the delivery ledger belongs to decoupled delivery; this sidecar runs waiting delivery",
             ));
         }
-        self.backlog().clone().ok_or_else(not_open)
+        let (user, opened) = self.open_shard().await?;
+        let backlog = opened.backlog.ok_or_else(not_open)?;
+        Ok((user, backlog))
+    }
+
+    /// Open, in full: closes a previous incarnation (its waiters end, its requests in
+    /// flight get the shutdown grace), then opens and recovers the store.
+    async fn reopen(&self) -> Result<OpenResponse, Status> {
+        self.begin_close();
+        let mut guard = self.inner.shard.lock().await;
+        self.retire(&mut guard, self.inner.config.shutdown_grace)
+            .await;
+        let (shard, recovery) =
+            Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
+                .await
+                .map_err(to_status)?;
+        *self.opened() = Some(Opened {
+            backlog: shard.backlog_handle(),
+        });
+        *guard = Some(shard);
+        tracing::info!(
+            pending = recovery.pending.is_some(),
+            "shard opened and recovered"
+        );
+        Ok(OpenResponse {
+            checkpoint: Some(recovery.checkpoint),
+            triggers_pending: recovery.pending.is_some(),
+            pending_flow_run_id: recovery.pending.map(|v| v.flow_run_id).unwrap_or_default(),
+        })
     }
 
     /// The sidecar's metrics in the OpenMetrics text format (what `GET /metrics` serves).
     pub fn metrics_text(&self) -> String {
-        let backlog = self.backlog().as_ref().map(BacklogHandle::status);
+        let backlog = self.backlog_status();
         self.inner.metrics.render(backlog.as_ref())
     }
 
     /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+    ///
+    /// Cancel-safe: dropping it stops serving; the shard is not involved.
     pub async fn serve_metrics(
         &self,
         listener: tokio::net::TcpListener,
@@ -156,27 +266,13 @@ impl Sidecar {
 #[tonic::async_trait]
 impl ShardSidecar for Sidecar {
     async fn open(&self, _: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
-        let mut guard = self.inner.shard.lock().await;
-        // Close a previous incarnation first: its store lock must be released to reopen.
-        *self.backlog() = None;
-        if let Some(previous) = guard.take() {
-            previous.close().await;
-        }
-        let (shard, recovery) =
-            Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
-                .await
-                .map_err(to_status)?;
-        *self.backlog() = shard.backlog_handle();
-        *guard = Some(shard);
-        tracing::info!(
-            pending = recovery.pending.is_some(),
-            "shard opened and recovered"
-        );
-        Ok(Response::new(OpenResponse {
-            checkpoint: Some(recovery.checkpoint),
-            triggers_pending: recovery.pending.is_some(),
-            pending_flow_run_id: recovery.pending.map(|v| v.flow_run_id).unwrap_or_default(),
-        }))
+        // A task of its own: a caller that goes away (its deadline) must not cut a reopen
+        // in half, between closing the old shard and opening the new one.
+        let sidecar = self.clone();
+        let opened = tokio::spawn(async move { sidecar.reopen().await })
+            .await
+            .map_err(|err| Status::internal(bounded(&format!("Open did not complete: {err}"))))?;
+        Ok(Response::new(opened?))
     }
 
     async fn start_commit(
@@ -312,7 +408,7 @@ impl ShardSidecar for Sidecar {
             // Held by a delivery, or a commit in progress (maybe waiting for backlog room).
             Err(_) => (true, "delivering", None),
         };
-        let backlog = self.backlog().as_ref().map(BacklogHandle::status);
+        let backlog = self.backlog_status();
         let phase = match (phase, &backlog) {
             ("delivering", Some(b)) if b.backpressured => "backpressured",
             ("delivering", Some(_)) => "committing",
@@ -361,8 +457,8 @@ impl ShardSidecar for Sidecar {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         let request = request.into_inner();
-        let (deliveries, next_page_token) = self
-            .ledger()?
+        let (_user, ledger) = self.ledger().await?;
+        let (deliveries, next_page_token) = ledger
             .deliveries(request.page_size as usize, &request.page_token)
             .await
             .map_err(ledger_status)?;
@@ -377,8 +473,8 @@ impl ShardSidecar for Sidecar {
         request: Request<DeliveryRef>,
     ) -> Result<Response<DeliveryRecord>, Status> {
         let at = request.into_inner();
-        let record = self
-            .ledger()?
+        let (_user, ledger) = self.ledger().await?;
+        let record = ledger
             .delivery(at.trigger, at.first_commit_seq)
             .await
             .map_err(ledger_status)?;
@@ -390,8 +486,8 @@ impl ShardSidecar for Sidecar {
         request: Request<DeliveryRef>,
     ) -> Result<Response<DeliveryRecord>, Status> {
         let at = request.into_inner();
-        let record = self
-            .ledger()?
+        let (_user, ledger) = self.ledger().await?;
+        let record = ledger
             .retry(at.trigger, at.first_commit_seq)
             .await
             .map_err(ledger_status)?;
@@ -406,8 +502,8 @@ impl ShardSidecar for Sidecar {
         let at = request
             .delivery
             .ok_or_else(|| Status::invalid_argument("SkipDelivery needs a delivery"))?;
-        let record = self
-            .ledger()?
+        let (_user, ledger) = self.ledger().await?;
+        let record = ledger
             .skip(at.trigger, at.first_commit_seq, &request.reason)
             .await
             .map_err(ledger_status)?;
@@ -418,8 +514,8 @@ impl ShardSidecar for Sidecar {
         &self,
         _: Request<AwaitDrainedRequest>,
     ) -> Result<Response<AwaitDrainedResponse>, Status> {
-        let backlog = self.backlog().clone();
-        let result = match backlog {
+        let (_user, opened) = self.open_shard().await?;
+        let result = match opened.backlog {
             Some(backlog) => backlog.drained().await,
             None => Ok(()),
         };
@@ -428,10 +524,14 @@ impl ShardSidecar for Sidecar {
                 ok: true,
                 error: String::new(),
             },
-            Err(err) => AwaitDrainedResponse {
-                ok: false,
-                error: bounded(&err.to_string()),
-            },
+            // Not a delivery outcome: the shard it waited on is gone.
+            Err(BacklogError::Closed) => return Err(to_status(BacklogError::Closed.into())),
+            Err(err @ (BacklogError::Webhook(_) | BacklogError::Stopped(_))) => {
+                AwaitDrainedResponse {
+                    ok: false,
+                    error: bounded(&err.to_string()),
+                }
+            }
         }))
     }
 
@@ -602,7 +702,14 @@ fn failed_outcomes(err: &DeliveryError) -> Vec<TriggerOutcome> {
 fn to_status(err: ShardError) -> Status {
     let message = bounded(&err.to_string());
     match err {
-        ShardError::Protocol(_) => Status::failed_precondition(message),
+        // Out of order, or the shard (or its backlog) failed: reopen, retry or skip.
+        ShardError::Protocol(_)
+        | ShardError::Delivery { .. }
+        | ShardError::Backlog(BacklogError::Webhook(_) | BacklogError::Stopped(_)) => {
+            Status::failed_precondition(message)
+        }
+        // The call waited on a shard that was closed or reopened meanwhile: call again.
+        ShardError::Backlog(BacklogError::Closed) => Status::aborted(message),
         ShardError::Stats(_) => Status::invalid_argument(message),
         ShardError::Store(StoreError::Locked { .. }) => Status::unavailable(message),
         ShardError::Store(StoreError::Corrupt { .. } | StoreError::CorruptBacklog { .. })
@@ -610,7 +717,6 @@ fn to_status(err: ShardError) -> Status {
         ShardError::Store(StoreError::RocksDb { .. })
         | ShardError::Blocking(_)
         | ShardError::HttpClient(_) => Status::internal(message),
-        ShardError::Delivery { .. } | ShardError::Backlog(_) => Status::aborted(message),
     }
 }
 
@@ -641,6 +747,8 @@ fn bounded(message: &str) -> String {
 }
 
 /// A client of a sidecar at `address`: `http://127.0.0.1:PORT` or `unix:/path/to.sock`.
+///
+/// Cancel-safe: a dropped connect leaves nothing behind.
 pub async fn connect(
     address: &str,
 ) -> Result<ShardSidecarClient<tonic::transport::Channel>, tonic::transport::Error> {
@@ -677,6 +785,9 @@ pub enum Listener {
 
 impl Listener {
     /// Binds `127.0.0.1:PORT`-style addresses, or `unix:/path/to.sock`.
+    ///
+    /// Cancel-safe: a dropped bind leaves nothing bound (a Unix socket file it created
+    /// stays, and the next bind removes it).
     pub async fn bind(address: &str) -> std::io::Result<Self> {
         match address.strip_prefix("unix:") {
             Some(path) => {
@@ -708,14 +819,18 @@ impl Listener {
     }
 }
 
-/// Serves `sidecar` on `listener` until `shutdown` resolves, then gives an in-flight
-/// delivery up to `grace` to finish before closing the store.
+/// Serves `sidecar` on `listener` until `shutdown` resolves; then stops accepting calls,
+/// gives webhook requests in flight and a waiting delivery the config's
+/// [`SidecarConfig::shutdown_grace`] to finish, and closes the store.
+///
+/// Cancel safety: dropped, the server task goes on serving and the shard stays open;
+/// resolve `shutdown` instead.
 pub async fn run(
     sidecar: Sidecar,
     listener: Listener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
+    let grace = sidecar.inner.config.shutdown_grace;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder().add_service(sidecar.clone().into_service());
     let signal = async move {
@@ -733,13 +848,16 @@ pub async fn run(
     };
     shutdown.await;
     tracing::info!(?grace, "shutting down");
+    let deadline = tokio::time::Instant::now() + grace;
     let _ = stop.send(());
-    // In-flight calls get the grace period too; a caller waiting on a delivery is cut off.
-    match tokio::time::timeout(grace, serving).await {
+    // The shard first: closing it ends the calls that wait on it (AwaitDrained, a
+    // StartCommit waiting for room) and lets webhooks in flight finish within the grace.
+    // The calls still in flight then share what is left of it.
+    sidecar.close(grace).await;
+    match tokio::time::timeout_at(deadline, serving).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => tracing::error!(%join, "server task failed"),
         Err(_) => tracing::warn!("calls still in flight after the grace period"),
     }
-    sidecar.close(grace).await;
     Ok(())
 }

@@ -346,9 +346,9 @@ async fn preview_and_test_fire_through_a_sidecar() {
         ConfigFormat::Yaml,
     )
     .expect("valid");
-    let sidecar = Sidecar::new(SidecarConfig {
-        store: dir.path().join("store"),
-        shard: ShardConfig {
+    let mut config = SidecarConfig::new(
+        dir.path().join("store"),
+        ShardConfig {
             materialization: Materialization {
                 name: "acmeCo/orders/postgres".to_string(),
                 connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
@@ -362,18 +362,15 @@ async fn preview_and_test_fire_through_a_sidecar() {
             ledger: triggers_runtime::LedgerRetention::default(),
             attempt_observer: None,
         },
-    });
+    );
+    config.shutdown_grace = Duration::from_secs(5);
+    let sidecar = Sidecar::new(config);
     let listener = Listener::bind("127.0.0.1:0").await.expect("binds");
     let address = listener.address();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sidecar::run(
-        sidecar,
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(5),
-    ));
+    let server = tokio::spawn(sidecar::run(sidecar, listener, async move {
+        let _ = stopped.await;
+    }));
 
     let out = triggers(&["preview", "--sidecar", &address, "--trigger", "1"]).await;
     assert_eq!(out.code, Some(0), "{}", out.all());

@@ -811,3 +811,99 @@ async fn soak_random_kills() {
         totals.duplicates
     );
 }
+
+/// Issue 12: SIGTERM's grace was not applied in decoupled delivery (the default): the
+/// sidecar exited at once while webhooks were in flight, so every planned restart re-sent
+/// them as recovery re-fires. It now stops picking new entries and lets the in-flight sends
+/// finish within `--shutdown-grace` (10 s by default) before it closes the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
+    use triggers_proto::sidecar::{
+        AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest,
+    };
+    let harness = Harness::with_delivery(3, 3, Delivery::Decoupled(Drain::Ordered)).await;
+    harness
+        .receiver
+        .set_default(Reply::status(200).after(Duration::from_millis(1500)));
+    let mut sidecar = harness.sidecar(None);
+    let address = sidecar_address(&mut sidecar).await;
+    let mut client = triggers_runtime::sidecar::connect(&address)
+        .await
+        .expect("connects");
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    let clock = Clock::from_unix(1_750_000_000, 0).0;
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(Default::default()),
+            stats: vec![triggers_proto::BindingStats {
+                binding: 0,
+                docs: 1,
+                bytes: 10,
+                first_clock: clock,
+                last_clock: clock,
+            }],
+        })
+        .await
+        .expect("commits");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("queues");
+    let arrived = harness
+        .receiver
+        .wait_for(TRIGGER_PATHS.len(), CHILD_DEADLINE)
+        .await;
+    assert_eq!(arrived.len(), TRIGGER_PATHS.len());
+
+    let pid = sidecar.id().expect("running");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(CHILD_DEADLINE, sidecar.wait())
+        .await
+        .expect("sidecar exits on SIGTERM")
+        .expect("reaped");
+    assert!(status.success(), "clean shutdown: {status:?}");
+
+    // The next sidecar finds nothing left to re-fire.
+    let mut sidecar = harness.sidecar(None);
+    let address = sidecar_address(&mut sidecar).await;
+    let mut client = triggers_runtime::sidecar::connect(&address)
+        .await
+        .expect("connects");
+    let opened = client
+        .open(OpenRequest {})
+        .await
+        .expect("opens")
+        .into_inner();
+    assert!(
+        !opened.triggers_pending,
+        "the in-flight webhooks finished before the exit: {opened:?}"
+    );
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("drains")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    let requests = harness.receiver.requests();
+    assert_eq!(requests.len(), TRIGGER_PATHS.len(), "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("webhook-reason") == Some("first-send") && r.answered == Some(200)),
+        "{requests:?}"
+    );
+    sidecar.start_kill().expect("SIGKILL");
+    sidecar.wait().await.expect("reaped");
+}

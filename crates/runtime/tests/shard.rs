@@ -7,8 +7,8 @@ use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
 use triggers_proto::{BindingStats, Checkpoint, Message as _, Source, TriggerParams};
 use triggers_runtime::{
-    Durability, ProtocolError, Shard, ShardConfig, ShardError, Store, StoreError, TransactionStats,
-    store::TRIGGER_PARAMS_KEY,
+    BacklogError, Durability, ProtocolError, Shard, ShardConfig, ShardError, Store, StoreError,
+    TransactionStats, store::TRIGGER_PARAMS_KEY,
 };
 
 fn materialization() -> Materialization {
@@ -438,4 +438,229 @@ fn a_second_process_opening_the_store_gets_a_clear_error() {
         stdout.contains("CHILD: store") && stdout.contains("already open by another process"),
         "{stdout}"
     );
+}
+
+/// Bounds every wait of the tests below, so a regression fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn decoupled(triggers: Arc<Triggers>) -> ShardConfig {
+    ShardConfig {
+        delivery: triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 10 },
+        ..config(triggers)
+    }
+}
+
+/// Issue 12: closing or reopening a shard ends every waiter on the old one at once, with
+/// an error (a `drained` waiter on a backlog handle used to wait forever, holding the
+/// store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_shard_ends_every_drained_waiter_at_once_with_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    // Never answered while the test runs.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(60)));
+    let triggers = two_triggers(&receiver, 0);
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(triggers.clone()))
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("queues");
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+    let handle = shard.backlog_handle().expect("decoupled");
+    let waiter = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.drained().await }
+    });
+
+    shard.close().await;
+    let ended = tokio::time::timeout(WAIT, waiter)
+        .await
+        .expect("the waiter ends with its shard")
+        .expect("task");
+    let err = ended.expect_err("the backlog did not drain");
+    assert!(matches!(err, BacklogError::Closed), "{err}");
+    drop(handle);
+
+    // The webhooks cut off stay persisted and fire again.
+    let (_, recovery) = Shard::open(dir.path(), decoupled(triggers))
+        .await
+        .expect("reopens");
+    assert_eq!(recovery.backlog, 2);
+}
+
+/// Issue 12: a StartCommit before the recovered Acknowledged was accepted when nothing
+/// was pending; it is a protocol error whatever the store holds.
+#[tokio::test]
+async fn a_start_commit_before_the_recovered_acknowledged_is_refused_even_with_nothing_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let (mut shard, recovery) = open(&dir, two_triggers(&receiver, 0)).await;
+    assert_eq!(recovery.pending, None);
+    let err = shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            ShardError::Protocol(ProtocolError::CommitBeforeRecoveryAcknowledged)
+        ),
+        "{err}"
+    );
+    // Refused before anything was written: the shard is intact.
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("delivers");
+    assert_eq!(receiver.requests().len(), 2);
+}
+
+/// Cancel safety: an `open` dropped at its await (the store work already queued) leaves
+/// the store closed and reopenable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dropped_mid_way_leaves_the_store_reopenable_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = two_triggers(&receiver, 0);
+    for _ in 0..3 {
+        let mut opening = Box::pin(Shard::open(dir.path(), decoupled(triggers.clone())));
+        // One poll queues the store work; the drop comes while it runs.
+        assert!(futures::poll!(opening.as_mut()).is_pending());
+        drop(opening);
+    }
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(triggers))
+        .await
+        .expect("reopens at once");
+    shard.acknowledged().await.expect("recovery ack");
+    shard.close().await;
+}
+
+/// Cancel safety: a dropped `drained` leaves the shard as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_drained_leaves_the_shard_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/a", [Reply::status(200).after(Duration::from_millis(300))]);
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(two_triggers(&receiver, 0)))
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("queues");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), shard.drained())
+            .await
+            .is_err(),
+        "the slow webhook is still in flight"
+    );
+    shard
+        .start_commit(checkpoint(2), &stats())
+        .await
+        .expect("commits after the drop");
+    shard.acknowledged().await.expect("queues");
+    tokio::time::timeout(WAIT, shard.drained())
+        .await
+        .expect("drains in time")
+        .expect("drains");
+    assert_eq!(receiver.requests().len(), 4);
+    shard.close().await;
+}
+
+/// Cancel safety: a StartCommit dropped at its store write (a caller's deadline) leaves
+/// the shard failed with a clear error, not wedged; the write itself runs to its end, and
+/// a reopen recovers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_commit_dropped_at_its_write_fails_the_shard_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = two_triggers(&receiver, 0);
+    let (mut shard, _) = open(&dir, triggers.clone()).await;
+    shard.acknowledged().await.expect("recovery ack");
+    {
+        let stats = stats();
+        let mut committing = Box::pin(shard.start_commit(checkpoint(1), &stats));
+        // One poll queues the write on the store thread; the drop comes while it runs.
+        assert!(futures::poll!(committing.as_mut()).is_pending());
+    }
+    let err = shard
+        .start_commit(checkpoint(2), &stats())
+        .await
+        .expect_err("the shard does not know whether the write landed");
+    assert!(
+        matches!(err, ShardError::Protocol(ProtocolError::Failed)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("reopened"), "{err}");
+    shard.close().await;
+
+    let (mut shard, recovery) = open(&dir, triggers).await;
+    assert_eq!(
+        recovery.checkpoint,
+        checkpoint(1),
+        "the write ran to its end"
+    );
+    assert!(recovery.pending.is_some());
+    shard
+        .acknowledged()
+        .await
+        .expect("fires the recovered params");
+    assert_eq!(receiver.requests().len(), 2);
+}
+
+/// `close_within` lets the requests in flight finish within the grace and cuts off only
+/// those still running after it: they stay persisted and re-fire at the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_within_lets_in_flight_webhooks_finish_and_cuts_off_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/a", [Reply::status(200).after(Duration::from_millis(300))]);
+    // Still running when the grace ends.
+    receiver.script("/b", [Reply::status(200).after(Duration::from_secs(60))]);
+    let triggers = two_triggers(&receiver, 0);
+    let (mut shard, _) = Shard::open(dir.path(), decoupled(triggers.clone()))
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovery ack");
+    shard
+        .start_commit(checkpoint(1), &stats())
+        .await
+        .expect("commits");
+    shard.acknowledged().await.expect("queues");
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+
+    tokio::time::timeout(WAIT, shard.close_within(Duration::from_secs(3)))
+        .await
+        .expect("the grace bounds the close");
+    let (mut shard, recovery) = Shard::open(dir.path(), decoupled(triggers))
+        .await
+        .expect("reopens at once");
+    assert_eq!(recovery.backlog, 1, "only /b's webhook was cut off");
+    shard.acknowledged().await.expect("recovery ack");
+    shard.drained().await.expect("drains");
+    let b: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/b")
+        .map(|r| r.header("webhook-reason").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(b, ["first-send", "recovery-refire"]);
+    assert_eq!(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/a")
+            .count(),
+        1,
+        "/a finished within the grace and is not sent again"
+    );
+    shard.close().await;
 }

@@ -63,9 +63,9 @@ async fn serve_with(
         {"url": receiver.url("/b"), "payloadTemplate": template, "maxRetries": 1, "drain": drain},
     ]});
     let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
-    let sidecar = Sidecar::new(SidecarConfig {
-        store: dir.path().join("store"),
-        shard: ShardConfig {
+    let mut config = SidecarConfig::new(
+        dir.path().join("store"),
+        ShardConfig {
             materialization: Materialization {
                 name: "acmeCo/orders/postgres".to_string(),
                 connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
@@ -86,7 +86,9 @@ async fn serve_with(
             ledger: triggers_runtime::LedgerRetention::default(),
             attempt_observer: None,
         },
-    });
+    );
+    config.shutdown_grace = Duration::from_secs(5);
+    let sidecar = Sidecar::new(config);
     let address = if address == "unix" {
         format!("unix:{}", dir.path().join("sidecar.sock").display())
     } else {
@@ -109,14 +111,9 @@ async fn serve_with(
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        sidecar::run(
-            sidecar,
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(5),
-        )
+        sidecar::run(sidecar, listener, async move {
+            let _ = stopped.await;
+        })
         .await
         .expect("serves");
     });
@@ -524,7 +521,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         })
         .await
         .expect_err("failed shard");
-    assert_eq!(refused.code(), Code::Aborted, "{refused}");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
 
     // The operator finds the failed delivery in the ledger and skips it; the shard goes on.
     let page = client
@@ -779,5 +776,266 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         2,
         "{reasons:?}"
     );
+    running.stop().await;
+}
+
+/// Bounds every wait of the tests below, so a regression fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls Status until a StartCommit waits for backlog room (bounded: 400 × 5 ms).
+async fn wait_until_backpressured(client: &mut Client) {
+    for _ in 0..400 {
+        let status = client
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.backpressured {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no StartCommit waited for backlog room");
+}
+
+/// Issue 12: an AwaitDrained in flight held the old store, so a new Open answered
+/// UNAVAILABLE (locked) until that call's deadline. Reopening ends every waiter on the old
+/// shard at once with ABORTED: AwaitDrained, and a StartCommit waiting for backlog room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_await_drained_in_flight_does_not_hold_the_old_store_against_a_new_open() {
+    let receiver = Receiver::start().await.expect("receiver");
+    // Slow enough that the waiters can only have been ended by the reopen.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
+    let (running, mut client) = serve_decoupled_and_open(&receiver, 1).await;
+    commit_and_acknowledge(&mut client, 1).await;
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+
+    let mut waiter = client.clone();
+    let drained = tokio::spawn(async move { waiter.await_drained(AwaitDrainedRequest {}).await });
+    // Each backlog is at its limit of one: the next StartCommit waits for room.
+    let mut committer = client.clone();
+    let committing = tokio::spawn(async move {
+        committer
+            .start_commit(StartCommitRequest {
+                checkpoint: Some(checkpoint(2)),
+                stats: stats(),
+            })
+            .await
+    });
+    wait_until_backpressured(&mut client).await;
+
+    let mut opener = client.clone();
+    let reopening = tokio::spawn(async move { opener.open(OpenRequest {}).await });
+    let drained = tokio::time::timeout(WAIT, drained)
+        .await
+        .expect("AwaitDrained ends with the old shard")
+        .expect("task")
+        .expect_err("the shard it waited on is gone");
+    assert_eq!(drained.code(), Code::Aborted, "{drained}");
+    assert!(drained.message().contains("reopened"), "{drained}");
+    let committed = tokio::time::timeout(WAIT, committing)
+        .await
+        .expect("StartCommit ends with the old shard")
+        .expect("task")
+        .expect_err("the shard it waited on is gone");
+    assert_eq!(committed.code(), Code::Aborted, "{committed}");
+    // Both ended at once, not when the webhooks were answered.
+    assert!(
+        receiver.requests().iter().all(|r| r.answered.is_none()),
+        "{:?}",
+        receiver.requests()
+    );
+
+    let reopened = tokio::time::timeout(WAIT, reopening)
+        .await
+        .expect("Open ends")
+        .expect("task")
+        .expect("reopens: nothing holds the old store")
+        .into_inner();
+    assert_eq!(reopened.checkpoint, Some(checkpoint(1)));
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("drains")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    running.stop().await;
+}
+
+/// Issue 12: Open on a live sidecar (the consumer restarted, its sidecar did not) cut the
+/// old workers off and re-sent an ordered webhook whose first request was still open: two
+/// requests of one trigger and one webhook-id in flight at once. Open now lets in-flight
+/// webhooks finish (within the grace) before it resets interrupted deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_a_live_sidecar_never_sends_an_in_flight_ordered_webhook_twice() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(1500)));
+    let (running, mut client) = serve_decoupled_and_open(&receiver, 10).await;
+    commit_and_acknowledge(&mut client, 1).await;
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+
+    let reopened = client
+        .open(OpenRequest {})
+        .await
+        .expect("reopens")
+        .into_inner();
+    assert!(
+        !reopened.triggers_pending,
+        "the in-flight webhooks finished before the reopen: {reopened:?}"
+    );
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("drains")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    let requests = receiver.requests();
+    let mut sent: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.path.as_str(),
+                r.header("webhook-reason").unwrap_or_default(),
+                r.answered,
+            )
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("/a", "first-send", Some(200)),
+            ("/b", "first-send", Some(200))
+        ],
+        "one request per trigger, each answered"
+    );
+    running.stop().await;
+}
+
+/// Issue 12: three codes disagreed with the README. AwaitDrained before Open answered OK,
+/// a StartCommit before the recovered Acknowledged was accepted when nothing was pending,
+/// and a StartCommit on a shard whose backlog failed answered ABORTED. Each is
+/// FAILED_PRECONDITION, like every other out-of-order call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_agree_with_the_readme() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve_with(
+        &receiver,
+        "127.0.0.1:0",
+        DeliveryMode::default(),
+        serde_json::json!({"mode": "ordered"}),
+    )
+    .await;
+    let mut client = running.client.clone();
+
+    let err = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect_err("AwaitDrained before Open");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("call Open first"), "{err}");
+
+    // The store held by another handle (another process, in production).
+    let held = triggers_runtime::Store::open(running._dir.path().join("store"), Durability::Synced)
+        .expect("opens");
+    let err = client.open(OpenRequest {}).await.expect_err("locked");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    drop(held);
+
+    let opened = client
+        .open(OpenRequest {})
+        .await
+        .expect("opens")
+        .into_inner();
+    assert!(!opened.triggers_pending);
+    let err = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: stats(),
+        })
+        .await
+        .expect_err("StartCommit before the recovered Acknowledged");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("recovered checkpoint"), "{err}");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+
+    receiver.script("/b", [Reply::status(404).with_body("no such hook")]);
+    commit_and_acknowledge(&mut client, 1).await;
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(!drained.ok, "{drained:?}");
+    let err = client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(2)),
+            stats: stats(),
+        })
+        .await
+        .expect_err("StartCommit on a failed backlog");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("HTTP 404"), "{err}");
+    running.stop().await;
+}
+
+/// Cancel safety: an Open whose caller goes away (its deadline passes while the old
+/// shard's requests finish) still completes the reopen, so the sidecar is not left with
+/// the old shard closed and no new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dropped_mid_way_still_reopens_the_shard() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(1500)));
+    let (running, mut client) = serve_decoupled_and_open(&receiver, 10).await;
+    commit_and_acknowledge(&mut client, 1).await;
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+
+    let mut open = tonic::Request::new(OpenRequest {});
+    open.set_timeout(Duration::from_millis(100));
+    let err = client
+        .open(open)
+        .await
+        .expect_err("the deadline passes first");
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err}"
+    );
+    // Bounded: 1000 × 10 ms, well past the 1.5 s webhook the reopen waits for.
+    let mut reopened = false;
+    for _ in 0..1000 {
+        let status = client
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.open && status.phase == "recovered" {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reopened, "the reopen completed without its caller");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("drains")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    assert_eq!(receiver.requests().len(), 2, "nothing was sent twice");
     running.stop().await;
 }

@@ -53,6 +53,13 @@ pub enum BacklogError {
          the shard restarts"
     )]
     Stopped(String),
+    /// The shard was closed (or reopened) while the call waited on its backlog; the
+    /// backlog stays persisted. Call again on the open shard.
+    #[error(
+        "the shard was closed or reopened while this call waited on its backlog; the backlog \
+         stays persisted: call again on the open shard"
+    )]
+    Closed,
 }
 
 /// A webhook that failed for good in decoupled delivery: the shard stops.
@@ -174,6 +181,9 @@ struct Shared {
     backpressured: AtomicBool,
     backpressure_waits: AtomicU64,
     failure: Mutex<Option<BacklogError>>,
+    /// Set once when the shard closes: workers pick nothing new and end once their
+    /// requests in flight are done, and every waiter returns [`BacklogError::Closed`].
+    closing: AtomicBool,
     /// Wakes whoever waits for the backlog to drain.
     drained: Notify,
     /// Serialises ledger transitions: each reads a delivery's state and writes the next
@@ -196,6 +206,20 @@ impl Shared {
 
     fn depth(&self) -> usize {
         self.queues.iter().map(|q| q.lock().entries.len()).sum()
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Starts closing: no new sends, and every waiter (drained, backpressure) ends now.
+    fn begin_close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.room.notify_one();
+        self.drained.notify_waiters();
+        for queue in &self.queues {
+            queue.wake.notify_one();
+        }
     }
 
     fn status(&self) -> BacklogStatus {
@@ -237,6 +261,9 @@ impl Shared {
             if self.depth() == 0 {
                 return Ok(());
             }
+            if self.closing() {
+                return Err(BacklogError::Closed);
+            }
             drained.await;
         }
     }
@@ -269,9 +296,19 @@ impl BacklogHandle {
     }
 
     /// Waits until every queue is empty (acknowledged webhooks all delivered), or fails
-    /// with what stopped delivery.
+    /// with what stopped delivery, or with [`BacklogError::Closed`] as soon as the shard
+    /// closes with webhooks still queued.
+    ///
+    /// Cancel-safe: it only reads. A handle keeps the shard's store open, so drop it
+    /// before reopening the store.
     pub async fn drained(&self) -> Result<(), BacklogError> {
         self.0.drained().await
+    }
+
+    /// Starts closing the backlog without the shard: ends its waiters at once (a
+    /// StartCommit waiting for room among them, which frees the shard for a close).
+    pub(crate) fn begin_close(&self) {
+        self.0.begin_close();
     }
 }
 
@@ -374,6 +411,7 @@ impl Backlog {
             backpressured: AtomicBool::new(false),
             backpressure_waits: AtomicU64::new(0),
             failure: Mutex::new(None),
+            closing: AtomicBool::new(false),
             drained: Notify::new(),
             ledger_lock: Mutex::new(()),
             retention,
@@ -537,7 +575,10 @@ impl Backlog {
         };
         let mut waited = false;
         loop {
-            if let Some(failure) = shared.failure() {
+            if let Some(failure) = shared
+                .failure()
+                .or_else(|| shared.closing().then_some(BacklogError::Closed))
+            {
                 shared.backpressured.store(false, Ordering::Relaxed);
                 return Err(ShardError::Backlog(failure));
             }
@@ -571,13 +612,34 @@ impl Backlog {
     }
 
     /// Stops the workers and waits for them to go, so the store can be reopened at once.
-    pub(crate) async fn shutdown(mut self) {
+    /// They pick nothing new and get up to `grace` to finish the requests they have in
+    /// flight (and record them); then the rest are cut off, and stay persisted to fire
+    /// again at the next start. Every waiter on the backlog ends at once.
+    pub(crate) async fn shutdown(mut self, grace: Duration) {
+        self.shared.begin_close();
         let workers = std::mem::take(&mut self.workers);
-        for worker in &workers {
-            worker.abort();
-        }
-        for worker in workers {
-            let _ = worker.await;
+        let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
+        let mut all = futures::future::join_all(workers);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            let in_flight: usize = self
+                .shared
+                .status()
+                .queues
+                .iter()
+                .map(|q| q.in_flight)
+                .sum();
+            if in_flight > 0 {
+                tracing::warn!(
+                    ?grace,
+                    in_flight,
+                    "webhooks still in flight after the grace period are cut off; they \
+                     stay persisted and fire again at the next start"
+                );
+            }
+            for abort in &aborts {
+                abort.abort();
+            }
+            all.await;
         }
     }
 }
@@ -609,7 +671,11 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
     let queue = &shared.queues[index];
     let mut in_flight = FuturesUnordered::new();
     loop {
-        let (picked, wait_until) = if shared.failure().is_some() {
+        let closing = shared.closing();
+        if closing && in_flight.is_empty() {
+            return;
+        }
+        let (picked, wait_until) = if closing || shared.failure().is_some() {
             (Vec::new(), None)
         } else {
             pick(&shared, queue, in_flight.len())

@@ -18,8 +18,9 @@ use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 ///
 /// The sidecar owns the shard's RocksDB store (one process per store) and its trigger
 /// config. On start it prints `listening on ADDRESS` to stdout. On SIGTERM or Ctrl-C it
-/// stops accepting calls, gives an in-flight delivery the grace period to finish, and
-/// exits; a delivery cut off stays persisted and fires on the next start.
+/// stops accepting calls and starting webhooks, gives the requests in flight the grace
+/// period to finish, and exits; a delivery cut off stays persisted and fires on the next
+/// start.
 #[derive(Debug, Parser)]
 #[command(name = "shard-sidecar", version, verbatim_doc_comment)]
 struct Args {
@@ -29,8 +30,9 @@ struct Args {
     /// unix:/path/to.sock.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
     listen: String,
-    /// Seconds an in-flight delivery may take to finish after SIGTERM.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    /// Seconds webhook requests in flight may take to finish after SIGTERM, or when
+    /// Open reopens the shard; those still running then fire again at the next start.
+    #[arg(long, default_value_t = triggers_runtime::DEFAULT_SHUTDOWN_GRACE.as_secs(), value_name = "SECONDS")]
     shutdown_grace: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT")]
@@ -45,10 +47,8 @@ async fn run() -> anyhow::Result<()> {
     triggers_runtime::crash::arm_from_env();
     init_tracing();
     let args = Args::parse();
-    let config = SidecarConfig {
-        store: args.shard.store.clone(),
-        shard: args.shard.shard_config()?,
-    };
+    let mut config = SidecarConfig::new(args.shard.store.clone(), args.shard.shard_config()?);
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     let listener = Listener::bind(&args.listen).await?;
     println!("listening on {}", listener.address());
     std::io::stdout().flush()?;
@@ -66,13 +66,7 @@ async fn run() -> anyhow::Result<()> {
                 .await;
         });
     }
-    sidecar::run(
-        sidecar,
-        listener,
-        shutdown_signal(),
-        Duration::from_secs(args.shutdown_grace),
-    )
-    .await?;
+    sidecar::run(sidecar, listener, shutdown_signal()).await?;
     Ok(())
 }
 
