@@ -107,9 +107,9 @@ impl std::fmt::Display for AddressClass {
 impl AddressClass {
     /// Classifies an address. IPv6 addresses that reach an IPv4 one (mapped
     /// `::ffff:a.b.c.d`, SIIT `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and the
-    /// local-use `64:ff9b:1::/48`, 6to4 `2002:AABB:CCDD::/48`) are classified as the IPv4
-    /// address they embed; Teredo (`2001::/32`), whose real destination is hidden, is
-    /// reserved.
+    /// local-use `64:ff9b:1::/48`, 6to4 `2002:AABB:CCDD::/48`, and ISATAP's non-public
+    /// ones) are classified as the IPv4 address they embed; Teredo (`2001::/32`), whose
+    /// real destination is hidden, is reserved.
     pub fn of(address: IpAddr) -> Self {
         match address {
             IpAddr::V4(v4) => Self::of_v4(v4),
@@ -171,6 +171,13 @@ impl AddressClass {
             // Teredo 2001::/32 tunnels to a client whose address is obfuscated and a
             // server's that is not the destination: no webhook receiver lives there.
             [0x2001, 0, ..] => return Self::Reserved,
+            // ISATAP (interface id `0:5efe` or `200:5efe`, RFC 5214): the site's router
+            // tunnels to the IPv4 address in the last 32 bits, so a non-public one is
+            // refused as that address would be.
+            [_, _, _, _, iid, 0x5efe, ..] if iid & !0x0300 == 0 => match Self::of_v4(last32) {
+                Self::Public => {}
+                class => return class,
+            },
             _ => {}
         }
         if ip == Ipv6Addr::LOCALHOST {
@@ -301,8 +308,8 @@ mod tests {
         }
     }
 
-    /// 6to4, NAT64 (well-known and local-use) and SIIT addresses reach the IPv4 address
-    /// they embed, so they are that address's class; Teredo is refused outright.
+    /// 6to4, NAT64 (well-known and local-use), SIIT and ISATAP addresses reach the IPv4
+    /// address they embed, so they are that address's class; Teredo is refused outright.
     #[test]
     fn ipv6_transition_addresses_are_classified_by_the_ipv4_they_embed() {
         let table = [
@@ -328,6 +335,13 @@ mod tests {
                 AddressClass::Reserved,
             ),
             ("2001::1", AddressClass::Reserved),
+            // ISATAP interface ids reach the IPv4 address in their last 32 bits.
+            ("2606:4700:1:2:0:5efe:10.0.0.1", AddressClass::Private),
+            (
+                "2606:4700:1:2:200:5efe:169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            ("2606:4700:1:2:200:5efe:8.8.8.8", AddressClass::Public),
             // Neighbours of those ranges stay public.
             ("2001:4860::8888", AddressClass::Public),
             ("2003::1", AddressClass::Public),
