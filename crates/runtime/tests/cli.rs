@@ -594,3 +594,42 @@ async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
         assert!(!String::from_utf8_lossy(output).contains("hunter2"));
     }
 }
+
+/// Any local process reaches a TCP port: the sidecar will not listen on one unguarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_sidecar_refuses_tcp_without_a_token_and_takes_none_from_a_flag() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &receiver);
+    let run = |extra: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shard-sidecar"));
+        command
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .arg("--triggers")
+            .arg(&config)
+            .args(["--materialization", "m", "--connector-image", "i"])
+            .args(["--binding", "acmeCo/orders", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove(sidecar::TOKEN_ENV)
+            .kill_on_drop(true);
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), command.output())
+                .await
+                .expect("exits")
+                .expect("runs")
+        }
+    };
+    let refused = run(&[]).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("needs a bearer token"), "{stderr}");
+    // There is no flag that takes the token itself.
+    let refused = run(&["--token", "test-token-5b0c1e2f9a8d7364"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unexpected argument"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

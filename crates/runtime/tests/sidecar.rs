@@ -984,12 +984,16 @@ async fn python_grpcio_calls_the_sidecar_over_tcp_and_the_unix_socket() {
         ]});
         std::fs::write(&config, triggers.to_string()).expect("writes");
         let token_file = support::token_file(dir.path());
-        let token_arg = token_file.to_str().expect("UTF-8").to_string();
-        let extra: Vec<&str> = match transport {
-            "tcp" => vec!["--listen", "127.0.0.1:0", "--token-file", &token_arg],
-            _ => vec![],
+        // The sidecar reads its token from the environment here (tests/cli.rs gives
+        // --token-file), the client from a file.
+        let (extra, env): (&[&str], &[(&str, &str)]) = match transport {
+            "tcp" => (
+                &["--listen", "127.0.0.1:0"],
+                &[(sidecar::TOKEN_ENV, support::TOKEN)],
+            ),
+            _ => (&[], &[]),
         };
-        let sidecar = support::start_sidecar(dir.path(), &config, &extra, &[]).await;
+        let sidecar = support::start_sidecar(dir.path(), &config, extra, env).await;
         // grpcio dials `127.0.0.1:PORT` or `unix:/path`, as its users write them.
         let target = sidecar
             .address
