@@ -66,7 +66,9 @@ async fn run() -> anyhow::Result<()> {
     let address = match &args.listen {
         Some(address) => address.clone(),
         None => {
-            let mut socket = args.shard.store.clone().into_os_string();
+            // Beside the store, not in it: `--store dir/` must not give `dir/.sock`.
+            let store: std::path::PathBuf = args.shard.store.components().collect();
+            let mut socket = store.into_os_string();
             socket.push(".sock");
             format!("unix:{}", std::path::Path::new(&socket).display())
         }
