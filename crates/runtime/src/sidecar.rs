@@ -7,10 +7,15 @@
 //!
 //! Preview and TestFire use only the configured triggers and network policy: they work
 //! before Open and beside a running delivery, and never take the shard.
+//!
+//! Only the shard's consumer may call it: [`Listener`] makes a Unix socket of mode 0600,
+//! or a TCP socket on which every call must carry a [`BearerToken`]; [`connect`] sends
+//! one.
 
 use crate::metrics::Metrics;
+use crate::sidecar_access::RequireToken;
 pub use crate::sidecar_access::{
-    BearerToken, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, RequireToken, SendToken, TOKEN_ENV, TokenError,
+    BearerToken, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, SendToken, TOKEN_ENV, TokenError,
 };
 use crate::unix_authority::AuthorityFix;
 use crate::{BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError, StoreError};

@@ -135,7 +135,7 @@ impl BearerToken {
 
 /// The server's check: every call carries the token, when there is one.
 #[derive(Debug, Clone)]
-pub struct RequireToken(pub(crate) Option<BearerToken>);
+pub(crate) struct RequireToken(pub(crate) Option<BearerToken>);
 
 impl tonic::service::Interceptor for RequireToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
