@@ -17,7 +17,10 @@ include!(concat!(env!("OUT_DIR"), "/triggers.rs"));
 /// The shard sidecar's gRPC service (server and client) and its messages.
 pub mod sidecar {
     include!(concat!(env!("OUT_DIR"), "/triggers.sidecar.rs"));
+    include!(concat!(env!("OUT_DIR"), "/client/triggers.sidecar.rs"));
 }
+
+pub mod codec;
 
 pub use prost::Message;
 pub use prost_types::Timestamp;

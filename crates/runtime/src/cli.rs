@@ -1,6 +1,7 @@
 //! Command-line arguments and file loading shared by the binaries: the sidecar, the
 //! reference consumer (in-process mode) and the `triggers` tool.
 
+use crate::sidecar::BearerToken;
 use crate::{
     DEFAULT_BACKLOG_LIMIT, DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, DeliveryMode, Durability,
     LedgerRetention, ShardConfig,
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use triggers::{
     AgeIdentity, ConfigFormat, Materialization, NetworkPolicy, RetryBackoff, Triggers,
-    TriggersConfig, load_config,
+    TriggersConfig, is_sops_encrypted, load_config,
 };
 
 /// Which shard to run, and how.
@@ -20,10 +21,17 @@ pub struct ShardArgs {
     /// Directory of the shard's RocksDB store (created if missing). One process per store.
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
-    /// Trigger config file (`.json`, or YAML otherwise). Validated at start; an invalid
-    /// config stops the process with every error listed.
+    /// Trigger config file (`.json`, or YAML otherwise), plaintext or SOPS-encrypted.
+    /// Validated at start; an invalid config stops the process with every error listed.
+    /// An encrypted one is decrypted in memory (never written out) with --identity,
+    /// $SOPS_AGE_KEY_FILE or $SOPS_AGE_KEY.
     #[arg(long, value_name = "FILE")]
     pub triggers: PathBuf,
+    /// age keys file (as age-keygen writes it) to decrypt a SOPS-encrypted --triggers;
+    /// repeat for several. $SOPS_AGE_KEY_FILE (a keys file) and $SOPS_AGE_KEY (the keys
+    /// themselves) are read too, as sops reads them.
+    #[arg(long = "identity", value_name = "AGE_KEYS_FILE")]
+    pub identities: Vec<PathBuf>,
     /// Full name of the materialization (the `materialization_name` variable).
     #[arg(long, value_name = "NAME")]
     pub materialization: String,
@@ -102,7 +110,7 @@ impl ShardArgs {
                 connector_image: self.connector_image.clone(),
                 binding_collections: self.bindings.clone(),
             },
-            triggers: Arc::new(load_triggers(&self.triggers)?),
+            triggers: Arc::new(load_triggers_with(&self.triggers, &self.identities)?),
             durability: if self.no_sync {
                 Durability::Unsynced
             } else {
@@ -135,18 +143,34 @@ pub fn load_triggers(path: &Path) -> anyhow::Result<Triggers> {
 }
 
 /// Reads and validates a trigger config file, plaintext or SOPS-encrypted (then opened
-/// with `identities`).
-pub fn load_triggers_with(path: &Path, identities: &[AgeIdentity]) -> anyhow::Result<Triggers> {
-    let config = read_config(path, identities)?;
+/// with the identities of [`load_identities`]`(identity_files)`).
+pub fn load_triggers_with(path: &Path, identity_files: &[PathBuf]) -> anyhow::Result<Triggers> {
+    let config = read_config(path, identity_files)?;
     Triggers::from_config(&config).with_context(|| format!("trigger config {}", path.display()))
 }
 
-/// Reads and parses a trigger config file (decrypting it if it is SOPS-encrypted),
-/// without validating it.
-pub fn read_config(path: &Path, identities: &[AgeIdentity]) -> anyhow::Result<TriggersConfig> {
+/// Reads and parses a trigger config file (decrypting it in memory if it is
+/// SOPS-encrypted), without validating it.
+pub fn read_config(path: &Path, identity_files: &[PathBuf]) -> anyhow::Result<TriggersConfig> {
     let text = read_config_text(path)?;
-    load_config(&text, config_format(path), identities)
+    let format = config_format(path);
+    let identities = identities_for(&text, format, identity_files)?;
+    load_config(&text, format, &identities)
         .with_context(|| format!("trigger config {}", path.display()))
+}
+
+/// The identities to open `text` with: none for a plaintext config (so a key source
+/// that is set but broken does not matter), else [`load_identities`].
+pub fn identities_for(
+    text: &str,
+    format: ConfigFormat,
+    identity_files: &[PathBuf],
+) -> anyhow::Result<Vec<AgeIdentity>> {
+    if is_sops_encrypted(text, format) {
+        load_identities(identity_files)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// A config file's text.
@@ -164,11 +188,18 @@ pub fn config_format(path: &Path) -> ConfigFormat {
     }
 }
 
-/// Reads age identities (`AGE-SECRET-KEY-1...`, as `age-keygen` writes them) from each
-/// keys file, to open SOPS-encrypted configs.
+/// The environment variable naming an age keys file, as sops reads it.
+pub const SOPS_AGE_KEY_FILE: &str = "SOPS_AGE_KEY_FILE";
+/// The environment variable holding age identities themselves, as sops reads it.
+pub const SOPS_AGE_KEY: &str = "SOPS_AGE_KEY";
+
+/// Reads age identities (`AGE-SECRET-KEY-1...`, as `age-keygen` writes them) to open
+/// SOPS-encrypted configs: from each keys file given, then, as sops does, from the file
+/// `$SOPS_AGE_KEY_FILE` names and from `$SOPS_AGE_KEY`. Every source adds to the others.
 pub fn load_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<AgeIdentity>> {
     let mut identities = Vec::new();
-    for path in paths {
+    let env_file = std::env::var_os(SOPS_AGE_KEY_FILE).map(PathBuf::from);
+    for path in paths.iter().chain(env_file.as_ref()) {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading age keys file {}", path.display()))?;
         identities.extend(
@@ -176,7 +207,32 @@ pub fn load_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<AgeIdentity>> {
                 .with_context(|| format!("age keys file {}", path.display()))?,
         );
     }
+    if let Some(keys) = std::env::var_os(SOPS_AGE_KEY) {
+        let keys = keys
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("${SOPS_AGE_KEY} is not UTF-8"))?;
+        identities.extend(
+            AgeIdentity::parse_keys_file(&keys).with_context(|| format!("${SOPS_AGE_KEY}"))?,
+        );
+    }
     Ok(identities)
+}
+
+/// How a sidecar's client finds its bearer token: a file, or the environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenArgs {
+    /// File holding the sidecar's bearer token (16 to 1024 printable ASCII characters;
+    /// surrounding whitespace ignored). Without it, $TRIGGERS_SIDECAR_TOKEN is used if
+    /// set. A token is never taken from a flag value: other users can read those.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token from `--token-file`, else `$TRIGGERS_SIDECAR_TOKEN`, else none.
+    pub fn token(&self) -> anyhow::Result<Option<BearerToken>> {
+        Ok(BearerToken::from_file_or_env(self.token_file.as_deref())?)
+    }
 }
 
 /// The tokio runtime of a binary that runs a shard. Store work has a thread of its own;

@@ -12,7 +12,6 @@ use crate::{Shard, TransactionStats};
 use std::collections::BTreeMap;
 use std::path::Path;
 use triggers::Clock;
-use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest,
 };
@@ -118,7 +117,7 @@ pub enum Driver {
         shard: Option<Box<Shard>>,
     },
     /// A sidecar, over gRPC.
-    Sidecar(ShardSidecarClient<tonic::transport::Channel>),
+    Sidecar(crate::sidecar::Client),
 }
 
 /// A future opening a shard, for [`Driver::Local`].

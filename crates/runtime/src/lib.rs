@@ -17,9 +17,11 @@ pub mod crash;
 pub mod metrics;
 mod shard;
 pub mod sidecar;
+mod sidecar_access;
 mod stats;
 pub mod store;
 mod store_thread;
+mod unix_authority;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,

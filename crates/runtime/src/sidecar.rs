@@ -7,17 +7,28 @@
 //!
 //! Preview and TestFire use only the configured triggers and network policy: they work
 //! before Open and beside a running delivery, and never take the shard.
+//!
+//! Only the shard's consumer may call it: [`Listener`] makes a Unix socket of mode 0600,
+//! or a TCP socket on which every call must carry a [`BearerToken`]; [`connect`] sends
+//! one.
 
 use crate::metrics::Metrics;
+use crate::sidecar_access::RequireToken;
+pub use crate::sidecar_access::{
+    BearerToken, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, SendToken, TOKEN_ENV, TokenError,
+};
+use crate::unix_authority::AuthorityFix;
 use crate::{
     BacklogError, BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError,
     StoreError,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tonic::codegen::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use triggers::{
     ConfigFormat, Deliverer, DeliveryError, PreviewError, PreviewVariables, ValidationError,
@@ -121,11 +132,6 @@ impl Sidecar {
                 users: tokio::sync::RwLock::new(()),
             }),
         }
-    }
-
-    /// The tonic service to add to a server.
-    pub fn into_service(self) -> ShardSidecarServer<Self> {
-        ShardSidecarServer::new(self)
     }
 
     /// Closes the shard: every call waiting on it (AwaitDrained, a StartCommit waiting
@@ -746,17 +752,23 @@ fn bounded(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
+/// A sidecar client: every call carries the bearer token it was connected with, if any.
+pub type Client = ShardSidecarClient<InterceptedService<Channel, SendToken>>;
+
 /// A client of a sidecar at `address`: `http://127.0.0.1:PORT` or `unix:/path/to.sock`.
+///
+/// `token` is sent with every call (a sidecar on TCP requires one; see [`Listener`]).
 ///
 /// Cancel-safe: a dropped connect leaves nothing behind.
 pub async fn connect(
     address: &str,
-) -> Result<ShardSidecarClient<tonic::transport::Channel>, tonic::transport::Error> {
+    token: Option<&BearerToken>,
+) -> Result<Client, tonic::transport::Error> {
     let channel = match address.strip_prefix("unix:") {
         Some(path) => {
             let path = PathBuf::from(path);
             // The URI is required but unused: the connector dials the socket.
-            tonic::transport::Endpoint::from_static("http://sidecar.invalid")
+            tonic::transport::Endpoint::from_static("http://localhost")
                 .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                     let path = path.clone();
                     async move {
@@ -772,56 +784,171 @@ pub async fn connect(
                 .await?
         }
     };
-    Ok(ShardSidecarClient::new(channel))
+    Ok(ShardSidecarClient::with_interceptor(
+        channel,
+        SendToken::new(token),
+    ))
 }
 
-/// Where the sidecar listens.
-pub enum Listener {
-    /// A TCP socket (127.0.0.1 for a sidecar beside its shard).
-    Tcp(tokio::net::TcpListener),
-    /// A Unix domain socket.
-    Unix(tokio::net::UnixListener),
+/// Why the sidecar could not listen.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// TCP reaches every local process: a TCP listener needs a bearer token.
+    #[error(
+        "listening on TCP ({address}) needs a bearer token (--token-file FILE or \
+         ${TOKEN_ENV}); a Unix socket needs none"
+    )]
+    TokenRequired {
+        /// The TCP address asked for.
+        address: String,
+    },
+    /// The path exists and is not a socket (a stale socket is replaced).
+    #[error("{path} exists and is not a socket")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {address}")]
+    Io {
+        /// The address or path.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// Where the sidecar listens, and the bearer token its callers must present.
+///
+/// The safe constructor comes first: [`Listener::unix`] makes a socket of mode 0600, which
+/// only the sidecar's user (and root) may connect to. [`Listener::tcp`] requires a token,
+/// since any local process can reach a TCP port.
+pub struct Listener {
+    socket: Socket,
+    token: Option<BearerToken>,
+}
+
+enum Socket {
+    Tcp(tokio::net::TcpListener),
+    Unix {
+        listener: tokio::net::UnixListener,
+        path: PathBuf,
+    },
+}
+
+/// Distinguishes the staging directories of binds made at once in one process.
+static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Listener {
-    /// Binds `127.0.0.1:PORT`-style addresses, or `unix:/path/to.sock`.
-    ///
-    /// Cancel-safe: a dropped bind leaves nothing bound (a Unix socket file it created
-    /// stays, and the next bind removes it).
-    pub async fn bind(address: &str) -> std::io::Result<Self> {
-        match address.strip_prefix("unix:") {
-            Some(path) => {
-                // A stale socket file from a killed process would make bind fail.
-                if std::fs::metadata(path)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                {
-                    std::fs::remove_file(path)?;
-                }
-                Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
-            }
-            None => Ok(Listener::Tcp(tokio::net::TcpListener::bind(address).await?)),
+    /// A Unix socket at `path`, of mode 0600 from before it accepts any connection: it is
+    /// bound in a fresh directory of mode 0700 beside `path`, restricted, then renamed
+    /// into place (replacing a stale socket a killed sidecar left). Must be called within
+    /// a tokio runtime.
+    pub fn unix(path: impl AsRef<Path>) -> Result<Self, BindError> {
+        use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+        let path = path.as_ref().to_path_buf();
+        let io = |source| BindError::Io {
+            address: format!("unix:{}", path.display()),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && !meta.file_type().is_socket()
+        {
+            return Err(BindError::NotASocket { path });
         }
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let staging = parent.join(format!(
+            ".sidecar-{}-{}",
+            std::process::id(),
+            STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io)?;
+        let staged = staging.join("s");
+        let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, &path)?;
+            Ok(listener)
+        });
+        let _ = std::fs::remove_file(&staged);
+        let _ = std::fs::remove_dir(&staging);
+        Ok(Self {
+            socket: Socket::Unix {
+                listener: bound.map_err(io)?,
+                path,
+            },
+            token: None,
+        })
+    }
+
+    /// A TCP socket at `address` (HOST:PORT; use 127.0.0.1, port 0 picks a free one) on
+    /// which every call must carry `token`.
+    ///
+    /// Cancel-safe: a dropped bind leaves nothing bound.
+    pub async fn tcp(address: &str, token: BearerToken) -> Result<Self, BindError> {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| BindError::Io {
+                address: address.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            socket: Socket::Tcp(listener),
+            token: Some(token),
+        })
+    }
+
+    /// `unix:/path/to.sock` ([`Listener::unix`]; a token, if given, is required there
+    /// too) or `HOST:PORT` ([`Listener::tcp`]; without a token,
+    /// [`BindError::TokenRequired`]).
+    ///
+    /// Cancel-safe: a dropped bind leaves nothing bound.
+    pub async fn bind(address: &str, token: Option<BearerToken>) -> Result<Self, BindError> {
+        match (address.strip_prefix("unix:"), token) {
+            (Some(path), token) => Ok(Self {
+                token,
+                ..Self::unix(path)?
+            }),
+            (None, Some(token)) => Self::tcp(address, token).await,
+            (None, None) => Err(BindError::TokenRequired {
+                address: address.to_string(),
+            }),
+        }
+    }
+
+    /// Requires `token` on every call (also on a Unix socket).
+    pub fn with_token(mut self, token: BearerToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Whether callers must present a bearer token.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The bound address, as a client would dial it.
     pub fn address(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
+        match &self.socket {
+            Socket::Tcp(l) => l
                 .local_addr()
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_default(),
-            Listener::Unix(l) => l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-                .unwrap_or_default(),
+            Socket::Unix { path, .. } => format!("unix:{}", path.display()),
         }
     }
 }
 
 /// Serves `sidecar` on `listener` until `shutdown` resolves; then stops accepting calls,
 /// gives webhook requests in flight and a waiting delivery the config's
-/// [`SidecarConfig::shutdown_grace`] to finish, and closes the store.
+/// [`SidecarConfig::shutdown_grace`] to finish, and closes the store. Calls without the
+/// listener's bearer token (if it has one) fail with UNAUTHENTICATED.
 ///
 /// Cancel safety: dropped, the server task goes on serving and the shard stays open;
 /// resolve `shutdown` instead.
@@ -832,17 +959,22 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let grace = sidecar.inner.config.shutdown_grace;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder().add_service(sidecar.clone().into_service());
+    let service =
+        ShardSidecarServer::with_interceptor(sidecar.clone(), RequireToken(listener.token.clone()));
+    let server = tonic::transport::Server::builder().add_service(service);
     let signal = async move {
         let _ = stopped.await;
     };
-    let serving = match listener {
-        Listener::Tcp(l) => tokio::spawn(server.serve_with_incoming_shutdown(
+    let serving = match listener.socket {
+        Socket::Tcp(l) => tokio::spawn(server.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(l),
             signal,
         )),
-        Listener::Unix(l) => tokio::spawn(server.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(l),
+        Socket::Unix { listener: l, .. } => tokio::spawn(server.serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(l),
+                |stream| stream.map(AuthorityFix::new),
+            ),
             signal,
         )),
     };

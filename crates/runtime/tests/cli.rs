@@ -9,6 +9,8 @@ use triggers::{AgeIdentity, ConfigFormat, Materialization, RetryBackoff, validat
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
 
+mod support;
+
 /// Header value that must never appear in any output.
 const SECRET: &str = "Bearer hunter2";
 
@@ -29,6 +31,10 @@ async fn triggers(args: &[&str]) -> Output {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_triggers"))
         .args(args)
         .env_remove("RUST_LOG")
+        // Keys and tokens come only from what a test passes.
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY")
+        .env_remove(sidecar::TOKEN_ENV)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(30), child)
@@ -147,8 +153,9 @@ async fn encrypt_then_validate_and_preview_with_the_identity() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("ENC[AES256_GCM,"), "{}", out.stdout);
     assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
-    // Non-secret fields stay readable.
-    assert!(out.stdout.contains(&receiver.url("/ok")), "{}", out.stdout);
+    // The URLs are encrypted (they may be credentials); templates stay readable.
+    assert!(!out.stdout.contains(&receiver.url("/ok")), "{}", out.stdout);
+    assert!(out.stdout.contains("flow_run_id"), "{}", out.stdout);
     let encrypted = dir.path().join("triggers.sops.yaml");
     std::fs::write(&encrypted, &out.stdout).expect("writes");
 
@@ -163,9 +170,11 @@ async fn encrypt_then_validate_and_preview_with_the_identity() {
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("valid, 2 trigger(s)"), "{}", out.stdout);
 
-    // Without a key, or with the wrong one, it cannot be read.
+    // Without a key it is validated as a control plane does, without the URLs; with the
+    // wrong key it cannot be read.
     let out = triggers(&["validate", "--config", s(&encrypted)]).await;
-    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains("valid without keys"), "{}", out.stdout);
     let out = triggers(&[
         "validate",
         "--config",
@@ -365,20 +374,42 @@ async fn preview_and_test_fire_through_a_sidecar() {
     );
     config.shutdown_grace = Duration::from_secs(5);
     let sidecar = Sidecar::new(config);
-    let listener = Listener::bind("127.0.0.1:0").await.expect("binds");
+    let listener = Listener::bind("127.0.0.1:0", Some(support::token()))
+        .await
+        .expect("binds");
+    let token_file = support::token_file(dir.path());
+    let token_file = token_file.to_str().expect("UTF-8 path");
     let address = listener.address();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(sidecar::run(sidecar, listener, async move {
         let _ = stopped.await;
     }));
 
-    let out = triggers(&["preview", "--sidecar", &address, "--trigger", "1"]).await;
+    let out = triggers(&[
+        "preview",
+        "--sidecar",
+        &address,
+        "--trigger",
+        "1",
+        "--token-file",
+        token_file,
+    ])
+    .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&out.stdout).expect("JSON"),
         serde_json::json!({"n": 3})
     );
-    let out = triggers(&["preview", "--sidecar", &address, "--trigger", "7"]).await;
+    let out = triggers(&[
+        "preview",
+        "--sidecar",
+        &address,
+        "--trigger",
+        "7",
+        "--token-file",
+        token_file,
+    ])
+    .await;
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
         out.stderr
@@ -387,10 +418,28 @@ async fn preview_and_test_fire_through_a_sidecar() {
         out.stderr
     );
 
-    let out = triggers(&["test-fire", "--sidecar", &address, "--trigger", "0"]).await;
+    let out = triggers(&[
+        "test-fire",
+        "--sidecar",
+        &address,
+        "--trigger",
+        "0",
+        "--token-file",
+        token_file,
+    ])
+    .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("status: 200"), "{}", out.stdout);
-    let out = triggers(&["test-fire", "--sidecar", &address, "--trigger", "1"]).await;
+    let out = triggers(&[
+        "test-fire",
+        "--sidecar",
+        &address,
+        "--trigger",
+        "1",
+        "--token-file",
+        token_file,
+    ])
+    .await;
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(out.stdout.contains("status: 503"), "{}", out.stdout);
     assert!(out.stdout.contains("body: down"), "{}", out.stdout);
@@ -402,4 +451,186 @@ async fn preview_and_test_fire_through_a_sidecar() {
         .expect("stops")
         .expect("server task")
         .expect("serves");
+}
+
+/// The processes that deliver decrypt an encrypted config at start, in memory, with an
+/// identity from `--identity`, `$SOPS_AGE_KEY_FILE` or `$SOPS_AGE_KEY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
+    use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest, StartCommitRequest};
+    let receiver = Receiver::start().await.expect("receiver");
+    let keys = fixture("key1.agekey");
+    let keys_text = std::fs::read_to_string(&keys).expect("reads");
+    let recipient = AgeIdentity::parse_keys_file(&keys_text).expect("key file")[0].recipient();
+    let plain = serde_json::json!({"config": [
+        {"url": receiver.url("/sealed"), "headers": {"Authorization": SECRET},
+         "payloadTemplate": "{\"run\": \"{{flow_run_id}}\"}"},
+    ]});
+    let sealed = triggers::encrypt_config(&plain.to_string(), ConfigFormat::Json, &[recipient])
+        .expect("encrypts");
+
+    // The sidecar, with the identity from the flag, then from $SOPS_AGE_KEY_FILE.
+    let keys_arg = s(&keys).to_string();
+    let with_flag = ["--identity", keys_arg.as_str()];
+    let with_env = [("SOPS_AGE_KEY_FILE", keys_arg.as_str())];
+    let starts = [(&with_flag[..], &[][..]), (&[][..], &with_env[..])];
+    for (round, (extra, env)) in starts.into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("triggers.sops.json");
+        std::fs::write(&config, &sealed).expect("writes");
+        let sidecar = support::start_sidecar(dir.path(), &config, extra, env).await;
+        assert!(sidecar.address.starts_with("unix:"), "{}", sidecar.address);
+        let mut client = sidecar::connect(&sidecar.address, None)
+            .await
+            .expect("connects");
+        client.open(OpenRequest {}).await.expect("opens");
+        client
+            .acknowledged(AcknowledgedRequest { wait: true })
+            .await
+            .expect("recovered ack");
+        let mut checkpoint = triggers_proto::Checkpoint::default();
+        checkpoint.sources.insert(
+            "acmeCo/orders/pivot=00".to_string(),
+            triggers_proto::Source {
+                read_through: 1,
+                producers: vec![],
+            },
+        );
+        client
+            .start_commit(StartCommitRequest {
+                checkpoint: Some(checkpoint),
+                stats: vec![triggers_proto::BindingStats {
+                    binding: 0,
+                    docs: 1,
+                    bytes: 10,
+                    first_clock: triggers::Clock::from_unix(1_700_000_000, 0).0,
+                    last_clock: triggers::Clock::from_unix(1_700_000_000, 0).0,
+                }],
+            })
+            .await
+            .expect("commits");
+        let outcome = client
+            .acknowledged(AcknowledgedRequest { wait: true })
+            .await
+            .expect("ack")
+            .into_inner()
+            .outcome
+            .expect("waited");
+        assert!(outcome.ok, "{}", outcome.error);
+        let landed = receiver.requests();
+        assert_eq!(landed.len(), round + 1);
+        assert_eq!(landed[round].header("authorization"), Some(SECRET));
+        drop(sidecar);
+    }
+
+    // Without an identity the sidecar says why it cannot start.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("triggers.sops.json");
+    std::fs::write(&config, &sealed).expect("writes");
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_shard-sidecar"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("--triggers")
+        .arg(&config)
+        .args([
+            "--materialization",
+            "m",
+            "--connector-image",
+            "i",
+            "--binding",
+            "c",
+        ])
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY")
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
+        .await
+        .expect("exits")
+        .expect("runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no identity given matches"), "{stderr}");
+
+    // The consumer in-process, with the keys themselves in $SOPS_AGE_KEY.
+    let input = dir.path().join("documents.jsonl");
+    std::fs::write(
+        &input,
+        "{\"_meta\": {\"uuid\": \"6dbfa800-e7e5-11f1-8001-0b0000000001\"}, \"collection\": \"acmeCo/orders\"}\n",
+    )
+    .expect("writes");
+    let consumer = tokio::process::Command::new(env!("CARGO_BIN_EXE_consumer"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--store")
+        .arg(dir.path().join("consumer-store"))
+        .arg("--triggers")
+        .arg(&config)
+        .args([
+            "--binding",
+            "acmeCo/orders",
+            "--docs-per-txn",
+            "1",
+            "--delivery",
+            "waiting",
+            "--allow-loopback",
+        ])
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env("SOPS_AGE_KEY", &keys_text)
+        .kill_on_drop(true)
+        .output();
+    let consumer = tokio::time::timeout(Duration::from_secs(60), consumer)
+        .await
+        .expect("exits")
+        .expect("runs");
+    assert!(
+        consumer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumer.stderr)
+    );
+    let landed = receiver.requests();
+    assert_eq!(landed.len(), 3, "the consumer's transaction fired");
+    assert_eq!(landed[2].header("authorization"), Some(SECRET));
+    for output in [&consumer.stdout, &consumer.stderr, &refused.stderr] {
+        assert!(!String::from_utf8_lossy(output).contains("hunter2"));
+    }
+}
+
+/// Any local process reaches a TCP port: the sidecar will not listen on one unguarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_sidecar_refuses_tcp_without_a_token_and_takes_none_from_a_flag() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &receiver);
+    let run = |extra: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shard-sidecar"));
+        command
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .arg("--triggers")
+            .arg(&config)
+            .args(["--materialization", "m", "--connector-image", "i"])
+            .args(["--binding", "acmeCo/orders", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove(sidecar::TOKEN_ENV)
+            .kill_on_drop(true);
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), command.output())
+                .await
+                .expect("exits")
+                .expect("runs")
+        }
+    };
+    let refused = run(&[]).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("needs a bearer token"), "{stderr}");
+    // There is no flag that takes the token itself.
+    let refused = run(&["--token", "test-token-5b0c1e2f9a8d7364"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unexpected argument"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

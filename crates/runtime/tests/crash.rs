@@ -827,7 +827,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
         .set_default(Reply::status(200).after(Duration::from_millis(1500)));
     let mut sidecar = harness.sidecar(None);
     let address = sidecar_address(&mut sidecar).await;
-    let mut client = triggers_runtime::sidecar::connect(&address)
+    let mut client = triggers_runtime::sidecar::connect(&address, None)
         .await
         .expect("connects");
     client.open(OpenRequest {}).await.expect("opens");
@@ -874,7 +874,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
     // The next sidecar finds nothing left to re-fire.
     let mut sidecar = harness.sidecar(None);
     let address = sidecar_address(&mut sidecar).await;
-    let mut client = triggers_runtime::sidecar::connect(&address)
+    let mut client = triggers_runtime::sidecar::connect(&address, None)
         .await
         .expect("connects");
     let opened = client

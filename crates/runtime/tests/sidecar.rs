@@ -6,7 +6,6 @@ use std::time::Duration;
 use tonic::Code;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
-use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AwaitDeliveryRequest, AwaitDrainedRequest, ConfigFormat as WireFormat,
     DeliveryRef, ListDeliveriesRequest, OpenRequest, PreviewRequest, SkipDeliveryRequest,
@@ -16,10 +15,14 @@ use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
 
-type Client = ShardSidecarClient<tonic::transport::Channel>;
+mod support;
+
+type Client = triggers_runtime::sidecar::Client;
 
 struct Running {
     client: Client,
+    /// As a client dials it.
+    address: String,
     /// `http://127.0.0.1:PORT/metrics`.
     metrics: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -94,7 +97,9 @@ async fn serve_with(
     } else {
         address.to_string()
     };
-    let listener = Listener::bind(&address).await.expect("binds");
+    let listener = Listener::bind(&address, Some(support::token()))
+        .await
+        .expect("binds");
     let address = listener.address();
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -117,9 +122,12 @@ async fn serve_with(
         .await
         .expect("serves");
     });
-    let client = sidecar::connect(&address).await.expect("connects");
+    let client = sidecar::connect(&address, Some(&support::token()))
+        .await
+        .expect("connects");
     Running {
         client,
+        address,
         metrics,
         stop: Some(stop),
         server,
@@ -1038,4 +1046,267 @@ async fn an_open_dropped_mid_way_still_reopens_the_shard() {
     assert!(drained.ok, "{drained:?}");
     assert_eq!(receiver.requests().len(), 2, "nothing was sent twice");
     running.stop().await;
+}
+
+/// Sends raw bytes as a request to `method`, with the test token: how a client that
+/// encodes a message wrongly calls.
+async fn raw_call(address: &str, method: &'static str, body: Vec<u8>) -> tonic::Status {
+    use bytes::{Buf as _, BufMut as _};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Clone, Default)]
+    struct Raw;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+        .expect("an address")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(body);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::TOKEN).parse().expect("ASCII"),
+    );
+    grpc.unary(
+        request,
+        tonic::codegen::http::uri::PathAndQuery::from_static(method),
+        Raw,
+    )
+    .await
+    .expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_string_field_is_invalid_argument() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve(&receiver, "127.0.0.1:0").await;
+    // Field 1 (`config`, a string), length 2, bytes that are not UTF-8.
+    let status = raw_call(
+        &running.address,
+        "/triggers.sidecar.ShardSidecar/ValidateConfig",
+        vec![0x0a, 0x02, 0xff, 0xfe],
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
+    // A truncated message is the caller's error too.
+    let status = raw_call(
+        &running.address,
+        "/triggers.sidecar.ShardSidecar/SkipDelivery",
+        vec![0x12, 0x09, b'a'],
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_the_bearer_token_are_unauthenticated() {
+    let refused = Listener::bind("127.0.0.1:0", None)
+        .await
+        .err()
+        .expect("TCP without a token");
+    assert!(
+        matches!(refused, sidecar::BindError::TokenRequired { .. }),
+        "{refused}"
+    );
+
+    let receiver = Receiver::start().await.expect("receiver");
+    let mut running = serve(&receiver, "127.0.0.1:0").await;
+    for token in [
+        None,
+        Some(sidecar::BearerToken::new("not-the-token-0123456789", "test").expect("valid")),
+    ] {
+        let mut client = sidecar::connect(&running.address, token.as_ref())
+            .await
+            .expect("connects");
+        for status in [
+            client.status(StatusRequest {}).await.expect_err("refused"),
+            client.open(OpenRequest {}).await.expect_err("refused"),
+            client
+                .test_fire(TestFireRequest {
+                    trigger: 0,
+                    variables: None,
+                })
+                .await
+                .expect_err("refused"),
+        ] {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        }
+    }
+    assert!(receiver.requests().is_empty(), "no test-fire got through");
+    running
+        .client
+        .status(StatusRequest {})
+        .await
+        .expect("with the token");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_is_created_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shard.sock");
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let listener = Listener::unix(&path).expect("binds");
+    assert_eq!(mode(&path), 0o600);
+    assert!(!listener.requires_token());
+    assert_eq!(listener.address(), format!("unix:{}", path.display()));
+    drop(listener);
+    // A stale socket (a killed sidecar's) is replaced, still 0600; nothing else is left.
+    let again = Listener::unix(&path).expect("replaces the stale socket");
+    assert_eq!(mode(&path), 0o600);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("lists")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["shard.sock"]);
+    drop(again);
+    // A file that is not a socket is never replaced.
+    let file = dir.path().join("precious");
+    std::fs::write(&file, "data").expect("writes");
+    assert!(matches!(
+        Listener::unix(&file),
+        Err(sidecar::BindError::NotASocket { .. })
+    ));
+    assert_eq!(std::fs::read_to_string(&file).expect("reads"), "data");
+}
+
+/// A Python interpreter with grpcio and grpcio-tools, or why there is none.
+fn python_with_grpcio() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .output()
+        .map_err(|err| format!("python3: {err}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_calls_the_sidecar_over_tcp_and_the_unix_socket() {
+    if let Err(why) = python_with_grpcio() {
+        assert!(
+            std::env::var_os("TRIGGERS_REQUIRE_GRPCIO").is_none(),
+            "TRIGGERS_REQUIRE_GRPCIO is set but python3 cannot import grpcio: {why}"
+        );
+        eprintln!("python3 with grpcio and grpcio-tools not found: skipping ({why})");
+        return;
+    }
+    let receiver = Receiver::start().await.expect("receiver");
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto/proto");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpcio_client.py");
+    for transport in ["tcp", "unix"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("triggers.json");
+        let triggers = serde_json::json!({"config": [
+            {"url": receiver.url(&format!("/{transport}")), "payloadTemplate": "{\"run\": \"{{flow_run_id}}\"}"},
+        ]});
+        std::fs::write(&config, triggers.to_string()).expect("writes");
+        let token_file = support::token_file(dir.path());
+        // The sidecar reads its token from the environment here (tests/cli.rs gives
+        // --token-file), the client from a file.
+        let (extra, env): (&[&str], &[(&str, &str)]) = match transport {
+            "tcp" => (
+                &["--listen", "127.0.0.1:0"],
+                &[(sidecar::TOKEN_ENV, support::TOKEN)],
+            ),
+            _ => (&[], &[]),
+        };
+        let sidecar = support::start_sidecar(dir.path(), &config, extra, env).await;
+        // grpcio dials `127.0.0.1:PORT` or `unix:/path`, as its users write them.
+        let target = sidecar
+            .address
+            .strip_prefix("http://")
+            .unwrap_or(&sidecar.address)
+            .to_string();
+        let mut python = tokio::process::Command::new("python3");
+        python
+            .arg(script)
+            .arg(proto_dir)
+            .arg(&target)
+            .arg(Clock::from_unix(1_700_000_000, 0).0.to_string());
+        if transport == "tcp" {
+            python.arg(&token_file);
+        }
+        let output =
+            tokio::time::timeout(Duration::from_secs(120), python.kill_on_drop(true).output())
+                .await
+                .expect("the Python client finishes")
+                .expect("runs");
+        assert!(
+            output.status.success(),
+            "{transport}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let seen: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("the client prints JSON");
+        assert_eq!(seen["recovered_offset"], 0, "{transport}: {seen}");
+        assert_eq!(seen["persisted"], true, "{transport}: {seen}");
+        assert_eq!(seen["ack_ok"], true, "{transport}: {seen}");
+        assert_eq!(
+            seen["delivered"],
+            serde_json::json!([true]),
+            "{transport}: {seen}"
+        );
+        assert_eq!(seen["commits"], 1, "{transport}: {seen}");
+        assert_eq!(seen["open"], true, "{transport}: {seen}");
+        let landed = by_path_requests(&receiver, &format!("/{transport}"));
+        assert_eq!(landed.len(), 1, "{transport}");
+        assert_eq!(
+            landed[0].json().expect("JSON")["run"],
+            seen["flow_run_id"],
+            "{transport}"
+        );
+        if transport == "tcp" {
+            assert_eq!(seen["without_token"], "UNAUTHENTICATED", "{seen}");
+        }
+        drop(sidecar);
+    }
+}
+
+fn by_path_requests(receiver: &Receiver, path: &str) -> Vec<triggers::receiver::Request> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect()
 }

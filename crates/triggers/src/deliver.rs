@@ -3,7 +3,9 @@
 //! Webhooks headers, and only to destinations the network policy allows.
 
 use crate::backoff_policy::{Delays, RetryBackoff};
-use crate::network_policy::{GuardedResolver, NetworkPolicy, Refusal, redirect_policy};
+use crate::network_policy::{
+    GuardedResolver, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
+};
 use crate::retry::{Attempt, Verdict, retry_after, verdict};
 use crate::signing::signature_header;
 use crate::template::TemplateError;
@@ -15,7 +17,7 @@ use crate::webhook_headers::{
 };
 use crate::webhook_id;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument as _;
@@ -39,10 +41,9 @@ const BODY_READ_LIMIT: usize = 64 * 1024;
 /// connection pools), the backoff policy and the network policy.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    /// Follows no redirect: what every trigger uses unless it sets `followRedirects`.
-    direct: reqwest::Client,
-    /// Follows 307 and 308 only, checking each hop against the policy.
-    following: reqwest::Client,
+    /// Follows no redirect itself: [`Deliverer::attempt`] follows 307 and 308 for a
+    /// trigger that sets `followRedirects`, choosing the headers of each hop.
+    client: reqwest::Client,
     backoff: RetryBackoff,
     policy: NetworkPolicy,
     observer: Option<Arc<dyn AttemptObserver>>,
@@ -219,25 +220,24 @@ impl Deliverer {
     /// is checked, and refused ones are never connected to), redirect targets at every hop.
     ///
     /// Redirects are not followed unless a trigger sets `followRedirects`, and then only
-    /// 307 and 308; proxies from the environment are ignored and no `Referer` is sent, so
-    /// a webhook goes exactly where its config says and its URL (which may hold a
-    /// credential) is not repeated to a redirect target.
+    /// 307 and 308; a hop to another origin carries none of the configured headers (nor
+    /// user-info credentials), only the body, its `Content-Type` and the webhook headers.
+    /// Proxies from the environment are ignored and no `Referer` is sent, so a webhook
+    /// goes exactly where its config says and its URL (which may hold a credential) is
+    /// not repeated to a redirect target.
     pub fn with_policy(
         backoff: RetryBackoff,
         policy: NetworkPolicy,
     ) -> Result<Self, reqwest::Error> {
-        let client = |redirects: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
-                .redirect(redirects)
-                .referer(false)
-                .no_proxy()
-                .dns_resolver(Arc::new(GuardedResolver { policy }))
-                .user_agent(concat!("flow-triggers/", env!("CARGO_PKG_VERSION")))
-                .build()
-        };
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver { policy }))
+            .user_agent(concat!("flow-triggers/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         Ok(Self {
-            direct: client(reqwest::redirect::Policy::none())?,
-            following: client(redirect_policy(policy))?,
+            client,
             backoff,
             policy,
             observer: None,
@@ -510,7 +510,9 @@ impl Deliverer {
         }
     }
 
-    /// One HTTP attempt, checked against the network policy first. The response body is
+    /// One HTTP attempt, checked against the network policy first, following 307 and
+    /// 308 redirects (at most [`MAX_REDIRECTS`], each target checked) when the trigger
+    /// sets `followRedirects`, all within the trigger's timeout. The response body is
     /// read in any case (so the connection is reused) but kept as an excerpt only for a
     /// failure, or always when `keep_excerpt` (a test-fire shows it to the operator).
     pub(crate) async fn attempt(
@@ -525,56 +527,49 @@ impl Deliverer {
         if let Err(refusal) = self.policy.check_url(&trigger.url) {
             return Attempt::Refused(refusal);
         }
-        let client = if trigger.follow_redirects {
-            &self.following
-        } else {
-            &self.direct
-        };
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        // The builder moves credentials in the URL's user info into a Basic
-        // `Authorization` header (so they reach neither logs nor the connection pool's
-        // key); the rest is set directly, in one map sized once with header names built at
-        // compile time: the builder's `header` parses each name again and grows the map.
-        let mut request = match client
-            .request(trigger.method.clone(), trigger.url.clone())
-            .build()
-        {
-            Ok(request) => request,
-            Err(err) => return transport_attempt(err),
+        let mut headers = match webhook_headers(trigger, id, number, reason, timestamp, &body) {
+            Ok(headers) => headers,
+            Err(invalid) => return invalid,
         };
-        let mut headers = trigger.headers.clone();
-        headers.reserve(request.headers().len() + 6);
-        for (name, value) in request.headers() {
-            // The config's own `Authorization` wins over user info, as it always has.
-            if !headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
+        let deadline = tokio::time::Instant::now() + trigger.timeout;
+        let mut url = trigger.url.clone();
+        let mut configured = Some(&trigger.headers);
+        // The Basic `Authorization` made from the URL's user info, kept within its origin.
+        let mut credentials = HeaderMap::new();
+        let mut hops = 0;
+        loop {
+            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if timeout.is_zero() {
+                return Attempt::Timeout;
             }
-        }
-        match HeaderValue::try_from(id) {
-            Ok(id) => headers.insert(ID_HEADER, id),
-            Err(err) => return Attempt::Invalid(format!("webhook-id {id:?}: {err}")),
-        };
-        headers.insert(TIMESTAMP_HEADER, HeaderValue::from(timestamp));
-        headers.insert(ATTEMPT_HEADER, HeaderValue::from(number));
-        match HeaderValue::try_from(reason) {
-            Ok(value) => headers.insert(REASON_HEADER, value),
-            Err(err) => return Attempt::Invalid(format!("webhook-reason {reason:?}: {err}")),
-        };
-        if let Some(signatures) = signature_header(&trigger.signing_keys, id, timestamp, &body) {
-            match HeaderValue::try_from(signatures) {
-                Ok(value) => headers.insert(SIGNATURE_HEADER, value),
-                Err(err) => return Attempt::Invalid(format!("webhook-signature: {err}")),
+            let hop = Hop {
+                configured,
+                credentials: &credentials,
+                webhook: &headers,
+                timeout,
             };
-        }
-        if !headers.contains_key(CONTENT_TYPE) {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        *request.headers_mut() = headers;
-        *request.timeout_mut() = Some(trigger.timeout);
-        *request.body_mut() = Some(body.into());
-        match client.execute(request).await {
-            Ok(response) => {
-                let code = response.status().as_u16();
+            let request = match self.request(trigger, url.clone(), hop, &body) {
+                Ok((request, used)) => {
+                    credentials = used;
+                    request
+                }
+                Err(err) => return transport_attempt(err),
+            };
+            let response = match self.client.execute(request).await {
+                Ok(response) => response,
+                Err(err) => return transport_attempt(err),
+            };
+            let code = response.status().as_u16();
+            let target = match (trigger.follow_redirects, code) {
+                (true, 307 | 308) => response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|location| url.join(location).ok()),
+                _ => None,
+            };
+            let Some(target) = target else {
                 let retry_after = retry_after(
                     code,
                     response
@@ -584,15 +579,120 @@ impl Deliverer {
                     SystemTime::now(),
                 );
                 let keep = keep_excerpt || !(200..300).contains(&code);
-                Attempt::Status {
+                return Attempt::Status {
                     code,
                     excerpt: read_excerpt(response, keep).await,
                     retry_after,
+                };
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Attempt::Redirect(RedirectError::TooMany.to_string());
+            }
+            if !matches!(target.scheme(), "http" | "https") {
+                return Attempt::Redirect(
+                    RedirectError::Scheme(target.scheme().to_string()).to_string(),
+                );
+            }
+            if let Err(refusal) = self.policy.check_url(&target) {
+                return Attempt::Refused(refusal);
+            }
+            read_excerpt(response, false).await;
+            if target.origin() != url.origin() {
+                // Another origin is another party: configured headers (API keys, tokens)
+                // were meant for the first one only, and stay dropped for later hops.
+                configured = None;
+                credentials.clear();
+                if let Some(content_type) = trigger.headers.get(CONTENT_TYPE) {
+                    headers.insert(CONTENT_TYPE, content_type.clone());
                 }
             }
-            Err(err) => transport_attempt(err),
+            url = target;
         }
     }
+
+    /// One hop's request, and the user-info credentials it carries. The builder moves
+    /// credentials in the URL's user info into a Basic `Authorization` header (so they
+    /// reach neither logs nor the connection pool's key); a hop whose URL has none keeps
+    /// the previous hop's (same origin only), and a configured `Authorization` wins over
+    /// both, as it always has.
+    fn request(
+        &self,
+        trigger: &Trigger,
+        url: url::Url,
+        hop: Hop<'_>,
+        body: &Bytes,
+    ) -> Result<(reqwest::Request, HeaderMap), reqwest::Error> {
+        let mut request = self.client.request(trigger.method.clone(), url).build()?;
+        let used = if request.headers().is_empty() {
+            hop.credentials.clone()
+        } else {
+            request.headers().clone()
+        };
+        let mut headers = hop.configured.cloned().unwrap_or_default();
+        headers.reserve(used.len() + hop.webhook.len() + 1);
+        for (name, value) in &used {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in hop.webhook {
+            headers.insert(name.clone(), value.clone());
+        }
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        *request.headers_mut() = headers;
+        *request.timeout_mut() = Some(hop.timeout);
+        *request.body_mut() = Some(body.clone().into());
+        Ok((request, used))
+    }
+}
+
+/// What one hop of an attempt sends besides its URL and body.
+struct Hop<'a> {
+    /// The trigger's headers, until a hop leaves their origin.
+    configured: Option<&'a HeaderMap>,
+    /// User-info credentials of an earlier hop of the same origin.
+    credentials: &'a HeaderMap,
+    /// The webhook headers (and, past the origin, the configured `Content-Type`).
+    webhook: &'a HeaderMap,
+    /// What is left of the attempt's timeout.
+    timeout: Duration,
+}
+
+/// The headers this crate sets on every request of an attempt (every hop included),
+/// in one map sized once, with names built at compile time.
+fn webhook_headers(
+    trigger: &Trigger,
+    id: &str,
+    number: u32,
+    reason: &'static str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<HeaderMap, Attempt> {
+    let mut headers = HeaderMap::with_capacity(6);
+    match HeaderValue::try_from(id) {
+        Ok(id) => headers.insert(ID_HEADER, id),
+        Err(err) => return Err(Attempt::Invalid(format!("webhook-id {id:?}: {err}"))),
+    };
+    headers.insert(TIMESTAMP_HEADER, HeaderValue::from(timestamp));
+    headers.insert(ATTEMPT_HEADER, HeaderValue::from(number));
+    match HeaderValue::try_from(reason) {
+        Ok(value) => headers.insert(REASON_HEADER, value),
+        Err(err) => {
+            return Err(Attempt::Invalid(format!(
+                "webhook-reason {reason:?}: {err}"
+            )));
+        }
+    };
+    if let Some(signatures) = signature_header(&trigger.signing_keys, id, timestamp, body) {
+        match HeaderValue::try_from(signatures) {
+            Ok(value) => headers.insert(SIGNATURE_HEADER, value),
+            Err(err) => return Err(Attempt::Invalid(format!("webhook-signature: {err}"))),
+        };
+    }
+    Ok(headers)
 }
 
 /// Why a delivery stopped retrying.
@@ -634,7 +734,7 @@ async fn read_excerpt(mut response: reqwest::Response, keep: bool) -> String {
 }
 
 fn transport_attempt(err: reqwest::Error) -> Attempt {
-    // The policy's refusals come back wrapped (from the resolver or the redirect policy):
+    // The policy's refusals come back wrapped (from the resolver):
     // find them, so a refusal is a typed, permanent failure rather than a retried error.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(cause) = source {
@@ -642,9 +742,6 @@ fn transport_attempt(err: reqwest::Error) -> Attempt {
             return Attempt::Refused(refusal.clone());
         }
         source = cause.source();
-    }
-    if err.is_redirect() {
-        return Attempt::Redirect(error_chain(&err.without_url()));
     }
     // `without_url`: the URL may carry credentials (user info, a token in the query).
     let kind_timeout = err.is_timeout();

@@ -62,8 +62,9 @@ pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
 pub use sops::{
-    AgeIdentity, AgeRecipient, KeyError, SECRET_FIELDS_REGEX, SOPS_FORMAT_VERSION, SopsError,
-    decrypt_config, encrypt_config, is_sops_encrypted, load_config,
+    AgeIdentity, AgeRecipient, KeyError, SEALED_URL_PLACEHOLDER, SECRET_FIELDS_REGEX,
+    SOPS_FORMAT_VERSION, SopsError, decrypt_config, encrypt_config, is_sops_encrypted, load_config,
+    validate_without_keys,
 };
 pub use template::{TemplateError, Templates};
 pub use test_fire::TestFireReport;

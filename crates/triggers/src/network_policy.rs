@@ -105,8 +105,11 @@ impl std::fmt::Display for AddressClass {
 }
 
 impl AddressClass {
-    /// Classifies an address. IPv4 addresses embedded in IPv6 (mapped `::ffff:a.b.c.d`
-    /// and NAT64 `64:ff9b::a.b.c.d`) are classified as the IPv4 address they reach.
+    /// Classifies an address. IPv6 addresses that reach an IPv4 one (mapped
+    /// `::ffff:a.b.c.d`, SIIT `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and the
+    /// local-use `64:ff9b:1::/48`, 6to4 `2002:AABB:CCDD::/48`, and ISATAP's non-public
+    /// ones) are classified as the IPv4 address they embed; Teredo (`2001::/32`), whose
+    /// real destination is hidden, is reserved.
     pub fn of(address: IpAddr) -> Self {
         match address {
             IpAddr::V4(v4) => Self::of_v4(v4),
@@ -137,11 +140,45 @@ impl AddressClass {
             return Self::of_v4(v4);
         }
         let segments = ip.segments();
-        if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-            let [.., hi, lo] = segments;
+        let v4 = |hi: u16, lo: u16| {
             let [a, b] = hi.to_be_bytes();
             let [c, d] = lo.to_be_bytes();
-            return Self::of_v4(Ipv4Addr::new(a, b, c, d));
+            Ipv4Addr::new(a, b, c, d)
+        };
+        let last32 = v4(segments[6], segments[7]);
+        match segments {
+            // NAT64 well-known prefix 64:ff9b::/96 and SIIT (IPv4-translated) ::ffff:0:0/96:
+            // the IPv4 address is the last 32 bits.
+            [0x64, 0xff9b, 0, 0, 0, 0, ..] | [0, 0, 0, 0, 0xffff, 0, ..] => {
+                return Self::of_v4(last32);
+            }
+            // NAT64 local-use 64:ff9b:1::/48: an operator's prefix inside it is usually a
+            // /96 (the IPv4 address in the last 32 bits, bits 48..88 zero), but a /48
+            // puts it in bits 48..88 around the reserved octet (RFC 6052): when those
+            // bits are set, the stricter of the two applies.
+            [0x64, 0xff9b, 1, s3, s4, s5, ..] => {
+                let [a, b] = s3.to_be_bytes();
+                let [_, c] = s4.to_be_bytes();
+                let [d, _] = s5.to_be_bytes();
+                let at_48 = Ipv4Addr::new(a, b, c, d);
+                return match Self::of_v4(last32) {
+                    Self::Public if !at_48.is_unspecified() => Self::of_v4(at_48),
+                    class => class,
+                };
+            }
+            // 6to4 2002::/16: the IPv4 address of the relay is bits 16..48.
+            [0x2002, hi, lo, ..] => return Self::of_v4(v4(hi, lo)),
+            // Teredo 2001::/32 tunnels to a client whose address is obfuscated and a
+            // server's that is not the destination: no webhook receiver lives there.
+            [0x2001, 0, ..] => return Self::Reserved,
+            // ISATAP (interface id `0:5efe` or `200:5efe`, RFC 5214): the site's router
+            // tunnels to the IPv4 address in the last 32 bits, so a non-public one is
+            // refused as that address would be.
+            [_, _, _, _, iid, 0x5efe, ..] if iid & !0x0300 == 0 => match Self::of_v4(last32) {
+                Self::Public => {}
+                class => return class,
+            },
+            _ => {}
         }
         if ip == Ipv6Addr::LOCALHOST {
             return Self::Loopback;
@@ -212,7 +249,9 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// A redirect that may not be followed although `followRedirects` is set.
+/// A redirect that may not be followed although `followRedirects` is set. Only 307 and
+/// 308 are followed (a 301/302/303 would turn the POST into a GET), to http(s) targets,
+/// each checked against the policy (hostnames by the resolver when the hop connects).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedirectError {
     /// More than [`MAX_REDIRECTS`] hops.
@@ -221,28 +260,6 @@ pub enum RedirectError {
     /// The target is not http or https.
     #[error("redirect to a {0:?} URL")]
     Scheme(String),
-}
-
-/// Follows only 307 and 308 (which keep the method and body: a 301/302/303 would turn the
-/// POST into a GET), at most [`MAX_REDIRECTS`] times, and checks each target's host
-/// against the policy (hostnames are checked by the resolver when the hop connects).
-pub(crate) fn redirect_policy(policy: NetworkPolicy) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        if !matches!(attempt.status().as_u16(), 307 | 308) {
-            return attempt.stop();
-        }
-        if attempt.previous().len() > MAX_REDIRECTS {
-            return attempt.error(RedirectError::TooMany);
-        }
-        let scheme = attempt.url().scheme().to_string();
-        if !matches!(scheme.as_str(), "http" | "https") {
-            return attempt.error(RedirectError::Scheme(scheme));
-        }
-        match policy.check_url(attempt.url()) {
-            Ok(()) => attempt.follow(),
-            Err(refusal) => attempt.error(refusal),
-        }
-    })
 }
 
 #[cfg(test)]
@@ -289,6 +306,57 @@ mod tests {
             let ip: IpAddr = address.parse().expect("an address");
             assert_eq!(AddressClass::of(ip), class, "{address}");
         }
+    }
+
+    /// 6to4, NAT64 (well-known and local-use), SIIT and ISATAP addresses reach the IPv4
+    /// address they embed, so they are that address's class; Teredo is refused outright.
+    #[test]
+    fn ipv6_transition_addresses_are_classified_by_the_ipv4_they_embed() {
+        let table = [
+            // 6to4: 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
+            ("2002:7f00:1::1", AddressClass::Loopback),
+            ("2002:a9fe:a9fe::", AddressClass::LinkLocal),
+            ("2002:0a00:0001:1::1", AddressClass::Private),
+            ("2002:c0a8:0101::", AddressClass::Private),
+            ("2002:0808:0808::1", AddressClass::Public),
+            // NAT64 local-use 64:ff9b:1::/48: the IPv4 address is the last 32 bits.
+            ("64:ff9b:1::a9fe:a9fe", AddressClass::LinkLocal),
+            ("64:ff9b:1:ffff::7f00:1", AddressClass::Loopback),
+            ("64:ff9b:1::808:808", AddressClass::Public),
+            ("64:ff9b:1:a9fe:a9:fe00:808:808", AddressClass::LinkLocal),
+            ("64:ff9b::10.0.0.1", AddressClass::Private),
+            // SIIT (IPv4-translated) ::ffff:0:a.b.c.d.
+            ("::ffff:0:169.254.169.254", AddressClass::LinkLocal),
+            ("::ffff:0:127.0.0.1", AddressClass::Loopback),
+            ("::ffff:0:8.8.8.8", AddressClass::Public),
+            // Teredo 2001::/32 hides its client address; it is never a webhook receiver.
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                AddressClass::Reserved,
+            ),
+            ("2001::1", AddressClass::Reserved),
+            // ISATAP interface ids reach the IPv4 address in their last 32 bits.
+            ("2606:4700:1:2:0:5efe:10.0.0.1", AddressClass::Private),
+            (
+                "2606:4700:1:2:200:5efe:169.254.169.254",
+                AddressClass::LinkLocal,
+            ),
+            ("2606:4700:1:2:200:5efe:8.8.8.8", AddressClass::Public),
+            // Neighbours of those ranges stay public.
+            ("2001:4860::8888", AddressClass::Public),
+            ("2003::1", AddressClass::Public),
+            ("64:ff9b:2::1", AddressClass::Public),
+        ];
+        for (address, class) in table {
+            let ip: IpAddr = address.parse().expect("an address");
+            assert_eq!(AddressClass::of(ip), class, "{address}");
+        }
+        let policy = NetworkPolicy::default();
+        let url = Url::parse("http://[2002:a9fe:a9fe::]/latest/meta-data").expect("a URL");
+        assert_eq!(
+            policy.check_url(&url).map_err(|r| r.class),
+            Err(AddressClass::LinkLocal)
+        );
     }
 
     #[test]

@@ -629,3 +629,64 @@ async fn a_redirect_loop_stops_after_the_limit() {
     );
     assert_eq!(origin.requests().len(), MAX_REDIRECTS + 1);
 }
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_drops_every_configured_header() {
+    let (origin, target) = (
+        Receiver::start().await.expect("receiver"),
+        Receiver::start().await.expect("receiver"),
+    );
+    // Another port is another origin; the first hop stays on the origin.
+    origin.script(
+        "/temp",
+        [Reply::status(307).with_header("Location", &origin.url("/same"))],
+    );
+    origin.script(
+        "/same",
+        [Reply::status(308).with_header("Location", &target.url("/landed"))],
+    );
+    let url = origin
+        .url("/temp")
+        .replacen("http://", "http://user:pw@", 1);
+    let triggers = triggers(&[(
+        url,
+        serde_json::json!({
+            "followRedirects": true,
+            "signingSecrets": [SPEC_SECRET],
+            "headers": {"X-Api-Key": "k3y", "X-Team": "ops", "Content-Type": "application/json; v=2"},
+        }),
+    )]);
+    deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("followed");
+
+    let same = by_path(&origin, "/same");
+    assert_eq!(same.len(), 1);
+    assert_eq!(
+        same[0].header("x-api-key"),
+        Some("k3y"),
+        "same origin keeps them"
+    );
+    assert!(same[0].header("authorization").is_some());
+
+    let landed = target.requests();
+    assert_eq!(landed.len(), 1);
+    for configured in ["x-api-key", "x-team", "authorization", "cookie"] {
+        assert_eq!(
+            landed[0].header(configured),
+            None,
+            "{configured} reached another origin"
+        );
+    }
+    // What describes the body and lets the receiver verify it still travels with it.
+    assert_eq!(
+        landed[0].header("content-type"),
+        Some("application/json; v=2")
+    );
+    assert_eq!(
+        landed[0].json().expect("JSON")["id"],
+        webhook_id(&variables().flow_run_id, 0).as_str()
+    );
+    assert!(verifies(SPEC_SECRET, &landed[0]));
+}

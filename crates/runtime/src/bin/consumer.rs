@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use triggers_runtime::Shard;
-use triggers_runtime::cli::{DeliveryArg, NetworkArgs, ShardArgs, init_tracing};
+use triggers_runtime::cli::{DeliveryArg, NetworkArgs, ShardArgs, TokenArgs, init_tracing};
 use triggers_runtime::consumer::{self, Driver, read_documents};
 use triggers_runtime::sidecar;
 
@@ -29,15 +29,28 @@ struct Args {
     /// running the shard in-process.
     #[arg(long, value_name = "ADDRESS", conflicts_with_all = ["store", "triggers"])]
     sidecar: Option<String>,
+    /// Sidecar mode: the bearer token to send (a sidecar on TCP requires one).
+    #[command(flatten)]
+    token: TokenArgs,
     /// Source collection of each binding, in binding order; repeat once per binding.
     #[arg(long = "binding", value_name = "COLLECTION", required = true)]
     bindings: Vec<String>,
     /// In-process mode: directory of the shard's RocksDB store.
     #[arg(long, value_name = "DIR", required_unless_present = "sidecar")]
     store: Option<PathBuf>,
-    /// In-process mode: trigger config file (`.json`, or YAML otherwise).
+    /// In-process mode: trigger config file (`.json`, or YAML otherwise), plaintext or
+    /// SOPS-encrypted (decrypted in memory with --identity, $SOPS_AGE_KEY_FILE or
+    /// $SOPS_AGE_KEY).
     #[arg(long, value_name = "FILE", required_unless_present = "sidecar")]
     triggers: Option<PathBuf>,
+    /// In-process mode: age keys file to decrypt a SOPS-encrypted --triggers; repeat for
+    /// several.
+    #[arg(
+        long = "identity",
+        value_name = "AGE_KEYS_FILE",
+        conflicts_with = "sidecar"
+    )]
+    identities: Vec<PathBuf>,
     /// In-process mode: full name of the materialization.
     #[arg(
         long,
@@ -81,11 +94,14 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
 
     let mut driver = match (&args.sidecar, &args.store, &args.triggers) {
-        (Some(address), _, _) => Driver::Sidecar(sidecar::connect(address).await?),
+        (Some(address), _, _) => {
+            Driver::Sidecar(sidecar::connect(address, args.token.token()?.as_ref()).await?)
+        }
         (None, Some(store), Some(triggers)) => {
             let shard = ShardArgs {
                 store: store.clone(),
                 triggers: triggers.clone(),
+                identities: args.identities.clone(),
                 materialization: args.materialization.clone(),
                 connector_image: args.connector_image.clone(),
                 bindings: args.bindings.clone(),

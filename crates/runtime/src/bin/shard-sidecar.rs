@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::io::Write as _;
 use std::time::Duration;
-use triggers_runtime::cli::{ShardArgs, init_tracing};
+use triggers_runtime::cli::{ShardArgs, TokenArgs, init_tracing};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 
 /// Runs one shard's trigger runtime beside a consumer, serving it over gRPC.
@@ -16,20 +16,33 @@ use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 /// AwaitDelivery, AwaitDrained, ValidateConfig, Status, and Preview and TestFire (one
 /// trigger's payload unsent, or one test webhook; they need no open shard).
 ///
+/// Access: the API commits checkpoints, skips deliveries and sends webhooks, so only the
+/// shard's own consumer may reach it. By default the sidecar listens on a Unix socket of
+/// mode 0600 beside the store (STORE.sock): only its user, and root, can connect. On TCP
+/// (--listen HOST:PORT) every call must carry `authorization: Bearer TOKEN`, the token
+/// read from --token-file or $TRIGGERS_SIDECAR_TOKEN (never from a flag value); without
+/// one the sidecar refuses to start. Given on a Unix socket, a token is required there
+/// too.
+///
 /// The sidecar owns the shard's RocksDB store (one process per store) and its trigger
-/// config. On start it prints `listening on ADDRESS` to stdout. On SIGTERM or Ctrl-C it
-/// stops accepting calls and starting webhooks, gives the requests in flight the grace
-/// period to finish, and exits; a delivery cut off stays persisted and fires on the next
-/// start.
+/// config, which may be SOPS-encrypted (decrypted in memory only, with --identity,
+/// $SOPS_AGE_KEY_FILE or $SOPS_AGE_KEY). On start it prints `listening on ADDRESS` to
+/// stdout. On SIGTERM or Ctrl-C it stops accepting calls and starting webhooks, gives the
+/// requests in flight the grace period to finish, and exits; a delivery cut off stays
+/// persisted and fires on the next start.
 #[derive(Debug, Parser)]
 #[command(name = "shard-sidecar", version, verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     shard: ShardArgs,
-    /// Where to listen: HOST:PORT (use 127.0.0.1; port 0 picks a free one) or
-    /// unix:/path/to.sock.
-    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
-    listen: String,
+    /// Where to listen: unix:/path/to.sock (created with mode 0600; the default is
+    /// unix:STORE.sock, beside the store directory) or HOST:PORT (use 127.0.0.1; port 0
+    /// picks a free one), which needs a bearer token.
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Option<String>,
+    /// The bearer token every call must carry (required on TCP).
+    #[command(flatten)]
+    token: TokenArgs,
     /// Seconds webhook requests in flight may take to finish after SIGTERM, or when
     /// Open reopens the shard; those still running then fire again at the next start.
     #[arg(long, default_value_t = triggers_runtime::DEFAULT_SHUTDOWN_GRACE.as_secs(), value_name = "SECONDS")]
@@ -49,10 +62,25 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = SidecarConfig::new(args.shard.store.clone(), args.shard.shard_config()?);
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
-    let listener = Listener::bind(&args.listen).await?;
+    let address = match &args.listen {
+        Some(address) => address.clone(),
+        None => {
+            // Beside the store, not in it: `--store dir/` must not give `dir/.sock`.
+            let store: std::path::PathBuf = args.shard.store.components().collect();
+            let mut socket = store.into_os_string();
+            socket.push(".sock");
+            format!("unix:{}", std::path::Path::new(&socket).display())
+        }
+    };
+    let listener = Listener::bind(&address, args.token.token()?).await?;
     println!("listening on {}", listener.address());
     std::io::stdout().flush()?;
-    tracing::info!(address = %listener.address(), store = %args.shard.store.display(), "sidecar ready");
+    tracing::info!(
+        address = %listener.address(),
+        token_required = listener.requires_token(),
+        store = %args.shard.store.display(),
+        "sidecar ready"
+    );
 
     let sidecar = Sidecar::new(config);
     if let Some(address) = &args.metrics_address {

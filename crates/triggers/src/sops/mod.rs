@@ -32,9 +32,15 @@ use tree::{Node, Step, display_path, key_path};
 use value_cipher::LeafError;
 
 /// The `encrypted_regex` that [`encrypt_config`] writes: the keys whose values are
-/// secrets in a [`TriggersConfig`] (header values and signing secrets). Real sops
-/// re-encrypting the file after an edit applies the same rule, since it is stored.
-pub const SECRET_FIELDS_REGEX: &str = "^(headers|signingSecrets)$";
+/// secrets in a [`TriggersConfig`]: the URL (user info, a query token, or a path that is
+/// itself the credential, as Slack's incoming webhooks are), header values and signing
+/// secrets. Real sops re-encrypting the file after an edit applies the same rule, since
+/// it is stored; a key rule cannot look inside a value, so every `url` is encrypted.
+pub const SECRET_FIELDS_REGEX: &str = "^(url|headers|signingSecrets)$";
+
+/// What [`validate_without_keys`] puts in place of an encrypted `url`: its check is
+/// skipped, and errors name the trigger by this origin.
+pub const SEALED_URL_PLACEHOLDER: &str = "https://encrypted-url.invalid/";
 
 /// The sops release whose file format [`encrypt_config`] writes and the tests check
 /// against.
@@ -147,6 +153,60 @@ pub enum SopsError {
 pub fn is_sops_encrypted(text: &str, format: ConfigFormat) -> bool {
     parse_document::<Node>(text, format).is_ok_and(|doc| doc.get(SOPS_KEY).is_some())
 }
+
+/// Validates an encrypted config without its keys, as a control plane does at publish
+/// time: the templates, bounds and every value in clear are checked as
+/// [`crate::validate`] does; encrypted values cannot be, so an encrypted `url` is taken
+/// as [`SEALED_URL_PLACEHOLDER`] (errors name the trigger by it), and encrypted header
+/// values and signing secrets as valid placeholders. The decrypting runtime checks them
+/// at start. A plaintext document is validated as it is. Returns the number of triggers.
+/// Meant for files whose rule is [`SECRET_FIELDS_REGEX`]; another encrypted field (sops's
+/// default rule encrypts everything) fails to validate here.
+pub fn validate_without_keys(
+    text: &str,
+    format: ConfigFormat,
+) -> Result<usize, crate::ValidationErrors> {
+    let parse_error = |err: ParseError| crate::ValidationErrors(vec![err.into()]);
+    let mut doc: Node = parse_document(text, format).map_err(parse_error)?;
+    if let Node::Map(entries) = &mut doc {
+        entries.retain(|(key, _)| key != SOPS_KEY);
+    }
+    let placeheld = doc
+        .map_leaves(&mut Vec::new(), &mut |leaf, steps| {
+            Ok::<_, std::convert::Infallible>(match leaf {
+                Node::Str(sealed) if value_cipher::looks_encrypted(sealed) => {
+                    let keys = key_path(steps);
+                    Node::Str(
+                        match keys.as_slice() {
+                            [.., "url"] => SEALED_URL_PLACEHOLDER,
+                            [.., "signingSecrets"] => SEALED_SIGNING_SECRET,
+                            [.., "headers", _] => "encrypted",
+                            _ => sealed,
+                        }
+                        .to_string(),
+                    )
+                }
+                other => other.clone(),
+            })
+        })
+        .unwrap_or_else(|never| match never {});
+    let shape = |message: String| {
+        parse_error(ParseError {
+            format,
+            line: 0,
+            column: 0,
+            message,
+        })
+    };
+    let json = placeheld
+        .into_json()
+        .map_err(|_| shape("a number is not finite".to_string()))?;
+    let config = TriggersConfig::deserialize(json).map_err(|err| shape(err.to_string()))?;
+    crate::Triggers::from_config(&config).map(|triggers| triggers.len())
+}
+
+/// A valid signing secret standing for an encrypted one in [`validate_without_keys`].
+const SEALED_SIGNING_SECRET: &str = "whsec_ZW5jcnlwdGVkIHNpZ25pbmcgc2VjcmV0";
 
 /// Reads a config that may or may not be encrypted: a document with a `sops` block is
 /// decrypted with `identities`, any other is parsed as plaintext.
@@ -312,8 +372,9 @@ impl DecryptWalk<'_> {
 }
 
 /// Encrypts a plaintext config for age recipients as `sops` would with
-/// `--encrypted-regex '^(headers|signingSecrets)$'`: header values and signing secrets
-/// become `ENC[...]` leaves, everything else stays readable. The output has the
+/// `--encrypted-regex '^(url|headers|signingSecrets)$'`: URLs, header values and signing
+/// secrets become `ENC[...]` leaves, everything else (templates, bounds, methods) stays
+/// readable, for [`validate_without_keys`]. The output has the
 /// format of the input and decrypts with `sops` itself or [`decrypt_config`].
 pub fn encrypt_config(
     text: &str,

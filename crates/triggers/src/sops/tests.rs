@@ -52,12 +52,11 @@ fn round_trips_json_and_yaml_keeping_non_secrets_readable() {
         let (sealed, identity) = encrypted(format);
         assert_no_secret(&sealed);
         for readable in [
-            "https://hooks.example.com/a",
             "materialization_name",
             "Authorization",
             "signingSecrets",
             "encrypted_regex",
-            "^(headers|signingSecrets)$",
+            "^(url|headers|signingSecrets)$",
             "lastmodified",
             "BEGIN AGE ENCRYPTED FILE",
             SOPS_FORMAT_VERSION,
@@ -133,7 +132,8 @@ fn flip_data(sealed: &str, n: usize) -> String {
 fn a_tampered_value_fails_with_its_path() {
     for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
         let (sealed, identity) = encrypted(format);
-        let err = decrypt_err(&flip_data(&sealed, 0), format, &identity);
+        // Value 0 is the URL.
+        let err = decrypt_err(&flip_data(&sealed, 1), format, &identity);
         assert_eq!(
             err,
             SopsError::Tampered {
@@ -141,7 +141,7 @@ fn a_tampered_value_fails_with_its_path() {
             },
             "{format}"
         );
-        let err = decrypt_err(&flip_data(&sealed, 3), format, &identity);
+        let err = decrypt_err(&flip_data(&sealed, 4), format, &identity);
         assert_eq!(
             err,
             SopsError::Tampered {
@@ -165,7 +165,7 @@ fn enc_value(sealed: &str, n: usize) -> String {
 fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
     let (sealed, identity) = encrypted(ConfigFormat::Json);
     // Header values carry their key in the additional data: swapping them breaks GCM.
-    let (auth, team) = (enc_value(&sealed, 0), enc_value(&sealed, 1));
+    let (auth, team) = (enc_value(&sealed, 1), enc_value(&sealed, 2));
     let swapped = sealed
         .replace(&auth, "@AUTH@")
         .replace(&team, &auth)
@@ -179,7 +179,7 @@ fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
     );
     // List items share their list's path (sops does not add indices), so only the MAC,
     // which covers order, notices a swap.
-    let (first, second) = (enc_value(&sealed, 2), enc_value(&sealed, 3));
+    let (first, second) = (enc_value(&sealed, 3), enc_value(&sealed, 4));
     let swapped = sealed
         .replace(&first, "@FIRST@")
         .replace(&second, &first)
@@ -194,7 +194,7 @@ fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
 fn an_edited_clear_value_fails_the_mac() {
     for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
         let (sealed, identity) = encrypted(format);
-        let edited = sealed.replace("https://hooks.example.com/a", "https://evil.example.com/a");
+        let edited = sealed.replace("materialization_name", "connector_image");
         assert_eq!(
             decrypt_err(&edited, format, &identity),
             SopsError::MacMismatch
@@ -213,9 +213,10 @@ fn an_edited_clear_value_fails_the_mac() {
 #[test]
 fn a_tampered_or_missing_mac_is_refused() {
     let (sealed, identity) = encrypted(ConfigFormat::Json);
-    let mac = enc_value(&sealed, 4);
+    // The URLs, the two header values, the two secrets, then the MAC.
+    let mac = enc_value(&sealed, 6);
     assert!(sealed.contains(&format!("\"mac\": \"{mac}\"")), "{sealed}");
-    let err = decrypt_err(&flip_data(&sealed, 4), ConfigFormat::Json, &identity);
+    let err = decrypt_err(&flip_data(&sealed, 6), ConfigFormat::Json, &identity);
     assert_eq!(err, SopsError::MacTampered);
 
     // lastmodified is the MAC's additional data.
@@ -242,7 +243,7 @@ fn a_tampered_or_missing_mac_is_refused() {
 #[test]
 fn a_malformed_or_clear_secret_is_named_by_path() {
     let (sealed, identity) = encrypted(ConfigFormat::Json);
-    let auth = enc_value(&sealed, 0);
+    let auth = enc_value(&sealed, 1);
     let broken = sealed.replace(&auth, "ENC[AES256_GCM,data:%%%,iv:x,tag:y,type:str]");
     assert_eq!(
         decrypt_err(&broken, ConfigFormat::Json, &identity),
@@ -457,5 +458,45 @@ fn garbage_documents_are_errors() {
     ] {
         let err = decrypt_config(text, format, std::slice::from_ref(&identity));
         assert!(err.is_err(), "{text}");
+    }
+}
+
+/// Many webhook URLs are the credential (user info, a query token, Slack's path): the
+/// URL is encrypted, and a control plane without keys still validates the templates.
+#[test]
+fn encrypt_leaves_no_url_in_plaintext_and_keyless_validation_checks_the_rest() {
+    let url = "https://user:pa55word@hooks.slack.com/services/T0/B0/XyZsecretPath?token=qu3ry";
+    for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
+        let plain = serde_json::json!({"config": [
+            {"url": url, "headers": {"X-Key": "k3y-value"}, "signingSecrets": [WHSEC_1],
+             "payloadTemplate": "{\"n\": {{json materialization_name}}}"},
+        ]});
+        let text = match format {
+            ConfigFormat::Json => plain.to_string(),
+            ConfigFormat::Yaml => serde_yaml_ng::to_string(&plain).expect("YAML"),
+        };
+        let identity = AgeIdentity::generate();
+        let sealed = encrypt_config(&text, format, &[identity.recipient()]).expect("encrypts");
+        for secret in [
+            "pa55word",
+            "hooks.slack.com",
+            "XyZsecretPath",
+            "qu3ry",
+            "k3y-value",
+        ] {
+            assert!(!sealed.contains(secret), "{format}: {secret} in {sealed}");
+        }
+        assert!(sealed.contains("materialization_name"), "{sealed}");
+        let config = decrypt_config(&sealed, format, &[identity]).expect("decrypts");
+        assert_eq!(config.config[0].url, url);
+
+        assert_eq!(validate_without_keys(&sealed, format), Ok(1));
+        // A template error is still found without keys, the trigger named by the
+        // placeholder origin.
+        let broken = sealed.replace("materialization_name", "materialisation_name");
+        let errors = validate_without_keys(&broken, format).expect_err("invalid");
+        let text = errors.to_string();
+        assert!(text.contains("materialisation_name"), "{text}");
+        assert!(text.contains("encrypted-url.invalid"), "{text}");
     }
 }
