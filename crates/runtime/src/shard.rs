@@ -229,6 +229,11 @@ impl Shard {
         let durability = config.durability;
         let decoupled = matches!(config.delivery, DeliveryMode::Decoupled { .. });
         let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
+        let coalesced: Vec<bool> = config
+            .triggers
+            .iter()
+            .map(|t| t.drain().coalesces())
+            .collect();
         let thread = StoreThread::start()
             .map_err(|err| ShardError::Blocking(format!("cannot start the store thread: {err}")))?;
         let recovered = thread
@@ -258,7 +263,7 @@ impl Shard {
                         );
                     }
                 }
-                let backlog = store.backlog()?;
+                let backlog = crate::backlog::recover(&store, &coalesced)?;
                 let last_sent = (0..triggers)
                     .map(|trigger| store.last_sent_ms(trigger))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -434,6 +439,12 @@ impl Shard {
     /// StartCommit: writes the checkpoint and, if the transaction read documents and
     /// triggers are configured, its trigger variables, in one WriteBatch. Returns once
     /// the write is durable (per the configured [`Durability`]).
+    ///
+    /// Cancel safety: dropped while it waits for backlog room (backpressure), it leaves
+    /// the shard as it was, to take the same transaction again. Dropped during its store
+    /// write, the write still lands or not as a whole, but the caller cannot know which:
+    /// the shard is failed ([`ProtocolError::Failed`]; its backlog, `drained` included,
+    /// says it must be reopened), and a reopen recovers whatever landed.
     pub async fn start_commit(
         &mut self,
         checkpoint: Checkpoint,
