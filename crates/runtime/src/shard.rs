@@ -384,7 +384,7 @@ impl Shard {
 
     /// Waits until every acknowledged webhook is delivered (decoupled delivery; returns
     /// at once otherwise), or fails with the error that stopped delivery. For a consumer
-    /// at the end of its input, and for tests.
+    /// at the end of its input, and for tests. Cancel-safe: it only watches.
     pub async fn drained(&self) -> Result<(), ShardError> {
         match &self.backlog {
             Some(backlog) => backlog.drained().await,
