@@ -1109,7 +1109,7 @@ async fn a_start_commit_dropped_while_waiting_for_room_leaves_no_backpressure_an
 {
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.set_default(Reply::status(200).after(Duration::from_millis(400)));
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(2)));
     let drains = [("/o", serde_json::json!({"mode": "ordered"}))];
     let mut shard = open(
         dir.path(),
@@ -1124,7 +1124,7 @@ async fn a_start_commit_dropped_while_waiting_for_room_leaves_no_backpressure_an
         let commit = shard.start_commit(checkpoint(2), &stats);
         tokio::pin!(commit);
         let mut waiting = false;
-        for _ in 0..80 {
+        for _ in 0..500 {
             tokio::select! {
                 done = &mut commit => panic!("the commit did not wait: {done:?}"),
                 () = tokio::time::sleep(Duration::from_millis(2)) => {}
@@ -1190,7 +1190,8 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
     use triggers_runtime::crash::shard_point_name;
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.set_default(Reply::status(200).after(Duration::from_millis(300)));
+    // Slow enough that transaction 1 is still in flight when 3 commits.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
     let drains = [
         ("/c", serde_json::json!({"mode": "coalesced"})),
         ("/d", serde_json::json!({"mode": "coalesced"})),
@@ -1281,4 +1282,48 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
         "/d: only transaction 1, its tail skipped: {d:?}"
     );
     shard.close().await;
+}
+
+#[tokio::test]
+async fn a_coalesced_triggers_never_sent_entries_merge_at_open_and_the_oldest_stays_as_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(5)));
+    // Drained in order first: transaction 1 is sent (and cut off by the stop), 2 to 4
+    // wait behind it, never sent.
+    let ordered = [("/t", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &ordered), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    await_state(&ledger, 0, 1, DeliveryState::Running).await;
+    commit_all(&mut shard, 2..=4).await;
+    let first_sent = receiver.wait_for(1, Duration::from_secs(10)).await[0]
+        .json()
+        .expect("JSON");
+    drop(ledger);
+    shard.close().await;
+
+    // Coalesced now: 2..=4 become one entry; 1 is re-fired exactly as it was sent.
+    receiver.set_default(Reply::status(200));
+    let coalesced = [("/t", serde_json::json!({"mode": "coalesced"}))];
+    let config = config(triggers(&receiver, &coalesced), decoupled(10));
+    let (mut shard, recovery) = Shard::open(dir.path(), config.clone())
+        .await
+        .expect("reopens");
+    assert_eq!(recovery.backlog, 2, "the sent entry and the merged rest");
+    shard.acknowledged().await.expect("recovered ack");
+    shard.drained().await.expect("drains");
+    let all = accepted(&receiver, "/t");
+    assert_eq!(all[0].4, first_sent, "the re-fire repeats the first send");
+    assert_eq!(
+        all.iter().map(|w| (w.1, w.2, w.3)).collect::<Vec<_>>(),
+        [(1, 1, 1), (2, 4, 3)]
+    );
+    shard.close().await;
+    let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+    assert!(store.backlog().expect("reads").is_empty());
 }

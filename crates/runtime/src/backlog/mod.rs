@@ -11,8 +11,9 @@
 //!   at open): the merged entry is written under the same key in the commit's WriteBatch,
 //!   so a crash keeps either the old entry and the old checkpoint or both new ones. A
 //!   re-fire repeats exactly the webhook (same id, same variables) a receiver may already
-//!   have. At open, a coalesced trigger's never-sent entries are merged into one (see
-//!   [`recover`]), so its backlog holds at most two entries across restarts too.
+//!   have. At open, a coalesced trigger's never-sent entries (after its oldest) are
+//!   merged into one (see [`recover`]), so its backlog holds at most two entries across
+//!   restarts too.
 //! - An ordered or concurrent trigger's queue holds at most `limit` entries; a commit that
 //!   would exceed it waits (backpressure) until the worker makes room. A coalesced queue
 //!   never waits: it holds at most its sealed head and the tail absorbing new commits.
@@ -796,19 +797,27 @@ fn since_on_monotonic(at: SystemTime, now: Instant, wall_now: SystemTime) -> Ins
 }
 
 /// Reads the backlog at open, first merging each coalesced trigger's never-sent entries
-/// (those the ledger has no record of, always the newest ones) into one, in one
-/// WriteBatch per trigger. Entries that were sent are kept as they are, so a re-fire
-/// repeats exactly what a receiver may have; a trigger's backlog so holds at most two
-/// entries across restarts (one sent, one absorbing commits) instead of gaining one each
-/// time. `coalesced[i]` says whether trigger `i` coalesces. Runs on the store thread.
+/// into one, in one WriteBatch per trigger, so its backlog holds at most two entries
+/// across restarts (the oldest, maybe sent, and one absorbing commits) instead of gaining
+/// one each time. `coalesced[i]` says whether trigger `i` coalesces. Runs on the store
+/// thread.
+///
+/// Never-sent means: not the trigger's oldest entry, and no ledger record. A strict-order
+/// queue sends an entry only once every older one is gone, so only the oldest can have
+/// been sent without its record having become durable (the record is written unsynced
+/// before the first request; a later synced commit makes it durable, a power cut before
+/// that loses it). The oldest entry therefore counts as sent, and so does any entry the
+/// ledger knows (sent while the trigger drained concurrently): those are kept exactly as
+/// they are, so a re-fire repeats what a receiver may have.
 pub(crate) fn recover(store: &Store, coalesced: &[bool]) -> Result<Vec<StoredEntry>, StoreError> {
     let entries = store.backlog()?;
     let mut recovered = Vec::with_capacity(entries.len());
     let mut entries = entries.into_iter().peekable();
-    while let Some(first) = entries.next() {
+    while let Some(mut oldest) = entries.next() {
+        oldest.sent = true;
         // One trigger's entries, in commit order.
-        let trigger = first.trigger;
-        let mut queue = vec![first];
+        let trigger = oldest.trigger;
+        let mut queue = vec![oldest];
         while let Some(next) = entries.next_if(|e| e.trigger == trigger) {
             queue.push(next);
         }
