@@ -1195,11 +1195,12 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
     let drains = [
         ("/c", serde_json::json!({"mode": "coalesced"})),
         ("/d", serde_json::json!({"mode": "coalesced"})),
+        ("/e", serde_json::json!({"mode": "ordered"})),
     ];
     let config = config(triggers(&receiver, &drains), decoupled(10));
     let mut shard = open(dir.path(), config.clone()).await;
-    // Transaction 1 is in flight on both triggers; 2 waits in each one's tail, which 3
-    // merges into.
+    // Transaction 1 is in flight on every trigger; 2 waits in each coalesced one's tail,
+    // which 3 merges into, and behind it on the ordered one, which queues 3.
     commit_all(&mut shard, 1..=1).await;
     let ledger = shard.backlog_handle().expect("decoupled");
     await_state(&ledger, 0, 1, DeliveryState::Running).await;
@@ -1245,6 +1246,8 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
         (tail.state(), tail.last_commit_seq),
         (DeliveryState::Pending, 3)
     );
+    let queued = ledger.delivery(2, 3).await.expect("queued in memory too");
+    assert_eq!(queued.state(), DeliveryState::Pending);
     let err = tokio::time::timeout(Duration::from_secs(10), shard.drained())
         .await
         .expect("AwaitDrained answers")
@@ -1273,6 +1276,7 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
     shard.acknowledged().await.expect("recovered ack");
     shard.drained().await.expect("drains");
     assert_covers_exactly_once(&receiver, "/c", 3);
+    assert_covers_exactly_once(&receiver, "/e", 3);
     let d: Vec<(u64, u64)> = accepted(&receiver, "/d")
         .iter()
         .map(|w| (w.1, w.2))
