@@ -461,8 +461,6 @@ impl Shared {
         if was_failed {
             self.failure_cleared();
         }
-        self.room.notify_one();
-        self.drained.notify_waiters();
         queue.wake.notify_one();
         Ok(next)
     }
@@ -580,12 +578,11 @@ impl super::BacklogHandle {
         first_commit_seq: u64,
         reason: &str,
     ) -> Result<DeliveryRecord, LedgerError> {
-        let shared = self.0.clone();
         let reason = reason.to_string();
-        run(&self.0.thread, move || {
-            shared.skip(trigger, first_commit_seq, &reason)
-        })
-        .await
+        self.0
+            .run_job(move |shared| shared.skip(trigger, first_commit_seq, &reason))
+            .await
+            .map_err(|err| LedgerError::Blocking(err.to_string()))?
     }
 
     /// Runs a retention pass now; returns how many records it collected.

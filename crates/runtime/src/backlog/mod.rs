@@ -224,8 +224,9 @@ struct Shared {
     queues: Vec<Queue>,
     /// Every transaction up to this commit sequence number is acknowledged.
     acked_seq: AtomicU64,
-    /// Wakes a StartCommit waiting for room (or for a failure).
-    room: Notify,
+    /// Wakes a StartCommit waiting for room (or for a failure). Shared with store-thread
+    /// jobs, which wake it after letting go of the backlog (see [`Shared::run_job`]).
+    room: Arc<Notify>,
     backpressured: AtomicBool,
     backpressure_waits: AtomicU64,
     /// Why the shard must be reopened, if it must: a store write that failed, a worker
@@ -233,8 +234,8 @@ struct Shared {
     fatal: Mutex<Option<BacklogError>>,
     /// Entries FAILED now, across every queue (each holds its own failure).
     failed: AtomicUsize,
-    /// Wakes whoever waits for the backlog to drain.
-    drained: Notify,
+    /// Wakes whoever waits for the backlog to drain. Shared like `room`.
+    drained: Arc<Notify>,
     /// Serialises ledger transitions: each reads a delivery's state and writes the next
     /// one under it, so a transition is a compare-and-set (one process owns the store).
     ledger_lock: Mutex<()>,
@@ -363,20 +364,27 @@ impl Shared {
         }
     }
 
-    /// Stops delivery until the shard is reopened.
+    /// Stops delivery until the shard is reopened, and tells whoever waits.
     fn fail(&self, failure: BacklogError) {
+        self.set_fatal(failure);
+        self.changed();
+    }
+
+    /// Stops delivery until the shard is reopened, telling no one: for store-thread work,
+    /// whose caller tells waiters once the work (and every reference it holds) is done.
+    fn set_fatal(&self, failure: BacklogError) {
         tracing::error!(error = %failure, "delivery stops; the shard must be reopened");
         let mut slot = self
             .fatal
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         slot.get_or_insert(failure);
-        drop(slot);
-        self.stopped();
     }
 
-    /// Tells whoever waits that delivery stopped (or is still stopped).
-    fn stopped(&self) {
+    /// Tells a StartCommit waiting for room and whoever waits for the drain that the
+    /// backlog changed (an entry left, or delivery stopped). Store-thread work does not
+    /// call it: see [`Shared::run_job`].
+    fn changed(&self) {
         self.room.notify_one();
         self.drained.notify_waiters();
     }
@@ -628,12 +636,12 @@ impl Backlog {
             limit: limit.max(1),
             queues,
             acked_seq: AtomicU64::new(0),
-            room: Notify::new(),
+            room: Arc::default(),
             backpressured: AtomicBool::new(false),
             backpressure_waits: AtomicU64::new(0),
             fatal: Mutex::new(None),
             failed: AtomicUsize::new(0),
-            drained: Notify::new(),
+            drained: Arc::default(),
             ledger_lock: Mutex::new(()),
             retention,
             terminal_since_gc: AtomicU64::new(0),
@@ -1037,21 +1045,43 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
 /// (so neither a dropped worker nor an operator in between sees half of it).
 async fn finish(shared: &Arc<Shared>, index: usize, send: Send, sent: Sent) {
     let key_seq = send.key_seq;
-    let job = {
-        let shared = shared.clone();
-        move || shared.finish_now(index, send, sent)
-    };
-    if let Err(err) = shared.thread.run(job).await {
+    let job = move |shared: &Shared| shared.finish_now(index, send, sent);
+    if let Err(err) = shared.run_job(job).await {
         if let Some(entry) = shared.queues[index].lock().entry_mut(key_seq) {
             entry.in_flight = false;
         }
-        shared.fail(BacklogError::Stopped(format!(
+        shared.set_fatal(BacklogError::Stopped(format!(
             "recording a finished delivery failed: {err}"
         )));
     }
 }
 
 impl Shared {
+    /// Runs `work` on the store thread, then wakes whoever waits for room or for the
+    /// drain, once the job has let go of the backlog. Runs to its end even if the caller
+    /// stops waiting, wakeups included.
+    ///
+    /// The order matters: a waiter that wakes may let the process end (a consumer at the
+    /// end of its input); were the job still holding the last reference to the backlog,
+    /// the store would close on the store thread after `main`, racing RocksDB's static
+    /// destructors (`pthread lock: Invalid argument`, an abort).
+    async fn run_job<T: std::marker::Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Shared) -> T + std::marker::Send + 'static,
+    ) -> Result<T, ShardError> {
+        let shared = self.clone();
+        let (room, drained) = (self.room.clone(), self.drained.clone());
+        self.thread
+            .run(move || {
+                let done = work(&shared);
+                drop(shared);
+                room.notify_one();
+                drained.notify_waiters();
+                done
+            })
+            .await
+    }
+
     /// A delivered entry becomes SUCCESS and leaves the backlog (with the trigger's last
     /// send time) in one batch; a failure becomes FAILED and is kept on its entry.
     fn finish_now(&self, index: usize, send: Send, sent: Sent) {
@@ -1061,14 +1091,12 @@ impl Shared {
             Sent::Done(Err(failure)) => self.failed_for_good(queue, send, failure),
             Sent::Gone => {
                 queue.lock().remove(send.key_seq);
-                self.room.notify_one();
-                self.drained.notify_waiters();
             }
             Sent::Stopped(detail) => {
                 if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
                     entry.in_flight = false;
                 }
-                self.fail(BacklogError::Stopped(detail));
+                self.set_fatal(BacklogError::Stopped(detail));
             }
         }
     }
@@ -1089,7 +1117,7 @@ impl Shared {
             if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
                 entry.in_flight = false;
             }
-            self.fail(BacklogError::Stopped(format!(
+            self.set_fatal(BacklogError::Stopped(format!(
                 "recording a delivered webhook (and deleting its backlog entry) failed: {err}"
             )));
             return;
@@ -1098,9 +1126,6 @@ impl Shared {
         state.remove(send.key_seq);
         state.delivered += 1;
         state.transactions_delivered += send.variables.transaction_count;
-        drop(state);
-        self.room.notify_one();
-        self.drained.notify_waiters();
     }
 
     fn failed_for_good(&self, queue: &Queue, send: Send, failure: TriggerFailure) {
@@ -1123,10 +1148,9 @@ impl Shared {
         }
         if let Err(err) = recorded {
             // The entry stays in the backlog and re-fires at the next open.
-            self.fail(BacklogError::Stopped(format!(
+            self.set_fatal(BacklogError::Stopped(format!(
                 "recording a failed delivery in the ledger failed: {err}"
             )));
         }
-        self.stopped();
     }
 }
