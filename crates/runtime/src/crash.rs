@@ -11,6 +11,12 @@
 //! `acknowledged.before_delete` (waiting delivery: delivered, params not yet deleted), and
 //! `backlog.before_delete` (decoupled delivery: one webhook delivered, its backlog entry
 //! not yet deleted).
+//!
+//! In-process tests stop one shard at a point with [`shard_point_name`]: its store thread
+//! runs the failpoint of that name (`fail::cfg_callback`, say, to hold it there while the
+//! test drops the future waiting on it). Only that shard stops, so tests run in parallel.
+//! The points: `start_commit.store_write` (decoupled StartCommit, just before its
+//! WriteBatch).
 
 /// Marks a named crash point (see the module docs).
 macro_rules! crash_point {
@@ -20,6 +26,22 @@ macro_rules! crash_point {
     };
 }
 pub(crate) use crash_point;
+
+/// The failpoint a store thread runs at `point` for the shard whose store is `store_dir`
+/// (the path as given to [`crate::Shard::open`]).
+pub fn shard_point_name(point: &str, store_dir: &std::path::Path) -> String {
+    format!("{point} {}", store_dir.display())
+}
+
+/// Runs the per-shard failpoint `point` of the shard labelled `shard` (its store path).
+#[cfg(feature = "failpoints")]
+pub(crate) fn shard_point(point: &str, shard: &str) {
+    fail::eval(&format!("{point} {shard}"), |_| ());
+}
+
+/// Without the `failpoints` feature there are no per-shard points.
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn shard_point(_point: &str, _shard: &str) {}
 
 /// The environment variable naming the crash point to stop at.
 pub const CRASH_POINT_ENV: &str = "TRIGGERS_CRASH_POINT";

@@ -242,6 +242,11 @@ impl Shard {
         let durability = config.durability;
         let decoupled = matches!(config.delivery, DeliveryMode::Decoupled { .. });
         let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
+        let coalesced: Vec<bool> = config
+            .triggers
+            .iter()
+            .map(|t| t.drain().coalesces())
+            .collect();
         let thread = StoreThread::start()
             .map_err(|err| ShardError::Blocking(format!("cannot start the store thread: {err}")))?;
         let recovered = thread
@@ -271,7 +276,7 @@ impl Shard {
                         );
                     }
                 }
-                let backlog = store.backlog()?;
+                let backlog = crate::backlog::recover(&store, &coalesced)?;
                 let last_sent = (0..triggers)
                     .map(|trigger| store.last_sent_ms(trigger))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -466,10 +471,11 @@ impl Shard {
     /// triggers are configured, its trigger variables, in one WriteBatch. Returns once
     /// the write is durable (per the configured [`Durability`]).
     ///
-    /// Cancel safety: dropped while it waits for backlog room (decoupled delivery),
-    /// nothing was written and the shard is intact. Dropped at its store write, the
-    /// write still runs to its end but whether it landed is unknown to the shard, which
-    /// is failed ([`ProtocolError::Failed`]): reopen it to recover the checkpoint.
+    /// Cancel safety: dropped while it waits for backlog room (backpressure), it leaves
+    /// the shard as it was, to take the same transaction again. Dropped during its store
+    /// write, the write still lands or not as a whole, but the caller cannot know which:
+    /// the shard is failed ([`ProtocolError::Failed`]; its backlog, `drained` included,
+    /// says it must be reopened), and a reopen recovers whatever landed.
     pub async fn start_commit(
         &mut self,
         checkpoint: Checkpoint,

@@ -8,7 +8,8 @@
 //! - `trigger-params`: waiting delivery's single pending transaction (the first layout).
 //! - `backlog/<trigger u32 BE><first commit seq u64 BE>`: decoupled delivery's per-trigger
 //!   queues of [`BacklogEntry`], in commit order; a coalesced trigger rewrites its newest
-//!   entry in place to merge a transaction into it.
+//!   entry in place to merge a transaction into it, and at open merges its never-sent
+//!   entries (no `ledger/` record) into one.
 //! - `backlog-sent/<trigger u32 BE>`: when the trigger's last webhook was sent (unix ms),
 //!   so a coalesced trigger's minimum interval survives restarts.
 //! - `commit-seq`: the last commit sequence number given to a transaction's variables.
@@ -234,7 +235,8 @@ impl Store {
             .map_err(|_| self.corrupt_backlog(COMMIT_SEQ_KEY, "not an 8-byte number"))
     }
 
-    /// Every backlog entry, per trigger in commit order.
+    /// Every backlog entry, per trigger in commit order, each with whether the ledger
+    /// has a record of it (one point read per entry: this runs at open).
     pub fn backlog(&self) -> Result<Vec<StoredEntry>, StoreError> {
         let mut entries = Vec::new();
         for item in self.scan(BACKLOG_PREFIX) {
@@ -259,6 +261,9 @@ impl Store {
                 key_seq,
                 params,
                 committed_at: entry.committed_at,
+                // An entry moved from the single-key layout (no commit time) may have
+                // been delivered by waiting delivery, which keeps no ledger.
+                sent: entry.committed_at.is_none() || self.has_delivery(trigger, key_seq)?,
             });
         }
         Ok(entries)
@@ -309,6 +314,34 @@ impl Store {
         DeliveryRecord::decode(bytes.as_ref())
             .map(Some)
             .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))
+    }
+
+    /// Whether the ledger has a record of this delivery (it left PENDING at least once).
+    pub fn has_delivery(&self, trigger: u32, key_seq: u64) -> Result<bool, StoreError> {
+        self.db
+            .get_pinned(ledger_key(trigger, key_seq))
+            .map(|value| value.is_some())
+            .map_err(|err| self.rocksdb_error("read", err))
+    }
+
+    /// Replaces several backlog entries of one trigger by one that covers them all, in
+    /// one WriteBatch with the store's durability: `merged` is written under its key and
+    /// the entries under `absorbed` are deleted. A crash keeps either the old entries or
+    /// the merged one.
+    pub fn merge_backlog_entries(
+        &self,
+        merged: &BacklogWrite,
+        absorbed: &[u64],
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for key_seq in absorbed {
+            batch.delete(backlog_key(merged.trigger, *key_seq));
+        }
+        batch.put(
+            backlog_key(merged.trigger, merged.key_seq),
+            encode_entry(merged),
+        );
+        self.write(batch, "backlog merge")
     }
 
     /// Whether a backlog entry is stored under this key.
@@ -523,6 +556,10 @@ pub struct StoredEntry {
     /// When the first transaction it covers committed (absent for entries moved from
     /// the single-key layout).
     pub committed_at: Option<triggers_proto::Timestamp>,
+    /// Whether a receiver may have it, so a re-fire must repeat it exactly: the ledger
+    /// has a record of it (it was picked for sending at least once), or it was moved from
+    /// the single-key layout, whose waiting delivery keeps no ledger.
+    pub sent: bool,
 }
 
 fn backlog_key(trigger: u32, key_seq: u64) -> Vec<u8> {

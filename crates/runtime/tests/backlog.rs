@@ -28,10 +28,19 @@ fn materialization() -> Materialization {
 
 /// One trigger per `(path, drain)`.
 fn triggers(receiver: &Receiver, drains: &[(&str, serde_json::Value)]) -> Arc<Triggers> {
+    triggers_retrying(receiver, drains, 2)
+}
+
+/// One trigger per `(path, drain)`, each retrying `max_retries` times.
+fn triggers_retrying(
+    receiver: &Receiver,
+    drains: &[(&str, serde_json::Value)],
+    max_retries: u32,
+) -> Arc<Triggers> {
     let config = serde_json::json!({"config": drains.iter().map(|(path, drain)| serde_json::json!({
         "url": receiver.url(path),
         "payloadTemplate": TEMPLATE,
-        "maxRetries": 2,
+        "maxRetries": max_retries,
         "drain": drain,
     })).collect::<Vec<_>>()});
     Arc::new(validate(&config.to_string(), ConfigFormat::Json).expect("valid config"))
@@ -842,4 +851,483 @@ async fn each_attempt_has_a_span_naming_shard_transaction_and_trigger() {
             assert!(chain.contains(&part), "{part:?} missing from {chain}");
         }
     }
+}
+
+// Hardening: the backlog never loses track of a stored entry, whatever fails, whoever
+// gives up waiting, however the clock moves.
+
+use triggers_runtime::BacklogHandle;
+
+/// Polls the ledger until delivery `(trigger, seq)` is in `state` (for at most 10 s).
+async fn await_state(
+    ledger: &BacklogHandle,
+    trigger: u32,
+    seq: u64,
+    state: DeliveryState,
+) -> DeliveryRecord {
+    let mut last = None;
+    for _ in 0..2000 {
+        let record = ledger.delivery(trigger, seq).await.expect("gets");
+        if record.state() == state {
+            return record;
+        }
+        last = Some(record);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("delivery {trigger}/{seq} never became {state:?}: {last:?}");
+}
+
+/// The (trigger, first commit seq) of every FAILED delivery.
+async fn failed_deliveries(ledger: &BacklogHandle) -> Vec<(u32, u64)> {
+    let (all, _) = ledger.deliveries(100, "").await.expect("lists");
+    let mut failed: Vec<(u32, u64)> = all
+        .iter()
+        .filter(|r| r.state() == DeliveryState::Failed)
+        .map(|r| (r.trigger, r.first_commit_seq))
+        .collect();
+    failed.sort_unstable();
+    failed
+}
+
+#[tokio::test]
+async fn two_ordered_triggers_failing_at_once_are_both_tracked_and_operable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/a", [Reply::status(400)]);
+    receiver.script("/b", [Reply::status(400)]);
+    let drains = [
+        ("/a", serde_json::json!({"mode": "ordered"})),
+        ("/b", serde_json::json!({"mode": "ordered"})),
+    ];
+    let triggers = triggers_retrying(&receiver, &drains, 0);
+    let mut shard = open(dir.path(), config(triggers, decoupled(10))).await;
+    commit_all(&mut shard, 1..=2).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    await_state(&ledger, 0, 1, DeliveryState::Failed).await;
+    await_state(&ledger, 1, 1, DeliveryState::Failed).await;
+    let err = shard.drained().await.expect_err("both failed");
+    assert!(err.to_string().contains("2 of them failed"), "{err}");
+    assert_eq!(shard.backlog_status().expect("decoupled").depth(), 4);
+
+    // Retrying one sends it alone: the other failure keeps the backlog stopped.
+    ledger.retry(0, 1).await.expect("retries trigger 0");
+    await_state(&ledger, 0, 1, DeliveryState::Success).await;
+    let err = shard.drained().await.expect_err("trigger 1 still failed");
+    let ShardError::Backlog(BacklogError::Webhook(failure)) = &err else {
+        panic!("expected a webhook failure: {err}");
+    };
+    assert_eq!(
+        (failure.failure.trigger.index, failure.first_commit_seq),
+        (1, 1)
+    );
+    assert_eq!(failed_deliveries(&ledger).await, [(1, 1)]);
+    assert_eq!(
+        ledger.delivery(0, 2).await.expect("gets").state(),
+        DeliveryState::Pending,
+        "not sent while another delivery is FAILED"
+    );
+    assert_eq!(shard.backlog_status().expect("decoupled").depth(), 3);
+    assert!(
+        shard.start_commit(checkpoint(3), &stats(3)).await.is_err(),
+        "still stopped"
+    );
+
+    // The other one is still operable: skipping it resumes the backlog.
+    let skipped = ledger
+        .skip(1, 1, "the receiver refuses it for good")
+        .await
+        .expect("skips the other failure");
+    assert_eq!(skipped.state(), DeliveryState::Cancelled);
+    shard.drained().await.expect("drains");
+    let firsts = |path| -> Vec<u64> { accepted(&receiver, path).iter().map(|w| w.1).collect() };
+    assert_eq!(firsts("/a"), [1, 2], "in commit order");
+    assert_eq!(firsts("/b"), [2]);
+    commit_all(&mut shard, 3..=3).await;
+    shard.drained().await.expect("drains");
+    drop(ledger);
+    shard.close().await;
+    let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+    assert!(store.backlog().expect("reads").is_empty());
+}
+
+#[tokio::test]
+async fn two_failures_of_one_concurrent_trigger_are_both_tracked_and_operable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    // Slow failures: every entry is likely in flight when the first one fails.
+    let slow_400 = Reply::status(400).after(Duration::from_millis(200));
+    receiver.script("/n", [slow_400.clone(), slow_400]);
+    let drains = [(
+        "/n",
+        serde_json::json!({"mode": "concurrent", "maxInFlight": 4}),
+    )];
+    let triggers = triggers_retrying(&receiver, &drains, 0);
+    let mut shard = open(dir.path(), config(triggers, decoupled(10))).await;
+    commit_all(&mut shard, 1..=3).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    let mut failed = Vec::new();
+    for _ in 0..2000 {
+        failed = failed_deliveries(&ledger).await;
+        if failed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(failed.len(), 2, "both failures on record: {failed:?}");
+    let err = shard.drained().await.expect_err("failed");
+    assert!(err.to_string().contains("2 of them failed"), "{err}");
+
+    let (retried, skipped) = (failed[0], failed[1]);
+    ledger.retry(retried.0, retried.1).await.expect("retries");
+    await_state(&ledger, retried.0, retried.1, DeliveryState::Success).await;
+    shard
+        .drained()
+        .await
+        .expect_err("the other failure still stops the backlog");
+    assert_eq!(
+        ledger
+            .delivery(skipped.0, skipped.1)
+            .await
+            .expect("gets")
+            .state(),
+        DeliveryState::Failed
+    );
+    ledger
+        .skip(skipped.0, skipped.1, "poisoned")
+        .await
+        .expect("skips the other failure");
+    shard.drained().await.expect("drains");
+    let mut delivered: Vec<u64> = accepted(&receiver, "/n").iter().map(|w| w.1).collect();
+    delivered.sort_unstable();
+    let expected: Vec<u64> = (1..=3).filter(|n| *n != skipped.1).collect();
+    assert_eq!(delivered, expected);
+    drop(ledger);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_retry_is_sent_as_operator_replay_and_goes_on_counting_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/r", [Reply::status(500), Reply::status(503)]);
+    let drains = [("/r", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers_retrying(&receiver, &drains, 1), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    shard
+        .drained()
+        .await
+        .expect_err("500, then 503: retries spent");
+    let ledger = shard.backlog_handle().expect("decoupled");
+    ledger.retry(0, 1).await.expect("retries");
+    shard.drained().await.expect("delivered on retry");
+
+    let sent: Vec<(String, String)> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.header("webhook-reason").unwrap_or_default().to_string(),
+                r.header("webhook-attempt").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("first-send", "1"),
+        ("retry", "2"),
+        ("operator-replay", "3"),
+    ]
+    .map(|(reason, attempt)| (reason.to_string(), attempt.to_string()));
+    assert_eq!(sent, expected);
+    let done = ledger.delivery(0, 1).await.expect("gets");
+    let attempts: Vec<(u32, &str)> = done
+        .attempts
+        .iter()
+        .map(|a| (a.number, a.reason.as_str()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(1, "first-send"), (2, "retry"), (3, "operator-replay")]
+    );
+    drop(ledger);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_last_send_time_in_the_future_does_not_stall_a_coalesced_trigger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [
+        (
+            "/z",
+            serde_json::json!({"mode": "coalesced", "minIntervalSecs": 0}),
+        ),
+        (
+            "/i",
+            serde_json::json!({"mode": "coalesced", "minIntervalSecs": 1}),
+        ),
+    ];
+    // A clock a day ahead recorded these send times; it is right again now.
+    {
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(24 * 3600);
+        let ahead_ms = ahead
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        for trigger in 0..2 {
+            let record = DeliveryRecord {
+                trigger,
+                state: DeliveryState::Success as i32,
+                ..Default::default()
+            };
+            store
+                .write_delivery(&record, false, Some(ahead_ms))
+                .expect("writes");
+        }
+    }
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=2).await;
+    tokio::time::timeout(Duration::from_secs(20), shard.drained())
+        .await
+        .expect("not stalled by a send time in the future")
+        .expect("drains");
+    assert_covers_exactly_once(&receiver, "/z", 2);
+    assert_covers_exactly_once(&receiver, "/i", 2);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_start_commit_dropped_while_waiting_for_room_leaves_no_backpressure_and_the_shard_intact()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(2)));
+    let drains = [("/o", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(1)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    let handle = shard.backlog_handle().expect("decoupled");
+    {
+        // The backlog is full: this StartCommit waits for room, and its caller gives up.
+        let stats = stats(2);
+        let commit = shard.start_commit(checkpoint(2), &stats);
+        tokio::pin!(commit);
+        let mut waiting = false;
+        for _ in 0..500 {
+            tokio::select! {
+                done = &mut commit => panic!("the commit did not wait: {done:?}"),
+                () = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+            if handle.status().backpressured {
+                waiting = true;
+                break;
+            }
+        }
+        assert!(waiting, "the commit waits for room");
+    }
+    let status = handle.status();
+    assert!(!status.backpressured, "{status:?}");
+    assert_eq!(status.backpressure_waits, 1);
+    // Nothing was written: the shard takes the same transaction again.
+    commit_all(&mut shard, 2..=2).await;
+    shard.drained().await.expect("drains");
+    assert_covers_exactly_once(&receiver, "/o", 2);
+    drop(handle);
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_coalesced_backlog_stays_within_two_entries_across_restarts_and_never_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    // Nothing is answered before each stop: every run re-fires what the last one left.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(5)));
+    let drains = [("/c", serde_json::json!({"mode": "coalesced"}))];
+    // A bound of one: a coalesced trigger never waits for room, whatever the bound.
+    let config = config(triggers(&receiver, &drains), decoupled(1));
+    let mut next = 1;
+    for run in 0..5 {
+        let (mut shard, recovery) = Shard::open(dir.path(), config.clone())
+            .await
+            .expect("opens");
+        assert!(
+            recovery.backlog <= 2,
+            "run {run}: {} entries recovered",
+            recovery.backlog
+        );
+        shard.acknowledged().await.expect("recovered ack");
+        commit_all(&mut shard, next..=next + 2).await;
+        next += 3;
+        let status = shard.backlog_status().expect("decoupled");
+        assert!(status.depth() <= 2, "run {run}: {status:?}");
+        assert_eq!(status.backpressure_waits, 0, "run {run}: {status:?}");
+        shard.close().await;
+    }
+    receiver.set_default(Reply::status(200));
+    let (mut shard, recovery) = Shard::open(dir.path(), config).await.expect("opens");
+    assert!(recovery.backlog <= 2, "{} entries", recovery.backlog);
+    shard.acknowledged().await.expect("recovered ack");
+    shard.drained().await.expect("drains");
+    // Every transaction once, and every re-fire repeated exactly what was sent before it.
+    assert_covers_exactly_once(&receiver, "/c", next - 1);
+    shard.close().await;
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_and_skippable() {
+    use triggers_runtime::crash::shard_point_name;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    // Slow enough that transaction 1 is still in flight when 3 commits.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
+    let drains = [
+        ("/c", serde_json::json!({"mode": "coalesced"})),
+        ("/d", serde_json::json!({"mode": "coalesced"})),
+        ("/e", serde_json::json!({"mode": "ordered"})),
+    ];
+    let config = config(triggers(&receiver, &drains), decoupled(10));
+    let mut shard = open(dir.path(), config.clone()).await;
+    // Transaction 1 is in flight on every trigger; 2 waits in each coalesced one's tail,
+    // which 3 merges into, and behind it on the ordered one, which queues 3.
+    commit_all(&mut shard, 1..=1).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    await_state(&ledger, 0, 1, DeliveryState::Running).await;
+    await_state(&ledger, 1, 1, DeliveryState::Running).await;
+    commit_all(&mut shard, 2..=2).await;
+
+    // Hold the store thread at the next commit's write until released.
+    let point = shard_point_name("start_commit.store_write", dir.path());
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    fail::cfg_callback(point.clone(), move || {
+        let _ = reached_tx.send(());
+        let _ = release_rx
+            .lock()
+            .expect("lock")
+            .recv_timeout(Duration::from_secs(10));
+    })
+    .expect("arms");
+    {
+        let stats = stats(3);
+        let commit = shard.start_commit(checkpoint(3), &stats);
+        tokio::pin!(commit);
+        let mut at_write = false;
+        for _ in 0..2000 {
+            tokio::select! {
+                done = &mut commit => panic!("the commit passed its write point: {done:?}"),
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if reached.try_recv().is_ok() {
+                at_write = true;
+                break;
+            }
+        }
+        assert!(at_write, "the commit reached its store write");
+    } // Dropped there, as a gRPC deadline drops it.
+    fail::remove(&point);
+    release.send(()).expect("releases the store thread");
+
+    // The write landed: each tail now covers 2..=3, as on disk, and is not stuck.
+    let tail = ledger.delivery(1, 2).await.expect("gets");
+    assert_eq!(
+        (tail.state(), tail.last_commit_seq),
+        (DeliveryState::Pending, 3)
+    );
+    let queued = ledger.delivery(2, 3).await.expect("queued in memory too");
+    assert_eq!(queued.state(), DeliveryState::Pending);
+    let err = tokio::time::timeout(Duration::from_secs(10), shard.drained())
+        .await
+        .expect("AwaitDrained answers")
+        .expect_err("the shard must be reopened");
+    assert!(err.to_string().contains("StartCommit"), "{err}");
+    assert!(!shard.backlog_status().expect("decoupled").backpressured);
+    ledger
+        .skip(1, 2, "an operator gives up on it")
+        .await
+        .expect("the merged tail can be skipped");
+    let refused = shard
+        .start_commit(checkpoint(4), &stats(4))
+        .await
+        .expect_err("the shard failed");
+    assert!(
+        matches!(refused, ShardError::Protocol(_)),
+        "a clear error: {refused}"
+    );
+    drop(ledger);
+    shard.close().await;
+
+    // After a reopen, what the write stored is sent.
+    receiver.set_default(Reply::status(200));
+    let (mut shard, recovery) = Shard::open(dir.path(), config).await.expect("reopens");
+    assert_eq!(recovery.checkpoint, checkpoint(3), "the write landed");
+    shard.acknowledged().await.expect("recovered ack");
+    shard.drained().await.expect("drains");
+    assert_covers_exactly_once(&receiver, "/c", 3);
+    assert_covers_exactly_once(&receiver, "/e", 3);
+    let d: Vec<(u64, u64)> = accepted(&receiver, "/d")
+        .iter()
+        .map(|w| (w.1, w.2))
+        .collect();
+    assert!(
+        !d.is_empty() && d.iter().all(|w| *w == (1, 1)),
+        "/d: only transaction 1, its tail skipped: {d:?}"
+    );
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn a_coalesced_triggers_never_sent_entries_merge_at_open_and_the_oldest_stays_as_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(5)));
+    // Drained in order first: transaction 1 is sent (and cut off by the stop), 2 to 4
+    // wait behind it, never sent.
+    let ordered = [("/t", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &ordered), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    let ledger = shard.backlog_handle().expect("decoupled");
+    await_state(&ledger, 0, 1, DeliveryState::Running).await;
+    commit_all(&mut shard, 2..=4).await;
+    let first_sent = receiver.wait_for(1, Duration::from_secs(10)).await[0]
+        .json()
+        .expect("JSON");
+    drop(ledger);
+    shard.close().await;
+
+    // Coalesced now: 2..=4 become one entry; 1 is re-fired exactly as it was sent.
+    receiver.set_default(Reply::status(200));
+    let coalesced = [("/t", serde_json::json!({"mode": "coalesced"}))];
+    let config = config(triggers(&receiver, &coalesced), decoupled(10));
+    let (mut shard, recovery) = Shard::open(dir.path(), config.clone())
+        .await
+        .expect("reopens");
+    assert_eq!(recovery.backlog, 2, "the sent entry and the merged rest");
+    shard.acknowledged().await.expect("recovered ack");
+    shard.drained().await.expect("drains");
+    let all = accepted(&receiver, "/t");
+    assert_eq!(all[0].4, first_sent, "the re-fire repeats the first send");
+    assert_eq!(
+        all.iter().map(|w| (w.1, w.2, w.3)).collect::<Vec<_>>(),
+        [(1, 1, 1), (2, 4, 3)]
+    );
+    shard.close().await;
+    let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
+    assert!(store.backlog().expect("reads").is_empty());
 }

@@ -115,6 +115,24 @@ fn bounded_excerpt(text: &str) -> String {
     }
 }
 
+/// How one run of a delivery starts: why its first attempt is sent, and how many
+/// attempts earlier runs made (its attempts are numbered after them).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    reason: SendReason,
+    prior_attempts: u32,
+}
+
+impl Run {
+    /// The first run of a delivery.
+    fn first(reason: SendReason) -> Self {
+        Run {
+            reason,
+            prior_attempts: 0,
+        }
+    }
+}
+
 /// A webhook the endpoint accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
@@ -297,7 +315,7 @@ impl Deliverer {
                 webhook_id = %id,
                 %reason,
             );
-            self.deliver_one(triggers, t, variables, id, reason, None)
+            self.deliver_one(triggers, t, variables, id, Run::first(reason), None)
                 .instrument(span)
         }))
         .await;
@@ -329,23 +347,34 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Option<Result<Delivered, TriggerFailure>> {
-        self.deliver_trigger_inner(triggers, index, variables, reason, None)
+        self.deliver_trigger_inner(triggers, index, variables, reason, 0, None)
             .await
     }
 
     /// Like [`Deliverer::deliver_trigger`], also telling `observer` of each attempt of
     /// this delivery (besides the deliverer's own observer): how a runtime keeps one
-    /// delivery's attempts in its ledger.
+    /// delivery's attempts in its ledger. Attempts are numbered after `prior_attempts`,
+    /// those earlier runs of the same delivery made (before an operator's retry or a
+    /// restart), so `webhook-attempt` goes on counting; `maxRetries` and the retry budget
+    /// hold for this run alone.
     pub async fn deliver_trigger_observed(
         &self,
         triggers: &Triggers,
         index: usize,
         variables: &Variables,
         reason: SendReason,
+        prior_attempts: u32,
         observer: &dyn AttemptObserver,
     ) -> Option<Result<Delivered, TriggerFailure>> {
-        self.deliver_trigger_inner(triggers, index, variables, reason, Some(observer))
-            .await
+        self.deliver_trigger_inner(
+            triggers,
+            index,
+            variables,
+            reason,
+            prior_attempts,
+            Some(observer),
+        )
+        .await
     }
 
     async fn deliver_trigger_inner(
@@ -354,6 +383,7 @@ impl Deliverer {
         index: usize,
         variables: &Variables,
         reason: SendReason,
+        prior_attempts: u32,
         observer: Option<&dyn AttemptObserver>,
     ) -> Option<Result<Delivered, TriggerFailure>> {
         let trigger = triggers.triggers.get(index)?;
@@ -367,9 +397,19 @@ impl Deliverer {
             %reason,
         );
         Some(
-            self.deliver_one(triggers, trigger, variables, id, reason, observer)
-                .instrument(span)
-                .await,
+            self.deliver_one(
+                triggers,
+                trigger,
+                variables,
+                id,
+                Run {
+                    reason,
+                    prior_attempts,
+                },
+                observer,
+            )
+            .instrument(span)
+            .await,
         )
     }
 
@@ -379,9 +419,13 @@ impl Deliverer {
         trigger: &Trigger,
         variables: &Variables,
         id: String,
-        reason: SendReason,
+        run: Run,
         observer: Option<&dyn AttemptObserver>,
     ) -> Result<Delivered, TriggerFailure> {
+        let Run {
+            reason,
+            prior_attempts,
+        } = run;
         let index = trigger.label.index;
         // The payload's `webhook_id` and the header's are one derivation.
         let body = match triggers.render(index, variables, &id) {
@@ -408,19 +452,17 @@ impl Deliverer {
             } else {
                 RETRY_REASON
             };
+            // The number within the delivery, counting earlier runs' attempts.
+            let number = prior_attempts.saturating_add(attempts);
             let attempt_started = (SystemTime::now(), Instant::now());
             let attempt = self
-                .attempt(trigger, &id, attempts, sent_as, body.clone(), false)
-                .instrument(tracing::info_span!(
-                    "attempt",
-                    number = attempts,
-                    reason = sent_as
-                ))
+                .attempt(trigger, &id, number, sent_as, body.clone(), false)
+                .instrument(tracing::info_span!("attempt", number, reason = sent_as))
                 .await;
             let verdict = verdict(&attempt);
             let observed = |outcome, error: Option<&FailureReason>| AttemptRecord {
                 trigger: index,
-                number: attempts,
+                number,
                 reason: sent_as,
                 at: attempt_started.0,
                 latency: attempt_started.1.elapsed(),

@@ -184,15 +184,15 @@ pub(crate) fn failed(
     }
 }
 
-/// A record for an entry still in memory (PENDING or RUNNING), with its live attempts.
+/// A record for an entry still in memory (PENDING, RUNNING or FAILED), with its live
+/// attempts: memory knows its state first.
 fn from_entry(index: usize, entry: &Entry, stored: Option<&DeliveryRecord>) -> DeliveryRecord {
-    let state = if entry.in_flight {
+    let state = if entry.failure.is_some() {
+        DeliveryState::Failed
+    } else if entry.in_flight {
         DeliveryState::Running
     } else {
-        stored
-            .map(DeliveryRecord::state)
-            .filter(|s| *s == DeliveryState::Failed)
-            .unwrap_or(DeliveryState::Pending)
+        DeliveryState::Pending
     };
     let mut attempts = stored.map(|r| r.attempts.clone()).unwrap_or_default();
     if entry.in_flight {
@@ -215,28 +215,39 @@ fn from_entry(index: usize, entry: &Entry, stored: Option<&DeliveryRecord>) -> D
     }
 }
 
+/// What [`Shared::begin`] found.
+pub(crate) enum Begun {
+    /// The delivery is RUNNING now; earlier runs made this many attempts.
+    Running { prior_attempts: u32 },
+    /// Its backlog entry is gone from the store: nothing to send.
+    Gone,
+    /// Its ledger record is in this state, not PENDING: nothing was written.
+    NotPending(&'static str),
+}
+
 impl Shared {
     fn ledger_guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// PENDING → RUNNING. Returns false (and writes nothing) if the delivery is no longer
-    /// PENDING.
-    pub(crate) fn begin(&self, mut next: DeliveryRecord) -> Result<bool, StoreError> {
+    /// PENDING → RUNNING, keeping the attempts of earlier runs (before a retry or a
+    /// restart) on record. Writes nothing unless the delivery is PENDING.
+    pub(crate) fn begin(&self, mut next: DeliveryRecord) -> Result<Begun, StoreError> {
         let _cas = self.ledger_guard();
         let (trigger, seq) = (next.trigger, next.first_commit_seq);
         if !self.store.has_backlog_entry(trigger, seq)? {
-            return Ok(false);
+            return Ok(Begun::Gone);
         }
+        let mut prior_attempts = 0;
         if let Some(stored) = self.store.delivery(trigger, seq)? {
             if stored.state() != DeliveryState::Pending {
-                return Ok(false);
+                return Ok(Begun::NotPending(state_name(stored.state())));
             }
-            // Attempts of earlier runs (before a retry or a restart) stay on record.
+            prior_attempts = stored.attempts.last().map_or(0, |a| a.number);
             next.attempts = stored.attempts;
         }
         self.store.write_delivery(&next, false, None)?;
-        Ok(true)
+        Ok(Begun::Running { prior_attempts })
     }
 
     /// RUNNING → SUCCESS, deleting the backlog entry in the same batch.
@@ -354,8 +365,8 @@ impl Shared {
         Ok(records.into_values().rev().collect())
     }
 
-    /// FAILED → PENDING: the delivery is sent again now, and a backlog stopped by it
-    /// resumes.
+    /// FAILED → PENDING: the delivery is sent again now (as `operator-replay`, even while
+    /// another delivery is FAILED), and the backlog resumes once none is.
     fn retry(&self, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
         let queue = self
             .queues
@@ -369,11 +380,11 @@ impl Shared {
             return Err(illegal(
                 "retry",
                 &stored,
-                "only a FAILED delivery can be retried",
+                "only a FAILED delivery can be retried, and this one is finished",
             ));
         };
         let current = from_entry(queue.index, entry, stored.as_ref());
-        if current.state() != DeliveryState::Failed {
+        if entry.failure.is_none() {
             return Err(illegal(
                 "retry",
                 &current,
@@ -386,20 +397,22 @@ impl Shared {
             ..current
         };
         self.store.write_delivery(&next, false, None)?;
-        entry.in_flight = false;
+        entry.failure = None;
+        entry.replay = true;
         drop(state);
         tracing::info!(
             trigger,
             first_commit_seq = seq,
             "operator retries a failed delivery"
         );
-        self.resume_if_stopped_by(trigger, seq);
+        self.failure_cleared();
         queue.wake.notify_one();
         Ok(next)
     }
 
     /// PENDING or FAILED → CANCELLED, deleting the backlog entry in the same batch: an
-    /// operator gives up on a webhook that can never succeed.
+    /// operator gives up on a webhook that can never succeed. The backlog resumes once no
+    /// delivery is FAILED.
     fn skip(&self, trigger: u32, seq: u64, reason: &str) -> Result<DeliveryRecord, LedgerError> {
         let reason = reason.trim();
         if reason.is_empty() {
@@ -439,36 +452,17 @@ impl Shared {
             ..current
         };
         self.store.write_delivery(&next, true, None)?;
-        state.entries.remove(at);
-        let empty = state.entries.is_empty();
+        let was_failed = state
+            .entries
+            .remove(at)
+            .is_some_and(|e| e.failure.is_some());
         drop(state);
         tracing::warn!(trigger, first_commit_seq = seq, %reason, "operator skipped a delivery; it will not be sent");
-        self.resume_if_stopped_by(trigger, seq);
-        self.room.notify_one();
-        if empty {
-            self.drained.notify_waiters();
+        if was_failed {
+            self.failure_cleared();
         }
         queue.wake.notify_one();
         Ok(next)
-    }
-
-    /// Clears the failure that stopped the backlog if it was this delivery's, and wakes
-    /// every worker.
-    fn resume_if_stopped_by(&self, trigger: u32, seq: u64) {
-        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        let stopped_by_it = matches!(
-            &*failure,
-            Some(super::BacklogError::Webhook(f))
-                if f.failure.trigger.index == trigger as usize && f.first_commit_seq == seq
-        );
-        if stopped_by_it {
-            *failure = None;
-            drop(failure);
-            tracing::info!("the backlog resumes");
-            for queue in &self.queues {
-                queue.wake.notify_one();
-            }
-        }
     }
 }
 
@@ -513,6 +507,10 @@ pub(crate) fn reset_interrupted(store: &crate::Store) -> Result<usize, StoreErro
 }
 
 /// Operator and reader access to the ledger, through a [`super::BacklogHandle`].
+///
+/// Cancel safety: each call is one job on the shard's store thread, queued when the
+/// future is first polled. Dropping the future after that loses only the answer: the job
+/// still runs, and a transition (retry, skip) happens as a whole.
 impl super::BacklogHandle {
     /// One delivery.
     pub async fn delivery(
@@ -559,7 +557,8 @@ impl super::BacklogHandle {
         Ok((page, next))
     }
 
-    /// Sends a FAILED delivery again now (FAILED → PENDING).
+    /// Sends a FAILED delivery again now (FAILED → PENDING), as `operator-replay`, its
+    /// attempts numbered after those on record.
     pub async fn retry(
         &self,
         trigger: u32,
@@ -579,12 +578,11 @@ impl super::BacklogHandle {
         first_commit_seq: u64,
         reason: &str,
     ) -> Result<DeliveryRecord, LedgerError> {
-        let shared = self.0.clone();
         let reason = reason.to_string();
-        run(&self.0.thread, move || {
-            shared.skip(trigger, first_commit_seq, &reason)
-        })
-        .await
+        self.0
+            .run_job(move |shared| shared.skip(trigger, first_commit_seq, &reason))
+            .await
+            .map_err(|err| LedgerError::Blocking(err.to_string()))?
     }
 
     /// Runs a retention pass now; returns how many records it collected.

@@ -3,18 +3,26 @@
 //!
 //! The rules that keep at-least-once intact:
 //! - An entry is written by StartCommit's WriteBatch (with the checkpoint) and deleted only
-//!   after its webhook is accepted. Recovery reloads every entry.
+//!   after its webhook is accepted (or an operator skips it). Recovery reloads every entry,
+//!   and an in-memory entry is never dropped while its stored entry exists.
 //! - An entry is sent only once every transaction it covers is acknowledged.
 //! - A coalesced trigger merges a new transaction into its newest entry only while that
-//!   entry is in memory, not in flight and was made by this process: the merged entry is
-//!   written under the same key in the commit's WriteBatch, so a crash keeps either the old
-//!   entry and the old checkpoint or both new ones. Entries recovered after a restart are
-//!   never merged into, so a re-fire repeats exactly the webhook (same id, same variables)
-//!   a receiver may already have.
-//! - A trigger's queue holds at most `limit` entries; a commit that would exceed it waits
-//!   (backpressure) until the worker makes room.
-//! - A webhook that fails for good stops every worker and fails the shard, leaving the
-//!   backlog on disk to fire again at the next start.
+//!   entry was never sent (it is *sealed* once picked, or if the ledger has a record of it
+//!   at open): the merged entry is written under the same key in the commit's WriteBatch,
+//!   so a crash keeps either the old entry and the old checkpoint or both new ones. A
+//!   re-fire repeats exactly the webhook (same id, same variables) a receiver may already
+//!   have. At open, a coalesced trigger's never-sent entries (after its oldest) are
+//!   merged into one (see [`recover`]), so its backlog holds at most two entries across
+//!   restarts too.
+//! - An ordered or concurrent trigger's queue holds at most `limit` entries; a commit that
+//!   would exceed it waits (backpressure) until the worker makes room. A coalesced queue
+//!   never waits: it holds at most its sealed head and the tail absorbing new commits.
+//! - A webhook that fails for good is FAILED until an operator retries or skips it (or
+//!   the shard reopens); every failure is tracked, each one on its entry. While any is
+//!   FAILED the backlog is stopped: commits are refused, and workers send only what an
+//!   operator retried.
+//! - Every change to an entry's bookkeeping that goes with a store write is made on the
+//!   store thread, in the same job as the write: a dropped future cannot split them.
 
 use crate::ShardError;
 mod ledger;
@@ -25,16 +33,17 @@ pub use ledger::{
 };
 
 use crate::crash::crash_point;
-use crate::store::{BacklogWrite, Store, StoredEntry};
+use crate::store::{BacklogWrite, Store, StoreError, StoredEntry};
 use crate::store_thread::StoreThread;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::Instrument as _;
 use triggers::{Delivered, Deliverer, Drain, SendReason, TriggerFailure, Triggers, Variables};
 use triggers_proto::{Checkpoint, DeliveryAttempt};
@@ -46,8 +55,8 @@ pub enum BacklogError {
     /// A webhook failed for good.
     #[error(transparent)]
     Webhook(#[from] BacklogFailure),
-    /// The store could not delete a delivered entry (it would be sent again), or a worker
-    /// could not go on.
+    /// The store could not record a delivery's outcome, a worker could not go on, or a
+    /// StartCommit was abandoned during its store write: the shard must be reopened.
     #[error(
         "decoupled delivery stopped: {0}; the backlog stays persisted and fires again when \
          the shard restarts"
@@ -62,12 +71,15 @@ pub enum BacklogError {
     Closed,
 }
 
-/// A webhook that failed for good in decoupled delivery: the shard stops.
+/// A webhook that failed for good in decoupled delivery (the oldest one, when several
+/// have): the backlog stops until an operator retries or skips every failed delivery, or
+/// the shard reopens.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "{failure}; transaction(s) {first_commit_seq}..={last_commit_seq} (flow_run_id {flow_run_id}) \
-     not delivered; the shard stops with {depth} webhook(s) in its backlog, which stay \
-     persisted and fire again when it restarts"
+     not delivered; the shard stops with {depth} webhook(s) in its backlog ({failed} of them \
+     failed), which stay persisted and fire again when it restarts or when an operator \
+     retries (or skips) each failed one"
 )]
 pub struct BacklogFailure {
     /// Which trigger failed, its last status or error, and how many attempts it made.
@@ -78,8 +90,10 @@ pub struct BacklogFailure {
     pub first_commit_seq: u64,
     /// Last commit sequence number it covers.
     pub last_commit_seq: u64,
-    /// Webhooks waiting in every trigger's backlog when it failed (the failed one included).
+    /// Webhooks waiting in every trigger's backlog (the failed ones included).
     pub depth: usize,
+    /// Deliveries FAILED now, across every trigger (this one included).
+    pub failed: usize,
 }
 
 /// What one trigger's backlog is doing, for status reports and metrics.
@@ -114,7 +128,8 @@ pub struct BacklogStatus {
     pub backpressured: bool,
     /// How many StartCommits have had to wait for room since the shard opened.
     pub backpressure_waits: u64,
-    /// The failure that stopped delivery, if any.
+    /// What stopped delivery, if anything: the oldest failed delivery, or why the shard
+    /// must be reopened.
     pub failure: Option<String>,
 }
 
@@ -130,25 +145,65 @@ struct Entry {
     /// Commit sequence number of the first transaction covered: the store key.
     key_seq: u64,
     variables: Variables,
-    /// Loaded at open: possibly sent before the crash, so never merged into.
+    /// Loaded at open: it may have been sent before the stop, so it fires as a
+    /// `recovery-refire`.
     recovered: bool,
+    /// It may have reached a receiver (picked for sending in this process, or on the
+    /// ledger's record at open): never merged into, so a re-fire repeats it exactly.
+    sealed: bool,
     in_flight: bool,
     /// A StartCommit is writing a merged version of this entry: not to be sent until it
     /// lands, or the send (and its deletion) would drop the merged transaction.
     merging: bool,
+    /// An operator retried it: sent as `operator-replay`, even while another delivery
+    /// is FAILED.
+    replay: bool,
+    /// Why it failed for good, while it is FAILED (until an operator retries or skips it).
+    failure: Option<TriggerFailure>,
     /// When its first transaction committed.
     committed_at: SystemTime,
     /// Attempts of the delivery in flight, for the ledger's view of a RUNNING delivery.
     attempts: Arc<Mutex<Vec<DeliveryAttempt>>>,
 }
 
+impl Entry {
+    fn new(key_seq: u64, variables: Variables, committed_at: SystemTime) -> Self {
+        Entry {
+            key_seq,
+            variables,
+            recovered: false,
+            sealed: false,
+            in_flight: false,
+            merging: false,
+            replay: false,
+            failure: None,
+            committed_at,
+            attempts: Arc::default(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct QueueState {
     entries: VecDeque<Entry>,
-    /// When the last webhook was sent, for a coalesced trigger's minimum interval.
-    last_sent: Option<SystemTime>,
+    /// When the last webhook was sent, on the monotonic clock, for a coalesced trigger's
+    /// minimum interval: a wall clock stepping back must not hold a trigger.
+    last_sent: Option<Instant>,
+    /// The same on the wall clock, persisted so the interval holds across restarts.
+    last_sent_wall: Option<SystemTime>,
     delivered: u64,
     transactions_delivered: u64,
+}
+
+impl QueueState {
+    fn entry_mut(&mut self, key_seq: u64) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| e.key_seq == key_seq)
+    }
+
+    fn remove(&mut self, key_seq: u64) -> Option<Entry> {
+        let at = self.entries.iter().position(|e| e.key_seq == key_seq)?;
+        self.entries.remove(at)
+    }
 }
 
 struct Queue {
@@ -176,16 +231,21 @@ struct Shared {
     queues: Vec<Queue>,
     /// Every transaction up to this commit sequence number is acknowledged.
     acked_seq: AtomicU64,
-    /// Wakes a StartCommit waiting for room (or for a failure).
-    room: Notify,
+    /// Wakes a StartCommit waiting for room (or for a failure). Shared with store-thread
+    /// jobs, which wake it after letting go of the backlog (see [`Shared::run_job`]).
+    room: Arc<Notify>,
     backpressured: AtomicBool,
     backpressure_waits: AtomicU64,
-    failure: Mutex<Option<BacklogError>>,
+    /// Why the shard must be reopened, if it must: a store write that failed, a worker
+    /// that could not go on, an abandoned StartCommit. Cleared only by a reopen.
+    fatal: Mutex<Option<BacklogError>>,
+    /// Entries FAILED now, across every queue (each holds its own failure).
+    failed: AtomicUsize,
     /// Set once when the shard closes: workers pick nothing new and end once their
     /// requests in flight are done, and every waiter returns [`BacklogError::Closed`].
     closing: AtomicBool,
-    /// Wakes whoever waits for the backlog to drain.
-    drained: Notify,
+    /// Wakes whoever waits for the backlog to drain. Shared like `room`.
+    drained: Arc<Notify>,
     /// Serialises ledger transitions: each reads a delivery's state and writes the next
     /// one under it, so a transition is a compare-and-set (one process owns the store).
     ledger_lock: Mutex<()>,
@@ -196,12 +256,74 @@ struct Shared {
     shard: String,
 }
 
+/// Whether workers may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Everything acknowledged may go.
+    Running,
+    /// A delivery is FAILED: only what an operator retried goes.
+    Failed,
+    /// The shard must be reopened: nothing goes.
+    Fatal,
+}
+
 impl Shared {
-    fn failure(&self) -> Option<BacklogError> {
-        self.failure
+    fn fatal(&self) -> Option<BacklogError> {
+        self.fatal
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    fn stop(&self) -> Stop {
+        if self.fatal().is_some() {
+            Stop::Fatal
+        } else if self.failed.load(Ordering::SeqCst) > 0 {
+            Stop::Failed
+        } else {
+            Stop::Running
+        }
+    }
+
+    /// What stops delivery: the fatal error, else the oldest FAILED delivery (by first
+    /// commit sequence number, then trigger). Cheap unless something failed.
+    fn failure(&self) -> Option<BacklogError> {
+        if let Some(fatal) = self.fatal() {
+            return Some(fatal);
+        }
+        if self.failed.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let (mut depth, mut failed, mut oldest) = (0, 0, None::<((u64, usize), BacklogFailure)>);
+        for queue in &self.queues {
+            let state = queue.lock();
+            depth += state.entries.len();
+            for entry in &state.entries {
+                let Some(failure) = &entry.failure else {
+                    continue;
+                };
+                failed += 1;
+                let key = (entry.key_seq, queue.index);
+                if oldest.as_ref().is_none_or(|(at, _)| key < *at) {
+                    let failure = BacklogFailure {
+                        failure: failure.clone(),
+                        flow_run_id: entry.variables.flow_run_id.clone(),
+                        first_commit_seq: entry.variables.first_commit_seq,
+                        last_commit_seq: entry.variables.last_commit_seq,
+                        depth: 0,
+                        failed: 0,
+                    };
+                    oldest = Some((key, failure));
+                }
+            }
+        }
+        oldest.map(|(_, failure)| {
+            BacklogError::Webhook(BacklogFailure {
+                depth,
+                failed,
+                ..failure
+            })
+        })
     }
 
     fn depth(&self) -> usize {
@@ -252,6 +374,7 @@ impl Shared {
         }
     }
 
+    /// Cancel-safe: it only watches.
     async fn drained(&self) -> Result<(), BacklogError> {
         loop {
             let drained = self.drained.notified();
@@ -268,18 +391,158 @@ impl Shared {
         }
     }
 
+    /// Stops delivery until the shard is reopened, and tells whoever waits.
     fn fail(&self, failure: BacklogError) {
+        self.set_fatal(failure);
+        self.changed();
+    }
+
+    /// Stops delivery until the shard is reopened, telling no one: for store-thread work,
+    /// whose caller tells waiters once the work (and every reference it holds) is done.
+    fn set_fatal(&self, failure: BacklogError) {
         tracing::error!(error = %failure, "delivery stops; the shard must be reopened");
         let mut slot = self
-            .failure
+            .fatal
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         slot.get_or_insert(failure);
-        drop(slot);
+    }
+
+    /// Tells a StartCommit waiting for room and whoever waits for the drain that the
+    /// backlog changed (an entry left, or delivery stopped). Store-thread work does not
+    /// call it: see [`Shared::run_job`].
+    fn changed(&self) {
         self.room.notify_one();
         self.drained.notify_waiters();
-        for queue in &self.queues {
-            queue.wake.notify_one();
+    }
+
+    /// One FAILED delivery fewer; the last one resumes every worker.
+    fn failure_cleared(&self) {
+        let left = self.failed.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        if left == 0 {
+            tracing::info!("no delivery is FAILED any more; the backlog resumes");
+            for queue in &self.queues {
+                queue.wake.notify_one();
+            }
+        }
+    }
+
+    /// StartCommit's store work, on the store thread: picks each trigger's merge target
+    /// or new entry, writes the batch, and puts in memory what landed, in one job.
+    fn commit_now(
+        &self,
+        checkpoint: &Checkpoint,
+        variables: Option<&Variables>,
+    ) -> Result<(), StoreError> {
+        let Some(variables) = variables else {
+            crate::crash::shard_point("start_commit.store_write", &self.shard);
+            return self.store.commit_backlog(checkpoint, None, &[]);
+        };
+        let now = SystemTime::now();
+        // Decide each trigger's write, marking merge targets so no worker sends them
+        // while the merged version is being written. The guard clears the marks even if
+        // the work panics.
+        let mut merging = Merging {
+            queues: &self.queues,
+            apply: None,
+        };
+        let mut batch = Vec::with_capacity(self.queues.len());
+        for (trigger, queue) in self.queues.iter().enumerate() {
+            let mut state = queue.lock();
+            let target = state
+                .entries
+                .back_mut()
+                .filter(|tail| queue.drain.coalesces() && !tail.sealed);
+            let (key_seq, params, committed_at) = match target {
+                Some(tail) => {
+                    tail.merging = true;
+                    let mut merged = tail.variables.clone();
+                    merged.merge(variables);
+                    (tail.key_seq, merged.into_params(), tail.committed_at)
+                }
+                None => (variables.first_commit_seq, variables.to_params(), now),
+            };
+            batch.push(BacklogWrite {
+                trigger: trigger as u32,
+                key_seq,
+                params,
+                committed_at: ledger::timestamp(committed_at),
+            });
+        }
+        crate::crash::shard_point("start_commit.store_write", &self.shard);
+        let written =
+            self.store
+                .commit_backlog(checkpoint, Some(variables.last_commit_seq), &batch);
+        if written.is_ok() {
+            merging.apply = Some((variables, now));
+        }
+        drop(merging);
+        // No wakeup: nothing written here may be sent before its Acknowledged, which
+        // wakes the worker.
+        written
+    }
+}
+
+/// Ends a commit's merges: when the write landed (`apply`), merges the tails in memory as
+/// they are on disk and queues the new entries; in any case clears the merge marks.
+struct Merging<'a> {
+    queues: &'a [Queue],
+    apply: Option<(&'a Variables, SystemTime)>,
+}
+
+impl Drop for Merging<'_> {
+    fn drop(&mut self) {
+        for queue in self.queues {
+            let mut state = queue.lock();
+            match (state.entries.back_mut(), self.apply) {
+                (Some(tail), apply) if tail.merging => {
+                    tail.merging = false;
+                    if let Some((variables, _)) = apply {
+                        tail.variables.merge(variables);
+                    }
+                }
+                (_, Some((variables, now))) => state.entries.push_back(Entry::new(
+                    variables.first_commit_seq,
+                    variables.clone(),
+                    now,
+                )),
+                (_, None) => {}
+            }
+        }
+    }
+}
+
+/// Fails the backlog if a StartCommit is dropped while its store work is queued or
+/// running: that work still lands (or not) as a whole, but nobody learns which, so the
+/// shard must be reopened, and whoever waits for the backlog hears so at once.
+struct CommitInFlight<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl Drop for CommitInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.fail(BacklogError::Stopped(
+                "a StartCommit was cancelled (its caller stopped waiting) during its store \
+                 write, which lands or not as a whole; the shard must be reopened"
+                    .to_string(),
+            ));
+        }
+    }
+}
+
+/// Counts a StartCommit as waiting for room while it does; dropping it (the caller gave
+/// up) clears the flag.
+struct WaitingForRoom<'a> {
+    shared: &'a Shared,
+    waiting: bool,
+}
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.shared.backpressured.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -299,7 +562,7 @@ impl BacklogHandle {
     /// with what stopped delivery, or with [`BacklogError::Closed`] as soon as the shard
     /// closes with webhooks still queued.
     ///
-    /// Cancel-safe: it only reads. A handle keeps the shard's store open, so drop it
+    /// Cancel-safe: it only watches; dropping it changes nothing. A handle keeps the shard's store open, so drop it
     /// before reopening the store.
     pub async fn drained(&self) -> Result<(), BacklogError> {
         self.0.drained().await
@@ -349,8 +612,8 @@ impl Drop for Backlog {
 }
 
 impl Backlog {
-    /// Loads the recovered entries and starts one worker per trigger. Nothing is sent
-    /// until [`Backlog::acknowledge`] covers it.
+    /// Loads the recovered entries (from [`recover`]) and starts one worker per trigger.
+    /// Nothing is sent until [`Backlog::acknowledge`] covers it.
     pub(crate) fn start(
         setup: BacklogSetup,
         recovered: Vec<(StoredEntry, Variables)>,
@@ -365,21 +628,26 @@ impl Backlog {
             retention,
             shard,
         } = setup;
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
         let queues: Vec<Queue> = triggers
             .iter()
             .enumerate()
-            .map(|(index, trigger)| Queue {
-                index,
-                drain: trigger.drain(),
-                state: Mutex::new(QueueState {
-                    last_sent: last_sent_ms
-                        .get(index)
-                        .copied()
-                        .flatten()
-                        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-                    ..QueueState::default()
-                }),
-                wake: Notify::new(),
+            .map(|(index, trigger)| {
+                let last_sent_wall = last_sent_ms
+                    .get(index)
+                    .copied()
+                    .flatten()
+                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                Queue {
+                    index,
+                    drain: trigger.drain(),
+                    state: Mutex::new(QueueState {
+                        last_sent: last_sent_wall.map(|at| since_on_monotonic(at, now, wall_now)),
+                        last_sent_wall,
+                        ..QueueState::default()
+                    }),
+                    wake: Notify::new(),
+                }
             })
             .collect();
         for (stored, variables) in recovered {
@@ -389,13 +657,9 @@ impl Backlog {
                     .and_then(ledger::system_time)
                     .unwrap_or_else(SystemTime::now);
                 queue.lock().entries.push_back(Entry {
-                    key_seq: stored.key_seq,
-                    variables,
                     recovered: true,
-                    in_flight: false,
-                    merging: false,
-                    committed_at,
-                    attempts: Arc::default(),
+                    sealed: stored.sent,
+                    ..Entry::new(stored.key_seq, variables, committed_at)
                 });
             }
         }
@@ -407,12 +671,13 @@ impl Backlog {
             limit: limit.max(1),
             queues,
             acked_seq: AtomicU64::new(0),
-            room: Notify::new(),
+            room: Arc::default(),
             backpressured: AtomicBool::new(false),
             backpressure_waits: AtomicU64::new(0),
-            failure: Mutex::new(None),
+            fatal: Mutex::new(None),
+            failed: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
-            drained: Notify::new(),
+            drained: Arc::default(),
             ledger_lock: Mutex::new(()),
             retention,
             terminal_since_gc: AtomicU64::new(0),
@@ -475,123 +740,70 @@ impl Backlog {
     /// StartCommit in decoupled delivery (after [`Backlog::wait_for_room`]): writes the
     /// checkpoint, the commit sequence number and each trigger's new or merged entry in
     /// one WriteBatch.
+    ///
+    /// Not cancel-safe, by necessity, but never wedging: the store work, and the memory
+    /// bookkeeping that goes with it, run as one job on the store thread, which finishes
+    /// even if this future is dropped; dropping it there stops the backlog with an error
+    /// saying the shard must be reopened (the caller cannot know whether it landed).
     pub(crate) async fn commit(
         &self,
         checkpoint: Checkpoint,
         variables: Option<&Variables>,
     ) -> Result<(), ShardError> {
-        let Some(variables) = variables else {
-            let store = self.shared.store.clone();
-            crash_point!("start_commit.before_write");
-            self.shared
-                .thread
-                .run(move || store.commit_backlog(&checkpoint, None, &[]))
-                .await??;
-            return Ok(());
-        };
-        let now = SystemTime::now();
-
-        // Decide each trigger's write, marking merge targets so no worker sends them
-        // while the merged version is being written.
-        let mut batch = Vec::with_capacity(self.shared.queues.len());
-        for (trigger, queue) in self.shared.queues.iter().enumerate() {
-            let mut state = queue.lock();
-            let target = state
-                .entries
-                .back_mut()
-                .filter(|tail| queue.drain.coalesces() && !tail.recovered && !tail.in_flight);
-            let (key_seq, params, committed_at) = match target {
-                Some(tail) => {
-                    tail.merging = true;
-                    let mut merged = tail.variables.clone();
-                    merged.merge(variables);
-                    (tail.key_seq, merged.into_params(), tail.committed_at)
-                }
-                None => (variables.first_commit_seq, variables.to_params(), now),
-            };
-            batch.push(BacklogWrite {
-                trigger: trigger as u32,
-                key_seq,
-                params,
-                committed_at: ledger::timestamp(committed_at),
-            });
-        }
-
-        let store = self.shared.store.clone();
-        let seq = variables.last_commit_seq;
+        let shared = self.shared.clone();
+        let variables = variables.cloned();
         crash_point!("start_commit.before_write");
+        let mut in_flight = CommitInFlight {
+            shared: &self.shared,
+            done: false,
+        };
         let written = self
             .shared
             .thread
-            .run(move || store.commit_backlog(&checkpoint, Some(seq), &batch))
+            .run(move || shared.commit_now(&checkpoint, variables.as_ref()))
             .await;
-
-        // The write landed (or not): merge the tails in memory as they were on disk, or
-        // queue the new entries.
-        let landed = matches!(written, Ok(Ok(())));
-        for queue in &self.shared.queues {
-            let mut state = queue.lock();
-            match state.entries.back_mut() {
-                Some(tail) if tail.merging => {
-                    tail.merging = false;
-                    if landed {
-                        tail.variables.merge(variables);
-                    }
-                }
-                _ if landed => state.entries.push_back(Entry {
-                    key_seq: variables.first_commit_seq,
-                    variables: variables.clone(),
-                    recovered: false,
-                    in_flight: false,
-                    merging: false,
-                    committed_at: now,
-                    attempts: Arc::default(),
-                }),
-                _ => {}
-            }
-            // No wakeup: nothing written here may be sent before its Acknowledged, which
-            // wakes the worker.
-        }
+        in_flight.done = true;
         written??;
         Ok(())
     }
 
-    /// Waits until no queue is at its limit, logging and counting the wait. A coalesced
-    /// queue never grows past its in-flight entry plus the one absorbing new commits, so
-    /// only ordered and concurrent triggers (or a long recovered backlog) make it wait.
+    /// Waits until no ordered or concurrent queue is at its limit, logging and counting
+    /// the wait. A coalesced queue never waits: it holds at most the entry being sent (or
+    /// failed) and the one absorbing new commits.
+    ///
+    /// Cancel-safe: dropping it writes nothing and clears the backpressure flag.
     pub(crate) async fn wait_for_room(&self) -> Result<(), ShardError> {
         let shared = &self.shared;
         let full = || {
-            shared.queues.iter().find_map(|queue| {
-                let state = queue.lock();
-                let grows = !(queue.drain.coalesces()
-                    && state
-                        .entries
-                        .back()
-                        .is_some_and(|tail| !tail.recovered && !tail.in_flight));
-                (grows && state.entries.len() >= shared.limit)
-                    .then_some((queue.index, state.entries.len()))
-            })
+            shared
+                .queues
+                .iter()
+                .filter(|queue| !queue.drain.coalesces())
+                .find_map(|queue| {
+                    let depth = queue.lock().entries.len();
+                    (depth >= shared.limit).then_some((queue.index, depth))
+                })
         };
-        let mut waited = false;
+        let mut wait = WaitingForRoom {
+            shared,
+            waiting: false,
+        };
         loop {
+            let room = shared.room.notified();
             if let Some(failure) = shared
                 .failure()
                 .or_else(|| shared.closing().then_some(BacklogError::Closed))
             {
-                shared.backpressured.store(false, Ordering::Relaxed);
                 return Err(ShardError::Backlog(failure));
             }
-            let room = shared.room.notified();
             let Some((trigger, depth)) = full() else {
-                if waited {
-                    shared.backpressured.store(false, Ordering::Relaxed);
+                if wait.waiting {
                     tracing::info!("backlog has room again; StartCommit proceeds");
                 }
                 return Ok(());
             };
-            if !waited {
-                waited = true;
+            if !wait.waiting {
+                wait.waiting = true;
                 shared.backpressured.store(true, Ordering::Relaxed);
                 shared.backpressure_waits.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -606,7 +818,7 @@ impl Backlog {
         }
     }
 
-    /// Waits until every queue is empty, or delivery failed.
+    /// Waits until every queue is empty, or delivery stopped. Cancel-safe.
     pub(crate) async fn drained(&self) -> Result<(), ShardError> {
         Ok(self.shared.drained().await?)
     }
@@ -644,6 +856,89 @@ impl Backlog {
     }
 }
 
+/// Where on the monotonic clock a past wall-clock time `at` falls, given that `now` and
+/// `wall_now` are the same instant. A time in the future (a clock that was ahead, or has
+/// since stepped back) counts as now, so it holds a trigger for at most one interval.
+fn since_on_monotonic(at: SystemTime, now: Instant, wall_now: SystemTime) -> Instant {
+    let ago = wall_now.duration_since(at).unwrap_or_default();
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// Reads the backlog at open, first merging each coalesced trigger's never-sent entries
+/// into one, in one WriteBatch per trigger, so its backlog holds at most two entries
+/// across restarts (the oldest, maybe sent, and one absorbing commits) instead of gaining
+/// one each time. `coalesced[i]` says whether trigger `i` coalesces. Runs on the store
+/// thread.
+///
+/// Never-sent means: not the trigger's oldest entry, and no ledger record. A strict-order
+/// queue sends an entry only once every older one is gone, so only the oldest can have
+/// been sent without its record having become durable (the record is written unsynced
+/// before the first request; a later synced commit makes it durable, a power cut before
+/// that loses it). The oldest entry therefore counts as sent, and so does any entry the
+/// ledger knows (sent while the trigger drained concurrently): those are kept exactly as
+/// they are, so a re-fire repeats what a receiver may have.
+pub(crate) fn recover(store: &Store, coalesced: &[bool]) -> Result<Vec<StoredEntry>, StoreError> {
+    let entries = store.backlog()?;
+    let mut recovered = Vec::with_capacity(entries.len());
+    let mut entries = entries.into_iter().peekable();
+    while let Some(mut oldest) = entries.next() {
+        oldest.sent = true;
+        // One trigger's entries, in commit order.
+        let trigger = oldest.trigger;
+        let mut queue = vec![oldest];
+        while let Some(next) = entries.next_if(|e| e.trigger == trigger) {
+            queue.push(next);
+        }
+        let unsent = queue.iter().rev().take_while(|e| !e.sent).count();
+        if coalesced.get(trigger as usize).copied().unwrap_or(false) && unsent >= 2 {
+            let keep = queue.len() - unsent;
+            let merged = merge_unsent(store, &queue[keep..])?;
+            queue.truncate(keep);
+            queue.extend(merged);
+        }
+        recovered.extend(queue);
+    }
+    Ok(recovered)
+}
+
+/// Merges never-sent entries of one trigger, oldest first, into one under the oldest's
+/// key. Entries whose params do not decode are left alone (the open fails on them).
+fn merge_unsent(store: &Store, unsent: &[StoredEntry]) -> Result<Vec<StoredEntry>, StoreError> {
+    let decoded: Result<Vec<Variables>, _> = unsent
+        .iter()
+        .map(|e| Variables::from_params(e.params.clone()))
+        .collect();
+    let (Ok(decoded), Some(oldest)) = (decoded, unsent.first()) else {
+        return Ok(unsent.to_vec());
+    };
+    let mut variables = decoded.into_iter();
+    let Some(mut merged) = variables.next() else {
+        return Ok(unsent.to_vec());
+    };
+    for newer in variables {
+        merged.merge(&newer);
+    }
+    let write = BacklogWrite {
+        trigger: oldest.trigger,
+        key_seq: oldest.key_seq,
+        params: merged.into_params(),
+        committed_at: oldest.committed_at.unwrap_or_default(),
+    };
+    let absorbed: Vec<u64> = unsent.iter().skip(1).map(|e| e.key_seq).collect();
+    store.merge_backlog_entries(&write, &absorbed)?;
+    tracing::info!(
+        trigger = oldest.trigger,
+        entries = unsent.len(),
+        first_commit_seq = oldest.key_seq,
+        "merged a coalesced trigger's never-sent backlog entries into one"
+    );
+    Ok(vec![StoredEntry {
+        params: write.params,
+        committed_at: oldest.committed_at,
+        ..oldest.clone()
+    }])
+}
+
 /// One entry picked for sending.
 struct Send {
     key_seq: u64,
@@ -658,15 +953,15 @@ struct Send {
 enum Sent {
     /// Delivered, or failed for good.
     Done(Result<Delivered, TriggerFailure>),
-    /// Not sent: it was no longer PENDING (an operator cancelled it first).
-    NotPending,
+    /// Not sent: its stored entry is gone.
+    Gone,
     /// Could not be sent or recorded.
     Stopped(String),
 }
 
 /// The worker of queue `index`: picks sendable entries as its drain mode allows, sends
-/// them, records each in the ledger (deleting delivered ones from the backlog), and stops
-/// picking at the first failure, until an operator retries or skips the failed delivery.
+/// them, and records each outcome in the ledger (deleting delivered ones from the
+/// backlog). While a delivery is FAILED it sends only what an operator retried.
 async fn drain_queue(shared: Arc<Shared>, index: usize) {
     let queue = &shared.queues[index];
     let mut in_flight = FuturesUnordered::new();
@@ -675,7 +970,7 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
         if closing && in_flight.is_empty() {
             return;
         }
-        let (picked, wait_until) = if closing || shared.failure().is_some() {
+        let (picked, wait_until) = if closing {
             (Vec::new(), None)
         } else {
             pick(&shared, queue, in_flight.len())
@@ -699,15 +994,12 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
         }
         let pause = async {
             match wait_until {
-                Some(at) => {
-                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::sleep(wait).await;
-                }
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            Some((send, sent)) = in_flight.next() => finish(&shared, queue, send, sent).await,
+            Some((send, sent)) = in_flight.next() => finish(&shared, index, send, sent).await,
             () = queue.wake.notified() => {}
             () = pause => {}
         }
@@ -715,7 +1007,7 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
 }
 
 /// Moves the delivery to RUNNING (compare-and-set: only from PENDING) and sends it,
-/// collecting its attempts for the ledger.
+/// numbering its attempts after those on record and collecting them for the ledger.
 async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
     let begun = {
         let shared = shared.clone();
@@ -723,12 +1015,19 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
         let thread = shared.thread.clone();
         thread.run(move || shared.begin(record)).await
     };
-    match begun {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return Sent::NotPending,
+    let prior_attempts = match begun {
+        Ok(Ok(ledger::Begun::Running { prior_attempts })) => prior_attempts,
+        Ok(Ok(ledger::Begun::Gone)) => return Sent::Gone,
+        Ok(Ok(ledger::Begun::NotPending(state))) => {
+            return Sent::Stopped(format!(
+                "delivery of trigger {index} starting at commit {} is {state} in the ledger \
+                 but PENDING in memory",
+                send.key_seq
+            ));
+        }
         Ok(Err(err)) => return Sent::Stopped(err.to_string()),
         Err(err) => return Sent::Stopped(err.to_string()),
-    }
+    };
     let collector = ledger::Collector(send.attempts.clone());
     match shared
         .deliverer
@@ -737,6 +1036,7 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
             index,
             &send.variables,
             send.reason,
+            prior_attempts,
             &collector,
         )
         .await
@@ -749,7 +1049,12 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
 
 /// Marks and returns the entries the worker may send now, and when to look again if a
 /// coalesced trigger's minimum interval holds the next one back.
-fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<SystemTime>) {
+fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<Instant>) {
+    let replays_only = match shared.stop() {
+        Stop::Running => false,
+        Stop::Failed => true,
+        Stop::Fatal => return (Vec::new(), None),
+    };
     let acked = shared.acked_seq.load(Ordering::SeqCst);
     let room = queue.drain.max_in_flight().saturating_sub(in_flight);
     let mut state = queue.lock();
@@ -757,8 +1062,9 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
         return (Vec::new(), None);
     }
     if let Drain::Coalesced { min_interval } = queue.drain
+        && !min_interval.is_zero()
         && let Some(next) = state.last_sent.map(|at| at + min_interval)
-        && next > SystemTime::now()
+        && next > Instant::now()
     {
         return (Vec::new(), Some(next));
     }
@@ -768,137 +1074,151 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
         if picked.len() == room {
             break;
         }
-        let sendable =
-            !entry.in_flight && !entry.merging && entry.variables.last_commit_seq <= acked;
+        let sendable = !entry.in_flight
+            && !entry.merging
+            && entry.failure.is_none()
+            && (entry.replay || !replays_only)
+            && entry.variables.last_commit_seq <= acked;
         if sendable {
             entry.in_flight = true;
+            entry.sealed = true;
             entry.attempts = Arc::default();
             picked.push(Send {
                 key_seq: entry.key_seq,
                 variables: entry.variables.clone(),
                 committed_at: entry.committed_at,
                 attempts: entry.attempts.clone(),
-                reason: if entry.recovered {
+                reason: if entry.replay {
+                    SendReason::OperatorReplay
+                } else if entry.recovered {
                     SendReason::RecoveryRefire
                 } else {
                     SendReason::FirstSend
                 },
             });
-        } else if strict_order {
-            // Ordered and coalesced send only the oldest entry, one at a time.
-            break;
         }
+        // Ordered and coalesced send only the oldest entry, one at a time.
         if strict_order {
             break;
         }
     }
     if !picked.is_empty() {
-        state.last_sent = Some(SystemTime::now());
+        state.last_sent = Some(Instant::now());
+        state.last_sent_wall = Some(SystemTime::now());
     }
     (picked, None)
 }
 
-/// Records a finished send in the ledger: a delivered entry becomes SUCCESS and leaves
-/// the backlog (with the trigger's last send time) in one batch; a failure becomes FAILED
-/// and stops the backlog.
-async fn finish(shared: &Arc<Shared>, queue: &Queue, send: Send, sent: Sent) {
-    let failure = match sent {
-        Sent::Done(Ok(_)) => None,
-        Sent::Done(Err(failure)) => Some(failure),
-        Sent::NotPending => {
-            let mut state = queue.lock();
-            if let Some(at) = state.entries.iter().position(|e| e.key_seq == send.key_seq) {
-                state.entries.remove(at);
-            }
-            let empty = state.entries.is_empty();
-            drop(state);
-            shared.room.notify_one();
-            if empty {
-                shared.drained.notify_waiters();
-            }
-            return;
+/// Records a finished send, on the store thread in one job with its memory bookkeeping
+/// (so neither a dropped worker nor an operator in between sees half of it).
+async fn finish(shared: &Arc<Shared>, index: usize, send: Send, sent: Sent) {
+    let key_seq = send.key_seq;
+    let job = move |shared: &Shared| shared.finish_now(index, send, sent);
+    if let Err(err) = shared.run_job(job).await {
+        if let Some(entry) = shared.queues[index].lock().entry_mut(key_seq) {
+            entry.in_flight = false;
         }
-        Sent::Stopped(detail) => {
-            queue.lock().entries.iter_mut().for_each(|e| {
-                if e.key_seq == send.key_seq {
-                    e.in_flight = false;
-                }
-            });
-            shared.fail(BacklogError::Stopped(detail));
-            return;
-        }
-    };
-    let attempts = ledger::take_attempts(&send.attempts);
-    if let Some(failure) = failure {
-        let record = ledger::failed(queue.index, &send, attempts, &failure);
-        let recorded = {
-            let shared = shared.clone();
-            let thread = shared.thread.clone();
-            thread.run(move || shared.record_failure(record)).await
-        };
-        let recorded = match recorded {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        if let Err(err) = recorded {
-            // The shard stops anyway; the entry stays in the backlog and re-fires.
-            tracing::error!(error = %err, "cannot record a failed delivery in the ledger");
-        }
-        queue.lock().entries.iter_mut().for_each(|e| {
-            if e.key_seq == send.key_seq {
-                e.in_flight = false;
-            }
-        });
-        shared.fail(BacklogError::Webhook(BacklogFailure {
-            failure,
-            flow_run_id: send.variables.flow_run_id.clone(),
-            first_commit_seq: send.variables.first_commit_seq,
-            last_commit_seq: send.variables.last_commit_seq,
-            depth: shared.depth(),
-        }));
-        return;
-    }
-
-    crash_point!("backlog.before_delete");
-    let sent_at_ms = match queue.drain {
-        Drain::Coalesced { min_interval } if !min_interval.is_zero() => queue
-            .lock()
-            .last_sent
-            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        _ => None,
-    };
-    let record = ledger::succeeded(queue.index, &send, attempts);
-    let recorded = {
-        let shared = shared.clone();
-        let thread = shared.thread.clone();
-        thread
-            .run(move || shared.record_success(record, sent_at_ms))
-            .await
-    };
-    let recorded = match recorded {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(err) => Err(err.to_string()),
-    };
-    if let Err(err) = recorded {
-        shared.fail(BacklogError::Stopped(format!(
-            "recording a delivered webhook (and deleting its backlog entry) failed: {err}"
+        shared.set_fatal(BacklogError::Stopped(format!(
+            "recording a finished delivery failed: {err}"
         )));
-        return;
+    }
+}
+
+impl Shared {
+    /// Runs `work` on the store thread, then wakes whoever waits for room or for the
+    /// drain, once the job has let go of the backlog. Runs to its end even if the caller
+    /// stops waiting, wakeups included.
+    ///
+    /// The order matters: a waiter that wakes may let the process end (a consumer at the
+    /// end of its input); were the job still holding the last reference to the backlog,
+    /// the store would close on the store thread after `main`, racing RocksDB's static
+    /// destructors (`pthread lock: Invalid argument`, an abort).
+    async fn run_job<T: std::marker::Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Shared) -> T + std::marker::Send + 'static,
+    ) -> Result<T, ShardError> {
+        let shared = self.clone();
+        let (room, drained) = (self.room.clone(), self.drained.clone());
+        self.thread
+            .run(move || {
+                let done = work(&shared);
+                drop(shared);
+                room.notify_one();
+                drained.notify_waiters();
+                done
+            })
+            .await
     }
 
-    let mut state = queue.lock();
-    if let Some(at) = state.entries.iter().position(|e| e.key_seq == send.key_seq) {
-        state.entries.remove(at);
+    /// A delivered entry becomes SUCCESS and leaves the backlog (with the trigger's last
+    /// send time) in one batch; a failure becomes FAILED and is kept on its entry.
+    fn finish_now(&self, index: usize, send: Send, sent: Sent) {
+        let queue = &self.queues[index];
+        match sent {
+            Sent::Done(Ok(_)) => self.delivered(queue, send),
+            Sent::Done(Err(failure)) => self.failed_for_good(queue, send, failure),
+            Sent::Gone => {
+                queue.lock().remove(send.key_seq);
+            }
+            Sent::Stopped(detail) => {
+                if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
+                    entry.in_flight = false;
+                }
+                self.set_fatal(BacklogError::Stopped(detail));
+            }
+        }
     }
-    state.delivered += 1;
-    state.transactions_delivered += send.variables.transaction_count;
-    let empty = state.entries.is_empty();
-    drop(state);
-    shared.room.notify_one();
-    if empty {
-        shared.drained.notify_waiters();
+
+    fn delivered(&self, queue: &Queue, send: Send) {
+        crash_point!("backlog.before_delete");
+        let attempts = ledger::take_attempts(&send.attempts);
+        let sent_at_ms = match queue.drain {
+            Drain::Coalesced { min_interval } if !min_interval.is_zero() => queue
+                .lock()
+                .last_sent_wall
+                .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            _ => None,
+        };
+        let record = ledger::succeeded(queue.index, &send, attempts);
+        if let Err(err) = self.record_success(record, sent_at_ms) {
+            if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
+                entry.in_flight = false;
+            }
+            self.set_fatal(BacklogError::Stopped(format!(
+                "recording a delivered webhook (and deleting its backlog entry) failed: {err}"
+            )));
+            return;
+        }
+        let mut state = queue.lock();
+        state.remove(send.key_seq);
+        state.delivered += 1;
+        state.transactions_delivered += send.variables.transaction_count;
+    }
+
+    fn failed_for_good(&self, queue: &Queue, send: Send, failure: TriggerFailure) {
+        let attempts = ledger::take_attempts(&send.attempts);
+        let record = ledger::failed(queue.index, &send, attempts, &failure);
+        let recorded = self.record_failure(record);
+        tracing::error!(
+            error = %failure,
+            first_commit_seq = send.key_seq,
+            last_commit_seq = send.variables.last_commit_seq,
+            "a webhook failed for good; the backlog stops until an operator retries or \
+             skips it, or the shard reopens"
+        );
+        if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
+            entry.in_flight = false;
+            entry.replay = false;
+            if entry.failure.replace(failure).is_none() {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if let Err(err) = recorded {
+            // The entry stays in the backlog and re-fires at the next open.
+            self.set_fatal(BacklogError::Stopped(format!(
+                "recording a failed delivery in the ledger failed: {err}"
+            )));
+        }
     }
 }
