@@ -183,10 +183,12 @@ impl Walk {
                 }
                 TemplateElement::HelperBlock(block) => self.block(block, depth, in_each, at)?,
                 TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
-                    return Err(at.unsupported("decorators (`{{* …}}`)"));
+                    return Err(
+                        at.unsupported("partials and decorators (`{{#*inline}}`, `{{* …}}`)")
+                    );
                 }
                 TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
-                    return Err(at.unsupported("partials (`{{> …}}`, `{{#*inline}}`)"));
+                    return Err(at.unsupported("partials (`{{> …}}`, `{{#> …}}`)"));
                 }
                 // A construct a later Handlebars adds has no known bounds.
                 _ => return Err(at.unsupported("these constructs")),
