@@ -1,19 +1,26 @@
-//! Arbitrary templates against arbitrary variables: compiling and rendering return a
-//! value or a typed error, never panic; rendering is deterministic; direct rendering is
-//! byte for byte Handlebars'; and the `json` helper round-trips any string and list
-//! exactly.
+//! Arbitrary templates against adversarial variables (many collections, long names):
+//! compiling and rendering return a value or a typed error, never panic or overflow a
+//! stack, and stay within the documented bounds (no output past `MAX_PAYLOAD_BYTES`;
+//! libFuzzer's `-timeout` catches a slow render); rendering is deterministic; direct
+//! rendering is byte for byte Handlebars'; and the `json` helper round-trips any string
+//! and list exactly.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use triggers::{Templates, Variables};
+use triggers::{MAX_PAYLOAD_BYTES, TemplateError, Templates, Variables};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
     template: String,
     name: String,
     collections: Vec<String>,
+    /// Repeats the collections up to this many times (in thousands), so a render meets
+    /// a transaction of a very large materialization.
+    repeat: u8,
+    /// Lengthens the materialization's name by this many KiB.
+    long_name: u8,
     image: String,
     run_id: String,
     min_secs: u32,
@@ -28,9 +35,19 @@ fuzz_target!(|input: Input| {
             .replace_nanosecond(input.nanos % 1_000_000_000)
             .expect("nanos below one second")
     };
+    let mut collections = input.collections.clone();
+    if !collections.is_empty() && input.repeat > 0 {
+        let target = usize::from(input.repeat % 32) * 1000;
+        while collections.len() < target {
+            let next = collections[collections.len() % input.collections.len()].clone();
+            collections.push(next);
+        }
+    }
+    let mut name = input.name.clone();
+    name.push_str(&"n".repeat(usize::from(input.long_name % 128) * 1024));
     let variables = Variables {
-        materialization_name: input.name.clone(),
-        collection_names: input.collections.clone(),
+        materialization_name: name,
+        collection_names: collections,
         connector_image: input.image.clone(),
         flow_published_at_min: at(input.min_secs),
         flow_published_at_max: at(input.max_secs),
@@ -40,10 +57,16 @@ fuzz_target!(|input: Input| {
         last_commit_seq: u64::from(input.max_secs),
     };
     let context = Templates::context(&variables);
+    let bounded = |rendered: &Result<String, TemplateError>| {
+        if let Ok(out) = rendered {
+            assert!(out.len() <= MAX_PAYLOAD_BYTES, "output past the budget");
+        }
+    };
 
     let mut templates = Templates::new();
     if templates.compile(0, &input.template).is_ok() {
         let first = templates.render(0, &context);
+        bounded(&first);
         let second = templates.render(0, &context);
         assert_eq!(first, second, "rendering is deterministic");
 
@@ -52,8 +75,10 @@ fuzz_target!(|input: Input| {
         let id = triggers::webhook_id(&variables.flow_run_id, 0);
         let mut with_id = context.clone();
         with_id["webhook_id"] = serde_json::Value::String(id.clone());
+        let delivered = templates.render_variables(0, &variables, &id);
+        bounded(&delivered);
         assert_eq!(
-            templates.render_variables(0, &variables, &id),
+            delivered,
             templates.render(0, &with_id),
             "direct: {}",
             templates.renders_directly(0)
@@ -66,8 +91,21 @@ fuzz_target!(|input: Input| {
         r#"{"n": {{json materialization_name}}, "c": {{json collection_names}}}"#,
     )
     .expect("the fixed template compiles");
-    let out = json.render(1, &context).expect("known variables render");
-    let value: serde_json::Value = serde_json::from_str(&out).expect("the json helper emits JSON");
-    assert_eq!(value["n"], serde_json::Value::String(input.name));
-    assert_eq!(value["c"], serde_json::json!(input.collections));
+    match json.render(1, &context) {
+        Ok(out) => {
+            let value: serde_json::Value =
+                serde_json::from_str(&out).expect("the json helper emits JSON");
+            assert_eq!(
+                value["n"],
+                serde_json::Value::String(variables.materialization_name.clone())
+            );
+            assert_eq!(value["c"], serde_json::json!(variables.collection_names));
+        }
+        Err(err) => assert_eq!(
+            err,
+            TemplateError::PayloadTooLarge {
+                max: MAX_PAYLOAD_BYTES
+            }
+        ),
+    }
 });

@@ -173,10 +173,26 @@ pub fn identities_for(
     }
 }
 
-/// A config file's text.
+/// A config file's text, refused past [`triggers::MAX_CONFIG_BYTES`] (of which at most
+/// one byte more is read, so a huge file costs nothing).
 pub fn read_config_text(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
+    read_bounded(path, triggers::MAX_CONFIG_BYTES)
         .with_context(|| format!("reading trigger config {}", path.display()))
+}
+
+/// A text file of at most `max` bytes; a longer one is an error, having read one byte
+/// past the bound at most.
+pub fn read_bounded(path: &Path, max: usize) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_string(&mut text)?;
+    anyhow::ensure!(
+        text.len() <= max,
+        "the file is larger than {max} bytes, the most allowed"
+    );
+    Ok(text)
 }
 
 /// A config file's format: JSON if its name ends in `.json`, else YAML.

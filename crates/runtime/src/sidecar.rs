@@ -50,6 +50,18 @@ use triggers_proto::sidecar::{
 const REMEMBERED_DELIVERIES: usize = 64;
 /// Longest message of a gRPC status; longer ones are cut.
 const MAX_STATUS_MESSAGE: usize = 2048;
+/// Most issues a ValidateConfig reply lists (each cut to [`MAX_STATUS_MESSAGE`]); past
+/// it, the last issue says how many more there are.
+const MAX_VALIDATION_ISSUES: usize = 100;
+/// How long a ValidateConfig or Preview may take before the caller gets
+/// `DEADLINE_EXCEEDED`. They run off the async workers (on the blocking pool), so a slow
+/// one never holds up Status or a delivery; the config bounds keep the work itself to
+/// well under a second.
+pub const CHECK_BUDGET: Duration = Duration::from_secs(10);
+/// ValidateConfig and Preview calls that run at once; more wait (within
+/// [`CHECK_BUDGET`]) for a place. A call past its budget keeps its place until its work
+/// ends, so no more than this many threads ever do such work.
+pub const CHECKS_AT_ONCE: usize = 2;
 
 /// What the sidecar serves: one shard's store directory and config.
 #[non_exhaustive]
@@ -97,6 +109,8 @@ struct Inner {
     /// reopen opens it again.
     users: tokio::sync::RwLock<()>,
     metrics: Arc<Metrics>,
+    /// Places for ValidateConfig and Preview work (see [`CHECKS_AT_ONCE`]).
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// The open shard, as seen without its lock.
@@ -130,7 +144,38 @@ impl Sidecar {
                 books: Mutex::new(Books::default()),
                 opened: Mutex::new(None),
                 users: tokio::sync::RwLock::new(()),
+                checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
             }),
+        }
+    }
+
+    /// Runs CPU-bound checking (validation, preview rendering) on the blocking pool,
+    /// within [`CHECK_BUDGET`] and [`CHECKS_AT_ONCE`]. Cancel-safe: dropping the future
+    /// leaves the work to finish on its thread (bounded by the config bounds), holding
+    /// its place until then.
+    async fn off_the_workers<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let over_budget = || {
+            Status::deadline_exceeded(format!(
+                "{what} did not finish within {CHECK_BUDGET:?}; try again when the sidecar is less busy"
+            ))
+        };
+        let place = tokio::time::timeout(CHECK_BUDGET, self.inner.checks.clone().acquire_owned())
+            .await
+            .map_err(|_| over_budget())?
+            .map_err(|_| Status::unavailable("the sidecar is shutting down"))?;
+        let inner = self.inner.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            work(&inner)
+        });
+        match tokio::time::timeout(CHECK_BUDGET, task).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(join)) => Err(Status::internal(bounded(&format!("{what} failed: {join}")))),
+            Err(_) => Err(over_budget()),
         }
     }
 
@@ -380,25 +425,11 @@ impl ShardSidecar for Sidecar {
             triggers_proto::sidecar::ConfigFormat::Json => ConfigFormat::Json,
             triggers_proto::sidecar::ConfigFormat::Yaml => ConfigFormat::Yaml,
         };
-        Ok(Response::new(match validate(&request.config, format) {
-            Ok(triggers) => ValidateConfigResponse {
-                valid: true,
-                triggers: triggers.len() as u32,
-                errors: Vec::new(),
-            },
-            Err(errors) => ValidateConfigResponse {
-                valid: false,
-                triggers: 0,
-                errors: errors
-                    .0
-                    .iter()
-                    .map(|err| ValidationIssue {
-                        trigger_index: validation_trigger(err),
-                        message: err.to_string(),
-                    })
-                    .collect(),
-            },
-        }))
+        let config = request.config;
+        let reply = self
+            .off_the_workers("ValidateConfig", move |_| validation_reply(&config, format))
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -547,12 +578,12 @@ impl ShardSidecar for Sidecar {
     ) -> Result<Response<PreviewResponse>, Status> {
         let request = request.into_inner();
         let variables = preview_variables(request.variables.as_deref())?;
+        let index = trigger_index(request.trigger);
         let preview = self
-            .inner
-            .config
-            .shard
-            .triggers
-            .preview(trigger_index(request.trigger), &variables)
+            .off_the_workers("Preview", move |inner| {
+                inner.config.shard.triggers.preview(index, &variables)
+            })
+            .await?
             .map_err(preview_status)?;
         Ok(Response::new(PreviewResponse {
             origin: preview.trigger.origin,
@@ -588,6 +619,40 @@ impl ShardSidecar for Sidecar {
                 .map(|err| bounded(&err.to_string()))
                 .unwrap_or_default(),
         }))
+    }
+}
+
+/// Validates a config: every issue, each message and their number bounded.
+fn validation_reply(config: &str, format: ConfigFormat) -> ValidateConfigResponse {
+    match validate(config, format) {
+        Ok(triggers) => ValidateConfigResponse {
+            valid: true,
+            triggers: u32::try_from(triggers.len()).unwrap_or(u32::MAX),
+            errors: Vec::new(),
+        },
+        Err(errors) => {
+            let count = errors.0.len();
+            let mut issues: Vec<ValidationIssue> = errors
+                .0
+                .iter()
+                .take(MAX_VALIDATION_ISSUES)
+                .map(|err| ValidationIssue {
+                    trigger_index: validation_trigger(err),
+                    message: bounded(&err.to_string()),
+                })
+                .collect();
+            if count > MAX_VALIDATION_ISSUES {
+                issues.push(ValidationIssue {
+                    trigger_index: -1,
+                    message: format!("{} more error(s) not shown", count - MAX_VALIDATION_ISSUES),
+                });
+            }
+            ValidateConfigResponse {
+                valid: false,
+                triggers: 0,
+                errors: issues,
+            }
+        }
     }
 }
 

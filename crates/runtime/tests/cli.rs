@@ -634,3 +634,85 @@ async fn shard_sidecar_refuses_tcp_without_a_token_and_takes_none_from_a_flag() 
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// Issue 12: `triggers validate` aborted (stack overflow) on a 120-byte recursive
+/// partial and on 10k nested `#if`, panicked on 40,000 headers, took minutes on deep
+/// YAML, accepted a 10 MB header value and echoed a numeric one. Each is now an invalid
+/// config (exit 1) with an error naming its bound, and no value is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_refuses_the_configs_that_aborted_it_naming_each_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trigger = |fields: serde_json::Value| {
+        let mut one = serde_json::json!({"url": "https://x.example.com", "payloadTemplate": "{}"});
+        one.as_object_mut()
+            .expect("object")
+            .extend(fields.as_object().expect("object").clone());
+        serde_json::json!({"config": [one]}).to_string()
+    };
+    let nested = format!(
+        "{}{{}}{}",
+        "{{#if a}}".repeat(10_000),
+        "{{/if}}".repeat(10_000)
+    );
+    let headers: serde_json::Map<String, serde_json::Value> = (0..40_000)
+        .map(|i| (format!("h{i}"), serde_json::json!("v")))
+        .collect();
+    let cases = [
+        (
+            "partial.json",
+            trigger(serde_json::json!({"payloadTemplate": "{{#*inline \"p\"}}{{> p}}{{/inline}}{{> p}}"})),
+            "partials and decorators (`{{#*inline}}`, `{{* …}}`) are not supported",
+        ),
+        (
+            "nested.json",
+            trigger(serde_json::json!({"payloadTemplate": nested})),
+            "the template is ",
+        ),
+        (
+            "nested800.json",
+            trigger(serde_json::json!({"payloadTemplate": format!("{}{{}}{}", "{{#if materialization_name}}".repeat(800), "{{/if}}".repeat(800))})),
+            "blocks and subexpressions nest more than 16 deep",
+        ),
+        (
+            "headers.json",
+            trigger(serde_json::json!({"headers": headers})),
+            "`headers` has 40000 headers, but at most 64 are allowed",
+        ),
+        (
+            "value.json",
+            trigger(serde_json::json!({"headers": {"X-Big": "s3cr3t".repeat(2000)}})),
+            "the value of header \"X-Big\" is 12000 bytes, but at most 8192",
+        ),
+        (
+            "numeric.json",
+            r#"{"config": [{"url": "https://x", "payloadTemplate": "{}", "headers": {"A": 839201938475}}]}"#.to_string(),
+            "header values and signing secrets must be strings",
+        ),
+        (
+            "deep.yaml",
+            format!("config: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            "nests arrays or objects more than 32 deep",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("writes");
+        let out = triggers(&["validate", "--config", s(&path)]).await;
+        let all = out.all();
+        assert_eq!(out.code, Some(1), "{name}: {all}");
+        assert!(all.contains(expected), "{name}: {expected:?} not in {all}");
+        for secret in ["839201938475", "s3cr3t"] {
+            assert!(!all.contains(secret), "{name}: {all}");
+        }
+    }
+    // A file past the document bound is refused having read no more than the bound.
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, "#".repeat(triggers::MAX_CONFIG_BYTES * 3)).expect("writes");
+    let out = triggers(&["validate", "--config", s(&huge)]).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stderr.contains("larger than 1048576 bytes"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1310,3 +1310,66 @@ fn by_path_requests(receiver: &Receiver, path: &str) -> Vec<triggers::receiver::
         .filter(|r| r.path == path)
         .collect()
 }
+
+/// A costly config to validate: eight triggers, each with as many expressions as a
+/// template may have (about a second of work in a debug build; a config of the most
+/// triggers that fit in the document costs five times that).
+fn costly_config() -> String {
+    let template = format!(
+        "[{}0]",
+        "{{json flow_run_id}},".repeat(triggers::MAX_EXPRESSIONS)
+    );
+    let one = serde_json::json!({"url": "https://x.example.com", "payloadTemplate": template});
+    serde_json::json!({"config": vec![one; 8]}).to_string()
+}
+
+/// Issue 12: ValidateConfig ran inline on the async workers, so two slow calls made
+/// Status miss its deadline. On a one-thread runtime (server and client alike), Status
+/// now answers while costly validations are still running on the blocking pool; inline,
+/// it could only answer once they had all finished.
+#[tokio::test(flavor = "current_thread")]
+async fn validate_config_and_preview_run_off_the_async_workers() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve(&receiver, "127.0.0.1:0").await;
+    let config = costly_config();
+    let validations: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = running.client.clone();
+            let config = config.clone();
+            tokio::spawn(async move {
+                client
+                    .validate_config(ValidateConfigRequest {
+                        config,
+                        format: WireFormat::Json as i32,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Let the server take the validations up (inline, they would hold this thread).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = running.client.clone();
+    client
+        .status(StatusRequest {})
+        .await
+        .expect("Status answers");
+    let pending = validations.iter().filter(|v| !v.is_finished()).count();
+    assert!(pending > 0, "Status waited for every validation");
+    for validation in validations {
+        let reply = validation
+            .await
+            .expect("task")
+            .expect("validates")
+            .into_inner();
+        assert!(reply.valid, "{:?}", reply.errors);
+    }
+    // Preview goes the same way, and still answers.
+    client
+        .preview(PreviewRequest {
+            trigger: 0,
+            variables: None,
+        })
+        .await
+        .expect("previews");
+    running.stop().await;
+}

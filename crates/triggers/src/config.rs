@@ -4,10 +4,28 @@
 //! [`crate::validate`] turns them once into [`crate::Triggers`], the checked form that
 //! delivery uses.
 
+mod nesting;
+
 use crate::{DrainConfig, Secret};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
+
+/// Largest config document, in bytes: checked before any parser sees it.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// Deepest nesting of arrays and objects (JSON, or YAML flow collections) in a config
+/// document, checked before parsing: a config needs 5 levels; libyaml's time grows with
+/// the square of this depth.
+pub const MAX_CONFIG_DEPTH: usize = 32;
+/// Most triggers in one config: each renders and sends a webhook per transaction.
+pub const MAX_TRIGGERS: usize = 64;
+/// Most `headers` per trigger (`HeaderMap` panics past 32,768).
+pub const MAX_HEADERS: usize = 64;
+/// Longest header name, in bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+/// Longest header value, in bytes: common servers refuse requests whose headers total
+/// more than 8 KiB.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 
 /// Default per-attempt timeout of a webhook request, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
@@ -51,10 +69,11 @@ pub struct TriggerConfig {
     #[serde(default)]
     pub method: HttpMethod,
     /// Extra request headers. Values are secrets (they usually carry credentials).
-    #[serde(default)]
-    #[schemars(extend("default" = {}))]
+    #[serde(default, deserialize_with = "secret_headers")]
+    #[schemars(extend("default" = {}, "maxProperties" = MAX_HEADERS))]
     pub headers: BTreeMap<String, Secret>,
     /// Handlebars template of the JSON payload.
+    #[schemars(length(max = crate::MAX_TEMPLATE_BYTES))]
     pub payload_template: String,
     /// Timeout of each attempt, in seconds.
     #[serde(default = "default_timeout_secs")]
@@ -71,7 +90,7 @@ pub struct TriggerConfig {
     pub retry_budget_secs: u64,
     /// Standard Webhooks signing secrets (`whsec_` + base64). Each adds a `v1` signature
     /// to `webhook-signature`, so a receiver can rotate keys without missing a webhook.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_list")]
     #[schemars(length(max = MAX_SIGNING_SECRETS), extend("default" = []))]
     pub signing_secrets: Vec<Secret>,
     /// Follow `307` and `308` redirects (which keep method and body), re-checking the
@@ -159,20 +178,51 @@ impl std::fmt::Display for ConfigFormat {
     }
 }
 
-/// A config document that does not have the shape of [`TriggersConfig`].
+/// A config document that is too large or too deep to parse, or does not have the shape
+/// of [`TriggersConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("trigger config is not valid {format} at line {line}, column {column}: {message}")]
-pub struct ParseError {
-    /// The syntax the document was read as.
-    pub format: ConfigFormat,
-    /// 1-based line of the problem (0 when the parser could not tell).
-    pub line: usize,
-    /// 1-based column of the problem (0 when the parser could not tell).
-    pub column: usize,
-    /// What the parser found. Never contains a secret value: serde reports field names and
-    /// types, not the values of strings.
-    pub message: String,
+pub enum ParseError {
+    /// The document is longer than [`MAX_CONFIG_BYTES`]; nothing of it was parsed.
+    #[error("trigger config is {bytes} bytes, but at most {max} are allowed")]
+    TooLarge {
+        /// Its length.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Arrays or objects nest deeper than [`MAX_CONFIG_DEPTH`]; nothing was parsed.
+    #[error(
+        "trigger config nests arrays or objects more than {max} deep \
+         (at line {line}, column {column})"
+    )]
+    TooDeep {
+        /// The bound.
+        max: usize,
+        /// 1-based line where the first too-deep collection opens.
+        line: usize,
+        /// 1-based column (in bytes) where it opens.
+        column: usize,
+    },
+    /// The parser refused the document.
+    #[error("trigger config is not valid {format} at line {line}, column {column}: {message}")]
+    Syntax {
+        /// The syntax the document was read as.
+        format: ConfigFormat,
+        /// 1-based line of the problem (0 when the parser could not tell).
+        line: usize,
+        /// 1-based column of the problem (0 when the parser could not tell).
+        column: usize,
+        /// What the parser found. Never contains a value under `headers` or
+        /// `signingSecrets`, whatever its type (see [`SECRET_TYPE_ERROR`]).
+        message: String,
+    },
 }
+
+/// What a parse error says instead of serde's, for a value under `headers` or
+/// `signingSecrets` of the wrong type: serde quotes the value it found (`invalid type:
+/// integer `839201938475``), and these values are secrets.
+pub const SECRET_TYPE_ERROR: &str =
+    "invalid type: header values and signing secrets must be strings (the value is not shown)";
 
 impl TriggersConfig {
     /// Parses a plaintext config document. A SOPS-encrypted one goes through
@@ -184,13 +234,31 @@ impl TriggersConfig {
 
 /// Parses a JSON or YAML document into any serde type, reporting the position of the
 /// first problem. Shared by the plaintext parser and the SOPS reader, so both accept the
-/// same syntax.
+/// same syntax and the same bounds: [`MAX_CONFIG_BYTES`], then [`MAX_CONFIG_DEPTH`], both
+/// checked before the parser runs.
 pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
     text: &str,
     format: ConfigFormat,
 ) -> Result<T, ParseError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ParseError::TooLarge {
+            bytes: text.len(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    let too_deep = match format {
+        ConfigFormat::Json => nesting::json_too_deep(text, MAX_CONFIG_DEPTH),
+        ConfigFormat::Yaml => nesting::yaml_too_deep(text, MAX_CONFIG_DEPTH),
+    };
+    if let Some((line, column)) = too_deep {
+        return Err(ParseError::TooDeep {
+            max: MAX_CONFIG_DEPTH,
+            line,
+            column,
+        });
+    }
     match format {
-        ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError {
+        ConfigFormat::Json => serde_json::from_str(text).map_err(|err| ParseError::Syntax {
             format,
             line: err.line(),
             column: err.column(),
@@ -201,7 +269,7 @@ pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
                 .location()
                 .map(|at| (at.line(), at.column()))
                 .unwrap_or((0, 0));
-            ParseError {
+            ParseError::Syntax {
                 format,
                 line,
                 column,
@@ -209,6 +277,19 @@ pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
             }
         }),
     }
+}
+
+/// `headers`, with serde's type errors (which quote the value) replaced by
+/// [`SECRET_TYPE_ERROR`]. The position of the error is kept: the parsers add it.
+fn secret_headers<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Secret>, D::Error> {
+    BTreeMap::deserialize(deserializer).map_err(crate::secret::withhold_value)
+}
+
+/// `signingSecrets`, likewise.
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    Vec::deserialize(deserializer).map_err(crate::secret::withhold_value)
 }
 
 /// serde_json and serde_yaml append " at line L column C"; we report those as fields.
@@ -264,16 +345,20 @@ mod tests {
             ConfigFormat::Json,
         )
         .expect_err("unknown field");
-        assert!(err.message.contains("unknown field `retries`"), "{err}");
-        assert_eq!(err.line, 2);
+        assert!(
+            matches!(&err, ParseError::Syntax { message, line: 2, .. } if message.contains("unknown field `retries`")),
+            "{err}"
+        );
 
         let err = TriggersConfig::parse(
             "config:\n  - url: https://example.com\n    payloadTemplate: '{}'\n    auth: x\n",
             ConfigFormat::Yaml,
         )
         .expect_err("unknown field");
-        assert!(err.message.contains("unknown field `auth`"), "{err}");
-        assert_eq!(err.line, 4);
+        assert!(
+            matches!(&err, ParseError::Syntax { message, line: 4, .. } if message.contains("unknown field `auth`")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -347,6 +432,55 @@ mod tests {
             ConfigFormat::Json,
         )
         .expect_err("GET has no body");
-        assert!(err.message.contains("unknown variant `GET`"), "{err}");
+        assert!(err.to_string().contains("unknown variant `GET`"), "{err}");
+    }
+
+    /// Issue 12: 100k-deep YAML flow nesting took over a minute in libyaml.
+    #[test]
+    fn a_hundred_thousand_deep_yaml_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("config: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for format in [ConfigFormat::Yaml, ConfigFormat::Json] {
+            let err = TriggersConfig::parse(&deep, format).expect_err("too deep");
+            assert_eq!(
+                err,
+                ParseError::TooDeep {
+                    max: MAX_CONFIG_DEPTH,
+                    line: 1,
+                    column: 9 + MAX_CONFIG_DEPTH
+                },
+                "{format}"
+            );
+        }
+        let deep_json = format!(
+            "{{\"config\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(
+            TriggersConfig::parse(&deep_json, ConfigFormat::Json),
+            Err(ParseError::TooDeep { .. })
+        ));
+        // Braces inside strings and block scalars are text, not nesting.
+        let template = format!("{}{}", "{\"a\": ".repeat(40), "}".repeat(40));
+        let yaml = format!(
+            "config:\n  - url: https://x\n    payloadTemplate: |\n      {template}\n  - url: https://y\n    payloadTemplate: '{template}'\n"
+        );
+        let config = TriggersConfig::parse(&yaml, ConfigFormat::Yaml).expect("parses");
+        assert_eq!(config.config[1].payload_template, template);
+        let json =
+            serde_json::json!({"config": [{"url": "https://x", "payloadTemplate": template}]});
+        TriggersConfig::parse(&json.to_string(), ConfigFormat::Json).expect("parses");
+    }
+
+    #[test]
+    fn documents_past_the_size_bound_are_refused_before_parsing() {
+        let text = format!("config: []\n#{}", "x".repeat(MAX_CONFIG_BYTES));
+        assert_eq!(
+            TriggersConfig::parse(&text, ConfigFormat::Yaml).expect_err("too large"),
+            ParseError::TooLarge {
+                bytes: MAX_CONFIG_BYTES + 12,
+                max: MAX_CONFIG_BYTES
+            }
+        );
     }
 }

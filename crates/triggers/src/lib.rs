@@ -46,8 +46,10 @@ pub use backoff_policy::{Delays, RetryBackoff};
 pub use clock::{Clock, ClockError};
 pub use config::{
     ConfigFormat, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS, HttpMethod,
-    MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS,
-    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
+    MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
+    MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGERS,
+    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, SECRET_TYPE_ERROR, TriggerConfig,
+    TriggersConfig,
 };
 pub use deliver::{
     AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, Deliverer, DeliveryError,
@@ -66,7 +68,10 @@ pub use sops::{
     SOPS_FORMAT_VERSION, SopsError, decrypt_config, encrypt_config, is_sops_encrypted, load_config,
     validate_without_keys,
 };
-pub use template::{TemplateError, Templates};
+pub use template::{
+    MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,
+    TemplateError, Templates,
+};
 pub use test_fire::TestFireReport;
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};

@@ -98,7 +98,8 @@ pub struct Preview {
     pub trigger: TriggerLabel,
     /// The `webhook_id` rendered into the payload (and sent as `webhook-id`).
     pub webhook_id: String,
-    /// The payload, pretty-printed JSON.
+    /// The payload, pretty-printed JSON (as rendered, if pretty-printing would make it
+    /// longer than twice [`crate::MAX_PAYLOAD_BYTES`]).
     pub payload: String,
 }
 
@@ -254,7 +255,12 @@ impl Triggers {
         variables: &PreviewVariables,
     ) -> Result<Preview, PreviewError> {
         let rendered = self.render_checked(index, variables)?;
-        let payload = serde_json::to_string_pretty(&rendered.json).unwrap_or(rendered.body);
+        // Indentation can make a deeply nested payload many times longer: past twice the
+        // payload bound, the payload is shown as rendered.
+        let payload = serde_json::to_string_pretty(&rendered.json)
+            .ok()
+            .filter(|pretty| pretty.len() <= 2 * crate::MAX_PAYLOAD_BYTES)
+            .unwrap_or(rendered.body);
         Ok(Preview {
             trigger: rendered.trigger,
             webhook_id: rendered.webhook_id,
@@ -435,6 +441,17 @@ mod tests {
             format!("{{\n  \"id\": \"{expected_id}\",\n  \"n\": 3\n}}")
         );
         assert!(!format!("{preview:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_deeply_nested_payload_is_previewed_within_twice_the_payload_bound() {
+        let block = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let template = format!("[{}]", vec![block; 300].join(","));
+        let preview = triggers(&template)
+            .preview(0, &PreviewVariables::placeholder())
+            .expect("renders");
+        assert!(preview.payload.len() <= 2 * crate::MAX_PAYLOAD_BYTES);
+        assert_eq!(preview.payload, template);
     }
 
     #[test]

@@ -35,8 +35,24 @@ impl std::fmt::Display for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// A string; anything else is an error that does not quote the value (serde's own
+    /// says `invalid type: integer `839201938475`, expected a string`).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        String::deserialize(deserializer)
+            .map(Secret)
+            .map_err(withhold_value)
+    }
+}
+
+/// `err`, unless it is serde's `invalid type` or `invalid value` (which quote the value
+/// found): then [`crate::SECRET_TYPE_ERROR`] instead. Errors about the document's syntax
+/// say nothing of values and are kept; the parsers add the position to either.
+pub(crate) fn withhold_value<E: serde::de::Error>(err: E) -> E {
+    let message = err.to_string();
+    if message.contains("invalid type") || message.contains("invalid value") {
+        E::custom(crate::config::SECRET_TYPE_ERROR)
+    } else {
+        err
     }
 }
 

@@ -1,13 +1,24 @@
-//! Payload templates: Handlebars, compiled once per config, strict, without HTML escaping.
+//! Payload templates: Handlebars, compiled once per config, strict, without HTML escaping,
+//! and bounded: see [`shape`] for what a template may contain, and
+//! [`MAX_PAYLOAD_BYTES`] for what a render may write.
 
 mod direct;
+mod shape;
 
 use crate::variables::Variables;
-use direct::DirectTemplate;
+use direct::{DirectFailure, DirectTemplate};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output, PathAndJson,
-    RenderContext, RenderErrorReason, Renderable as _,
+    RenderContext, RenderError, RenderErrorReason, Renderable as _, ScopedJson,
 };
+use serde_json::Value as Json;
+use shape::Shape;
+pub use shape::{MAX_EXPRESSIONS, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING};
+
+/// Most bytes one render may write: a payload, in validation's trial render, a preview
+/// and delivery alike. A render that would write more stops there with
+/// [`TemplateError::PayloadTooLarge`].
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
 /// The compiled payload templates of one config, one per trigger.
 ///
@@ -22,11 +33,94 @@ pub struct Templates {
     registry: Handlebars<'static>,
     /// By trigger index: the direct plan, where the template has one.
     direct: Vec<Option<DirectTemplate>>,
+    /// By trigger index: how many steps a render takes, for a compiled template.
+    shapes: Vec<Option<Shape>>,
 }
 
-/// A template that does not compile or render.
+/// A template that does not compile or render, or is past a bound.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
+    /// The template is longer than [`MAX_TEMPLATE_BYTES`]; it was not compiled.
+    #[error("the template is {bytes} bytes, but at most {max} are allowed")]
+    TooLarge {
+        /// Its length.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The template has more than [`MAX_EXPRESSIONS`] expressions.
+    #[error("the template has more than {max} expressions (`{{{{…}}}}` and subexpressions)")]
+    TooManyExpressions {
+        /// The bound.
+        max: usize,
+    },
+    /// Blocks and subexpressions nest deeper than [`MAX_TEMPLATE_NESTING`].
+    #[error(
+        "blocks and subexpressions nest more than {max} deep at line {line}, column {column} \
+         (each `else if` is a level too)"
+    )]
+    TooDeep {
+        /// The bound.
+        max: usize,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+    },
+    /// An `#each` inside another: its cost would grow as a power of the collection count.
+    #[error(
+        "`#each` inside another `#each` at line {line}, column {column} is not allowed \
+         (a render would cost collections^depth)"
+    )]
+    NestedEach {
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+    },
+    /// A construct templates may not use (partials, decorators).
+    #[error("{what} are not supported (line {line}, column {column})")]
+    Unsupported {
+        /// What it is.
+        what: &'static str,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+    },
+    /// A helper that is not one of the template helpers.
+    #[error(
+        "unknown helper `{name}` at line {line}, column {column}; the helpers are: \
+         #if, #unless, #each, #with, json, lookup, eq, ne, and, or, not"
+    )]
+    UnknownHelper {
+        /// The name used (its first 64 characters).
+        name: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+    },
+    /// The render would take more than [`MAX_RENDER_STEPS`] steps for this transaction's
+    /// collections (an `#each` body's expressions, once per collection).
+    #[error(
+        "rendering for {collections} collection(s) would take {steps} steps, but at most {max} \
+         are allowed: make the `#each` body smaller"
+    )]
+    TooMuchWork {
+        /// Steps this render would take.
+        steps: u64,
+        /// The bound.
+        max: u64,
+        /// The transaction's number of collections.
+        collections: usize,
+    },
+    /// The render wrote more than [`MAX_PAYLOAD_BYTES`]; it was stopped there.
+    #[error("the payload is longer than {max} bytes")]
+    PayloadTooLarge {
+        /// The bound.
+        max: usize,
+    },
     /// The template is not valid Handlebars.
     #[error("template syntax error at line {line}, column {column}: {message}")]
     Syntax {
@@ -50,7 +144,7 @@ pub enum TemplateError {
         /// 1-based column in the template.
         column: usize,
     },
-    /// Any other rendering failure (an unknown helper, a bad helper argument).
+    /// Any other rendering failure (a bad helper argument, say).
     #[error("template failed to render at line {line}, column {column}: {message}")]
     Render {
         /// 1-based line in the template (0 when unknown).
@@ -69,41 +163,53 @@ impl Default for Templates {
 }
 
 impl Templates {
-    /// An empty set with strict mode, no escaping and the `json` helper.
+    /// An empty set with strict mode, no escaping, the `json` helper, and only the
+    /// helpers whose cost per call is bounded (see [`shape`]).
     pub fn new() -> Self {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
+        for removed in shape::REMOVED_HELPERS {
+            registry.unregister_helper(removed);
+        }
         registry.register_helper("json", Box::new(json_helper));
         registry.register_helper("if", Box::new(StrictIf { positive: true }));
         registry.register_helper("unless", Box::new(StrictIf { positive: false }));
+        registry.register_helper("eq", Box::new(ScalarEq { equal: true }));
+        registry.register_helper("ne", Box::new(ScalarEq { equal: false }));
+        registry.register_helper("lookup", Box::new(Lookup));
         Self {
             registry,
             direct: Vec::new(),
+            shapes: Vec::new(),
         }
     }
 
-    /// Compiles the template of trigger `index`.
+    /// Compiles the template of trigger `index`, after checking its bounds: length,
+    /// expressions and nesting before Handlebars parses it, then helpers, partials and
+    /// `#each` nesting on the parsed tree. On error the index has no template.
     pub fn compile(&mut self, index: usize, source: &str) -> Result<(), TemplateError> {
         let name = name(index);
         if index >= self.direct.len() {
             self.direct.resize(index + 1, None);
+            self.shapes.resize(index + 1, None);
         }
         self.direct[index] = None;
-        self.registry
-            .register_template_string(&name, source)
-            .map_err(|err| {
-                let (line, column) = err.pos().unwrap_or((0, 0));
-                TemplateError::Syntax {
-                    line,
-                    column,
-                    message: err.reason().to_string(),
-                }
-            })?;
-        self.direct[index] = self
-            .registry
-            .get_template(&name)
-            .and_then(DirectTemplate::plan);
+        self.shapes[index] = None;
+        self.registry.unregister_template(&name);
+        shape::prescan(source)?;
+        let template = handlebars::template::Template::compile(source).map_err(|err| {
+            let (line, column) = err.pos().unwrap_or((0, 0));
+            TemplateError::Syntax {
+                line,
+                column,
+                message: err.reason().to_string(),
+            }
+        })?;
+        let shape = shape::check(&template)?;
+        self.direct[index] = DirectTemplate::plan(&template);
+        self.shapes[index] = Some(shape);
+        self.registry.register_template(&name, template);
         Ok(())
     }
 
@@ -114,64 +220,76 @@ impl Templates {
     }
 
     /// Renders trigger `index` against a context made by [`Templates::context`].
-    pub fn render(
-        &self,
-        index: usize,
-        context: &serde_json::Value,
-    ) -> Result<String, TemplateError> {
-        self.render_data(index, context)
+    pub fn render(&self, index: usize, context: &Json) -> Result<String, TemplateError> {
+        let collections = context
+            .get("collection_names")
+            .and_then(Json::as_array)
+            .map_or(0, Vec::len);
+        self.render_data(index, context, collections)
     }
 
     fn render_data(
         &self,
         index: usize,
         data: &impl serde::Serialize,
+        collections: usize,
     ) -> Result<String, TemplateError> {
-        self.registry.render(&name(index), data).map_err(|err| {
-            let line = err.line_no.unwrap_or(0);
-            let column = err.column_no.unwrap_or(0);
-            match err.reason() {
-                // Strict mode reports a missing *result* (`lookup` past the end of a list)
-                // as a variable with no name: say what happened instead.
-                RenderErrorReason::MissingVariable(path)
-                    if path.as_deref().is_none_or(str::is_empty) =>
-                {
-                    TemplateError::Render {
-                        line,
-                        column,
-                        message: "a looked-up value does not exist (a `lookup` past the end of \
-                                  `collection_names`, say)"
-                            .to_string(),
-                    }
-                }
-                RenderErrorReason::MissingVariable(path) => TemplateError::UnknownVariable {
-                    variable: path.clone().unwrap_or_default(),
-                    line,
-                    column,
-                },
-                reason => TemplateError::Render {
-                    line,
-                    column,
-                    message: reason.to_string(),
-                },
+        self.check_steps(index, collections)?;
+        let context = Context::wraps(data).map_err(render_error)?;
+        let mut out = BoundedWriter::default();
+        match self
+            .registry
+            .render_with_context_to_write(&name(index), &context, &mut out)
+        {
+            Ok(()) => String::from_utf8(out.bytes).map_err(|err| TemplateError::Render {
+                line: 0,
+                column: 0,
+                message: err.to_string(),
+            }),
+            Err(_) if out.exceeded => Err(TemplateError::PayloadTooLarge {
+                max: MAX_PAYLOAD_BYTES,
+            }),
+            Err(err) => Err(render_error(err)),
+        }
+    }
+
+    /// Refuses a render whose `#each` bodies, times this transaction's collections, are
+    /// more steps than [`MAX_RENDER_STEPS`].
+    fn check_steps(&self, index: usize, collections: usize) -> Result<(), TemplateError> {
+        if let Some(Some(shape)) = self.shapes.get(index) {
+            let steps = shape.steps(collections);
+            if steps > MAX_RENDER_STEPS {
+                return Err(TemplateError::TooMuchWork {
+                    steps,
+                    max: MAX_RENDER_STEPS,
+                    collections,
+                });
             }
-        })
+        }
+        Ok(())
     }
 
     /// Renders trigger `index` for a transaction: its variables plus the trigger's
     /// `webhook_id`, serialised once per render (as bare Handlebars would). Validation's
     /// trial render and delivery both come here, so publish time checks the path that
-    /// runs in production.
+    /// runs in production, with the same bounds.
     pub fn render_variables(
         &self,
         index: usize,
         variables: &Variables,
         webhook_id: &str,
     ) -> Result<String, TemplateError> {
-        if let Some(Some(direct)) = self.direct.get(index)
-            && let Some(rendered) = direct.render(variables, webhook_id)
-        {
-            return Ok(rendered);
+        if let Some(Some(direct)) = self.direct.get(index) {
+            match direct.render(variables, webhook_id, MAX_PAYLOAD_BYTES) {
+                Ok(rendered) => return Ok(rendered),
+                Err(DirectFailure::TooLarge) => {
+                    return Err(TemplateError::PayloadTooLarge {
+                        max: MAX_PAYLOAD_BYTES,
+                    });
+                }
+                // Handlebars reports what it cannot write.
+                Err(DirectFailure::Unrepresentable) => {}
+            }
         }
         self.render_data(
             index,
@@ -179,15 +297,68 @@ impl Templates {
                 variables,
                 webhook_id,
             },
+            variables.collection_names.len(),
         )
     }
 
     /// A transaction's variables as a JSON context, for [`Templates::render`] (tests and
     /// fuzzing render arbitrary contexts; it carries no `webhook_id`).
-    pub fn context(variables: &Variables) -> serde_json::Value {
+    pub fn context(variables: &Variables) -> Json {
         // Infallible in practice (strings, a list of strings, formatted times); a failure
         // would yield a context every template fails against, not a panic.
         serde_json::to_value(variables).unwrap_or_default()
+    }
+}
+
+/// A render's output, refusing to grow past [`MAX_PAYLOAD_BYTES`].
+#[derive(Default)]
+struct BoundedWriter {
+    bytes: Vec<u8>,
+    /// Set when a write was refused: the render failed for its size.
+    exceeded: bool,
+}
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_PAYLOAD_BYTES {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the payload budget is spent"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Handlebars render error as ours.
+fn render_error(err: RenderError) -> TemplateError {
+    let line = err.line_no.unwrap_or(0);
+    let column = err.column_no.unwrap_or(0);
+    match err.reason() {
+        // Strict mode reports a missing *result* (`lookup` past the end of a list)
+        // as a variable with no name: say what happened instead.
+        RenderErrorReason::MissingVariable(path) if path.as_deref().is_none_or(str::is_empty) => {
+            TemplateError::Render {
+                line,
+                column,
+                message: "a looked-up value does not exist (a `lookup` past the end of \
+                          `collection_names`, say)"
+                    .to_string(),
+            }
+        }
+        RenderErrorReason::MissingVariable(path) => TemplateError::UnknownVariable {
+            variable: path.clone().unwrap_or_default(),
+            line,
+            column,
+        },
+        reason => TemplateError::Render {
+            line,
+            column,
+            message: reason.to_string(),
+        },
     }
 }
 
@@ -248,6 +419,104 @@ impl HelperDef for StrictIf {
             Some(template) => template.render(registry, ctx, rc, out),
             None => Ok(()),
         }
+    }
+}
+
+/// `eq` and `ne` of two strings, numbers, booleans or nulls. The built-in ones compare
+/// lists too, which inside an `#each` costs collections² with nothing written.
+struct ScalarEq {
+    equal: bool,
+}
+
+impl HelperDef for ScalarEq {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let name = if self.equal { "eq" } else { "ne" };
+        let mut values = [&Json::Null, &Json::Null];
+        for (position, value) in values.iter_mut().enumerate() {
+            let param = h
+                .param(position)
+                .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, position))?;
+            require_present(param)?;
+            if matches!(param.value(), Json::Array(_) | Json::Object(_)) {
+                return Err(RenderErrorReason::Other(format!(
+                    "`{name}` compares strings, numbers and booleans, not lists or objects"
+                ))
+                .into());
+            }
+            *value = param.value();
+        }
+        Ok(ScopedJson::Derived(Json::Bool(
+            (values[0] == values[1]) == self.equal,
+        )))
+    }
+}
+
+/// `lookup list index` and `lookup object key`, giving the value itself rather than the
+/// built-in's copy of it: `(lookup @root "collection_names")` inside an `#each` would
+/// copy the whole list once per collection.
+struct Lookup;
+
+impl HelperDef for Lookup {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let collection = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("lookup", 0))?;
+        let key = h
+            .param(1)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("lookup", 1))?;
+        require_present(collection)?;
+        require_present(key)?;
+        let key = match (collection.value(), key.value()) {
+            (Json::Array(items), Json::Number(n)) => n
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|i| *i < items.len())
+                .map(|i| i.to_string()),
+            (Json::Object(entries), Json::String(k)) if entries.contains_key(k) => Some(k.clone()),
+            _ => None,
+        }
+        .ok_or_else(|| RenderError::strict_error(None))?;
+        // Borrow from the context where the collection lives there.
+        if let Some(path) = collection.context_path()
+            && let Some(value) = path
+                .iter()
+                .chain(std::iter::once(&key))
+                .try_fold(ctx.data(), child)
+        {
+            let mut path = path.clone();
+            path.push(key);
+            return Ok(ScopedJson::Context(value, path));
+        }
+        // A literal or a block parameter's copy: only a scalar is copied out.
+        match child(collection.value(), &key) {
+            Some(Json::Array(_) | Json::Object(_)) => Err(RenderErrorReason::Other(
+                "`lookup` of a literal must give a string, number or boolean".to_string(),
+            )
+            .into()),
+            Some(value) => Ok(ScopedJson::Derived(value.clone())),
+            None => Err(RenderError::strict_error(None)),
+        }
+    }
+}
+
+/// The member `key` of a list (by index) or an object.
+fn child<'a>(value: &'a Json, key: &String) -> Option<&'a Json> {
+    match value {
+        Json::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        Json::Object(entries) => entries.get(key),
+        _ => None,
     }
 }
 
@@ -501,9 +770,266 @@ mod tests {
         );
     }
 
+    fn compile(source: &str) -> Result<Templates, TemplateError> {
+        let mut templates = Templates::new();
+        templates.compile(0, source)?;
+        Ok(templates)
+    }
+
+    /// Issue 12: 800 nested `#if` passed validation on the 8 MiB main thread, then
+    /// overflowed a 2 MiB worker's stack at the first delivery.
     #[test]
-    fn unknown_helper_is_a_render_error() {
-        let err = render("{{shout connector_image}}").expect_err("no such helper");
+    fn eight_hundred_nested_if_blocks_are_refused_at_validation() {
+        let source = format!(
+            "{}{{}}{}",
+            "{{#if materialization_name}}".repeat(800),
+            "{{/if}}".repeat(800)
+        );
+        assert!(source.len() < 35_000);
+        let err = compile(&source).err().expect("too deep");
+        assert!(
+            matches!(
+                err,
+                TemplateError::TooDeep {
+                    max: MAX_TEMPLATE_NESTING,
+                    line: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Ten thousand, which took 9.5 s and aborted `triggers validate`, likewise.
+        let source = format!("{}{}", "{{#if a}}".repeat(10_000), "{{/if}}".repeat(10_000));
+        assert!(matches!(
+            compile(&source).err(),
+            Some(TemplateError::TooLarge { .. } | TemplateError::TooManyExpressions { .. })
+        ));
+        let source = format!("{}{}", "{{#if a}}".repeat(17), "{{/if}}".repeat(17));
+        assert!(matches!(
+            compile(&source).err(),
+            Some(TemplateError::TooDeep { .. })
+        ));
+        // `else if` chains and subexpressions are levels of recursion too.
+        let chain = format!(
+            "{{{{#if a}}}}{}{{{{/if}}}}",
+            "{{else if a}}".repeat(MAX_TEMPLATE_NESTING)
+        );
+        assert!(matches!(
+            compile(&chain).err(),
+            Some(TemplateError::TooDeep { .. })
+        ));
+        let parens = format!(
+            "{{{{json {}materialization_name{}}}}}",
+            "(lookup ".repeat(20),
+            " 0)".repeat(20)
+        );
+        assert!(matches!(
+            compile(&parens).err(),
+            Some(TemplateError::TooDeep { .. })
+        ));
+    }
+
+    /// The deepest template allowed renders on a stack far smaller than a tokio
+    /// worker's 2 MiB, by Handlebars and through validation alike.
+    #[test]
+    fn the_deepest_allowed_template_renders_on_a_small_stack() {
+        // Blocks to two levels short of the bound, then two levels of subexpressions.
+        let pairs = (MAX_TEMPLATE_NESTING - 2) / 2;
+        let source = format!(
+            "[{}{}{}]",
+            "{{#with this}}{{#if materialization_name}}".repeat(pairs),
+            "{{json (lookup (lookup this \"collection_names\") 0)}}",
+            "{{/if}}{{/with}}".repeat(pairs)
+        );
+        let config = serde_json::json!({"config": [{"url": "https://x.example.com", "payloadTemplate": source}]})
+            .to_string();
+        let rendered = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                let triggers = crate::validate(&config, crate::ConfigFormat::Json)
+                    .expect("valid at the bound");
+                let variables = Variables::placeholder();
+                triggers.render(0, &variables, "msg_0")
+            })
+            .expect("spawns")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(
+            rendered.expect("renders"),
+            "[\"acmeCo/example/collection-a\"]"
+        );
+        // And it is the deepest: one more level is refused.
+        let deeper = format!(
+            "{{{{#if flow_run_id}}}}{}{{{{/if}}}}",
+            "{{#with this}}{{#if materialization_name}}".repeat(pairs)
+                + "{{json (lookup (lookup this \"collection_names\") 0)}}"
+                + &"{{/if}}{{/with}}".repeat(pairs)
+        );
+        assert!(matches!(
+            compile(&deeper).err(),
+            Some(TemplateError::TooDeep { .. })
+        ));
+    }
+
+    /// Issue 12: a 120-byte recursive inline partial aborted `triggers validate`.
+    #[test]
+    fn a_recursive_inline_partial_is_refused() {
+        for source in [
+            r#"{{#*inline "p"}}{{> p}}{{/inline}}{{> p}}"#,
+            "{{> other}}",
+            "{{#> layout}}x{{/layout}}",
+            "{{*decorator}}",
+        ] {
+            let err = compile(source).err().expect(source);
+            assert!(
+                matches!(err, TemplateError::Unsupported { .. }),
+                "{source}: {err:?}"
+            );
+        }
+    }
+
+    /// Issue 12: nested `#each @root.collection_names` cost 2^depth at validation and
+    /// n^depth at delivery.
+    #[test]
+    fn nested_each_over_collection_names_is_refused() {
+        let source = format!(
+            "{}x{}",
+            "{{#each @root.collection_names}}".repeat(2),
+            "{{/each}}".repeat(2)
+        );
+        assert!(matches!(
+            compile(&source).err(),
+            Some(TemplateError::NestedEach {
+                line: 1,
+                column: 33
+            })
+        ));
+        let hidden =
+            "{{#each collection_names}}{{#with @root}}{{#each this}}x{{/each}}{{/with}}{{/each}}";
+        assert!(matches!(
+            compile(hidden).err(),
+            Some(TemplateError::NestedEach { .. })
+        ));
+        // One level, and siblings, are fine.
+        compile("{{#each collection_names}}{{this}}{{/each}}{{#each @root}}{{@key}}{{/each}}")
+            .expect("one level");
+    }
+
+    /// Issue 12: compile time grew with the square of the expressions (20k: 7.6 s; a
+    /// 9.6 MB template did not finish in a minute).
+    #[test]
+    fn many_expressions_and_long_templates_are_refused_before_compiling() {
+        let many = "{{flow_run_id}}".repeat(MAX_EXPRESSIONS + 1);
+        assert!(many.len() < MAX_TEMPLATE_BYTES);
+        assert_eq!(
+            compile(&many).err(),
+            Some(TemplateError::TooManyExpressions {
+                max: MAX_EXPRESSIONS
+            })
+        );
+        let long = "x".repeat(9_600_000);
+        assert_eq!(
+            compile(&long).err(),
+            Some(TemplateError::TooLarge {
+                bytes: 9_600_000,
+                max: MAX_TEMPLATE_BYTES
+            })
+        );
+        // Subexpressions count as expressions too.
+        let subexpressions = format!("{{{{and {}}}}}", "(not 1) ".repeat(MAX_EXPRESSIONS));
+        assert!(matches!(
+            compile(&subexpressions).err(),
+            Some(TemplateError::TooManyExpressions { .. })
+        ));
+        compile(&"{{flow_run_id}}".repeat(MAX_EXPRESSIONS)).expect("at the bound");
+    }
+
+    /// The output budget holds in delivery's render, by the direct plan and by
+    /// Handlebars alike.
+    #[test]
+    fn rendered_output_is_bounded_at_delivery() {
+        let mut variables = Variables::placeholder();
+        variables.collection_names = (0..20_000).map(|i| format!("acmeCo/c{i:05}")).collect();
+        for source in [
+            "{{json collection_names}}",
+            "{{collection_names}}",
+            "[{{#each collection_names}}{{json this}},{{/each}}]",
+            "{{#if collection_names}}{{json collection_names}}{{/if}}",
+        ] {
+            let templates = compile(source).expect(source);
+            assert_eq!(
+                templates.render_variables(0, &variables, "msg_0"),
+                Err(TemplateError::PayloadTooLarge {
+                    max: MAX_PAYLOAD_BYTES
+                }),
+                "{source}"
+            );
+        }
+        variables.collection_names.truncate(10);
+        let templates = compile("{{json collection_names}}").expect("compiles");
+        assert!(templates.render_variables(0, &variables, "msg_0").is_ok());
+    }
+
+    /// An `#each` body costs its expressions once per collection: past the step budget a
+    /// render is refused before it starts.
+    #[test]
+    fn render_steps_are_bounded_for_any_number_of_collections() {
+        let body = "{{#if this}}{{/if}}".repeat(100);
+        let templates = compile(&format!(
+            "{{{{#each collection_names}}}}{body}{{{{/each}}}}"
+        ))
+        .expect("compiles");
+        let mut variables = Variables::placeholder();
+        variables.collection_names = vec![String::new(); 100_000];
+        let err = templates
+            .render_variables(0, &variables, "msg_0")
+            .expect_err("too much work");
+        assert!(
+            matches!(
+                err,
+                TemplateError::TooMuchWork {
+                    collections: 100_000,
+                    max: MAX_RENDER_STEPS,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        variables.collection_names.truncate(1000);
+        assert_eq!(
+            templates.render_variables(0, &variables, "msg_0"),
+            Ok(String::new())
+        );
+    }
+
+    /// Helpers that would write to the log or walk whole lists are not available, even in
+    /// a branch the trial render does not take.
+    #[test]
+    fn only_bounded_helpers_are_available() {
+        for source in [
+            "{{#if false}}{{log materialization_name}}{{/if}}",
+            "{{#if false}}{{gt transaction_count 1}}{{/if}}",
+            "{{{{raw}}}}x{{{{/raw}}}}",
+            "{{shout connector_image}}",
+            "{{#each collection_names}}{{len ../collection_names}}{{/each}}",
+        ] {
+            let err = compile(source).err().expect(source);
+            assert!(
+                matches!(err, TemplateError::UnknownHelper { .. }),
+                "{source}: {err:?}"
+            );
+        }
+        let out = render(
+            "{{#if (eq transaction_count 3)}}three{{/if}} {{ne flow_run_id \"x\"}} \
+             {{#if (and collection_names (not (eq first_commit_seq 0)))}}and{{/if}} \
+             {{json (lookup this \"collection_names\")}}",
+        )
+        .expect("renders");
+        assert_eq!(
+            out,
+            "three true and [\"acmeCo/example/collection-a\",\"acmeCo/example/collection-b\"]"
+        );
+        let err = render("{{eq collection_names collection_names}}").expect_err("lists");
         assert!(matches!(err, TemplateError::Render { .. }), "{err:?}");
     }
 }

@@ -2,9 +2,9 @@
 //! problem of the document at once.
 
 use crate::config::{
-    ConfigFormat, HttpMethod, MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS,
-    MAX_TIMEOUT_SECS, MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig,
-    TriggersConfig,
+    ConfigFormat, HttpMethod, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
+    MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGERS,
+    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
 };
 use crate::signing::{SigningKey, SigningSecretError};
 use crate::template::{TemplateError, Templates};
@@ -95,6 +95,41 @@ pub enum ValidationError {
     /// The document does not have the shape of a trigger config.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// More triggers than [`MAX_TRIGGERS`]; none of them was checked.
+    #[error("trigger config has {count} triggers, but at most {max} are allowed")]
+    TooManyTriggers {
+        /// How many there are.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// More headers than [`MAX_HEADERS`]; none of them was checked.
+    #[error("{trigger}: `headers` has {count} headers, but at most {max} are allowed")]
+    TooManyHeaders {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// How many there are.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A header name longer than [`MAX_HEADER_NAME_BYTES`], or a value longer than
+    /// [`MAX_HEADER_VALUE_BYTES`]. The value is a secret and is not shown.
+    #[error(
+        "{trigger}: the {part} of header {name:?} is {bytes} bytes, but at most {max} are allowed"
+    )]
+    HeaderTooLong {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The header name, cut to its first 64 characters.
+        name: String,
+        /// `name` or `value`.
+        part: &'static str,
+        /// Its length.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The URL is not an absolute http(s) URL.
     #[error("{trigger}: `url` is invalid: {reason}")]
     InvalidUrl {
@@ -189,8 +224,10 @@ impl ValidationError {
     /// Index of the trigger the problem belongs to; `None` for the document as a whole.
     pub fn trigger_index(&self) -> Option<usize> {
         match self {
-            ValidationError::Parse(_) => None,
-            ValidationError::InvalidUrl { trigger, .. }
+            ValidationError::Parse(_) | ValidationError::TooManyTriggers { .. } => None,
+            ValidationError::TooManyHeaders { trigger, .. }
+            | ValidationError::HeaderTooLong { trigger, .. }
+            | ValidationError::InvalidUrl { trigger, .. }
             | ValidationError::InvalidHeaderName { trigger, .. }
             | ValidationError::InvalidHeaderValue { trigger, .. }
             | ValidationError::OutOfBounds { trigger, .. }
@@ -246,6 +283,12 @@ pub fn validate(text: &str, format: ConfigFormat) -> Result<Triggers, Validation
 impl Triggers {
     /// Checks and compiles a parsed config, collecting every error.
     pub fn from_config(config: &TriggersConfig) -> Result<Self, ValidationErrors> {
+        if config.config.len() > MAX_TRIGGERS {
+            return Err(ValidationErrors(vec![ValidationError::TooManyTriggers {
+                count: config.config.len(),
+                max: MAX_TRIGGERS,
+            }]));
+        }
         let mut errors = Vec::new();
         let mut templates = Templates::new();
         let mut triggers = Vec::with_capacity(config.config.len());
@@ -372,7 +415,36 @@ fn check_trigger(
     };
 
     let mut headers = HeaderMap::new();
-    for (name, value) in &raw.headers {
+    // Past the bound, no header is checked (each costs a HeaderMap insert).
+    let mut checked = raw.headers.len();
+    if checked > MAX_HEADERS {
+        errors.push(ValidationError::TooManyHeaders {
+            trigger: label.clone(),
+            count: checked,
+            max: MAX_HEADERS,
+        });
+        checked = 0;
+    }
+    for (name, value) in raw.headers.iter().take(checked) {
+        let too_long = |part, bytes, max| ValidationError::HeaderTooLong {
+            trigger: label.clone(),
+            name: name.chars().take(64).collect(),
+            part,
+            bytes,
+            max,
+        };
+        if name.len() > MAX_HEADER_NAME_BYTES {
+            errors.push(too_long("name", name.len(), MAX_HEADER_NAME_BYTES));
+            continue;
+        }
+        if value.expose().len() > MAX_HEADER_VALUE_BYTES {
+            errors.push(too_long(
+                "value",
+                value.expose().len(),
+                MAX_HEADER_VALUE_BYTES,
+            ));
+            continue;
+        }
         let header = match HeaderName::from_bytes(name.as_bytes()) {
             Err(_) => {
                 errors.push(ValidationError::InvalidHeaderName {
@@ -660,5 +732,152 @@ mod tests {
                 .expect("valid")
                 .is_empty()
         );
+    }
+
+    fn trigger_with(fields: &str) -> String {
+        format!(
+            r#"{{"config": [{{"url": "https://x.example.com", "payloadTemplate": "{{}}"{fields}}}]}}"#
+        )
+    }
+
+    /// Issue 12: more than 32,768 headers panicked in `HeaderMap::insert` (the sidecar
+    /// exited 101), and checking them was quadratic before that.
+    #[test]
+    fn more_than_32768_headers_are_refused_without_panicking() {
+        let headers: Vec<String> = (0..40_000).map(|i| format!("\"h{i}\": \"v\"")).collect();
+        let config = trigger_with(&format!(", \"headers\": {{{}}}", headers.join(",")));
+        assert!(config.len() < crate::MAX_CONFIG_BYTES);
+        let ValidationErrors(errors) = validate(&config, ConfigFormat::Json).expect_err("too many");
+        assert_eq!(
+            errors,
+            [ValidationError::TooManyHeaders {
+                trigger: TriggerLabel::new(0, "https://x.example.com"),
+                count: 40_000,
+                max: MAX_HEADERS,
+            }]
+        );
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("trigger 0 (https://x.example.com): `headers` has 40000")
+        );
+        let at_bound: Vec<String> = (0..MAX_HEADERS)
+            .map(|i| format!("\"h{i}\": \"v\""))
+            .collect();
+        validate(
+            &trigger_with(&format!(", \"headers\": {{{}}}", at_bound.join(","))),
+            ConfigFormat::Json,
+        )
+        .expect("at the bound");
+    }
+
+    /// Issue 12: a 10 MB header value was accepted.
+    #[test]
+    fn a_ten_megabyte_header_value_is_refused() {
+        let huge = trigger_with(&format!(
+            ", \"headers\": {{\"X-Big\": \"{}\"}}",
+            "a".repeat(10_000_000)
+        ));
+        let ValidationErrors(errors) = validate(&huge, ConfigFormat::Json).expect_err("too large");
+        assert!(
+            matches!(
+                errors[..],
+                [ValidationError::Parse(ParseError::TooLarge { .. })]
+            ),
+            "{errors:?}"
+        );
+        let long = trigger_with(&format!(
+            ", \"headers\": {{\"X-Big\": \"{}\", \"{}\": \"v\"}}",
+            "a".repeat(MAX_HEADER_VALUE_BYTES + 1),
+            "n".repeat(MAX_HEADER_NAME_BYTES + 1)
+        ));
+        let ValidationErrors(errors) = validate(&long, ConfigFormat::Json).expect_err("too long");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].contains(&format!(
+                "the value of header \"X-Big\" is {} bytes, but at most {MAX_HEADER_VALUE_BYTES}",
+                MAX_HEADER_VALUE_BYTES + 1
+            )),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains(&format!("the name of header \"{}\" is", "n".repeat(64))),
+            "{text:?}"
+        );
+        assert!(!text[0].contains("aaaa"), "{text:?}");
+    }
+
+    /// Issue 12: 10^5 triggers validated, then two transactions peaked at 972 MB.
+    #[test]
+    fn a_hundred_thousand_triggers_are_refused() {
+        let one = r#"{"url": "https://x.example.com", "payloadTemplate": "{}"}"#;
+        let config = |count: usize| format!(r#"{{"config": [{}]}}"#, vec![one; count].join(","));
+        let ValidationErrors(errors) =
+            validate(&config(100_000), ConfigFormat::Json).expect_err("too large");
+        assert!(matches!(
+            errors[..],
+            [ValidationError::Parse(ParseError::TooLarge { .. })]
+        ));
+        let ValidationErrors(errors) =
+            validate(&config(MAX_TRIGGERS + 1), ConfigFormat::Json).expect_err("too many");
+        assert_eq!(
+            errors,
+            [ValidationError::TooManyTriggers {
+                count: MAX_TRIGGERS + 1,
+                max: MAX_TRIGGERS
+            }]
+        );
+        assert_eq!(
+            validate(&config(MAX_TRIGGERS), ConfigFormat::Json)
+                .expect("at the bound")
+                .len(),
+            MAX_TRIGGERS
+        );
+    }
+
+    /// Issue 12 (security): a numeric header value or signing secret was echoed by the
+    /// parser (`invalid type: integer `839201938475`, expected a string`).
+    #[test]
+    fn header_values_and_signing_secrets_are_never_echoed_whatever_their_type() {
+        let secret = "839201938475";
+        let json = [
+            format!(r#""headers": {{"Authorization": {secret}}}"#),
+            format!(r#""headers": {{"Authorization": {secret}.5}}"#),
+            format!(r#""headers": {{"Authorization": [{secret}]}}"#),
+            format!(r#""headers": "{secret}""#),
+            format!(r#""headers": {secret}"#),
+            format!(r#""signingSecrets": [{secret}]"#),
+            format!(r#""signingSecrets": {secret}"#),
+            format!(r#""signingSecrets": "whsec_{secret}""#),
+            format!(r#""signingSecrets": {{"a": "{secret}"}}"#),
+            format!(r#""headers": {{"A": true}}, "signingSecrets": [false, "x{secret}"]"#),
+        ];
+        for fields in &json {
+            let config = format!(
+                r#"{{"config": [{{"url": "https://x", "payloadTemplate": "{{}}", {fields}}}]}}"#
+            );
+            let err = validate(&config, ConfigFormat::Json)
+                .expect_err(fields)
+                .to_string();
+            assert!(!err.contains(secret), "{fields}: {err}");
+            assert!(err.contains("line 1"), "{fields}: position kept: {err}");
+        }
+        let yaml = [
+            format!("headers:\n      Authorization: [{secret}]"),
+            format!("headers: {secret}"),
+            format!("headers: whsec_{secret}"),
+            format!("signingSecrets: {secret}"),
+            format!("signingSecrets: whsec_{secret}"),
+            format!("signingSecrets:\n      - [{secret}]"),
+        ];
+        for fields in &yaml {
+            let config =
+                format!("config:\n  - url: https://x\n    payloadTemplate: '{{}}'\n    {fields}\n");
+            let err = validate(&config, ConfigFormat::Yaml)
+                .expect_err(fields)
+                .to_string();
+            assert!(!err.contains(secret), "{fields}: {err}");
+        }
     }
 }

@@ -143,9 +143,13 @@ impl VariablesArgs {
         match self.variables.as_deref() {
             None => Ok(None),
             Some(arg) => match arg.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path)
-                    .with_context(|| format!("reading variables file {path}"))
-                    .map(Some),
+                // Variables are no bigger than a config could make them.
+                Some(path) => triggers_runtime::cli::read_bounded(
+                    std::path::Path::new(path),
+                    triggers::MAX_CONFIG_BYTES,
+                )
+                .with_context(|| format!("reading variables file {path}"))
+                .map(Some),
                 None => Ok(Some(arg.to_string())),
             },
         }

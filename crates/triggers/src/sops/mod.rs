@@ -191,7 +191,7 @@ pub fn validate_without_keys(
         })
         .unwrap_or_else(|never| match never {});
     let shape = |message: String| {
-        parse_error(ParseError {
+        parse_error(ParseError::Syntax {
             format,
             line: 0,
             column: 0,

@@ -235,12 +235,15 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut entries: Vec<(String, Node)> = Vec::new();
+        // Keys seen, so a map of n keys costs n look-ups, not n² comparisons (40,000
+        // headers took 15 s).
+        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<Node>()? {
             let Node::Str(key) = key else {
                 // sops refuses non-string keys too.
                 return Err(de::Error::custom("a map key is not a string"));
             };
-            if entries.iter().any(|(k, _)| *k == key) {
+            if !seen.insert(key.clone()) {
                 return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
             }
             let value = map.next_value()?;

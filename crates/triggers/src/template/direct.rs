@@ -18,6 +18,15 @@ use handlebars::{Path, PathSeg};
 use std::io::Write as _;
 use time::format_description::well_known::Rfc3339;
 
+/// Why a direct render gave no payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DirectFailure {
+    /// The payload would be longer than the bound.
+    TooLarge,
+    /// A value cannot be written (a time RFC 3339 cannot represent): Handlebars says why.
+    Unrepresentable,
+}
+
 /// A compiled template planned as text and variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DirectTemplate {
@@ -102,18 +111,25 @@ impl DirectTemplate {
         Some(Self { parts, text_len })
     }
 
-    /// Renders against `variables` and a trigger's `webhook_id`; `None` when a value
-    /// cannot be written (a time RFC 3339 cannot represent), so Handlebars reports it.
-    pub(crate) fn render(&self, variables: &Variables, webhook_id: &str) -> Option<String> {
-        let mut out = Vec::with_capacity(self.capacity(variables, webhook_id));
+    /// Renders against `variables` and a trigger's `webhook_id`, writing at most `max`
+    /// bytes (the same bound Handlebars' render has). A value RFC 3339 cannot represent
+    /// is [`DirectFailure::Unrepresentable`], so Handlebars reports it.
+    pub(crate) fn render(
+        &self,
+        variables: &Variables,
+        webhook_id: &str,
+        max: usize,
+    ) -> Result<String, DirectFailure> {
+        use DirectFailure::Unrepresentable as Bad;
+        let mut out = Vec::with_capacity(self.capacity(variables, webhook_id).min(max));
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.extend_from_slice(text.as_bytes()),
                 Part::Value(variable) => match value(*variable, variables, webhook_id) {
                     Value::Str(text) => out.extend_from_slice(text.as_bytes()),
-                    Value::Number(number) => write!(out, "{number}").ok()?,
+                    Value::Number(number) => write!(out, "{number}").map_err(|_| Bad)?,
                     Value::Time(at) => {
-                        at.format_into(&mut out, &Rfc3339).ok()?;
+                        at.format_into(&mut out, &Rfc3339).map_err(|_| Bad)?;
                     }
                     // Handlebars renders an array as `[a, b]`, items unquoted.
                     Value::List(items) => {
@@ -123,6 +139,9 @@ impl DirectTemplate {
                                 out.extend_from_slice(b", ");
                             }
                             out.extend_from_slice(item.as_bytes());
+                            if out.len() > max {
+                                return Err(DirectFailure::TooLarge);
+                            }
                         }
                         out.push(b']');
                     }
@@ -136,18 +155,27 @@ impl DirectTemplate {
                                 out.push(b',');
                             }
                             write_json_str(&mut out, item);
+                            if out.len() > max {
+                                return Err(DirectFailure::TooLarge);
+                            }
                         }
                         out.push(b']');
                     }
-                    Value::Number(number) => serde_json::to_writer(&mut out, &number).ok()?,
+                    Value::Number(number) => {
+                        serde_json::to_writer(&mut out, &number).map_err(|_| Bad)?
+                    }
                     Value::Time(at) => {
-                        serde_json::to_writer(&mut out, &at.format(&Rfc3339).ok()?).ok()?
+                        let text = at.format(&Rfc3339).map_err(|_| Bad)?;
+                        serde_json::to_writer(&mut out, &text).map_err(|_| Bad)?
                     }
                 },
             }
+            if out.len() > max {
+                return Err(DirectFailure::TooLarge);
+            }
         }
         // Every part wrote UTF-8; the check is what keeps this free of `unsafe`.
-        String::from_utf8(out).ok()
+        String::from_utf8(out).map_err(|_| Bad)
     }
 
     /// Room for the text and the values (times and numbers are short), so a render
