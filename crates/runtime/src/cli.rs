@@ -181,18 +181,36 @@ pub fn read_config_text(path: &Path) -> anyhow::Result<String> {
 }
 
 /// A text file of at most `max` bytes; a longer one is an error, having read one byte
-/// past the bound at most.
+/// past the bound at most. The length is checked before the UTF-8, so a bound that cuts
+/// a character still reads as "too large".
 pub fn read_bounded(path: &Path, max: usize) -> anyhow::Result<String> {
     use std::io::Read as _;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
-        .read_to_string(&mut text)?;
+        .read_to_end(&mut bytes)?;
     anyhow::ensure!(
-        text.len() <= max,
+        bytes.len() <= max,
         "the file is larger than {max} bytes, the most allowed"
     );
-    Ok(text)
+    Ok(String::from_utf8(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_bounded;
+
+    /// Review of issue 12: a file cut by the bound inside a multi-byte character read as
+    /// "not valid UTF-8" instead of "too large".
+    #[test]
+    fn a_bound_that_cuts_a_character_still_reads_as_too_large() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "é".repeat(10)).expect("writes");
+        let err = read_bounded(&path, 5).expect_err("too large");
+        assert!(err.to_string().contains("larger than 5 bytes"), "{err:#}");
+        assert_eq!(read_bounded(&path, 20).expect("fits"), "é".repeat(10));
+    }
 }
 
 /// A config file's format: JSON if its name ends in `.json`, else YAML.

@@ -538,9 +538,11 @@ impl Shard {
     }
 
     /// Acknowledged: the last commit (or the recovered checkpoint) is durable everywhere.
-    /// Delivers its triggers, if any, then deletes their variables. Returns when every
-    /// webhook is delivered; if one fails for good, the variables stay persisted and the
-    /// shard must be reopened (the next start fires them again).
+    /// Waiting delivery: delivers its triggers, if any, then deletes their variables,
+    /// and returns when every webhook is delivered; if one fails for good, the variables
+    /// stay persisted and the shard must be reopened (the next start fires them again).
+    /// Decoupled delivery: marks the transaction's backlog entries sendable and returns
+    /// at once; a failure shows later and can be retried or skipped ([`BacklogHandle`]).
     ///
     /// Cancel safety: in decoupled delivery it does not wait, so there is nothing to
     /// drop. In waiting delivery a drop during delivery or the delete leaves the shard

@@ -53,7 +53,8 @@ const MAX_STATUS_MESSAGE: usize = 2048;
 /// Most issues a ValidateConfig reply lists (each cut to [`MAX_STATUS_MESSAGE`]); past
 /// it, the last issue says how many more there are.
 const MAX_VALIDATION_ISSUES: usize = 100;
-/// How long a ValidateConfig or Preview may take before the caller gets
+/// How long a ValidateConfig, a Preview or the render of a TestFire may take (waiting for
+/// a place included) before the caller gets
 /// `DEADLINE_EXCEEDED`. They run off the async workers (on the blocking pool), so a slow
 /// one never holds up Status or a delivery; the config bounds keep the work itself to
 /// well under a second.
@@ -149,8 +150,9 @@ impl Sidecar {
         }
     }
 
-    /// Runs CPU-bound checking (validation, preview rendering) on the blocking pool,
-    /// within [`CHECK_BUDGET`] and [`CHECKS_AT_ONCE`]. Cancel-safe: dropping the future
+    /// Runs CPU-bound checking (validation, preview and test-fire rendering) on the
+    /// blocking pool, within [`CHECK_BUDGET`] (waiting for a place included) and
+    /// [`CHECKS_AT_ONCE`]. Cancel-safe: dropping the future
     /// leaves the work to finish on its thread (bounded by the config bounds), holding
     /// its place until then.
     async fn off_the_workers<T: Send + 'static>(
@@ -163,16 +165,19 @@ impl Sidecar {
                 "{what} did not finish within {CHECK_BUDGET:?}; try again when the sidecar is less busy"
             ))
         };
-        let place = tokio::time::timeout(CHECK_BUDGET, self.inner.checks.clone().acquire_owned())
+        // One budget for the wait for a place and the work together.
+        let deadline = tokio::time::Instant::now() + CHECK_BUDGET;
+        let place = tokio::time::timeout_at(deadline, self.inner.checks.clone().acquire_owned())
             .await
             .map_err(|_| over_budget())?
-            .map_err(|_| Status::unavailable("the sidecar is shutting down"))?;
+            // The semaphore is never closed.
+            .map_err(|_| Status::internal(format!("{what}: no place to run it")))?;
         let inner = self.inner.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _place = place;
             work(&inner)
         });
-        match tokio::time::timeout(CHECK_BUDGET, task).await {
+        match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(join)) => Err(Status::internal(bounded(&format!("{what} failed: {join}")))),
             Err(_) => Err(over_budget()),
@@ -603,8 +608,20 @@ impl ShardSidecar for Sidecar {
             Deliverer::with_policy(shard.backoff.clone(), shard.network).map_err(|err| {
                 Status::internal(bounded(&format!("cannot build the HTTP client: {err}")))
             })?;
+        // Render off the async workers, as Preview does; send on them.
+        let index = trigger_index(request.trigger);
+        let payload = self
+            .off_the_workers("TestFire", move |inner| {
+                inner
+                    .config
+                    .shard
+                    .triggers
+                    .render_test_fire(index, &variables)
+            })
+            .await?
+            .map_err(preview_status)?;
         let report = deliverer
-            .test_fire(&shard.triggers, trigger_index(request.trigger), &variables)
+            .send_test_fire(&shard.triggers, payload)
             .await
             .map_err(preview_status)?;
         Ok(Response::new(TestFireResponse {

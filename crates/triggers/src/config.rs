@@ -55,6 +55,7 @@ pub const MAX_SIGNING_SECRETS: usize = 10;
 #[serde(deny_unknown_fields)]
 pub struct TriggersConfig {
     /// The webhooks to fire after each committed transaction that read documents.
+    #[schemars(length(max = crate::MAX_TRIGGERS))]
     pub config: Vec<TriggerConfig>,
 }
 
@@ -62,8 +63,9 @@ pub struct TriggersConfig {
 #[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TriggerConfig {
-    /// Absolute `http` or `https` URL to send the payload to.
-    #[schemars(url)]
+    /// Absolute `http` or `https` URL to send the payload to. Treated as a secret (it
+    /// may carry a credential: user info, a token in its path or query).
+    #[schemars(url, extend("secret" = true))]
     pub url: String,
     /// HTTP method of the request.
     #[serde(default)]

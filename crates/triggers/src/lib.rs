@@ -72,7 +72,7 @@ pub use template::{
     MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,
     TemplateError, Templates,
 };
-pub use test_fire::TestFireReport;
+pub use test_fire::{TestFirePayload, TestFireReport};
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};
 pub use webhook_headers::{

@@ -4,7 +4,7 @@
 //! [`TriggersConfig::parse`] accepts: field names and defaults come from the serde
 //! attributes, descriptions from the doc comments, bounds from the constants in
 //! `config.rs`, and `additionalProperties: false` from `deny_unknown_fields`. Secret
-//! fields (header values, signing secrets) carry `"secret": true`. What the schema
+//! fields (URLs, header values, signing secrets) carry `"secret": true`. What the schema
 //! cannot say (templates render to JSON, URLs are `http`/`https`, header names are
 //! valid) is checked by [`crate::validate`].
 

@@ -56,20 +56,69 @@ impl std::fmt::Display for TestFireReport {
     }
 }
 
+/// One test webhook rendered and checked, not yet sent ([`Triggers::render_test_fire`]).
+///
+/// Rendering is CPU work bounded by the config's render bounds; a server renders on a
+/// thread of its own and sends on its async workers ([`Deliverer::send_test_fire`]).
+#[derive(Debug)]
+pub struct TestFirePayload {
+    index: usize,
+    trigger: TriggerLabel,
+    webhook_id: String,
+    body: String,
+}
+
+impl Triggers {
+    /// Renders trigger `index` for a test webhook (see [`Deliverer::test_fire`]): a fresh
+    /// `flow_run_id` unless one is given, the output checked to be JSON.
+    pub fn render_test_fire(
+        &self,
+        index: usize,
+        variables: &PreviewVariables,
+    ) -> Result<TestFirePayload, PreviewError> {
+        let rendered = self.render_checked(index, &variables.for_test_fire())?;
+        Ok(TestFirePayload {
+            index,
+            trigger: rendered.trigger,
+            webhook_id: rendered.webhook_id,
+            body: rendered.body,
+        })
+    }
+}
+
 impl Deliverer {
     /// Sends one test webhook of trigger `index`: one attempt, no retries, marked
     /// [`SendReason::TestFire`], rendered against `variables` (with a fresh `flow_run_id`
     /// unless one is given, so each test has its own `webhook-id`). Any answer or network
     /// failure is a report, never an error; only a trigger that does not exist or a
     /// payload that does not render is, and then nothing is sent.
+    ///
+    /// Cancel-safe: a dropped test-fire changes nothing (the request may have been sent).
     pub async fn test_fire(
         &self,
         triggers: &Triggers,
         index: usize,
         variables: &PreviewVariables,
     ) -> Result<TestFireReport, PreviewError> {
-        let variables = variables.for_test_fire();
-        let rendered = triggers.render_checked(index, &variables)?;
+        let payload = triggers.render_test_fire(index, variables)?;
+        self.send_test_fire(triggers, payload).await
+    }
+
+    /// Sends a payload [`Triggers::render_test_fire`] made, as [`Deliverer::test_fire`]
+    /// does. `triggers` must be the config it was rendered from.
+    ///
+    /// Cancel-safe: a dropped send changes nothing (the request may have been sent).
+    pub async fn send_test_fire(
+        &self,
+        triggers: &Triggers,
+        payload: TestFirePayload,
+    ) -> Result<TestFireReport, PreviewError> {
+        let TestFirePayload {
+            index,
+            trigger: label,
+            webhook_id,
+            body,
+        } = payload;
         let trigger = triggers
             .triggers
             .get(index)
@@ -81,16 +130,16 @@ impl Deliverer {
             "test_fire",
             trigger = index,
             origin = %trigger.label.origin,
-            webhook_id = %rendered.webhook_id,
+            webhook_id = %webhook_id,
         );
         let started = Instant::now();
         let attempt = self
             .attempt(
                 trigger,
-                &rendered.webhook_id,
+                &webhook_id,
                 1,
                 SendReason::TestFire.as_str(),
-                Bytes::from(rendered.body),
+                Bytes::from(body),
                 true,
             )
             .instrument(span.clone())
@@ -98,16 +147,16 @@ impl Deliverer {
         let latency = started.elapsed();
         let report = match attempt {
             Attempt::Status { code, excerpt, .. } => TestFireReport {
-                trigger: rendered.trigger,
-                webhook_id: rendered.webhook_id,
+                trigger: label,
+                webhook_id,
                 status: Some(code),
                 latency,
                 body_excerpt: excerpt,
                 error: None,
             },
             failed => TestFireReport {
-                trigger: rendered.trigger,
-                webhook_id: rendered.webhook_id,
+                trigger: label,
+                webhook_id,
                 status: None,
                 latency,
                 body_excerpt: String::new(),
