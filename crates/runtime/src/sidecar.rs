@@ -263,12 +263,29 @@ impl Sidecar {
     }
 
     /// Open, in full: closes a previous incarnation (its waiters end, its requests in
-    /// flight get the shutdown grace), then opens and recovers the store.
+    /// flight get the shutdown grace), then opens and recovers the store. The grace
+    /// bounds the whole close: a waiting delivery holds the shard for up to its retry
+    /// budget, so one still running when the grace ends is left alone (the old shard
+    /// stays open) and Open answers UNAVAILABLE.
     async fn reopen(&self) -> Result<OpenResponse, Status> {
+        let grace = self.inner.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.begin_close();
-        let mut guard = self.inner.shard.lock().await;
-        self.retire(&mut guard, self.inner.config.shutdown_grace)
-            .await;
+        let mut guard = tokio::time::timeout_at(deadline, self.inner.shard.lock())
+            .await
+            .map_err(|_| {
+                tracing::warn!(
+                    ?grace,
+                    "Open gave up: a delivery still holds the shard after the shutdown grace"
+                );
+                Status::unavailable(format!(
+                    "a delivery in flight still holds the shard after the shutdown grace \
+                     ({grace:?}); the old shard stays open: call Open again once it \
+                     finishes (AwaitDelivery)"
+                ))
+            })?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.retire(&mut guard, left).await;
         let (shard, recovery) =
             Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
                 .await

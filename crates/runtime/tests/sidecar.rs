@@ -58,6 +58,17 @@ async fn serve_with(
     delivery: DeliveryMode,
     drain: serde_json::Value,
 ) -> Running {
+    serve_with_grace(receiver, address, delivery, drain, Duration::from_secs(5)).await
+}
+
+/// [`serve_with`], with the given shutdown grace.
+async fn serve_with_grace(
+    receiver: &Receiver,
+    address: &str,
+    delivery: DeliveryMode,
+    drain: serde_json::Value,
+    grace: Duration,
+) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let template = r#"{"run": "{{flow_run_id}}", "collections": {{json collection_names}}}"#;
     let config = serde_json::json!({"config": [
@@ -90,7 +101,7 @@ async fn serve_with(
             attempt_observer: None,
         },
     );
-    config.shutdown_grace = Duration::from_secs(5);
+    config.shutdown_grace = grace;
     let sidecar = Sidecar::new(config);
     let address = if address == "unix" {
         format!("unix:{}", dir.path().join("sidecar.sock").display())
@@ -1206,6 +1217,65 @@ async fn the_unix_socket_is_created_with_mode_0600() {
         Err(sidecar::BindError::NotASocket { .. })
     ));
     assert_eq!(std::fs::read_to_string(&file).expect("reads"), "data");
+}
+
+/// Open in waiting delivery waits for the delivery in flight at most the shutdown grace,
+/// then answers UNAVAILABLE, leaving the delivery and the old shard as they were; Open
+/// succeeds once the delivery finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve_with_grace(
+        &receiver,
+        "127.0.0.1:0",
+        DeliveryMode::Waiting,
+        serde_json::json!({"mode": "ordered"}),
+        Duration::from_millis(200),
+    )
+    .await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits");
+    let delivery_id = client
+        .acknowledged(AcknowledgedRequest { wait: false })
+        .await
+        .expect("ack")
+        .into_inner()
+        .delivery_id;
+    assert!(
+        !receiver.wait_for(1, WAIT).await.is_empty(),
+        "a webhook in flight"
+    );
+
+    let err = client
+        .open(OpenRequest {})
+        .await
+        .expect_err("the delivery outlasts the grace");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("shutdown grace"), "{err}");
+
+    let outcome = client
+        .await_delivery(AwaitDeliveryRequest { delivery_id })
+        .await
+        .expect("the delivery went on")
+        .into_inner();
+    assert!(outcome.ok, "{outcome:?}");
+    client
+        .open(OpenRequest {})
+        .await
+        .expect("opens once the delivery finished");
+    running.stop().await;
 }
 
 /// A Python interpreter with grpcio and grpcio-tools, or why there is none.

@@ -44,7 +44,8 @@ struct Args {
     #[command(flatten)]
     token: TokenArgs,
     /// Seconds webhook requests in flight may take to finish after SIGTERM, or when
-    /// Open reopens the shard; those still running then fire again at the next start.
+    /// Open reopens the shard; those still running then fire again at the next start
+    /// (a waiting delivery still running makes Open answer UNAVAILABLE instead).
     #[arg(long, default_value_t = triggers_runtime::DEFAULT_SHUTDOWN_GRACE.as_secs(), value_name = "SECONDS")]
     shutdown_grace: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
