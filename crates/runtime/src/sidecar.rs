@@ -890,6 +890,16 @@ pub enum BindError {
         /// The path.
         path: PathBuf,
     },
+    /// A live sidecar (or another server) already listens on the socket: taking the
+    /// path over would strand its callers, and two sidecars would contend for one store.
+    #[error(
+        "{path} is in use: another process listens on it (another shard-sidecar for this \
+         store?); stop it, or listen elsewhere"
+    )]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
     /// Binding failed.
     #[error("cannot listen on {address}")]
     Io {
@@ -919,13 +929,36 @@ enum Socket {
     },
 }
 
+/// How long [`live`] waits for its probe connection.
+const LIVE_PROBE: Duration = Duration::from_secs(1);
+
+/// Whether a server listens on the Unix socket at `path`: a stale socket (its process
+/// gone) refuses connections at once. Connecting to a listener completes at once too
+/// (the kernel queues it), unless its queue is full, when a blocking connect waits: the
+/// probe runs on a thread of its own and counts as live after [`LIVE_PROBE`].
+fn live(path: &Path) -> bool {
+    let connect = |path: &Path| std::os::unix::net::UnixStream::connect(path).is_ok();
+    let (sent, answer) = std::sync::mpsc::channel();
+    let probed = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("socket-probe".to_string())
+        .spawn(move || {
+            let _ = sent.send(connect(&probed));
+        });
+    match spawned {
+        Ok(_) => answer.recv_timeout(LIVE_PROBE).unwrap_or(true),
+        Err(_) => connect(path),
+    }
+}
+
 /// Distinguishes the staging directories of binds made at once in one process.
 static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Listener {
     /// A Unix socket at `path`, of mode 0600 from before it accepts any connection: it is
     /// bound in a fresh directory of mode 0700 beside `path`, restricted, then renamed
-    /// into place (replacing a stale socket a killed sidecar left). Must be called within
+    /// into place (replacing a stale socket a killed sidecar left). A socket something
+    /// still listens on is never replaced: [`BindError::InUse`]. Must be called within
     /// a tokio runtime.
     pub fn unix(path: impl AsRef<Path>) -> Result<Self, BindError> {
         use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
@@ -934,10 +967,13 @@ impl Listener {
             address: format!("unix:{}", path.display()),
             source,
         };
-        if let Ok(meta) = std::fs::symlink_metadata(&path)
-            && !meta.file_type().is_socket()
-        {
-            return Err(BindError::NotASocket { path });
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                return Err(BindError::NotASocket { path });
+            }
+            if live(&path) {
+                return Err(BindError::InUse { path });
+            }
         }
         let parent = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -955,18 +991,23 @@ impl Listener {
         let staged = staging.join("s");
         let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            // Checked again just before the rename, to narrow the window in which a
+            // sidecar started at the same moment could still be replaced.
+            if live(&path) {
+                return Ok(None);
+            }
             std::fs::rename(&staged, &path)?;
-            Ok(listener)
+            Ok(Some(listener))
         });
         let _ = std::fs::remove_file(&staged);
         let _ = std::fs::remove_dir(&staging);
-        Ok(Self {
-            socket: Socket::Unix {
-                listener: bound.map_err(io)?,
-                path,
-            },
-            token: None,
-        })
+        match bound.map_err(io)? {
+            Some(listener) => Ok(Self {
+                socket: Socket::Unix { listener, path },
+                token: None,
+            }),
+            None => Err(BindError::InUse { path }),
+        }
     }
 
     /// A TCP socket at `address` (HOST:PORT; use 127.0.0.1, port 0 picks a free one) on

@@ -1219,6 +1219,45 @@ async fn the_unix_socket_is_created_with_mode_0600() {
     assert_eq!(std::fs::read_to_string(&file).expect("reads"), "data");
 }
 
+/// A second sidecar for the same socket path is refused while the first still listens
+/// (it would otherwise take the path over, and the first's callers with it); a stale
+/// socket, whose listener is gone, is still replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_the_unix_socket_never_takes_over_a_live_sidecars_socket() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let first = serve(&receiver, "unix").await;
+    let path = first
+        .address
+        .strip_prefix("unix:")
+        .expect("a unix address")
+        .to_string();
+    let err = match Listener::unix(&path) {
+        Ok(_) => panic!("took over the live socket at {path}"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(&err, sidecar::BindError::InUse { path: p } if p.as_os_str() == path.as_str()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&path), "{err}");
+    // The first sidecar still answers on its path, over a new connection.
+    let mut again = sidecar::connect(&first.address, Some(&support::token()))
+        .await
+        .expect("connects");
+    again
+        .status(StatusRequest {})
+        .await
+        .expect("the first sidecar still answers");
+    first.stop().await;
+
+    // A stale socket (its listener dropped) is replaced.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stale = dir.path().join("stale.sock");
+    drop(Listener::unix(&stale).expect("binds"));
+    assert!(stale.exists(), "a dropped listener leaves its socket");
+    Listener::unix(&stale).expect("replaces the stale socket");
+}
+
 /// Open in waiting delivery waits for the delivery in flight at most the shutdown grace,
 /// then answers UNAVAILABLE, leaving the delivery and the old shard as they were; Open
 /// succeeds once the delivery finished.

@@ -35,9 +35,10 @@ use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 struct Args {
     #[command(flatten)]
     shard: ShardArgs,
-    /// Where to listen: unix:/path/to.sock (created with mode 0600; the default is
-    /// unix:STORE.sock, beside the store directory) or HOST:PORT (use 127.0.0.1; port 0
-    /// picks a free one), which needs a bearer token.
+    /// Where to listen: unix:/path/to.sock (created with mode 0600; never one another
+    /// process still listens on; the default is unix:STORE.sock, beside the store
+    /// directory) or HOST:PORT (use 127.0.0.1; port 0 picks a free one), which needs a
+    /// bearer token.
     #[arg(long, value_name = "ADDRESS")]
     listen: Option<String>,
     /// The bearer token every call must carry (required on TCP).
