@@ -900,6 +900,15 @@ pub enum BindError {
         /// The path.
         path: PathBuf,
     },
+    /// The store path names no directory a socket could be put beside (`/`).
+    #[error(
+        "the store {store} has no name to put the default socket beside; pass --listen \
+         unix:/path/to.sock"
+    )]
+    NoDefaultSocket {
+        /// The store path, as given.
+        store: PathBuf,
+    },
     /// Binding failed.
     #[error("cannot listen on {address}")]
     Io {
@@ -927,6 +936,36 @@ enum Socket {
         listener: tokio::net::UnixListener,
         path: PathBuf,
     },
+}
+
+/// The default socket of the sidecar for `store`: `STORE.sock` beside the store, never in
+/// it, however the path is spelt (`.`, `dir/`, `dir/sub/..`: the path is made absolute
+/// against the working directory and its `.` and `..` components resolved by name, not
+/// through symlinks). A store with no name (`/`) has none: [`BindError::NoDefaultSocket`].
+pub fn default_socket_path(store: &Path) -> Result<PathBuf, BindError> {
+    use std::path::Component;
+    let absolute = std::path::absolute(store).map_err(|source| BindError::Io {
+        address: format!("unix:{}.sock", store.display()),
+        source,
+    })?;
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    let Some(name) = normal.file_name() else {
+        return Err(BindError::NoDefaultSocket {
+            store: store.to_path_buf(),
+        });
+    };
+    let mut socket = name.to_os_string();
+    socket.push(".sock");
+    Ok(normal.with_file_name(socket))
 }
 
 /// How long [`live`] waits for its probe connection.
