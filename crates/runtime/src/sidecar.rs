@@ -971,12 +971,20 @@ pub fn default_socket_path(store: &Path) -> Result<PathBuf, BindError> {
 /// How long [`live`] waits for its probe connection.
 const LIVE_PROBE: Duration = Duration::from_secs(1);
 
-/// Whether a server listens on the Unix socket at `path`: a stale socket (its process
-/// gone) refuses connections at once. Connecting to a listener completes at once too
-/// (the kernel queues it), unless its queue is full, when a blocking connect waits: the
-/// probe runs on a thread of its own and counts as live after [`LIVE_PROBE`].
+/// Whether a server may listen on the Unix socket at `path`: only a socket that refuses
+/// connections (stale: its process gone) or is gone counts as not live; any other error
+/// (no permission to connect, say) cannot tell, so it counts as live and the socket is
+/// kept. Connecting to a listener completes at once (the kernel queues it), unless its
+/// queue is full, when a blocking connect waits: the probe runs on a thread of its own
+/// and counts as live after [`LIVE_PROBE`].
 fn live(path: &Path) -> bool {
-    let connect = |path: &Path| std::os::unix::net::UnixStream::connect(path).is_ok();
+    let connect = |path: &Path| match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(err) => !matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        ),
+    };
     let (sent, answer) = std::sync::mpsc::channel();
     let probed = path.to_path_buf();
     let spawned = std::thread::Builder::new()
