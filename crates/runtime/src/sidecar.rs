@@ -268,12 +268,29 @@ impl Sidecar {
     }
 
     /// Open, in full: closes a previous incarnation (its waiters end, its requests in
-    /// flight get the shutdown grace), then opens and recovers the store.
+    /// flight get the shutdown grace), then opens and recovers the store. The grace
+    /// bounds the whole close: a waiting delivery holds the shard for up to its retry
+    /// budget, so one still running when the grace ends is left alone (the old shard
+    /// stays open) and Open answers UNAVAILABLE.
     async fn reopen(&self) -> Result<OpenResponse, Status> {
+        let grace = self.inner.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.begin_close();
-        let mut guard = self.inner.shard.lock().await;
-        self.retire(&mut guard, self.inner.config.shutdown_grace)
-            .await;
+        let mut guard = tokio::time::timeout_at(deadline, self.inner.shard.lock())
+            .await
+            .map_err(|_| {
+                tracing::warn!(
+                    ?grace,
+                    "Open gave up: a delivery still holds the shard after the shutdown grace"
+                );
+                Status::unavailable(format!(
+                    "a delivery in flight still holds the shard after the shutdown grace \
+                     ({grace:?}); the old shard stays open: call Open again once it \
+                     finishes (AwaitDelivery)"
+                ))
+            })?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.retire(&mut guard, left).await;
         let (shard, recovery) =
             Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
                 .await
@@ -890,6 +907,25 @@ pub enum BindError {
         /// The path.
         path: PathBuf,
     },
+    /// A live sidecar (or another server) already listens on the socket: taking the
+    /// path over would strand its callers, and two sidecars would contend for one store.
+    #[error(
+        "{path} is in use: another process listens on it (another shard-sidecar for this \
+         store?); stop it, or listen elsewhere"
+    )]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The store path names no directory a socket could be put beside (`/`).
+    #[error(
+        "the store {store} has no name to put the default socket beside; pass --listen \
+         unix:/path/to.sock"
+    )]
+    NoDefaultSocket {
+        /// The store path, as given.
+        store: PathBuf,
+    },
     /// Binding failed.
     #[error("cannot listen on {address}")]
     Io {
@@ -919,13 +955,74 @@ enum Socket {
     },
 }
 
+/// The default socket of the sidecar for `store`: `STORE.sock` beside the store, never in
+/// it, however the path is spelt (`.`, `dir/`, `dir/sub/..`: the path is made absolute
+/// against the working directory and its `.` and `..` components resolved by name, not
+/// through symlinks). A store with no name (`/`) has none: [`BindError::NoDefaultSocket`].
+pub fn default_socket_path(store: &Path) -> Result<PathBuf, BindError> {
+    use std::path::Component;
+    let absolute = std::path::absolute(store).map_err(|source| BindError::Io {
+        address: format!("unix:{}.sock", store.display()),
+        source,
+    })?;
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    let Some(name) = normal.file_name() else {
+        return Err(BindError::NoDefaultSocket {
+            store: store.to_path_buf(),
+        });
+    };
+    let mut socket = name.to_os_string();
+    socket.push(".sock");
+    Ok(normal.with_file_name(socket))
+}
+
+/// How long [`live`] waits for its probe connection.
+const LIVE_PROBE: Duration = Duration::from_secs(1);
+
+/// Whether a server may listen on the Unix socket at `path`: only a socket that refuses
+/// connections (stale: its process gone) or is gone counts as not live; any other error
+/// (no permission to connect, say) cannot tell, so it counts as live and the socket is
+/// kept. Connecting to a listener completes at once (the kernel queues it), unless its
+/// queue is full, when a blocking connect waits: the probe runs on a thread of its own
+/// and counts as live after [`LIVE_PROBE`].
+fn live(path: &Path) -> bool {
+    let connect = |path: &Path| match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(err) => !matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        ),
+    };
+    let (sent, answer) = std::sync::mpsc::channel();
+    let probed = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("socket-probe".to_string())
+        .spawn(move || {
+            let _ = sent.send(connect(&probed));
+        });
+    match spawned {
+        Ok(_) => answer.recv_timeout(LIVE_PROBE).unwrap_or(true),
+        Err(_) => connect(path),
+    }
+}
+
 /// Distinguishes the staging directories of binds made at once in one process.
 static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Listener {
     /// A Unix socket at `path`, of mode 0600 from before it accepts any connection: it is
     /// bound in a fresh directory of mode 0700 beside `path`, restricted, then renamed
-    /// into place (replacing a stale socket a killed sidecar left). Must be called within
+    /// into place (replacing a stale socket a killed sidecar left). A socket something
+    /// still listens on is never replaced: [`BindError::InUse`]. Must be called within
     /// a tokio runtime.
     pub fn unix(path: impl AsRef<Path>) -> Result<Self, BindError> {
         use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
@@ -934,10 +1031,13 @@ impl Listener {
             address: format!("unix:{}", path.display()),
             source,
         };
-        if let Ok(meta) = std::fs::symlink_metadata(&path)
-            && !meta.file_type().is_socket()
-        {
-            return Err(BindError::NotASocket { path });
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                return Err(BindError::NotASocket { path });
+            }
+            if live(&path) {
+                return Err(BindError::InUse { path });
+            }
         }
         let parent = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -955,18 +1055,23 @@ impl Listener {
         let staged = staging.join("s");
         let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            // Checked again just before the rename, to narrow the window in which a
+            // sidecar started at the same moment could still be replaced.
+            if live(&path) {
+                return Ok(None);
+            }
             std::fs::rename(&staged, &path)?;
-            Ok(listener)
+            Ok(Some(listener))
         });
         let _ = std::fs::remove_file(&staged);
         let _ = std::fs::remove_dir(&staging);
-        Ok(Self {
-            socket: Socket::Unix {
-                listener: bound.map_err(io)?,
-                path,
-            },
-            token: None,
-        })
+        match bound.map_err(io)? {
+            Some(listener) => Ok(Self {
+                socket: Socket::Unix { listener, path },
+                token: None,
+            }),
+            None => Err(BindError::InUse { path }),
+        }
     }
 
     /// A TCP socket at `address` (HOST:PORT; use 127.0.0.1, port 0 picks a free one) on

@@ -596,6 +596,90 @@ async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
     }
 }
 
+/// The default socket lies beside the store, never in it, however the store is spelt:
+/// `--store .` (run from inside the store) once gave `..sock` inside the store. A store
+/// with no name to put a socket beside (`/`) is refused, asking for `--listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_socket_is_beside_the_store_however_it_is_spelt() {
+    use tokio::io::AsyncBufReadExt as _;
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(dir.path()).expect("canonical");
+    let config = write_config(&root, &receiver);
+    let store = root.join("shard");
+    std::fs::create_dir_all(store.join("sub")).expect("creates the store dir");
+    // `store` as `--store` spells it, from the working directory `cwd`: what the
+    // sidecar prints after `listening on ` (or its stderr, if it exits first).
+    let listen = |store: &'static str, cwd: PathBuf| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shard-sidecar"));
+        command
+            .current_dir(cwd)
+            .args(["--store", store, "--triggers"])
+            .arg(&config)
+            .args(["--materialization", "m", "--connector-image", "i"])
+            .args(["--binding", "acmeCo/orders"])
+            .env_remove(sidecar::TOKEN_ENV)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        async move {
+            let mut child = command.spawn().expect("shard-sidecar starts");
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+            let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("prints or exits within 60 s")
+                .expect("reads stdout");
+            match first {
+                Some(line) => {
+                    child.kill().await.expect("kills");
+                    Ok(line
+                        .strip_prefix("listening on unix:")
+                        .unwrap_or_else(|| panic!("not a unix socket: {line}"))
+                        .to_string())
+                }
+                None => {
+                    let output =
+                        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                            .await
+                            .expect("exits")
+                            .expect("waits");
+                    assert!(!output.status.success());
+                    Err(String::from_utf8_lossy(&output.stderr).into_owned())
+                }
+            }
+        }
+    };
+    let beside = root.join("shard.sock");
+    for (spelt, cwd) in [
+        (".", store.clone()),
+        ("./", store.clone()),
+        ("sub/..", store.clone()),
+        ("../shard/.", store.clone()),
+        ("shard/", root.clone()),
+        ("shard", root.clone()),
+    ] {
+        let socket = listen(spelt, cwd.clone())
+            .await
+            .unwrap_or_else(|stderr| panic!("--store {spelt} from {}: {stderr}", cwd.display()));
+        assert_eq!(
+            Path::new(&socket),
+            beside,
+            "--store {spelt} from {}",
+            cwd.display()
+        );
+        std::fs::remove_file(&socket).expect("the socket was there");
+    }
+    assert_eq!(
+        std::fs::read_dir(&store).expect("lists").count(),
+        1,
+        "nothing but `sub` landed in the store"
+    );
+    let stderr = listen("/", root.clone())
+        .await
+        .expect_err("no socket beside /");
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
 /// Any local process reaches a TCP port: the sidecar will not listen on one unguarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_sidecar_refuses_tcp_without_a_token_and_takes_none_from_a_flag() {

@@ -58,6 +58,17 @@ async fn serve_with(
     delivery: DeliveryMode,
     drain: serde_json::Value,
 ) -> Running {
+    serve_with_grace(receiver, address, delivery, drain, Duration::from_secs(5)).await
+}
+
+/// [`serve_with`], with the given shutdown grace.
+async fn serve_with_grace(
+    receiver: &Receiver,
+    address: &str,
+    delivery: DeliveryMode,
+    drain: serde_json::Value,
+    grace: Duration,
+) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let template = r#"{"run": "{{flow_run_id}}", "collections": {{json collection_names}}}"#;
     let config = serde_json::json!({"config": [
@@ -90,7 +101,7 @@ async fn serve_with(
             attempt_observer: None,
         },
     );
-    config.shutdown_grace = Duration::from_secs(5);
+    config.shutdown_grace = grace;
     let sidecar = Sidecar::new(config);
     let address = if address == "unix" {
         format!("unix:{}", dir.path().join("sidecar.sock").display())
@@ -1206,6 +1217,104 @@ async fn the_unix_socket_is_created_with_mode_0600() {
         Err(sidecar::BindError::NotASocket { .. })
     ));
     assert_eq!(std::fs::read_to_string(&file).expect("reads"), "data");
+}
+
+/// A second sidecar for the same socket path is refused while the first still listens
+/// (it would otherwise take the path over, and the first's callers with it); a stale
+/// socket, whose listener is gone, is still replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_the_unix_socket_never_takes_over_a_live_sidecars_socket() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let first = serve(&receiver, "unix").await;
+    let path = first
+        .address
+        .strip_prefix("unix:")
+        .expect("a unix address")
+        .to_string();
+    let err = match Listener::unix(&path) {
+        Ok(_) => panic!("took over the live socket at {path}"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(&err, sidecar::BindError::InUse { path: p } if p.as_os_str() == path.as_str()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&path), "{err}");
+    // The first sidecar still answers on its path, over a new connection.
+    let mut again = sidecar::connect(&first.address, Some(&support::token()))
+        .await
+        .expect("connects");
+    again
+        .status(StatusRequest {})
+        .await
+        .expect("the first sidecar still answers");
+    first.stop().await;
+
+    // A stale socket (its listener dropped) is replaced.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stale = dir.path().join("stale.sock");
+    drop(Listener::unix(&stale).expect("binds"));
+    assert!(stale.exists(), "a dropped listener leaves its socket");
+    Listener::unix(&stale).expect("replaces the stale socket");
+}
+
+/// Open in waiting delivery waits for the delivery in flight at most the shutdown grace,
+/// then answers UNAVAILABLE, leaving the delivery and the old shard as they were; Open
+/// succeeds once the delivery finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve_with_grace(
+        &receiver,
+        "127.0.0.1:0",
+        DeliveryMode::Waiting,
+        serde_json::json!({"mode": "ordered"}),
+        Duration::from_millis(200),
+    )
+    .await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
+    client
+        .start_commit(StartCommitRequest {
+            checkpoint: Some(checkpoint(1)),
+            stats: stats(),
+        })
+        .await
+        .expect("commits");
+    let delivery_id = client
+        .acknowledged(AcknowledgedRequest { wait: false })
+        .await
+        .expect("ack")
+        .into_inner()
+        .delivery_id;
+    assert!(
+        !receiver.wait_for(1, WAIT).await.is_empty(),
+        "a webhook in flight"
+    );
+
+    let err = client
+        .open(OpenRequest {})
+        .await
+        .expect_err("the delivery outlasts the grace");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("shutdown grace"), "{err}");
+
+    let outcome = client
+        .await_delivery(AwaitDeliveryRequest { delivery_id })
+        .await
+        .expect("the delivery went on")
+        .into_inner();
+    assert!(outcome.ok, "{outcome:?}");
+    client
+        .open(OpenRequest {})
+        .await
+        .expect("opens once the delivery finished");
+    running.stop().await;
 }
 
 /// A Python interpreter with grpcio and grpcio-tools, or why there is none.

@@ -35,16 +35,18 @@ use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 struct Args {
     #[command(flatten)]
     shard: ShardArgs,
-    /// Where to listen: unix:/path/to.sock (created with mode 0600; the default is
-    /// unix:STORE.sock, beside the store directory) or HOST:PORT (use 127.0.0.1; port 0
-    /// picks a free one), which needs a bearer token.
+    /// Where to listen: unix:/path/to.sock (created with mode 0600; never one another
+    /// process still listens on; the default is unix:STORE.sock, beside the store
+    /// directory, STORE made absolute) or HOST:PORT (use 127.0.0.1; port 0 picks a free
+    /// one), which needs a bearer token.
     #[arg(long, value_name = "ADDRESS")]
     listen: Option<String>,
     /// The bearer token every call must carry (required on TCP).
     #[command(flatten)]
     token: TokenArgs,
     /// Seconds webhook requests in flight may take to finish after SIGTERM, or when
-    /// Open reopens the shard; those still running then fire again at the next start.
+    /// Open reopens the shard; those still running then fire again at the next start
+    /// (a waiting delivery still running makes Open answer UNAVAILABLE instead).
     #[arg(long, default_value_t = triggers_runtime::DEFAULT_SHUTDOWN_GRACE.as_secs(), value_name = "SECONDS")]
     shutdown_grace: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
@@ -64,13 +66,10 @@ async fn run() -> anyhow::Result<()> {
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     let address = match &args.listen {
         Some(address) => address.clone(),
-        None => {
-            // Beside the store, not in it: `--store dir/` must not give `dir/.sock`.
-            let store: std::path::PathBuf = args.shard.store.components().collect();
-            let mut socket = store.into_os_string();
-            socket.push(".sock");
-            format!("unix:{}", std::path::Path::new(&socket).display())
-        }
+        None => format!(
+            "unix:{}",
+            sidecar::default_socket_path(&args.shard.store)?.display()
+        ),
     };
     let listener = Listener::bind(&address, args.token.token()?).await?;
     println!("listening on {}", listener.address());
