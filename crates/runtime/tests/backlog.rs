@@ -820,6 +820,11 @@ async fn each_attempt_has_a_span_naming_shard_transaction_and_trigger() {
     let spans = AttemptSpans::default();
     let subscriber = tracing_subscriber::registry().with(spans.clone());
     let _default = tracing::subscriber::set_default(subscriber);
+    // While it is the only dispatch in the process, a callsite first reached on another
+    // test's thread (which has none) caches "never" for every thread, this one included
+    // (tokio-rs/tracing#3611), and the attempt spans go missing now and then. A second
+    // live dispatch makes tracing ask every registered one instead.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
 
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await.expect("receiver");
