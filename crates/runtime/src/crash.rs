@@ -12,11 +12,13 @@
 //! `backlog.before_delete` (decoupled delivery: one webhook delivered, its backlog entry
 //! not yet deleted).
 //!
-//! In-process tests stop one shard at a point with [`shard_point_name`]: its store thread
-//! runs the failpoint of that name (`fail::cfg_callback`, say, to hold it there while the
-//! test drops the future waiting on it). Only that shard stops, so tests run in parallel.
-//! The points: `start_commit.store_write` (decoupled StartCommit, just before its
-//! WriteBatch).
+//! In-process tests stop one shard at a point with [`shard_point_name`]: the shard runs
+//! the failpoint of that name (`fail::cfg_callback`, say, to hold it there while the test
+//! drops the future waiting on it). Only that shard stops, so tests run in parallel.
+//! The points, on the store thread: `start_commit.store_write` (decoupled StartCommit,
+//! just before its WriteBatch), `backlog.finish` (recording a finished delivery, before
+//! anything is written); on a backlog worker, an async task (a callback that blocks
+//! holds a runtime thread): `backlog.pick` (before it takes its queue's lock to pick).
 
 /// Marks a named crash point (see the module docs).
 macro_rules! crash_point {

@@ -820,6 +820,11 @@ async fn each_attempt_has_a_span_naming_shard_transaction_and_trigger() {
     let spans = AttemptSpans::default();
     let subscriber = tracing_subscriber::registry().with(spans.clone());
     let _default = tracing::subscriber::set_default(subscriber);
+    // While it is the only dispatch in the process, a callsite first reached on another
+    // test's thread (which has none) caches "never" for every thread, this one included
+    // (tokio-rs/tracing#3611), and the attempt spans go missing now and then. A second
+    // live dispatch makes tracing ask every registered one instead.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
 
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await.expect("receiver");
@@ -1330,4 +1335,149 @@ async fn a_coalesced_triggers_never_sent_entries_merge_at_open_and_the_oldest_st
     shard.close().await;
     let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
     assert!(store.backlog().expect("reads").is_empty());
+}
+
+/// Arms the per-shard failpoint `point` of the shard in `dir` so that the first time it is
+/// reached it reports on the returned receiver and holds there until the returned sender
+/// sends (or 10 s pass), then does `then`; later passes go straight through.
+#[cfg(feature = "failpoints")]
+fn hold_once_at(
+    point: &str,
+    dir: &std::path::Path,
+    then: impl Fn() + Send + Sync + 'static,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let point = triggers_runtime::crash::shard_point_name(point, dir);
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    fail::cfg_callback(point.clone(), move || {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = reached_tx.send(());
+            let _ = release_rx
+                .lock()
+                .expect("lock")
+                .recv_timeout(Duration::from_secs(10));
+            then();
+        }
+    })
+    .expect("arms");
+    (point, reached, release)
+}
+
+/// Issue-12 review, item 1: the store-thread job recording a finished delivery panics
+/// (or never runs). Whoever waits for the drain or for room must hear that delivery
+/// stopped, not hang.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_finished_delivery_job_that_fails_wakes_await_drained_and_a_start_commit_waiting_for_room()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [("/o", serde_json::json!({"mode": "ordered"}))];
+    let (point, reached, release) = hold_once_at("backlog.finish", dir.path(), || {
+        panic!("injected: recording the finished delivery panics")
+    });
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(1)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    let handle = shard.backlog_handle().expect("decoupled");
+    let (committed, drained) = {
+        let drained = handle.drained();
+        tokio::pin!(drained);
+        let stats = stats(2);
+        let commit = shard.start_commit(checkpoint(2), &stats);
+        tokio::pin!(commit);
+        // Both wait: the drain for transaction 1, the commit for room behind it, while the
+        // store thread is held just before recording transaction 1's delivery.
+        let mut held = false;
+        for _ in 0..2000 {
+            tokio::select! {
+                done = &mut commit => panic!("the commit did not wait: {done:?}"),
+                done = &mut drained => panic!("the drain did not wait: {done:?}"),
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if handle.status().backpressured && reached.try_recv().is_ok() {
+                held = true;
+                break;
+            }
+        }
+        assert!(held, "the commit waits for room and the job is held");
+        release.send(()).expect("releases the store thread");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(&mut commit, &mut drained)
+        })
+        .await
+        .expect("both hear that delivery stopped, instead of hanging")
+    };
+    fail::remove(&point);
+    let err = drained.expect_err("delivery stopped");
+    assert!(
+        matches!(err, BacklogError::Stopped(_)) && err.to_string().contains("panicked"),
+        "{err}"
+    );
+    committed.expect_err("the commit fails rather than waiting");
+    drop(handle);
+    shard.close().await;
+}
+
+/// Issue-12 review, item 2: close begins while a worker is between its own look at the
+/// closing flag and picking: it must pick nothing, so nothing new is sent.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_picks_nothing_once_close_begins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    let drains = [("/o", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    // The worker's next pick holds (on a runtime thread) before taking its queue's lock.
+    let (point, reached, release) = hold_once_at("backlog.pick", dir.path(), || ());
+    commit_all(&mut shard, 1..=1).await;
+    let mut held = false;
+    for _ in 0..2000 {
+        if reached.try_recv().is_ok() {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(held, "the worker reached its pick");
+    let handle = shard.backlog_handle().expect("decoupled");
+    let watch = handle.clone();
+    let release_after_close_began = async move {
+        let err = tokio::time::timeout(Duration::from_secs(10), watch.drained())
+            .await
+            .expect("the drain answers once close begins")
+            .expect_err("transaction 1 is still queued");
+        assert!(matches!(err, BacklogError::Closed), "{err}");
+        release.send(()).expect("releases the worker");
+    };
+    tokio::join!(
+        shard.close_within(Duration::from_secs(10)),
+        release_after_close_began
+    );
+    fail::remove(&point);
+    let sent = receiver.requests();
+    assert!(sent.is_empty(), "sent after close began: {sent:?}");
+    // It stays persisted and goes at the next start.
+    drop(handle);
+    let shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    shard.drained().await.expect("drains");
+    assert_covers_exactly_once(&receiver, "/o", 1);
+    shard.close().await;
 }

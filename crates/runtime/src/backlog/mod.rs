@@ -48,8 +48,9 @@ use tracing::Instrument as _;
 use triggers::{Delivered, Deliverer, Drain, SendReason, TriggerFailure, Triggers, Variables};
 use triggers_proto::{Checkpoint, DeliveryAttempt};
 
-/// Why decoupled delivery stopped. The backlog stays on disk and fires again at the next
-/// start.
+/// Why decoupled delivery stopped, or why a call waiting on the backlog ended. The
+/// backlog stays on disk either way: what stopped delivery fires again at the next start,
+/// and after [`BacklogError::Closed`] the call can be made again on the open shard.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BacklogError {
     /// A webhook failed for good.
@@ -337,6 +338,12 @@ impl Shared {
     /// Starts closing: no new sends, and every waiter (drained, backpressure) ends now.
     fn begin_close(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        // A worker's `pick` reads `closing` under its queue's lock: passing through each
+        // lock waits for a pick under way, and every later one sees the flag, so nothing
+        // is picked once this returns.
+        for queue in &self.queues {
+            drop(queue.lock());
+        }
         self.room.notify_one();
         self.drained.notify_waiters();
         for queue in &self.queues {
@@ -562,8 +569,8 @@ impl BacklogHandle {
     /// with what stopped delivery, or with [`BacklogError::Closed`] as soon as the shard
     /// closes with webhooks still queued.
     ///
-    /// Cancel-safe: it only watches; dropping it changes nothing. A handle keeps the shard's store open, so drop it
-    /// before reopening the store.
+    /// Cancel-safe: it only watches; dropping it changes nothing. A handle keeps the
+    /// shard's store open, so drop it before reopening the store.
     pub async fn drained(&self) -> Result<(), BacklogError> {
         self.0.drained().await
     }
@@ -1050,6 +1057,7 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
 /// Marks and returns the entries the worker may send now, and when to look again if a
 /// coalesced trigger's minimum interval holds the next one back.
 fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<Instant>) {
+    crate::crash::shard_point("backlog.pick", &shared.shard);
     let replays_only = match shared.stop() {
         Stop::Running => false,
         Stop::Failed => true,
@@ -1058,7 +1066,9 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
     let acked = shared.acked_seq.load(Ordering::SeqCst);
     let room = queue.drain.max_in_flight().saturating_sub(in_flight);
     let mut state = queue.lock();
-    if room == 0 {
+    // Read under the lock, as `begin_close` passes through it: the worker's own check
+    // before it came here may be stale already.
+    if room == 0 || shared.closing() {
         return (Vec::new(), None);
     }
     if let Drain::Coalesced { min_interval } = queue.drain
@@ -1118,16 +1128,34 @@ async fn finish(shared: &Arc<Shared>, index: usize, send: Send, sent: Sent) {
         if let Some(entry) = shared.queues[index].lock().entry_mut(key_seq) {
             entry.in_flight = false;
         }
-        shared.set_fatal(BacklogError::Stopped(format!(
+        // The job panicked or never ran, so it woke nobody: tell the waiters here. The
+        // worker holds the backlog while it wakes them, but it is a task on the runtime,
+        // not the store thread (see `run_job`), so it ends before `main` does.
+        shared.fail(BacklogError::Stopped(format!(
             "recording a finished delivery failed: {err}"
         )));
     }
 }
 
+/// Wakes whoever waits for room or for the drain when dropped: after a store-thread job,
+/// whether its work returned or panicked.
+struct WakeWaiters {
+    room: Arc<Notify>,
+    drained: Arc<Notify>,
+}
+
+impl Drop for WakeWaiters {
+    fn drop(&mut self) {
+        self.room.notify_one();
+        self.drained.notify_waiters();
+    }
+}
+
 impl Shared {
     /// Runs `work` on the store thread, then wakes whoever waits for room or for the
-    /// drain, once the job has let go of the backlog. Runs to its end even if the caller
-    /// stops waiting, wakeups included.
+    /// drain, once the job has let go of the backlog, even if `work` panics. Runs to its
+    /// end even if the caller stops waiting, wakeups included. A job that never runs (the
+    /// store thread stopped) wakes nobody: the caller's error arm does.
     ///
     /// The order matters: a waiter that wakes may let the process end (a consumer at the
     /// end of its input); were the job still holding the last reference to the backlog,
@@ -1141,10 +1169,12 @@ impl Shared {
         let (room, drained) = (self.room.clone(), self.drained.clone());
         self.thread
             .run(move || {
+                // Locals drop in reverse order, unwinding included: the backlog first,
+                // then the wakeups. Made here, so a job dropped unrun wakes nobody.
+                let _wake = WakeWaiters { room, drained };
+                let shared = shared;
                 let done = work(&shared);
                 drop(shared);
-                room.notify_one();
-                drained.notify_waiters();
                 done
             })
             .await
@@ -1153,6 +1183,7 @@ impl Shared {
     /// A delivered entry becomes SUCCESS and leaves the backlog (with the trigger's last
     /// send time) in one batch; a failure becomes FAILED and is kept on its entry.
     fn finish_now(&self, index: usize, send: Send, sent: Sent) {
+        crate::crash::shard_point("backlog.finish", &self.shard);
         let queue = &self.queues[index];
         match sent {
             Sent::Done(Ok(_)) => self.delivered(queue, send),
