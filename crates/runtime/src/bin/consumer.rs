@@ -127,7 +127,11 @@ async fn run() -> anyhow::Result<()> {
         max_transactions: args.max_transactions,
         stop_before_acknowledging: None,
     };
-    let summary = consumer::run(&mut driver, &documents, options).await?;
+    let result = consumer::run(&mut driver, &documents, options).await;
+    // Close an in-process shard before the runtime ends, so its workers and store thread
+    // stop in order rather than racing the process's exit.
+    driver.close().await;
+    let summary = result?;
     println!(
         "consumer: resumed at offset {}, committed {} transaction(s) ({} with triggers), final offset {}{}",
         summary.resumed_at,
