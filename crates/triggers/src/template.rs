@@ -741,12 +741,47 @@ mod tests {
         }
     }
 
+    /// Issue 12 (a config that validates never stalls a shard): an unknown variable in a
+    /// branch the trial render does not take passed validation, then failed for good at
+    /// delivery on the transaction that took it, stopping the shard.
+    #[test]
+    fn an_unknown_variable_in_a_branch_the_trial_render_skips_is_refused_at_validation() {
+        for source in [
+            "{{#unless materialization_name}}{{nope}}{{/unless}}",
+            "{{#if (eq transaction_count 999)}}{{json nope}}{{/if}}",
+            "{{#each collection_names}}{{this}}{{else}}{{nope.more}}{{/each}}",
+            "{{#with materialization_name}}{{this}}{{else}}{{nope}}{{/with}}",
+            "{{#if (eq transaction_count 999)}}{{lookup nope 0}}{{/if}}",
+        ] {
+            let Err(err) = compile(source) else {
+                panic!("{source} compiled");
+            };
+            assert!(
+                matches!(&err, TemplateError::UnknownVariable { variable, .. } if variable.starts_with("nope")),
+                "{source}: {err:?}"
+            );
+        }
+        // Other contexts and the paths the walk cannot judge are left to the trial render.
+        for source in [
+            "{{#each collection_names}}{{this}}{{@index}}{{@first}}{{/each}}",
+            "{{#with materialization_name}}{{this}}{{/with}}",
+            "{{@root.materialization_name}}{{lookup collection_names 0}}",
+            "{{#if transaction_count}}{{json collection_names}}{{/if}}",
+        ] {
+            if let Err(err) = compile(source) {
+                panic!("{source}: {err:?}");
+            }
+        }
+    }
+
     #[test]
     fn templates_with_unknown_variables_have_no_direct_plan() {
         let mut templates = Templates::new();
-        templates
-            .compile(0, "{{materialisation_name}}")
-            .expect("compiles");
+        // An unknown variable no longer compiles at all, so it never gets a plan.
+        assert!(matches!(
+            templates.compile(0, "{{materialisation_name}}"),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
         assert!(!templates.renders_directly(0));
         // A recompiled index forgets its old plan.
         templates.compile(1, "{{flow_run_id}}").expect("compiles");
@@ -811,8 +846,8 @@ mod tests {
         ));
         // `else if` chains and subexpressions are levels of recursion too.
         let chain = format!(
-            "{{{{#if a}}}}{}{{{{/if}}}}",
-            "{{else if a}}".repeat(MAX_TEMPLATE_NESTING)
+            "{{{{#if flow_run_id}}}}{}{{{{/if}}}}",
+            "{{else if flow_run_id}}".repeat(MAX_TEMPLATE_NESTING)
         );
         assert!(matches!(
             compile(&chain).err(),

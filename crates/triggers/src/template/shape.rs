@@ -149,7 +149,7 @@ pub(crate) fn check(template: &Template) -> Result<Shape, TemplateError> {
         expressions: 0,
         shape: Shape::default(),
     };
-    let fixed = walk.template(template, 0, false)?;
+    let fixed = walk.template(template, 0, false, true)?;
     walk.shape.fixed = walk.shape.fixed.saturating_add(fixed);
     Ok(walk.shape)
 }
@@ -167,6 +167,7 @@ impl Walk {
         template: &Template,
         depth: usize,
         in_each: bool,
+        at_root: bool,
     ) -> Result<u64, TemplateError> {
         let mut steps = 0u64;
         for (index, element) in template.elements.iter().enumerate() {
@@ -179,9 +180,11 @@ impl Walk {
                 TemplateElement::RawString(_) | TemplateElement::Comment(_) => 0,
                 TemplateElement::Expression(expression)
                 | TemplateElement::HtmlExpression(expression) => {
-                    self.expression(expression, depth, at)?
+                    self.expression(expression, depth, at, at_root)?
                 }
-                TemplateElement::HelperBlock(block) => self.block(block, depth, in_each, at)?,
+                TemplateElement::HelperBlock(block) => {
+                    self.block(block, depth, in_each, at, at_root)?
+                }
                 TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
                     return Err(
                         at.unsupported("partials and decorators (`{{#*inline}}`, `{{* …}}`)")
@@ -197,12 +200,14 @@ impl Walk {
         Ok(steps)
     }
 
-    /// One `{{…}}` or subexpression at nesting `depth`: its steps.
+    /// One `{{…}}` or subexpression at nesting `depth`: its steps. `at_root` says the
+    /// context is the variables themselves (not an `#each` item or a `#with` value).
     fn expression(
         &mut self,
         expression: &HelperTemplate,
         depth: usize,
         at: At,
+        at_root: bool,
     ) -> Result<u64, TemplateError> {
         let calls = !expression.params.is_empty() || !expression.hash.is_empty();
         if calls {
@@ -211,8 +216,10 @@ impl Walk {
             if !allowed {
                 return Err(at.unknown_helper(&expression.name));
             }
+        } else if at_root {
+            known_variable(&expression.name, at)?;
         }
-        self.arguments(expression, depth, at)
+        self.arguments(expression, depth, at, at_root)
     }
 
     /// The expression itself and its arguments: their steps.
@@ -221,26 +228,36 @@ impl Walk {
         expression: &HelperTemplate,
         depth: usize,
         at: At,
+        at_root: bool,
     ) -> Result<u64, TemplateError> {
         self.count()?;
         let mut steps = 1u64;
         for param in expression.params.iter().chain(expression.hash.values()) {
-            steps = steps.saturating_add(self.parameter(param, depth, at)?);
+            steps = steps.saturating_add(self.parameter(param, depth, at, at_root)?);
         }
         Ok(steps)
     }
 
-    fn parameter(&mut self, param: &Parameter, depth: usize, at: At) -> Result<u64, TemplateError> {
+    fn parameter(
+        &mut self,
+        param: &Parameter,
+        depth: usize,
+        at: At,
+        at_root: bool,
+    ) -> Result<u64, TemplateError> {
         match param {
             Parameter::Subexpression(sub) => {
                 if depth + 1 > MAX_TEMPLATE_NESTING {
                     return Err(at.too_deep());
                 }
                 match sub.as_element() {
-                    TemplateElement::Expression(inner) => self.expression(inner, depth + 1, at),
+                    TemplateElement::Expression(inner) => {
+                        self.expression(inner, depth + 1, at, at_root)
+                    }
                     _ => Err(at.unsupported("this subexpression")),
                 }
             }
+            Parameter::Path(_) if at_root => known_variable(param, at).map(|()| 1),
             Parameter::Name(_) | Parameter::Path(_) | Parameter::Literal(_) => Ok(1),
             _ => Err(at.unsupported("these parameters")),
         }
@@ -253,6 +270,7 @@ impl Walk {
         depth: usize,
         in_each: bool,
         at: At,
+        at_root: bool,
     ) -> Result<u64, TemplateError> {
         if depth + 1 > MAX_TEMPLATE_NESTING {
             return Err(at.too_deep());
@@ -261,7 +279,7 @@ impl Walk {
             Some(name) if BLOCK_HELPERS.contains(&name) => name,
             _ => return Err(at.unknown_helper(&block.name)),
         };
-        let mut steps = self.arguments(block, depth, at)?;
+        let mut steps = self.arguments(block, depth, at, at_root)?;
         let each = name == "each";
         if each && in_each {
             return Err(TemplateError::NestedEach {
@@ -270,11 +288,17 @@ impl Walk {
             });
         }
         let body = match &block.template {
-            Some(body) => self.template(body, depth + 1, in_each || each)?,
+            // `#each` and `#with` bodies see another context; `#if` and `#unless` keep it.
+            Some(body) => self.template(
+                body,
+                depth + 1,
+                in_each || each,
+                at_root && !each && name != "with",
+            )?,
             None => 0,
         };
         if let Some(inverse) = &block.inverse {
-            steps = steps.saturating_add(self.template(inverse, depth + 1, in_each)?);
+            steps = steps.saturating_add(self.template(inverse, depth + 1, in_each, at_root)?);
         }
         if !each {
             return Ok(steps.saturating_add(body));
@@ -304,6 +328,29 @@ impl Walk {
         }
         Ok(())
     }
+}
+
+/// In the variables' own context, a plain path (`name`, `name.more`) must start with a
+/// variable's name: strict mode refuses any other at render time, and a branch the trial
+/// render does not take (an `#unless`, an `{{else}}`) would otherwise fail only at
+/// delivery. Paths this cannot judge (`this`, `@root`, `@index`, `../`) are left to the
+/// trial render.
+fn known_variable(param: &Parameter, at: At) -> Result<(), TemplateError> {
+    let Parameter::Path(Path::Relative((segments, raw))) = param else {
+        return Ok(());
+    };
+    let Some(PathSeg::Named(first)) = segments.first() else {
+        return Ok(());
+    };
+    let judged = !(raw.starts_with('@') || raw.starts_with('.') || raw.starts_with("this"));
+    if judged && !crate::VARIABLE_NAMES.contains(&first.as_str()) {
+        return Err(TemplateError::UnknownVariable {
+            variable: raw.clone(),
+            line: at.line,
+            column: at.column,
+        });
+    }
+    Ok(())
 }
 
 /// The name of a helper as the parser gives it: a name, or a path of one plain segment.
