@@ -285,6 +285,9 @@ impl Deliverer {
 
     /// Renders and delivers every trigger for one transaction, concurrently, as a
     /// [`SendReason::FirstSend`]. Returns when all are delivered or have failed for good.
+    ///
+    /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
+    /// may have arrived), so a caller that keeps the variables sends them again later.
     pub async fn deliver(
         &self,
         triggers: &Triggers,
@@ -297,6 +300,9 @@ impl Deliverer {
     /// Like [`Deliverer::deliver`], telling receivers (in `webhook-reason`) why the first
     /// attempt is sent: a recovery re-fire or an operator's replay may repeat a webhook
     /// the receiver already has.
+    ///
+    /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
+    /// may have arrived), so a caller that keeps the variables sends them again later.
     pub async fn deliver_with_reason(
         &self,
         triggers: &Triggers,
@@ -340,6 +346,9 @@ impl Deliverer {
     /// Renders and delivers one trigger's webhook, with retries: what a decoupled
     /// runtime's per-trigger worker sends for one backlog entry. Logged in the same
     /// `deliver` span as [`Deliverer::deliver_with_reason`].
+    ///
+    /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
+    /// may have arrived), so a caller that keeps the variables sends them again later.
     pub async fn deliver_trigger(
         &self,
         triggers: &Triggers,
@@ -357,6 +366,9 @@ impl Deliverer {
     /// those earlier runs of the same delivery made (before an operator's retry or a
     /// restart), so `webhook-attempt` goes on counting; `maxRetries` and the retry budget
     /// hold for this run alone.
+    ///
+    /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
+    /// may have arrived), so a caller that keeps the variables sends them again later.
     pub async fn deliver_trigger_observed(
         &self,
         triggers: &Triggers,

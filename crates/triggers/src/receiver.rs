@@ -144,6 +144,8 @@ pub struct Receiver {
 
 impl Receiver {
     /// Starts a receiver on an ephemeral port of 127.0.0.1.
+    ///
+    /// Cancel-safe: a dropped start leaves nothing listening.
     pub async fn start() -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -191,6 +193,8 @@ impl Receiver {
 
     /// Waits until at least `count` requests have arrived, or `timeout` passes; returns
     /// what has arrived either way.
+    ///
+    /// Cancel-safe: it only reads.
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Request> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
