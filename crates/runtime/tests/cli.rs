@@ -457,7 +457,7 @@ async fn preview_and_test_fire_through_a_sidecar() {
 /// identity from `--identity`, `$SOPS_AGE_KEY_FILE` or `$SOPS_AGE_KEY`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
-    use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest, StartCommitRequest};
+    use triggers_proto::sidecar::{AcknowledgedRequest, StartCommitRequest};
     let receiver = Receiver::start().await.expect("receiver");
     let keys = fixture("key1.agekey");
     let keys_text = std::fs::read_to_string(&keys).expect("reads");
@@ -480,14 +480,7 @@ async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
         std::fs::write(&config, &sealed).expect("writes");
         let sidecar = support::start_sidecar(dir.path(), &config, extra, env).await;
         assert!(sidecar.address.starts_with("unix:"), "{}", sidecar.address);
-        let mut client = sidecar::connect(&sidecar.address, None)
-            .await
-            .expect("connects");
-        client.open(OpenRequest {}).await.expect("opens");
-        client
-            .acknowledged(AcknowledgedRequest { wait: true })
-            .await
-            .expect("recovered ack");
+        let mut client = support::open_and_acknowledge(&sidecar.address, None).await;
         let mut checkpoint = triggers_proto::Checkpoint::default();
         checkpoint.sources.insert(
             "acmeCo/orders/pivot=00".to_string(),

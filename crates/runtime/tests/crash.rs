@@ -3,6 +3,8 @@
 //! and are restarted; a checker then verifies the at-least-once invariants against
 //! everything a real receiver on 127.0.0.1 recorded.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -547,6 +549,21 @@ fn spawn(mut command: Command, crash_point: Option<&str>) -> Child {
 }
 
 /// Reads the sidecar's `listening on ADDRESS` line.
+/// Sends SIGTERM to a sidecar and waits (within [`CHILD_DEADLINE`]) for its clean exit.
+async fn terminate(sidecar: &mut Child) {
+    let pid = sidecar.id().expect("running");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(CHILD_DEADLINE, sidecar.wait())
+        .await
+        .expect("sidecar exits on SIGTERM")
+        .expect("reaped");
+    assert!(status.success(), "clean shutdown: {status:?}");
+}
+
 async fn sidecar_address(child: &mut Child) -> String {
     let stdout = child.stdout.take().expect("stdout piped");
     let mut lines = BufReader::new(stdout).lines();
@@ -645,17 +662,7 @@ async fn sidecar_killed_after_the_write_recovers_through_the_next_sidecar() {
         .await;
     let mut sidecar = harness.complete_through_new_sidecar().await;
     // SIGTERM: a clean shutdown releases the store.
-    let pid = sidecar.id().expect("running");
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    let status = tokio::time::timeout(CHILD_DEADLINE, sidecar.wait())
-        .await
-        .expect("sidecar exits on SIGTERM")
-        .expect("reaped");
-    assert!(status.success(), "clean shutdown: {status:?}");
+    terminate(&mut sidecar).await;
     let report = harness.assert_clean();
     assert_eq!(report.duplicates, 0, "{report:?}");
 }
@@ -827,14 +834,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
         .set_default(Reply::status(200).after(Duration::from_millis(1500)));
     let mut sidecar = harness.sidecar(None);
     let address = sidecar_address(&mut sidecar).await;
-    let mut client = triggers_runtime::sidecar::connect(&address, None)
-        .await
-        .expect("connects");
-    client.open(OpenRequest {}).await.expect("opens");
-    client
-        .acknowledged(AcknowledgedRequest { wait: true })
-        .await
-        .expect("recovered ack");
+    let mut client = support::open_and_acknowledge(&address, None).await;
     let clock = Clock::from_unix(1_750_000_000, 0).0;
     client
         .start_commit(StartCommitRequest {
@@ -859,17 +859,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
         .await;
     assert_eq!(arrived.len(), TRIGGER_PATHS.len());
 
-    let pid = sidecar.id().expect("running");
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    let status = tokio::time::timeout(CHILD_DEADLINE, sidecar.wait())
-        .await
-        .expect("sidecar exits on SIGTERM")
-        .expect("reaped");
-    assert!(status.success(), "clean shutdown: {status:?}");
+    terminate(&mut sidecar).await;
 
     // The next sidecar finds nothing left to re-fire.
     let mut sidecar = harness.sidecar(None);

@@ -19,6 +19,24 @@ pub fn token_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// Connects to the sidecar at `address`, opens its shard and acknowledges the recovered
+/// checkpoint (delivering what a crash left pending): every consumer's first steps.
+pub async fn open_and_acknowledge(
+    address: &str,
+    token: Option<&BearerToken>,
+) -> triggers_runtime::sidecar::Client {
+    use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest};
+    let mut client = triggers_runtime::sidecar::connect(address, token)
+        .await
+        .expect("connects");
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    client
+}
+
 /// A `shard-sidecar` process, killed when dropped.
 pub struct SidecarProcess {
     /// The process; its log goes to `dir/sidecar.log`.
