@@ -260,6 +260,10 @@ pub struct RunOptions {
     /// Return right after the StartCommit of this transaction (1-based), without its
     /// Acknowledged: what a crash at that moment leaves behind. The demo uses it.
     pub stop_before_acknowledging: Option<u64>,
+    /// Wait this long after each Acknowledged before the next transaction: a source that
+    /// trickles, so webhooks spread over time (the receiver tests use it to cross token
+    /// expiries). Zero runs transactions back to back.
+    pub pause_between_transactions: std::time::Duration,
 }
 
 /// Runs the consumer: recover, acknowledge the recovered commit (delivering what a crash
@@ -277,6 +281,7 @@ pub async fn run(
         docs_per_txn,
         max_transactions,
         stop_before_acknowledging,
+        pause_between_transactions,
     } = options;
     anyhow::ensure!(docs_per_txn > 0, "transactions need at least one document");
     let (mut checkpoint, recovered_pending) = driver.open().await?;
@@ -334,6 +339,9 @@ pub async fn run(
         }
         driver.acknowledged().await?;
         tracing::info!(transaction = summary.transactions, "acknowledged");
+        if !pause_between_transactions.is_zero() {
+            tokio::time::sleep(pause_between_transactions).await;
+        }
     }
     if stop_before_acknowledging.is_none_or(|stop| summary.transactions < stop) {
         driver.drained().await?;

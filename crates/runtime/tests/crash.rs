@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::{Expected, Input};
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,23 +15,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use triggers::receiver::{Receiver, Reply};
-use triggers::{Clock, Materialization, Variables};
-use triggers_runtime::consumer::{INPUT_JOURNAL, parse_documents};
+use triggers::Clock;
+use triggers_runtime::consumer::INPUT_JOURNAL;
 use triggers_runtime::crash::{CRASH_POINT_ENV, CRASH_POINT_REACHED};
-use triggers_runtime::{Durability, Store, TransactionStats};
+use triggers_runtime::{Durability, Store};
 
-const COLLECTIONS: [&str; 3] = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"];
 const TRIGGER_PATHS: [&str; 2] = ["/a", "/b"];
 /// Longest a child may run before the test gives up on it.
 const CHILD_DEADLINE: Duration = Duration::from_secs(60);
-
-/// One committed transaction as the checker expects to see it announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Expected {
-    collections: Vec<String>,
-    min: String,
-    max: String,
-}
 
 /// How the shard under test delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,18 +88,11 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let receiver = Receiver::start().await.expect("receiver");
 
-        // Documents with strictly increasing clocks over the three collections.
-        let mut text = String::new();
-        for i in 0..documents as u64 {
-            let collection = COLLECTIONS[(i * 7 % 5 % 3) as usize];
-            let clock = Clock::from_unix(1_750_000_000 + i * 3, (i as u32 * 7_919) % 1_000_000_000);
-            let uuid = clock.to_uuid([0x0b, 0, 0, 0, 0, (i % 2) as u8 + 1], 1);
-            text.push_str(&format!(
-                "{{\"_meta\":{{\"uuid\":\"{uuid}\"}},\"collection\":\"{collection}\",\"n\":{i}}}\n"
-            ));
-        }
-        let input = dir.path().join("input.jsonl");
-        std::fs::write(&input, &text).expect("write input");
+        let Input {
+            path: input,
+            len: input_len,
+            expected,
+        } = Input::write(dir.path(), documents, docs_per_txn);
 
         let template = r#"{"run": "{{flow_run_id}}", "id": "{{webhook_id}}", "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "collections": {{json collection_names}}, "name": "{{materialization_name}}", "count": {{transaction_count}}, "first": {{first_commit_seq}}, "last": {{last_commit_seq}}}"#;
         let drain = match delivery {
@@ -122,41 +108,8 @@ impl Harness {
         })).collect::<Vec<_>>()});
         std::fs::write(dir.path().join("triggers.json"), config.to_string()).expect("write config");
 
-        // What every committed transaction must announce, computed from the whole input.
-        let bindings: Vec<String> = COLLECTIONS.iter().map(ToString::to_string).collect();
-        let documents = parse_documents(&text, &bindings).expect("parses");
-        let materialization = Materialization {
-            name: "acmeCo/crash/test".to_string(),
-            connector_image: "ghcr.io/estuary/materialize-example:v1".to_string(),
-            binding_collections: bindings,
-        };
-        let expected = documents
-            .chunks(docs_per_txn)
-            .map(|txn| {
-                let mut stats = TransactionStats::default();
-                for doc in txn {
-                    stats.add_document(doc.binding, doc.clock, doc.bytes);
-                }
-                let v = Variables::from_stats(&materialization, &stats.take(), String::new())
-                    .expect("valid")
-                    .expect("documents");
-                let json = serde_json::to_value(&v).expect("serialises");
-                Expected {
-                    collections: v.collection_names,
-                    min: json["flow_published_at_min"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    max: json["flow_published_at_max"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                }
-            })
-            .collect();
-
         Self {
-            input_len: text.len() as i64,
+            input_len,
             dir,
             receiver,
             input,
@@ -179,10 +132,7 @@ impl Harness {
     }
 
     fn bindings(&self) -> Vec<String> {
-        COLLECTIONS
-            .iter()
-            .flat_map(|c| ["--binding".to_string(), c.to_string()])
-            .collect()
+        Input::binding_args()
     }
 
     /// The consumer, in-process mode, or driving the sidecar at `sidecar`.

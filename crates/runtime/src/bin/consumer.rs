@@ -82,6 +82,10 @@ struct Args {
     /// StartCommit waits.
     #[arg(long, value_name = "ENTRIES", default_value_t = triggers_runtime::DEFAULT_BACKLOG_LIMIT)]
     backlog_limit: usize,
+    /// Wait this long after each Acknowledged before the next transaction (a source that
+    /// trickles).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    transaction_interval_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,6 +130,7 @@ async fn run() -> anyhow::Result<()> {
         docs_per_txn: args.docs_per_txn,
         max_transactions: args.max_transactions,
         stop_before_acknowledging: None,
+        pause_between_transactions: std::time::Duration::from_millis(args.transaction_interval_ms),
     };
     let result = consumer::run(&mut driver, &documents, options).await;
     // Close an in-process shard before the runtime ends, so its workers and store thread

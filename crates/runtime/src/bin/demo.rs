@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             docs_per_txn: args.docs_per_txn,
             max_transactions: None,
             stop_before_acknowledging: Some(CRASH_AFTER_COMMIT_OF),
+            pause_between_transactions: std::time::Duration::ZERO,
         },
     )
     .await?;
@@ -151,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             docs_per_txn: args.docs_per_txn,
             max_transactions: None,
             stop_before_acknowledging: None,
+            pause_between_transactions: std::time::Duration::ZERO,
         },
     )
     .await?;

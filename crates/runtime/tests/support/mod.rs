@@ -1,7 +1,12 @@
 //! Fixtures shared by the runtime's test binaries (each uses what it needs).
 #![allow(dead_code)]
 
+pub mod airflow;
+
 use std::path::{Path, PathBuf};
+use triggers::{Clock, Materialization, Variables};
+use triggers_runtime::TransactionStats;
+use triggers_runtime::consumer::parse_documents;
 use triggers_runtime::sidecar::BearerToken;
 
 /// The bearer token test sidecars on TCP require.
@@ -104,4 +109,88 @@ pub async fn start_sidecar(
         );
     };
     SidecarProcess { child, address }
+}
+
+/// The collections of the consumer's test input, one binding each, in binding order.
+pub const COLLECTIONS: [&str; 3] = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"];
+
+/// One committed transaction as its webhook must announce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// `collection_names`.
+    pub collections: Vec<String>,
+    /// `flow_published_at_min`.
+    pub min: String,
+    /// `flow_published_at_max`.
+    pub max: String,
+}
+
+/// The reference consumer's JSON-lines input, written to a file, and what each of its
+/// transactions must announce.
+pub struct Input {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length in bytes (the checkpoint's final offset).
+    pub len: i64,
+    /// Per transaction of `docs_per_txn` documents, in commit order.
+    pub expected: Vec<Expected>,
+}
+
+impl Input {
+    /// `documents` documents with strictly increasing clocks over [`COLLECTIONS`] (seconds
+    /// apart, sub-second parts that use all seven digits), in `dir/input.jsonl`.
+    pub fn write(dir: &Path, documents: usize, docs_per_txn: usize) -> Self {
+        let mut text = String::new();
+        for i in 0..documents as u64 {
+            let collection = COLLECTIONS[(i * 7 % 5 % 3) as usize];
+            let clock = Clock::from_unix(1_750_000_000 + i * 3, (i as u32 * 7_919) % 1_000_000_000);
+            let uuid = clock.to_uuid([0x0b, 0, 0, 0, 0, (i % 2) as u8 + 1], 1);
+            text.push_str(&format!(
+                "{{\"_meta\":{{\"uuid\":\"{uuid}\"}},\"collection\":\"{collection}\",\"n\":{i}}}\n"
+            ));
+        }
+        let path = dir.join("input.jsonl");
+        std::fs::write(&path, &text).expect("write input");
+
+        // What every committed transaction must announce, computed from the whole input.
+        let bindings: Vec<String> = COLLECTIONS.iter().map(ToString::to_string).collect();
+        let parsed = parse_documents(&text, &bindings).expect("parses");
+        let materialization = Materialization {
+            name: "acmeCo/test/materialize".to_string(),
+            connector_image: "ghcr.io/estuary/materialize-example:v1".to_string(),
+            binding_collections: bindings,
+        };
+        let expected = parsed
+            .chunks(docs_per_txn)
+            .map(|txn| {
+                let mut stats = TransactionStats::default();
+                for doc in txn {
+                    stats.add_document(doc.binding, doc.clock, doc.bytes);
+                }
+                let v = Variables::from_stats(&materialization, &stats.take(), String::new())
+                    .expect("valid")
+                    .expect("documents");
+                let json = serde_json::to_value(&v).expect("serialises");
+                let field = |name: &str| json[name].as_str().unwrap_or_default().to_string();
+                Expected {
+                    min: field("flow_published_at_min"),
+                    max: field("flow_published_at_max"),
+                    collections: v.collection_names,
+                }
+            })
+            .collect();
+        Self {
+            path,
+            len: text.len() as i64,
+            expected,
+        }
+    }
+
+    /// `--binding` arguments for [`COLLECTIONS`].
+    pub fn binding_args() -> Vec<String> {
+        COLLECTIONS
+            .iter()
+            .flat_map(|c| ["--binding".to_string(), c.to_string()])
+            .collect()
+    }
 }
