@@ -14,7 +14,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::airflow::{Airflow, USER, Version};
+use support::airflow::{Airflow, Version};
 use support::{Expected, Input};
 use tokio::process::{Child, Command};
 
@@ -290,38 +290,26 @@ fn at_micros(at: &str, ceil: bool) -> String {
     )
 }
 
-/// The README's config for this Airflow ("Receivers"), pointed at this instance.
+/// The README's config for this Airflow (its "Real receivers" section), pointed at this
+/// instance and `dag`, with `timeoutSecs` added: the tests run what users copy.
 fn readme_config(airflow: &Airflow, dag: &str, timeout_secs: u64) -> String {
-    let url = airflow.dag_runs_url(dag);
-    let common = format!(
-        r#"    timeoutSecs: {timeout_secs}
-    drain:
-      mode: ordered
-    payloadTemplate: |
-      {{
-        "dag_run_id": "flow-{{{{flow_run_id}}}}",{logical_date}
-        "conf": {{
-          "materialization": "{{{{materialization_name}}}}",
-          "collections": {{{{json collection_names}}}},
-          "from": "{{{{timestamp flow_published_at_min "us"}}}}",
-          "to": "{{{{timestamp flow_published_at_max "us" "ceil"}}}}"
-        }}
-      }}
-"#,
-        logical_date = match airflow.version {
-            Version::Two => "",
-            Version::Three => "\n        \"logical_date\": null,",
-        }
-    );
-    match airflow.version {
-        Version::Two => format!(
-            "config:\n  - url: {url}\n    headers:\n      Authorization: {}\n{common}",
-            airflow.basic_authorization()
-        ),
-        Version::Three => format!(
-            "config:\n  - url: {url}\n    auth:\n      type: tokenEndpoint\n      url: {}\n      username: {USER}\n      password: {}\n{common}",
-            airflow.token_url(),
-            airflow.password
-        ),
-    }
+    let readme = include_str!("../../../README.md");
+    let heading = match airflow.version {
+        Version::Two => "### Apache Airflow 2",
+        Version::Three => "### Apache Airflow 3",
+    };
+    let section = &readme[readme.find(heading).expect("the README has the section")..];
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has a YAML config");
+    let config = block
+        .replace("https://airflow.example.com", &airflow.origin())
+        .replace("/dags/refresh_marts/", &format!("/dags/{dag}/"))
+        .replace("Basic YWRtaW46c2VjcmV0", &airflow.basic_authorization())
+        .replace("${AIRFLOW_PASSWORD}", &airflow.password)
+        .replace("    drain:\n", &format!("    timeoutSecs: {timeout_secs}\n    drain:\n"));
+    assert!(config.contains(&airflow.origin()) && config.contains("timeoutSecs"), "{config}");
+    config
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 const START_DEADLINE: Duration = Duration::from_secs(240);
 /// Longest one `airflow` command (a migration, a DAG sync) may take.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(180);
-/// The API user's name.
-pub const USER: &str = "admin";
+/// The API user's name (the README's).
+pub const USER: &str = "flow-triggers";
 
 /// Which Airflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

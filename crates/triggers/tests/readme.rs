@@ -1,0 +1,52 @@
+//! Every trigger config the README shows validates: users copy them.
+
+/// The README's YAML blocks that are trigger configs, with the heading they follow.
+fn readme_configs() -> Vec<(String, String)> {
+    let readme = include_str!("../../../README.md");
+    let mut heading = String::new();
+    let mut configs = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with('#') {
+            heading = line.to_string();
+        } else if line == "```yaml" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            if block.first().is_some_and(|first| first.starts_with("config:")) {
+                configs.push((heading.clone(), block.join("\n")));
+            }
+        }
+    }
+    configs
+}
+
+/// `${NAME}` marks a value the reader fills in.
+fn fill_placeholders(config: &str) -> String {
+    let mut filled = String::new();
+    let mut rest = config;
+    while let Some(at) = rest.find("${") {
+        filled.push_str(&rest[..at]);
+        let end = rest[at..].find('}').map_or(rest.len(), |end| at + end + 1);
+        filled.push_str("placeholder-value");
+        rest = &rest[end..];
+    }
+    filled.push_str(rest);
+    filled
+}
+
+#[test]
+fn every_config_in_the_readme_validates() {
+    let configs = readme_configs();
+    let headings: Vec<&str> = configs.iter().map(|(h, _)| h.as_str()).collect();
+    for receiver in ["Airflow 2", "Airflow 3", "dbt Cloud", "GitHub", "Slack"] {
+        assert!(
+            headings.iter().any(|h| h.contains(receiver)),
+            "no config for {receiver} under {headings:?}"
+        );
+    }
+    for (heading, config) in &configs {
+        let config = fill_placeholders(config);
+        if let Err(errors) = triggers::validate(&config, triggers::ConfigFormat::Yaml) {
+            panic!("the config under {heading:?} does not validate: {errors}\n{config}");
+        }
+    }
+}
