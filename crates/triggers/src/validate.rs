@@ -880,4 +880,26 @@ mod tests {
             assert!(!err.contains(secret), "{fields}: {err}");
         }
     }
+
+    /// Issue 13, item 3: the deliverer writes `traceparent` on every request (and owns
+    /// the trace, so any `tracestate` would describe a trace it does not know): a config
+    /// setting either, in any case, is refused like the `webhook-*` headers.
+    #[test]
+    fn traceparent_and_tracestate_set_by_a_config_are_refused() {
+        for name in ["traceparent", "Traceparent", "TRACESTATE"] {
+            let config = format!(
+                r#"{{"config": [{{"url": "https://x.example.com", "payloadTemplate": "{{}}",
+                    "headers": {{"{name}": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}}]}}"#
+            );
+            let ValidationErrors(errors) = validate(&config, ConfigFormat::Json).expect_err(name);
+            assert!(
+                matches!(
+                    errors.as_slice(),
+                    [ValidationError::InvalidHeaderName { name: refused, reason, .. }]
+                        if refused == name && reason.contains("deliverer sets")
+                ),
+                "{name}: {errors:?}"
+            );
+        }
+    }
 }

@@ -366,3 +366,47 @@ async fn user_info_in_the_url_is_sent_as_basic_auth_unless_the_config_sets_autho
             .all(|r| r.header("webhook-id").is_some() && r.header("webhook-reason").is_some())
     );
 }
+
+/// Issue 13, item 3: the log of a delivery carries the trace id the receiver saw in
+/// `traceparent` (a field of the `deliver` span), and each attempt's span id (a field of
+/// its `attempt` span), so a receiver's trace and our log join.
+#[tokio::test]
+async fn traceparent_ids_seen_by_the_receiver_are_in_the_delivery_log() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/traced", [Reply::status(503), Reply::status(200)]);
+    let triggers = triggers(&receiver, &[("/traced", "{}")]);
+    fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered on the retry");
+
+    let logs = String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf8");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        let traceparent = request.header("traceparent").expect("traceparent");
+        let fields: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{traceparent}");
+        let (trace, span) = (fields[1], fields[2]);
+        let failed = logs
+            .lines()
+            .find(|l| l.contains("webhook attempt failed"))
+            .unwrap_or_else(|| panic!("no failed attempt logged: {logs}"));
+        assert!(failed.contains(&format!("trace_id={trace}")), "{logs}");
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("attempt{") && l.contains(&format!("span_id={span}"))),
+            "span {span} not logged: {logs}"
+        );
+    }
+}
