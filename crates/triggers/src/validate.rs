@@ -902,4 +902,29 @@ mod tests {
             );
         }
     }
+
+    /// Issue 13, item 4: a `timestamp` call with a literal precision or rounding it does
+    /// not know, or the wrong arguments, is refused at validation, naming the trigger
+    /// and where in its template; a good one validates.
+    #[test]
+    fn timestamp_bad_literals_are_refused_at_validation_naming_trigger_line_and_column() {
+        let config = r#"{"config": [
+            {"url": "https://ok.example.com", "payloadTemplate": "{\"to\": \"{{timestamp flow_published_at_max \"us\" \"ceil\"}}\"}"},
+            {"url": "https://a.example.com", "payloadTemplate": "{\n \"to\": \"{{timestamp flow_published_at_max \"ns\"}}\"}"},
+            {"url": "https://b.example.com", "payloadTemplate": "{\"to\": \"{{timestamp flow_published_at_max \"us\" \"up\"}}\"}"},
+            {"url": "https://c.example.com", "payloadTemplate": "{\"to\": \"{{timestamp flow_published_at_max}}\"}"},
+            {"url": "https://d.example.com", "payloadTemplate": "{\"to\": \"{{timestamp connector_image \"us\"}}\"}"}
+        ]}"#;
+        let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        for (text, expect) in text.iter().zip([
+            "trigger 1 (https://a.example.com): `payloadTemplate`: `timestamp` at line 2, column 9: unknown precision \"ns\"",
+            "trigger 2 (https://b.example.com): `payloadTemplate`: `timestamp` at line 1, column 9: unknown rounding \"up\"",
+            "trigger 3 (https://c.example.com): `payloadTemplate`: `timestamp` at line 1, column 9: 1 argument(s) given",
+            "trigger 4 (https://d.example.com): `payloadTemplate`: template failed to render at line 1, column 9: `timestamp`: \"ghcr.io/estuary/materialize-example:v1\" is not an RFC 3339 timestamp",
+        ]) {
+            assert!(text.starts_with(expect), "{text}\nis not\n{expect}");
+        }
+    }
 }

@@ -410,3 +410,35 @@ async fn traceparent_ids_seen_by_the_receiver_are_in_the_delivery_log() {
         );
     }
 }
+
+/// Issue 13, item 4: a receiver that keeps microseconds (Airflow) gets the publish times
+/// at its precision, the inclusive upper bound rounded up so no document is left out.
+#[tokio::test]
+async fn timestamp_helper_renders_publish_times_at_the_receivers_precision() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let template = r#"{"conf": {"from": "{{timestamp flow_published_at_min "us"}}", "to": "{{timestamp flow_published_at_max "us" "ceil"}}", "to_ms": {{json (timestamp flow_published_at_max "ms" "ceil")}}, "exact": "{{flow_published_at_max}}"}}"#;
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/dags/x/dagRuns"), "payloadTemplate": template},
+    ]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let variables = Variables {
+        flow_published_at_min: time::macros::datetime!(2024-12-31 23:00:00.1234567 UTC),
+        flow_published_at_max: time::macros::datetime!(2024-12-31 23:59:59.9999999 UTC),
+        ..variables()
+    };
+    fast_deliverer()
+        .deliver(&triggers, &variables)
+        .await
+        .expect("delivered");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].json().expect("JSON body"),
+        serde_json::json!({"conf": {
+            "from": "2024-12-31T23:00:00.123456Z",
+            "to": "2025-01-01T00:00:00.000000Z",
+            "to_ms": "2025-01-01T00:00:00.000Z",
+            "exact": "2024-12-31T23:59:59.9999999Z",
+        }})
+    );
+}
