@@ -9,6 +9,7 @@ use crate::network_policy::{
 use crate::retry::{Attempt, Verdict, retry_after, verdict};
 use crate::signing::signature_header;
 use crate::template::TemplateError;
+use crate::trace_context::{SpanId, TRACEPARENT_HEADER, TraceId, TraceParent};
 use crate::validate::{Trigger, TriggerLabel, Triggers};
 use crate::variables::Variables;
 use crate::webhook_headers::{
@@ -76,6 +77,10 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     /// Why it failed (bounded to an excerpt), if it did.
     pub error: Option<String>,
+    /// The delivery run's W3C trace id, as sent in `traceparent`.
+    pub trace_id: TraceId,
+    /// The attempt's span id: the `traceparent`'s parent id.
+    pub span_id: SpanId,
 }
 
 /// How an attempt ended.
@@ -320,6 +325,7 @@ impl Deliverer {
                 flow_run_id = %variables.flow_run_id,
                 webhook_id = %id,
                 %reason,
+                trace_id = tracing::field::Empty,
             );
             self.deliver_one(triggers, t, variables, id, Run::first(reason), None)
                 .instrument(span)
@@ -407,6 +413,7 @@ impl Deliverer {
             flow_run_id = %variables.flow_run_id,
             webhook_id = %id,
             %reason,
+            trace_id = tracing::field::Empty,
         );
         Some(
             self.deliver_one(
@@ -439,6 +446,10 @@ impl Deliverer {
             prior_attempts,
         } = run;
         let index = trigger.label.index;
+        // One trace per run, recorded on the `deliver` span so our log joins the
+        // receiver's trace; each attempt is a span of it.
+        let trace_id = TraceId::random();
+        tracing::Span::current().record("trace_id", tracing::field::display(trace_id));
         // The payload's `webhook_id` and the header's are one derivation.
         let body = match triggers.render(index, variables, &id) {
             Ok(body) => Bytes::from(body),
@@ -467,9 +478,18 @@ impl Deliverer {
             // The number within the delivery, counting earlier runs' attempts.
             let number = prior_attempts.saturating_add(attempts);
             let attempt_started = (SystemTime::now(), Instant::now());
+            let trace = TraceParent {
+                trace_id,
+                span_id: SpanId::random(),
+            };
             let attempt = self
-                .attempt(trigger, &id, number, sent_as, body.clone(), false)
-                .instrument(tracing::info_span!("attempt", number, reason = sent_as))
+                .attempt(trigger, &id, number, sent_as, trace, body.clone(), false)
+                .instrument(tracing::info_span!(
+                    "attempt",
+                    number,
+                    reason = sent_as,
+                    span_id = %trace.span_id
+                ))
                 .await;
             let verdict = verdict(&attempt);
             let observed = |outcome, error: Option<&FailureReason>| AttemptRecord {
@@ -484,6 +504,8 @@ impl Deliverer {
                 },
                 outcome,
                 error: error.map(|e| bounded_excerpt(&e.to_string())),
+                trace_id,
+                span_id: trace.span_id,
             };
             let wait = match verdict {
                 Verdict::Delivered(code) => {
@@ -569,12 +591,15 @@ impl Deliverer {
     /// sets `followRedirects`, all within the trigger's timeout. The response body is
     /// read in any case (so the connection is reused) but kept as an excerpt only for a
     /// failure, or always when `keep_excerpt` (a test-fire shows it to the operator).
+    /// Every hop carries `trace` as its `traceparent`: a hop is part of the attempt.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn attempt(
         &self,
         trigger: &Trigger,
         id: &str,
         number: u32,
         reason: &'static str,
+        trace: TraceParent,
         body: Bytes,
         keep_excerpt: bool,
     ) -> Attempt {
@@ -585,6 +610,10 @@ impl Deliverer {
         let mut headers = match webhook_headers(trigger, id, number, reason, timestamp, &body) {
             Ok(headers) => headers,
             Err(invalid) => return invalid,
+        };
+        match trace.header_value() {
+            Ok(value) => headers.insert(TRACEPARENT_HEADER, value),
+            Err(err) => return Attempt::Invalid(format!("traceparent: {err}")),
         };
         let deadline = tokio::time::Instant::now() + trigger.timeout;
         let mut url = trigger.url.clone();
@@ -716,7 +745,8 @@ struct Hop<'a> {
 }
 
 /// The headers this crate sets on every request of an attempt (every hop included),
-/// in one map sized once, with names built at compile time.
+/// in one map sized once (for `traceparent` too, which the attempt adds), with names
+/// built at compile time.
 fn webhook_headers(
     trigger: &Trigger,
     id: &str,
@@ -725,7 +755,7 @@ fn webhook_headers(
     timestamp: i64,
     body: &[u8],
 ) -> Result<HeaderMap, Attempt> {
-    let mut headers = HeaderMap::with_capacity(6);
+    let mut headers = HeaderMap::with_capacity(7);
     match HeaderValue::try_from(id) {
         Ok(id) => headers.insert(ID_HEADER, id),
         Err(err) => return Err(Attempt::Invalid(format!("webhook-id {id:?}: {err}"))),

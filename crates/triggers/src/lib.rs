@@ -12,7 +12,8 @@
 //!
 //! Receivers can dedupe and verify: every request carries the Standard Webhooks headers
 //! (`webhook-id`, stable per transaction and trigger; `webhook-timestamp`; and, with
-//! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`.
+//! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`,
+//! and a W3C `traceparent` ([`TraceParent`]) so a receiver's trace joins our log.
 //! A [`NetworkPolicy`] keeps webhooks off loopback, private and link-local addresses.
 //!
 //! Operators check a trigger before a transaction fires it: [`Triggers::preview`] renders
@@ -37,6 +38,7 @@ mod signing;
 mod sops;
 mod template;
 mod test_fire;
+mod trace_context;
 mod validate;
 mod variables;
 mod webhook_headers;
@@ -73,6 +75,7 @@ pub use template::{
     TemplateError, Templates,
 };
 pub use test_fire::{TestFirePayload, TestFireReport};
+pub use trace_context::{SpanId, TRACEPARENT, TRACESTATE, TraceId, TraceParent};
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};
 pub use webhook_headers::{

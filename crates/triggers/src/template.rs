@@ -4,6 +4,7 @@
 
 mod direct;
 mod shape;
+mod timestamp;
 
 use crate::variables::Variables;
 use direct::{DirectFailure, DirectTemplate};
@@ -91,7 +92,7 @@ pub enum TemplateError {
     /// A helper that is not one of the template helpers.
     #[error(
         "unknown helper `{name}` at line {line}, column {column}; the helpers are: \
-         #if, #unless, #each, #with, json, lookup, eq, ne, and, or, not"
+         #if, #unless, #each, #with, json, lookup, eq, ne, and, or, not, timestamp"
     )]
     UnknownHelper {
         /// The name used (its first 64 characters).
@@ -154,6 +155,19 @@ pub enum TemplateError {
         /// What went wrong.
         message: String,
     },
+    /// A helper given literal arguments it can never render (a precision `timestamp`
+    /// does not know, the wrong number of arguments).
+    #[error("`{helper}` at line {line}, column {column}: {message}")]
+    HelperArguments {
+        /// The helper.
+        helper: &'static str,
+        /// What is wrong with its arguments, and what it takes.
+        message: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+    },
 }
 
 impl Default for Templates {
@@ -178,6 +192,7 @@ impl Templates {
         registry.register_helper("eq", Box::new(ScalarEq { equal: true }));
         registry.register_helper("ne", Box::new(ScalarEq { equal: false }));
         registry.register_helper("lookup", Box::new(Lookup));
+        registry.register_helper(timestamp::NAME, Box::new(timestamp::Timestamp));
         Self {
             registry,
             direct: Vec::new(),
@@ -1066,5 +1081,201 @@ mod tests {
         );
         let err = render("{{eq collection_names collection_names}}").expect_err("lists");
         assert!(matches!(err, TemplateError::Render { .. }), "{err:?}");
+    }
+
+    /// Renders `{{timestamp "<value>" <args>}}`.
+    fn timestamp(value: &str, args: &str) -> Result<String, TemplateError> {
+        render(&format!("{{{{timestamp \"{value}\" {args}}}}}"))
+    }
+
+    /// Issue 13, item 4: publish times at a chosen precision, rounded down or up.
+    #[test]
+    fn timestamp_writes_publish_times_at_each_precision_floor_and_ceil() {
+        let at = "2024-01-01T00:05:00.7654321Z";
+        for (args, expect) in [
+            (r#""s""#, "2024-01-01T00:05:00Z"),
+            (r#""s" "floor""#, "2024-01-01T00:05:00Z"),
+            (r#""s" "ceil""#, "2024-01-01T00:05:01Z"),
+            (r#""ms""#, "2024-01-01T00:05:00.765Z"),
+            (r#""ms" "ceil""#, "2024-01-01T00:05:00.766Z"),
+            (r#""us""#, "2024-01-01T00:05:00.765432Z"),
+            (r#""us" "ceil""#, "2024-01-01T00:05:00.765433Z"),
+            (r#""100ns""#, "2024-01-01T00:05:00.7654321Z"),
+            (r#""100ns" "ceil""#, "2024-01-01T00:05:00.7654321Z"),
+        ] {
+            assert_eq!(timestamp(at, args).as_deref(), Ok(expect), "{args}");
+        }
+        // A value already exact at the precision is the same either way, zeros written out.
+        for (value, args, expect) in [
+            (
+                "2024-01-01T00:05:00.765Z",
+                r#""ms" "ceil""#,
+                "2024-01-01T00:05:00.765Z",
+            ),
+            (
+                "2024-01-01T00:05:00.765Z",
+                r#""us" "ceil""#,
+                "2024-01-01T00:05:00.765000Z",
+            ),
+            (
+                "2024-01-01T00:05:00.765Z",
+                r#""100ns""#,
+                "2024-01-01T00:05:00.7650000Z",
+            ),
+            (
+                "2024-01-01T00:05:00Z",
+                r#""s" "ceil""#,
+                "2024-01-01T00:05:00Z",
+            ),
+            (
+                "2024-01-01T00:05:00Z",
+                r#""us" "ceil""#,
+                "2024-01-01T00:05:00.000000Z",
+            ),
+            // Nanoseconds past the variables' 100 ns are rounded too.
+            (
+                "2024-01-01T00:05:00.123456789Z",
+                r#""100ns""#,
+                "2024-01-01T00:05:00.1234567Z",
+            ),
+            (
+                "2024-01-01T00:05:00.123456789Z",
+                r#""100ns" "ceil""#,
+                "2024-01-01T00:05:00.1234568Z",
+            ),
+            // Written in UTC whatever the offset, as the variables are.
+            (
+                "2024-01-01T01:05:00.5+01:00",
+                r#""ms""#,
+                "2024-01-01T00:05:00.500Z",
+            ),
+            (
+                "2023-12-31T19:05:00.5-04:55",
+                r#""s" "ceil""#,
+                "2024-01-01T00:00:01Z",
+            ),
+        ] {
+            assert_eq!(
+                timestamp(value, args).as_deref(),
+                Ok(expect),
+                "{value} {args}"
+            );
+        }
+        // The variables themselves, and as a subexpression (a string for `json`).
+        assert_eq!(
+            render(
+                r#"{"from": "{{timestamp flow_published_at_min "us"}}", "to": {{json (timestamp flow_published_at_max "us" "ceil")}}}"#
+            )
+            .as_deref(),
+            Ok(r#"{"from": "2024-01-01T00:00:00.123456Z", "to": "2024-01-01T00:05:00.765433Z"}"#)
+        );
+    }
+
+    /// Issue 13, item 4: a ceil at the last 100 ns of a day is the next day's midnight.
+    #[test]
+    fn timestamp_ceil_rolls_over_a_second_boundary_into_the_next_day() {
+        let last = "2024-12-31T23:59:59.9999999Z";
+        for (args, expect) in [
+            (r#""s" "ceil""#, "2025-01-01T00:00:00Z"),
+            (r#""ms" "ceil""#, "2025-01-01T00:00:00.000Z"),
+            (r#""us" "ceil""#, "2025-01-01T00:00:00.000000Z"),
+            (r#""100ns" "ceil""#, "2024-12-31T23:59:59.9999999Z"),
+            (r#""us""#, "2024-12-31T23:59:59.999999Z"),
+            (r#""s""#, "2024-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(timestamp(last, args).as_deref(), Ok(expect), "{args}");
+        }
+        // A leap day, and a leap second (read as the last instant of its minute).
+        assert_eq!(
+            timestamp("2024-02-28T23:59:59.5Z", r#""s" "ceil""#).as_deref(),
+            Ok("2024-02-29T00:00:00Z")
+        );
+        assert_eq!(
+            timestamp("2016-12-31T23:59:60.5Z", r#""ms" "ceil""#).as_deref(),
+            Ok("2017-01-01T00:00:00.000Z")
+        );
+    }
+
+    /// Issue 13, item 4: literal arguments the helper cannot take are refused when the
+    /// template compiles (validation), with their position.
+    #[test]
+    fn timestamp_bad_literal_arguments_are_refused_at_compile_with_their_position() {
+        for source in [
+            r#"{{timestamp flow_published_at_max "ns"}}"#,
+            r#"{{timestamp flow_published_at_max "US"}}"#,
+            r#"{{timestamp flow_published_at_max 3}}"#,
+            r#"{{timestamp flow_published_at_max "us" "round"}}"#,
+            r#"{{timestamp flow_published_at_max "us" true}}"#,
+            r#"{{timestamp flow_published_at_max}}"#,
+            r#"{{timestamp}}"#,
+            r#"{{timestamp flow_published_at_max "us" "ceil" "floor"}}"#,
+            r#"{{timestamp flow_published_at_max "us" rounding="ceil"}}"#,
+            r#"{{json (timestamp flow_published_at_max "minutes")}}"#,
+            r#"{{#if false}}{{timestamp flow_published_at_max "ns"}}{{/if}}"#,
+        ] {
+            let err = compile(&format!("{{\n  \"to\": {source}}}"))
+                .err()
+                .unwrap_or_else(|| panic!("{source} compiled"));
+            let TemplateError::HelperArguments {
+                helper: "timestamp",
+                line: 2,
+                column,
+                ..
+            } = &err
+            else {
+                panic!("{source}: {err:?}");
+            };
+            assert!(*column >= 9, "{source}: {err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("`timestamp`") && text.contains("line 2"),
+                "{text}"
+            );
+        }
+        // A precision or rounding that is not a literal is checked when it renders.
+        let err = render(r#"{{timestamp flow_published_at_max materialization_name}}"#)
+            .expect_err("not a precision");
+        assert!(
+            matches!(&err, TemplateError::Render { message, .. } if message.contains("`timestamp`")),
+            "{err:?}"
+        );
+    }
+
+    /// Issue 13, item 4: a value that is not an RFC 3339 timestamp fails the render,
+    /// naming the helper; out-of-range values are errors too, never panics.
+    #[test]
+    fn timestamp_of_a_value_that_is_not_a_timestamp_is_a_render_error_naming_the_helper() {
+        for source in [
+            r#"{{timestamp materialization_name "us"}}"#,
+            r#"{{timestamp transaction_count "us"}}"#,
+            r#"{{timestamp collection_names "us"}}"#,
+            r#"{{timestamp "2024-01-01" "us"}}"#,
+            r#"{{timestamp "2024-01-01T00:05:00" "us"}}"#,
+            r#"{{timestamp "2024-13-01T00:05:00Z" "s"}}"#,
+            r#"{{timestamp "" "s"}}"#,
+            // Past year 9999 once rounded up, or once moved to UTC.
+            r#"{{timestamp "9999-12-31T23:59:59.5Z" "s" "ceil"}}"#,
+            r#"{{timestamp "9999-12-31T23:59:59-23:59" "s"}}"#,
+            r#"{{timestamp "0000-01-01T00:00:00+23:59" "s"}}"#,
+        ] {
+            let err = render(source).expect_err(source);
+            assert!(
+                matches!(&err, TemplateError::Render { message, line: 1, .. } if message.contains("`timestamp`")),
+                "{source}: {err:?}"
+            );
+        }
+        // The bounds of the range still render.
+        assert_eq!(
+            timestamp("9999-12-31T23:59:59.9999999Z", r#""us""#).as_deref(),
+            Ok("9999-12-31T23:59:59.999999Z")
+        );
+        assert_eq!(
+            timestamp("0000-01-01T00:00:00Z", r#""ms""#).as_deref(),
+            Ok("0000-01-01T00:00:00.000Z")
+        );
+        assert!(matches!(
+            render(r#"{{timestamp nope "us"}}"#),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
     }
 }

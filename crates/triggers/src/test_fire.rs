@@ -9,6 +9,7 @@ use crate::FailureReason;
 use crate::deliver::{Deliverer, failure_reason};
 use crate::preview::{PreviewError, PreviewVariables};
 use crate::retry::Attempt;
+use crate::trace_context::{SpanId, TraceId, TraceParent};
 use crate::validate::{TriggerLabel, Triggers};
 use crate::webhook_headers::SendReason;
 use bytes::Bytes;
@@ -126,11 +127,18 @@ impl Deliverer {
                 index,
                 count: triggers.len(),
             })?;
+        // A test webhook is a trace of its own, of one attempt.
+        let trace = TraceParent {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+        };
         let span = tracing::info_span!(
             "test_fire",
             trigger = index,
             origin = %trigger.label.origin,
             webhook_id = %webhook_id,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
         );
         let started = Instant::now();
         let attempt = self
@@ -139,6 +147,7 @@ impl Deliverer {
                 &webhook_id,
                 1,
                 SendReason::TestFire.as_str(),
+                trace,
                 Bytes::from(body),
                 true,
             )

@@ -880,4 +880,51 @@ mod tests {
             assert!(!err.contains(secret), "{fields}: {err}");
         }
     }
+
+    /// Issue 13, item 3: the deliverer writes `traceparent` on every request (and owns
+    /// the trace, so any `tracestate` would describe a trace it does not know): a config
+    /// setting either, in any case, is refused like the `webhook-*` headers.
+    #[test]
+    fn traceparent_and_tracestate_set_by_a_config_are_refused() {
+        for name in ["traceparent", "Traceparent", "TRACESTATE"] {
+            let config = format!(
+                r#"{{"config": [{{"url": "https://x.example.com", "payloadTemplate": "{{}}",
+                    "headers": {{"{name}": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}}]}}"#
+            );
+            let ValidationErrors(errors) = validate(&config, ConfigFormat::Json).expect_err(name);
+            assert!(
+                matches!(
+                    errors.as_slice(),
+                    [ValidationError::InvalidHeaderName { name: refused, reason, .. }]
+                        if refused == name && reason.contains("deliverer sets")
+                ),
+                "{name}: {errors:?}"
+            );
+        }
+    }
+
+    /// Issue 13, item 4: a `timestamp` call with a literal precision or rounding it does
+    /// not know, or the wrong arguments, is refused at validation, naming the trigger
+    /// and where in its template; a good one validates.
+    #[test]
+    fn timestamp_bad_literals_are_refused_at_validation_naming_trigger_line_and_column() {
+        let config = r#"{"config": [
+            {"url": "https://ok.example.com", "payloadTemplate": "{\"to\": \"{{timestamp flow_published_at_max \"us\" \"ceil\"}}\"}"},
+            {"url": "https://a.example.com", "payloadTemplate": "{\n \"to\": \"{{timestamp flow_published_at_max \"ns\"}}\"}"},
+            {"url": "https://b.example.com", "payloadTemplate": "{\"to\": \"{{timestamp flow_published_at_max \"us\" \"up\"}}\"}"},
+            {"url": "https://c.example.com", "payloadTemplate": "{\"to\": \"{{timestamp flow_published_at_max}}\"}"},
+            {"url": "https://d.example.com", "payloadTemplate": "{\"to\": \"{{timestamp connector_image \"us\"}}\"}"}
+        ]}"#;
+        let ValidationErrors(errors) = validate(config, ConfigFormat::Json).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        for (text, expect) in text.iter().zip([
+            "trigger 1 (https://a.example.com): `payloadTemplate`: `timestamp` at line 2, column 9: unknown precision \"ns\"",
+            "trigger 2 (https://b.example.com): `payloadTemplate`: `timestamp` at line 1, column 9: unknown rounding \"up\"",
+            "trigger 3 (https://c.example.com): `payloadTemplate`: `timestamp` at line 1, column 9: 1 argument(s) given",
+            "trigger 4 (https://d.example.com): `payloadTemplate`: template failed to render at line 1, column 9: `timestamp`: \"ghcr.io/estuary/materialize-example:v1\" is not an RFC 3339 timestamp",
+        ]) {
+            assert!(text.starts_with(expect), "{text}\nis not\n{expect}");
+        }
+    }
 }

@@ -17,13 +17,16 @@ pub const WEBHOOK_ATTEMPT: &str = "webhook-attempt";
 /// Why the request is sent: a [`SendReason`] for the first attempt, `retry` after it.
 pub const WEBHOOK_REASON: &str = "webhook-reason";
 
-/// Every header the deliverer sets itself; a config may not set them.
-pub(crate) const DELIVERER_HEADERS: [&str; 5] = [
+/// Every header the deliverer sets itself (and `tracestate`, which belongs to the trace
+/// the deliverer starts); a config may not set them.
+pub(crate) const DELIVERER_HEADERS: [&str; 7] = [
     WEBHOOK_ID,
     WEBHOOK_TIMESTAMP,
     WEBHOOK_SIGNATURE,
     WEBHOOK_ATTEMPT,
     WEBHOOK_REASON,
+    crate::trace_context::TRACEPARENT,
+    crate::trace_context::TRACESTATE,
 ];
 
 /// Why a delivery's first attempt is made. Retries within the delivery are sent as

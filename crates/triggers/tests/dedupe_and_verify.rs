@@ -690,3 +690,90 @@ async fn a_redirect_to_another_origin_drops_every_configured_header() {
     );
     assert!(verifies(SPEC_SECRET, &landed[0]));
 }
+
+/// A `traceparent` as W3C Trace Context level 1 defines it, checked field by field:
+/// version `00`, a 32-digit trace id and a 16-digit parent id in lowercase hex, neither
+/// all zeros, and flags `01` (sampled). Returns the trace id and the parent id.
+fn trace_context(request: &Request) -> (String, String) {
+    let value = header(request, "traceparent");
+    let fields: Vec<&str> = value.split('-').collect();
+    let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match fields.as_slice() {
+        ["00", trace, parent, "01"]
+            if trace.len() == 32
+                && parent.len() == 16
+                && lower_hex(trace)
+                && lower_hex(parent)
+                && trace.bytes().any(|b| b != b'0')
+                && parent.bytes().any(|b| b != b'0') =>
+        {
+            (trace.to_string(), parent.to_string())
+        }
+        _ => panic!("malformed traceparent {value:?}"),
+    }
+}
+
+/// Issue 13, item 3: every request carries a W3C `traceparent`; the attempts of one
+/// delivery share its trace id, each with a parent id (span) of its own, and another
+/// delivery (a re-fire of the same webhook included) is another trace.
+#[tokio::test]
+async fn traceparent_is_on_every_attempt_one_trace_per_delivery_one_span_per_attempt() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/flaky",
+        [Reply::status(503), Reply::hang_up(), Reply::status(200)],
+    );
+    let triggers = triggers(&[(receiver.url("/flaky"), serde_json::json!({"maxRetries": 3}))]);
+    let delivered = deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!(delivered[0].attempts, 3);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests.iter().all(|r| r.header("tracestate").is_none()));
+    let contexts: Vec<(String, String)> = requests.iter().map(trace_context).collect();
+    let trace = &contexts[0].0;
+    assert!(contexts.iter().all(|(t, _)| t == trace), "{contexts:?}");
+    let spans: std::collections::HashSet<&String> = contexts.iter().map(|(_, s)| s).collect();
+    assert_eq!(spans.len(), 3, "a span per attempt: {contexts:?}");
+
+    // Two more deliveries of the same webhook: a re-fire and an operator's replay.
+    for reason in [SendReason::RecoveryRefire, SendReason::OperatorReplay] {
+        deliverer()
+            .deliver_with_reason(&triggers, &variables(), reason)
+            .await
+            .expect("delivered");
+    }
+    let traces: std::collections::HashSet<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| trace_context(r).0)
+        .collect();
+    assert_eq!(traces.len(), 3, "a trace per delivery: {traces:?}");
+}
+
+/// Issue 13, item 3: a followed redirect is the same attempt, so every hop (to another
+/// origin too, which gets no configured header) carries the attempt's `traceparent`.
+#[tokio::test]
+async fn traceparent_travels_on_every_redirect_hop() {
+    let (origin, target) = (
+        Receiver::start().await.expect("receiver"),
+        Receiver::start().await.expect("receiver"),
+    );
+    origin.script(
+        "/temp",
+        [Reply::status(307).with_header("Location", &target.url("/landed"))],
+    );
+    let triggers = triggers(&[(
+        origin.url("/temp"),
+        serde_json::json!({"followRedirects": true}),
+    )]);
+    deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("followed");
+    let (first, landed) = (origin.requests(), target.requests());
+    assert_eq!((first.len(), landed.len()), (1, 1));
+    assert_eq!(trace_context(&first[0]), trace_context(&landed[0]));
+}

@@ -366,3 +366,79 @@ async fn user_info_in_the_url_is_sent_as_basic_auth_unless_the_config_sets_autho
             .all(|r| r.header("webhook-id").is_some() && r.header("webhook-reason").is_some())
     );
 }
+
+/// Issue 13, item 3: the log of a delivery carries the trace id the receiver saw in
+/// `traceparent` (a field of the `deliver` span), and each attempt's span id (a field of
+/// its `attempt` span), so a receiver's trace and our log join.
+#[tokio::test]
+async fn traceparent_ids_seen_by_the_receiver_are_in_the_delivery_log() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/traced", [Reply::status(503), Reply::status(200)]);
+    let triggers = triggers(&receiver, &[("/traced", "{}")]);
+    fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered on the retry");
+
+    let logs = String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf8");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        let traceparent = request.header("traceparent").expect("traceparent");
+        let fields: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{traceparent}");
+        let (trace, span) = (fields[1], fields[2]);
+        let failed = logs
+            .lines()
+            .find(|l| l.contains("webhook attempt failed"))
+            .unwrap_or_else(|| panic!("no failed attempt logged: {logs}"));
+        assert!(failed.contains(&format!("trace_id={trace}")), "{logs}");
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("attempt{") && l.contains(&format!("span_id={span}"))),
+            "span {span} not logged: {logs}"
+        );
+    }
+}
+
+/// Issue 13, item 4: a receiver that keeps microseconds (Airflow) gets the publish times
+/// at its precision, the inclusive upper bound rounded up so no document is left out.
+#[tokio::test]
+async fn timestamp_helper_renders_publish_times_at_the_receivers_precision() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let template = r#"{"conf": {"from": "{{timestamp flow_published_at_min "us"}}", "to": "{{timestamp flow_published_at_max "us" "ceil"}}", "to_ms": {{json (timestamp flow_published_at_max "ms" "ceil")}}, "exact": "{{flow_published_at_max}}"}}"#;
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/dags/x/dagRuns"), "payloadTemplate": template},
+    ]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let variables = Variables {
+        flow_published_at_min: time::macros::datetime!(2024-12-31 23:00:00.1234567 UTC),
+        flow_published_at_max: time::macros::datetime!(2024-12-31 23:59:59.9999999 UTC),
+        ..variables()
+    };
+    fast_deliverer()
+        .deliver(&triggers, &variables)
+        .await
+        .expect("delivered");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].json().expect("JSON body"),
+        serde_json::json!({"conf": {
+            "from": "2024-12-31T23:00:00.123456Z",
+            "to": "2025-01-01T00:00:00.000000Z",
+            "to_ms": "2025-01-01T00:00:00.000Z",
+            "exact": "2024-12-31T23:59:59.9999999Z",
+        }})
+    );
+}

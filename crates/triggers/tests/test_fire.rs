@@ -166,3 +166,31 @@ async fn bad_input_sends_nothing() {
     assert_eq!(err, PreviewError::NoSuchTrigger { index: 1, count: 1 });
     assert!(receiver.requests().is_empty());
 }
+
+/// Issue 13, item 3: a test webhook carries a `traceparent` too, a new trace each time.
+#[tokio::test]
+async fn traceparent_is_sent_by_test_fire_a_new_trace_each_time() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(&receiver, serde_json::json!({}));
+    for _ in 0..2 {
+        loopback()
+            .test_fire(&triggers, 0, &PreviewVariables::placeholder())
+            .await
+            .expect("sent");
+    }
+    let traces: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            let value = r.header("traceparent").expect("traceparent");
+            assert_eq!(value.len(), 55, "{value}");
+            assert!(
+                value.starts_with("00-") && value.ends_with("-01"),
+                "{value}"
+            );
+            value[3..35].to_string()
+        })
+        .collect();
+    assert_eq!(traces.len(), 2);
+    assert_ne!(traces[0], traces[1]);
+}

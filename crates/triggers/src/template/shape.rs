@@ -33,7 +33,16 @@ const ROOT_KEYS: u64 = crate::VARIABLE_NAMES.len() as u64;
 /// Block helpers a template may use.
 const BLOCK_HELPERS: [&str; 4] = ["if", "unless", "each", "with"];
 /// Helpers a template may call in an expression or subexpression.
-pub(crate) const INLINE_HELPERS: [&str; 7] = ["json", "lookup", "eq", "ne", "and", "or", "not"];
+pub(crate) const INLINE_HELPERS: [&str; 8] = [
+    "json",
+    "lookup",
+    "eq",
+    "ne",
+    "and",
+    "or",
+    "not",
+    super::timestamp::NAME,
+];
 /// Built-in Handlebars helpers a template may not use: `log` writes to the runtime's log
 /// on every render, `raw` and the orderings and `len` are not needed (and `gt` and `len`
 /// would walk a whole list).
@@ -210,6 +219,10 @@ impl Walk {
         at_root: bool,
     ) -> Result<u64, TemplateError> {
         let calls = !expression.params.is_empty() || !expression.hash.is_empty();
+        // `{{timestamp}}` alone is a call too (of no arguments), not a variable.
+        if helper_name(&expression.name) == Some(super::timestamp::NAME) {
+            super::timestamp::check_literals(expression, at.line, at.column)?;
+        }
         if calls {
             let allowed =
                 helper_name(&expression.name).is_some_and(|n| INLINE_HELPERS.contains(&n));
