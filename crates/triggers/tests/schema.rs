@@ -95,10 +95,8 @@ fn schema_marks_auth_credentials_secret_and_bounds_every_auth_string() {
         for (name, prop) in props {
             let secret = matches!(name.as_str(), "clientSecret" | "password");
             assert_eq!(prop["secret"].as_bool().unwrap_or(false), secret, "{name}");
-            if prop["type"] == "string" || prop["type"][0] == "string" {
-                if name != "type" {
-                    assert_eq!(prop["maxLength"], triggers::MAX_AUTH_FIELD_BYTES, "{name}");
-                }
+            if (prop["type"] == "string" || prop["type"][0] == "string") && name != "type" {
+                assert_eq!(prop["maxLength"], triggers::MAX_AUTH_FIELD_BYTES, "{name}");
             }
         }
     }
