@@ -311,6 +311,8 @@ struct CachedToken {
     header: HeaderValue,
     /// When it should be renewed; `None` when its lifetime is unknown (kept until a 401).
     renew_at: Option<Instant>,
+    /// When it expires; `None` when unknown.
+    expires_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for TokenAuth {
@@ -333,8 +335,9 @@ impl TokenAuth {
     }
 
     /// The cached `Authorization` value, or a fresh one from the endpoint when there is
-    /// none or it is due for renewal. Bounded by `timeout` (waiting for another attempt's
-    /// fetch included).
+    /// none or it is due for renewal (a failed renewal keeps the current token while it
+    /// has not expired). Bounded by `timeout` (waiting for another attempt's fetch
+    /// included).
     ///
     /// Cancel-safe: dropped while fetching, the cache is left as it was (the next call
     /// fetches); the lock is released.
@@ -343,6 +346,14 @@ impl TokenAuth {
         deliverer: &crate::Deliverer,
         timeout: Duration,
     ) -> Result<HeaderValue, TokenError> {
+        // The hot path: an uncontended lock and a fresh token cost no timer and no
+        // allocation, only the clone of a shared header value.
+        if let Ok(cache) = self.cache.try_lock()
+            && let Some(cached) = &*cache
+            && cached.renew_at.is_none_or(|at| Instant::now() < at)
+        {
+            return Ok(cached.header.clone());
+        }
         let deadline = Instant::now() + timeout;
         let timed_out = || self.error(TokenErrorKind::Timeout(timeout));
         let mut cache = tokio::time::timeout_at(deadline, self.cache.lock())
@@ -354,17 +365,33 @@ impl TokenAuth {
         {
             return Ok(cached.header.clone());
         }
-        *cache = None;
         let fetched = tokio::time::timeout_at(deadline, self.fetch(deliverer, deadline, timeout))
             .await
-            .map_err(|_| timed_out())?
-            .map_err(|kind| self.error(kind))?;
-        let header = fetched.header.clone();
-        *cache = Some(CachedToken {
-            header: fetched.header,
-            renew_at: fetched.lifetime.map(|lifetime| now + renew_after(lifetime)),
-        });
-        Ok(header)
+            .map_err(|_| timed_out())
+            .and_then(|fetched| fetched.map_err(|kind| self.error(kind)));
+        match fetched {
+            Ok(fetched) => {
+                let header = fetched.header.clone();
+                *cache = Some(CachedToken {
+                    header: fetched.header,
+                    renew_at: fetched.lifetime.map(|lifetime| now + renew_after(lifetime)),
+                    expires_at: fetched.lifetime.map(|lifetime| now + lifetime),
+                });
+                Ok(header)
+            }
+            // A renewal that fails while the token still lives (within the renewal
+            // margin) leaves it in use: the endpoint may be back before it expires.
+            Err(err) => match cache.as_ref() {
+                Some(cached) if cached.expires_at.is_some_and(|at| Instant::now() < at) => {
+                    tracing::warn!(error = %err, "token renewal failed; the current token is used until it expires");
+                    Ok(cached.header.clone())
+                }
+                _ => {
+                    *cache = None;
+                    Err(err)
+                }
+            },
+        }
     }
 
     /// Drops the cached token if it is still `used` (a 401 answered it), so the next
@@ -587,6 +614,82 @@ mod tests {
         for (lifetime, renew) in table {
             assert_eq!(renew_after(lifetime), renew, "{lifetime:?}");
         }
+    }
+
+    /// A token endpoint the loopback policy refuses (a private IP literal): every fetch
+    /// fails at once, without I/O, so time can be paused.
+    fn refused_endpoint() -> (TokenAuth, crate::Deliverer) {
+        let text = config(
+            serde_json::json!({"type": "tokenEndpoint", "url": "http://10.0.0.1/auth/token",
+                "username": "u", "password": "p"}),
+            serde_json::json!({}),
+        );
+        let parsed = crate::TriggersConfig::parse(&text, ConfigFormat::Json).expect("parses");
+        let label = TriggerLabel {
+            index: 0,
+            origin: "https://hooks.example.com".into(),
+        };
+        let auth = check(&label, &parsed.config[0], &mut Vec::new()).expect("valid");
+        let deliverer = crate::Deliverer::new(crate::RetryBackoff::default()).expect("client");
+        (auth, deliverer)
+    }
+
+    fn cached(header: &'static str, lifetime: Option<Duration>) -> Option<CachedToken> {
+        let now = Instant::now();
+        Some(CachedToken {
+            header: HeaderValue::from_static(header),
+            renew_at: lifetime.map(|lifetime| now + renew_after(lifetime)),
+            expires_at: lifetime.map(|lifetime| now + lifetime),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_token_is_used_until_renewal_and_a_failed_renewal_keeps_it_until_expiry() {
+        let (auth, deliverer) = refused_endpoint();
+        let timeout = Duration::from_secs(5);
+        *auth.cache.lock().await = cached("Bearer one", Some(Duration::from_secs(10)));
+        assert_eq!(
+            auth.header(&deliverer, timeout).await.expect("cached"),
+            "Bearer one"
+        );
+        // Past the renewal point (8 s): the renewal fails, the token still lives.
+        tokio::time::advance(Duration::from_millis(8_500)).await;
+        assert_eq!(
+            auth.header(&deliverer, timeout).await.expect("kept"),
+            "Bearer one"
+        );
+        // Past its expiry: the failure is the answer, and the token is dropped.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let err = auth.header(&deliverer, timeout).await.expect_err("expired");
+        assert!(matches!(err.kind, TokenErrorKind::Refused(_)), "{err}");
+        assert_eq!(err.origin, "http://10.0.0.1");
+        assert!(auth.cache.lock().await.is_none());
+
+        // A token of unknown lifetime lives until a 401 invalidates it.
+        *auth.cache.lock().await = cached("Bearer two", None);
+        tokio::time::advance(Duration::from_secs(400 * 24 * 3600)).await;
+        assert_eq!(
+            auth.header(&deliverer, timeout).await.expect("cached"),
+            "Bearer two"
+        );
+        auth.invalidate(&HeaderValue::from_static("Bearer other"))
+            .await;
+        assert!(auth.cache.lock().await.is_some(), "another token: kept");
+        auth.invalidate(&HeaderValue::from_static("Bearer two"))
+            .await;
+        assert!(auth.cache.lock().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_another_attempts_fetch_is_bounded_by_the_timeout() {
+        let (auth, deliverer) = refused_endpoint();
+        let held = auth.cache.lock().await;
+        let err = auth
+            .header(&deliverer, Duration::from_secs(3))
+            .await
+            .expect_err("the lock is held");
+        assert_eq!(err.kind, TokenErrorKind::Timeout(Duration::from_secs(3)));
+        drop(held);
     }
 
     fn config(auth: serde_json::Value, extra: serde_json::Value) -> String {
