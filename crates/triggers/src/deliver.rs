@@ -594,6 +594,10 @@ impl Deliverer {
                 .send(trigger, id, number, reason, body, keep_excerpt, None)
                 .await;
         };
+        // A webhook the policy refuses needs no token: ask for none.
+        if let Err(refusal) = self.policy.check_url(&trigger.url) {
+            return Attempt::Refused(refusal);
+        }
         let token = match auth.header(self, trigger.timeout).await {
             Ok(token) => token,
             Err(err) => return Attempt::Token(err),

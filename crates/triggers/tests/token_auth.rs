@@ -571,7 +571,14 @@ async fn the_network_policy_refuses_a_token_url_it_would_refuse_for_a_webhook() 
     for (policy, url, class) in cases {
         let auth = serde_json::json!({"type": "tokenEndpoint", "url": url,
             "username": "admin", "password": PASSWORD});
-        let triggers = triggers(&receiver, auth, serde_json::json!({"maxRetries": 3}));
+        // A hostname, so the webhook's own check (IP literals) passes and the token's
+        // is the one that refuses.
+        let hook = format!("http://localhost:{port}/hook");
+        let triggers = triggers(
+            &receiver,
+            auth,
+            serde_json::json!({"maxRetries": 3, "url": hook}),
+        );
         let deliverer = Deliverer::with_policy(RetryBackoff::default(), policy).expect("client");
         let err = deliverer
             .deliver(&triggers, &variables("run-1"))
@@ -589,6 +596,20 @@ async fn the_network_policy_refuses_a_token_url_it_would_refuse_for_a_webhook() 
         assert_eq!(refusal.class.to_string(), class, "{url}");
     }
     assert!(receiver.requests().is_empty(), "nothing was sent");
+
+    // A webhook the policy refuses asks for no token.
+    let config = serde_json::json!({"config": [{"url": "http://10.0.0.1/hook", "payloadTemplate": "{}",
+        "auth": login(&receiver)}]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables("run-1"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(single_failure(&err).reason, FailureReason::Refused(_)),
+        "{err}"
+    );
+    assert!(receiver.requests().is_empty(), "no token was asked for");
 }
 
 /// A 307 to another origin carries no token, as it carries no configured header.
