@@ -205,17 +205,6 @@ pub enum ValidationError {
         #[source]
         source: TemplateError,
     },
-    /// An `auth` field is invalid, or something else of the trigger would also set
-    /// `Authorization`. Never shows a value.
-    #[error("{trigger}: `{field}` is invalid: {reason}")]
-    InvalidAuth {
-        /// The trigger.
-        trigger: TriggerLabel,
-        /// The field, as written in the config (`auth.tokenUrl`, `headers`, ...).
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// The template renders, but not to JSON.
     #[error(
         "{trigger}: `payloadTemplate` does not render to valid JSON \
@@ -231,6 +220,17 @@ pub enum ValidationError {
         column: usize,
         /// What the JSON parser found.
         message: String,
+    },
+    /// An `auth` field is invalid, or something else of the trigger would also set
+    /// `Authorization`. Never shows a value.
+    #[error("{trigger}: `{field}` is invalid: {reason}")]
+    InvalidAuth {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The field, as written in the config (`auth.tokenUrl`, `headers`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -248,8 +248,8 @@ impl ValidationError {
             | ValidationError::InvalidSigningSecret { trigger, .. }
             | ValidationError::TooManySigningSecrets { trigger, .. }
             | ValidationError::Template { trigger, .. }
-            | ValidationError::InvalidAuth { trigger, .. }
-            | ValidationError::NotJson { trigger, .. } => Some(trigger.index),
+            | ValidationError::NotJson { trigger, .. }
+            | ValidationError::InvalidAuth { trigger, .. } => Some(trigger.index),
         }
     }
 }
