@@ -793,3 +793,71 @@ async fn validate_refuses_the_configs_that_aborted_it_naming_each_bound() {
         out.stderr
     );
 }
+
+/// Issue 13: a trigger with `auth`: preview says where the token goes and fetches none;
+/// test-fire fetches it and sends it; neither prints the password or the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_and_test_fire_of_a_trigger_with_token_authentication() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/token",
+        [Reply::json(
+            201,
+            &serde_json::json!({"access_token": "t0ken-from-airflow"}),
+        )],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("auth.yaml");
+    let text = format!(
+        "config:\n  - url: {hook}\n    payloadTemplate: '{{}}'\n    auth:\n      type: tokenEndpoint\n      url: {token}\n      username: admin\n      password: pa55-hunter2\n",
+        hook = receiver.url("/hook"),
+        token = receiver.url("/token"),
+    );
+    std::fs::write(&config, text).expect("writes config");
+
+    let out = triggers(&["preview", "--config", s(&config)]).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "Authorization: Bearer <token from http://{}>",
+            receiver.addr()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.all().contains("hunter2"), "{}", out.all());
+    assert!(receiver.requests().is_empty(), "preview fetches no token");
+
+    let out = triggers(&[
+        "test-fire",
+        "--config",
+        s(&config),
+        "--trigger",
+        "0",
+        "--allow-loopback",
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let paths: Vec<(String, Option<String>)> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.path.clone(),
+                r.header("authorization").map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/token".to_string(), None),
+            (
+                "/hook".to_string(),
+                Some("Bearer t0ken-from-airflow".to_string())
+            )
+        ]
+    );
+    assert!(!out.all().contains("hunter2"), "{}", out.all());
+    assert!(!out.all().contains("t0ken-from-airflow"), "{}", out.all());
+}

@@ -6,7 +6,7 @@
 
 mod nesting;
 
-use crate::{DrainConfig, Secret};
+use crate::{AuthConfig, DrainConfig, Secret};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -104,6 +104,12 @@ pub struct TriggerConfig {
     /// or `{"mode": "concurrent", "maxInFlight": 4}`.
     #[serde(default)]
     pub drain: DrainConfig,
+    /// Token authentication: a bearer token fetched from a token endpoint (OAuth 2.0
+    /// client credentials, or a JSON login such as Airflow 3's `/auth/token`), sent as
+    /// `Authorization: Bearer <token>`, renewed before it expires and once on a 401.
+    /// Its credentials are secrets.
+    #[serde(default, deserialize_with = "crate::token_auth::secret_auth")]
+    pub auth: Option<AuthConfig>,
 }
 
 impl std::fmt::Debug for TriggerConfig {
@@ -120,6 +126,7 @@ impl std::fmt::Debug for TriggerConfig {
             .field("signing_secrets", &self.signing_secrets)
             .field("follow_redirects", &self.follow_redirects)
             .field("drain", &self.drain)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -353,12 +360,12 @@ mod tests {
         );
 
         let err = TriggersConfig::parse(
-            "config:\n  - url: https://example.com\n    payloadTemplate: '{}'\n    auth: x\n",
+            "config:\n  - url: https://example.com\n    payloadTemplate: '{}'\n    authentication: x\n",
             ConfigFormat::Yaml,
         )
         .expect_err("unknown field");
         assert!(
-            matches!(&err, ParseError::Syntax { message, line: 4, .. } if message.contains("unknown field `auth`")),
+            matches!(&err, ParseError::Syntax { message, line: 4, .. } if message.contains("unknown field `authentication`")),
             "{err}"
         );
     }

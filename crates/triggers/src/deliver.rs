@@ -18,7 +18,9 @@ use crate::webhook_headers::{
 };
 use crate::webhook_id;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument as _;
@@ -183,6 +185,10 @@ pub enum FailureReason {
     /// A 307/308 redirect could not be followed (too many hops, another scheme).
     #[error("redirect not followed: {0}")]
     Redirect(String),
+    /// The trigger's bearer token could not be had from its token endpoint (`auth`);
+    /// the webhook was not sent.
+    #[error("no token: {0}")]
+    Token(#[source] crate::TokenError),
 }
 
 /// A trigger whose webhook failed for good: permanently, after its last retry, or when
@@ -270,6 +276,11 @@ impl Deliverer {
     /// The network policy this deliverer enforces.
     pub fn policy(&self) -> NetworkPolicy {
         self.policy
+    }
+
+    /// The HTTP client, for the token endpoints' requests (same policy, no redirects).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// Reports every finished attempt to `observer`: how a runtime keeps a delivery
@@ -578,7 +589,8 @@ impl Deliverer {
             | Attempt::Transport(_)
             | Attempt::Invalid(_)
             | Attempt::Refused(_)
-            | Attempt::Redirect(_) => None,
+            | Attempt::Redirect(_)
+            | Attempt::Token(_) => None,
         };
         match asked {
             Some(asked) => backoff.max(asked.min(self.backoff.max)),
@@ -586,12 +598,11 @@ impl Deliverer {
         }
     }
 
-    /// One HTTP attempt, checked against the network policy first, following 307 and
-    /// 308 redirects (at most [`MAX_REDIRECTS`], each target checked) when the trigger
-    /// sets `followRedirects`, all within the trigger's timeout. The response body is
-    /// read in any case (so the connection is reused) but kept as an excerpt only for a
-    /// failure, or always when `keep_excerpt` (a test-fire shows it to the operator).
-    /// Every hop carries `trace` as its `traceparent`: a hop is part of the attempt.
+    /// One attempt of a webhook: with the trigger's bearer token when it has `auth`
+    /// (cached, or fetched within the trigger's timeout), and, if the endpoint answers
+    /// 401 to it, once more with a renewed token under the same attempt number (each
+    /// request with its own timeout). A second 401 is the attempt's answer. Every
+    /// request of the attempt carries `trace` as its `traceparent`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn attempt(
         &self,
@@ -602,6 +613,77 @@ impl Deliverer {
         trace: TraceParent,
         body: Bytes,
         keep_excerpt: bool,
+    ) -> Attempt {
+        let Some(auth) = &trigger.auth else {
+            return self
+                .send(trigger, id, number, reason, trace, body, keep_excerpt, None)
+                .await;
+        };
+        // A webhook the policy refuses needs no token: ask for none.
+        if let Err(refusal) = self.policy.check_url(&trigger.url) {
+            return Attempt::Refused(refusal);
+        }
+        let token = match auth.header(self, trigger.timeout).await {
+            Ok(token) => token,
+            Err(err) => return Attempt::Token(err),
+        };
+        let first = self
+            .send(
+                trigger,
+                id,
+                number,
+                reason,
+                trace,
+                body.clone(),
+                keep_excerpt,
+                Some(token.clone()),
+            )
+            .await;
+        if !matches!(first, Attempt::Status { code: 401, .. }) {
+            return first;
+        }
+        tracing::warn!(
+            token_endpoint = auth.origin(),
+            "webhook answered 401 to the token; renewing it and repeating the attempt"
+        );
+        auth.invalidate(&token).await;
+        match auth.header(self, trigger.timeout).await {
+            Ok(token) => {
+                self.send(
+                    trigger,
+                    id,
+                    number,
+                    reason,
+                    trace,
+                    body,
+                    keep_excerpt,
+                    Some(token),
+                )
+                .await
+            }
+            Err(err) => Attempt::Token(err),
+        }
+    }
+
+    /// One HTTP request of an attempt, checked against the network policy first,
+    /// following 307 and 308 redirects (at most [`MAX_REDIRECTS`], each target checked)
+    /// when the trigger sets `followRedirects`, all within the trigger's timeout. The
+    /// response body is read in any case (so the connection is reused) but kept as an
+    /// excerpt only for a failure, or always when `keep_excerpt` (a test-fire shows it to
+    /// the operator). `bearer` is the `Authorization` of a trigger with `auth`: like the
+    /// configured headers, it stays with the URL's origin. Every hop carries `trace` as
+    /// its `traceparent`: a hop is part of the attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        trigger: &Trigger,
+        id: &str,
+        number: u32,
+        reason: &'static str,
+        trace: TraceParent,
+        body: Bytes,
+        keep_excerpt: bool,
+        bearer: Option<HeaderValue>,
     ) -> Attempt {
         if let Err(refusal) = self.policy.check_url(&trigger.url) {
             return Attempt::Refused(refusal);
@@ -615,6 +697,9 @@ impl Deliverer {
             Ok(value) => headers.insert(TRACEPARENT_HEADER, value),
             Err(err) => return Attempt::Invalid(format!("traceparent: {err}")),
         };
+        if let Some(bearer) = bearer {
+            headers.insert(AUTHORIZATION, bearer);
+        }
         let deadline = tokio::time::Instant::now() + trigger.timeout;
         let mut url = trigger.url.clone();
         let mut configured = Some(&trigger.headers);
@@ -686,6 +771,7 @@ impl Deliverer {
                 // were meant for the first one only, and stay dropped for later hops.
                 configured = None;
                 credentials.clear();
+                headers.remove(AUTHORIZATION);
                 if let Some(content_type) = trigger.headers.get(CONTENT_TYPE) {
                     headers.insert(CONTENT_TYPE, content_type.clone());
                 }
@@ -817,7 +903,7 @@ async fn read_excerpt(mut response: reqwest::Response, keep: bool) -> String {
     excerpt
 }
 
-fn transport_attempt(err: reqwest::Error) -> Attempt {
+pub(crate) fn transport_attempt(err: reqwest::Error) -> Attempt {
     // The policy's refusals come back wrapped (from the resolver):
     // find them, so a refusal is a typed, permanent failure rather than a retried error.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
@@ -870,5 +956,6 @@ pub(crate) fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReas
         Attempt::Invalid(message) => FailureReason::InvalidRequest(message),
         Attempt::Refused(refusal) => FailureReason::Refused(refusal),
         Attempt::Redirect(message) => FailureReason::Redirect(message),
+        Attempt::Token(err) => FailureReason::Token(err),
     }
 }

@@ -14,7 +14,9 @@
 //! (`webhook-id`, stable per transaction and trigger; `webhook-timestamp`; and, with
 //! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`,
 //! and a W3C `traceparent` ([`TraceParent`]) so a receiver's trace joins our log.
-//! A [`NetworkPolicy`] keeps webhooks off loopback, private and link-local addresses.
+//! A [`NetworkPolicy`] keeps webhooks (and token endpoints) off loopback, private and
+//! link-local addresses. A trigger with `auth` ([`AuthConfig`]) gets a bearer token from a
+//! token endpoint, cached in memory and renewed before it expires and once on a 401.
 //!
 //! Operators check a trigger before a transaction fires it: [`Triggers::preview`] renders
 //! a payload against [`PreviewVariables`] without sending it, and
@@ -38,6 +40,7 @@ mod signing;
 mod sops;
 mod template;
 mod test_fire;
+mod token_auth;
 mod trace_context;
 mod validate;
 mod variables;
@@ -75,6 +78,10 @@ pub use template::{
     TemplateError, Templates,
 };
 pub use test_fire::{TestFirePayload, TestFireReport};
+pub use token_auth::{
+    AUTH_TYPE_ERROR, AuthConfig, ClientAuthentication, DEFAULT_TOKEN_POINTER, MAX_AUTH_FIELD_BYTES,
+    MAX_TOKEN_BYTES, MAX_TOKEN_RESPONSE_BYTES, TokenError, TokenErrorKind,
+};
 pub use trace_context::{SpanId, TRACEPARENT, TRACESTATE, TraceId, TraceParent};
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};

@@ -3,7 +3,8 @@
 //! transaction it will describe before any webhook goes out.
 //!
 //! A preview shows only the payload: headers and signing secrets never enter a template's
-//! context, so nothing here can print them.
+//! context, so nothing here can print them. For a trigger with `auth` it also says where
+//! its `Authorization` comes from, without fetching the token.
 
 use crate::template::TemplateError;
 use crate::validate::{TriggerLabel, Triggers, json_error_message};
@@ -101,6 +102,9 @@ pub struct Preview {
     /// The payload, pretty-printed JSON (as rendered, if pretty-printing would make it
     /// longer than twice [`crate::MAX_PAYLOAD_BYTES`]).
     pub payload: String,
+    /// For a trigger with `auth`, the `Authorization` it sends, with the token left out:
+    /// `Bearer <token from https://login.example.com>`. No token is fetched.
+    pub authorization: Option<String>,
 }
 
 impl Default for PreviewVariables {
@@ -261,10 +265,15 @@ impl Triggers {
             .ok()
             .filter(|pretty| pretty.len() <= 2 * crate::MAX_PAYLOAD_BYTES)
             .unwrap_or(rendered.body);
+        let authorization = self.triggers[index]
+            .auth
+            .as_ref()
+            .map(|auth| format!("Bearer <token from {}>", auth.origin()));
         Ok(Preview {
             trigger: rendered.trigger,
             webhook_id: rendered.webhook_id,
             payload,
+            authorization,
         })
     }
 
@@ -439,6 +448,25 @@ mod tests {
         assert_eq!(
             preview.payload,
             format!("{{\n  \"id\": \"{expected_id}\",\n  \"n\": 3\n}}")
+        );
+        assert!(!format!("{preview:?}").contains("hunter2"));
+        assert_eq!(preview.authorization, None);
+    }
+
+    #[test]
+    fn preview_shows_where_the_token_goes_without_fetching_it() {
+        let config = serde_json::json!({"config": [
+            {"url": "https://example.com/hook", "payloadTemplate": "{}",
+             "auth": {"type": "oauth2ClientCredentials", "tokenUrl": "https://login.example.com:8443/oauth/token?tenant=t1",
+                      "clientId": "id", "clientSecret": "hunter2"}},
+        ]});
+        let triggers = crate::validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+        let preview = triggers
+            .preview(0, &PreviewVariables::placeholder())
+            .expect("renders");
+        assert_eq!(
+            preview.authorization.as_deref(),
+            Some("Bearer <token from https://login.example.com:8443>")
         );
         assert!(!format!("{preview:?}").contains("hunter2"));
     }

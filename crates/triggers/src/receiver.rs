@@ -48,6 +48,20 @@ impl Request {
     pub fn json(&self) -> serde_json::Result<serde_json::Value> {
         serde_json::from_slice(&self.body)
     }
+
+    /// The body parsed as an `application/x-www-form-urlencoded` form, in order.
+    pub fn form(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.body)
+            .into_owned()
+            .collect()
+    }
+}
+
+/// An unsigned JWT (`alg: none`) carrying `claims`, for a scripted token endpoint's
+/// answer: the deliverer reads `exp` and `iat` from it, unverified, as it would from a
+/// signed one.
+pub fn jwt(claims: &serde_json::Value) -> String {
+    crate::token_auth::unsigned_jwt(claims)
 }
 
 /// How the receiver answers one request.
@@ -82,6 +96,13 @@ impl Reply {
             headers: Vec::new(),
             body_byte_delay: Duration::ZERO,
         }
+    }
+
+    /// Answers `status` with `body` as `application/json`: a token endpoint's answer.
+    pub fn json(status: u16, body: &serde_json::Value) -> Self {
+        Self::status(status)
+            .with_body(body.to_string())
+            .with_header("content-type", "application/json")
     }
 
     /// Resets the connection (TCP RST) without answering.
@@ -280,8 +301,17 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             .iter()
             .map(|(name, value)| format!("{name}: {value}\r\n"))
             .collect();
+        let content_type = if reply
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            ""
+        } else {
+            "content-type: text/plain\r\n"
+        };
         let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{extra}\r\n",
+            "HTTP/1.1 {} {}\r\n{content_type}content-length: {}\r\n{extra}\r\n",
             reply.status,
             reason(reply.status),
             reply.body.len(),

@@ -28,6 +28,8 @@ pub(crate) enum Attempt {
     Refused(Refusal),
     /// A redirect could not be followed (too many hops, another scheme).
     Redirect(String),
+    /// The trigger's token could not be had; the webhook was not sent.
+    Token(crate::TokenError),
 }
 
 /// What to do after an attempt.
@@ -48,6 +50,8 @@ pub(crate) fn verdict(attempt: &Attempt) -> Verdict {
         Attempt::Status { code, .. } => status_verdict(*code),
         Attempt::Timeout | Attempt::Connect(_) | Attempt::Transport(_) => Verdict::Retry,
         Attempt::Invalid(_) | Attempt::Refused(_) | Attempt::Redirect(_) => Verdict::Fail,
+        Attempt::Token(err) if err.kind.is_retryable() => Verdict::Retry,
+        Attempt::Token(_) => Verdict::Fail,
     }
 }
 

@@ -48,9 +48,14 @@ impl<'de> Deserialize<'de> for Secret {
 /// found): then [`crate::SECRET_TYPE_ERROR`] instead. Errors about the document's syntax
 /// say nothing of values and are kept; the parsers add the position to either.
 pub(crate) fn withhold_value<E: serde::de::Error>(err: E) -> E {
+    withhold_value_as(err, crate::config::SECRET_TYPE_ERROR)
+}
+
+/// [`withhold_value`], saying `instead` in place of a withheld message.
+pub(crate) fn withhold_value_as<E: serde::de::Error>(err: E, instead: &str) -> E {
     let message = err.to_string();
     if message.contains("invalid type") || message.contains("invalid value") {
-        E::custom(crate::config::SECRET_TYPE_ERROR)
+        E::custom(instead)
     } else {
         err
     }

@@ -38,6 +38,8 @@ pub struct Trigger {
     pub(crate) signing_keys: Vec<SigningKey>,
     pub(crate) follow_redirects: bool,
     pub(crate) drain: Drain,
+    /// Where its bearer token comes from, with the token's cache (memory only).
+    pub(crate) auth: Option<std::sync::Arc<crate::token_auth::TokenAuth>>,
 }
 
 /// How errors and logs name a trigger: its index and its URL's origin.
@@ -79,6 +81,7 @@ impl std::fmt::Debug for Trigger {
             .field("signing_keys", &self.signing_keys.len())
             .field("follow_redirects", &self.follow_redirects)
             .field("drain", &self.drain)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
@@ -218,6 +221,17 @@ pub enum ValidationError {
         /// What the JSON parser found.
         message: String,
     },
+    /// An `auth` field is invalid, or something else of the trigger would also set
+    /// `Authorization`. Never shows a value.
+    #[error("{trigger}: `{field}` is invalid: {reason}")]
+    InvalidAuth {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The field, as written in the config (`auth.tokenUrl`, `headers`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ValidationError {
@@ -234,7 +248,8 @@ impl ValidationError {
             | ValidationError::InvalidSigningSecret { trigger, .. }
             | ValidationError::TooManySigningSecrets { trigger, .. }
             | ValidationError::Template { trigger, .. }
-            | ValidationError::NotJson { trigger, .. } => Some(trigger.index),
+            | ValidationError::NotJson { trigger, .. }
+            | ValidationError::InvalidAuth { trigger, .. } => Some(trigger.index),
         }
     }
 }
@@ -570,6 +585,8 @@ fn check_trigger(
         }
     };
 
+    let auth = crate::token_auth::check(&label, raw, errors).map(std::sync::Arc::new);
+
     let url = url?;
     (errors.len() == before).then(|| Trigger {
         label,
@@ -586,6 +603,7 @@ fn check_trigger(
         signing_keys,
         follow_redirects: raw.follow_redirects,
         drain,
+        auth,
     })
 }
 

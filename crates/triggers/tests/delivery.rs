@@ -1,6 +1,7 @@
 //! Delivery against a real HTTP receiver on 127.0.0.1.
 
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{
@@ -288,30 +289,9 @@ async fn a_closed_port_is_a_retried_connection_error() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
-/// A `Write` that appends to a shared buffer, for capturing log output.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("not poisoned").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn log_lines_name_the_trigger_and_never_a_credential() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = support::CapturedLogs::install();
 
     let receiver = Receiver::start().await.expect("receiver");
     receiver.script("/p?key=hunter2", [Reply::status(500), Reply::status(403)]);
@@ -324,7 +304,7 @@ async fn log_lines_name_the_trigger_and_never_a_credential() {
     let triggers = validate(&config, ConfigFormat::Json).expect("valid");
     let _ = fast_deliverer().deliver(&triggers, &variables()).await;
 
-    let logs = String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf8");
+    let logs = captured.text();
     assert!(logs.contains("webhook attempt failed"), "{logs}");
     assert!(logs.contains("webhook failed for good"), "{logs}");
     assert!(logs.contains("trigger=0"), "{logs}");
@@ -372,15 +352,7 @@ async fn user_info_in_the_url_is_sent_as_basic_auth_unless_the_config_sets_autho
 /// its `attempt` span), so a receiver's trace and our log join.
 #[tokio::test]
 async fn traceparent_ids_seen_by_the_receiver_are_in_the_delivery_log() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = support::CapturedLogs::install();
 
     let receiver = Receiver::start().await.expect("receiver");
     receiver.script("/traced", [Reply::status(503), Reply::status(200)]);
@@ -390,7 +362,7 @@ async fn traceparent_ids_seen_by_the_receiver_are_in_the_delivery_log() {
         .await
         .expect("delivered on the retry");
 
-    let logs = String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf8");
+    let logs = captured.text();
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2);
     for request in &requests {

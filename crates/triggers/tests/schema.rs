@@ -82,6 +82,39 @@ fn schema_marks_secrets_and_carries_bounds_and_defaults() {
     );
 }
 
+#[test]
+fn schema_marks_auth_credentials_secret_and_bounds_every_auth_string() {
+    let schema = config_schema();
+    let kinds = schema["$defs"]["AuthConfig"]["oneOf"]
+        .as_array()
+        .expect("one schema per kind");
+    assert_eq!(kinds.len(), 2);
+    for kind in kinds {
+        assert_eq!(kind["additionalProperties"], false);
+        let props = kind["properties"].as_object().expect("properties");
+        for (name, prop) in props {
+            let secret = matches!(name.as_str(), "clientSecret" | "password");
+            assert_eq!(prop["secret"].as_bool().unwrap_or(false), secret, "{name}");
+            if (prop["type"] == "string" || prop["type"][0] == "string") && name != "type" {
+                assert_eq!(prop["maxLength"], triggers::MAX_AUTH_FIELD_BYTES, "{name}");
+            }
+        }
+    }
+    assert_eq!(
+        kinds[0]["properties"]["type"]["const"],
+        "oauth2ClientCredentials"
+    );
+    assert_eq!(
+        kinds[0]["properties"]["clientAuthentication"]["default"],
+        "basic"
+    );
+    assert_eq!(kinds[1]["properties"]["type"]["const"], "tokenEndpoint");
+    assert_eq!(
+        kinds[1]["properties"]["tokenPointer"]["default"],
+        triggers::DEFAULT_TOKEN_POINTER
+    );
+}
+
 fn trigger(extra: &str) -> String {
     format!(
         r#"{{"config": [{{"url": "https://hooks.example.com/x", "payloadTemplate": "{{}}"{extra}}}]}}"#
@@ -101,6 +134,12 @@ fn schema_and_rust_agree_on_examples() {
             r#", "headers": {"Authorization": "Bearer x"}, "signingSecrets": ["whsec_c2VjcmV0"]"#,
         ),
         r#"{"config": []}"#.to_string(),
+        trigger(
+            r#", "auth": {"type": "tokenEndpoint", "url": "https://airflow.example.com/auth/token", "username": "u", "password": "p"}"#,
+        ),
+        trigger(
+            r#", "auth": {"type": "oauth2ClientCredentials", "tokenUrl": "https://login.example.com/token", "clientId": "i", "clientSecret": "s", "scope": "a b", "audience": "x", "clientAuthentication": "body"}"#,
+        ),
     ];
     let ten = ["\"whsec_c2VjcmV0\""; 10].join(",");
     let eleven = ["\"whsec_c2VjcmV0\""; 11].join(",");
@@ -125,6 +164,19 @@ fn schema_and_rust_agree_on_examples() {
         trigger(r#", "retries": 3"#),
         trigger(r#", "headers": {"A": 1}"#),
         trigger(r#", "followRedirects": "yes""#),
+        trigger(r#", "auth": {"type": "basic", "username": "u", "password": "p"}"#),
+        trigger(
+            r#", "auth": {"type": "tokenEndpoint", "url": "https://a.example.com", "username": "u"}"#,
+        ),
+        trigger(
+            r#", "auth": {"type": "tokenEndpoint", "url": "https://a.example.com", "username": "", "password": "p"}"#,
+        ),
+        trigger(
+            r#", "auth": {"type": "oauth2ClientCredentials", "tokenUrl": "https://a.example.com", "clientId": "i", "clientSecret": "s", "clientAuthentication": "header"}"#,
+        ),
+        trigger(
+            r#", "auth": {"type": "oauth2ClientCredentials", "url": "https://a.example.com", "clientId": "i", "clientSecret": "s"}"#,
+        ),
         r#"{"config": [{"url": "https://x"}]}"#.to_string(),
         r#"{"config": [{"payloadTemplate": "{}"}]}"#.to_string(),
         r#"{"config": [], "extra": 1}"#.to_string(),

@@ -229,7 +229,7 @@ fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(report(
             &path.to_string(),
             validate_without_keys(&text, format),
-            " without keys (encrypted url, headers and signingSecrets not checked)",
+            " without keys (encrypted url, headers, signingSecrets and auth not checked)",
         ));
     }
     let checked = match load_config(&text, format, &identities) {
@@ -290,6 +290,9 @@ async fn preview(
     for index in indices {
         let preview = triggers.preview(index, &given)?;
         eprintln!("{}, webhook-id {}", preview.trigger, preview.webhook_id);
+        if let Some(authorization) = &preview.authorization {
+            eprintln!("Authorization: {authorization}");
+        }
         println!("{}", preview.payload);
     }
     Ok(ExitCode::SUCCESS)

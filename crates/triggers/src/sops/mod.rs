@@ -33,10 +33,12 @@ use value_cipher::LeafError;
 
 /// The `encrypted_regex` that [`encrypt_config`] writes: the keys whose values are
 /// secrets in a [`TriggersConfig`]: the URL (user info, a query token, or a path that is
-/// itself the credential, as Slack's incoming webhooks are), header values and signing
-/// secrets. Real sops re-encrypting the file after an edit applies the same rule, since
-/// it is stored; a key rule cannot look inside a value, so every `url` is encrypted.
-pub const SECRET_FIELDS_REGEX: &str = "^(url|headers|signingSecrets)$";
+/// itself the credential, as Slack's incoming webhooks are), header values, signing
+/// secrets and the whole `auth` block (its secret, and with it which identity provider
+/// and client it is). Real sops re-encrypting the file after an edit applies the same
+/// rule, since it is stored; a key rule cannot look inside a value, so every `url` is
+/// encrypted.
+pub const SECRET_FIELDS_REGEX: &str = "^(url|headers|signingSecrets|auth)$";
 
 /// What [`validate_without_keys`] puts in place of an encrypted `url`: its check is
 /// skipped, and errors name the trigger by this origin.
@@ -157,8 +159,10 @@ pub fn is_sops_encrypted(text: &str, format: ConfigFormat) -> bool {
 /// Validates an encrypted config without its keys, as a control plane does at publish
 /// time: the templates, bounds and every value in clear are checked as
 /// [`crate::validate`] does; encrypted values cannot be, so an encrypted `url` is taken
-/// as [`SEALED_URL_PLACEHOLDER`] (errors name the trigger by it), and encrypted header
-/// values and signing secrets as valid placeholders. The decrypting runtime checks them
+/// as [`SEALED_URL_PLACEHOLDER`] (errors name the trigger by it), encrypted header
+/// values and signing secrets as valid placeholders, and an `auth` block holding an
+/// encrypted value (its `type` included) as a valid token endpoint: that it does not
+/// sit beside an `Authorization` header is still checked. The decrypting runtime checks them
 /// at start. A plaintext document is validated as it is. Returns the number of triggers.
 /// Meant for files whose rule is [`SECRET_FIELDS_REGEX`]; another encrypted field (sops's
 /// default rule encrypts everything) fails to validate here.
@@ -171,6 +175,7 @@ pub fn validate_without_keys(
     if let Node::Map(entries) = &mut doc {
         entries.retain(|(key, _)| key != SOPS_KEY);
     }
+    placehold_sealed_auth(&mut doc);
     let placeheld = doc
         .map_leaves(&mut Vec::new(), &mut |leaf, steps| {
             Ok::<_, std::convert::Infallible>(match leaf {
@@ -203,6 +208,39 @@ pub fn validate_without_keys(
         .map_err(|_| shape("a number is not finite".to_string()))?;
     let config = TriggersConfig::deserialize(json).map_err(|err| shape(err.to_string()))?;
     crate::Triggers::from_config(&config).map(|triggers| triggers.len())
+}
+
+/// Replaces every trigger's `auth` that holds an encrypted value with a valid token
+/// endpoint at [`SEALED_URL_PLACEHOLDER`]: the rule encrypts the whole block, its `type`
+/// too, so none of it can be checked without keys.
+fn placehold_sealed_auth(doc: &mut Node) {
+    let Node::Map(entries) = doc else { return };
+    let Some((_, Node::Seq(triggers))) = entries.iter_mut().find(|(key, _)| key == "config") else {
+        return;
+    };
+    for trigger in triggers {
+        let Node::Map(fields) = trigger else { continue };
+        for (key, value) in fields {
+            if key == "auth" && has_sealed_leaf(value) {
+                let text = |s: &str| Node::Str(s.to_string());
+                *value = Node::Map(vec![
+                    ("type".to_string(), text("tokenEndpoint")),
+                    ("url".to_string(), text(SEALED_URL_PLACEHOLDER)),
+                    ("username".to_string(), text("encrypted")),
+                    ("password".to_string(), text("encrypted")),
+                ]);
+            }
+        }
+    }
+}
+
+fn has_sealed_leaf(node: &Node) -> bool {
+    match node {
+        Node::Str(s) => value_cipher::looks_encrypted(s),
+        Node::Seq(items) => items.iter().any(has_sealed_leaf),
+        Node::Map(entries) => entries.iter().any(|(_, value)| has_sealed_leaf(value)),
+        Node::Null | Node::Bool(_) | Node::Int(_) | Node::Float(_) => false,
+    }
 }
 
 /// A valid signing secret standing for an encrypted one in [`validate_without_keys`].
@@ -372,9 +410,9 @@ impl DecryptWalk<'_> {
 }
 
 /// Encrypts a plaintext config for age recipients as `sops` would with
-/// `--encrypted-regex '^(url|headers|signingSecrets)$'`: URLs, header values and signing
-/// secrets become `ENC[...]` leaves, everything else (templates, bounds, methods) stays
-/// readable, for [`validate_without_keys`]. The output has the
+/// `--encrypted-regex '^(url|headers|signingSecrets|auth)$'`: URLs, header values,
+/// signing secrets and `auth` blocks become `ENC[...]` leaves, everything else
+/// (templates, bounds, methods) stays readable, for [`validate_without_keys`]. The output has the
 /// format of the input and decrypts with `sops` itself or [`decrypt_config`].
 pub fn encrypt_config(
     text: &str,

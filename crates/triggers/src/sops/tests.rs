@@ -56,7 +56,7 @@ fn round_trips_json_and_yaml_keeping_non_secrets_readable() {
             "Authorization",
             "signingSecrets",
             "encrypted_regex",
-            "^(url|headers|signingSecrets)$",
+            SECRET_FIELDS_REGEX,
             "lastmodified",
             "BEGIN AGE ENCRYPTED FILE",
             SOPS_FORMAT_VERSION,
@@ -498,5 +498,86 @@ fn encrypt_leaves_no_url_in_plaintext_and_keyless_validation_checks_the_rest() {
         let text = errors.to_string();
         assert!(text.contains("materialisation_name"), "{text}");
         assert!(text.contains("encrypted-url.invalid"), "{text}");
+    }
+}
+
+/// Issue 13: `auth` credentials are secrets, encrypted at rest like headers; a config
+/// with an encrypted `auth` still validates without keys, and the mutual exclusion of
+/// `auth` and an `Authorization` header is still found.
+#[test]
+fn token_authentication_per_trigger_is_encrypted_and_validates_without_keys() {
+    const PASSWORD: &str = "airflow-pa55word";
+    const CLIENT_SECRET: &str = "oauth-cl1ent-secret";
+    let plain = serde_json::json!({"config": [
+        {"url": "https://airflow.example.com/api/v2/dags/d/dagRuns", "payloadTemplate": "{}",
+         "auth": {"type": "tokenEndpoint", "url": "https://airflow.example.com/auth/token",
+                  "username": "flow-bot", "password": PASSWORD}},
+        {"url": "https://api.example.com/hook", "payloadTemplate": "{}", "timeoutSecs": 7,
+         "auth": {"type": "oauth2ClientCredentials", "tokenUrl": "https://login.example.com/oauth/token",
+                  "clientId": "client-7", "clientSecret": CLIENT_SECRET, "scope": "hooks:write"}},
+    ]})
+    .to_string();
+    let yaml = "config:\n  - url: https://airflow.example.com/x\n    payloadTemplate: '{}'\n    auth:\n      type: tokenEndpoint\n      url: https://airflow.example.com/auth/token\n      username: flow-bot\n      password: airflow-pa55word\n";
+    for (text, format, count) in [
+        (plain.as_str(), ConfigFormat::Json, 2),
+        (yaml, ConfigFormat::Yaml, 1),
+    ] {
+        let identity = AgeIdentity::generate();
+        let sealed = encrypt_config(text, format, &[identity.recipient()]).expect("encrypts");
+        for hidden in [
+            PASSWORD,
+            CLIENT_SECRET,
+            "client-7",
+            "flow-bot",
+            "login.example.com",
+            "tokenEndpoint",
+        ] {
+            assert!(!sealed.contains(hidden), "{format}: {hidden} in {sealed}");
+        }
+        assert!(
+            sealed.contains("auth") && sealed.contains(SECRET_FIELDS_REGEX),
+            "{sealed}"
+        );
+        assert_eq!(
+            validate_without_keys(&sealed, format),
+            Ok(count),
+            "{format}"
+        );
+
+        let config = decrypt_config(&sealed, format, &[identity]).expect("decrypts");
+        let Some(crate::AuthConfig::TokenEndpoint {
+            username, password, ..
+        }) = &config.config[0].auth
+        else {
+            panic!("{format}: {config:?}");
+        };
+        assert_eq!(
+            (username.as_str(), password.expose()),
+            ("flow-bot", PASSWORD)
+        );
+        crate::Triggers::from_config(&config).expect("valid");
+
+        // An `Authorization` header beside an encrypted `auth` is still refused.
+        let both = match format {
+            ConfigFormat::Json => plain.replacen(
+                "\"payloadTemplate\":\"{}\",",
+                "\"payloadTemplate\":\"{}\",\"headers\":{\"Authorization\":\"Bearer t\"},",
+                1,
+            ),
+            ConfigFormat::Yaml => yaml.replace(
+                "    auth:\n",
+                "    headers:\n      Authorization: Bearer t\n    auth:\n",
+            ),
+        };
+        assert_ne!(both, text);
+        let identity = AgeIdentity::generate();
+        let sealed = encrypt_config(&both, format, &[identity.recipient()]).expect("encrypts");
+        let errors = validate_without_keys(&sealed, format).expect_err("both set");
+        assert!(
+            errors
+                .to_string()
+                .contains("sets `Authorization`, which `auth` sets itself"),
+            "{format}: {errors}"
+        );
     }
 }
