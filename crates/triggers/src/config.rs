@@ -6,7 +6,7 @@
 
 mod nesting;
 
-use crate::{DrainConfig, Secret};
+use crate::{DrainConfig, ResponsesConfig, Secret};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -104,6 +104,10 @@ pub struct TriggerConfig {
     /// or `{"mode": "concurrent", "maxInFlight": 4}`.
     #[serde(default)]
     pub drain: DrainConfig,
+    /// What the receiver's answers mean beyond the defaults:
+    /// `{"alreadyDelivered": [409], "retry": []}` (the default).
+    #[serde(default)]
+    pub responses: ResponsesConfig,
 }
 
 impl std::fmt::Debug for TriggerConfig {
@@ -120,6 +124,7 @@ impl std::fmt::Debug for TriggerConfig {
             .field("signing_secrets", &self.signing_secrets)
             .field("follow_redirects", &self.follow_redirects)
             .field("drain", &self.drain)
+            .field("responses", &self.responses)
             .finish()
     }
 }
@@ -321,6 +326,46 @@ mod tests {
         assert!(trigger.signing_secrets.is_empty());
         assert!(!trigger.follow_redirects);
         assert!(trigger.headers.is_empty());
+        assert_eq!(trigger.responses.already_delivered, [409]);
+        assert!(trigger.responses.retry.is_empty());
+    }
+
+    /// Issue 13, item 1: `responses` parses with its defaults, refuses unknown fields,
+    /// and takes only integers that fit a status.
+    #[test]
+    fn response_policy_parses_with_defaults_and_rejects_unknown_fields() {
+        let parse = |responses: &str| {
+            TriggersConfig::parse(
+                &format!("config:\n  - url: https://x\n    payloadTemplate: '{{}}'\n    responses: {responses}\n"),
+                ConfigFormat::Yaml,
+            )
+            .map(|c| c.config[0].responses.clone())
+        };
+        assert_eq!(
+            parse("{retry: [425]}"),
+            Ok(ResponsesConfig {
+                already_delivered: vec![409],
+                retry: vec![425]
+            })
+        );
+        assert_eq!(
+            parse("{alreadyDelivered: []}"),
+            Ok(ResponsesConfig {
+                already_delivered: vec![],
+                retry: vec![]
+            })
+        );
+        assert_eq!(parse("{}"), Ok(ResponsesConfig::default()));
+        for bad in [
+            "{already_delivered: [409]}",
+            "{retry: 425}",
+            "{retry: ['425']}",
+            "{retry: [-1]}",
+            "{retry: [70000]}",
+            "[409]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::backoff_policy::{Delays, RetryBackoff};
 use crate::network_policy::{
     GuardedResolver, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
 };
-use crate::retry::{Attempt, Verdict, retry_after, verdict};
+use crate::retry::{Attempt, MayHaveArrived, Verdict, retry_after, verdict};
 use crate::signing::signature_header;
 use crate::template::TemplateError;
 use crate::validate::{Trigger, TriggerLabel, Triggers};
@@ -83,6 +83,9 @@ pub struct AttemptRecord {
 pub enum AttemptOutcome {
     /// The endpoint accepted the webhook (2xx).
     Delivered,
+    /// The endpoint answered a status of the trigger's `responses.alreadyDelivered` to a
+    /// webhook that may have arrived before: it has it, so it counts as delivered.
+    AlreadyDelivered,
     /// A failure worth retrying (5xx, 408, 429, timeout, connection error); the delivery
     /// may still have given up after it (retries or budget spent).
     Retryable,
@@ -91,10 +94,11 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    /// `delivered`, `retryable` or `permanent`: the metric label.
+    /// `delivered`, `already_delivered`, `retryable` or `permanent`: the metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::AlreadyDelivered => "already_delivered",
             AttemptOutcome::Retryable => "retryable",
             AttemptOutcome::Permanent => "permanent",
         }
@@ -131,6 +135,17 @@ impl Run {
             prior_attempts: 0,
         }
     }
+
+    /// Whether the receiver may have this webhook before the run's first attempt: a
+    /// re-fire or a replay repeats one that may have arrived, and so does a run after
+    /// earlier runs' attempts.
+    fn may_have_arrived(self) -> MayHaveArrived {
+        let repeated = match self.reason {
+            SendReason::RecoveryRefire | SendReason::OperatorReplay => true,
+            SendReason::FirstSend | SendReason::TestFire => false,
+        };
+        MayHaveArrived(repeated || self.prior_attempts > 0)
+    }
 }
 
 /// A webhook the endpoint accepted.
@@ -138,12 +153,16 @@ impl Run {
 pub struct Delivered {
     /// The trigger.
     pub trigger: TriggerLabel,
-    /// The 2xx status the endpoint answered.
+    /// The status the endpoint answered: 2xx, or one of `responses.alreadyDelivered`.
     pub status: u16,
     /// Attempts it took, the successful one included.
     pub attempts: u32,
     /// Time from the first attempt to the accepting answer.
     pub latency: Duration,
+    /// The endpoint said it already has this webhook (a status of the trigger's
+    /// `responses.alreadyDelivered`, answered to a re-send of a webhook that may have
+    /// arrived before): delivered, but by an earlier attempt, run or process.
+    pub already_delivered: bool,
 }
 
 /// Why one trigger's webhook was not delivered.
@@ -178,6 +197,39 @@ pub enum FailureReason {
     /// A 307/308 redirect could not be followed (too many hops, another scheme).
     #[error("redirect not followed: {0}")]
     Redirect(String),
+    /// The endpoint answered a status of `responses.alreadyDelivered` to a webhook that
+    /// was never sent before (no earlier attempt may have arrived): it claims to have
+    /// something we did not send, so its idempotency key collides with another request's.
+    /// Permanent, and not counted as delivered, so no webhook is lost silently.
+    #[error(
+        "endpoint answered HTTP {status} (listed in `responses.alreadyDelivered`) to a webhook \
+         never sent before: the receiver claims to have it already, so its idempotency key \
+         (e.g. Airflow's `dag_run_id`) collides with another request's; not counted as \
+         delivered, so no webhook is lost silently: {body:?}"
+    )]
+    AlreadyDeliveredOnFirstSend {
+        /// The status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+}
+
+impl FailureReason {
+    /// The HTTP status the endpoint answered, when the failure is an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FailureReason::Status { status, .. }
+            | FailureReason::AlreadyDeliveredOnFirstSend { status, .. } => Some(*status),
+            FailureReason::Render(_)
+            | FailureReason::Timeout(_)
+            | FailureReason::Connect(_)
+            | FailureReason::Transport(_)
+            | FailureReason::InvalidRequest(_)
+            | FailureReason::Refused(_)
+            | FailureReason::Redirect(_) => None,
+        }
+    }
 }
 
 /// A trigger whose webhook failed for good: permanently, after its last retry, or when
@@ -457,6 +509,7 @@ impl Deliverer {
         let started = Instant::now();
         let mut delays = self.backoff.delays();
         let mut attempts = 0;
+        let mut may_have_arrived = run.may_have_arrived();
         loop {
             attempts += 1;
             let sent_as = if attempts == 1 {
@@ -471,7 +524,8 @@ impl Deliverer {
                 .attempt(trigger, &id, number, sent_as, body.clone(), false)
                 .instrument(tracing::info_span!("attempt", number, reason = sent_as))
                 .await;
-            let verdict = verdict(&attempt);
+            let verdict = verdict(&attempt, trigger.responses, may_have_arrived);
+            may_have_arrived = may_have_arrived.after(&attempt);
             let observed = |outcome, error: Option<&FailureReason>| AttemptRecord {
                 trigger: index,
                 number,
@@ -494,9 +548,21 @@ impl Deliverer {
                         status: code,
                         attempts,
                         latency: started.elapsed(),
+                        already_delivered: false,
                     });
                 }
-                Verdict::Fail => Err(GiveUp::Permanent),
+                Verdict::AlreadyDelivered(code) => {
+                    self.observe(observer, &observed(AttemptOutcome::AlreadyDelivered, None));
+                    tracing::info!(status = code, attempts, latency = ?started.elapsed(), "already delivered: the receiver has this webhook from an earlier attempt");
+                    return Ok(Delivered {
+                        trigger: trigger.label.clone(),
+                        status: code,
+                        attempts,
+                        latency: started.elapsed(),
+                        already_delivered: true,
+                    });
+                }
+                Verdict::Fail | Verdict::AlreadyDeliveredOnFirstSend(_) => Err(GiveUp::Permanent),
                 Verdict::Retry if attempts > trigger.max_retries => Err(GiveUp::RetriesExhausted),
                 Verdict::Retry => {
                     let wait = self.wait_before_retry(&mut delays, &attempt);
@@ -507,13 +573,14 @@ impl Deliverer {
                     }
                 }
             };
-            let outcome = if matches!(verdict, Verdict::Fail) {
-                AttemptOutcome::Permanent
-            } else {
-                AttemptOutcome::Retryable
+            let outcome = match wait {
+                Err(GiveUp::Permanent) => AttemptOutcome::Permanent,
+                Ok(_) | Err(GiveUp::RetriesExhausted | GiveUp::BudgetExhausted) => {
+                    AttemptOutcome::Retryable
+                }
             };
             let record = observed(outcome, None);
-            let failure = failure_reason(attempt, trigger.timeout);
+            let failure = verdict_failure(verdict, attempt, trigger.timeout);
             self.observe(
                 observer,
                 &AttemptRecord {
@@ -826,6 +893,24 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Why an attempt the verdict did not deliver failed: what [`failure_reason`] says,
+/// unless the policy refused an "already delivered" answer to a first send.
+pub(crate) fn verdict_failure(
+    verdict: Verdict,
+    attempt: Attempt,
+    timeout: Duration,
+) -> FailureReason {
+    match (verdict, attempt) {
+        (Verdict::AlreadyDeliveredOnFirstSend(_), Attempt::Status { code, excerpt, .. }) => {
+            FailureReason::AlreadyDeliveredOnFirstSend {
+                status: code,
+                body: excerpt,
+            }
+        }
+        (_, attempt) => failure_reason(attempt, timeout),
+    }
 }
 
 pub(crate) fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReason {

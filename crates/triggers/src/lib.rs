@@ -30,6 +30,7 @@ mod network_policy;
 mod preview;
 #[cfg(feature = "receiver")]
 pub mod receiver;
+mod responses;
 mod retry;
 mod schema;
 mod secret;
@@ -60,6 +61,10 @@ pub use drain::{
 };
 pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
 pub use preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
+pub use responses::{
+    DEFAULT_ALREADY_DELIVERED, MAX_RESPONSE_STATUS, MAX_RESPONSE_STATUSES, MIN_RESPONSE_STATUS,
+    NOT_ALREADY_DELIVERED, ResponsesConfig,
+};
 pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
