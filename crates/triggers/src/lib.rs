@@ -14,6 +14,9 @@
 //! (`webhook-id`, stable per transaction and trigger; `webhook-timestamp`; and, with
 //! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`.
 //! A [`NetworkPolicy`] keeps webhooks off loopback, private and link-local addresses.
+//! Receivers that dedupe on a key of their own answer a re-sent webhook with a status
+//! (Airflow's 409); a trigger's [`ResponsesConfig`] counts it as delivered ("already
+//! delivered") when the webhook may have arrived before, and names extra retry statuses.
 //!
 //! Operators check a trigger before a transaction fires it: [`Triggers::preview`] renders
 //! a payload against [`PreviewVariables`] without sending it, and
