@@ -1635,3 +1635,47 @@ async fn response_policy_a_waiting_refire_answered_409_after_reopen_is_already_d
     );
     shard.close().await;
 }
+
+/// Issue 13, item 1: an entry re-fired after a reopen counts a 409 as "already
+/// delivered" only if it may have been sent before the stop (on the ledger's record, or
+/// its trigger's oldest). One that waited behind it was never sent: a 409 to it is the
+/// receiver's idempotency key colliding, a permanent failure, never a silent delivery.
+#[tokio::test]
+async fn response_policy_a_refired_entry_that_was_never_sent_answered_409_fails_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    airflow_like(&receiver, "/dagRuns");
+    let drains = [("/dagRuns", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    // Transaction 1 is in flight (the receiver has it), 2 waits behind it, never sent.
+    commit_all(&mut shard, 1..=2).await;
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    shard.close().await;
+
+    receiver.set_default(Reply::status(409).with_body("DAGRun already exists"));
+    let shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    let err = shard
+        .drained()
+        .await
+        .expect_err("a 409 to a webhook never sent stops the backlog");
+    assert!(err.to_string().contains("never sent before"), "{err}");
+    let ledger = shard.backlog_handle().expect("decoupled");
+    let first = ledger.delivery(0, 1).await.expect("gets");
+    assert_eq!(first.state(), DeliveryState::Success);
+    assert!(first.already_delivered, "{first:?}");
+    let second = ledger.delivery(0, 2).await.expect("gets");
+    assert_eq!(second.state(), DeliveryState::Failed, "{second:?}");
+    assert!(second.error.contains("never sent before"), "{second:?}");
+    assert_eq!(second.attempts.len(), 1, "{second:?}");
+    assert!(!second.attempts[0].already_delivered);
+    drop(ledger);
+    shard.close().await;
+}

@@ -119,32 +119,29 @@ fn bounded_excerpt(text: &str) -> String {
     }
 }
 
-/// How one run of a delivery starts: why its first attempt is sent, and how many
-/// attempts earlier runs made (its attempts are numbered after them).
+/// How one run of a delivery starts: why its first attempt is sent, how many attempts
+/// earlier runs made (its attempts are numbered after them), and whether the receiver
+/// may have this webhook already.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     reason: SendReason,
     prior_attempts: u32,
+    may_have_arrived: MayHaveArrived,
 }
 
 impl Run {
-    /// The first run of a delivery.
-    fn first(reason: SendReason) -> Self {
-        Run {
-            reason,
-            prior_attempts: 0,
-        }
-    }
-
-    /// Whether the receiver may have this webhook before the run's first attempt: a
-    /// re-fire or a replay repeats one that may have arrived, and so does a run after
-    /// earlier runs' attempts.
-    fn may_have_arrived(self) -> MayHaveArrived {
-        let repeated = match self.reason {
+    /// A run whose reason says whether the webhook may have arrived before: a re-fire or
+    /// a replay repeats one that may have, and so does a run after earlier attempts.
+    fn new(reason: SendReason, prior_attempts: u32) -> Self {
+        let repeated = match reason {
             SendReason::RecoveryRefire | SendReason::OperatorReplay => true,
             SendReason::FirstSend | SendReason::TestFire => false,
         };
-        MayHaveArrived(repeated || self.prior_attempts > 0)
+        Run {
+            reason,
+            prior_attempts,
+            may_have_arrived: MayHaveArrived(repeated || prior_attempts > 0),
+        }
     }
 }
 
@@ -373,7 +370,7 @@ impl Deliverer {
                 webhook_id = %id,
                 %reason,
             );
-            self.deliver_one(triggers, t, variables, id, Run::first(reason), None)
+            self.deliver_one(triggers, t, variables, id, Run::new(reason, 0), None)
                 .instrument(span)
         }))
         .await;
@@ -408,7 +405,7 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Option<Result<Delivered, TriggerFailure>> {
-        self.deliver_trigger_inner(triggers, index, variables, reason, 0, None)
+        self.deliver_trigger_inner(triggers, index, variables, Run::new(reason, 0), None)
             .await
     }
 
@@ -419,8 +416,18 @@ impl Deliverer {
     /// restart), so `webhook-attempt` goes on counting; `maxRetries` and the retry budget
     /// hold for this run alone.
     ///
+    /// `sent_before` says whether an earlier run may have sent this webhook (before a
+    /// stop, a failure or a replay): then a status of the trigger's
+    /// `responses.alreadyDelivered` counts as delivered from the first attempt on. The
+    /// caller knows better than `reason`: a webhook recovered at a restart that was never
+    /// sent is a `recovery-refire` the receiver cannot have, and passes `false`.
+    ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what one run of a backlog delivery needs from the runtime, each documented above"
+    )]
     pub async fn deliver_trigger_observed(
         &self,
         triggers: &Triggers,
@@ -428,17 +435,16 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
         prior_attempts: u32,
+        sent_before: bool,
         observer: &dyn AttemptObserver,
     ) -> Option<Result<Delivered, TriggerFailure>> {
-        self.deliver_trigger_inner(
-            triggers,
-            index,
-            variables,
+        let run = Run {
             reason,
             prior_attempts,
-            Some(observer),
-        )
-        .await
+            may_have_arrived: MayHaveArrived(sent_before || prior_attempts > 0),
+        };
+        self.deliver_trigger_inner(triggers, index, variables, run, Some(observer))
+            .await
     }
 
     async fn deliver_trigger_inner(
@@ -446,10 +452,10 @@ impl Deliverer {
         triggers: &Triggers,
         index: usize,
         variables: &Variables,
-        reason: SendReason,
-        prior_attempts: u32,
+        run: Run,
         observer: Option<&dyn AttemptObserver>,
     ) -> Option<Result<Delivered, TriggerFailure>> {
+        let reason = run.reason;
         let trigger = triggers.triggers.get(index)?;
         let id = webhook_id(&variables.flow_run_id, index);
         let span = tracing::warn_span!(
@@ -461,19 +467,9 @@ impl Deliverer {
             %reason,
         );
         Some(
-            self.deliver_one(
-                triggers,
-                trigger,
-                variables,
-                id,
-                Run {
-                    reason,
-                    prior_attempts,
-                },
-                observer,
-            )
-            .instrument(span)
-            .await,
+            self.deliver_one(triggers, trigger, variables, id, run, observer)
+                .instrument(span)
+                .await,
         )
     }
 
@@ -489,6 +485,7 @@ impl Deliverer {
         let Run {
             reason,
             prior_attempts,
+            may_have_arrived,
         } = run;
         let index = trigger.label.index;
         // The payload's `webhook_id` and the header's are one derivation.
@@ -509,7 +506,7 @@ impl Deliverer {
         let started = Instant::now();
         let mut delays = self.backoff.delays();
         let mut attempts = 0;
-        let mut may_have_arrived = run.may_have_arrived();
+        let mut may_have_arrived = may_have_arrived;
         loop {
             attempts += 1;
             let sent_as = if attempts == 1 {

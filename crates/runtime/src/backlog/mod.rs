@@ -959,6 +959,10 @@ struct Send {
     committed_at: SystemTime,
     /// Shared with the entry, so the ledger shows a RUNNING delivery's attempts.
     attempts: Arc<Mutex<Vec<DeliveryAttempt>>>,
+    /// The entry was sealed before this send (picked before, or on record at open): it
+    /// may have reached the receiver, so "already delivered" answers count. A recovered
+    /// entry that was never sent is not, whatever its `recovery-refire` reason says.
+    sent_before: bool,
 }
 
 /// What came of a picked entry.
@@ -1049,6 +1053,7 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
             &send.variables,
             send.reason,
             prior_attempts,
+            send.sent_before,
             &collector,
         )
         .await
@@ -1095,6 +1100,7 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
             && (entry.replay || !replays_only)
             && entry.variables.last_commit_seq <= acked;
         if sendable {
+            let sent_before = entry.sealed;
             entry.in_flight = true;
             entry.sealed = true;
             entry.attempts = Arc::default();
@@ -1103,6 +1109,7 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
                 variables: entry.variables.clone(),
                 committed_at: entry.committed_at,
                 attempts: entry.attempts.clone(),
+                sent_before,
                 reason: if entry.replay {
                     SendReason::OperatorReplay
                 } else if entry.recovered {
