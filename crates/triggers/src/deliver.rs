@@ -485,7 +485,7 @@ impl Deliverer {
         let Run {
             reason,
             prior_attempts,
-            may_have_arrived,
+            mut may_have_arrived,
         } = run;
         let index = trigger.label.index;
         // The payload's `webhook_id` and the header's are one derivation.
@@ -506,7 +506,6 @@ impl Deliverer {
         let started = Instant::now();
         let mut delays = self.backoff.delays();
         let mut attempts = 0;
-        let mut may_have_arrived = may_have_arrived;
         loop {
             attempts += 1;
             let sent_as = if attempts == 1 {
@@ -550,7 +549,7 @@ impl Deliverer {
                 }
                 Verdict::AlreadyDelivered(code) => {
                     self.observe(observer, &observed(AttemptOutcome::AlreadyDelivered, None));
-                    tracing::info!(status = code, attempts, latency = ?started.elapsed(), "already delivered: the receiver has this webhook from an earlier attempt");
+                    tracing::info!(status = code, attempts, latency = ?started.elapsed(), "already delivered: the receiver has this webhook from an earlier send");
                     return Ok(Delivered {
                         trigger: trigger.label.clone(),
                         status: code,
