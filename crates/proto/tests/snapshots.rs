@@ -120,11 +120,59 @@ fn delivery_record_bytes() {
             latency_micros: 1500,
             error: "endpoint answered HTTP 422".to_string(),
             reason: "first-send".to_string(),
+            already_delivered: false,
         }],
         cancel_reason: String::new(),
         error: "trigger 1 (https://x): endpoint answered HTTP 422".to_string(),
+        already_delivered: false,
     };
     insta::assert_snapshot!(round_trip(&record));
+}
+
+/// Issue 13: a SUCCESS the receiver said it already had (`responses.alreadyDelivered`),
+/// flagged on the record and its attempt (fields 12 and 7, appended; absent when false,
+/// so records written before keep their bytes).
+#[test]
+fn delivery_record_already_delivered_bytes() {
+    let record = DeliveryRecord {
+        trigger: 0,
+        first_commit_seq: 1,
+        last_commit_seq: 1,
+        transaction_count: 1,
+        flow_run_id: "6f1c2d7e-0000-4000-8000-000000000001".to_string(),
+        state: DeliveryState::Success as i32,
+        attempts: vec![DeliveryAttempt {
+            number: 2,
+            status: 409,
+            reason: "recovery-refire".to_string(),
+            already_delivered: true,
+            ..Default::default()
+        }],
+        already_delivered: true,
+        ..Default::default()
+    };
+    insta::assert_snapshot!(round_trip(&record));
+}
+
+/// Records written before issue 13 (the bytes pinned by `delivery_record_bytes`) decode
+/// as not already delivered.
+#[test]
+fn delivery_records_written_before_already_delivered_decode_as_not_already_delivered() {
+    let pinned = "08011004180620032a2436663163326437652d303030302d343030302d383030\
+        302d30303030303030303030303130033a0808ace4cfaa061005420608ade4cf\
+        aa064a3a0801120808ace4cfaa06100918a60320dc0b2a1a656e64706f696e74\
+        20616e737765726564204854545020343232320a66697273742d73656e645a31\
+        747269676765722031202868747470733a2f2f78293a20656e64706f696e7420\
+        616e737765726564204854545020343232";
+    let bytes: Vec<u8> = (0..pinned.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&pinned[i..i + 2], 16).expect("hex"))
+        .collect();
+    let record = DeliveryRecord::decode(bytes.as_slice()).expect("decodes");
+    assert_eq!(record.state(), DeliveryState::Failed);
+    assert_eq!(record.attempts[0].status, 422);
+    assert!(!record.already_delivered);
+    assert!(!record.attempts[0].already_delivered);
 }
 
 fn params_v1() -> TriggerParams {

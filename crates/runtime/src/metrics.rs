@@ -29,7 +29,8 @@ struct TriggerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     trigger: String,
-    /// `delivered`, `retryable` or `permanent`.
+    /// `delivered`, `already_delivered` (the receiver said it has the webhook: a status
+    /// of `responses.alreadyDelivered` to a re-send), `retryable` or `permanent`.
     outcome: String,
     /// `2xx` .. `5xx`, or `none` when no status was answered.
     status_class: String,
@@ -73,7 +74,7 @@ impl Metrics {
         let attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "delivery_attempts",
-            "Webhook attempts, by trigger, outcome (delivered, retryable, permanent) and HTTP status class",
+            "Webhook attempts, by trigger, outcome (delivered, already_delivered, retryable, permanent) and HTTP status class",
             attempts.clone(),
         );
         let attempt_seconds: LatencyFamily = Family::new_with_constructor(latency_histogram);

@@ -494,6 +494,7 @@ impl ShardSidecar for Sidecar {
                     in_flight: q.in_flight as u64,
                     delivered: q.delivered,
                     transactions_delivered: q.transactions_delivered,
+                    already_delivered: q.already_delivered,
                     oldest_pending_seq: q.oldest_pending_seq.unwrap_or(0),
                 })
                 .collect(),
@@ -652,6 +653,7 @@ impl ShardSidecar for Sidecar {
                 .error
                 .map(|err| bounded(&err.to_string()))
                 .unwrap_or_default(),
+            outcome: report.outcome.as_str().to_string(),
         }))
     }
 }
@@ -778,6 +780,7 @@ fn delivered_outcome(d: &triggers::Delivered) -> TriggerOutcome {
         status: u32::from(d.status),
         attempts: d.attempts,
         error: String::new(),
+        already_delivered: d.already_delivered,
     }
 }
 
@@ -790,12 +793,10 @@ fn failed_outcomes(err: &DeliveryError) -> Vec<TriggerOutcome> {
             index: f.trigger.index as u32,
             origin: f.trigger.origin.clone(),
             delivered: false,
-            status: match &f.reason {
-                triggers::FailureReason::Status { status, .. } => u32::from(*status),
-                _ => 0,
-            },
+            status: f.reason.status().map_or(0, u32::from),
             attempts: f.attempts,
             error: bounded(&f.to_string()),
+            already_delivered: false,
         }))
         .collect();
     outcomes.sort_by_key(|o| o.index);

@@ -1481,3 +1481,201 @@ async fn a_worker_picks_nothing_once_close_begins() {
     assert_covers_exactly_once(&receiver, "/o", 1);
     shard.close().await;
 }
+
+/// A receiver path that holds its first request (the receiver has it, its answer never
+/// comes) and answers every later one 409, as Airflow answers a second POST of one
+/// `dag_run_id`.
+fn airflow_like(receiver: &Receiver, path: &str) {
+    receiver.script(
+        path,
+        [
+            Reply::status(200).after(Duration::from_secs(60)),
+            Reply::status(409).with_body("DAGRun already exists"),
+        ],
+    );
+}
+
+/// Issue 13, item 1 (response policy per trigger), decoupled delivery: the shard stops
+/// with a request in flight that the receiver has; after reopening, the re-fire is
+/// answered 409. That is "already delivered": the backlog goes on (later commits
+/// deliver), and the ledger, the status and the metrics say so, distinctly from a
+/// plain success.
+#[tokio::test]
+async fn response_policy_a_refire_answered_409_after_reopen_is_already_delivered_and_the_shard_goes_on()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    airflow_like(&receiver, "/dagRuns");
+    let drains = [("/dagRuns", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    commit_all(&mut shard, 1..=1).await;
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    shard.close().await;
+
+    let metrics = Arc::new(triggers_runtime::metrics::Metrics::new());
+    let mut reopened = config(triggers(&receiver, &drains), decoupled(10));
+    reopened.attempt_observer = Some(metrics.clone());
+    let mut shard = open(dir.path(), reopened).await;
+    shard
+        .drained()
+        .await
+        .expect("the 409 re-fire counts as delivered");
+    receiver.set_default(Reply::status(200));
+    commit_all(&mut shard, 2..=3).await;
+    shard.drained().await.expect("later commits deliver");
+
+    let ledger = shard.backlog_handle().expect("decoupled");
+    let refired = ledger.delivery(0, 1).await.expect("gets");
+    assert_eq!(refired.state(), DeliveryState::Success);
+    assert!(refired.already_delivered, "{refired:?}");
+    let last = refired.attempts.last().expect("attempts kept");
+    assert_eq!(
+        (last.status, last.reason.as_str(), last.already_delivered),
+        (409, "recovery-refire", true)
+    );
+    for seq in [2, 3] {
+        let record = ledger.delivery(0, seq).await.expect("gets");
+        assert_eq!(record.state(), DeliveryState::Success);
+        assert!(!record.already_delivered, "{record:?}");
+        assert!(record.attempts.iter().all(|a| !a.already_delivered));
+    }
+    let status = shard.backlog_status().expect("decoupled");
+    assert_eq!(
+        (
+            status.queues[0].delivered,
+            status.queues[0].already_delivered
+        ),
+        (3, 1)
+    );
+    let text = metrics.render(Some(&status));
+    let already = text
+        .lines()
+        .find(|l| l.contains(r#"outcome="already_delivered""#))
+        .unwrap_or_else(|| panic!("no already_delivered attempt counted: {text}"));
+    assert!(already.contains(r#"status_class="4xx""#), "{already}");
+    assert!(already.ends_with(" 1"), "{already}");
+    assert!(text.contains(r#"outcome="delivered""#), "{text}");
+    drop(ledger);
+    shard.close().await;
+}
+
+/// Issue 13, item 1, waiting delivery: an Acknowledged dropped while the receiver holds
+/// its request leaves the params persisted; after reopening, the recovery re-fire is
+/// answered 409, which delivers them (the shard goes on) and says "already delivered".
+#[tokio::test]
+async fn response_policy_a_waiting_refire_answered_409_after_reopen_is_already_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    airflow_like(&receiver, "/dagRuns");
+    let drains = [("/dagRuns", serde_json::json!({"mode": "ordered"}))];
+    {
+        let mut shard = open(
+            dir.path(),
+            config(triggers(&receiver, &drains), DeliveryMode::Waiting),
+        )
+        .await;
+        shard
+            .start_commit(checkpoint(1), &stats(1))
+            .await
+            .expect("commits");
+        let acknowledged = shard.acknowledged();
+        tokio::pin!(acknowledged);
+        tokio::select! {
+            _ = &mut acknowledged => panic!("the receiver holds the request"),
+            requests = receiver.wait_for(1, Duration::from_secs(10)) => {
+                assert_eq!(requests.len(), 1);
+            }
+        }
+        // Dropped here with the request in flight: the process "crashes".
+    }
+
+    let (mut shard, recovery) = Shard::open(
+        dir.path(),
+        config(triggers(&receiver, &drains), DeliveryMode::Waiting),
+    )
+    .await
+    .expect("reopens");
+    assert!(recovery.pending.is_some(), "the params stay persisted");
+    let ack = shard
+        .acknowledged()
+        .await
+        .expect("the 409 re-fire delivers");
+    assert_eq!(ack.delivered.len(), 1);
+    assert_eq!(
+        (ack.delivered[0].status, ack.delivered[0].already_delivered),
+        (409, true)
+    );
+    receiver.set_default(Reply::status(200));
+    shard
+        .start_commit(checkpoint(2), &stats(2))
+        .await
+        .expect("commits");
+    let ack = shard.acknowledged().await.expect("delivers");
+    assert_eq!(
+        (ack.delivered[0].status, ack.delivered[0].already_delivered),
+        (200, false)
+    );
+    let reasons: Vec<Option<String>> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-reason").map(str::to_string))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Some("first-send"),
+            Some("recovery-refire"),
+            Some("first-send")
+        ]
+        .map(|r| r.map(str::to_string))
+    );
+    shard.close().await;
+}
+
+/// Issue 13, item 1: an entry re-fired after a reopen counts a 409 as "already
+/// delivered" only if it may have been sent before the stop (on the ledger's record, or
+/// its trigger's oldest). One that waited behind it was never sent: a 409 to it is the
+/// receiver's idempotency key colliding, a permanent failure, never a silent delivery.
+#[tokio::test]
+async fn response_policy_a_refired_entry_that_was_never_sent_answered_409_fails_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    airflow_like(&receiver, "/dagRuns");
+    let drains = [("/dagRuns", serde_json::json!({"mode": "ordered"}))];
+    let mut shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    // Transaction 1 is in flight (the receiver has it), 2 waits behind it, never sent.
+    commit_all(&mut shard, 1..=2).await;
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    shard.close().await;
+
+    receiver.set_default(Reply::status(409).with_body("DAGRun already exists"));
+    let shard = open(
+        dir.path(),
+        config(triggers(&receiver, &drains), decoupled(10)),
+    )
+    .await;
+    let err = shard
+        .drained()
+        .await
+        .expect_err("a 409 to a webhook never sent stops the backlog");
+    assert!(err.to_string().contains("never sent before"), "{err}");
+    let ledger = shard.backlog_handle().expect("decoupled");
+    let first = ledger.delivery(0, 1).await.expect("gets");
+    assert_eq!(first.state(), DeliveryState::Success);
+    assert!(first.already_delivered, "{first:?}");
+    let second = ledger.delivery(0, 2).await.expect("gets");
+    assert_eq!(second.state(), DeliveryState::Failed, "{second:?}");
+    assert!(second.error.contains("never sent before"), "{second:?}");
+    assert_eq!(second.attempts.len(), 1, "{second:?}");
+    assert!(!second.attempts[0].already_delivered);
+    drop(ledger);
+    shard.close().await;
+}

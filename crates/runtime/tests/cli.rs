@@ -430,6 +430,7 @@ async fn preview_and_test_fire_through_a_sidecar() {
     .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("status: 200"), "{}", out.stdout);
+    assert!(out.stdout.contains("outcome: delivered"), "{}", out.stdout);
     let out = triggers(&[
         "test-fire",
         "--sidecar",
@@ -442,8 +443,40 @@ async fn preview_and_test_fire_through_a_sidecar() {
     .await;
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(out.stdout.contains("status: 503"), "{}", out.stdout);
+    assert!(out.stdout.contains("outcome: retryable"), "{}", out.stdout);
     assert!(out.stdout.contains("body: down"), "{}", out.stdout);
     assert_eq!(receiver.requests().len(), 2);
+
+    // Issue 13, item 1: a test repeated with the same given flow_run_id gets the 409 a
+    // receiver like Airflow answers; the sidecar reports what the policy makes of it.
+    receiver.script(
+        "/ok",
+        [Reply::status(409).with_body("DAGRun already exists")],
+    );
+    let out = triggers(&[
+        "test-fire",
+        "--sidecar",
+        &address,
+        "--trigger",
+        "0",
+        "--token-file",
+        token_file,
+        "--variables",
+        r#"{"flow_run_id": "run-7"}"#,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("status: 409: already delivered (the receiver has this webhook)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("outcome: already delivered"),
+        "{}",
+        out.stdout
+    );
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), server)

@@ -319,7 +319,13 @@ async fn the_whole_lifecycle_over_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.script("/b", [Reply::status(403).with_body("forbidden: bad key")]);
+    receiver.script(
+        "/b",
+        [
+            Reply::status(403).with_body("forbidden: bad key"),
+            Reply::status(409).with_body("DAGRun already exists"),
+        ],
+    );
     let running = serve(&receiver, "unix").await;
     let mut client = running.client.clone();
     client.open(OpenRequest {}).await.expect("opens");
@@ -389,6 +395,20 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
         .outcome
         .expect("waited");
     assert!(outcome.ok, "{}", outcome.error);
+    // Issue 13, item 1: the re-fire of /b is answered 409, which the response policy
+    // counts as delivered, and the outcome and the status say "already delivered".
+    let outcomes: Vec<(bool, u32, bool)> = outcome
+        .triggers
+        .iter()
+        .map(|t| (t.delivered, t.status, t.already_delivered))
+        .collect();
+    assert_eq!(outcomes, [(true, 200, false), (true, 409, true)]);
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.last_outcomes[1].already_delivered, "{status:?}");
     running.stop().await;
 }
 

@@ -6,7 +6,7 @@
 
 mod nesting;
 
-use crate::{AuthConfig, DrainConfig, Secret};
+use crate::{AuthConfig, DrainConfig, ResponsesConfig, Secret};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -110,6 +110,10 @@ pub struct TriggerConfig {
     /// Its credentials are secrets.
     #[serde(default, deserialize_with = "crate::token_auth::secret_auth")]
     pub auth: Option<AuthConfig>,
+    /// What the receiver's answers mean beyond the defaults:
+    /// `{"alreadyDelivered": [409], "retry": []}` (the default).
+    #[serde(default)]
+    pub responses: ResponsesConfig,
 }
 
 impl std::fmt::Debug for TriggerConfig {
@@ -127,6 +131,7 @@ impl std::fmt::Debug for TriggerConfig {
             .field("follow_redirects", &self.follow_redirects)
             .field("drain", &self.drain)
             .field("auth", &self.auth)
+            .field("responses", &self.responses)
             .finish()
     }
 }
@@ -328,6 +333,46 @@ mod tests {
         assert!(trigger.signing_secrets.is_empty());
         assert!(!trigger.follow_redirects);
         assert!(trigger.headers.is_empty());
+        assert_eq!(trigger.responses.already_delivered, [409]);
+        assert!(trigger.responses.retry.is_empty());
+    }
+
+    /// Issue 13, item 1: `responses` parses with its defaults, refuses unknown fields,
+    /// and takes only integers that fit a status.
+    #[test]
+    fn response_policy_parses_with_defaults_and_rejects_unknown_fields() {
+        let parse = |responses: &str| {
+            TriggersConfig::parse(
+                &format!("config:\n  - url: https://x\n    payloadTemplate: '{{}}'\n    responses: {responses}\n"),
+                ConfigFormat::Yaml,
+            )
+            .map(|c| c.config[0].responses.clone())
+        };
+        assert_eq!(
+            parse("{retry: [425]}"),
+            Ok(ResponsesConfig {
+                already_delivered: vec![409],
+                retry: vec![425]
+            })
+        );
+        assert_eq!(
+            parse("{alreadyDelivered: []}"),
+            Ok(ResponsesConfig {
+                already_delivered: vec![],
+                retry: vec![]
+            })
+        );
+        assert_eq!(parse("{}"), Ok(ResponsesConfig::default()));
+        for bad in [
+            "{already_delivered: [409]}",
+            "{retry: 425}",
+            "{retry: ['425']}",
+            "{retry: [-1]}",
+            "{retry: [70000]}",
+            "[409]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

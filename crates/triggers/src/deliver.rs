@@ -6,7 +6,7 @@ use crate::backoff_policy::{Delays, RetryBackoff};
 use crate::network_policy::{
     GuardedResolver, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
 };
-use crate::retry::{Attempt, Verdict, retry_after, verdict};
+use crate::retry::{Attempt, MayHaveArrived, Verdict, retry_after, verdict};
 use crate::signing::signature_header;
 use crate::template::TemplateError;
 use crate::trace_context::{SpanId, TRACEPARENT_HEADER, TraceId, TraceParent};
@@ -90,6 +90,9 @@ pub struct AttemptRecord {
 pub enum AttemptOutcome {
     /// The endpoint accepted the webhook (2xx).
     Delivered,
+    /// The endpoint answered a status of the trigger's `responses.alreadyDelivered` to a
+    /// webhook that may have arrived before: it has it, so it counts as delivered.
+    AlreadyDelivered,
     /// A failure worth retrying (5xx, 408, 429, timeout, connection error); the delivery
     /// may still have given up after it (retries or budget spent).
     Retryable,
@@ -98,10 +101,11 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    /// `delivered`, `retryable` or `permanent`: the metric label.
+    /// `delivered`, `already_delivered`, `retryable` or `permanent`: the metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::AlreadyDelivered => "already_delivered",
             AttemptOutcome::Retryable => "retryable",
             AttemptOutcome::Permanent => "permanent",
         }
@@ -122,20 +126,28 @@ fn bounded_excerpt(text: &str) -> String {
     }
 }
 
-/// How one run of a delivery starts: why its first attempt is sent, and how many
-/// attempts earlier runs made (its attempts are numbered after them).
+/// How one run of a delivery starts: why its first attempt is sent, how many attempts
+/// earlier runs made (its attempts are numbered after them), and whether the receiver
+/// may have this webhook already.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     reason: SendReason,
     prior_attempts: u32,
+    may_have_arrived: MayHaveArrived,
 }
 
 impl Run {
-    /// The first run of a delivery.
-    fn first(reason: SendReason) -> Self {
+    /// A run whose reason says whether the webhook may have arrived before: a re-fire or
+    /// a replay repeats one that may have, and so does a run after earlier attempts.
+    fn new(reason: SendReason, prior_attempts: u32) -> Self {
+        let repeated = match reason {
+            SendReason::RecoveryRefire | SendReason::OperatorReplay => true,
+            SendReason::FirstSend | SendReason::TestFire => false,
+        };
         Run {
             reason,
-            prior_attempts: 0,
+            prior_attempts,
+            may_have_arrived: MayHaveArrived(repeated || prior_attempts > 0),
         }
     }
 }
@@ -145,12 +157,16 @@ impl Run {
 pub struct Delivered {
     /// The trigger.
     pub trigger: TriggerLabel,
-    /// The 2xx status the endpoint answered.
+    /// The status the endpoint answered: 2xx, or one of `responses.alreadyDelivered`.
     pub status: u16,
     /// Attempts it took, the successful one included.
     pub attempts: u32,
     /// Time from the first attempt to the accepting answer.
     pub latency: Duration,
+    /// The endpoint said it already has this webhook (a status of the trigger's
+    /// `responses.alreadyDelivered`, answered to a re-send of a webhook that may have
+    /// arrived before): delivered, but by an earlier attempt, run or process.
+    pub already_delivered: bool,
 }
 
 /// Why one trigger's webhook was not delivered.
@@ -189,6 +205,40 @@ pub enum FailureReason {
     /// the webhook was not sent.
     #[error("no token: {0}")]
     Token(#[source] crate::TokenError),
+    /// The endpoint answered a status of `responses.alreadyDelivered` to a webhook that
+    /// was never sent before (no earlier attempt may have arrived): it claims to have
+    /// something we did not send, so its idempotency key collides with another request's.
+    /// Permanent, and not counted as delivered, so no webhook is lost silently.
+    #[error(
+        "endpoint answered HTTP {status} (listed in `responses.alreadyDelivered`) to a webhook \
+         never sent before: the receiver claims to have it already, so its idempotency key \
+         (e.g. Airflow's `dag_run_id`) collides with another request's; not counted as \
+         delivered, so no webhook is lost silently: {body:?}"
+    )]
+    AlreadyDeliveredOnFirstSend {
+        /// The status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+}
+
+impl FailureReason {
+    /// The HTTP status the endpoint answered, when the failure is an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FailureReason::Status { status, .. }
+            | FailureReason::AlreadyDeliveredOnFirstSend { status, .. } => Some(*status),
+            FailureReason::Render(_)
+            | FailureReason::Timeout(_)
+            | FailureReason::Connect(_)
+            | FailureReason::Transport(_)
+            | FailureReason::InvalidRequest(_)
+            | FailureReason::Refused(_)
+            | FailureReason::Redirect(_)
+            | FailureReason::Token(_) => None,
+        }
+    }
 }
 
 /// A trigger whose webhook failed for good: permanently, after its last retry, or when
@@ -338,7 +388,7 @@ impl Deliverer {
                 %reason,
                 trace_id = tracing::field::Empty,
             );
-            self.deliver_one(triggers, t, variables, id, Run::first(reason), None)
+            self.deliver_one(triggers, t, variables, id, Run::new(reason, 0), None)
                 .instrument(span)
         }))
         .await;
@@ -373,7 +423,7 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Option<Result<Delivered, TriggerFailure>> {
-        self.deliver_trigger_inner(triggers, index, variables, reason, 0, None)
+        self.deliver_trigger_inner(triggers, index, variables, Run::new(reason, 0), None)
             .await
     }
 
@@ -384,8 +434,18 @@ impl Deliverer {
     /// restart), so `webhook-attempt` goes on counting; `maxRetries` and the retry budget
     /// hold for this run alone.
     ///
+    /// `sent_before` says whether an earlier run may have sent this webhook (before a
+    /// stop, a failure or a replay): then a status of the trigger's
+    /// `responses.alreadyDelivered` counts as delivered from the first attempt on. The
+    /// caller knows better than `reason`: a webhook recovered at a restart that was never
+    /// sent is a `recovery-refire` the receiver cannot have, and passes `false`.
+    ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what one run of a backlog delivery needs from the runtime, each documented above"
+    )]
     pub async fn deliver_trigger_observed(
         &self,
         triggers: &Triggers,
@@ -393,17 +453,16 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
         prior_attempts: u32,
+        sent_before: bool,
         observer: &dyn AttemptObserver,
     ) -> Option<Result<Delivered, TriggerFailure>> {
-        self.deliver_trigger_inner(
-            triggers,
-            index,
-            variables,
+        let run = Run {
             reason,
             prior_attempts,
-            Some(observer),
-        )
-        .await
+            may_have_arrived: MayHaveArrived(sent_before || prior_attempts > 0),
+        };
+        self.deliver_trigger_inner(triggers, index, variables, run, Some(observer))
+            .await
     }
 
     async fn deliver_trigger_inner(
@@ -411,10 +470,10 @@ impl Deliverer {
         triggers: &Triggers,
         index: usize,
         variables: &Variables,
-        reason: SendReason,
-        prior_attempts: u32,
+        run: Run,
         observer: Option<&dyn AttemptObserver>,
     ) -> Option<Result<Delivered, TriggerFailure>> {
+        let reason = run.reason;
         let trigger = triggers.triggers.get(index)?;
         let id = webhook_id(&variables.flow_run_id, index);
         let span = tracing::warn_span!(
@@ -427,19 +486,9 @@ impl Deliverer {
             trace_id = tracing::field::Empty,
         );
         Some(
-            self.deliver_one(
-                triggers,
-                trigger,
-                variables,
-                id,
-                Run {
-                    reason,
-                    prior_attempts,
-                },
-                observer,
-            )
-            .instrument(span)
-            .await,
+            self.deliver_one(triggers, trigger, variables, id, run, observer)
+                .instrument(span)
+                .await,
         )
     }
 
@@ -455,6 +504,7 @@ impl Deliverer {
         let Run {
             reason,
             prior_attempts,
+            mut may_have_arrived,
         } = run;
         let index = trigger.label.index;
         // One trace per run, recorded on the `deliver` span so our log joins the
@@ -502,7 +552,8 @@ impl Deliverer {
                     span_id = %trace.span_id
                 ))
                 .await;
-            let verdict = verdict(&attempt);
+            let verdict = verdict(&attempt, trigger.responses, may_have_arrived);
+            may_have_arrived = may_have_arrived.after(&attempt);
             let observed = |outcome, error: Option<&FailureReason>| AttemptRecord {
                 trigger: index,
                 number,
@@ -527,9 +578,21 @@ impl Deliverer {
                         status: code,
                         attempts,
                         latency: started.elapsed(),
+                        already_delivered: false,
                     });
                 }
-                Verdict::Fail => Err(GiveUp::Permanent),
+                Verdict::AlreadyDelivered(code) => {
+                    self.observe(observer, &observed(AttemptOutcome::AlreadyDelivered, None));
+                    tracing::info!(status = code, attempts, latency = ?started.elapsed(), "already delivered: the receiver has this webhook from an earlier send");
+                    return Ok(Delivered {
+                        trigger: trigger.label.clone(),
+                        status: code,
+                        attempts,
+                        latency: started.elapsed(),
+                        already_delivered: true,
+                    });
+                }
+                Verdict::Fail | Verdict::AlreadyDeliveredOnFirstSend(_) => Err(GiveUp::Permanent),
                 Verdict::Retry if attempts > trigger.max_retries => Err(GiveUp::RetriesExhausted),
                 Verdict::Retry => {
                     let wait = self.wait_before_retry(&mut delays, &attempt);
@@ -540,13 +603,14 @@ impl Deliverer {
                     }
                 }
             };
-            let outcome = if matches!(verdict, Verdict::Fail) {
-                AttemptOutcome::Permanent
-            } else {
-                AttemptOutcome::Retryable
+            let outcome = match wait {
+                Err(GiveUp::Permanent) => AttemptOutcome::Permanent,
+                Ok(_) | Err(GiveUp::RetriesExhausted | GiveUp::BudgetExhausted) => {
+                    AttemptOutcome::Retryable
+                }
             };
             let record = observed(outcome, None);
-            let failure = failure_reason(attempt, trigger.timeout);
+            let failure = verdict_failure(verdict, attempt, trigger.timeout);
             self.observe(
                 observer,
                 &AttemptRecord {
@@ -942,6 +1006,24 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Why an attempt the verdict did not deliver failed: what [`failure_reason`] says,
+/// unless the policy refused an "already delivered" answer to a first send.
+pub(crate) fn verdict_failure(
+    verdict: Verdict,
+    attempt: Attempt,
+    timeout: Duration,
+) -> FailureReason {
+    match (verdict, attempt) {
+        (Verdict::AlreadyDeliveredOnFirstSend(_), Attempt::Status { code, excerpt, .. }) => {
+            FailureReason::AlreadyDeliveredOnFirstSend {
+                status: code,
+                body: excerpt,
+            }
+        }
+        (_, attempt) => failure_reason(attempt, timeout),
+    }
 }
 
 pub(crate) fn failure_reason(attempt: Attempt, timeout: Duration) -> FailureReason {

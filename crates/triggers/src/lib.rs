@@ -17,6 +17,9 @@
 //! A [`NetworkPolicy`] keeps webhooks (and token endpoints) off loopback, private and
 //! link-local addresses. A trigger with `auth` ([`AuthConfig`]) gets a bearer token from a
 //! token endpoint, cached in memory and renewed before it expires and once on a 401.
+//! Receivers that dedupe on a key of their own answer a re-sent webhook with a status
+//! (Airflow's 409); a trigger's [`ResponsesConfig`] counts it as delivered ("already
+//! delivered") when the webhook may have arrived before, and names extra retry statuses.
 //!
 //! Operators check a trigger before a transaction fires it: [`Triggers::preview`] renders
 //! a payload against [`PreviewVariables`] without sending it, and
@@ -33,6 +36,7 @@ mod network_policy;
 mod preview;
 #[cfg(feature = "receiver")]
 pub mod receiver;
+mod responses;
 mod retry;
 mod schema;
 mod secret;
@@ -65,6 +69,10 @@ pub use drain::{
 };
 pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
 pub use preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
+pub use responses::{
+    DEFAULT_ALREADY_DELIVERED, MAX_RESPONSE_STATUS, MAX_RESPONSE_STATUSES, MIN_RESPONSE_STATUS,
+    NOT_ALREADY_DELIVERED, ResponsesConfig,
+};
 pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};

@@ -156,6 +156,12 @@ impl PreviewVariables {
             .unwrap_or_else(|| webhook_id(&self.variables.flow_run_id, index))
     }
 
+    /// Whether these variables name a webhook that may have been sent before: a given
+    /// `flow_run_id` or `webhook_id` (a test-fire otherwise makes a fresh one).
+    pub(crate) fn may_repeat(&self) -> bool {
+        self.flow_run_id_given || self.webhook_id.is_some()
+    }
+
     /// These variables with a fresh random `flow_run_id` unless one was given: what a
     /// test-fire sends, so each test has its own `webhook-id`.
     pub(crate) fn for_test_fire(&self) -> Self {

@@ -2,6 +2,7 @@
 //! us to.
 
 use crate::network_policy::Refusal;
+use crate::responses::ResponsePolicy;
 use std::time::{Duration, SystemTime};
 
 /// The outcome of one HTTP attempt.
@@ -37,17 +38,53 @@ pub(crate) enum Attempt {
 pub(crate) enum Verdict {
     /// The endpoint accepted the webhook with this status.
     Delivered(u16),
+    /// The endpoint answered a status of `responses.alreadyDelivered` to a webhook that
+    /// may have arrived before: it has it, so it is delivered.
+    AlreadyDelivered(u16),
     /// A transient failure: try again after a backoff, if retries remain.
     Retry,
     /// A permanent failure: retrying would send the same request to the same refusal.
     Fail,
+    /// The endpoint answered a status of `responses.alreadyDelivered` to a webhook never
+    /// sent before: its idempotency key collides with another request's. Permanent, and
+    /// never counted as delivered.
+    AlreadyDeliveredOnFirstSend(u16),
 }
 
-/// Classifies an attempt. Exhaustive by construction: a new outcome or an unlisted status
-/// range does not compile rather than silently picking a side.
-pub(crate) fn verdict(attempt: &Attempt) -> Verdict {
+/// Whether an earlier attempt of a delivery may have reached the receiver, so that a
+/// receiver's "I have this already" is believable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MayHaveArrived(pub(crate) bool);
+
+impl MayHaveArrived {
+    /// After `attempt`: a timeout or a broken connection may have delivered the request
+    /// (the receiver may have acted on it and its answer been lost); a refused
+    /// connection, a refusal of ours or any HTTP answer did not deliver it unseen.
+    pub(crate) fn after(self, attempt: &Attempt) -> Self {
+        match attempt {
+            Attempt::Timeout | Attempt::Transport(_) => MayHaveArrived(true),
+            // No token, no webhook sent (or only one answered 401).
+            Attempt::Status { .. }
+            | Attempt::Connect(_)
+            | Attempt::Invalid(_)
+            | Attempt::Refused(_)
+            | Attempt::Redirect(_)
+            | Attempt::Token(_) => self,
+        }
+    }
+}
+
+/// Classifies an attempt under a trigger's response policy, knowing whether an earlier
+/// attempt of the same webhook may have arrived. Exhaustive by construction: a new
+/// outcome or an unlisted status range does not compile rather than silently picking a
+/// side.
+pub(crate) fn verdict(
+    attempt: &Attempt,
+    policy: ResponsePolicy,
+    resent: MayHaveArrived,
+) -> Verdict {
     match attempt {
-        Attempt::Status { code, .. } => status_verdict(*code),
+        Attempt::Status { code, .. } => status_verdict(*code, policy, resent),
         Attempt::Timeout | Attempt::Connect(_) | Attempt::Transport(_) => Verdict::Retry,
         Attempt::Invalid(_) | Attempt::Refused(_) | Attempt::Redirect(_) => Verdict::Fail,
         Attempt::Token(err) if err.kind.is_retryable() => Verdict::Retry,
@@ -70,7 +107,18 @@ pub(crate) fn retry_after(status: u16, value: Option<&str>, now: SystemTime) -> 
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn status_verdict(code: u16) -> Verdict {
+fn status_verdict(code: u16, policy: ResponsePolicy, resent: MayHaveArrived) -> Verdict {
+    // The policy lists only 4xx statuses (validation), none of 401, 407, 408, 429 as
+    // already delivered, and no status in both lists.
+    if policy.already_delivered(code) {
+        return match resent {
+            MayHaveArrived(true) => Verdict::AlreadyDelivered(code),
+            MayHaveArrived(false) => Verdict::AlreadyDeliveredOnFirstSend(code),
+        };
+    }
+    if policy.retries(code) {
+        return Verdict::Retry;
+    }
     match code {
         200..=299 => Verdict::Delivered(code),
         // Request Timeout and Too Many Requests: the endpoint asks us to come back.
@@ -125,12 +173,105 @@ mod tests {
                 excerpt: String::new(),
                 retry_after: None,
             };
-            assert_eq!(verdict(&attempt), expect, "HTTP {code}");
+            for resent in [MayHaveArrived(false), MayHaveArrived(true)] {
+                assert_eq!(verdict(&attempt, none(), resent), expect, "HTTP {code}");
+            }
+        }
+    }
+
+    /// A policy that lists nothing: the defaults alone.
+    fn none() -> ResponsePolicy {
+        ResponsePolicy::from_lists(&[], &[])
+    }
+
+    fn status(code: u16) -> Attempt {
+        Attempt::Status {
+            code,
+            excerpt: String::new(),
+            retry_after: None,
+        }
+    }
+
+    /// Issue 13, item 1: a listed "already delivered" status is a delivery only when the
+    /// webhook may have arrived before, and a failure of its own otherwise; a listed
+    /// retry status is retried; everything else keeps its default.
+    #[test]
+    fn response_policy_table() {
+        let policy = ResponsePolicy::from_lists(&[409, 410], &[423, 425]);
+        let (first, resent) = (MayHaveArrived(false), MayHaveArrived(true));
+        let table = [
+            (409, first, Verdict::AlreadyDeliveredOnFirstSend(409)),
+            (409, resent, Verdict::AlreadyDelivered(409)),
+            (410, first, Verdict::AlreadyDeliveredOnFirstSend(410)),
+            (410, resent, Verdict::AlreadyDelivered(410)),
+            (423, first, Verdict::Retry),
+            (425, resent, Verdict::Retry),
+            (422, resent, Verdict::Fail),
+            (424, first, Verdict::Fail),
+            (401, resent, Verdict::Fail),
+            (408, first, Verdict::Retry),
+            (429, resent, Verdict::Retry),
+            (503, resent, Verdict::Retry),
+            (200, resent, Verdict::Delivered(200)),
+            (302, resent, Verdict::Fail),
+        ];
+        for (code, arrived, expect) in table {
+            assert_eq!(
+                verdict(&status(code), policy, arrived),
+                expect,
+                "HTTP {code}, {arrived:?}"
+            );
+        }
+        // The default policy is `alreadyDelivered: [409]`.
+        assert_eq!(
+            verdict(&status(409), ResponsePolicy::default(), resent),
+            Verdict::AlreadyDelivered(409)
+        );
+        assert_eq!(
+            verdict(&status(409), none(), resent),
+            Verdict::Fail,
+            "`alreadyDelivered: []` opts out"
+        );
+    }
+
+    /// Issue 13, item 1: only an attempt whose request may have reached the receiver
+    /// unanswered (a timeout, a broken connection) makes a later "already delivered"
+    /// believable; the flag never clears.
+    #[test]
+    fn response_policy_may_have_arrived_after() {
+        let refusal = Refusal {
+            host: "localhost".into(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            class: crate::network_policy::AddressClass::Loopback,
+        };
+        let table = [
+            (Attempt::Timeout, true),
+            (Attempt::Transport("reset".into()), true),
+            (Attempt::Connect("refused".into()), false),
+            (status(503), false),
+            (status(409), false),
+            (status(200), false),
+            (Attempt::Invalid("bad".into()), false),
+            (Attempt::Redirect("too many".into()), false),
+            (Attempt::Refused(refusal), false),
+        ];
+        for (attempt, arrived) in table {
+            assert_eq!(
+                MayHaveArrived(false).after(&attempt),
+                MayHaveArrived(arrived),
+                "{attempt:?}"
+            );
+            assert_eq!(
+                MayHaveArrived(true).after(&attempt),
+                MayHaveArrived(true),
+                "{attempt:?}"
+            );
         }
     }
 
     #[test]
     fn transport_table() {
+        let verdict = |attempt: &Attempt| verdict(attempt, none(), MayHaveArrived(true));
         assert_eq!(verdict(&Attempt::Timeout), Verdict::Retry);
         assert_eq!(verdict(&Attempt::Connect("refused".into())), Verdict::Retry);
         assert_eq!(verdict(&Attempt::Transport("reset".into())), Verdict::Retry);

@@ -3,15 +3,19 @@
 //!
 //! Exactly one attempt (no retries, no backoff), marked `webhook-reason: test-fire`,
 //! through the deliverer's own clients: the same network policy, headers, signatures and
-//! timeout as a real delivery.
+//! timeout as a real delivery. The report says what the trigger's response policy makes
+//! of the answer, as delivery would: a test webhook whose variables were given (its
+//! `flow_run_id` or `webhook_id`) may repeat an earlier test, so a status of
+//! `responses.alreadyDelivered` is "already delivered"; with a fresh `flow_run_id` it was
+//! never sent, and that status means the receiver's idempotency key collides.
 
-use crate::FailureReason;
-use crate::deliver::{Deliverer, failure_reason};
+use crate::deliver::{Deliverer, verdict_failure};
 use crate::preview::{PreviewError, PreviewVariables};
-use crate::retry::Attempt;
+use crate::retry::{Attempt, MayHaveArrived, Verdict, verdict};
 use crate::trace_context::{SpanId, TraceId, TraceParent};
 use crate::validate::{TriggerLabel, Triggers};
 use crate::webhook_headers::SendReason;
+use crate::{AttemptOutcome, FailureReason};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
@@ -30,15 +34,24 @@ pub struct TestFireReport {
     /// The start of the response body (bounded, as in delivery errors); empty without
     /// an answer.
     pub body_excerpt: String,
-    /// Why there was no answer: a timeout, a refused connection, the network policy.
-    /// `None` whenever the endpoint answered, whatever the status.
+    /// Why there was no answer: a timeout, a refused connection, the network policy; or,
+    /// with an answer, [`FailureReason::AlreadyDeliveredOnFirstSend`] (an "already
+    /// delivered" status to a webhook never sent). `None` for any other answer.
     pub error: Option<FailureReason>,
+    /// What delivery would make of this attempt under the trigger's response policy
+    /// (delivered, already delivered, retried, or failed for good).
+    pub outcome: AttemptOutcome,
 }
 
 impl TestFireReport {
-    /// Whether the endpoint accepted the webhook (a 2xx status), as delivery would.
+    /// Whether delivery would count the answer as delivered: a 2xx status, or one of the
+    /// trigger's `responses.alreadyDelivered` to a test webhook that may repeat an
+    /// earlier one.
     pub fn accepted(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+        match self.outcome {
+            AttemptOutcome::Delivered | AttemptOutcome::AlreadyDelivered => true,
+            AttemptOutcome::Retryable | AttemptOutcome::Permanent => false,
+        }
     }
 }
 
@@ -46,7 +59,14 @@ impl std::fmt::Display for TestFireReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.latency.as_millis();
         match (&self.status, &self.error) {
-            (Some(status), _) => write!(
+            (Some(status), _) if self.outcome == AttemptOutcome::AlreadyDelivered => write!(
+                f,
+                "{}: already delivered (HTTP {status}) in {ms} ms: the receiver has this \
+                 webhook; {:?}",
+                self.trigger, self.body_excerpt
+            ),
+            (Some(_), Some(error)) => write!(f, "{}: {error} (after {ms} ms)", self.trigger),
+            (Some(status), None) => write!(
                 f,
                 "{}: HTTP {status} in {ms} ms: {:?}",
                 self.trigger, self.body_excerpt
@@ -67,6 +87,8 @@ pub struct TestFirePayload {
     trigger: TriggerLabel,
     webhook_id: String,
     body: String,
+    /// Its variables were given, so it may repeat an earlier test webhook.
+    may_repeat: bool,
 }
 
 impl Triggers {
@@ -83,6 +105,7 @@ impl Triggers {
             trigger: rendered.trigger,
             webhook_id: rendered.webhook_id,
             body: rendered.body,
+            may_repeat: variables.may_repeat(),
         })
     }
 }
@@ -119,6 +142,7 @@ impl Deliverer {
             trigger: label,
             webhook_id,
             body,
+            may_repeat,
         } = payload;
         let trigger = triggers
             .triggers
@@ -154,14 +178,36 @@ impl Deliverer {
             .instrument(span.clone())
             .await;
         let latency = started.elapsed();
+        let verdict = verdict(&attempt, trigger.responses, MayHaveArrived(may_repeat));
+        let outcome = match verdict {
+            Verdict::Delivered(_) => AttemptOutcome::Delivered,
+            Verdict::AlreadyDelivered(_) => AttemptOutcome::AlreadyDelivered,
+            Verdict::Retry => AttemptOutcome::Retryable,
+            Verdict::Fail | Verdict::AlreadyDeliveredOnFirstSend(_) => AttemptOutcome::Permanent,
+        };
         let report = match attempt {
             Attempt::Status { code, excerpt, .. } => TestFireReport {
                 trigger: label,
                 webhook_id,
                 status: Some(code),
                 latency,
+                error: match verdict {
+                    Verdict::AlreadyDeliveredOnFirstSend(_) => Some(verdict_failure(
+                        verdict,
+                        Attempt::Status {
+                            code,
+                            excerpt: excerpt.clone(),
+                            retry_after: None,
+                        },
+                        trigger.timeout,
+                    )),
+                    Verdict::Delivered(_)
+                    | Verdict::AlreadyDelivered(_)
+                    | Verdict::Retry
+                    | Verdict::Fail => None,
+                },
                 body_excerpt: excerpt,
-                error: None,
+                outcome,
             },
             failed => TestFireReport {
                 trigger: label,
@@ -169,7 +215,8 @@ impl Deliverer {
                 status: None,
                 latency,
                 body_excerpt: String::new(),
-                error: Some(failure_reason(failed, trigger.timeout)),
+                error: Some(verdict_failure(verdict, failed, trigger.timeout)),
+                outcome,
             },
         };
         span.in_scope(|| tracing::info!(report = %report, "test webhook sent"));

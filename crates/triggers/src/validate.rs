@@ -6,6 +6,7 @@ use crate::config::{
     MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGERS,
     MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
 };
+use crate::responses::{ResponsePolicy, check_responses};
 use crate::signing::{SigningKey, SigningSecretError};
 use crate::template::{TemplateError, Templates};
 use crate::variables::Variables;
@@ -40,6 +41,8 @@ pub struct Trigger {
     pub(crate) drain: Drain,
     /// Where its bearer token comes from, with the token's cache (memory only).
     pub(crate) auth: Option<std::sync::Arc<crate::token_auth::TokenAuth>>,
+    /// What its `responses` make of a receiver's answers.
+    pub(crate) responses: ResponsePolicy,
 }
 
 /// How errors and logs name a trigger: its index and its URL's origin.
@@ -82,6 +85,7 @@ impl std::fmt::Debug for Trigger {
             .field("follow_redirects", &self.follow_redirects)
             .field("drain", &self.drain)
             .field("auth", &self.auth)
+            .field("responses", &self.responses)
             .finish_non_exhaustive()
     }
 }
@@ -232,6 +236,33 @@ pub enum ValidationError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A list under `responses` has more than [`crate::MAX_RESPONSE_STATUSES`]
+    /// statuses; none of them was checked.
+    #[error("{trigger}: `responses.{field}` has {count} statuses, but at most {max} are allowed")]
+    TooManyStatuses {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The list, as written in the config: `alreadyDelivered` or `retry`.
+        field: &'static str,
+        /// How many there are.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A status under `responses` that cannot be listed there.
+    #[error("{trigger}: `responses.{field}[{position}]` is {status}: {reason}")]
+    InvalidStatus {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The list, as written in the config: `alreadyDelivered` or `retry`.
+        field: &'static str,
+        /// 0-based position of the status in the list.
+        position: usize,
+        /// The status found.
+        status: u16,
+        /// Why it cannot be listed.
+        reason: &'static str,
+    },
 }
 
 impl ValidationError {
@@ -249,7 +280,9 @@ impl ValidationError {
             | ValidationError::TooManySigningSecrets { trigger, .. }
             | ValidationError::Template { trigger, .. }
             | ValidationError::NotJson { trigger, .. }
-            | ValidationError::InvalidAuth { trigger, .. } => Some(trigger.index),
+            | ValidationError::InvalidAuth { trigger, .. }
+            | ValidationError::TooManyStatuses { trigger, .. }
+            | ValidationError::InvalidStatus { trigger, .. } => Some(trigger.index),
         }
     }
 }
@@ -586,6 +619,7 @@ fn check_trigger(
     };
 
     let auth = crate::token_auth::check(&label, raw, errors).map(std::sync::Arc::new);
+    let responses = check_responses(&label, &raw.responses, errors);
 
     let url = url?;
     (errors.len() == before).then(|| Trigger {
@@ -604,6 +638,7 @@ fn check_trigger(
         follow_redirects: raw.follow_redirects,
         drain,
         auth,
+        responses,
     })
 }
 
@@ -740,6 +775,82 @@ mod tests {
                     min_interval: Duration::ZERO
                 }
             ]
+        );
+    }
+
+    /// Issue 13, item 1: every bound of `responses`, each error naming the trigger and
+    /// the status's place as the config spells it.
+    #[test]
+    fn response_policy_bounds_are_checked() {
+        let seventeen: Vec<String> = (400..417).map(|s| s.to_string()).collect();
+        let config = format!(
+            r#"{{"config": [
+            {{"url": "https://a.example.com", "payloadTemplate": "{{}}",
+              "responses": {{"alreadyDelivered": [409, 410, 401, 399, 500, 200, 407, 408, 429, 410]}}}},
+            {{"url": "https://b.example.com", "payloadTemplate": "{{}}",
+              "responses": {{"alreadyDelivered": [{seventeen}], "retry": [{seventeen}]}}}},
+            {{"url": "https://c.example.com", "payloadTemplate": "{{}}",
+              "responses": {{"retry": [425, 409, 425, 600]}}}},
+            {{"url": "https://d.example.com", "payloadTemplate": "{{}}",
+              "responses": {{"alreadyDelivered": [422], "retry": [422, 409, 408, 429]}}}}
+        ]}}"#,
+            seventeen = seventeen.join(",")
+        );
+        let ValidationErrors(errors) = validate(&config, ConfigFormat::Json).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let auth = "401 and 407 ask for credentials and 408 and 429 to come back later; \
+                    none of them means the receiver has the webhook";
+        let a = "trigger 0 (https://a.example.com): `responses.alreadyDelivered";
+        let c = "trigger 2 (https://c.example.com): `responses.retry";
+        let d = "trigger 3 (https://d.example.com): `responses.retry";
+        assert_eq!(
+            text,
+            [
+                format!("{a}[2]` is 401: {auth}"),
+                format!("{a}[3]` is 399: only 4xx statuses (400-499) can be listed"),
+                format!("{a}[4]` is 500: only 4xx statuses (400-499) can be listed"),
+                format!("{a}[5]` is 200: only 4xx statuses (400-499) can be listed"),
+                format!("{a}[6]` is 407: {auth}"),
+                format!("{a}[7]` is 408: {auth}"),
+                format!("{a}[8]` is 429: {auth}"),
+                format!("{a}[9]` is 410: listed twice"),
+                "trigger 1 (https://b.example.com): `responses.alreadyDelivered` has 17 statuses, but at most 16 are allowed".to_string(),
+                "trigger 1 (https://b.example.com): `responses.retry` has 17 statuses, but at most 16 are allowed".to_string(),
+                format!("{c}[1]` is 409: also in `responses.alreadyDelivered`; a status has one meaning"),
+                format!("{c}[2]` is 425: listed twice"),
+                format!("{c}[3]` is 600: only 4xx statuses (400-499) can be listed"),
+                format!("{d}[0]` is 422: also in `responses.alreadyDelivered`; a status has one meaning"),
+            ]
+        );
+        assert!(errors.iter().all(|e| e.trigger_index().is_some()));
+
+        // At the bounds, opted out, and the default.
+        let sixteen: Vec<String> = (430..446).map(|s| s.to_string()).collect();
+        let ok = format!(
+            r#"{{"config": [
+            {{"url": "https://a.example.com", "payloadTemplate": "{{}}",
+              "responses": {{"alreadyDelivered": [{sixteen}], "retry": [400, 499, 408, 429]}}}},
+            {{"url": "https://b.example.com", "payloadTemplate": "{{}}", "responses": {{"alreadyDelivered": []}}}},
+            {{"url": "https://c.example.com", "payloadTemplate": "{{}}", "responses": {{"retry": [425]}}}},
+            {{"url": "https://d.example.com", "payloadTemplate": "{{}}"}}
+        ]}}"#,
+            sixteen = sixteen.join(",")
+        );
+        let triggers = validate(&ok, ConfigFormat::Json).expect("valid");
+        let policies: Vec<ResponsePolicy> = triggers.iter().map(|t| t.responses).collect();
+        let sixteen: Vec<u16> = (430..446).collect();
+        assert_eq!(
+            policies,
+            [
+                ResponsePolicy::from_lists(&sixteen, &[400, 499, 408, 429]),
+                ResponsePolicy::from_lists(&[], &[]),
+                ResponsePolicy::from_lists(&[409], &[425]),
+                ResponsePolicy::default(),
+            ]
+        );
+        assert_eq!(
+            ResponsePolicy::default(),
+            ResponsePolicy::from_lists(&[409], &[])
         );
     }
 

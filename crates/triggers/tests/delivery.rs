@@ -5,8 +5,8 @@ mod support;
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{
-    ConfigFormat, Deliverer, DeliveryError, FailureReason, RetryBackoff, Triggers, Variables,
-    validate,
+    ConfigFormat, Deliverer, DeliveryError, FailureReason, RetryBackoff, SendReason, Triggers,
+    Variables, validate,
 };
 
 /// Retries in milliseconds, so tests do not sleep for real backoff.
@@ -413,4 +413,148 @@ async fn timestamp_helper_renders_publish_times_at_the_receivers_precision() {
             "exact": "2024-12-31T23:59:59.9999999Z",
         }})
     );
+}
+
+/// Issue 13, item 1 (response policy per trigger): with `timeoutSecs: 1` and a slow
+/// receiver, the first attempt times out client-side although the receiver has the
+/// webhook (Airflow created the run); the retry is answered 409 ("DAGRun ... already
+/// exists"). The request may have arrived before, so the 409 is a delivery.
+#[tokio::test]
+async fn response_policy_a_retry_after_a_timeout_answered_409_is_already_delivered() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/dags/d/dagRuns",
+        [
+            // Held past the 1 s timeout: the client gives up, the receiver has it.
+            Reply::status(200).after(Duration::from_secs(60)),
+            Reply::status(409).with_body("DAGRun with dag_run_id: 'flow-run-1' already exists"),
+        ],
+    );
+    let triggers = triggers(
+        &receiver,
+        &[("/dags/d/dagRuns", r#"{"timeoutSecs": 1, "maxRetries": 1}"#)],
+    );
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("the 409 after a timeout counts as delivered");
+    assert_eq!(delivered[0].attempts, 2);
+    assert_eq!(delivered[0].status, 409);
+    assert!(delivered[0].already_delivered);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("webhook-reason"), Some("retry"));
+}
+
+/// Issue 13, item 1: a 409 to a webhook that was never sent before (first attempt, and
+/// no earlier attempt could have arrived) means the receiver's idempotency key collides
+/// with another request's: a permanent failure that says so, never a silent delivery.
+/// An HTTP answer does not make a later 409 a duplicate either: the receiver said what
+/// it did with the request.
+#[tokio::test]
+async fn response_policy_a_first_send_answered_409_fails_for_good_as_a_collision() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/first", [Reply::status(409).with_body("already exists")]);
+    receiver.script(
+        "/answered",
+        [
+            Reply::status(503),
+            Reply::status(409).with_body("already exists"),
+        ],
+    );
+    let triggers = triggers(
+        &receiver,
+        &[
+            ("/first", r#"{"maxRetries": 3}"#),
+            ("/answered", r#"{"maxRetries": 3}"#),
+        ],
+    );
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("a 409 to a first send is not a delivery");
+    assert_eq!(err.failures.len(), 2, "{err}");
+    assert!(err.delivered.is_empty());
+    for (failure, attempts) in err.failures.iter().zip([1, 2]) {
+        assert!(failure.permanent, "{failure}");
+        assert_eq!(failure.attempts, attempts, "{failure}");
+        assert_eq!(
+            failure.reason,
+            FailureReason::AlreadyDeliveredOnFirstSend {
+                status: 409,
+                body: "already exists".to_string()
+            }
+        );
+        assert_eq!(failure.reason.status(), Some(409));
+        let text = failure.to_string();
+        assert!(text.contains("never sent before"), "{text}");
+        assert!(text.contains("idempotency key"), "{text}");
+        assert!(text.contains("not counted as delivered"), "{text}");
+    }
+    assert_eq!(receiver.requests().len(), 3);
+}
+
+/// Issue 13, item 1: a recovery re-fire (the process stopped while the request was in
+/// flight) answered 409 is delivered, so the shard goes on; `alreadyDelivered: []` opts
+/// out (the 409 is then an ordinary permanent failure).
+#[tokio::test]
+async fn response_policy_a_recovery_refire_answered_409_is_already_delivered() {
+    let (captured, _guard) = support::CapturedLogs::install();
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(409).with_body("already exists"));
+    let triggers = triggers(
+        &receiver,
+        &[
+            ("/default", "{}"),
+            ("/opted-out", r#"{"responses": {"alreadyDelivered": []}}"#),
+        ],
+    );
+    let err = fast_deliverer()
+        .deliver_with_reason(&triggers, &variables(), SendReason::RecoveryRefire)
+        .await
+        .expect_err("the opted-out trigger fails");
+    assert_eq!(err.delivered.len(), 1, "{err}");
+    let delivered = &err.delivered[0];
+    assert_eq!(delivered.trigger.index, 0);
+    assert_eq!((delivered.status, delivered.attempts), (409, 1));
+    assert!(delivered.already_delivered);
+    let failure = single_failure(&err);
+    assert_eq!(failure.trigger.index, 1);
+    assert!(failure.permanent);
+    assert!(
+        matches!(failure.reason, FailureReason::Status { status: 409, .. }),
+        "{failure}"
+    );
+    // The log says "already delivered", with the status, not "delivered".
+    let logs = captured.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("already delivered"))
+        .unwrap_or_else(|| panic!("no \"already delivered\" line: {logs}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("status=409"), "{line}");
+    assert!(
+        !logs.lines().any(|l| l.contains(": delivered")),
+        "logged as a plain delivery: {logs}"
+    );
+}
+
+/// Issue 13, item 1: statuses listed in `responses.retry` are retried like a 503.
+#[tokio::test]
+async fn response_policy_retry_statuses_are_retried() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/early",
+        [Reply::status(425), Reply::status(423), Reply::status(200)],
+    );
+    let triggers = triggers(
+        &receiver,
+        &[("/early", r#"{"responses": {"retry": [425, 423]}}"#)],
+    );
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("425 and 423 are retried");
+    assert_eq!((delivered[0].status, delivered[0].attempts), (200, 3));
+    assert!(!delivered[0].already_delivered);
 }

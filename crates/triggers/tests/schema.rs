@@ -70,6 +70,23 @@ fn schema_marks_secrets_and_carries_bounds_and_defaults() {
         triggers::DEFAULT_RETRY_BUDGET_SECS
     );
     assert_eq!(props["followRedirects"]["default"], false);
+    let responses = &schema["$defs"]["ResponsesConfig"];
+    assert_eq!(responses["additionalProperties"], false);
+    assert_eq!(
+        props["responses"]["default"],
+        serde_json::json!({"alreadyDelivered": triggers::DEFAULT_ALREADY_DELIVERED, "retry": []})
+    );
+    for list in ["alreadyDelivered", "retry"] {
+        let list = &responses["properties"][list];
+        assert_eq!(list["maxItems"], triggers::MAX_RESPONSE_STATUSES);
+        assert_eq!(list["uniqueItems"], true);
+        assert_eq!(list["items"]["minimum"], triggers::MIN_RESPONSE_STATUS);
+        assert_eq!(list["items"]["maximum"], triggers::MAX_RESPONSE_STATUS);
+    }
+    assert_eq!(
+        responses["properties"]["alreadyDelivered"]["items"]["not"]["enum"],
+        serde_json::json!(triggers::NOT_ALREADY_DELIVERED)
+    );
     assert!(
         props["url"]["description"]
             .as_str()
@@ -140,6 +157,9 @@ fn schema_and_rust_agree_on_examples() {
         trigger(
             r#", "auth": {"type": "oauth2ClientCredentials", "tokenUrl": "https://login.example.com/token", "clientId": "i", "clientSecret": "s", "scope": "a b", "audience": "x", "clientAuthentication": "body"}"#,
         ),
+        trigger(r#", "responses": {}"#),
+        trigger(r#", "responses": {"alreadyDelivered": [], "retry": [425, 423, 408]}"#),
+        trigger(r#", "responses": {"alreadyDelivered": [400, 409, 499]}"#),
     ];
     let ten = ["\"whsec_c2VjcmV0\""; 10].join(",");
     let eleven = ["\"whsec_c2VjcmV0\""; 11].join(",");
@@ -177,6 +197,21 @@ fn schema_and_rust_agree_on_examples() {
         trigger(
             r#", "auth": {"type": "oauth2ClientCredentials", "url": "https://a.example.com", "clientId": "i", "clientSecret": "s"}"#,
         ),
+        trigger(r#", "responses": {"alreadyDelivered": [399]}"#),
+        trigger(r#", "responses": {"alreadyDelivered": [500]}"#),
+        trigger(r#", "responses": {"retry": [200]}"#),
+        trigger(r#", "responses": {"alreadyDelivered": [401]}"#),
+        trigger(r#", "responses": {"alreadyDelivered": [429]}"#),
+        trigger(r#", "responses": {"retry": [425, 425]}"#),
+        trigger(&format!(
+            r#", "responses": {{"retry": [{}]}}"#,
+            (400..417)
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        trigger(r#", "responses": {"retries": [425]}"#),
+        trigger(r#", "responses": [409]"#),
         r#"{"config": [{"url": "https://x"}]}"#.to_string(),
         r#"{"config": [{"payloadTemplate": "{}"}]}"#.to_string(),
         r#"{"config": [], "extra": 1}"#.to_string(),

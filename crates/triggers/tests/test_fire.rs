@@ -4,8 +4,8 @@
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{
-    ConfigFormat, Deliverer, FailureReason, NetworkPolicy, PreviewError, PreviewVariables,
-    RetryBackoff, Triggers, VariablesInputError, validate,
+    AttemptOutcome, ConfigFormat, Deliverer, FailureReason, NetworkPolicy, PreviewError,
+    PreviewVariables, RetryBackoff, Triggers, VariablesInputError, validate,
 };
 
 fn triggers(receiver: &Receiver, extra: serde_json::Value) -> Triggers {
@@ -193,4 +193,62 @@ async fn traceparent_is_sent_by_test_fire_a_new_trace_each_time() {
         .collect();
     assert_eq!(traces.len(), 2);
     assert_ne!(traces[0], traces[1]);
+}
+
+/// Issue 13, item 1: a test-fire reports what the response policy makes of the answer.
+/// Repeating a test-fire with the same given `flow_run_id` gets Airflow's 409: the
+/// receiver has it, which is "already delivered", not a failure. With a fresh
+/// `flow_run_id` (none given) the webhook was never sent, so a 409 means the receiver's
+/// idempotency key does not follow the transaction: the report says so.
+#[tokio::test]
+async fn response_policy_a_repeated_test_fire_answered_409_is_already_delivered() {
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script(
+        "/hook",
+        [
+            Reply::status(200),
+            Reply::status(409).with_body("already exists"),
+            Reply::status(409).with_body("already exists"),
+        ],
+    );
+    let triggers = triggers(&receiver, serde_json::json!({}));
+    let given = PreviewVariables::from_json(r#"{"flow_run_id": "run-7"}"#).expect("valid");
+    let deliverer = loopback();
+
+    let first = deliverer
+        .test_fire(&triggers, 0, &given)
+        .await
+        .expect("sent");
+    assert!(first.accepted(), "{first}");
+    assert_eq!(first.outcome, AttemptOutcome::Delivered);
+
+    let repeated = deliverer
+        .test_fire(&triggers, 0, &given)
+        .await
+        .expect("sent");
+    assert!(repeated.accepted(), "{repeated}");
+    assert_eq!(repeated.status, Some(409));
+    assert_eq!(repeated.outcome, AttemptOutcome::AlreadyDelivered);
+    assert_eq!(repeated.error, None);
+    assert!(
+        repeated
+            .to_string()
+            .contains("already delivered (HTTP 409)"),
+        "{repeated}"
+    );
+
+    let fresh = deliverer
+        .test_fire(&triggers, 0, &PreviewVariables::placeholder())
+        .await
+        .expect("sent");
+    assert!(!fresh.accepted(), "{fresh}");
+    assert_eq!(fresh.outcome, AttemptOutcome::Permanent);
+    assert!(
+        matches!(
+            fresh.error,
+            Some(FailureReason::AlreadyDeliveredOnFirstSend { status: 409, .. })
+        ),
+        "{fresh}"
+    );
+    assert!(fresh.to_string().contains("never sent before"), "{fresh}");
 }

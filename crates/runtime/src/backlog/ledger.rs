@@ -14,7 +14,7 @@ use crate::store_thread::StoreThread;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use triggers::{AttemptObserver, AttemptRecord, TriggerFailure};
+use triggers::{AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, TriggerFailure};
 use triggers_proto::{DeliveryAttempt, DeliveryRecord, DeliveryState, Timestamp};
 
 /// Default number of terminal records kept.
@@ -130,6 +130,7 @@ impl AttemptObserver for Collector {
             latency_micros: u64::try_from(record.latency.as_micros()).unwrap_or(u64::MAX),
             error: record.error.clone().unwrap_or_default(),
             reason: record.reason.to_string(),
+            already_delivered: record.outcome == AttemptOutcome::AlreadyDelivered,
         });
         let excess = attempts.len().saturating_sub(MAX_ATTEMPTS);
         attempts.drain(..excess);
@@ -153,6 +154,7 @@ fn record(index: usize, send: &Send, state: DeliveryState) -> DeliveryRecord {
         attempts: Vec::new(),
         cancel_reason: String::new(),
         error: String::new(),
+        already_delivered: false,
     }
 }
 
@@ -160,13 +162,17 @@ pub(crate) fn running(index: usize, send: &Send) -> DeliveryRecord {
     record(index, send, DeliveryState::Running)
 }
 
+/// SUCCESS, saying whether the receiver accepted the webhook now or said it already had
+/// it (`responses.alreadyDelivered`).
 pub(crate) fn succeeded(
     index: usize,
     send: &Send,
     attempts: Vec<DeliveryAttempt>,
+    delivered: &Delivered,
 ) -> DeliveryRecord {
     DeliveryRecord {
         attempts,
+        already_delivered: delivered.already_delivered,
         ..record(index, send, DeliveryState::Success)
     }
 }
@@ -212,6 +218,8 @@ fn from_entry(index: usize, entry: &Entry, stored: Option<&DeliveryRecord>) -> D
         attempts,
         cancel_reason: String::new(),
         error: stored.map(|r| r.error.clone()).unwrap_or_default(),
+        // Only a SUCCESS is already delivered, and a SUCCESS has left memory.
+        already_delivered: false,
     }
 }
 

@@ -112,6 +112,9 @@ pub struct QueueStatus {
     pub delivered: u64,
     /// Transactions those webhooks covered.
     pub transactions_delivered: u64,
+    /// Of `delivered`, those the receiver said it already had (a status of the trigger's
+    /// `responses.alreadyDelivered` to a re-send).
+    pub already_delivered: u64,
     /// Commit sequence number of the oldest transaction waiting, if any.
     pub oldest_pending_seq: Option<u64>,
     /// When the oldest transaction waiting committed, if any.
@@ -194,6 +197,7 @@ struct QueueState {
     last_sent_wall: Option<SystemTime>,
     delivered: u64,
     transactions_delivered: u64,
+    already_delivered: u64,
 }
 
 impl QueueState {
@@ -365,6 +369,7 @@ impl Shared {
                         in_flight: state.entries.iter().filter(|e| e.in_flight).count(),
                         delivered: state.delivered,
                         transactions_delivered: state.transactions_delivered,
+                        already_delivered: state.already_delivered,
                         oldest_pending_seq: state
                             .entries
                             .iter()
@@ -954,6 +959,10 @@ struct Send {
     committed_at: SystemTime,
     /// Shared with the entry, so the ledger shows a RUNNING delivery's attempts.
     attempts: Arc<Mutex<Vec<DeliveryAttempt>>>,
+    /// The entry was sealed before this send (picked before, or on record at open): it
+    /// may have reached the receiver, so "already delivered" answers count. A recovered
+    /// entry that was never sent is not, whatever its `recovery-refire` reason says.
+    sent_before: bool,
 }
 
 /// What came of a picked entry.
@@ -1044,6 +1053,7 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
             &send.variables,
             send.reason,
             prior_attempts,
+            send.sent_before,
             &collector,
         )
         .await
@@ -1090,6 +1100,7 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
             && (entry.replay || !replays_only)
             && entry.variables.last_commit_seq <= acked;
         if sendable {
+            let sent_before = entry.sealed;
             entry.in_flight = true;
             entry.sealed = true;
             entry.attempts = Arc::default();
@@ -1098,6 +1109,7 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
                 variables: entry.variables.clone(),
                 committed_at: entry.committed_at,
                 attempts: entry.attempts.clone(),
+                sent_before,
                 reason: if entry.replay {
                     SendReason::OperatorReplay
                 } else if entry.recovered {
@@ -1186,7 +1198,7 @@ impl Shared {
         crate::crash::shard_point("backlog.finish", &self.shard);
         let queue = &self.queues[index];
         match sent {
-            Sent::Done(Ok(_)) => self.delivered(queue, send),
+            Sent::Done(Ok(delivered)) => self.delivered(queue, send, &delivered),
             Sent::Done(Err(failure)) => self.failed_for_good(queue, send, failure),
             Sent::Gone => {
                 queue.lock().remove(send.key_seq);
@@ -1200,7 +1212,7 @@ impl Shared {
         }
     }
 
-    fn delivered(&self, queue: &Queue, send: Send) {
+    fn delivered(&self, queue: &Queue, send: Send, delivered: &Delivered) {
         crash_point!("backlog.before_delete");
         let attempts = ledger::take_attempts(&send.attempts);
         let sent_at_ms = match queue.drain {
@@ -1211,7 +1223,7 @@ impl Shared {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             _ => None,
         };
-        let record = ledger::succeeded(queue.index, &send, attempts);
+        let record = ledger::succeeded(queue.index, &send, attempts, delivered);
         if let Err(err) = self.record_success(record, sent_at_ms) {
             if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
                 entry.in_flight = false;
@@ -1225,6 +1237,7 @@ impl Shared {
         state.remove(send.key_seq);
         state.delivered += 1;
         state.transactions_delivered += send.variables.transaction_count;
+        state.already_delivered += u64::from(delivered.already_delivered);
     }
 
     fn failed_for_good(&self, queue: &Queue, send: Send, failure: TriggerFailure) {

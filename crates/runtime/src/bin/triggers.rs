@@ -76,8 +76,10 @@ enum Command {
         variables: VariablesArgs,
     },
     /// Send one test webhook of one trigger now (one attempt, no retries, header
-    /// `webhook-reason: test-fire`) and print its status, latency and the start of the
-    /// response body. Exits with status 1 unless the endpoint answers 2xx.
+    /// `webhook-reason: test-fire`) and print its status, what delivery would make of it
+    /// (the trigger's `responses` policy), latency and the start of the response body.
+    /// Exits with status 1 unless delivery would count the answer as delivered: 2xx, or
+    /// "already delivered" (a repeated test with the same given `flow_run_id`, say).
     TestFire {
         #[command(flatten)]
         source: SourceArgs,
@@ -328,6 +330,8 @@ async fn test_fire(
                 latency_ms: r.latency_ms,
                 body: r.body_excerpt,
                 error: r.error,
+                accepted: r.accepted,
+                outcome: r.outcome,
             }
         }
         None => {
@@ -336,12 +340,15 @@ async fn test_fire(
             let r = deliverer
                 .test_fire(&triggers, trigger, &variables.parse()?)
                 .await?;
+            let accepted = r.accepted();
             Fired {
                 trigger: r.trigger.to_string(),
                 webhook_id: r.webhook_id,
                 status: r.status.map(u32::from),
                 latency_ms: u64::try_from(r.latency.as_millis()).unwrap_or(u64::MAX),
                 body: r.body_excerpt,
+                accepted,
+                outcome: r.outcome.as_str().to_string(),
                 error: r.error.map(|e| e.to_string()).unwrap_or_default(),
             }
         }
@@ -362,19 +369,31 @@ struct Fired {
     latency_ms: u64,
     body: String,
     error: String,
+    /// Delivery would count the answer as delivered (2xx or already delivered).
+    accepted: bool,
+    /// What delivery would make of it: `delivered`, `already_delivered`, `retryable`
+    /// or `permanent`.
+    outcome: String,
 }
 
 impl Fired {
     fn accepted(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+        self.accepted
     }
 
     fn print(&self) {
         println!("{}", self.trigger);
         println!("webhook-id: {}", self.webhook_id);
         match self.status {
+            Some(status) if self.outcome == "already_delivered" => {
+                println!("status: {status}: already delivered (the receiver has this webhook)")
+            }
             Some(status) => println!("status: {status}"),
             None => println!("status: no answer: {}", self.error),
+        }
+        println!("outcome: {}", self.outcome.replace('_', " "));
+        if self.status.is_some() && !self.error.is_empty() {
+            println!("error: {}", self.error);
         }
         println!("latency: {} ms", self.latency_ms);
         if self.status.is_some() {
