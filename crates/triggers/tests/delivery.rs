@@ -312,6 +312,10 @@ async fn log_lines_name_the_trigger_and_never_a_credential() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // With one live dispatch, a callsite first reached on another test's thread caches
+    // "never" for every thread (tokio-rs/tracing#3611); a second one makes tracing ask
+    // each (as in the runtime's backlog test).
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
 
     let receiver = Receiver::start().await.expect("receiver");
     receiver.script("/p?key=hunter2", [Reply::status(500), Reply::status(403)]);
@@ -381,6 +385,10 @@ async fn traceparent_ids_seen_by_the_receiver_are_in_the_delivery_log() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // With one live dispatch, a callsite first reached on another test's thread caches
+    // "never" for every thread (tokio-rs/tracing#3611); a second one makes tracing ask
+    // each (as in the runtime's backlog test).
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
 
     let receiver = Receiver::start().await.expect("receiver");
     receiver.script("/traced", [Reply::status(503), Reply::status(200)]);
