@@ -2,8 +2,9 @@
 //! compiling and rendering return a value or a typed error, never panic or overflow a
 //! stack, and stay within the documented bounds (no output past `MAX_PAYLOAD_BYTES`;
 //! libFuzzer's `-timeout` catches a slow render); rendering is deterministic; direct
-//! rendering is byte for byte Handlebars'; and the `json` helper round-trips any string
-//! and list exactly.
+//! rendering is byte for byte Handlebars'; the `json` helper round-trips any string
+//! and list exactly; and `timestamp` brackets each publish time between its floor and
+//! its ceil, less than one unit apart.
 
 #![no_main]
 
@@ -83,6 +84,39 @@ fuzz_target!(|input: Input| {
             "direct: {}",
             templates.renders_directly(0)
         );
+    }
+
+    // `timestamp` at every precision: floor <= the time <= ceil, less than a unit apart,
+    // equal exactly when the time is whole in that unit.
+    let mut stamps = Templates::new();
+    stamps
+        .compile(
+            2,
+            r#"{{timestamp flow_published_at_max "s"}} {{timestamp flow_published_at_max "s" "ceil"}} {{timestamp flow_published_at_max "ms"}} {{timestamp flow_published_at_max "ms" "ceil"}} {{timestamp flow_published_at_max "us"}} {{timestamp flow_published_at_max "us" "ceil"}} {{timestamp flow_published_at_max "100ns"}} {{timestamp flow_published_at_max "100ns" "ceil"}}"#,
+        )
+        .expect("the timestamp template compiles");
+    let out = stamps
+        .render(2, &context)
+        .expect("u32 seconds are in timestamp's range");
+    let parsed: Vec<time::OffsetDateTime> = out
+        .split(' ')
+        .map(|text| {
+            assert!(text.ends_with('Z'), "{text}");
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("timestamp writes RFC 3339")
+        })
+        .collect();
+    let at = variables.flow_published_at_max;
+    for (pair, unit_ns) in parsed
+        .chunks_exact(2)
+        .zip([1_000_000_000i64, 1_000_000, 1_000, 100])
+    {
+        let (floor, ceil) = (pair[0], pair[1]);
+        let unit = time::Duration::nanoseconds(unit_ns);
+        assert!(floor <= at && at <= ceil && at - floor < unit, "{out}");
+        let whole = i64::from(at.nanosecond()) % unit_ns == 0;
+        let apart = if whole { time::Duration::ZERO } else { unit };
+        assert_eq!(ceil - floor, apart, "{out}");
     }
 
     let mut json = Templates::new();

@@ -1278,4 +1278,59 @@ mod tests {
             Err(TemplateError::UnknownVariable { .. })
         ));
     }
+
+    /// The fuzz target's `timestamp` invariant, on random times: at each precision the
+    /// floor and the ceil bracket the time, less than one unit from it, equal exactly
+    /// when the time is whole in that unit.
+    #[test]
+    fn timestamp_brackets_random_times_between_floor_and_ceil() {
+        use time::format_description::well_known::Rfc3339;
+        let templates = compile(
+            r#"{{timestamp flow_published_at_max "s"}} {{timestamp flow_published_at_max "s" "ceil"}} {{timestamp flow_published_at_max "ms"}} {{timestamp flow_published_at_max "ms" "ceil"}} {{timestamp flow_published_at_max "us"}} {{timestamp flow_published_at_max "us" "ceil"}} {{timestamp flow_published_at_max "100ns"}} {{timestamp flow_published_at_max "100ns" "ceil"}}"#,
+        )
+        .expect("compiles");
+        let mut rng = fastrand::Rng::with_seed(13);
+        for round in 0..2000 {
+            // Whole units now and then, so the equal case is met at every precision.
+            let nanos = match round % 5 {
+                0 => 0,
+                1 => rng.u32(0..1000) * 1_000_000,
+                2 => rng.u32(0..1_000_000) * 1000,
+                3 => rng.u32(0..10_000_000) * 100,
+                _ => rng.u32(0..1_000_000_000),
+            };
+            let at = time::OffsetDateTime::from_unix_timestamp(
+                rng.i64(-62_000_000_000..253_000_000_000),
+            )
+            .expect("in range")
+            .replace_nanosecond(nanos)
+            .expect("below a second");
+            let variables = Variables {
+                flow_published_at_max: at,
+                ..Variables::placeholder()
+            };
+            let out = templates
+                .render_variables(0, &variables, "msg_0")
+                .unwrap_or_else(|err| panic!("{at}: {err}"));
+            let parsed: Vec<time::OffsetDateTime> = out
+                .split(' ')
+                .map(|text| time::OffsetDateTime::parse(text, &Rfc3339).expect(text))
+                .collect();
+            for (pair, unit_ns) in
+                parsed
+                    .chunks_exact(2)
+                    .zip([1_000_000_000i64, 1_000_000, 1_000, 100])
+            {
+                let (floor, ceil) = (pair[0], pair[1]);
+                let unit = time::Duration::nanoseconds(unit_ns);
+                assert!(
+                    floor <= at && at <= ceil && at - floor < unit,
+                    "{at}: {out}"
+                );
+                let whole = i64::from(at.nanosecond()) % unit_ns == 0;
+                let apart = if whole { time::Duration::ZERO } else { unit };
+                assert_eq!(ceil - floor, apart, "{at}: {out}");
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ impl CapturedLogs {
     /// Installs a TRACE-level subscriber writing here, for as long as the guard lives
     /// (on this thread: use a current-thread runtime, the `#[tokio::test]` default). Spans
     /// log a line when they close, so a span's fields show even without events in it.
-    pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+    pub fn install() -> (Self, LogGuard) {
         let captured = Self::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -22,13 +22,26 @@ impl CapturedLogs {
             .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .with_writer(move || writer.clone())
             .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
+        let guard = LogGuard {
+            _default: tracing::subscriber::set_default(subscriber),
+            // With one live dispatch, a callsite first reached on another test's thread
+            // caches "never" for every thread (tokio-rs/tracing#3611); a second one makes
+            // tracing ask each (as in the runtime's backlog test).
+            _second: tracing::Dispatch::new(tracing_subscriber::registry()),
+        };
+        (captured, guard)
     }
 
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
     }
+}
+
+/// Keeps a [`CapturedLogs`] subscriber installed while it lives.
+pub struct LogGuard {
+    _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
 }
 
 impl std::io::Write for CapturedLogs {
