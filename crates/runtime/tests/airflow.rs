@@ -35,8 +35,7 @@ async fn airflow_2_gets_one_dag_run_per_transaction_across_a_crash_and_a_client_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn airflow_3_gets_one_dag_run_per_transaction_across_a_crash_a_timeout_and_token_expiries()
-{
+async fn airflow_3_gets_one_dag_run_per_transaction_across_a_crash_a_timeout_and_token_expiries() {
     let Some(airflow) = Airflow::start(Version::Three, JWT_LIFETIME).await else {
         return;
     };
@@ -97,7 +96,11 @@ async fn client_timeout(airflow: &Airflow) {
         .await;
     airflow.thaw();
     assert!(reached, "no webhook reached the frozen Airflow");
-    assert!(timed_out, "the attempt did not time out: {}", scenario.stderr());
+    assert!(
+        timed_out,
+        "the attempt did not time out: {}",
+        scenario.stderr()
+    );
     let log = scenario.finish(consumer).await;
     // Airflow 2's one sync worker answers the held request before the retry, so the retry
     // is a duplicate; Airflow 3 serves both connections at once and either may create it.
@@ -233,7 +236,11 @@ impl<'a> Scenario<'a> {
                 let conf = &run["conf"];
                 let collections = conf["collections"]
                     .as_array()
-                    .map(|c| c.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(|c| c.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 Expected {
                     collections,
@@ -309,7 +316,13 @@ fn readme_config(airflow: &Airflow, dag: &str, timeout_secs: u64) -> String {
         .replace("/dags/refresh_marts/", &format!("/dags/{dag}/"))
         .replace("Basic YWRtaW46c2VjcmV0", &airflow.basic_authorization())
         .replace("${AIRFLOW_PASSWORD}", &airflow.password)
-        .replace("    drain:\n", &format!("    timeoutSecs: {timeout_secs}\n    drain:\n"));
-    assert!(config.contains(&airflow.origin()) && config.contains("timeoutSecs"), "{config}");
+        .replace(
+            "    drain:\n",
+            &format!("    timeoutSecs: {timeout_secs}\n    drain:\n"),
+        );
+    assert!(
+        config.contains(&airflow.origin()) && config.contains("timeoutSecs"),
+        "{config}"
+    );
     config
 }

@@ -11,7 +11,10 @@ fn readme_configs() -> Vec<(String, String)> {
             heading = line.to_string();
         } else if line == "```yaml" {
             let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
-            if block.first().is_some_and(|first| first.starts_with("config:")) {
+            if block
+                .first()
+                .is_some_and(|first| first.starts_with("config:"))
+            {
                 configs.push((heading.clone(), block.join("\n")));
             }
         }

@@ -104,7 +104,10 @@ impl Airflow {
             ("AIRFLOW_HOME", home.display().to_string()),
             ("AIRFLOW__CORE__DAGS_FOLDER", dags.display().to_string()),
             ("AIRFLOW__CORE__LOAD_EXAMPLES", "False".into()),
-            ("AIRFLOW__LOGGING__BASE_LOG_FOLDER", home.join("logs").display().to_string()),
+            (
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
+                home.join("logs").display().to_string(),
+            ),
         ];
         match self.version {
             Version::Two => env.extend([
@@ -115,7 +118,10 @@ impl Airflow {
                 ("AIRFLOW__WEBSERVER__WORKERS", "1".into()),
                 ("AIRFLOW__WEBSERVER__SECRET_KEY", self.password.clone()),
                 // A frozen worker is not replaced while a test holds it.
-                ("AIRFLOW__WEBSERVER__WEB_SERVER_WORKER_TIMEOUT", "600".into()),
+                (
+                    "AIRFLOW__WEBSERVER__WEB_SERVER_WORKER_TIMEOUT",
+                    "600".into(),
+                ),
             ]),
             Version::Three => env.extend([
                 (
@@ -148,8 +154,20 @@ impl Airflow {
                 self.run(
                     &env,
                     &[
-                        "users", "create", "-u", USER, "-p", &password, "-r", "Admin", "-f",
-                        "Test", "-l", "User", "-e", "admin@example.com",
+                        "users",
+                        "create",
+                        "-u",
+                        USER,
+                        "-p",
+                        &password,
+                        "-r",
+                        "Admin",
+                        "-f",
+                        "Test",
+                        "-l",
+                        "User",
+                        "-e",
+                        "admin@example.com",
                     ],
                 )
                 .await;
@@ -281,7 +299,11 @@ impl Airflow {
             Version::Three => request.bearer_auth(self.fetch_token().await),
         };
         let answer = request.send().await.expect("lists runs");
-        assert!(answer.status().is_success(), "listing runs: {}", answer.status());
+        assert!(
+            answer.status().is_success(),
+            "listing runs: {}",
+            answer.status()
+        );
         let body: serde_json::Value =
             serde_json::from_slice(&answer.bytes().await.expect("a body")).expect("JSON");
         let runs = body["dag_runs"].as_array().cloned().unwrap_or_default();
@@ -290,7 +312,12 @@ impl Airflow {
     }
 
     /// Waits (at most `within`) until `dag` has at least `count` runs; returns them.
-    pub async fn await_runs(&self, dag: &str, count: usize, within: Duration) -> Vec<serde_json::Value> {
+    pub async fn await_runs(
+        &self,
+        dag: &str,
+        count: usize,
+        within: Duration,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + within;
         loop {
             let runs = self.dag_runs(dag).await;
@@ -312,7 +339,8 @@ impl Airflow {
             .send()
             .await
             .expect("token");
-        self.own_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.own_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body: serde_json::Value =
             serde_json::from_slice(&answer.bytes().await.expect("a body")).expect("token JSON");
         body["access_token"].as_str().expect("a token").to_string()
