@@ -570,26 +570,27 @@ impl Deliverer {
                 span_id: trace.span_id,
             };
             let wait = match verdict {
-                Verdict::Delivered(code) => {
-                    self.observe(observer, &observed(AttemptOutcome::Delivered, None));
-                    tracing::info!(status = code, attempts, latency = ?started.elapsed(), "delivered");
+                Verdict::Delivered(code) | Verdict::AlreadyDelivered(code) => {
+                    let already_delivered = matches!(verdict, Verdict::AlreadyDelivered(_));
+                    let latency = started.elapsed();
+                    if already_delivered {
+                        self.observe(observer, &observed(AttemptOutcome::AlreadyDelivered, None));
+                        tracing::info!(
+                            status = code,
+                            attempts,
+                            ?latency,
+                            "already delivered: the receiver has this webhook from an earlier send"
+                        );
+                    } else {
+                        self.observe(observer, &observed(AttemptOutcome::Delivered, None));
+                        tracing::info!(status = code, attempts, ?latency, "delivered");
+                    }
                     return Ok(Delivered {
                         trigger: trigger.label.clone(),
                         status: code,
                         attempts,
-                        latency: started.elapsed(),
-                        already_delivered: false,
-                    });
-                }
-                Verdict::AlreadyDelivered(code) => {
-                    self.observe(observer, &observed(AttemptOutcome::AlreadyDelivered, None));
-                    tracing::info!(status = code, attempts, latency = ?started.elapsed(), "already delivered: the receiver has this webhook from an earlier send");
-                    return Ok(Delivered {
-                        trigger: trigger.label.clone(),
-                        status: code,
-                        attempts,
-                        latency: started.elapsed(),
-                        already_delivered: true,
+                        latency,
+                        already_delivered,
                     });
                 }
                 Verdict::Fail | Verdict::AlreadyDeliveredOnFirstSend(_) => Err(GiveUp::Permanent),
