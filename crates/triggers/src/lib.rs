@@ -71,7 +71,7 @@ pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectErr
 pub use preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
 pub use responses::{
     DEFAULT_ALREADY_DELIVERED, MAX_RESPONSE_STATUS, MAX_RESPONSE_STATUSES, MIN_RESPONSE_STATUS,
-    NOT_ALREADY_DELIVERED, ResponsesConfig,
+    NOT_ALREADY_DELIVERED, NOT_RETRIED, ResponsesConfig,
 };
 pub use schema::config_schema;
 pub use secret::Secret;

@@ -26,6 +26,10 @@ pub const MAX_RESPONSE_STATUS: u16 = 499;
 /// Statuses `alreadyDelivered` may not list: they mean "authenticate" (401, 407) or
 /// "come back later" (408, 429), never "I have it".
 pub const NOT_ALREADY_DELIVERED: [u16; 4] = [401, 407, 408, 429];
+/// Statuses `retry` may not list: the receiver (or a proxy) refused the credentials, and
+/// sending them again cannot help; a trigger with `auth` renews its token once on a 401,
+/// and a second 401 must fail for good.
+pub const NOT_RETRIED: [u16; 2] = [401, 407];
 /// The default `alreadyDelivered`: Airflow's answer to a second POST of one `dag_run_id`.
 pub const DEFAULT_ALREADY_DELIVERED: [u16; 1] = [409];
 
@@ -53,12 +57,17 @@ pub struct ResponsesConfig {
     )]
     pub already_delivered: Vec<u16>,
     /// 4xx statuses retried (with backoff) besides the default 408, 429 and 5xx, e.g.
-    /// 423 Locked or 425 Too Early. A status may not be in both lists.
+    /// 423 Locked or 425 Too Early. A status may not be in both lists. Not 401 or 407.
     #[serde(default)]
     #[schemars(
         length(max = MAX_RESPONSE_STATUSES),
-        inner(range(min = MIN_RESPONSE_STATUS, max = MAX_RESPONSE_STATUS)),
-        extend("uniqueItems" = true)
+        extend("uniqueItems" = true, "items" = {
+            "type": "integer",
+            "format": "uint16",
+            "minimum": MIN_RESPONSE_STATUS,
+            "maximum": MAX_RESPONSE_STATUS,
+            "not": {"enum": NOT_RETRIED},
+        })
     )]
     pub retry: Vec<u16>,
 }
@@ -152,11 +161,26 @@ pub(crate) fn check_responses(
         label,
         "alreadyDelivered",
         &raw.already_delivered,
-        &NOT_ALREADY_DELIVERED,
+        (
+            &NOT_ALREADY_DELIVERED,
+            "401 and 407 ask for credentials and 408 and 429 to come back later; \
+             none of them means the receiver has the webhook",
+        ),
         0,
         errors,
     );
-    let retry = check_list(label, "retry", &raw.retry, &[], already_delivered, errors);
+    let retry = check_list(
+        label,
+        "retry",
+        &raw.retry,
+        (
+            &NOT_RETRIED,
+            "401 and 407 refuse the credentials, and sending them again cannot help \
+             (a trigger with `auth` renews its token once on a 401)",
+        ),
+        already_delivered,
+        errors,
+    );
     ResponsePolicy {
         already_delivered,
         retry,
@@ -168,7 +192,7 @@ fn check_list(
     label: &TriggerLabel,
     list: &'static str,
     statuses: &[u16],
-    forbidden: &[u16],
+    (forbidden, forbidden_reason): (&[u16], &'static str),
     other: u128,
     errors: &mut Vec<ValidationError>,
 ) -> u128 {
@@ -186,10 +210,7 @@ fn check_list(
         let problem = if !(MIN_RESPONSE_STATUS..=MAX_RESPONSE_STATUS).contains(&status) {
             Some("only 4xx statuses (400-499) can be listed")
         } else if forbidden.contains(&status) {
-            Some(
-                "401 and 407 ask for credentials and 408 and 429 to come back later; \
-                 none of them means the receiver has the webhook",
-            )
+            Some(forbidden_reason)
         } else if has(set, status) {
             Some("listed twice")
         } else if has(other, status) {

@@ -792,7 +792,9 @@ mod tests {
             {{"url": "https://c.example.com", "payloadTemplate": "{{}}",
               "responses": {{"retry": [425, 409, 425, 600]}}}},
             {{"url": "https://d.example.com", "payloadTemplate": "{{}}",
-              "responses": {{"alreadyDelivered": [422], "retry": [422, 409, 408, 429]}}}}
+              "responses": {{"alreadyDelivered": [422], "retry": [422, 409, 408, 429]}}}},
+            {{"url": "https://e.example.com", "payloadTemplate": "{{}}",
+              "responses": {{"retry": [407, 425, 401]}}}}
         ]}}"#,
             seventeen = seventeen.join(",")
         );
@@ -803,6 +805,9 @@ mod tests {
         let a = "trigger 0 (https://a.example.com): `responses.alreadyDelivered";
         let c = "trigger 2 (https://c.example.com): `responses.retry";
         let d = "trigger 3 (https://d.example.com): `responses.retry";
+        let e = "trigger 4 (https://e.example.com): `responses.retry";
+        let credentials = "401 and 407 refuse the credentials, and sending them again cannot \
+                           help (a trigger with `auth` renews its token once on a 401)";
         assert_eq!(
             text,
             [
@@ -820,6 +825,8 @@ mod tests {
                 format!("{c}[2]` is 425: listed twice"),
                 format!("{c}[3]` is 600: only 4xx statuses (400-499) can be listed"),
                 format!("{d}[0]` is 422: also in `responses.alreadyDelivered`; a status has one meaning"),
+                format!("{e}[0]` is 407: {credentials}"),
+                format!("{e}[2]` is 401: {credentials}"),
             ]
         );
         assert!(errors.iter().all(|e| e.trigger_index().is_some()));

@@ -201,6 +201,7 @@ fn schema_and_rust_agree_on_examples() {
         trigger(r#", "responses": {"alreadyDelivered": [500]}"#),
         trigger(r#", "responses": {"retry": [200]}"#),
         trigger(r#", "responses": {"alreadyDelivered": [401]}"#),
+        trigger(r#", "responses": {"retry": [401]}"#),
         trigger(r#", "responses": {"alreadyDelivered": [429]}"#),
         trigger(r#", "responses": {"retry": [425, 425]}"#),
         trigger(&format!(
