@@ -688,7 +688,7 @@ impl Deliverer {
         if let Err(refusal) = self.policy.check_url(&trigger.url) {
             return Attempt::Refused(refusal);
         }
-        let token = match auth.header(self, trigger.timeout).await {
+        let token = match auth.header(self, trigger.timeout, trace.trace_id).await {
             Ok(token) => token,
             Err(err) => return Attempt::Token(err),
         };
@@ -712,7 +712,7 @@ impl Deliverer {
             "webhook answered 401 to the token; renewing it and repeating the attempt"
         );
         auth.invalidate(&token).await;
-        match auth.header(self, trigger.timeout).await {
+        match auth.header(self, trigger.timeout, trace.trace_id).await {
             Ok(token) => {
                 self.send(
                     trigger,

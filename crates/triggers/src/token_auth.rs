@@ -337,7 +337,8 @@ impl TokenAuth {
     /// The cached `Authorization` value, or a fresh one from the endpoint when there is
     /// none or it is due for renewal (a failed renewal keeps the current token while it
     /// has not expired). Bounded by `timeout` (waiting for another attempt's fetch
-    /// included).
+    /// included). A fetch carries a `traceparent` in `trace`, the attempt's trace, so
+    /// the token endpoint's log joins it too.
     ///
     /// Cancel-safe: dropped while fetching, the cache is left as it was (the next call
     /// fetches); the lock is released.
@@ -345,6 +346,7 @@ impl TokenAuth {
         &self,
         deliverer: &crate::Deliverer,
         timeout: Duration,
+        trace: crate::TraceId,
     ) -> Result<HeaderValue, TokenError> {
         // The hot path: an uncontended lock and a fresh token cost no timer and no
         // allocation, only the clone of a shared header value.
@@ -365,10 +367,11 @@ impl TokenAuth {
         {
             return Ok(cached.header.clone());
         }
-        let fetched = tokio::time::timeout_at(deadline, self.fetch(deliverer, deadline, timeout))
-            .await
-            .map_err(|_| timed_out())
-            .and_then(|fetched| fetched.map_err(|kind| self.error(kind)));
+        let fetched =
+            tokio::time::timeout_at(deadline, self.fetch(deliverer, deadline, timeout, trace))
+                .await
+                .map_err(|_| timed_out())
+                .and_then(|fetched| fetched.map_err(|kind| self.error(kind)));
         match fetched {
             Ok(fetched) => {
                 let header = fetched.header.clone();
@@ -649,18 +652,25 @@ mod tests {
         let timeout = Duration::from_secs(5);
         *auth.cache.lock().await = cached("Bearer one", Some(Duration::from_secs(10)));
         assert_eq!(
-            auth.header(&deliverer, timeout).await.expect("cached"),
+            auth.header(&deliverer, timeout, crate::TraceId::random())
+                .await
+                .expect("cached"),
             "Bearer one"
         );
         // Past the renewal point (8 s): the renewal fails, the token still lives.
         tokio::time::advance(Duration::from_millis(8_500)).await;
         assert_eq!(
-            auth.header(&deliverer, timeout).await.expect("kept"),
+            auth.header(&deliverer, timeout, crate::TraceId::random())
+                .await
+                .expect("kept"),
             "Bearer one"
         );
         // Past its expiry: the failure is the answer, and the token is dropped.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let err = auth.header(&deliverer, timeout).await.expect_err("expired");
+        let err = auth
+            .header(&deliverer, timeout, crate::TraceId::random())
+            .await
+            .expect_err("expired");
         assert!(matches!(err.kind, TokenErrorKind::Refused(_)), "{err}");
         assert_eq!(err.origin, "http://10.0.0.1");
         assert!(auth.cache.lock().await.is_none());
@@ -669,7 +679,9 @@ mod tests {
         *auth.cache.lock().await = cached("Bearer two", None);
         tokio::time::advance(Duration::from_secs(400 * 24 * 3600)).await;
         assert_eq!(
-            auth.header(&deliverer, timeout).await.expect("cached"),
+            auth.header(&deliverer, timeout, crate::TraceId::random())
+                .await
+                .expect("cached"),
             "Bearer two"
         );
         auth.invalidate(&HeaderValue::from_static("Bearer other"))
@@ -685,7 +697,7 @@ mod tests {
         let (auth, deliverer) = refused_endpoint();
         let held = auth.cache.lock().await;
         let err = auth
-            .header(&deliverer, Duration::from_secs(3))
+            .header(&deliverer, Duration::from_secs(3), crate::TraceId::random())
             .await
             .expect_err("the lock is held");
         assert_eq!(err.kind, TokenErrorKind::Timeout(Duration::from_secs(3)));

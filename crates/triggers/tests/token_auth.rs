@@ -125,6 +125,15 @@ async fn token_authentication_per_trigger_fetches_on_first_use_and_reuses_the_to
             Some(bearer_of(&token).as_str())
         );
     }
+    // The token request is a span of its own in the first webhook's trace.
+    let trace_of = |r: &triggers::receiver::Request| {
+        let value = r.header("traceparent").expect("traceparent").to_string();
+        (value[3..35].to_string(), value[36..52].to_string())
+    };
+    let (login_trace, login_span) = trace_of(login);
+    let (hook_trace, hook_span) = trace_of(&hooks[0]);
+    assert_eq!(login_trace, hook_trace);
+    assert_ne!(login_span, hook_span);
 }
 
 #[tokio::test]

@@ -20,12 +20,21 @@ impl TokenAuth {
         deliverer: &Deliverer,
         deadline: Instant,
         timeout: Duration,
+        trace: crate::TraceId,
     ) -> Result<Fetched, TokenErrorKind> {
         if let Err(refusal) = deliverer.policy().check_url(&self.url) {
             return Err(TokenErrorKind::Refused(refusal));
         }
-        let mut headers = HeaderMap::with_capacity(3);
+        let mut headers = HeaderMap::with_capacity(4);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        // A span of its own in the attempt's trace.
+        let traceparent = crate::TraceParent {
+            trace_id: trace,
+            span_id: crate::SpanId::random(),
+        };
+        if let Ok(value) = traceparent.header_value() {
+            headers.insert(crate::trace_context::TRACEPARENT_HEADER, value);
+        }
         let body = match &self.request {
             TokenRequest::ClientCredentials {
                 client_id,
