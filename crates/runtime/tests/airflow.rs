@@ -53,21 +53,26 @@ async fn crash_before_the_answer(airflow: &Airflow) {
     scenario.finish(before).await;
     airflow.await_runs(&scenario.dag, 2, RUN_DEADLINE).await;
 
-    // Transactions trickle, so that this process's first webhook (and, on Airflow 3, its
-    // token) is through before the server freezes under the next one.
-    let mut doomed = scenario.consumer(&["--transaction-interval-ms", "500"]);
-    let runs = airflow.await_runs(&scenario.dag, 3, RUN_DEADLINE).await;
-    assert_eq!(runs.len(), 3, "{}", scenario.stderr());
+    // Transactions trickle, a second apart, so that this process's first webhook (and, on
+    // Airflow 3, its token) is through before the server freezes under a later one. (If
+    // it freezes mid-request, that request's retry is the one held: the same outcome.)
+    let mut doomed = scenario.consumer(&["--transaction-interval-ms", "1000"]);
+    let before = airflow
+        .await_runs(&scenario.dag, 3, RUN_DEADLINE)
+        .await
+        .len();
+    assert!(before >= 3, "{}", scenario.stderr());
     airflow.freeze();
     let reached = airflow.await_unread_request(Duration::from_secs(60)).await;
     doomed.start_kill().expect("SIGKILL");
     doomed.wait().await.expect("reaped");
     airflow.thaw();
     assert!(reached, "no webhook reached the frozen Airflow");
-    let runs = airflow.await_runs(&scenario.dag, 4, RUN_DEADLINE).await;
-    assert_eq!(
-        runs.len(),
-        4,
+    let runs = airflow
+        .await_runs(&scenario.dag, before + 1, RUN_DEADLINE)
+        .await;
+    assert!(
+        runs.len() > before,
         "Airflow created the run of the request it held; the consumer logged: {}\nAirflow logged: {}",
         scenario.stderr(),
         airflow.log()
@@ -88,7 +93,7 @@ async fn client_timeout(airflow: &Airflow) {
     let scenario = Scenario::new(airflow, "timeout", 12, 4, 1);
     let consumer = scenario.consumer(&["--transaction-interval-ms", "1500"]);
     let runs = airflow.await_runs(&scenario.dag, 1, RUN_DEADLINE).await;
-    assert_eq!(runs.len(), 1, "{}", scenario.stderr());
+    assert!(!runs.is_empty(), "{}", scenario.stderr());
     airflow.freeze();
     let reached = airflow.await_unread_request(Duration::from_secs(60)).await;
     let timed_out = scenario
@@ -122,6 +127,7 @@ async fn token_expiries(airflow: &Airflow) {
     scenario.finish(consumer).await;
     scenario.check().await;
     let issued = airflow.tokens_issued() - issued_before;
+    eprintln!("Airflow 3: 12 webhooks over 12 s took {issued} token(s) of {JWT_LIFETIME:?}");
     assert!(
         issued >= 3,
         "12 s of deliveries with {JWT_LIFETIME:?} tokens took {issued} token(s)"
@@ -259,6 +265,13 @@ impl<'a> Scenario<'a> {
                 max: at_micros(&txn.max, true),
             })
             .collect();
+        eprintln!(
+            "Airflow {:?}, {}: {} run(s) for {} committed transaction(s)",
+            self.airflow.version,
+            self.dag,
+            runs.len(),
+            self.input.expected.len()
+        );
         assert_eq!(
             announced,
             expected,
