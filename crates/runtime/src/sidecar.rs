@@ -612,6 +612,7 @@ impl ShardSidecar for Sidecar {
             origin: preview.trigger.origin,
             webhook_id: preview.webhook_id,
             payload: preview.payload,
+            authorization: preview.authorization.unwrap_or_default(),
         }))
     }
 

@@ -861,6 +861,22 @@ async fn preview_and_test_fire_of_a_trigger_with_token_authentication() {
     assert!(!out.all().contains("hunter2"), "{}", out.all());
     assert!(receiver.requests().is_empty(), "preview fetches no token");
 
+    // Through a sidecar (on its Unix socket) too.
+    let sidecar = support::start_sidecar(dir.path(), &config, &[], &[]).await;
+    let out = triggers(&["preview", "--sidecar", &sidecar.address, "--trigger", "0"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "Authorization: Bearer <token from http://{}>",
+            receiver.addr()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.all().contains("hunter2"), "{}", out.all());
+    assert!(receiver.requests().is_empty(), "preview fetches no token");
+    drop(sidecar);
+
     let out = triggers(&[
         "test-fire",
         "--config",

@@ -280,6 +280,9 @@ async fn preview(
             "trigger {trigger} ({}), webhook-id {}",
             response.origin, response.webhook_id
         );
+        if !response.authorization.is_empty() {
+            eprintln!("Authorization: {}", response.authorization);
+        }
         println!("{}", response.payload);
         return Ok(ExitCode::SUCCESS);
     }
