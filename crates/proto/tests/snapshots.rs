@@ -121,6 +121,8 @@ fn delivery_record_bytes() {
             error: "endpoint answered HTTP 422".to_string(),
             reason: "first-send".to_string(),
             already_delivered: false,
+            trace_id: Vec::new(),
+            span_id: Vec::new(),
         }],
         cancel_reason: String::new(),
         error: "trigger 1 (https://x): endpoint answered HTTP 422".to_string(),
@@ -154,6 +156,29 @@ fn delivery_record_already_delivered_bytes() {
     insta::assert_snapshot!(round_trip(&record));
 }
 
+/// Issue 13: an attempt keeps the trace context its request carried (fields 8 and 9,
+/// appended; absent when empty, so records written before keep their bytes).
+#[test]
+fn delivery_attempt_trace_context_bytes() {
+    let record = DeliveryRecord {
+        trigger: 0,
+        first_commit_seq: 1,
+        last_commit_seq: 1,
+        transaction_count: 1,
+        state: DeliveryState::Success as i32,
+        attempts: vec![DeliveryAttempt {
+            number: 1,
+            status: 200,
+            reason: "first-send".to_string(),
+            trace_id: (1..=16).collect(),
+            span_id: (0xa1..=0xa8).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    insta::assert_snapshot!(round_trip(&record));
+}
+
 /// Records written before issue 13 (the bytes pinned by `delivery_record_bytes`) decode
 /// as not already delivered.
 #[test]
@@ -173,6 +198,7 @@ fn delivery_records_written_before_already_delivered_decode_as_not_already_deliv
     assert_eq!(record.attempts[0].status, 422);
     assert!(!record.already_delivered);
     assert!(!record.attempts[0].already_delivered);
+    assert!(record.attempts[0].trace_id.is_empty() && record.attempts[0].span_id.is_empty());
 }
 
 fn params_v1() -> TriggerParams {

@@ -1537,6 +1537,18 @@ async fn response_policy_a_refire_answered_409_after_reopen_is_already_delivered
         (last.status, last.reason.as_str(), last.already_delivered),
         (409, "recovery-refire", true)
     );
+    // The attempt's trace context, as the receiver saw it in `traceparent`.
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let seen = receiver.requests();
+    let traceparent = seen
+        .iter()
+        .find(|r| r.header("webhook-reason") == Some("recovery-refire"))
+        .and_then(|r| r.header("traceparent"))
+        .expect("the re-fire carried a traceparent");
+    assert_eq!(
+        traceparent,
+        format!("00-{}-{}-01", hex(&last.trace_id), hex(&last.span_id))
+    );
     for seq in [2, 3] {
         let record = ledger.delivery(0, seq).await.expect("gets");
         assert_eq!(record.state(), DeliveryState::Success);

@@ -131,6 +131,8 @@ impl AttemptObserver for Collector {
             error: record.error.clone().unwrap_or_default(),
             reason: record.reason.to_string(),
             already_delivered: record.outcome == AttemptOutcome::AlreadyDelivered,
+            trace_id: record.trace_id.to_bytes().to_vec(),
+            span_id: record.span_id.to_bytes().to_vec(),
         });
         let excess = attempts.len().saturating_sub(MAX_ATTEMPTS);
         attempts.drain(..excess);
