@@ -117,16 +117,13 @@ pub fn shard_config(
     durability: triggers_runtime::Durability,
     delivery: triggers_runtime::DeliveryMode,
 ) -> triggers_runtime::ShardConfig {
-    triggers_runtime::ShardConfig {
-        materialization: materialization(SHARD_BINDINGS),
-        triggers: std::sync::Arc::new(triggers),
-        durability,
-        backoff: triggers::RetryBackoff::default(),
-        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-        delivery,
-        ledger: triggers_runtime::LedgerRetention::default(),
-        attempt_observer: None,
-    }
+    triggers_runtime::ShardConfig::new(
+        materialization(SHARD_BINDINGS),
+        std::sync::Arc::new(triggers),
+    )
+    .with_durability(durability)
+    .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+    .with_delivery(delivery)
 }
 
 /// A minimal `{{json value}}` helper for the bare-Handlebars floors: the same output as

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 use triggers::receiver::Receiver;
-use triggers_runtime::{Durability, Shard, ShardConfig};
+use triggers_runtime::{Durability, Shard};
 
 /// A field of `/proc/self/status`, in KiB (0 when absent).
 fn status_kib(field: &str) -> u64 {
@@ -57,23 +57,21 @@ async fn run() -> anyhow::Result<()> {
     // fills after the first mark, so a smaller one shows how much of the growth it is.
     let ledger = match std::env::args().nth(3) {
         None => triggers_runtime::LedgerRetention::default(),
-        Some(keep) => triggers_runtime::LedgerRetention {
-            keep: keep.parse()?,
-            ..Default::default()
-        },
+        Some(keep) => triggers_runtime::LedgerRetention::new(
+            keep.parse()?,
+            triggers_runtime::LedgerRetention::default().max_age,
+        ),
     };
     let receiver = Receiver::start().await?;
     receiver.forget_requests();
     let dir = tempfile::tempdir()?;
-    let config = ShardConfig {
-        ledger,
-        ..benches::shard_config(
-            benches::triggers(&receiver.url("/hook"), 1),
-            // Memory, not disk, is measured here: skip the fsync per transaction.
-            Durability::Unsynced,
-            delivery,
-        )
-    };
+    let config = benches::shard_config(
+        benches::triggers(&receiver.url("/hook"), 1),
+        // Memory, not disk, is measured here: skip the fsync per transaction.
+        Durability::Unsynced,
+        delivery,
+    )
+    .with_ledger(ledger);
     let (mut shard, _) = Shard::open(dir.path(), config).await?;
     shard.acknowledged().await?;
     let stats = benches::stats(benches::SHARD_BINDINGS);

@@ -84,11 +84,9 @@ pub struct NetworkArgs {
 impl NetworkArgs {
     /// Public destinations only, plus what the flags allow.
     pub fn policy(&self) -> NetworkPolicy {
-        NetworkPolicy {
-            allow_loopback: self.allow_loopback,
-            allow_private: self.allow_private_networks,
-            ..NetworkPolicy::PUBLIC_ONLY
-        }
+        NetworkPolicy::PUBLIC_ONLY
+            .with_loopback(self.allow_loopback)
+            .with_private(self.allow_private_networks)
     }
 }
 
@@ -104,35 +102,33 @@ pub enum DeliveryArg {
 impl ShardArgs {
     /// Reads and validates the trigger config and builds the shard's config.
     pub fn shard_config(&self) -> anyhow::Result<ShardConfig> {
-        Ok(ShardConfig {
-            materialization: Materialization {
-                name: self.materialization.clone(),
-                connector_image: self.connector_image.clone(),
-                binding_collections: self.bindings.clone(),
-            },
-            triggers: Arc::new(load_triggers_with(&self.triggers, &self.identities)?),
-            durability: if self.no_sync {
+        let materialization = Materialization {
+            name: self.materialization.clone(),
+            connector_image: self.connector_image.clone(),
+            binding_collections: self.bindings.clone(),
+        };
+        let triggers = Arc::new(load_triggers_with(&self.triggers, &self.identities)?);
+        Ok(ShardConfig::new(materialization, triggers)
+            .with_durability(if self.no_sync {
                 Durability::Unsynced
             } else {
                 Durability::Synced
-            },
-            backoff: RetryBackoff {
-                initial: Duration::from_millis(self.retry_initial_ms),
-                ..RetryBackoff::default()
-            },
-            network: self.network.policy(),
-            delivery: match self.delivery {
+            })
+            .with_backoff(RetryBackoff::new(
+                Duration::from_millis(self.retry_initial_ms),
+                RetryBackoff::default().max,
+            ))
+            .with_network(self.network.policy())
+            .with_delivery(match self.delivery {
                 DeliveryArg::Waiting => DeliveryMode::Waiting,
                 DeliveryArg::Decoupled => DeliveryMode::Decoupled {
                     backlog_limit: self.backlog_limit.max(1),
                 },
-            },
-            ledger: LedgerRetention {
-                keep: self.ledger_keep,
-                max_age: Duration::from_secs(self.ledger_max_age_secs),
-            },
-            attempt_observer: None,
-        })
+            })
+            .with_ledger(LedgerRetention::new(
+                self.ledger_keep,
+                Duration::from_secs(self.ledger_max_age_secs),
+            )))
     }
 }
 

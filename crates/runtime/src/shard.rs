@@ -17,7 +17,11 @@ use triggers::{
 use triggers_proto::{BindingStats, Checkpoint};
 
 /// What a shard needs besides its store directory.
+///
+/// Built with [`ShardConfig::new`] and the `with_` methods (fields may grow, so it is not
+/// built from a struct literal outside this crate); its fields stay readable.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ShardConfig {
     /// The materialization the shard belongs to.
     pub materialization: Materialization,
@@ -36,6 +40,62 @@ pub struct ShardConfig {
     pub ledger: LedgerRetention,
     /// Told of every webhook attempt (metrics, say); `None` for nothing.
     pub attempt_observer: Option<Arc<dyn AttemptObserver>>,
+}
+
+impl ShardConfig {
+    /// A shard of `materialization` firing `triggers`, with the production defaults:
+    /// synced commits ([`Durability::Synced`]), the default [`RetryBackoff`], public
+    /// destinations only ([`NetworkPolicy::PUBLIC_ONLY`]), decoupled delivery with a
+    /// backlog of [`DEFAULT_BACKLOG_LIMIT`] entries per trigger, the default ledger
+    /// retention, and no attempt observer.
+    pub fn new(materialization: Materialization, triggers: Arc<Triggers>) -> Self {
+        Self {
+            materialization,
+            triggers,
+            durability: Durability::Synced,
+            backoff: RetryBackoff::default(),
+            network: NetworkPolicy::PUBLIC_ONLY,
+            delivery: DeliveryMode::default(),
+            ledger: LedgerRetention::default(),
+            attempt_observer: None,
+        }
+    }
+
+    /// The same, making StartCommit's write durable as `durability` says.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The same, with `backoff` between delivery attempts.
+    pub fn with_backoff(mut self, backoff: RetryBackoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The same, letting webhooks reach what `network` allows.
+    pub fn with_network(mut self, network: NetworkPolicy) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// The same, delivering as `delivery` says.
+    pub fn with_delivery(mut self, delivery: DeliveryMode) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// The same, keeping finished deliveries as `ledger` says.
+    pub fn with_ledger(mut self, ledger: LedgerRetention) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// The same, telling `observer` of every webhook attempt.
+    pub fn with_attempt_observer(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
+        self.attempt_observer = Some(observer);
+        self
+    }
 }
 
 /// How long a planned close lets webhook requests in flight finish by default

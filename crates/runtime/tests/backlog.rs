@@ -47,21 +47,13 @@ fn triggers_retrying(
 }
 
 fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
-    ShardConfig {
-        materialization: materialization(),
-        triggers,
-        durability: Durability::Unsynced,
-        backoff: RetryBackoff {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-        },
-        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-        delivery,
-        ledger: triggers_runtime::LedgerRetention::default(),
-        attempt_observer: None,
-    }
+    ShardConfig::new(materialization(), triggers)
+        .with_durability(Durability::Unsynced)
+        .with_backoff(
+            RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5),
+        )
+        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+        .with_delivery(delivery)
 }
 
 fn decoupled(limit: usize) -> DeliveryMode {
@@ -736,10 +728,7 @@ async fn retention_collects_terminal_records_by_count_and_age() {
     let receiver = Receiver::start().await.expect("receiver");
     let drains = [("/g", serde_json::json!({"mode": "ordered"}))];
     let mut config = config(triggers(&receiver, &drains), decoupled(100));
-    config.ledger = LedgerRetention {
-        keep: 5,
-        max_age: Duration::from_secs(3600),
-    };
+    config.ledger = LedgerRetention::new(5, Duration::from_secs(3600));
     let mut shard = open(dir.path(), config.clone()).await;
     commit_all(&mut shard, 1..=40).await;
     shard.drained().await.expect("drains");
@@ -755,10 +744,7 @@ async fn retention_collects_terminal_records_by_count_and_age() {
     drop(ledger);
     shard.close().await;
 
-    config.ledger = LedgerRetention {
-        keep: 5,
-        max_age: Duration::ZERO,
-    };
+    config.ledger = LedgerRetention::new(5, Duration::ZERO);
     let shard = open(dir.path(), config).await;
     let ledger = shard.backlog_handle().expect("decoupled");
     assert_eq!(

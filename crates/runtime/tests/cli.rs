@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
-use triggers::{AgeIdentity, ConfigFormat, Materialization, RetryBackoff, validate};
+use triggers::{AgeIdentity, ConfigFormat, Materialization, validate};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
-use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
+use triggers_runtime::{DeliveryMode, ShardConfig};
 
 mod support;
 
@@ -357,20 +357,16 @@ async fn preview_and_test_fire_through_a_sidecar() {
     .expect("valid");
     let mut config = SidecarConfig::new(
         dir.path().join("store"),
-        ShardConfig {
-            materialization: Materialization {
+        ShardConfig::new(
+            Materialization {
                 name: "acmeCo/orders/postgres".to_string(),
                 connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
                 binding_collections: vec!["acmeCo/orders".to_string()],
             },
-            triggers: Arc::new(triggers_config),
-            durability: Durability::Synced,
-            backoff: RetryBackoff::default(),
-            network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-            delivery: DeliveryMode::Waiting,
-            ledger: triggers_runtime::LedgerRetention::default(),
-            attempt_observer: None,
-        },
+            Arc::new(triggers_config),
+        )
+        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+        .with_delivery(DeliveryMode::Waiting),
     );
     config.shutdown_grace = Duration::from_secs(5);
     let sidecar = Sidecar::new(config);

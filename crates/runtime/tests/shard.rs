@@ -31,21 +31,12 @@ fn two_triggers(receiver: &Receiver, max_retries: u32) -> Arc<Triggers> {
 }
 
 fn config(triggers: Arc<Triggers>) -> ShardConfig {
-    ShardConfig {
-        materialization: materialization(),
-        triggers,
-        durability: Durability::Synced,
-        backoff: RetryBackoff {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-        },
-        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-        delivery: triggers_runtime::DeliveryMode::Waiting,
-        ledger: triggers_runtime::LedgerRetention::default(),
-        attempt_observer: None,
-    }
+    ShardConfig::new(materialization(), triggers)
+        .with_backoff(
+            RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5),
+        )
+        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+        .with_delivery(triggers_runtime::DeliveryMode::Waiting)
 }
 
 fn checkpoint(offset: i64) -> Checkpoint {
@@ -444,10 +435,7 @@ fn a_second_process_opening_the_store_gets_a_clear_error() {
 const WAIT: Duration = Duration::from_secs(20);
 
 fn decoupled(triggers: Arc<Triggers>) -> ShardConfig {
-    ShardConfig {
-        delivery: triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 10 },
-        ..config(triggers)
-    }
+    config(triggers).with_delivery(triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 10 })
 }
 
 /// Issue 12: closing or reopening a shard ends every waiter on the old one at once, with

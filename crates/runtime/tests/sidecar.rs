@@ -79,8 +79,8 @@ async fn serve_with_grace(
     let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
     let mut config = SidecarConfig::new(
         dir.path().join("store"),
-        ShardConfig {
-            materialization: Materialization {
+        ShardConfig::new(
+            Materialization {
                 name: "acmeCo/orders/postgres".to_string(),
                 connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
                 binding_collections: vec![
@@ -88,18 +88,14 @@ async fn serve_with_grace(
                     "acmeCo/customers".to_string(),
                 ],
             },
-            triggers: Arc::new(triggers),
-            durability: Durability::Synced,
-            backoff: RetryBackoff {
-                initial: Duration::from_millis(5),
-                max: Duration::from_millis(20),
-                ..RetryBackoff::default()
-            },
-            network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-            delivery,
-            ledger: triggers_runtime::LedgerRetention::default(),
-            attempt_observer: None,
-        },
+            Arc::new(triggers),
+        )
+        .with_backoff(RetryBackoff::new(
+            Duration::from_millis(5),
+            Duration::from_millis(20),
+        ))
+        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+        .with_delivery(delivery),
     );
     config.shutdown_grace = grace;
     let sidecar = Sidecar::new(config);

@@ -13,7 +13,19 @@ use std::time::Duration;
 /// The ceiling of retry `n` (0-based) is `min(max, initial × multiplier^n)`; the delay is
 /// drawn uniformly from `[ceiling × (1 − jitter), ceiling]`. `jitter: 1.0` (the default)
 /// is full jitter; `0.0` is no jitter at all.
+///
+/// Built with [`RetryBackoff::default`] or [`RetryBackoff::new`] and the `with_` methods
+/// (fields may grow, so it is not built from a struct literal outside this crate):
+///
+/// ```
+/// use std::time::Duration;
+/// let backoff = triggers::RetryBackoff::new(Duration::from_millis(100), Duration::from_secs(5))
+///     .with_multiplier(3.0)
+///     .with_jitter(0.5);
+/// assert_eq!(backoff.max, Duration::from_secs(5));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RetryBackoff {
     /// Ceiling of the delay before the first retry.
     pub initial: Duration,
@@ -41,6 +53,27 @@ impl Default for RetryBackoff {
 }
 
 impl RetryBackoff {
+    /// Ceilings from `initial` doubling up to `max`, with full jitter.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            ..Self::default()
+        }
+    }
+
+    /// The same, with the ceiling growing by `multiplier` per retry.
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// The same, with `jitter` of each ceiling randomised (`0.0` for none).
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// A fresh sequence of delays for one delivery.
     pub fn delays(&self) -> Delays {
         Delays {

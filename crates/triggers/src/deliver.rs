@@ -286,12 +286,11 @@ impl std::fmt::Display for DeliveryError {
 }
 
 impl Deliverer {
-    /// A deliverer that may also reach loopback addresses ([`NetworkPolicy::ALLOW_LOOPBACK`]),
-    /// because the runtime's tests and demo deliver to a receiver on 127.0.0.1. Private
-    /// and link-local destinations are refused. A data plane should use
-    /// [`Deliverer::with_policy`] with [`NetworkPolicy::default`], which refuses loopback.
+    /// A deliverer that reaches public destinations only ([`NetworkPolicy::default`]):
+    /// what a data plane wants. Tests and demos that deliver to 127.0.0.1 say so with
+    /// [`Deliverer::with_policy`] and [`NetworkPolicy::ALLOW_LOOPBACK`].
     pub fn new(backoff: RetryBackoff) -> Result<Self, reqwest::Error> {
-        Self::with_policy(backoff, NetworkPolicy::ALLOW_LOOPBACK)
+        Self::with_policy(backoff, NetworkPolicy::default())
     }
 
     /// A deliverer that connects only where `policy` allows: IP-literal hosts are checked

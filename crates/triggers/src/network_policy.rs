@@ -21,6 +21,7 @@ pub const MAX_REDIRECTS: usize = 5;
 /// broadcast, documentation and benchmarking ranges) are refused whatever the policy:
 /// no webhook receiver lives there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NetworkPolicy {
     /// Allow 127.0.0.0/8 and ::1 (tests, demos, a receiver beside the shard).
     pub allow_loopback: bool,
@@ -40,13 +41,27 @@ impl NetworkPolicy {
         allow_link_local: false,
     };
 
-    /// Public destinations and loopback: what [`crate::Deliverer::new`] uses, so tests and
-    /// the demo can deliver to a receiver on 127.0.0.1.
-    pub const ALLOW_LOOPBACK: Self = Self {
-        allow_loopback: true,
-        allow_private: false,
-        allow_link_local: false,
-    };
+    /// Public destinations and loopback: for tests and demos that deliver to a receiver
+    /// on 127.0.0.1 (or a receiver beside the shard).
+    pub const ALLOW_LOOPBACK: Self = Self::PUBLIC_ONLY.with_loopback(true);
+
+    /// The same, allowing loopback (127.0.0.0/8, ::1) or not.
+    pub const fn with_loopback(mut self, allow: bool) -> Self {
+        self.allow_loopback = allow;
+        self
+    }
+
+    /// The same, allowing private networks or not.
+    pub const fn with_private(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
+    }
+
+    /// The same, allowing link-local addresses (cloud metadata services) or not.
+    pub const fn with_link_local(mut self, allow: bool) -> Self {
+        self.allow_link_local = allow;
+        self
+    }
 
     /// Whether a connection to `address` is allowed; the refused class otherwise.
     pub fn check(&self, address: IpAddr) -> Result<(), AddressClass> {

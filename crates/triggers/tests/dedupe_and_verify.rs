@@ -2,6 +2,8 @@
 //! attempt and reason headers, Retry-After, the retry budget, the network policy and
 //! redirects, against real receivers on 127.0.0.1.
 
+mod support;
+
 use std::time::{Duration, Instant, SystemTime};
 use triggers::receiver::{Receiver, Reply, Request};
 use triggers::{
@@ -17,16 +19,11 @@ const NEXT_SECRET: &str = "whsec_bmV4dCBrZXkgYWZ0ZXIgdGhlIHJvdGF0aW9u";
 
 /// Backoff in milliseconds, capped at `max`: the cap also bounds Retry-After waits.
 fn backoff(max: Duration) -> RetryBackoff {
-    RetryBackoff {
-        initial: Duration::from_millis(5),
-        max,
-        multiplier: 2.0,
-        jitter: 1.0,
-    }
+    RetryBackoff::new(Duration::from_millis(5), max)
 }
 
 fn deliverer() -> Deliverer {
-    Deliverer::new(backoff(Duration::from_millis(20))).expect("client builds")
+    support::loopback_deliverer(backoff(Duration::from_millis(20)))
 }
 
 fn deliverer_with(max: Duration, policy: NetworkPolicy) -> Deliverer {
@@ -92,8 +89,7 @@ async fn webhook_id_is_stable_across_re_fires_and_distinct_per_trigger() {
         .await
         .expect("delivered");
     // A re-fire after a restart: a fresh deliverer, the persisted variables.
-    Deliverer::new(RetryBackoff::default())
-        .expect("client builds")
+    support::loopback_deliverer(RetryBackoff::default())
         .deliver_with_reason(&triggers, &variables(), SendReason::RecoveryRefire)
         .await
         .expect("delivered again");
@@ -469,14 +465,20 @@ async fn loopback_is_refused_by_the_default_policy_and_allowed_when_configured()
         "{text}"
     );
     assert!(receiver.requests().is_empty(), "nothing was sent");
+    // `Deliverer::new` has no permissive default (issue 14): it refuses loopback too.
+    let err = Deliverer::new(backoff(Duration::from_millis(20)))
+        .expect("client builds")
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("Deliverer::new refuses loopback");
+    assert_eq!(refusal(single_failure(&err)).class, AddressClass::Loopback);
+    assert!(receiver.requests().is_empty(), "nothing was sent");
 
     for policy in [
         NetworkPolicy::ALLOW_LOOPBACK,
-        NetworkPolicy {
-            allow_loopback: true,
-            allow_private: true,
-            allow_link_local: true,
-        },
+        NetworkPolicy::ALLOW_LOOPBACK
+            .with_private(true)
+            .with_link_local(true),
     ] {
         deliverer_with(Duration::from_millis(20), policy)
             .deliver(&triggers, &variables())

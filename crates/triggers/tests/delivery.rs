@@ -5,20 +5,10 @@ mod support;
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{
-    ConfigFormat, Deliverer, DeliveryError, FailureReason, RetryBackoff, SendReason, Triggers,
-    Variables, validate,
+    ConfigFormat, DeliveryError, FailureReason, SendReason, Triggers, Variables, validate,
 };
 
-/// Retries in milliseconds, so tests do not sleep for real backoff.
-fn fast_deliverer() -> Deliverer {
-    Deliverer::new(RetryBackoff {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(20),
-        multiplier: 2.0,
-        jitter: 0.5,
-    })
-    .expect("client builds")
-}
+use support::fast_deliverer;
 
 fn triggers(receiver: &Receiver, entries: &[(&str, &str)]) -> Triggers {
     let config: Vec<serde_json::Value> = entries

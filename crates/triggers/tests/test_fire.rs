@@ -1,6 +1,8 @@
 //! Preview and test-fire against a real HTTP receiver on 127.0.0.1: one attempt, marked
 //! `test-fire`, reported and never retried.
 
+mod support;
+
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{
@@ -23,8 +25,7 @@ fn triggers(receiver: &Receiver, extra: serde_json::Value) -> Triggers {
 }
 
 fn loopback() -> Deliverer {
-    Deliverer::with_policy(RetryBackoff::default(), NetworkPolicy::ALLOW_LOOPBACK)
-        .expect("client builds")
+    support::loopback_deliverer(RetryBackoff::default())
 }
 
 #[tokio::test]

@@ -17,15 +17,7 @@ const CLIENT_SECRET: &str = "cl1ent-s3cret";
 /// Long-lived, so only the tests about renewal see one.
 const DAY: u64 = 86_400;
 
-fn fast_deliverer() -> Deliverer {
-    Deliverer::new(RetryBackoff {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(20),
-        multiplier: 2.0,
-        jitter: 0.5,
-    })
-    .expect("client builds")
-}
+use support::fast_deliverer;
 
 /// A webhook to `/hook` with `auth` and any `extra` fields.
 fn triggers(receiver: &Receiver, auth: serde_json::Value, extra: serde_json::Value) -> Triggers {

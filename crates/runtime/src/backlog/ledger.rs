@@ -34,11 +34,19 @@ const MAX_REASON_CHARS: usize = 1000;
 /// entry is gone) are kept: at most `keep` of them, none older than `max_age`. Records of
 /// deliveries still in the backlog are never collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LedgerRetention {
     /// Most terminal records kept (newest first).
     pub keep: usize,
     /// Terminal records last updated longer ago than this are collected.
     pub max_age: Duration,
+}
+
+impl LedgerRetention {
+    /// At most `keep` terminal records, none older than `max_age`.
+    pub fn new(keep: usize, max_age: Duration) -> Self {
+        Self { keep, max_age }
+    }
 }
 
 impl Default for LedgerRetention {

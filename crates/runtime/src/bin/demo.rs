@@ -96,23 +96,17 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("triggers-demo-{}", std::process::id())),
     };
-    let config = ShardConfig {
-        materialization: Materialization {
-            name: "acmeCo/shop/materialize-warehouse".to_string(),
-            connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
-            binding_collections: COLLECTIONS.iter().map(ToString::to_string).collect(),
-        },
-        triggers: triggers.clone(),
-        durability: Durability::Synced,
-        backoff: RetryBackoff {
-            initial: Duration::from_millis(100),
-            ..RetryBackoff::default()
-        },
-        network: triggers::NetworkPolicy::ALLOW_LOOPBACK,
-        delivery: triggers_runtime::DeliveryMode::default(),
-        ledger: triggers_runtime::LedgerRetention::default(),
-        attempt_observer: None,
+    let materialization = Materialization {
+        name: "acmeCo/shop/materialize-warehouse".to_string(),
+        connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+        binding_collections: COLLECTIONS.iter().map(ToString::to_string).collect(),
     };
+    let config = ShardConfig::new(materialization, triggers.clone())
+        .with_backoff(RetryBackoff::new(
+            Duration::from_millis(100),
+            RetryBackoff::default().max,
+        ))
+        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK);
     let bindings = config.materialization.binding_collections.clone();
     let documents = parse_documents(DOCUMENTS, &bindings)?;
     let driver = || {

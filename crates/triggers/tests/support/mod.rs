@@ -4,6 +4,22 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use triggers::{Deliverer, NetworkPolicy, RetryBackoff};
+
+/// A deliverer that may reach the tests' receiver on 127.0.0.1 (the default policy
+/// refuses loopback), backing off as `backoff` says.
+pub fn loopback_deliverer(backoff: RetryBackoff) -> Deliverer {
+    Deliverer::with_policy(backoff, NetworkPolicy::ALLOW_LOOPBACK).expect("client builds")
+}
+
+/// [`loopback_deliverer`] retrying in milliseconds, so tests do not sleep for real
+/// backoff.
+pub fn fast_deliverer() -> Deliverer {
+    loopback_deliverer(
+        RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5),
+    )
+}
 
 /// Log output captured from a tracing subscriber installed for the current thread.
 #[derive(Clone, Default)]
