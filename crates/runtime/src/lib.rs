@@ -8,6 +8,34 @@
 //! deliver, delete). A crash anywhere between the two re-fires the webhooks on the next
 //! start; a transaction whose StartCommit never completed never fires.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use triggers::{Clock, ConfigFormat, Materialization};
+//! use triggers_runtime::{Shard, ShardConfig, TransactionStats};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store_dir = tempfile::tempdir()?;
+//! let triggers = Arc::new(triggers::validate("config: []", ConfigFormat::Yaml)?);
+//! let materialization = Materialization {
+//!     name: "acmeCo/orders/warehouse".to_string(),
+//!     connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+//!     binding_collections: vec!["acmeCo/orders".to_string()],
+//! };
+//! let (mut shard, recovery) =
+//!     Shard::open(store_dir.path(), ShardConfig::new(materialization, triggers)).await?;
+//! shard.acknowledged().await?; // delivers what a crash left pending
+//! let mut stats = TransactionStats::default();
+//! stats.add_document(0, Clock::from_unix(1_750_000_000, 0), 512);
+//! shard.start_commit(recovery.checkpoint, &stats.take()).await?;
+//! shard.acknowledged().await?;
+//! shard.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/embed_shard.rs` does the same with a trigger and a receiver on 127.0.0.1.
+//!
 //! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
 
 mod backlog;

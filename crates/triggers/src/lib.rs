@@ -10,6 +10,34 @@
 //! A config stored SOPS-encrypted (secrets as `ENC[...]` leaves, the data key wrapped for
 //! age recipients) is read with [`decrypt_config`] into the same [`TriggersConfig`].
 //!
+//! ```
+//! use triggers::{ConfigFormat, PreviewVariables};
+//!
+//! let config = r#"
+//! config:
+//!   - url: https://airflow.example.com/api/v1/dags/refresh_marts/dagRuns
+//!     payloadTemplate: |
+//!       {"dag_run_id": "flow-{{flow_run_id}}", "to": "{{timestamp flow_published_at_max "us" "ceil"}}"}
+//! "#;
+//! let triggers = triggers::validate(config, ConfigFormat::Yaml)?;
+//! // What the first trigger would send, against the placeholder variables.
+//! let preview = triggers.preview(0, &PreviewVariables::placeholder())?;
+//! assert!(preview.payload.contains("\"dag_run_id\": \"flow-"));
+//!
+//! // A template error names the trigger, the line and the variable.
+//! let err = triggers::validate(
+//!     "config: [{url: 'https://x.example.com', payloadTemplate: '{\"a\": \"{{flow_run}}\"}'}]",
+//!     ConfigFormat::Yaml,
+//! )
+//! .err()
+//! .expect("an unknown variable");
+//! assert!(err.to_string().contains("flow_run"), "{err}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Delivering is `Deliverer::new(RetryBackoff::default())?.deliver(&triggers, &variables)`
+//! after the commit; `crates/runtime/examples/embed_shard.rs` runs the whole path.
+//!
 //! Receivers can dedupe and verify: every request carries the Standard Webhooks headers
 //! (`webhook-id`, stable per transaction and trigger; `webhook-timestamp`; and, with
 //! `signingSecrets`, `webhook-signature`), plus `webhook-attempt` and `webhook-reason`,

@@ -178,7 +178,7 @@ impl Default for Templates {
 
 impl Templates {
     /// An empty set with strict mode, no escaping, the `json` helper, and only the
-    /// helpers whose cost per call is bounded (see [`shape`]).
+    /// helpers whose cost per call is bounded (the allow-list is checked when a template compiles).
     pub fn new() -> Self {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);

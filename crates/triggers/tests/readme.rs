@@ -53,3 +53,31 @@ fn every_config_in_the_readme_validates() {
         }
     }
 }
+
+/// The README's library example is the core of the runnable example, byte for byte (less
+/// its indentation), so it compiles and runs (CI runs the example).
+#[test]
+fn the_library_example_in_the_readme_is_the_runnable_one() {
+    let readme = include_str!("../../../README.md");
+    let example = include_str!("../../runtime/examples/embed_shard.rs");
+    let section = &readme[readme
+        .find("## Using the library")
+        .expect("the README has the section")..];
+    let shown = section
+        .split("```rust,ignore\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has the example");
+    let start = "    // README: Using the library\n";
+    let core = &example[example.find(start).expect("start marker") + start.len()
+        ..example.find("    // README: end\n").expect("end marker")];
+    let core: String = core
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(
+        shown, core,
+        "update the README's library example from the example"
+    );
+}
