@@ -61,3 +61,4 @@ pub use shard::{
 };
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};
+pub use store_thread::StoreTaskError;

@@ -5,7 +5,7 @@ use crate::backlog::{
 };
 use crate::crash::crash_point;
 use crate::store::{Durability, Store, StoreError};
-use crate::store_thread::StoreThread;
+use crate::store_thread::{StoreTaskError, StoreThread};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,12 +219,13 @@ pub enum ShardError {
     /// status and the backlog depth), or a delivered entry could not be deleted.
     #[error(transparent)]
     Backlog(#[from] BacklogError),
-    /// Store work did not finish: it panicked, or its thread could not start.
+    /// Store work did not finish: it panicked, or its thread could not start or has
+    /// stopped.
     #[error("store task did not complete: {0}")]
-    Blocking(String),
+    Blocking(#[from] StoreTaskError),
     /// The HTTP client could not be built (no TLS roots, say).
-    #[error("cannot build the webhook HTTP client: {0}")]
-    HttpClient(String),
+    #[error("cannot build the webhook HTTP client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// Where the shard is in its transaction lifecycle.
@@ -307,8 +308,7 @@ impl Shard {
             .iter()
             .map(|t| t.drain().coalesces())
             .collect();
-        let thread = StoreThread::start()
-            .map_err(|err| ShardError::Blocking(format!("cannot start the store thread: {err}")))?;
+        let thread = StoreThread::start()?;
         let recovered = thread
             .run(move || {
                 let store = Store::open(&path, durability)?;
@@ -382,7 +382,7 @@ impl Shard {
         }
 
         let mut deliverer = Deliverer::with_policy(config.backoff, config.network)
-            .map_err(|err| ShardError::HttpClient(err.to_string()))?;
+            .map_err(ShardError::HttpClient)?;
         if let Some(observer) = &config.attempt_observer {
             deliverer = deliverer.with_observer(observer.clone());
         }

@@ -819,7 +819,7 @@ fn to_status(err: ShardError) -> Status {
         ShardError::Backlog(BacklogError::Closed) => Status::aborted(message),
         ShardError::Stats(_) => Status::invalid_argument(message),
         ShardError::Store(StoreError::Locked { .. }) => Status::unavailable(message),
-        ShardError::Store(StoreError::Corrupt { .. } | StoreError::CorruptBacklog { .. })
+        ShardError::Store(StoreError::Corrupt { .. } | StoreError::CorruptKey { .. })
         | ShardError::Params(_) => Status::data_loss(message),
         ShardError::Store(StoreError::RocksDb { .. })
         | ShardError::Blocking(_)
@@ -835,7 +835,7 @@ fn ledger_status(err: LedgerError) -> Status {
         LedgerError::NotFound { .. } => Status::not_found(message),
         LedgerError::IllegalTransition { .. } => Status::failed_precondition(message),
         LedgerError::Invalid(_) => Status::invalid_argument(message),
-        LedgerError::Store(StoreError::Corrupt { .. } | StoreError::CorruptBacklog { .. }) => {
+        LedgerError::Store(StoreError::Corrupt { .. } | StoreError::CorruptKey { .. }) => {
             Status::data_loss(message)
         }
         LedgerError::Store(_) | LedgerError::Blocking(_) => Status::internal(message),

@@ -63,27 +63,30 @@ pub enum StoreError {
     /// exactly one writer.
     #[error(
         "store {path} is already open by another process or handle; a shard's store has \
-         one writer ({detail})"
+         one writer ({source})"
     )]
     Locked {
         /// Directory of the store.
         path: PathBuf,
-        /// RocksDB's own words.
-        detail: String,
+        /// RocksDB's error: it cannot take the store's `LOCK` file.
+        #[source]
+        source: rocksdb::Error,
     },
     /// RocksDB failed.
-    #[error("RocksDB {operation} failed on {path}: {detail}")]
+    #[error("RocksDB {operation} failed on {path}: {source}")]
     RocksDb {
         /// What was being done.
         operation: &'static str,
         /// Directory of the store.
         path: PathBuf,
-        /// RocksDB's own words.
-        detail: String,
+        /// RocksDB's error, with its [`rocksdb::ErrorKind`].
+        #[source]
+        source: rocksdb::Error,
     },
-    /// A stored backlog value (or the commit sequence) does not decode.
+    /// A value under one of the runtime's keys (a backlog entry or key, a ledger record,
+    /// the commit sequence) does not decode.
     #[error("stored `{key}` in {path} is corrupt: {detail}")]
-    CorruptBacklog {
+    CorruptKey {
         /// The key, printably.
         key: String,
         /// Directory of the store.
@@ -102,6 +105,30 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+}
+
+impl StoreError {
+    /// RocksDB's kind of error, when RocksDB failed.
+    pub fn rocksdb_kind(&self) -> Option<rocksdb::ErrorKind> {
+        match self {
+            StoreError::Locked { source, .. } | StoreError::RocksDb { source, .. } => {
+                Some(source.kind())
+            }
+            StoreError::CorruptKey { .. } | StoreError::Corrupt { .. } => None,
+        }
+    }
+}
+
+/// Whether opening failed because another process or handle holds the store's `LOCK` file.
+/// RocksDB has no error kind of its own for it: it is an I/O error (`IOError`) whose
+/// message names the lock file ("While lock file: <dir>/LOCK: Resource temporarily
+/// unavailable", or "lock hold by current process" for a second handle in this one).
+fn is_lock_held(err: &rocksdb::Error) -> bool {
+    let message = err.as_ref();
+    err.kind() == rocksdb::ErrorKind::IOError
+        && (message.contains("lock file")
+            || message.contains("lock hold")
+            || message.contains("/LOCK"))
 }
 
 /// A shard's store, open for reading and writing.
@@ -140,19 +167,17 @@ impl Store {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
         options.set_block_based_table_factory(&table);
-        let db = DB::open(&options, &path).map_err(|err| {
-            let detail = err.into_string();
-            // RocksDB reports its LOCK file held by another process or handle.
-            if detail.contains("LOCK") {
+        let db = DB::open(&options, &path).map_err(|source| {
+            if is_lock_held(&source) {
                 StoreError::Locked {
                     path: path.clone(),
-                    detail,
+                    source,
                 }
             } else {
                 StoreError::RocksDb {
                     operation: "open",
                     path: path.clone(),
-                    detail,
+                    source,
                 }
             }
         })?;
@@ -232,7 +257,7 @@ impl Store {
         };
         <[u8; 8]>::try_from(bytes.as_ref())
             .map(u64::from_be_bytes)
-            .map_err(|_| self.corrupt_backlog(COMMIT_SEQ_KEY, "not an 8-byte number"))
+            .map_err(|_| self.corrupt_key(COMMIT_SEQ_KEY, "not an 8-byte number"))
     }
 
     /// Every backlog entry, per trigger in commit order, each with whether the ledger
@@ -249,13 +274,13 @@ impl Store {
                     u32::from_be_bytes(trigger.try_into().unwrap_or_default()),
                     u64::from_be_bytes(seq.try_into().unwrap_or_default()),
                 ),
-                _ => return Err(self.corrupt_backlog(&key, "malformed backlog key")),
+                _ => return Err(self.corrupt_key(&key, "malformed backlog key")),
             };
             let entry = BacklogEntry::decode(value.as_ref())
-                .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))?;
+                .map_err(|err| self.corrupt_key(&key, &err.to_string()))?;
             let params = entry
                 .params
-                .ok_or_else(|| self.corrupt_backlog(&key, "entry has no params"))?;
+                .ok_or_else(|| self.corrupt_key(&key, "entry has no params"))?;
             entries.push(StoredEntry {
                 trigger,
                 key_seq,
@@ -313,7 +338,7 @@ impl Store {
         };
         DeliveryRecord::decode(bytes.as_ref())
             .map(Some)
-            .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))
+            .map_err(|err| self.corrupt_key(&key, &err.to_string()))
     }
 
     /// Whether the ledger has a record of this delivery (it left PENDING at least once).
@@ -391,7 +416,7 @@ impl Store {
             }
             visit(
                 DeliveryRecord::decode(value.as_ref())
-                    .map_err(|err| self.corrupt_backlog(&key, &err.to_string()))?,
+                    .map_err(|err| self.corrupt_key(&key, &err.to_string()))?,
             )?;
         }
         Ok(())
@@ -422,7 +447,7 @@ impl Store {
         };
         <[u8; 8]>::try_from(bytes.as_ref())
             .map(|b| Some(u64::from_be_bytes(b)))
-            .map_err(|_| self.corrupt_backlog(&key, "not an 8-byte time"))
+            .map_err(|_| self.corrupt_key(&key, "not an 8-byte time"))
     }
 
     /// Moves waiting delivery's pending `trigger-params` into the backlog, one entry per
@@ -459,8 +484,8 @@ impl Store {
             .map_err(|err| self.rocksdb_error(operation, err))
     }
 
-    fn corrupt_backlog(&self, key: &[u8], detail: &str) -> StoreError {
-        StoreError::CorruptBacklog {
+    fn corrupt_key(&self, key: &[u8], detail: &str) -> StoreError {
+        StoreError::CorruptKey {
             key: String::from_utf8_lossy(key).escape_debug().to_string(),
             path: self.path.clone(),
             detail: detail.to_string(),
@@ -500,11 +525,11 @@ impl Store {
             })
     }
 
-    fn rocksdb_error(&self, operation: &'static str, err: rocksdb::Error) -> StoreError {
+    fn rocksdb_error(&self, operation: &'static str, source: rocksdb::Error) -> StoreError {
         StoreError::RocksDb {
             operation,
             path: self.path.clone(),
-            detail: err.into_string(),
+            source,
         }
     }
 
@@ -774,14 +799,14 @@ mod tests {
             .expect("writes");
         assert!(matches!(
             store.commit_seq(),
-            Err(StoreError::CorruptBacklog { .. })
+            Err(StoreError::CorruptKey { .. })
         ));
         store
             .put_raw_for_tests(b"backlog/\x00", b"")
             .expect("writes");
         assert!(matches!(
             store.backlog(),
-            Err(StoreError::CorruptBacklog { .. })
+            Err(StoreError::CorruptKey { .. })
         ));
     }
 
@@ -792,6 +817,29 @@ mod tests {
         let err = Store::open(dir.path(), Durability::Synced).expect_err("locked");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("one writer"), "{err}");
+        // RocksDB's error is kept as the cause, with its kind.
+        assert_eq!(err.rocksdb_kind(), Some(rocksdb::ErrorKind::IOError));
+        let cause = std::error::Error::source(&err).expect("a cause");
+        assert!(cause.to_string().contains("LOCK"), "{cause}");
+    }
+
+    #[test]
+    fn an_open_that_fails_for_another_reason_is_not_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"not a directory").expect("writes");
+        let err = Store::open(&file, Durability::Synced).expect_err("not a store");
+        assert!(
+            matches!(
+                err,
+                StoreError::RocksDb {
+                    operation: "open",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
     }
 
     #[test]

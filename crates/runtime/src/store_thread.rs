@@ -8,11 +8,27 @@
 //! (by 9-46% from 10^3 to 10^5 transactions; see benches' `rss`). One thread also runs
 //! a shard's store work in the order it was asked for.
 
-use crate::shard::ShardError;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, mpsc};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Store work that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreTaskError {
+    /// The store thread could not be started.
+    #[error("cannot start the store thread")]
+    Start(#[source] std::io::Error),
+    /// The store thread has stopped (the shard closed), so the work never ran.
+    #[error("the store thread has stopped")]
+    Stopped,
+    /// The work panicked; the thread went on with the next work.
+    #[error("store work panicked: {message}")]
+    Panicked {
+        /// The panic's message, when it had one.
+        message: String,
+    },
+}
 
 /// A handle to a shard's store thread. Dropping the last handle waits for the queued
 /// work to finish and the thread to end: a thread that used RocksDB must not outlive
@@ -43,7 +59,7 @@ impl Drop for Inner {
 
 impl StoreThread {
     /// Starts the thread.
-    pub(crate) fn start() -> std::io::Result<Self> {
+    pub(crate) fn start() -> Result<Self, StoreTaskError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("shard-store".to_string())
@@ -51,7 +67,8 @@ impl StoreThread {
                 while let Ok(job) = queue.recv() {
                     job();
                 }
-            })?;
+            })
+            .map_err(StoreTaskError::Start)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: Some(jobs),
@@ -66,14 +83,13 @@ impl StoreThread {
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ShardError> {
+    ) -> Result<T, StoreTaskError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(work)));
         });
-        let stopped = || ShardError::Blocking("the store thread has stopped".to_string());
-        let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(job).map_err(|_| stopped())?;
+        let jobs = self.inner.jobs.as_ref().ok_or(StoreTaskError::Stopped)?;
+        jobs.send(job).map_err(|_| StoreTaskError::Stopped)?;
         match result.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(panic)) => {
@@ -82,11 +98,9 @@ impl StoreThread {
                     .map(|text| text.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".to_string());
-                Err(ShardError::Blocking(format!(
-                    "store work panicked: {message}"
-                )))
+                Err(StoreTaskError::Panicked { message })
             }
-            Err(_) => Err(stopped()),
+            Err(_) => Err(StoreTaskError::Stopped),
         }
     }
 }

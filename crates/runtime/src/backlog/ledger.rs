@@ -93,9 +93,9 @@ pub enum LedgerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Store work did not finish (it panicked).
+    /// Store work did not finish (it panicked, or the store thread has stopped).
     #[error("ledger task did not complete: {0}")]
-    Blocking(String),
+    Blocking(#[from] crate::store_thread::StoreTaskError),
 }
 
 /// The name of a state, as errors and logs print it.
@@ -600,7 +600,7 @@ impl super::BacklogHandle {
         self.0
             .run_job(move |shared| shared.skip(trigger, first_commit_seq, &reason))
             .await
-            .map_err(|err| LedgerError::Blocking(err.to_string()))?
+            .map_err(LedgerError::Blocking)?
     }
 
     /// Runs a retention pass now; returns how many records it collected.
@@ -617,10 +617,7 @@ async fn run<T: std::marker::Send + 'static>(
     thread: &StoreThread,
     work: impl FnOnce() -> Result<T, LedgerError> + std::marker::Send + 'static,
 ) -> Result<T, LedgerError> {
-    thread
-        .run(work)
-        .await
-        .map_err(|err| LedgerError::Blocking(err.to_string()))?
+    thread.run(work).await.map_err(LedgerError::Blocking)?
 }
 
 fn parse_token(token: &str) -> Result<Option<(u64, u32)>, LedgerError> {

@@ -34,7 +34,7 @@ pub use ledger::{
 
 use crate::crash::crash_point;
 use crate::store::{BacklogWrite, Store, StoreError, StoredEntry};
-use crate::store_thread::StoreThread;
+use crate::store_thread::{StoreTaskError, StoreThread};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use std::collections::VecDeque;
@@ -1176,7 +1176,7 @@ impl Shared {
     async fn run_job<T: std::marker::Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Shared) -> T + std::marker::Send + 'static,
-    ) -> Result<T, ShardError> {
+    ) -> Result<T, StoreTaskError> {
         let shared = self.clone();
         let (room, drained) = (self.room.clone(), self.drained.clone());
         self.thread
