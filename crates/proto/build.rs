@@ -4,6 +4,8 @@
 //! Two passes: messages and the server, whose codec answers a request that does not
 //! decode with INVALID_ARGUMENT (`src/codec.rs`); then the client alone, with the stock
 //! codec, referring to the first pass's messages.
+//!
+//! Map fields are `BTreeMap`s, so encoded bytes do not depend on hash order.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -15,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = || -> Result<prost_build::Config, Box<dyn std::error::Error>> {
         let mut config = prost_build::Config::new();
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+        // Every `map<..>` field is a BTreeMap: its entries encode in key order, so the same
+        // checkpoint always writes the same bytes (a HashMap's order changes per process).
+        config.btree_map(["."]);
         Ok(config)
     };
     tonic_prost_build::configure()
