@@ -1,6 +1,7 @@
 //! Any bytes as a stored `trigger-params` or `checkpoint` value: decoding returns a value
 //! or an error, never panics; what decodes re-encodes to bytes that decode to the same
-//! value; and decoded params become variables or a typed error.
+//! value; a checkpoint re-encodes to the same bytes every time (its maps are ordered); and
+//! decoded params become variables or a typed error.
 
 #![no_main]
 
@@ -18,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(checkpoint) = Checkpoint::decode(data) {
-        let again = Checkpoint::decode(checkpoint.encode_to_vec().as_slice()).expect("re-decodes");
+        let bytes = checkpoint.encode_to_vec();
+        let again = Checkpoint::decode(bytes.as_slice()).expect("re-decodes");
         assert_eq!(again, checkpoint);
+        // Canonical once encoded: map entries in key order, duplicates gone.
+        assert_eq!(again.encode_to_vec(), bytes);
     }
 });

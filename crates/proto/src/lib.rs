@@ -8,18 +8,27 @@
 //! Key types: [`Checkpoint`] (a Gazette consumer checkpoint), [`TransactionStats`] and
 //! [`BindingStats`] (what a transaction read, per binding), [`TriggerParams`] (the
 //! persisted trigger variables of a committed transaction), and the [`sidecar`] gRPC
-//! service through which a consumer in another language drives a shard.
+//! service's messages, through which a consumer in another language drives a shard.
+//!
+//! Feature `grpc` adds the service itself (tonic server and client, and [`codec`]); the
+//! sidecar enables it. Without it the crate is the prost messages alone, so a crate that
+//! only reads or writes them (`triggers`, the fuzz targets) does not compile tonic.
 
 #![allow(missing_docs)] // Generated code; the .proto file carries the documentation.
 
 include!(concat!(env!("OUT_DIR"), "/triggers.rs"));
 
-/// The shard sidecar's gRPC service (server and client) and its messages.
+/// The shard sidecar's messages, and with feature `grpc` its gRPC service (server and
+/// client).
 pub mod sidecar {
     include!(concat!(env!("OUT_DIR"), "/triggers.sidecar.rs"));
+    #[cfg(feature = "grpc")]
+    include!(concat!(env!("OUT_DIR"), "/server/triggers.sidecar.rs"));
+    #[cfg(feature = "grpc")]
     include!(concat!(env!("OUT_DIR"), "/client/triggers.sidecar.rs"));
 }
 
+#[cfg(feature = "grpc")]
 pub mod codec;
 
 pub use prost::Message;

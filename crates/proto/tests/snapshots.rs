@@ -41,6 +41,72 @@ fn checkpoint_bytes() {
     insta::assert_snapshot!(round_trip(&checkpoint));
 }
 
+/// Issue 14 (ordered maps): a checkpoint's maps encode in key order, whatever order their
+/// entries were inserted in, so the same checkpoint always writes the same bytes (with
+/// hash maps, the bytes of a multi-entry map changed from one process to the next).
+#[test]
+fn ordered_maps_checkpoint_bytes() {
+    let journals = [
+        "acmeCo/c/pivot=00",
+        "acmeCo/a/pivot=00",
+        "acmeCo/b/pivot=00",
+    ];
+    let source = |read_through| Source {
+        read_through,
+        producers: vec![ProducerEntry {
+            id: vec![0x0b, 0, 0, 0, 0, 1],
+            last_ack: 0x1eec_a4a5_9b4c_5f0d,
+            begin: -1,
+        }],
+    };
+    let offset = |i: usize| i64::try_from(i).expect("small") * 100;
+    let checkpoint = |order: &[usize]| {
+        let mut checkpoint = Checkpoint::default();
+        for &i in order {
+            checkpoint
+                .sources
+                .insert(journals[i].to_string(), source(offset(i)));
+            checkpoint.ack_intents.insert(
+                format!("acmeCo/acks/{i}"),
+                vec![u8::try_from(i).expect("small")],
+            );
+        }
+        checkpoint
+    };
+    let bytes = checkpoint(&[0, 1, 2]).encode_to_vec();
+    for order in [[2, 1, 0], [1, 0, 2], [0, 2, 1]] {
+        assert_eq!(
+            checkpoint(&order).encode_to_vec(),
+            bytes,
+            "inserted in {order:?}"
+        );
+    }
+    // A map field is its entries one after the other: here in key order.
+    let mut by_journal = [0, 1, 2];
+    by_journal.sort_by_key(|&i| journals[i]);
+    let mut in_key_order = Vec::new();
+    for i in by_journal {
+        let one = Checkpoint {
+            sources: [(journals[i].to_string(), source(offset(i)))].into(),
+            ..Default::default()
+        };
+        in_key_order.extend(one.encode_to_vec());
+    }
+    for i in 0..journals.len() {
+        let one = Checkpoint {
+            ack_intents: [(
+                format!("acmeCo/acks/{i}"),
+                vec![u8::try_from(i).expect("small")],
+            )]
+            .into(),
+            ..Default::default()
+        };
+        in_key_order.extend(one.encode_to_vec());
+    }
+    assert_eq!(bytes, in_key_order);
+    insta::assert_snapshot!(round_trip(&checkpoint(&[2, 0, 1])));
+}
+
 #[test]
 fn transaction_stats_bytes() {
     let stats = TransactionStats {
