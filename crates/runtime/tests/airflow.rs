@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 /// Longest one consumer run may take.
 const CONSUMER_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest Airflow may take to show a run it was sent.
-const RUN_DEADLINE: Duration = Duration::from_secs(30);
+const RUN_DEADLINE: Duration = Duration::from_secs(60);
 /// Airflow 3's JWT lifetime in these tests: tokens expire several times in each test.
 const JWT_LIFETIME: Duration = Duration::from_secs(5);
 

@@ -35,6 +35,11 @@ impl Version {
     }
 }
 
+/// One Airflow at a time in a test binary: two starting and serving at once on 2 cores
+/// starve each other's frozen-then-thawed workers, and each takes its port from
+/// [`free_port`], which two at once could both be given.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running Airflow, killed (its whole process group) when dropped.
 pub struct Airflow {
     /// Which one.
@@ -50,6 +55,8 @@ pub struct Airflow {
     client: reqwest::Client,
     /// Tokens this fixture fetched for itself (to list runs).
     own_tokens: std::sync::atomic::AtomicUsize,
+    /// Held while this Airflow lives (dropped after the server is killed).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Airflow {
@@ -71,6 +78,10 @@ impl Airflow {
                 return None;
             }
         };
+        // A test that panicked while holding the turn has already killed its Airflow.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let home = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
@@ -84,6 +95,7 @@ impl Airflow {
             jwt_lifetime,
             client: reqwest::Client::new(),
             own_tokens: Default::default(),
+            _turn: turn,
         };
         let started = Instant::now();
         airflow.setup().await;
