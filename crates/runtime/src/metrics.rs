@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 use triggers::{AttemptObserver, AttemptRecord};
 
@@ -51,7 +51,7 @@ pub struct Metrics {
     commits: Counter,
     backlog_depth: Family<TriggerLabels, Gauge>,
     oldest_pending_seconds: Family<TriggerLabels, Gauge<f64, AtomicU64>>,
-    backpressure_waits: Gauge,
+    backpressure_waits: Counter,
     backpressured: Gauge,
 }
 
@@ -101,10 +101,10 @@ impl Metrics {
             "Age of each trigger's oldest undelivered transaction, since its commit (0 if none)",
             oldest_pending_seconds.clone(),
         );
-        let backpressure_waits = Gauge::default();
+        let backpressure_waits = Counter::default();
         registry.register(
             "backpressure_waits",
-            "StartCommits that waited for room in a full backlog since the shard opened",
+            "StartCommits that waited for room in a full backlog since the shard opened (a reopen starts again from 0: a counter reset)",
             backpressure_waits.clone(),
         );
         let backpressured = Gauge::default();
@@ -147,8 +147,11 @@ impl Metrics {
                     .map_or(0.0, |age| age.as_secs_f64());
                 self.oldest_pending_seconds.get_or_create(&labels).set(age);
             }
+            // The backlog counts the waits; the counter shows its count, which only grows
+            // while the shard is open (a reopen reads as a counter reset).
             self.backpressure_waits
-                .set(i64::try_from(status.backpressure_waits).unwrap_or(i64::MAX));
+                .inner()
+                .store(status.backpressure_waits, Ordering::Relaxed);
             self.backpressured.set(i64::from(status.backpressured));
         }
         let mut text = String::new();
@@ -231,5 +234,44 @@ pub async fn serve(
                 tracing::debug!(error = %err, "metrics connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: `backpressure_waits` only grows (until the shard is reopened), so it is a
+    /// Counter: typed `counter` and named with `_total`, which `rate()` and `increase()`
+    /// expect; a Gauge would read as a level.
+    #[test]
+    fn backpressure_waits_is_a_counter() {
+        let metrics = Metrics::new();
+        let status = BacklogStatus {
+            queues: Vec::new(),
+            limit: 4,
+            backpressured: true,
+            backpressure_waits: 3,
+            failure: None,
+        };
+        let text = metrics.render(Some(&status));
+        assert!(
+            text.contains("# TYPE triggers_backpressure_waits counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ntriggers_backpressure_waits_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ntriggers_backpressured 1\n"), "{text}");
+        // A later scrape reads the backlog's count again, not a sum of scrapes.
+        let text = metrics.render(Some(&BacklogStatus {
+            backpressure_waits: 5,
+            ..status
+        }));
+        assert!(
+            text.contains("\ntriggers_backpressure_waits_total 5\n"),
+            "{text}"
+        );
     }
 }
