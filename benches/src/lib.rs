@@ -140,12 +140,83 @@ pub fn json_helper(
     Ok(())
 }
 
-/// Where criterion writes its results: `$CARGO_TARGET_DIR/criterion`, or `target/criterion`.
+/// Where criterion writes its results, and where the report looks for them: the first
+/// directory is where criterion writes (see [`criterion_dirs_in`]), the rest hold results
+/// of older runs.
+pub fn criterion_dirs() -> &'static [PathBuf] {
+    static DIRS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."));
+        criterion_dirs_in(
+            std::env::var_os("CRITERION_HOME").map(PathBuf::from),
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
+            || cargo_target_dir(workspace),
+            workspace,
+        )
+    })
+}
+
+/// Where criterion writes its results (the first of [`criterion_dirs`]).
 pub fn criterion_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"))
-        .join("criterion")
+    criterion_dirs()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+/// The directories criterion's results may be in, the one it writes to first, from
+/// `$CRITERION_HOME`, `$CARGO_TARGET_DIR`, the target directory `cargo metadata` names
+/// (`cargo_target`, asked only when neither is set) and the workspace root. Criterion
+/// picks in that order; without either variable it asks cargo, so it writes to the
+/// workspace's target directory although `cargo bench` runs it in `benches/`. Paired
+/// results used to be written relative to that working directory, in
+/// `benches/target/criterion`, which is looked in after.
+pub fn criterion_dirs_in(
+    criterion_home: Option<PathBuf>,
+    cargo_target_dir: Option<PathBuf>,
+    cargo_target: impl FnOnce() -> Option<PathBuf>,
+    workspace: &Path,
+) -> Vec<PathBuf> {
+    if let Some(home) = criterion_home {
+        return vec![home];
+    }
+    if let Some(target) = cargo_target_dir {
+        return vec![target.join("criterion")];
+    }
+    let target = cargo_target().unwrap_or_else(|| workspace.join("target"));
+    let older = workspace.join("benches/target/criterion");
+    let mut dirs = vec![target.join("criterion")];
+    if dirs[0] != older {
+        dirs.push(older);
+    }
+    dirs
+}
+
+/// The workspace's target directory as cargo resolves it (config files included), when
+/// run under cargo (`$CARGO` set), as criterion asks for it.
+fn cargo_target_dir(workspace: &Path) -> Option<PathBuf> {
+    let output = std::process::Command::new(std::env::var_os("CARGO")?)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    json["target_directory"].as_str().map(PathBuf::from)
+}
+
+/// The first of `dirs` in which `find` finds something, with what it found.
+pub fn find_in<T>(
+    dirs: &[PathBuf],
+    mut find: impl FnMut(&Path) -> Option<T>,
+) -> Option<(&Path, T)> {
+    dirs.iter()
+        .find_map(|dir| find(dir).map(|found| (dir.as_path(), found)))
 }
 
 /// A paired measurement: blocks of our path and of its floor alternate in one run, and
@@ -199,7 +270,12 @@ impl Paired {
 
     /// Saves it as `paired.json` in criterion's directory for `group`, for the report.
     pub fn save(&self, group: &str) {
-        let dir = criterion_dir().join(group);
+        self.save_in(&criterion_dir(), group);
+    }
+
+    /// Saves it as `paired.json` for `group` under `root`.
+    pub fn save_in(&self, root: &Path, group: &str) {
+        let dir = root.join(group);
         let json = serde_json::json!({
             "ours_ns": self.ours.as_nanos() as f64,
             "floor_ns": self.floor.as_nanos() as f64,
@@ -225,4 +301,78 @@ impl Paired {
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort_unstable();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: `cargo run -p benches --bin report` found no paired results unless
+    /// `CARGO_TARGET_DIR` was set, because `cargo bench` runs in `benches/`: the report
+    /// looks where criterion writes (the workspace's target directory, or the one the
+    /// environment names) and where paired results landed before.
+    #[test]
+    fn report_finds_paired_results_where_cargo_bench_writes_them() {
+        let workspace = Path::new("/ws");
+        let no_cargo = || None;
+        assert_eq!(
+            criterion_dirs_in(None, None, no_cargo, workspace),
+            [
+                PathBuf::from("/ws/target/criterion"),
+                PathBuf::from("/ws/benches/target/criterion")
+            ]
+        );
+        assert_eq!(
+            criterion_dirs_in(None, None, || Some(PathBuf::from("/t")), workspace),
+            [
+                PathBuf::from("/t/criterion"),
+                PathBuf::from("/ws/benches/target/criterion")
+            ]
+        );
+        assert_eq!(
+            criterion_dirs_in(None, Some(PathBuf::from("/c")), no_cargo, workspace),
+            [PathBuf::from("/c/criterion")]
+        );
+        assert_eq!(
+            criterion_dirs_in(
+                Some(PathBuf::from("/h")),
+                Some(PathBuf::from("/c")),
+                no_cargo,
+                workspace
+            ),
+            [PathBuf::from("/h")]
+        );
+
+        // A result saved by an older run in benches/target is found; one in the
+        // directory criterion writes to wins over it.
+        let root = tempfile::tempdir().expect("temp dir");
+        let dirs = criterion_dirs_in(None, None, no_cargo, root.path());
+        let old = Paired {
+            ours: Duration::from_micros(12),
+            floor: Duration::from_micros(10),
+        };
+        old.save_in(&root.path().join("benches/target/criterion"), "g");
+        let found = find_in(&dirs, |dir| Paired::load(dir, "g"));
+        assert_eq!(found, Some((dirs[1].as_path(), old)));
+        let new = Paired {
+            ours: Duration::from_micros(11),
+            ..old
+        };
+        new.save_in(&root.path().join("target/criterion"), "g");
+        let found = find_in(&dirs, |dir| Paired::load(dir, "g"));
+        assert_eq!(found, Some((dirs[0].as_path(), new)));
+        assert_eq!(find_in(&dirs, |dir| Paired::load(dir, "other")), None);
+    }
+
+    /// The workspace's own dirs, asked of cargo as criterion does.
+    #[test]
+    fn criterion_dirs_name_the_workspace_target_dir() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
+        let dirs = criterion_dirs_in(None, None, || cargo_target_dir(workspace), workspace);
+        let expected = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace.join("target"), PathBuf::from);
+        assert_eq!(dirs[0], expected.join("criterion"), "{dirs:?}");
+    }
 }

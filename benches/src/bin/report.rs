@@ -1,7 +1,7 @@
 //! Reads criterion's results and prints one line per ratio: ours against its floor, the
 //! goal, and whether it holds. Run after `cargo bench -p benches`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// (group, our bench, floor bench, goal, direction, what the ratio means)
 const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
@@ -167,6 +167,11 @@ const PAIRED: &[(&str, f64, &str)] = &[
         1.0 / 0.9,
         "coalesced vs no triggers: time per transaction (throughput >= 0.9x)",
     ),
+    (
+        "token_auth_paired",
+        1.02,
+        "a trigger with a cached token vs a fixed Authorization header: time",
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -183,18 +188,21 @@ fn median_ns(root: &Path, group: &str, bench: &str) -> Option<f64> {
 }
 
 fn main() {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let root = target.join("criterion");
-    println!("criterion results in {}", root.display());
+    // Where `cargo bench` wrote, whichever directory it ran in.
+    let dirs = benches::criterion_dirs();
+    for dir in dirs {
+        println!("criterion results in {}", dir.display());
+    }
     let mut failed = 0;
     for (group, ours, floor, goal, direction, what) in RATIOS {
-        match (
-            median_ns(&root, group, ours),
-            median_ns(&root, group, floor),
-        ) {
-            (Some(a), Some(b)) => {
+        let both = |root: &Path| {
+            Some((
+                median_ns(root, group, ours)?,
+                median_ns(root, group, floor)?,
+            ))
+        };
+        match benches::find_in(dirs, both) {
+            Some((_, (a, b))) => {
                 let ratio = a / b;
                 let holds = match direction {
                     Goal::AtMost => ratio <= *goal,
@@ -213,14 +221,14 @@ fn main() {
                     b / 1e3
                 );
             }
-            _ => println!("--    (not measured) {what} ({group}/{ours} vs {floor})"),
+            None => println!("--    (not measured) {what} ({group}/{ours} vs {floor})"),
         }
     }
     // Paired measurements (see `benches::Paired`): blocks of ours and its floor alternate
     // in one run, so these ratios hold on a noisy machine where the ones above may not.
     for (group, goal, what) in PAIRED {
-        match benches::Paired::load(&root, group) {
-            Some(paired) => {
+        match benches::find_in(dirs, |root| benches::Paired::load(root, group)) {
+            Some((_, paired)) => {
                 let ratio = paired.ratio();
                 let holds = ratio <= *goal;
                 failed += usize::from(!holds);

@@ -7,16 +7,20 @@
 //! `GET /metrics` in the OpenMetrics text format.
 
 use crate::BacklogStatus;
-use bytes::Bytes;
-use http_body_util::Full;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::future::IntoFuture as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 use triggers::{AttemptObserver, AttemptRecord};
 
 /// Labels of one trigger.
@@ -51,7 +55,7 @@ pub struct Metrics {
     commits: Counter,
     backlog_depth: Family<TriggerLabels, Gauge>,
     oldest_pending_seconds: Family<TriggerLabels, Gauge<f64, AtomicU64>>,
-    backpressure_waits: Gauge,
+    backpressure_waits: Counter,
     backpressured: Gauge,
 }
 
@@ -101,10 +105,10 @@ impl Metrics {
             "Age of each trigger's oldest undelivered transaction, since its commit (0 if none)",
             oldest_pending_seconds.clone(),
         );
-        let backpressure_waits = Gauge::default();
+        let backpressure_waits = Counter::default();
         registry.register(
             "backpressure_waits",
-            "StartCommits that waited for room in a full backlog since the shard opened",
+            "StartCommits that waited for room in a full backlog since the shard opened (a reopen starts again from 0: a counter reset)",
             backpressure_waits.clone(),
         );
         let backpressured = Gauge::default();
@@ -147,8 +151,11 @@ impl Metrics {
                     .map_or(0.0, |age| age.as_secs_f64());
                 self.oldest_pending_seconds.get_or_create(&labels).set(age);
             }
+            // The backlog counts the waits; the counter shows its count, which only grows
+            // while the shard is open (a reopen reads as a counter reset).
             self.backpressure_waits
-                .set(i64::try_from(status.backpressure_waits).unwrap_or(i64::MAX));
+                .inner()
+                .store(status.backpressure_waits, Ordering::Relaxed);
             self.backpressured.set(i64::from(status.backpressured));
         }
         let mut text = String::new();
@@ -179,8 +186,20 @@ impl AttemptObserver for Metrics {
     }
 }
 
+/// How long [`serve`] lets scrapes in flight finish after `shutdown`: a scrape renders in
+/// microseconds, so only a stalled client takes longer.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Answers `GET /metrics` on `listener` with `render()`'s text until `shutdown` resolves.
-/// Anything else gets a 404.
+/// Anything else gets a 404. No authentication: bind it where only the scraper reaches.
+///
+/// Served by axum, which retries a failed accept after a pause (a full file table, say)
+/// rather than spinning, and sheds an aborted or reset connection. At `shutdown` it
+/// stops accepting, closes idle connections and lets requests in flight finish for up
+/// to [`SHUTDOWN_GRACE`]; it returns then, leaving any connection still open to the
+/// runtime.
 ///
 /// Cancel-safe: dropping it stops accepting; connections already accepted are served on
 /// in their own tasks.
@@ -189,47 +208,260 @@ pub async fn serve(
     render: impl Fn() -> String + Clone + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "metrics listener cannot accept");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+    serve_with_grace(listener, render, shutdown, SHUTDOWN_GRACE).await;
+}
+
+/// [`serve`], letting scrapes in flight finish for `grace` after `shutdown`.
+async fn serve_with_grace(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    // The route answers every method so that anything but GET gets the same 404 as an
+    // unknown path (axum's `get` would answer HEAD, and other methods with a 405).
+    let metrics = move |method: Method| {
         let render = render.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                let render = render.clone();
-                async move {
-                    if request.method() == hyper::Method::GET && request.uri().path() == "/metrics"
-                    {
-                        hyper::Response::builder()
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(Full::new(Bytes::from(render())))
-                    } else {
-                        hyper::Response::builder()
-                            .status(404)
-                            .body(Full::new(Bytes::from_static(
-                                b"only GET /metrics is served\n",
-                            )))
-                    }
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %err, "metrics connection ended");
+        async move {
+            if method == Method::GET {
+                ([(header::CONTENT_TYPE, CONTENT_TYPE)], render()).into_response()
+            } else {
+                not_found().await
             }
+        }
+    };
+    let app = Router::new()
+        .route("/metrics", any(metrics))
+        .fallback(not_found);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::pin!(shutdown);
+    tokio::select! {
+        ended = &mut server => {
+            if let Err(err) = ended {
+                tracing::warn!(error = %err, "metrics server stopped");
+            }
+            return;
+        }
+        () = &mut shutdown => {}
+    }
+    let _ = stop.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "metrics server stopped"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "metrics connections still open after the shutdown grace; left open"
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Body::from("only GET /metrics is served\n"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: `backpressure_waits` only grows (until the shard is reopened), so it is a
+    /// Counter: typed `counter` and named with `_total`, which `rate()` and `increase()`
+    /// expect; a Gauge would read as a level.
+    #[test]
+    fn backpressure_waits_is_a_counter() {
+        let metrics = Metrics::new();
+        let status = BacklogStatus {
+            queues: Vec::new(),
+            limit: 4,
+            backpressured: true,
+            backpressure_waits: 3,
+            failure: None,
+        };
+        let text = metrics.render(Some(&status));
+        assert!(
+            text.contains("# TYPE triggers_backpressure_waits counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ntriggers_backpressure_waits_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ntriggers_backpressured 1\n"), "{text}");
+        // A later scrape reads the backlog's count again, not a sum of scrapes.
+        let text = metrics.render(Some(&BacklogStatus {
+            backpressure_waits: 5,
+            ..status
+        }));
+        assert!(
+            text.contains("\ntriggers_backpressure_waits_total 5\n"),
+            "{text}"
+        );
+    }
+
+    /// A server on 127.0.0.1 whose `render` blocks until released, telling when it started.
+    struct Held {
+        url: String,
+        started: std::sync::mpsc::Receiver<()>,
+        release: std::sync::mpsc::SyncSender<()>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        serving: tokio::task::JoinHandle<()>,
+    }
+
+    async fn serve_held(grace: Duration) -> Held {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let url = format!("http://{}/metrics", listener.local_addr().expect("address"));
+        let (started_tx, started) = std::sync::mpsc::sync_channel(16);
+        let (release, release_rx) = std::sync::mpsc::sync_channel::<()>(16);
+        let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+        let render = move || {
+            let _ = started_tx.send(());
+            let released = release_rx
+                .lock()
+                .map(|rx| rx.recv_timeout(Duration::from_secs(30)));
+            assert!(matches!(released, Ok(Ok(()))), "never released");
+            "a_metric 1\n".to_string()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve_with_grace(
+            listener,
+            render,
+            async move {
+                let _ = stopped.await;
+            },
+            grace,
+        ));
+        Held {
+            url,
+            started,
+            release,
+            stop,
+            serving,
+        }
+    }
+
+    /// Issue 14: at shutdown the old accept loop returned at once, and the sidecar's
+    /// process exited under a scrape still being answered. A scrape in flight at shutdown
+    /// now completes, and `serve` returns only after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_server_lets_a_scrape_in_flight_finish_at_shutdown() {
+        let mut held = serve_held(Duration::from_secs(30)).await;
+        let url = held.url.clone();
+        let scrape = tokio::spawn(async move {
+            let response = reqwest::get(&url).await.expect("answered");
+            let status = response.status();
+            (status, response.text().await.expect("whole body"))
         });
+        let started = held.started;
+        let started = tokio::task::spawn_blocking(move || {
+            started.recv_timeout(Duration::from_secs(30)).is_ok()
+        })
+        .await
+        .expect("joins");
+        assert!(started, "the scrape never reached render");
+
+        held.stop.send(()).expect("server still running");
+        // While the scrape is held, the server does not return.
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut held.serving).await;
+        assert!(early.is_err(), "serve returned under a scrape in flight");
+        held.release.send(()).expect("render waits");
+        let (status, body) = tokio::time::timeout(Duration::from_secs(30), scrape)
+            .await
+            .expect("scrape answered in time")
+            .expect("joins");
+        assert_eq!(status, 200);
+        assert_eq!(body, "a_metric 1\n");
+        tokio::time::timeout(Duration::from_secs(30), held.serving)
+            .await
+            .expect("serve returns once the scrape is answered")
+            .expect("joins");
+    }
+
+    /// The graceful wait is bounded: a client that never finishes its request holds
+    /// shutdown for the grace only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_server_shutdown_waits_for_a_stalled_client_only_for_the_grace() {
+        use tokio::io::AsyncWriteExt as _;
+        let held = serve_held(Duration::from_millis(200)).await;
+        let address = held
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_string();
+        let mut stalled = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connects");
+        stalled
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("writes half a request");
+        held.stop.send(()).expect("server still running");
+        tokio::time::timeout(Duration::from_secs(30), held.serving)
+            .await
+            .expect("serve returns after the grace")
+            .expect("joins");
+        drop(stalled);
+    }
+
+    /// Issue 14: clients that connect and reset (the accept error a busy host hands out
+    /// most) neither stop the server nor keep it from answering the next scrape.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_server_keeps_serving_after_clients_reset() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(listener, || "a_metric 1\n".to_string(), async move {
+            let _ = stopped.await;
+        }));
+        for _ in 0..20 {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connects");
+            // SO_LINGER 0: closing sends a RST, not a FIN.
+            stream.set_zero_linger().expect("sets linger");
+            drop(stream);
+        }
+        let response = reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .expect("answered after the resets");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some(CONTENT_TYPE)
+        );
+        assert_eq!(response.text().await.expect("body"), "a_metric 1\n");
+        // The 404 for anything but GET /metrics is unchanged.
+        let http = reqwest::Client::new();
+        for (method, path) in [
+            (reqwest::Method::GET, "/other"),
+            (reqwest::Method::POST, "/metrics"),
+            (reqwest::Method::HEAD, "/metrics"),
+            (reqwest::Method::GET, "/metrics/"),
+        ] {
+            let response = http
+                .request(method.clone(), format!("http://{address}{path}"))
+                .send()
+                .await
+                .expect("answered");
+            assert_eq!(response.status(), 404, "{method} {path}");
+        }
+        stop.send(()).expect("server still running");
+        tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .expect("stops")
+            .expect("joins");
     }
 }

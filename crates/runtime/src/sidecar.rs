@@ -316,9 +316,10 @@ impl Sidecar {
         self.inner.metrics.render(backlog.as_ref())
     }
 
-    /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+    /// Serves `GET /metrics` on `listener` until `shutdown` resolves, then lets scrapes in
+    /// flight finish (see [`crate::metrics::serve`]).
     ///
-    /// Cancel-safe: dropping it stops serving; the shard is not involved.
+    /// Cancel-safe: dropping it stops accepting; the shard is not involved.
     pub async fn serve_metrics(
         &self,
         listener: tokio::net::TcpListener,

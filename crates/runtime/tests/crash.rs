@@ -672,19 +672,47 @@ async fn decoupled_sidecar_killed_mid_backlog_recovers_through_the_next_sidecar(
     harness.assert_clean();
 }
 
-/// A small deterministic generator, so a failing seed replays exactly.
-struct XorShift(u64);
+/// What one soak cycle does, drawn from the run's seeded generator, so a failing seed
+/// replays exactly.
+#[derive(Debug, PartialEq, Eq)]
+struct Cycle {
+    /// How long the endpoint takes to answer 200.
+    reply_after: Duration,
+    /// A trigger path that answers one 503 first, sometimes.
+    fail_once: Option<&'static str>,
+    /// When the consumer is killed, unless it finishes first.
+    kill_after: Duration,
+}
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+impl Cycle {
+    fn draw(rng: &mut fastrand::Rng) -> Self {
+        Self {
+            reply_after: Duration::from_millis(rng.u64(..5)),
+            fail_once: (rng.u64(..4) == 0).then(|| TRIGGER_PATHS[rng.usize(..2)]),
+            kill_after: Duration::from_millis(5 + rng.u64(..120)),
+        }
     }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+}
+
+/// Issue 14: the soak draws from `fastrand` (no hand-rolled generator); a printed
+/// `SOAK_SEED` still replays a run: the same seed draws the same cycles.
+#[test]
+fn soak_seed_replays_the_same_cycles() {
+    let draw = |seed| {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..50).map(|_| Cycle::draw(&mut rng)).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(42), draw(42));
+    assert_ne!(draw(42), draw(43));
+    let cycles = draw(7);
+    assert!(cycles.iter().any(|c| c.fail_once.is_some()), "{cycles:?}");
+    assert!(cycles.iter().any(|c| c.fail_once.is_none()), "{cycles:?}");
+    assert!(
+        cycles
+            .iter()
+            .all(|c| c.reply_after < Duration::from_millis(5)
+                && (Duration::from_millis(5)..Duration::from_millis(125)).contains(&c.kill_after))
+    );
 }
 
 /// Kills the consumer at random moments, many times, lets it finish, checks; again with
@@ -698,17 +726,12 @@ async fn soak_random_kills() {
     let seed: u64 = std::env::var("SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+        .unwrap_or_else(|| fastrand::u64(..));
     let _ = writeln!(
         std::io::stderr(),
         "soak: seed={seed} (replay with SOAK_SEED={seed})"
     );
-    let mut rng = XorShift(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut rounds, mut cycles, mut crashes) = (0, 0, 0);
     let mut totals = Report::default();
@@ -724,17 +747,15 @@ async fn soak_random_kills() {
         loop {
             cycles += 1;
             // A slow or briefly failing endpoint makes kills land during delivery too.
+            let cycle = Cycle::draw(&mut rng);
             harness
                 .receiver
-                .set_default(Reply::status(200).after(Duration::from_millis(rng.below(5))));
-            if rng.below(4) == 0 {
-                harness
-                    .receiver
-                    .script(TRIGGER_PATHS[rng.below(2) as usize], [Reply::status(503)]);
+                .set_default(Reply::status(200).after(cycle.reply_after));
+            if let Some(path) = cycle.fail_once {
+                harness.receiver.script(path, [Reply::status(503)]);
             }
             let mut child = harness.consumer(None, None);
-            let wait = Duration::from_millis(5 + rng.below(120));
-            match tokio::time::timeout(wait, child.wait()).await {
+            match tokio::time::timeout(cycle.kill_after, child.wait()).await {
                 Ok(status) => {
                     assert!(
                         status.expect("reaped").success(),

@@ -82,18 +82,31 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let sidecar = Sidecar::new(config);
+    // Metrics are served while the sidecar drains too; once it has stopped, scrapes in
+    // flight finish (bounded by metrics::SHUTDOWN_GRACE) before the process exits.
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut metrics_server = None;
     if let Some(address) = &args.metrics_address {
         let metrics = tokio::net::TcpListener::bind(address).await?;
         println!("metrics on http://{}/metrics", metrics.local_addr()?);
         std::io::stdout().flush()?;
         let serving = sidecar.clone();
-        tokio::spawn(async move {
+        metrics_server = Some(tokio::spawn(async move {
             serving
-                .serve_metrics(metrics, std::future::pending::<()>())
+                .serve_metrics(metrics, async move {
+                    let _ = metrics_stopped.await;
+                })
                 .await;
-        });
+        }));
     }
-    sidecar::run(sidecar, listener, shutdown_signal()).await?;
+    let served = sidecar::run(sidecar, listener, shutdown_signal()).await;
+    let _ = stop_metrics.send(());
+    if let Some(server) = metrics_server
+        && let Err(err) = server.await
+    {
+        tracing::warn!(error = %err, "metrics server task failed");
+    }
+    served?;
     Ok(())
 }
 
