@@ -307,86 +307,77 @@ async fn the_reference_python_library_verifies_our_signatures() {
     );
 }
 
+/// How long a delivery waits on a `Retry-After`, one case per row: what the first answer
+/// is, the backoff's cap, and the bounds of the whole delivery's time (the second attempt
+/// succeeds). The cases run at once, each with its own receiver.
 #[tokio::test]
-async fn retry_after_in_seconds_is_honoured() {
-    let receiver = Receiver::start().await.expect("receiver");
-    receiver.script(
-        "/busy",
-        [Reply::status(429).with_header("Retry-After", "1")],
-    );
-    let triggers = triggers(&[(receiver.url("/busy"), serde_json::json!({}))]);
-    let started = Instant::now();
-    deliverer_with(Duration::from_secs(5), NetworkPolicy::ALLOW_LOOPBACK)
-        .deliver(&triggers, &variables())
-        .await
-        .expect("second attempt succeeds");
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
-}
-
-#[tokio::test]
-async fn retry_after_as_an_http_date_is_honoured() {
-    let receiver = Receiver::start().await.expect("receiver");
-    // Whole seconds only: two seconds ahead waits between one and two.
-    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
-    receiver.script(
-        "/down",
-        [Reply::status(503).with_header("Retry-After", &at)],
-    );
-    let triggers = triggers(&[(receiver.url("/down"), serde_json::json!({}))]);
-    let started = Instant::now();
-    deliverer_with(Duration::from_secs(5), NetworkPolicy::ALLOW_LOOPBACK)
-        .deliver(&triggers, &variables())
-        .await
-        .expect("second attempt succeeds");
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_huge_retry_after_is_capped_at_the_backoff_maximum() {
-    let receiver = Receiver::start().await.expect("receiver");
-    receiver.script(
-        "/busy",
-        [Reply::status(429).with_header("Retry-After", "86400")],
-    );
-    let triggers = triggers(&[(receiver.url("/busy"), serde_json::json!({}))]);
-    let started = Instant::now();
-    deliverer_with(Duration::from_millis(500), NetworkPolicy::ALLOW_LOOPBACK)
-        .deliver(&triggers, &variables())
-        .await
-        .expect("second attempt succeeds");
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
-        "{elapsed:?}"
-    );
-}
-
-#[tokio::test]
-async fn retry_after_on_other_statuses_is_ignored() {
-    let receiver = Receiver::start().await.expect("receiver");
-    receiver.script(
-        "/err",
-        [Reply::status(500).with_header("Retry-After", "30")],
-    );
-    let triggers = triggers(&[(receiver.url("/err"), serde_json::json!({}))]);
-    let started = Instant::now();
-    deliverer_with(Duration::from_secs(60), NetworkPolicy::ALLOW_LOOPBACK)
-        .deliver(&triggers, &variables())
-        .await
-        .expect("second attempt succeeds");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+async fn retry_after_is_honoured_capped_and_ignored_where_it_means_nothing() {
+    struct Case {
+        what: &'static str,
+        status: u16,
+        retry_after: String,
+        backoff_max: Duration,
+        at_least: Duration,
+        under: Duration,
+    }
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    let cases = [
+        Case {
+            what: "seconds on a 429",
+            status: 429,
+            retry_after: "1".to_string(),
+            backoff_max: secs(5),
+            at_least: ms(950),
+            under: secs(4),
+        },
+        Case {
+            // Whole seconds only: two seconds ahead waits between one and two.
+            what: "an HTTP-date on a 503",
+            status: 503,
+            retry_after: httpdate::fmt_http_date(SystemTime::now() + secs(2)),
+            backoff_max: secs(5),
+            at_least: ms(900),
+            under: secs(4),
+        },
+        Case {
+            what: "a day, capped at the backoff maximum",
+            status: 429,
+            retry_after: "86400".to_string(),
+            backoff_max: ms(500),
+            at_least: ms(450),
+            under: secs(3),
+        },
+        Case {
+            what: "on a 500, ignored",
+            status: 500,
+            retry_after: "30".to_string(),
+            backoff_max: secs(60),
+            at_least: Duration::ZERO,
+            under: secs(2),
+        },
+    ];
+    let runs = cases.iter().map(|case| async move {
+        let receiver = Receiver::start().await.expect("receiver");
+        receiver.script(
+            "/answer",
+            [Reply::status(case.status).with_header("Retry-After", &case.retry_after)],
+        );
+        let triggers = triggers(&[(receiver.url("/answer"), serde_json::json!({}))]);
+        let started = Instant::now();
+        deliverer_with(case.backoff_max, NetworkPolicy::ALLOW_LOOPBACK)
+            .deliver(&triggers, &variables())
+            .await
+            .unwrap_or_else(|err| panic!("{}: second attempt succeeds: {err}", case.what));
+        (case, started.elapsed())
+    });
+    for (case, elapsed) in futures::future::join_all(runs).await {
+        assert!(
+            elapsed >= case.at_least && elapsed < case.under,
+            "{}: {elapsed:?}",
+            case.what
+        );
+    }
 }
 
 #[tokio::test]
