@@ -83,8 +83,9 @@ struct Args {
     #[arg(long, value_name = "ENTRIES", default_value_t = triggers_runtime::DEFAULT_BACKLOG_LIMIT)]
     backlog_limit: usize,
     /// Wait this long after each Acknowledged before the next transaction (a source that
-    /// trickles).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    /// trickles); at most an hour.
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     transaction_interval_ms: u64,
 }
 
