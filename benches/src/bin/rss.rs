@@ -40,7 +40,10 @@ fn split() -> String {
 
 fn main() -> anyhow::Result<()> {
     // The runtime the shard binaries use (capped, long-lived blocking threads).
-    triggers_runtime::cli::runtime()?.block_on(run())
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {

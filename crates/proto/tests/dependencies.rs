@@ -1,6 +1,7 @@
-//! What a crate linking the messages compiles: the sidecar's gRPC service (tonic) only
-//! behind the `grpc` feature, so `triggers` (pure logic) and the fuzz targets build
-//! without it.
+//! What each crate compiles: the sidecar's gRPC service (tonic) only behind the `grpc`
+//! feature, so `triggers` (pure logic) and the fuzz targets build without it; and the
+//! library a reactor links (`triggers-runtime`) without any gRPC, CLI, server or test
+//! receiver dependency, which live in `triggers-sidecar`.
 
 use std::process::Command;
 
@@ -44,9 +45,34 @@ fn grpc_service_behind_a_feature() {
             .collect();
         assert!(tonic.is_empty(), "{package} depends on {tonic:?}");
     }
-    let runtime = normal_dependencies("triggers-runtime");
+    let sidecar = normal_dependencies("triggers-sidecar");
     assert!(
-        runtime.iter().any(|name| name == "tonic-prost"),
-        "{runtime:?}"
+        sidecar.iter().any(|name| name == "tonic-prost"),
+        "{sidecar:?}"
     );
+}
+
+/// Issue 14 (the library separated from the sidecar and tools): a reactor linking
+/// `triggers-runtime` compiles none of the sidecar's server, CLI or test dependencies.
+#[test]
+fn the_library_builds_without_cli_or_server_dependencies() {
+    let runtime = normal_dependencies("triggers-runtime");
+    // (anyhow, hyper-util and tower come in anyway, through prost-derive and reqwest.)
+    let sidecar_only = [
+        "axum",
+        "clap",
+        "prometheus-client",
+        "tonic",
+        "tonic-prost",
+        "tracing-subscriber",
+        "triggers-receiver",
+        "triggers-sidecar",
+    ];
+    let found: Vec<_> = runtime
+        .iter()
+        .filter(|name| sidecar_only.contains(&name.as_str()))
+        .collect();
+    assert!(found.is_empty(), "triggers-runtime depends on {found:?}");
+    let sidecar = normal_dependencies("triggers-sidecar");
+    assert!(sidecar.iter().any(|name| name == "clap"), "{sidecar:?}");
 }

@@ -1,6 +1,7 @@
-//! The trigger runtime of one shard: its RocksDB store, its commit / acknowledge /
-//! recover state machine, the gRPC sidecar that serves it to consumers in other
-//! languages, and a reference consumer.
+//! The trigger runtime of one shard, the library a reactor links: its RocksDB store and
+//! its commit / acknowledge / recover state machine. (The gRPC sidecar that serves it to
+//! consumers in other languages, the `triggers` tool, the reference consumer and the demo
+//! are the `triggers-sidecar` crate; this one builds without any of their dependencies.)
 //!
 //! A consumer opens a [`Shard`] over its store directory, resumes from the returned
 //! checkpoint, and for each transaction calls [`Shard::start_commit`] (checkpoint and
@@ -39,17 +40,11 @@
 //! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
 
 mod backlog;
-pub mod cli;
-pub mod consumer;
 pub mod crash;
-pub mod metrics;
 mod shard;
-pub mod sidecar;
-mod sidecar_access;
 mod stats;
 pub mod store;
 mod store_thread;
-mod unix_authority;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,

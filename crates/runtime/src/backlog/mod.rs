@@ -581,8 +581,10 @@ impl BacklogHandle {
     }
 
     /// Starts closing the backlog without the shard: ends its waiters at once (a
-    /// StartCommit waiting for room among them, which frees the shard for a close).
-    pub(crate) fn begin_close(&self) {
+    /// StartCommit waiting for room among them, which frees the shard for a close). A
+    /// host that shares the shard between tasks (the sidecar) calls it first, then
+    /// [`crate::Shard::close`]; the entries stay persisted.
+    pub fn begin_close(&self) {
         self.0.begin_close();
     }
 }

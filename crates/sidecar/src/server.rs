@@ -1,5 +1,5 @@
-//! The shard sidecar: serves one shard's lifecycle over gRPC to a consumer written in any
-//! language. It owns the shard's store and trigger config.
+//! The gRPC service and its client: one shard's lifecycle for a consumer written in any
+//! language. The sidecar owns the shard's store and trigger config.
 //!
 //! Acknowledged starts delivery in a task that holds the shard, so the next StartCommit
 //! waits for it (delivery before the next commit, as in the library), while the caller
@@ -12,16 +12,10 @@
 //! or a TCP socket on which every call must carry a [`BearerToken`]; [`connect`] sends
 //! one.
 
+use crate::access::RequireToken;
+use crate::access::{BearerToken, SendToken, TOKEN_ENV};
 use crate::metrics::Metrics;
-use crate::sidecar_access::RequireToken;
-pub use crate::sidecar_access::{
-    BearerToken, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, SendToken, TOKEN_ENV, TokenError,
-};
 use crate::unix_authority::AuthorityFix;
-use crate::{
-    BacklogError, BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError,
-    StoreError,
-};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,6 +38,10 @@ use triggers_proto::sidecar::{
     SkipDeliveryRequest, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
     TestFireRequest, TestFireResponse, TriggerOutcome, ValidateConfigRequest,
     ValidateConfigResponse, ValidationIssue,
+};
+use triggers_runtime::{
+    BacklogError, BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError,
+    StoreError,
 };
 
 /// How many finished deliveries AwaitDelivery can still be asked about.
@@ -80,12 +78,12 @@ pub struct SidecarConfig {
 
 impl SidecarConfig {
     /// A config for the shard at `store`, with the default shutdown grace
-    /// ([`crate::DEFAULT_SHUTDOWN_GRACE`]).
+    /// ([`triggers_runtime::DEFAULT_SHUTDOWN_GRACE`]).
     pub fn new(store: impl Into<PathBuf>, shard: ShardConfig) -> Self {
         Self {
             store: store.into(),
             shard,
-            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+            shutdown_grace: triggers_runtime::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -239,7 +237,7 @@ impl Sidecar {
     }
 
     /// The open shard's backlog state, read in place (no handle escapes the lock).
-    fn backlog_status(&self) -> Option<crate::BacklogStatus> {
+    fn backlog_status(&self) -> Option<triggers_runtime::BacklogStatus> {
         self.opened()
             .as_ref()
             .and_then(|o| o.backlog.as_ref().map(BacklogHandle::status))
@@ -740,7 +738,7 @@ fn validation_trigger(err: &ValidationError) -> i32 {
 
 fn delivery_outcome(
     delivery_id: u64,
-    result: Result<crate::Acknowledgement, ShardError>,
+    result: Result<triggers_runtime::Acknowledgement, ShardError>,
 ) -> DeliveryOutcome {
     match result {
         Ok(ack) => DeliveryOutcome {

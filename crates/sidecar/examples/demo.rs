@@ -3,18 +3,18 @@
 //! crash between StartCommit and Acknowledged. Prints what was delivered and a summary.
 //!
 //! Usage: `demo [--docs-per-txn K] [--store DIR]`. The sample documents and trigger
-//! config (crates/runtime/demo/) are compiled in.
+//! config (crates/sidecar/demo/) are compiled in.
 
 use anyhow::{Context as _, bail};
 use std::sync::Arc;
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{ConfigFormat, Materialization, RetryBackoff, validate};
-use triggers_runtime::consumer::{self, Driver, RunOptions, parse_documents};
 use triggers_runtime::{Durability, Shard, ShardConfig};
+use triggers_sidecar::consumer::{self, Driver, RunOptions, parse_documents};
 
-const DOCUMENTS: &str = include_str!("../../demo/documents.jsonl");
-const TRIGGERS: &str = include_str!("../../demo/triggers.yaml");
+const DOCUMENTS: &str = include_str!("../demo/documents.jsonl");
+const TRIGGERS: &str = include_str!("../demo/triggers.yaml");
 const COLLECTIONS: [&str; 3] = [
     "acmeCo/shop/orders",
     "acmeCo/shop/customers",
@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,triggers_runtime::consumer=info".into()),
+                .unwrap_or_else(|_| "warn,triggers_sidecar::consumer=info".into()),
         )
         .with_target(false)
         .without_time()

@@ -6,7 +6,6 @@
 //! shard's deliverer); gauges are read from the backlog when scraped. [`serve`] answers
 //! `GET /metrics` in the OpenMetrics text format.
 
-use crate::BacklogStatus;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
@@ -22,6 +21,7 @@ use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use triggers::{AttemptObserver, AttemptRecord};
+use triggers_runtime::BacklogStatus;
 
 /// Labels of one trigger.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -303,6 +303,43 @@ mod tests {
             text.contains("\ntriggers_backpressure_waits_total 5\n"),
             "{text}"
         );
+    }
+
+    /// Issue 13 (response policy): an attempt the receiver answered "already delivered"
+    /// is counted under its own outcome, with its status class, beside plain deliveries.
+    /// (The backlog test that makes a real 409 re-fire checks what the observer is told.)
+    #[test]
+    fn an_already_delivered_attempt_is_counted_under_its_own_outcome() {
+        let metrics = Metrics::new();
+        let attempt = |status, outcome| triggers::AttemptRecord {
+            trigger: 0,
+            number: 1,
+            reason: "recovery-refire",
+            at: std::time::SystemTime::UNIX_EPOCH,
+            latency: Duration::from_millis(3),
+            status: Some(status),
+            outcome,
+            error: None,
+            trace_id: triggers::TraceId::random(),
+            span_id: triggers::SpanId::random(),
+        };
+        metrics.attempt_finished(&attempt(409, triggers::AttemptOutcome::AlreadyDelivered));
+        metrics.attempt_finished(&attempt(200, triggers::AttemptOutcome::Delivered));
+        metrics.attempt_finished(&attempt(200, triggers::AttemptOutcome::Delivered));
+        let text = metrics.render(None);
+        let line = |outcome: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("triggers_delivery_attempts_total")
+                        && l.contains(&format!("outcome=\"{outcome}\""))
+                })
+                .unwrap_or_else(|| panic!("no {outcome} attempts counted: {text}"))
+                .to_string()
+        };
+        let already = line("already_delivered");
+        assert!(already.contains(r#"status_class="4xx""#), "{already}");
+        assert!(already.ends_with(" 1"), "{already}");
+        assert!(line("delivered").ends_with(" 2"), "{text}");
     }
 
     /// A server on 127.0.0.1 whose `render` blocks until released, telling when it started.

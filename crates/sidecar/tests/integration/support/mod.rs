@@ -6,8 +6,8 @@ pub mod airflow;
 use std::path::{Path, PathBuf};
 use triggers::{Clock, Materialization, Variables};
 use triggers_runtime::TransactionStats;
-use triggers_runtime::consumer::parse_documents;
-use triggers_runtime::sidecar::BearerToken;
+use triggers_sidecar::BearerToken;
+use triggers_sidecar::consumer::parse_documents;
 
 /// The bearer token test sidecars on TCP require.
 pub const TOKEN: &str = "test-token-5b0c1e2f9a8d7364";
@@ -29,9 +29,9 @@ pub fn token_file(dir: &Path) -> PathBuf {
 pub async fn open_and_acknowledge(
     address: &str,
     token: Option<&BearerToken>,
-) -> triggers_runtime::sidecar::Client {
+) -> triggers_sidecar::Client {
     use triggers_proto::sidecar::{AcknowledgedRequest, OpenRequest};
-    let mut client = triggers_runtime::sidecar::connect(address, token)
+    let mut client = triggers_sidecar::connect(address, token)
         .await
         .expect("connects");
     client.open(OpenRequest {}).await.expect("opens");
@@ -79,7 +79,7 @@ pub async fn start_sidecar(
             "--allow-loopback",
         ])
         .args(extra)
-        .env_remove(triggers_runtime::sidecar::TOKEN_ENV)
+        .env_remove(triggers_sidecar::TOKEN_ENV)
         .env_remove("SOPS_AGE_KEY_FILE")
         .env_remove("SOPS_AGE_KEY")
         .envs(env.iter().copied())

@@ -10,7 +10,7 @@
 //! and Airflow must hold exactly one run per committed transaction. Airflow 3 adds token
 //! authentication with JWTs that expire every few seconds.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -313,7 +313,7 @@ fn at_micros(at: &str, ceil: bool) -> String {
 /// The README's config for this Airflow (its "Real receivers" section), pointed at this
 /// instance and `dag`, with `timeoutSecs` added: the tests run what users copy.
 fn readme_config(airflow: &Airflow, dag: &str, timeout_secs: u64) -> String {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../../README.md");
     let heading = match airflow.version {
         Version::Two => "### Apache Airflow 2",
         Version::Three => "### Apache Airflow 3",

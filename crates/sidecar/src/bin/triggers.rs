@@ -10,13 +10,13 @@ use triggers::{
     config_schema, encrypt_config, is_sops_encrypted, load_config, validate_without_keys,
 };
 use triggers_proto::sidecar::{PreviewRequest, TestFireRequest};
-use triggers_runtime::cli::{
+use triggers_sidecar as sidecar;
+use triggers_sidecar::args::{
     NetworkArgs, TokenArgs, config_format, identities_for, init_tracing_at, load_triggers_with,
     read_config_text,
 };
-use triggers_runtime::sidecar;
 
-use triggers_runtime::sidecar::Client;
+use triggers_sidecar::Client;
 
 /// Checks and tries out trigger configs.
 ///
@@ -146,7 +146,7 @@ impl VariablesArgs {
             None => Ok(None),
             Some(arg) => match arg.strip_prefix('@') {
                 // Variables are no bigger than a config could make them.
-                Some(path) => triggers_runtime::cli::read_bounded(
+                Some(path) => triggers_sidecar::args::read_bounded(
                     std::path::Path::new(path),
                     triggers::MAX_CONFIG_BYTES,
                 )

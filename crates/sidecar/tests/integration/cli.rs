@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{AgeIdentity, ConfigFormat, Materialization, validate};
-use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 use triggers_runtime::{DeliveryMode, ShardConfig};
+use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
-mod support;
+use crate::support;
 
 /// Header value that must never appear in any output.
 const SECRET: &str = "Bearer hunter2";

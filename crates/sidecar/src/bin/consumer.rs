@@ -1,11 +1,11 @@
-//! `consumer`: the reference consumer (see `triggers_runtime::consumer`).
+//! `consumer`: the reference consumer (see `triggers_sidecar::consumer`).
 
 use clap::Parser;
 use std::path::PathBuf;
 use triggers_runtime::Shard;
-use triggers_runtime::cli::{DeliveryArg, NetworkArgs, ShardArgs, TokenArgs, init_tracing};
-use triggers_runtime::consumer::{self, Driver, read_documents};
-use triggers_runtime::sidecar;
+use triggers_sidecar as sidecar;
+use triggers_sidecar::args::{DeliveryArg, NetworkArgs, ShardArgs, TokenArgs, init_tracing};
+use triggers_sidecar::consumer::{self, Driver, read_documents};
 
 /// Reads JSON-lines documents (each with `_meta/uuid` and `collection`) and commits them
 /// to a shard in transactions of K, firing its triggers after each Acknowledged. Resumes
@@ -90,7 +90,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    triggers_runtime::cli::runtime()?.block_on(run())
+    triggers_sidecar::args::runtime()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {

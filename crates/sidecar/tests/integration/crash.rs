@@ -3,7 +3,7 @@
 //! and are restarted; a checker then verifies the at-least-once invariants against
 //! everything a real receiver on 127.0.0.1 recorded.
 
-mod support;
+use crate::support;
 
 use support::{Expected, Input};
 
@@ -16,9 +16,9 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use triggers::Clock;
 use triggers::receiver::{Receiver, Reply};
-use triggers_runtime::consumer::INPUT_JOURNAL;
 use triggers_runtime::crash::{CRASH_POINT_ENV, CRASH_POINT_REACHED};
 use triggers_runtime::{Durability, Store};
+use triggers_sidecar::consumer::INPUT_JOURNAL;
 
 const TRIGGER_PATHS: [&str; 2] = ["/a", "/b"];
 /// Longest a child may run before the test gives up on it.
@@ -835,7 +835,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
     // The next sidecar finds nothing left to re-fire.
     let mut sidecar = harness.sidecar(None);
     let address = sidecar_address(&mut sidecar).await;
-    let mut client = triggers_runtime::sidecar::connect(&address, None)
+    let mut client = triggers_sidecar::connect(&address, None)
         .await
         .expect("connects");
     let opened = client

@@ -12,12 +12,12 @@ use triggers_proto::sidecar::{
     StartCommitRequest, StatusRequest, TestFireRequest, ValidateConfigRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
-use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
+use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
-mod support;
+use crate::support;
 
-type Client = triggers_runtime::sidecar::Client;
+type Client = triggers_sidecar::Client;
 
 struct Running {
     client: Client,

@@ -7,8 +7,6 @@
 //! through, so after a restart it resumes exactly there and reproduces the same
 //! transactions. It is the demo's engine and the crash tests' driver.
 
-use crate::crash::crash_point;
-use crate::{Shard, TransactionStats};
 use std::collections::BTreeMap;
 use std::path::Path;
 use triggers::Clock;
@@ -16,6 +14,7 @@ use triggers_proto::sidecar::{
     AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, ProducerEntry};
+use triggers_runtime::{Shard, TransactionStats};
 
 /// The journal name under which the consumer checkpoints its input file.
 pub const INPUT_JOURNAL: &str = "input";
@@ -117,12 +116,16 @@ pub enum Driver {
         shard: Option<Box<Shard>>,
     },
     /// A sidecar, over gRPC.
-    Sidecar(crate::sidecar::Client),
+    Sidecar(crate::Client),
 }
 
 /// A future opening a shard, for [`Driver::Local`].
 pub type OpenShard = std::pin::Pin<
-    Box<dyn Future<Output = Result<(Shard, crate::Recovery), crate::ShardError>> + Send>,
+    Box<
+        dyn Future<
+                Output = Result<(Shard, triggers_runtime::Recovery), triggers_runtime::ShardError>,
+            > + Send,
+    >,
 >;
 
 /// What a run did.
@@ -149,7 +152,9 @@ impl Driver {
                 if let Some(previous) = shard.take() {
                     // Requests in flight finish first: cut off, they would be sent again
                     // while the receiver may still be handling the first one.
-                    previous.close_within(crate::DEFAULT_SHUTDOWN_GRACE).await;
+                    previous
+                        .close_within(triggers_runtime::DEFAULT_SHUTDOWN_GRACE)
+                        .await;
                 }
                 let (opened, recovery) = open().await?;
                 *shard = Some(Box::new(opened));
@@ -319,7 +324,8 @@ pub async fn run(
         let run_id = driver
             .start_commit(checkpoint.clone(), stats.take())
             .await?;
-        crash_point!("consumer.after_start_commit");
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("consumer.after_start_commit");
         summary.transactions += 1;
         summary.with_triggers += u64::from(run_id.is_some());
         summary.final_offset = end;

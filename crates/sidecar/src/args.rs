@@ -1,11 +1,7 @@
 //! Command-line arguments and file loading shared by the binaries: the sidecar, the
 //! reference consumer (in-process mode) and the `triggers` tool.
 
-use crate::sidecar::BearerToken;
-use crate::{
-    DEFAULT_BACKLOG_LIMIT, DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, DeliveryMode, Durability,
-    LedgerRetention, ShardConfig,
-};
+use crate::BearerToken;
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +9,10 @@ use std::time::Duration;
 use triggers::{
     AgeIdentity, ConfigFormat, Materialization, NetworkPolicy, RetryBackoff, Triggers,
     TriggersConfig, is_sops_encrypted, load_config,
+};
+use triggers_runtime::{
+    DEFAULT_BACKLOG_LIMIT, DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, DeliveryMode, Durability,
+    LedgerRetention, ShardConfig,
 };
 
 /// Which shard to run, and how.

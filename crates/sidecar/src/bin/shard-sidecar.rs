@@ -3,8 +3,8 @@
 use clap::Parser;
 use std::io::Write as _;
 use std::time::Duration;
-use triggers_runtime::cli::{ShardArgs, TokenArgs, init_tracing};
-use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
+use triggers_sidecar::args::{ShardArgs, TokenArgs, init_tracing};
+use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
 /// Runs one shard's trigger runtime beside a consumer, serving it over gRPC.
 ///
@@ -55,7 +55,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    triggers_runtime::cli::runtime()?.block_on(run())
+    triggers_sidecar::args::runtime()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
