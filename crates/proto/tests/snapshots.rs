@@ -304,3 +304,63 @@ fn trigger_params_tolerate_unknown_and_missing_fields() {
     let empty = TriggerParams::decode(&[][..]).expect("all fields optional");
     assert_eq!(empty.version, 0);
 }
+
+/// Issue 14 (enums instead of status strings): the sidecar's Status and TestFire answers
+/// carry enums. Their fields took new numbers and the old string ones are reserved, so
+/// an answer from a sidecar built before decodes here (the strings skipped as unknown
+/// fields), and a new answer's enums are the varints pinned below.
+#[test]
+fn sidecar_status_enums_bytes_and_old_string_answers() {
+    use triggers_proto::sidecar::{
+        AttemptOutcome, BacklogQueue, DeliveryMode, DrainMode, ShardPhase, StatusResponse,
+        TestFireResponse,
+    };
+    let status = StatusResponse {
+        open: true,
+        phase: ShardPhase::Backpressured.into(),
+        delivery_mode: DeliveryMode::Decoupled.into(),
+        backlog: vec![BacklogQueue {
+            trigger: 1,
+            drain: DrainMode::Coalesced.into(),
+            depth: 3,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(round_trip(&status), "0801520608011803480370067802");
+    let fired = TestFireResponse {
+        status: 409,
+        outcome: AttemptOutcome::AlreadyDelivered.into(),
+        ..Default::default()
+    };
+    assert_eq!(round_trip(&fired), "18990348 02".replace(' ', ""));
+
+    // As a sidecar built before the enums encoded them: phase (2) and delivery_mode (9)
+    // as strings, a queue's drain (2) as a string, test-fire's outcome (8) as a string.
+    let old_status = [
+        &[0x08, 0x01][..],
+        &[0x12, 4],
+        b"idle",
+        &[0x4a, 7],
+        b"waiting",
+        &[0x52, 11, 0x08, 0x01, 0x12, 7],
+        b"ordered",
+    ]
+    .concat();
+    let decoded = StatusResponse::decode(old_status.as_slice()).expect("decodes");
+    assert!(decoded.open);
+    assert_eq!(
+        decoded.phase(),
+        ShardPhase::Closed,
+        "the string is not misread"
+    );
+    assert_eq!(decoded.delivery_mode(), DeliveryMode::Unspecified);
+    assert_eq!(decoded.backlog[0].trigger, 1);
+    assert_eq!(decoded.backlog[0].drain(), DrainMode::Unspecified);
+    let old_fired = [&[0x18, 0x99, 0x03, 0x42, 9][..], b"delivered"].concat();
+    let decoded = TestFireResponse::decode(old_fired.as_slice()).expect("decodes");
+    assert_eq!(
+        (decoded.status, decoded.outcome()),
+        (409, AttemptOutcome::Unspecified)
+    );
+}

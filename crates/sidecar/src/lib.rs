@@ -17,6 +17,7 @@ pub mod consumer;
 mod metrics;
 mod server;
 mod unix_authority;
+pub mod wire;
 
 pub use access::{BearerToken, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, SendToken, TOKEN_ENV, TokenError};
 pub use server::{

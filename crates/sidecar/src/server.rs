@@ -16,6 +16,7 @@ use crate::access::RequireToken;
 use crate::access::{BearerToken, SendToken, TOKEN_ENV};
 use crate::metrics::Metrics;
 use crate::unix_authority::AuthorityFix;
+use crate::wire;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarSe
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
     AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
-    ListDeliveriesResponse, OpenRequest, OpenResponse, PreviewRequest, PreviewResponse,
+    ListDeliveriesResponse, OpenRequest, OpenResponse, PreviewRequest, PreviewResponse, ShardPhase,
     SkipDeliveryRequest, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
     TestFireRequest, TestFireResponse, TriggerOutcome, ValidateConfigRequest,
     ValidateConfigResponse, ValidationIssue,
@@ -458,28 +459,24 @@ impl ShardSidecar for Sidecar {
             Ok(guard) => match guard.as_ref() {
                 Some(shard) => (
                     true,
-                    shard.phase_name(),
+                    wire::shard_phase(shard.phase_name()),
                     shard.pending_flow_run_id().map(str::to_string),
                 ),
-                None => (false, "closed", None),
+                None => (false, ShardPhase::Closed, None),
             },
             // Held by a delivery, or a commit in progress (maybe waiting for backlog room).
-            Err(_) => (true, "delivering", None),
+            Err(_) => (true, ShardPhase::Delivering, None),
         };
         let backlog = self.backlog_status();
         let phase = match (phase, &backlog) {
-            ("delivering", Some(b)) if b.backpressured => "backpressured",
-            ("delivering", Some(_)) => "committing",
+            (ShardPhase::Delivering, Some(b)) if b.backpressured => ShardPhase::Backpressured,
+            (ShardPhase::Delivering, Some(_)) => ShardPhase::Committing,
             (phase, _) => phase,
         };
         let books = self.books();
         let last = books.last.clone().unwrap_or_default();
-        let mode = match self.inner.config.shard.delivery {
-            DeliveryMode::Waiting => "waiting",
-            DeliveryMode::Decoupled { .. } => "decoupled",
-        };
         Ok(Response::new(StatusResponse {
-            delivery_mode: mode.to_string(),
+            delivery_mode: wire::delivery_mode(&self.inner.config.shard.delivery).into(),
             backlog_limit: backlog.as_ref().map_or(0, |b| b.limit as u64),
             backpressured: backlog.as_ref().is_some_and(|b| b.backpressured),
             backpressure_waits: backlog.as_ref().map_or(0, |b| b.backpressure_waits),
@@ -488,7 +485,7 @@ impl ShardSidecar for Sidecar {
                 .flat_map(|b| &b.queues)
                 .map(|q| BacklogQueue {
                     trigger: q.trigger as u32,
-                    drain: q.drain.to_string(),
+                    drain: wire::drain_mode(q.drain).into(),
                     depth: q.depth as u64,
                     in_flight: q.in_flight as u64,
                     delivered: q.delivered,
@@ -498,8 +495,8 @@ impl ShardSidecar for Sidecar {
                 })
                 .collect(),
             open,
-            phase: phase.to_string(),
-            triggers_pending: pending_run_id.is_some() || phase == "delivering",
+            phase: phase.into(),
+            triggers_pending: pending_run_id.is_some() || phase == ShardPhase::Delivering,
             pending_flow_run_id: pending_run_id.unwrap_or_default(),
             last_outcomes: last.triggers,
             last_error: match (&last.error, backlog.and_then(|b| b.failure)) {
@@ -653,7 +650,7 @@ impl ShardSidecar for Sidecar {
                 .error
                 .map(|err| bounded(&err.to_string()))
                 .unwrap_or_default(),
-            outcome: report.outcome.as_str().to_string(),
+            outcome: wire::attempt_outcome(report.outcome).into(),
         }))
     }
 }

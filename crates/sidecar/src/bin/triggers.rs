@@ -9,7 +9,7 @@ use triggers::{
     AgeRecipient, Deliverer, PreviewVariables, RetryBackoff, SopsError, Triggers, ValidationErrors,
     config_schema, encrypt_config, is_sops_encrypted, load_config, validate_without_keys,
 };
-use triggers_proto::sidecar::{PreviewRequest, TestFireRequest};
+use triggers_proto::sidecar::{AttemptOutcome, PreviewRequest, TestFireRequest};
 use triggers_sidecar as sidecar;
 use triggers_sidecar::args::{
     NetworkArgs, TokenArgs, config_format, identities_for, init_tracing_at, load_triggers_with,
@@ -326,6 +326,7 @@ async fn test_fire(
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
+            let outcome = r.outcome();
             Fired {
                 trigger: format!("trigger {trigger} ({})", r.origin),
                 webhook_id: r.webhook_id,
@@ -334,7 +335,7 @@ async fn test_fire(
                 body: r.body_excerpt,
                 error: r.error,
                 accepted: r.accepted,
-                outcome: r.outcome,
+                outcome,
             }
         }
         None => {
@@ -351,7 +352,7 @@ async fn test_fire(
                 latency_ms: u64::try_from(r.latency.as_millis()).unwrap_or(u64::MAX),
                 body: r.body_excerpt,
                 accepted,
-                outcome: r.outcome.as_str().to_string(),
+                outcome: triggers_sidecar::wire::attempt_outcome(r.outcome),
                 error: r.error.map(|e| e.to_string()).unwrap_or_default(),
             }
         }
@@ -374,9 +375,8 @@ struct Fired {
     error: String,
     /// Delivery would count the answer as delivered (2xx or already delivered).
     accepted: bool,
-    /// What delivery would make of it: `delivered`, `already_delivered`, `retryable`
-    /// or `permanent`.
-    outcome: String,
+    /// What delivery would make of it.
+    outcome: AttemptOutcome,
 }
 
 impl Fired {
@@ -388,13 +388,20 @@ impl Fired {
         println!("{}", self.trigger);
         println!("webhook-id: {}", self.webhook_id);
         match self.status {
-            Some(status) if self.outcome == "already_delivered" => {
+            Some(status) if self.outcome == AttemptOutcome::AlreadyDelivered => {
                 println!("status: {status}: already delivered (the receiver has this webhook)")
             }
             Some(status) => println!("status: {status}"),
             None => println!("status: no answer: {}", self.error),
         }
-        println!("outcome: {}", self.outcome.replace('_', " "));
+        let outcome = match self.outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::AlreadyDelivered => "already delivered",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::Permanent => "permanent",
+            AttemptOutcome::Unspecified => "unknown (the sidecar did not say)",
+        };
+        println!("outcome: {outcome}");
         if self.status.is_some() && !self.error.is_empty() {
             println!("error: {}", self.error);
         }

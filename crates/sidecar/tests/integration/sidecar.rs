@@ -7,8 +7,9 @@ use tonic::Code;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
 use triggers_proto::sidecar::{
-    AcknowledgedRequest, AwaitDeliveryRequest, AwaitDrainedRequest, ConfigFormat as WireFormat,
-    DeliveryRef, ListDeliveriesRequest, OpenRequest, PreviewRequest, SkipDeliveryRequest,
+    AcknowledgedRequest, AttemptOutcome, AwaitDeliveryRequest, AwaitDrainedRequest,
+    ConfigFormat as WireFormat, DeliveryMode as WireDeliveryMode, DeliveryRef, DrainMode,
+    ListDeliveriesRequest, OpenRequest, PreviewRequest, ShardPhase, SkipDeliveryRequest,
     StartCommitRequest, StatusRequest, TestFireRequest, ValidateConfigRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
@@ -292,7 +293,7 @@ async fn the_whole_lifecycle_over_grpc() {
         .await
         .expect("status")
         .into_inner();
-    assert_eq!(status.phase, "idle");
+    assert_eq!(status.phase(), ShardPhase::Idle);
     assert!(!status.triggers_pending);
     assert_eq!((status.commits, status.deliveries), (1, 2));
     assert_eq!(status.last_outcomes.len(), 2);
@@ -360,7 +361,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
         .await
         .expect("status")
         .into_inner();
-    assert_eq!(status.phase, "failed");
+    assert_eq!(status.phase(), ShardPhase::Failed);
     assert!(
         status.last_error.contains("forbidden: bad key"),
         "{}",
@@ -494,14 +495,14 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let status = seen.expect("Status showed backpressure");
-    assert_eq!(status.delivery_mode, "decoupled");
+    assert_eq!(status.delivery_mode(), WireDeliveryMode::Decoupled);
     assert_eq!(status.backlog_limit, 2);
     assert_eq!(status.backlog.len(), 2);
     assert!(
         status
             .backlog
             .iter()
-            .any(|q| q.depth == 2 && q.drain == "ordered"),
+            .any(|q| q.depth == 2 && q.drain() == DrainMode::Ordered),
         "{status:?}"
     );
     commits.await.expect("commits finish");
@@ -745,7 +746,10 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         .await
         .expect("fires")
         .into_inner();
-    assert_eq!((fired.status, fired.accepted), (503, false));
+    assert_eq!(
+        (fired.status, fired.accepted, fired.outcome()),
+        (503, false, AttemptOutcome::Retryable)
+    );
     assert_eq!(fired.body_excerpt, "down");
     assert!(fired.error.is_empty(), "{}", fired.error);
     assert_eq!(receiver.requests().len(), 1);
@@ -782,7 +786,10 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
     .expect("does not wait for the delivery")
     .expect("fires")
     .into_inner();
-    assert_eq!((fired.status, fired.accepted), (200, true));
+    assert_eq!(
+        (fired.status, fired.accepted, fired.outcome()),
+        (200, true, AttemptOutcome::Delivered)
+    );
     tokio::time::timeout(
         Duration::from_secs(2),
         client.preview(PreviewRequest {
@@ -1054,7 +1061,7 @@ async fn an_open_dropped_mid_way_still_reopens_the_shard() {
             .await
             .expect("status")
             .into_inner();
-        if status.open && status.phase == "recovered" {
+        if status.open && status.phase() == ShardPhase::Recovered {
             reopened = true;
             break;
         }
