@@ -635,16 +635,15 @@ async fn metrics_are_scraped_over_http() {
         .await_drained(AwaitDrainedRequest {})
         .await
         .expect("drains");
-    // One more, held by /b for a while: it shows in the backlog gauges.
-    receiver.script("/b", [Reply::status(200).after(Duration::from_millis(800))]);
+    // One more, held by /b for a while: it shows in the backlog gauges. Scraped once /b
+    // holds it (its seventh request) and its pending age has grown past 0.1 s: polled,
+    // not slept, so a loaded machine only makes the wait longer.
+    receiver.script("/b", [Reply::status(200).after(Duration::from_secs(3))]);
     commit_and_acknowledge(&mut client, 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.wait_for(7, Duration::from_secs(10)).await.len(), 7);
 
     let http = reqwest::Client::new();
-    let response = http.get(&running.metrics).send().await.expect("scrapes");
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("body");
-    for line in [
+    let expected = [
         r#"triggers_delivery_attempts_total{trigger="0",outcome="retryable",status_class="5xx"} 1"#,
         r#"triggers_delivery_attempts_total{trigger="0",outcome="delivered",status_class="2xx"} 3"#,
         r#"triggers_delivery_attempts_total{trigger="1",outcome="delivered",status_class="2xx"} 2"#,
@@ -653,19 +652,29 @@ async fn metrics_are_scraped_over_http() {
         r#"triggers_backlog_depth{trigger="0"} 0"#,
         r#"triggers_backlog_depth{trigger="1"} 1"#,
         "triggers_backpressured 0",
-    ] {
+    ];
+    let pending_age = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(r#"triggers_oldest_pending_delivery_age_seconds{trigger="1"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let mut text = String::new();
+    for _ in 0..100 {
+        let response = http.get(&running.metrics).send().await.expect("scrapes");
+        assert_eq!(response.status(), 200);
+        text = response.text().await.expect("body");
+        let complete = expected.iter().all(|line| text.contains(line));
+        if complete && pending_age(&text).is_some_and(|age| age > 0.1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for line in expected {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
-    let age_line = text
-        .lines()
-        .find(|l| l.starts_with(r#"triggers_oldest_pending_delivery_age_seconds{trigger="1"}"#))
-        .expect("age of /b's pending delivery");
-    let age: f64 = age_line
-        .rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("a number");
-    assert!(age > 0.1 && age < 30.0, "{age_line}");
+    let age = pending_age(&text).expect("age of /b's pending delivery");
+    assert!(age > 0.1 && age < 30.0, "{age}: {text}");
     assert!(!text.contains("hunter2"));
     let missing = http
         .get(running.metrics.replace("/metrics", "/other"))
