@@ -1,10 +1,9 @@
 //! Named crash points, for the crash-recovery tests.
 //!
 //! With the `failpoints` feature, `crash_point!("name")` marks a place where a test may
-//! stop the process. A process started with `TRIGGERS_CRASH_POINT=name` (or `name@N` for
-//! the N-th time the point is reached) prints `CRASH_POINT_REACHED name` to stderr when it
-//! gets there and freezes; the test, reading stderr, then kills it with SIGKILL. Without
-//! the feature the macro compiles to nothing.
+//! stop the process (a `fail` failpoint of that name; the sidecar crate's binaries arm
+//! one from `TRIGGERS_CRASH_POINT`, print when they reach it and freeze until the test's
+//! SIGKILL). Without the feature the macro compiles to nothing.
 //!
 //! The points: `start_commit.before_write`, `start_commit.after_write` (durable, not yet
 //! replied), `consumer.after_start_commit` (before Acknowledged),
@@ -44,43 +43,3 @@ pub(crate) fn shard_point(point: &str, shard: &str) {
 /// Without the `failpoints` feature there are no per-shard points.
 #[cfg(not(feature = "failpoints"))]
 pub(crate) fn shard_point(_point: &str, _shard: &str) {}
-
-/// The environment variable naming the crash point to stop at.
-pub const CRASH_POINT_ENV: &str = "TRIGGERS_CRASH_POINT";
-/// What a process prints to stderr when it reaches its crash point.
-pub const CRASH_POINT_REACHED: &str = "CRASH_POINT_REACHED";
-
-/// Arms the crash point named by `TRIGGERS_CRASH_POINT`, if any. Binaries call this first.
-#[cfg(feature = "failpoints")]
-pub fn arm_from_env() {
-    use std::io::Write as _;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let Ok(spec) = std::env::var(CRASH_POINT_ENV) else {
-        return;
-    };
-    let (name, nth) = match spec.split_once('@') {
-        Some((name, nth)) => (name.to_string(), nth.parse::<usize>().unwrap_or(1)),
-        None => (spec.clone(), 1),
-    };
-    let reached = AtomicUsize::new(0);
-    let label = name.clone();
-    let armed = fail::cfg_callback(name, move || {
-        if reached.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-            let mut stderr = std::io::stderr();
-            let _ = writeln!(stderr, "{CRASH_POINT_REACHED} {label}");
-            let _ = stderr.flush();
-            // Freeze here until the test kills the process.
-            loop {
-                std::thread::park();
-            }
-        }
-    });
-    if let Err(err) = armed {
-        eprintln!("cannot arm crash point {spec:?}: {err}");
-    }
-}
-
-/// Without the `failpoints` feature there is nothing to arm.
-#[cfg(not(feature = "failpoints"))]
-pub fn arm_from_env() {}

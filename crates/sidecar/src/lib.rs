@@ -14,6 +14,7 @@
 mod access;
 pub mod args;
 pub mod consumer;
+pub mod crash;
 mod metrics;
 mod server;
 mod unix_authority;

@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    triggers_runtime::crash::arm_from_env();
+    triggers_sidecar::crash::arm_from_env();
     init_tracing();
     let args = Args::parse();
 

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    triggers_runtime::crash::arm_from_env();
+    triggers_sidecar::crash::arm_from_env();
     init_tracing();
     let args = Args::parse();
     let mut config = SidecarConfig::new(args.shard.store.clone(), args.shard.shard_config()?);

@@ -16,9 +16,9 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use triggers::Clock;
 use triggers::receiver::{Receiver, Reply};
-use triggers_runtime::crash::{CRASH_POINT_ENV, CRASH_POINT_REACHED};
 use triggers_runtime::{Durability, Store};
 use triggers_sidecar::consumer::INPUT_JOURNAL;
+use triggers_sidecar::crash::{CRASH_POINT_ENV, CRASH_POINT_REACHED};
 
 const TRIGGER_PATHS: [&str; 2] = ["/a", "/b"];
 /// Longest a child may run before the test gives up on it.
