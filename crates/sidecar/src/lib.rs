@@ -15,7 +15,7 @@ mod access;
 pub mod args;
 pub mod consumer;
 pub mod crash;
-mod metrics;
+pub mod metrics;
 mod server;
 mod unix_authority;
 pub mod wire;
