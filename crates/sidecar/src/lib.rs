@@ -6,6 +6,46 @@
 //! The state machine itself is `triggers-runtime`, which a reactor links without any of
 //! this crate's dependencies (gRPC server, clap, axum, prometheus-client).
 //!
+//! Serving one shard on a Unix socket (mode 0600, so no token) and calling it:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use triggers::{ConfigFormat, Materialization};
+//! use triggers_proto::sidecar::{OpenRequest, ShardPhase, StatusRequest};
+//! use triggers_runtime::ShardConfig;
+//! use triggers_sidecar::{Listener, Sidecar, SidecarConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let triggers = Arc::new(triggers::validate("config: []", ConfigFormat::Yaml)?);
+//! let materialization = Materialization {
+//!     name: "acmeCo/orders/warehouse".to_string(),
+//!     connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+//!     binding_collections: vec!["acmeCo/orders".to_string()],
+//! };
+//! let config = SidecarConfig::new(
+//!     dir.path().join("store"),
+//!     ShardConfig::new(materialization, triggers),
+//! );
+//! let address = format!("unix:{}", dir.path().join("sidecar.sock").display());
+//! let listener = Listener::bind(&address, None).await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(triggers_sidecar::run(Sidecar::new(config), listener, async {
+//!     let _ = stopped.await;
+//! }));
+//!
+//! let mut client = triggers_sidecar::connect(&address, None).await?;
+//! client.open(OpenRequest {}).await?;
+//! let status = client.status(StatusRequest {}).await?.into_inner();
+//! assert_eq!(status.phase(), ShardPhase::Recovered);
+//!
+//! let _ = stop.send(());
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Binaries: `shard-sidecar` (the sidecar), `triggers` (schema, validate, encrypt,
 //! preview, test-fire; locally or through a running sidecar), `consumer` (the reference
 //! consumer, in-process or through a sidecar: the demo's engine and the crash tests'
