@@ -114,10 +114,10 @@ async fn resets_slow_bodies_and_retry_after_are_retried() {
             // status decides (503: retry; 200: delivered), the body read is cut short.
             Reply::status(503)
                 .with_body("x".repeat(30))
-                .slow_body(Duration::from_millis(100)),
+                .slow_body(Duration::from_secs(1)),
             Reply::status(200)
                 .with_body("y".repeat(30))
-                .slow_body(Duration::from_millis(100)),
+                .slow_body(Duration::from_secs(1)),
         ],
     );
     let triggers = triggers(
@@ -131,8 +131,9 @@ async fn resets_slow_bodies_and_retry_after_are_retried() {
         .expect("the fourth attempt succeeds");
     assert_eq!(delivered[0].attempts, 4);
     assert!(
-        // About 2 s when cut at the 1 s timeouts; uncut, the two slow bodies take 6 s.
-        started.elapsed() < Duration::from_millis(4500),
+        // About 2 s when cut at the 1 s timeouts; uncut, the two slow bodies take 60 s.
+        // The bound is far from both, so a loaded machine does not fail it.
+        started.elapsed() < Duration::from_secs(20),
         "slow bodies are cut at the timeout: {:?}",
         started.elapsed()
     );
@@ -226,16 +227,14 @@ async fn an_attempt_past_its_timeout_is_abandoned_and_retried() {
         &receiver,
         &[("/slow", r#"{"timeoutSecs": 1, "maxRetries": 1}"#)],
     );
-    let started = std::time::Instant::now();
     let delivered = fast_deliverer()
         .deliver(&triggers, &variables())
         .await
         .expect("second attempt answers");
+    // Uncut, the first attempt would have delivered (its 200 comes after 3 s), so a
+    // second attempt is the proof that the timeout cut it: no wall-clock bound needed.
     assert_eq!(delivered[0].attempts, 2);
-    assert!(
-        started.elapsed() < Duration::from_millis(2900),
-        "the first attempt was cut off"
-    );
+    assert_eq!(receiver.requests().len(), 2);
 }
 
 #[tokio::test]
