@@ -44,6 +44,7 @@ pub mod consumer;
 pub mod crash;
 pub mod metrics;
 mod shard;
+mod shard_store;
 pub mod sidecar;
 mod sidecar_access;
 mod stats;

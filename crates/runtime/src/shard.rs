@@ -4,8 +4,9 @@ use crate::backlog::{
     Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, LedgerRetention,
 };
 use crate::crash::crash_point;
-use crate::store::{Durability, Store, StoreError};
-use crate::store_thread::{StoreTaskError, StoreThread};
+use crate::shard_store::ShardStore;
+use crate::store::{Durability, StoreError};
+use crate::store_thread::StoreTaskError;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,10 +223,21 @@ pub enum ShardError {
     /// Store work did not finish: it panicked, or its thread could not start or has
     /// stopped.
     #[error("store task did not complete: {0}")]
-    Blocking(#[from] StoreTaskError),
+    Blocking(#[source] StoreTaskError),
     /// The HTTP client could not be built (no TLS roots, say).
     #[error("cannot build the webhook HTTP client")]
     HttpClient(#[source] reqwest::Error),
+}
+
+impl From<StoreTaskError> for ShardError {
+    /// The store's own failure stays [`ShardError::Store`]; work that did not complete
+    /// is [`ShardError::Blocking`].
+    fn from(err: StoreTaskError) -> Self {
+        match err {
+            StoreTaskError::Store(err) => ShardError::Store(err),
+            other => ShardError::Blocking(other),
+        }
+    }
 }
 
 /// Where the shard is in its transaction lifecycle.
@@ -251,9 +263,8 @@ enum Phase {
 /// store a moment later, on the runtime's threads, and an immediate reopen would find it
 /// locked.
 pub struct Shard {
-    store: Arc<Store>,
-    /// Runs the store's blocking work, off the async executor.
-    thread: StoreThread,
+    /// The store, behind its thread.
+    store: ShardStore,
     materialization: Materialization,
     triggers: Arc<Triggers>,
     deliverer: Deliverer,
@@ -308,11 +319,10 @@ impl Shard {
             .iter()
             .map(|t| t.drain().coalesces())
             .collect();
-        let thread = StoreThread::start()?;
-        let recovered = thread
-            .run(move || {
-                let store = Store::open(&path, durability)?;
-                let checkpoint = store.checkpoint()?;
+        let store = ShardStore::open(path, durability).await?;
+        let checkpoint = store.checkpoint().await?;
+        let (commit_seq, params) = store
+            .run(move |store| {
                 let mut commit_seq = store.commit_seq()?;
                 let mut params = store.trigger_params()?;
                 if let (true, Some(legacy)) = (decoupled && triggers > 0, &mut params) {
@@ -326,30 +336,20 @@ impl Shard {
                     store.move_params_to_backlog(legacy, triggers)?;
                     params = None;
                 }
-                {
-                    // Either mode drains a backlog, so either resets what a stop interrupted.
-                    let reset = crate::backlog::reset_interrupted(&store)?;
-                    if reset > 0 {
-                        tracing::info!(
-                            reset,
-                            "deliveries interrupted by the last stop are pending again"
-                        );
-                    }
-                }
-                let backlog = crate::backlog::recover(&store, &coalesced)?;
-                let last_sent = (0..triggers)
-                    .map(|trigger| store.last_sent_ms(trigger))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, StoreError>(Recovered {
-                    store,
-                    checkpoint,
-                    commit_seq,
-                    params,
-                    backlog,
-                    last_sent,
-                })
+                Ok::<_, StoreError>((commit_seq, params))
             })
-            .await??;
+            .await?
+            .map_err(ShardError::Store)?;
+        // Either mode drains a backlog, so either resets what a stop interrupted.
+        let backlog = crate::backlog::recover(&store, coalesced).await?;
+        let last_sent = store.last_sent_ms(triggers).await?;
+        let recovered = Recovered {
+            checkpoint,
+            commit_seq,
+            params,
+            backlog,
+            last_sent,
+        };
 
         let pending = recovered.params.map(Variables::from_params).transpose()?;
         let mut entries = Vec::new();
@@ -387,7 +387,6 @@ impl Shard {
             deliverer = deliverer.with_observer(observer.clone());
         }
         let shard_label = path_label.clone();
-        let store = Arc::new(recovered.store);
         let backlog = match config.delivery {
             DeliveryMode::Decoupled { backlog_limit } => Some(backlog_limit),
             // A waiting shard drains a decoupled run's backlog once, at recovery.
@@ -398,7 +397,6 @@ impl Shard {
             Backlog::start(
                 BacklogSetup {
                     store: store.clone(),
-                    thread: thread.clone(),
                     triggers: config.triggers.clone(),
                     deliverer: deliverer.clone(),
                     limit,
@@ -412,7 +410,6 @@ impl Shard {
         let pending_now = pending.is_some() || backlog_len > 0;
         let shard = Shard {
             store,
-            thread,
             materialization: config.materialization,
             triggers: config.triggers,
             deliverer,
@@ -462,7 +459,7 @@ impl Shard {
     /// Cancel-safe: it only reads; a dropped wait leaves the shard as it was.
     pub async fn drained(&self) -> Result<(), ShardError> {
         match &self.backlog {
-            Some(backlog) => backlog.drained().await,
+            Some(backlog) => Ok(backlog.drained().await?),
             None => Ok(()),
         }
     }
@@ -491,7 +488,7 @@ impl Shard {
         }
         // Store work the stopped workers had queued still holds the store. The thread
         // runs work in order, so once this runs, all of that has finished and let go.
-        let _ = self.thread.run(|| ()).await;
+        self.store.settle().await;
     }
 
     /// Whether trigger variables are persisted and await delivery.
@@ -578,11 +575,8 @@ impl Shard {
             }
             _ => {
                 let params = variables.as_ref().map(Variables::to_params);
-                let store = self.store.clone();
                 crash_point!("start_commit.before_write");
-                self.thread
-                    .run(move || store.commit(&checkpoint, params.as_ref()))
-                    .await??;
+                self.store.commit(checkpoint, params).await?;
             }
         }
         crash_point!("start_commit.after_write");
@@ -635,12 +629,7 @@ impl Shard {
                 // Drained: nothing is in flight.
                 backlog.shutdown(Duration::ZERO).await;
             }
-            let store = self.store.clone();
-            let params_pending = self
-                .thread
-                .run(move || store.trigger_params())
-                .await??
-                .is_some();
+            let params_pending = self.store.trigger_params().await?.is_some();
             self.phase = Phase::Recovered {
                 pending: params_pending,
             };
@@ -664,8 +653,7 @@ impl Shard {
         self.phase = Phase::Failed;
 
         // Read back what StartCommit persisted: delivery uses exactly the durable copy.
-        let store = self.store.clone();
-        let params = self.thread.run(move || store.trigger_params()).await??;
+        let params = self.store.trigger_params().await?;
         let Some(params) = params else {
             // Unreachable unless the store was edited underneath us; nothing to send.
             tracing::warn!("trigger params expected but absent from the store");
@@ -690,10 +678,7 @@ impl Shard {
             })?;
 
         crash_point!("acknowledged.before_delete");
-        let store = self.store.clone();
-        self.thread
-            .run(move || store.clear_trigger_params())
-            .await??;
+        self.store.delete_delivered_params().await?;
         self.phase = Phase::Idle;
         self.pending_run_id = None;
         Ok(Acknowledgement {
@@ -706,7 +691,6 @@ impl Shard {
 
 /// What [`Shard::open`] read from the store, on its blocking thread.
 struct Recovered {
-    store: Store,
     checkpoint: Checkpoint,
     commit_seq: u64,
     params: Option<triggers_proto::TriggerParams>,
