@@ -40,9 +40,13 @@
 
 mod backlog;
 pub mod cli;
+mod config;
 pub mod consumer;
 pub mod crash;
+mod engine;
+mod error;
 pub mod metrics;
+mod migrations;
 mod shard;
 mod shard_store;
 pub mod sidecar;
@@ -56,10 +60,9 @@ pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
     DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus, state_name,
 };
-pub use shard::{
-    Acknowledgement, Commit, DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode,
-    ProtocolError, Recovery, Shard, ShardConfig, ShardError,
-};
+pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
+pub use error::{ProtocolError, ShardError};
+pub use shard::{Acknowledgement, Commit, Recovery, Shard};
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};
 pub use store_thread::StoreTaskError;

@@ -618,8 +618,6 @@ pub(crate) struct BacklogSetup {
     pub(crate) store: ShardStore,
     pub(crate) triggers: Arc<Triggers>,
     pub(crate) deliverer: Deliverer,
-    /// Entries a queue may hold before StartCommit waits.
-    pub(crate) limit: usize,
     pub(crate) retention: LedgerRetention,
     /// Names the shard in spans.
     pub(crate) shard: String,
@@ -641,9 +639,11 @@ impl Drop for Backlog {
 
 impl Backlog {
     /// Loads the recovered entries (from [`recover`]) and starts one worker per trigger.
-    /// Nothing is sent until [`Backlog::acknowledge`] covers it.
+    /// Nothing is sent until [`Backlog::acknowledge`] covers it. A queue holds up to
+    /// `limit` entries before StartCommit waits.
     pub(crate) fn start(
         setup: BacklogSetup,
+        limit: usize,
         recovered: Vec<(StoredEntry, Variables)>,
         last_sent_ms: Vec<Option<u64>>,
     ) -> Self {
@@ -651,7 +651,6 @@ impl Backlog {
             store,
             triggers,
             deliverer,
-            limit,
             retention,
             shard,
         } = setup;
@@ -776,7 +775,6 @@ impl Backlog {
     ) -> Result<(), StoreTaskError> {
         let shared = self.shared.clone();
         let variables = variables.cloned();
-        crash_point!("start_commit.before_write");
         let mut in_flight = CommitInFlight {
             shared: &self.shared,
             done: false,
