@@ -54,6 +54,9 @@ mod sidecar_access;
 mod stats;
 pub mod store;
 mod store_thread;
+#[cfg(feature = "__test-support")]
+#[doc(hidden)]
+pub mod test_support;
 mod unix_authority;
 
 pub use backlog::{
