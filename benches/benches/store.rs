@@ -5,6 +5,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::io::Write as _;
 use triggers_proto::Message as _;
+use triggers_runtime::test_support::RawStore as _;
 use triggers_runtime::{Durability, Store};
 
 fn start_commit(c: &mut Criterion) {
@@ -18,10 +19,14 @@ fn start_commit(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), durability).expect("opens");
         group.bench_function("checkpoint_only", |b| {
-            b.iter(|| store.commit(&checkpoint, None).expect("commits"))
+            b.iter(|| store.commit_unchecked(&checkpoint, None).expect("commits"))
         });
         group.bench_function("checkpoint_and_params", |b| {
-            b.iter(|| store.commit(&checkpoint, Some(&params)).expect("commits"))
+            b.iter(|| {
+                store
+                    .commit_unchecked(&checkpoint, Some(&params))
+                    .expect("commits")
+            })
         });
         if durability == Durability::Synced {
             // The floor: the same bytes appended to a plain file, then fdatasync.
@@ -56,7 +61,7 @@ fn paired(
     };
     let paired = benches::Paired::alternate(blocks, per_block, |with_params| {
         store
-            .commit(checkpoint, with_params.then_some(params))
+            .commit_unchecked(checkpoint, with_params.then_some(params))
             .expect("commits");
     });
     println!(
@@ -79,10 +84,10 @@ fn recovery(c: &mut Criterion) {
         let params = benches::params();
         for offset in 0..TRANSACTIONS {
             store
-                .commit(&benches::checkpoint(offset), Some(&params))
+                .commit_unchecked(&benches::checkpoint(offset), Some(&params))
                 .expect("commits");
             if offset + 1 < TRANSACTIONS {
-                store.clear_trigger_params().expect("clears");
+                store.clear_trigger_params_unchecked().expect("clears");
             }
         }
     }

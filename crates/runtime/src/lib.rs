@@ -40,20 +40,27 @@
 //! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
 
 mod backlog;
+mod config;
 pub mod crash;
+mod engine;
+mod error;
+mod migrations;
 mod shard;
+mod shard_store;
 mod stats;
 pub mod store;
 mod store_thread;
+#[cfg(feature = "__test-support")]
+#[doc(hidden)]
+pub mod test_support;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
     DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus, state_name,
 };
-pub use shard::{
-    Acknowledgement, Commit, DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode,
-    ProtocolError, Recovery, Shard, ShardConfig, ShardError,
-};
+pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
+pub use error::{ProtocolError, ShardError};
+pub use shard::{Acknowledgement, Commit, Recovery, Shard};
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};
 pub use store_thread::StoreTaskError;

@@ -1,134 +1,19 @@
-//! The commit / acknowledge / recover state machine of one shard.
+//! The commit / acknowledge / recover state machine of one shard: the protocol (which
+//! call may come when) and the phase; what a commit writes and how webhooks go out is
+//! its delivery engine's ([`crate::engine`]), and every layout migration is
+//! [`crate::migrations`]'.
 
-use crate::backlog::{
-    Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, LedgerRetention,
-};
+use crate::backlog::{BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::config::{DeliveryMode, ShardConfig};
 use crate::crash::crash_point;
-use crate::store::{Durability, Store, StoreError};
-use crate::store_thread::{StoreTaskError, StoreThread};
+use crate::engine::{Acknowledge, Engine};
+use crate::error::{ProtocolError, ShardError};
+use crate::shard_store::ShardStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument as _;
-use triggers::{
-    AttemptObserver, Delivered, Deliverer, DeliveryError, Materialization, NetworkPolicy,
-    ParamsError, RetryBackoff, SendReason, Triggers, Variables, VariablesError,
-};
+use triggers::{Delivered, Deliverer, Materialization, Triggers, Variables};
 use triggers_proto::{BindingStats, Checkpoint};
-
-/// What a shard needs besides its store directory.
-///
-/// Built with [`ShardConfig::new`] and the `with_` methods (fields may grow, so it is not
-/// built from a struct literal outside this crate); its fields stay readable.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct ShardConfig {
-    /// The materialization the shard belongs to.
-    pub materialization: Materialization,
-    /// Its validated triggers; empty means nothing is persisted or delivered.
-    pub triggers: Arc<Triggers>,
-    /// How StartCommit makes its write durable.
-    pub durability: Durability,
-    /// Delays between delivery attempts.
-    pub backoff: RetryBackoff,
-    /// Which non-public destinations webhooks may reach ([`NetworkPolicy::PUBLIC_ONLY`] in
-    /// production; tests and demos allow loopback).
-    pub network: NetworkPolicy,
-    /// Whether commits wait for webhooks or a persisted backlog decouples them.
-    pub delivery: DeliveryMode,
-    /// How long finished deliveries stay in the ledger (decoupled delivery).
-    pub ledger: LedgerRetention,
-    /// Told of every webhook attempt (metrics, say); `None` for nothing.
-    pub attempt_observer: Option<Arc<dyn AttemptObserver>>,
-}
-
-impl ShardConfig {
-    /// A shard of `materialization` firing `triggers`, with the production defaults:
-    /// synced commits ([`Durability::Synced`]), the default [`RetryBackoff`], public
-    /// destinations only ([`NetworkPolicy::PUBLIC_ONLY`]), decoupled delivery with a
-    /// backlog of [`DEFAULT_BACKLOG_LIMIT`] entries per trigger, the default ledger
-    /// retention, and no attempt observer.
-    pub fn new(materialization: Materialization, triggers: Arc<Triggers>) -> Self {
-        Self {
-            materialization,
-            triggers,
-            durability: Durability::Synced,
-            backoff: RetryBackoff::default(),
-            network: NetworkPolicy::PUBLIC_ONLY,
-            delivery: DeliveryMode::default(),
-            ledger: LedgerRetention::default(),
-            attempt_observer: None,
-        }
-    }
-
-    /// The same, making StartCommit's write durable as `durability` says.
-    pub fn with_durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// The same, with `backoff` between delivery attempts.
-    pub fn with_backoff(mut self, backoff: RetryBackoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// The same, letting webhooks reach what `network` allows.
-    pub fn with_network(mut self, network: NetworkPolicy) -> Self {
-        self.network = network;
-        self
-    }
-
-    /// The same, delivering as `delivery` says.
-    pub fn with_delivery(mut self, delivery: DeliveryMode) -> Self {
-        self.delivery = delivery;
-        self
-    }
-
-    /// The same, keeping finished deliveries as `ledger` says.
-    pub fn with_ledger(mut self, ledger: LedgerRetention) -> Self {
-        self.ledger = ledger;
-        self
-    }
-
-    /// The same, telling `observer` of every webhook attempt.
-    pub fn with_attempt_observer(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
-        self.attempt_observer = Some(observer);
-        self
-    }
-}
-
-/// How long a planned close lets webhook requests in flight finish by default
-/// ([`Shard::close_within`]; the sidecar's `--shutdown-grace`).
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Default [`DeliveryMode::Decoupled`] backlog limit, in entries per trigger.
-pub const DEFAULT_BACKLOG_LIMIT: usize = 1000;
-
-/// How webhooks relate to the transaction pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryMode {
-    /// Acknowledged delivers the transaction's webhooks and returns when all are
-    /// accepted, so the next transaction waits on the slowest endpoint. One persisted key
-    /// (`trigger-params`). The reference design.
-    Waiting,
-    /// Acknowledged hands the transaction's webhooks to a persisted per-trigger backlog,
-    /// written in StartCommit's WriteBatch, that workers drain as each trigger's `drain`
-    /// mode says; commits go on. StartCommit waits only when a backlog holds
-    /// `backlog_limit` entries (backpressure). The default.
-    Decoupled {
-        /// Entries a trigger's backlog may hold before StartCommit waits (at least 1).
-        backlog_limit: usize,
-    },
-}
-
-impl Default for DeliveryMode {
-    fn default() -> Self {
-        DeliveryMode::Decoupled {
-            backlog_limit: DEFAULT_BACKLOG_LIMIT,
-        }
-    }
-}
 
 /// What [`Shard::open`] recovered.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,70 +49,6 @@ pub struct Acknowledgement {
     pub queued: Option<usize>,
 }
 
-/// A call that the shard's current state does not allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    /// Acknowledged arrived, but no StartCommit (or recovery) awaits it.
-    #[error("Acknowledged without a preceding StartCommit")]
-    AcknowledgedWithoutCommit,
-    /// StartCommit arrived while the previous commit awaits its Acknowledged.
-    #[error("StartCommit while the previous commit is not yet acknowledged")]
-    CommitBeforeAcknowledged,
-    /// StartCommit arrived before the recovered checkpoint was acknowledged. Refused
-    /// whether or not anything is pending, so a caller that skips the recovered
-    /// Acknowledged learns it on its first run, not on the run after a crash (where the
-    /// commit would overwrite the recovered trigger variables).
-    #[error(
-        "StartCommit before the recovered checkpoint was acknowledged: call Acknowledged \
-         once after Open (it delivers any triggers a crash left pending)"
-    )]
-    CommitBeforeRecoveryAcknowledged,
-    /// An earlier failure left the shard unusable; reopen it.
-    #[error("the shard failed earlier and must be reopened")]
-    Failed,
-}
-
-/// Why a shard operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ShardError {
-    /// The call is not allowed in the shard's current state.
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The transaction's stats are invalid; nothing was written.
-    #[error("invalid transaction stats: {0}")]
-    Stats(#[from] VariablesError),
-    /// Persisted trigger variables cannot be read back.
-    #[error("stored trigger params cannot be used: {0}")]
-    Params(#[from] ParamsError),
-    /// Webhooks failed for good. Their variables stay persisted and fire again on the
-    /// next start, with the config current then.
-    #[error(
-        "delivering the triggers of transaction {flow_run_id} failed; its trigger params \
-         stay in the store and fire again when the shard restarts: {source}"
-    )]
-    Delivery {
-        /// The transaction.
-        flow_run_id: String,
-        /// Which triggers failed, and why.
-        #[source]
-        source: DeliveryError,
-    },
-    /// Decoupled delivery stopped: a webhook failed for good (naming the trigger, its
-    /// status and the backlog depth), or a delivered entry could not be deleted.
-    #[error(transparent)]
-    Backlog(#[from] BacklogError),
-    /// Store work did not finish: it panicked, or its thread could not start or has
-    /// stopped.
-    #[error("store task did not complete: {0}")]
-    Blocking(#[from] StoreTaskError),
-    /// The HTTP client could not be built (no TLS roots, say).
-    #[error("cannot build the webhook HTTP client")]
-    HttpClient(#[source] reqwest::Error),
-}
-
 /// Where the shard is in its transaction lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -251,25 +72,19 @@ enum Phase {
 /// store a moment later, on the runtime's threads, and an immediate reopen would find it
 /// locked.
 pub struct Shard {
-    store: Arc<Store>,
-    /// Runs the store's blocking work, off the async executor.
-    thread: StoreThread,
+    /// The store, behind its thread.
+    store: ShardStore,
     materialization: Materialization,
     triggers: Arc<Triggers>,
-    deliverer: Deliverer,
+    /// Writes the commit and delivers, as the delivery mode says.
+    engine: Engine,
     phase: Phase,
     /// flow_run_id of the persisted, undelivered trigger params, if any.
     pending_run_id: Option<String>,
-    mode: DeliveryMode,
-    /// Decoupled delivery's engine; in waiting delivery, only while a backlog left by a
-    /// decoupled run drains at the recovered Acknowledged.
-    backlog: Option<Backlog>,
     /// The next commit sequence number to hand out.
     next_seq: u64,
-    /// Variables of the commit awaiting Acknowledged (decoupled delivery).
+    /// Variables of the commit awaiting Acknowledged.
     committed: Option<Variables>,
-    /// Names the shard in delivery spans: its store directory.
-    label: String,
 }
 
 impl std::fmt::Debug for Shard {
@@ -299,61 +114,22 @@ impl Shard {
         config: ShardConfig,
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
-        let path_label = path.display().to_string();
-        let durability = config.durability;
-        let decoupled = matches!(config.delivery, DeliveryMode::Decoupled { .. });
+        let label = path.display().to_string();
         let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
         let coalesced: Vec<bool> = config
             .triggers
             .iter()
             .map(|t| t.drain().coalesces())
             .collect();
-        let thread = StoreThread::start()?;
-        let recovered = thread
-            .run(move || {
-                let store = Store::open(&path, durability)?;
-                let checkpoint = store.checkpoint()?;
-                let mut commit_seq = store.commit_seq()?;
-                let mut params = store.trigger_params()?;
-                if let (true, Some(legacy)) = (decoupled && triggers > 0, &mut params) {
-                    // Waiting delivery's single key becomes one entry per trigger, numbered if
-                    // a version-1 store did not number it.
-                    if legacy.last_commit_seq == 0 {
-                        commit_seq += 1;
-                        legacy.first_commit_seq = commit_seq;
-                        legacy.last_commit_seq = commit_seq;
-                    }
-                    store.move_params_to_backlog(legacy, triggers)?;
-                    params = None;
-                }
-                {
-                    // Either mode drains a backlog, so either resets what a stop interrupted.
-                    let reset = crate::backlog::reset_interrupted(&store)?;
-                    if reset > 0 {
-                        tracing::info!(
-                            reset,
-                            "deliveries interrupted by the last stop are pending again"
-                        );
-                    }
-                }
-                let backlog = crate::backlog::recover(&store, &coalesced)?;
-                let last_sent = (0..triggers)
-                    .map(|trigger| store.last_sent_ms(trigger))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, StoreError>(Recovered {
-                    store,
-                    checkpoint,
-                    commit_seq,
-                    params,
-                    backlog,
-                    last_sent,
-                })
-            })
-            .await??;
+        let store = ShardStore::open(path, config.durability).await?;
+        let checkpoint = store.checkpoint().await?;
+        let layout = crate::migrations::on_open(&store, config.delivery, triggers).await?;
+        let backlog = crate::backlog::recover(&store, coalesced).await?;
+        let last_sent = store.last_sent_ms(triggers).await?;
 
-        let pending = recovered.params.map(Variables::from_params).transpose()?;
+        let pending = layout.params.map(Variables::from_params).transpose()?;
         let mut entries = Vec::new();
-        for entry in recovered.backlog {
+        for entry in backlog {
             if entry.trigger >= triggers {
                 tracing::warn!(
                     trigger = entry.trigger,
@@ -386,53 +162,33 @@ impl Shard {
         if let Some(observer) = &config.attempt_observer {
             deliverer = deliverer.with_observer(observer.clone());
         }
-        let shard_label = path_label.clone();
-        let store = Arc::new(recovered.store);
-        let backlog = match config.delivery {
-            DeliveryMode::Decoupled { backlog_limit } => Some(backlog_limit),
-            // A waiting shard drains a decoupled run's backlog once, at recovery.
-            DeliveryMode::Waiting if backlog_len > 0 => Some(usize::MAX),
-            DeliveryMode::Waiting => None,
-        }
-        .map(|limit| {
-            Backlog::start(
-                BacklogSetup {
-                    store: store.clone(),
-                    thread: thread.clone(),
-                    triggers: config.triggers.clone(),
-                    deliverer: deliverer.clone(),
-                    limit,
-                    retention: config.ledger,
-                    shard: shard_label.clone(),
-                },
-                entries,
-                recovered.last_sent,
-            )
-        });
-        let pending_now = pending.is_some() || backlog_len > 0;
+        let setup = BacklogSetup {
+            store: store.clone(),
+            triggers: config.triggers.clone(),
+            deliverer,
+            retention: config.ledger,
+            shard: label,
+        };
+        let engine = Engine::start(config.delivery, setup, entries, last_sent);
         let shard = Shard {
             store,
-            thread,
             materialization: config.materialization,
             triggers: config.triggers,
-            deliverer,
+            engine,
             phase: Phase::Recovered {
-                pending: pending_now,
+                pending: pending.is_some() || backlog_len > 0,
             },
             pending_run_id: pending
                 .as_ref()
                 .or(first_backlogged.as_ref())
                 .map(|v| v.flow_run_id.clone()),
-            mode: config.delivery,
-            backlog,
-            next_seq: recovered.commit_seq + 1,
+            next_seq: layout.commit_seq + 1,
             committed: None,
-            label: shard_label,
         };
         Ok((
             shard,
             Recovery {
-                checkpoint: recovered.checkpoint,
+                checkpoint,
                 pending: pending.or(first_backlogged),
                 backlog: backlog_len,
             },
@@ -441,18 +197,18 @@ impl Shard {
 
     /// The delivery mode the shard runs in.
     pub fn delivery_mode(&self) -> DeliveryMode {
-        self.mode
+        self.engine.mode()
     }
 
     /// The backlog's state (decoupled delivery), for status reports.
     pub fn backlog_status(&self) -> Option<BacklogStatus> {
-        self.backlog.as_ref().map(|b| b.handle().status())
+        self.engine.status()
     }
 
     /// A handle that reports the backlog's state without borrowing the shard, so status
     /// can be read while a StartCommit waits for room.
     pub fn backlog_handle(&self) -> Option<BacklogHandle> {
-        self.backlog.as_ref().map(Backlog::handle)
+        self.engine.handle()
     }
 
     /// Waits until every acknowledged webhook is delivered (decoupled delivery; returns
@@ -461,10 +217,7 @@ impl Shard {
     ///
     /// Cancel-safe: it only reads; a dropped wait leaves the shard as it was.
     pub async fn drained(&self) -> Result<(), ShardError> {
-        match &self.backlog {
-            Some(backlog) => backlog.drained().await,
-            None => Ok(()),
-        }
+        Ok(self.engine.drained().await?)
     }
 
     /// Stops delivery workers and closes the store, so it can be reopened at once.
@@ -485,21 +238,17 @@ impl Shard {
     /// Cancel safety: nothing is lost, but a dropped close no longer bounds the wait: the
     /// workers finish their requests in flight in the background (none new start) and
     /// only then let go of the store, so a reopen before that finds it locked.
-    pub async fn close_within(mut self, grace: Duration) {
-        if let Some(backlog) = self.backlog.take() {
-            backlog.shutdown(grace).await;
-        }
+    pub async fn close_within(self, grace: Duration) {
+        let Shard { store, engine, .. } = self;
+        engine.close(grace).await;
         // Store work the stopped workers had queued still holds the store. The thread
-        // runs work in order, so once this runs, all of that has finished and let go.
-        let _ = self.thread.run(|| ()).await;
+        // runs work in order, so once this returns, all of that has finished and let go.
+        store.settle().await;
     }
 
     /// Whether trigger variables are persisted and await delivery.
     pub fn has_pending_triggers(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Recovered { pending: true } | Phase::Committed { params: true }
-        ) || self.backlog.as_ref().is_some_and(|b| b.depth() > 0)
+        self.phase.pending() || self.engine.queued() > 0
     }
 
     /// The flow_run_id of persisted trigger params awaiting delivery, if any.
@@ -529,7 +278,7 @@ impl Shard {
 
     /// StartCommit: writes the checkpoint and, if the transaction read documents and
     /// triggers are configured, its trigger variables, in one WriteBatch. Returns once
-    /// the write is durable (per the configured [`Durability`]).
+    /// the write is durable (per the configured [`crate::Durability`]).
     ///
     /// Cancel safety: dropped while it waits for backlog room (backpressure), it leaves
     /// the shard as it was, to take the same transaction again. Dropped during its store
@@ -552,7 +301,7 @@ impl Shard {
 
         // A stopped backlog refuses commits until an operator retries or skips the
         // failed delivery (or the shard is reopened); the shard itself is intact.
-        if let Some(failure) = self.backlog.as_ref().and_then(Backlog::failure) {
+        if let Some(failure) = self.engine.failure() {
             return Err(failure.into());
         }
 
@@ -564,27 +313,14 @@ impl Shard {
                 .map(|v| v.with_commit_seq(self.next_seq))
         };
 
-        if let (DeliveryMode::Decoupled { .. }, Some(backlog), Some(_)) =
-            (&self.mode, &self.backlog, &variables)
-        {
-            backlog.wait_for_room().await?;
-        }
+        self.engine.wait_for_room(variables.as_ref()).await?;
 
         // Until the write is known to have landed (or not), the store's state is unknown.
         self.phase = Phase::Failed;
-        match (&self.mode, &self.backlog) {
-            (DeliveryMode::Decoupled { .. }, Some(backlog)) => {
-                backlog.commit(checkpoint, variables.as_ref()).await?;
-            }
-            _ => {
-                let params = variables.as_ref().map(Variables::to_params);
-                let store = self.store.clone();
-                crash_point!("start_commit.before_write");
-                self.thread
-                    .run(move || store.commit(&checkpoint, params.as_ref()))
-                    .await??;
-            }
-        }
+        crash_point!("start_commit.before_write");
+        self.engine
+            .start_commit(checkpoint, variables.as_ref())
+            .await?;
         crash_point!("start_commit.after_write");
         if variables.is_some() {
             self.next_seq += 1;
@@ -610,106 +346,33 @@ impl Shard {
     /// fire again.
     pub async fn acknowledged(&mut self) -> Result<Acknowledgement, ShardError> {
         self.check_acknowledge()?;
-        if let Some(backlog) = &self.backlog {
-            if let Some(failure) = backlog.failure() {
-                return Err(failure.into());
-            }
-            let newest = match self.phase {
-                Phase::Recovered { .. } => backlog.newest_seq(),
-                _ => self.committed.as_ref().map_or(0, |v| v.last_commit_seq),
-            };
-            backlog.acknowledge(newest);
-            if let DeliveryMode::Decoupled { .. } = self.mode {
-                self.phase = Phase::Idle;
-                self.pending_run_id = None;
-                return Ok(Acknowledgement {
-                    variables: self.committed.take(),
-                    delivered: Vec::new(),
-                    queued: Some(backlog.depth()),
-                });
-            }
-            // Waiting delivery drains a backlog a decoupled run left, then goes on as usual.
-            self.phase = Phase::Failed;
-            backlog.drained().await?;
-            if let Some(backlog) = self.backlog.take() {
-                // Drained: nothing is in flight.
-                backlog.shutdown(Duration::ZERO).await;
-            }
-            let store = self.store.clone();
-            let params_pending = self
-                .thread
-                .run(move || store.trigger_params())
-                .await??
-                .is_some();
-            self.phase = Phase::Recovered {
-                pending: params_pending,
-            };
+        if let Some(failure) = self.engine.failure() {
+            return Err(failure.into());
         }
-        let pending = self.has_pending_triggers();
-        // Recovered params may have been delivered before the crash: say so to receivers.
-        let reason = if matches!(self.phase, Phase::Recovered { .. }) {
-            SendReason::RecoveryRefire
-        } else {
-            SendReason::FirstSend
+        let ack = Acknowledge {
+            recovered: matches!(self.phase, Phase::Recovered { .. }),
+            pending: self.phase.pending(),
+            committed: self.committed.take(),
         };
-        if !pending {
-            self.phase = Phase::Idle;
-            self.pending_run_id = None;
-            return Ok(Acknowledgement {
-                variables: None,
-                delivered: Vec::new(),
-                queued: None,
-            });
-        }
+        // Until delivery is done, the shard must be reopened if it stops halfway.
         self.phase = Phase::Failed;
-
-        // Read back what StartCommit persisted: delivery uses exactly the durable copy.
-        let store = self.store.clone();
-        let params = self.thread.run(move || store.trigger_params()).await??;
-        let Some(params) = params else {
-            // Unreachable unless the store was edited underneath us; nothing to send.
-            tracing::warn!("trigger params expected but absent from the store");
-            self.phase = Phase::Idle;
-            self.pending_run_id = None;
-            return Ok(Acknowledgement {
-                variables: None,
-                delivered: Vec::new(),
-                queued: None,
-            });
-        };
-        let variables = Variables::from_params(params)?;
-
-        let delivered = self
-            .deliverer
-            .deliver_with_reason(&self.triggers, &variables, reason)
-            .instrument(tracing::warn_span!("shard", shard = %self.label))
-            .await
-            .map_err(|source| ShardError::Delivery {
-                flow_run_id: variables.flow_run_id.clone(),
-                source,
-            })?;
-
-        crash_point!("acknowledged.before_delete");
-        let store = self.store.clone();
-        self.thread
-            .run(move || store.clear_trigger_params())
-            .await??;
+        let acked = self.engine.acknowledged(ack).await?;
         self.phase = Phase::Idle;
         self.pending_run_id = None;
         Ok(Acknowledgement {
-            variables: Some(variables),
-            delivered,
-            queued: None,
+            variables: acked.variables,
+            delivered: acked.delivered,
+            queued: acked.queued,
         })
     }
 }
 
-/// What [`Shard::open`] read from the store, on its blocking thread.
-struct Recovered {
-    store: Store,
-    checkpoint: Checkpoint,
-    commit_seq: u64,
-    params: Option<triggers_proto::TriggerParams>,
-    backlog: Vec<crate::store::StoredEntry>,
-    last_sent: Vec<Option<u64>>,
+impl Phase {
+    /// Whether the phase says trigger variables are persisted and await delivery.
+    fn pending(self) -> bool {
+        matches!(
+            self,
+            Phase::Recovered { pending: true } | Phase::Committed { params: true }
+        )
+    }
 }

@@ -14,8 +14,11 @@
 //!   so a coalesced trigger's minimum interval survives restarts.
 //! - `commit-seq`: the last commit sequence number given to a transaction's variables.
 //!
-//! Calls block on disk I/O; async callers run them on a blocking thread (see
-//! [`crate::Shard`]).
+//! Calls block on disk I/O; the runtime makes them on the shard's store thread, through
+//! its async facade (`shard_store.rs`). Hosts get [`Store::open`] and the readers, to
+//! inspect a closed shard's store; the writers are the runtime's own, as they bypass the
+//! state machine (tests and benches reach them through the unstable
+//! [`crate::test_support`] feature).
 
 use prost::Message as _;
 use rocksdb::{
@@ -132,6 +135,18 @@ fn is_lock_held(err: &rocksdb::Error) -> bool {
 }
 
 /// A shard's store, open for reading and writing.
+///
+/// Hosts read it; only the runtime writes it, through the state machine. Its raw writers
+/// are not public (narrow public surface):
+///
+/// ```compile_fail
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = triggers_runtime::Store::open(dir.path(), triggers_runtime::Durability::Synced)?;
+/// store.clear_trigger_params()?; // private: it would bypass the state machine
+/// # Ok(())
+/// # }
+/// ```
 pub struct Store {
     db: DB,
     path: PathBuf,
@@ -207,7 +222,7 @@ impl Store {
     /// StartCommit's write in waiting delivery: the checkpoint and, when given, the
     /// trigger variables (and their commit sequence number, when they have one), in one
     /// atomic WriteBatch with the store's durability.
-    pub fn commit(
+    pub(crate) fn commit(
         &self,
         checkpoint: &Checkpoint,
         params: Option<&TriggerParams>,
@@ -226,7 +241,7 @@ impl Store {
     /// StartCommit's write in decoupled delivery: the checkpoint, the transaction's commit
     /// sequence number, and each trigger's new or merged backlog entry, in one atomic
     /// WriteBatch with the store's durability.
-    pub fn commit_backlog(
+    pub(crate) fn commit_backlog(
         &self,
         checkpoint: &Checkpoint,
         commit_seq: Option<u64>,
@@ -300,7 +315,7 @@ impl Store {
     ///
     /// Not synced, like [`Store::clear_trigger_params`]: a deletion lost to a power cut
     /// re-sends the webhook, which at-least-once allows.
-    pub fn write_delivery(
+    pub(crate) fn write_delivery(
         &self,
         record: &DeliveryRecord,
         delete_entry: bool,
@@ -353,7 +368,7 @@ impl Store {
     /// one WriteBatch with the store's durability: `merged` is written under its key and
     /// the entries under `absorbed` are deleted. A crash keeps either the old entries or
     /// the merged one.
-    pub fn merge_backlog_entries(
+    pub(crate) fn merge_backlog_entries(
         &self,
         merged: &BacklogWrite,
         absorbed: &[u64],
@@ -423,7 +438,7 @@ impl Store {
     }
 
     /// Deletes ledger records (retention), in one unsynced WriteBatch.
-    pub fn delete_deliveries(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+    pub(crate) fn delete_deliveries(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (trigger, key_seq) in keys {
             batch.delete(ledger_key(*trigger, *key_seq));
@@ -453,7 +468,7 @@ impl Store {
     /// Moves waiting delivery's pending `trigger-params` into the backlog, one entry per
     /// trigger, in one synced WriteBatch: how a store written by the single-key layout
     /// is opened for decoupled delivery without losing or repeating a transaction.
-    pub fn move_params_to_backlog(
+    pub(crate) fn move_params_to_backlog(
         &self,
         params: &TriggerParams,
         triggers: u32,
@@ -496,7 +511,7 @@ impl Store {
     ///
     /// Not synced: if the deletion is lost to a crash, the webhooks fire once more,
     /// which at-least-once allows; the next synced commit makes it durable anyway.
-    pub fn clear_trigger_params(&self) -> Result<(), StoreError> {
+    pub(crate) fn clear_trigger_params(&self) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(false);
         self.db
@@ -534,9 +549,10 @@ impl Store {
     }
 
     /// Writes raw bytes under a key, bypassing every check. Tests use it to plant corrupt
-    /// or future-version values; nothing else should.
-    #[doc(hidden)]
-    pub fn put_raw_for_tests(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    /// or future-version values (through [`crate::test_support`] outside this crate);
+    /// nothing else should.
+    #[cfg_attr(not(any(test, feature = "__test-support")), allow(dead_code))]
+    pub(crate) fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.db
             .put(key, value)
             .map_err(|err| self.rocksdb_error("write", err))
@@ -546,15 +562,15 @@ impl Store {
 /// One backlog entry to write at StartCommit: a new entry, or a merged one replacing the
 /// entry already stored under the same key.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BacklogWrite {
+pub(crate) struct BacklogWrite {
     /// Index of the trigger whose queue it belongs to.
-    pub trigger: u32,
+    pub(crate) trigger: u32,
     /// Commit sequence number of the first transaction it covers: its key.
-    pub key_seq: u64,
+    pub(crate) key_seq: u64,
     /// The variables to deliver.
-    pub params: TriggerParams,
+    pub(crate) params: TriggerParams,
     /// When the first transaction it covers committed.
-    pub committed_at: triggers_proto::Timestamp,
+    pub(crate) committed_at: triggers_proto::Timestamp,
 }
 
 /// The bytes of `BacklogEntry { params, committed_at }` for `entry`, encoded from borrowed
@@ -794,16 +810,12 @@ mod tests {
     fn corrupt_backlog_bytes_are_a_typed_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), Durability::Synced).expect("opens");
-        store
-            .put_raw_for_tests(COMMIT_SEQ_KEY, b"xyz")
-            .expect("writes");
+        store.put_raw(COMMIT_SEQ_KEY, b"xyz").expect("writes");
         assert!(matches!(
             store.commit_seq(),
             Err(StoreError::CorruptKey { .. })
         ));
-        store
-            .put_raw_for_tests(b"backlog/\x00", b"")
-            .expect("writes");
+        store.put_raw(b"backlog/\x00", b"").expect("writes");
         assert!(matches!(
             store.backlog(),
             Err(StoreError::CorruptKey { .. })
@@ -847,10 +859,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), Durability::Synced).expect("opens");
         store
-            .put_raw_for_tests(TRIGGER_PARAMS_KEY, &[0xff, 0xff, 0xff])
+            .put_raw(TRIGGER_PARAMS_KEY, &[0xff, 0xff, 0xff])
             .expect("writes");
         store
-            .put_raw_for_tests(CHECKPOINT_KEY, &[0x0a, 0x05, 0x01])
+            .put_raw(CHECKPOINT_KEY, &[0x0a, 0x05, 0x01])
             .expect("writes");
         assert!(matches!(
             store.trigger_params(),

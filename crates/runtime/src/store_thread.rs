@@ -8,14 +8,18 @@
 //! (by 9-46% from 10^3 to 10^5 transactions; see benches' `rss`). One thread also runs
 //! a shard's store work in the order it was asked for.
 
+use crate::store::StoreError;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, mpsc};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Store work that did not complete.
+/// Store work that failed or did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreTaskError {
+    /// The store itself failed (RocksDB, or bytes that do not decode).
+    #[error("the store failed")]
+    Store(#[source] StoreError),
     /// The store thread could not be started.
     #[error("cannot start the store thread")]
     Start(#[source] std::io::Error),
@@ -28,6 +32,12 @@ pub enum StoreTaskError {
         /// The panic's message, when it had one.
         message: String,
     },
+}
+
+impl From<StoreError> for StoreTaskError {
+    fn from(err: StoreError) -> Self {
+        StoreTaskError::Store(err)
+    }
 }
 
 /// A handle to a shard's store thread. Dropping the last handle waits for the queued
@@ -80,7 +90,7 @@ impl StoreThread {
     /// Runs `work` on the store thread and returns its result. If the caller stops
     /// waiting, the work still runs to its end (a write is never cut in half). A panic
     /// in `work` is an error here, and the thread goes on with the next work.
-    pub(crate) async fn run<T: Send + 'static>(
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, StoreTaskError> {
@@ -113,16 +123,16 @@ mod tests {
     async fn runs_work_in_order_on_one_thread_and_survives_a_panic() {
         let thread = StoreThread::start().expect("starts");
         let first = thread
-            .run(|| std::thread::current().id())
+            .call(|| std::thread::current().id())
             .await
             .expect("runs");
         let err = thread
-            .run(|| -> u32 { panic!("boom") })
+            .call(|| -> u32 { panic!("boom") })
             .await
             .expect_err("the panic is an error");
         assert!(err.to_string().contains("boom"), "{err}");
         let after = thread
-            .run(|| std::thread::current().id())
+            .call(|| std::thread::current().id())
             .await
             .expect("still runs");
         assert_eq!(first, after);
@@ -131,7 +141,7 @@ mod tests {
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let runs = (0..20).map(|i| {
             let order = order.clone();
-            thread.run(move || order.lock().expect("not poisoned").push(i))
+            thread.call(move || order.lock().expect("not poisoned").push(i))
         });
         for outcome in futures::future::join_all(runs).await {
             outcome.expect("runs");
@@ -150,7 +160,7 @@ mod tests {
         let flag = done.clone();
         // One poll queues the work; then nobody waits for it.
         let queued = thread
-            .run(move || {
+            .call(move || {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             })

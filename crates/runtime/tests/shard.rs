@@ -6,6 +6,7 @@ use std::time::Duration;
 use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
 use triggers_proto::{BindingStats, Checkpoint, Message as _, Source, TriggerParams};
+use triggers_runtime::test_support::RawStore as _;
 use triggers_runtime::{
     BacklogError, Durability, ProtocolError, Shard, ShardConfig, ShardError, Store, StoreError,
     TransactionStats, store::TRIGGER_PARAMS_KEY,
@@ -649,6 +650,38 @@ async fn close_within_lets_in_flight_webhooks_finish_and_cuts_off_the_rest() {
             .count(),
         1,
         "/a finished within the grace and is not sent again"
+    );
+    shard.close().await;
+}
+
+/// The store's raw writers are the runtime's own; tests reach them only through the
+/// unstable `__test-support` feature (`test_support::RawStore`), and what they plant is
+/// what the state machine then reads.
+#[tokio::test]
+async fn narrow_public_surface_raw_writers_are_test_support_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let params = TriggerParams {
+        flow_run_id: "planted".into(),
+        ..triggers::Variables::placeholder().to_params()
+    };
+    {
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        store
+            .commit_unchecked(&checkpoint(7), Some(&params))
+            .expect("commits");
+        assert_eq!(store.trigger_params().expect("reads"), Some(params.clone()));
+        store.clear_trigger_params_unchecked().expect("clears");
+        assert_eq!(store.trigger_params().expect("reads"), None);
+        store
+            .commit_unchecked(&checkpoint(8), Some(&params))
+            .expect("commits");
+    }
+    let none = Arc::new(validate("config: []", ConfigFormat::Yaml).expect("valid"));
+    let (shard, recovery) = Shard::open(dir.path(), config(none)).await.expect("opens");
+    assert_eq!(recovery.checkpoint, checkpoint(8));
+    assert_eq!(
+        recovery.pending.map(|v| v.flow_run_id),
+        Some("planted".to_string())
     );
     shard.close().await;
 }

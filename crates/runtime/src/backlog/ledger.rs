@@ -8,13 +8,14 @@
 //! the same delivery at once. SUCCESS and CANCELLED delete the backlog entry in the same
 //! WriteBatch. Terminal records are collected by [`LedgerRetention`].
 
-use super::{Entry, Send, Shared};
-use crate::store::StoreError;
-use crate::store_thread::StoreThread;
-use std::sync::atomic::Ordering;
+use crate::store::{Store, StoreError};
+use crate::store_thread::StoreTaskError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use triggers::{AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, TriggerFailure};
+use triggers::{
+    AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, TriggerFailure, Variables,
+};
 use triggers_proto::{DeliveryAttempt, DeliveryRecord, DeliveryState, Timestamp};
 
 /// Default number of terminal records kept.
@@ -25,10 +26,6 @@ pub const DEFAULT_LEDGER_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_ATTEMPTS: usize = 32;
 /// A retention pass runs after this many terminal transitions.
 const GC_EVERY: u64 = 32;
-/// Longest list page.
-const MAX_PAGE: usize = 500;
-/// Longest accepted cancel reason, in characters.
-const MAX_REASON_CHARS: usize = 1000;
 
 /// How long terminal ledger records (SUCCESS, CANCELLED, and FAILED ones whose backlog
 /// entry is gone) are kept: at most `keep` of them, none older than `max_age`. Records of
@@ -95,7 +92,17 @@ pub enum LedgerError {
     Store(#[from] StoreError),
     /// Store work did not finish (it panicked, or the store thread has stopped).
     #[error("ledger task did not complete: {0}")]
-    Blocking(#[from] crate::store_thread::StoreTaskError),
+    Blocking(#[source] StoreTaskError),
+}
+
+impl From<StoreTaskError> for LedgerError {
+    /// The store's own failure stays [`LedgerError::Store`].
+    fn from(err: StoreTaskError) -> Self {
+        match err {
+            StoreTaskError::Store(err) => LedgerError::Store(err),
+            other => LedgerError::Blocking(other),
+        }
+    }
 }
 
 /// The name of a state, as errors and logs print it.
@@ -151,15 +158,39 @@ pub(crate) fn take_attempts(attempts: &Mutex<Vec<DeliveryAttempt>>) -> Vec<Deliv
     attempts.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn record(index: usize, send: &Send, state: DeliveryState) -> DeliveryRecord {
+/// What the ledger needs to know of one delivery to write its record: the backlog hands
+/// this out, so the ledger never sees the backlog's own bookkeeping.
+#[derive(Clone, Copy)]
+pub(crate) struct Delivery<'a> {
+    /// The trigger's index.
+    pub(crate) trigger: u32,
+    /// Commit sequence number of the first transaction it covers: its key.
+    pub(crate) first_commit_seq: u64,
+    /// The variables it delivers.
+    pub(crate) variables: &'a Variables,
+    /// When its first transaction committed.
+    pub(crate) committed_at: SystemTime,
+}
+
+/// Where a delivery still in memory is, as the backlog sees it.
+pub(crate) enum Live {
+    /// Waiting to be sent.
+    Pending,
+    /// Being sent, with the attempts of this run so far.
+    Running(Vec<DeliveryAttempt>),
+    /// Failed for good; an operator may retry or skip it.
+    Failed,
+}
+
+fn record(delivery: Delivery<'_>, state: DeliveryState) -> DeliveryRecord {
     DeliveryRecord {
-        trigger: index as u32,
-        first_commit_seq: send.key_seq,
-        last_commit_seq: send.variables.last_commit_seq,
-        transaction_count: send.variables.transaction_count,
-        flow_run_id: send.variables.flow_run_id.clone(),
+        trigger: delivery.trigger,
+        first_commit_seq: delivery.first_commit_seq,
+        last_commit_seq: delivery.variables.last_commit_seq,
+        transaction_count: delivery.variables.transaction_count,
+        flow_run_id: delivery.variables.flow_run_id.clone(),
         state: state as i32,
-        committed_at: Some(timestamp(send.committed_at)),
+        committed_at: Some(timestamp(delivery.committed_at)),
         updated_at: Some(timestamp(SystemTime::now())),
         attempts: Vec::new(),
         cancel_reason: String::new(),
@@ -168,72 +199,64 @@ fn record(index: usize, send: &Send, state: DeliveryState) -> DeliveryRecord {
     }
 }
 
-pub(crate) fn running(index: usize, send: &Send) -> DeliveryRecord {
-    record(index, send, DeliveryState::Running)
+pub(crate) fn running(delivery: Delivery<'_>) -> DeliveryRecord {
+    record(delivery, DeliveryState::Running)
 }
 
 /// SUCCESS, saying whether the receiver accepted the webhook now or said it already had
 /// it (`responses.alreadyDelivered`).
 pub(crate) fn succeeded(
-    index: usize,
-    send: &Send,
+    delivery: Delivery<'_>,
     attempts: Vec<DeliveryAttempt>,
     delivered: &Delivered,
 ) -> DeliveryRecord {
     DeliveryRecord {
         attempts,
         already_delivered: delivered.already_delivered,
-        ..record(index, send, DeliveryState::Success)
+        ..record(delivery, DeliveryState::Success)
     }
 }
 
 pub(crate) fn failed(
-    index: usize,
-    send: &Send,
+    delivery: Delivery<'_>,
     attempts: Vec<DeliveryAttempt>,
     failure: &TriggerFailure,
 ) -> DeliveryRecord {
     DeliveryRecord {
         attempts,
         error: failure.to_string(),
-        ..record(index, send, DeliveryState::Failed)
+        ..record(delivery, DeliveryState::Failed)
     }
 }
 
-/// A record for an entry still in memory (PENDING, RUNNING or FAILED), with its live
+/// A record for a delivery still in memory (PENDING, RUNNING or FAILED), with its live
 /// attempts: memory knows its state first.
-fn from_entry(index: usize, entry: &Entry, stored: Option<&DeliveryRecord>) -> DeliveryRecord {
-    let state = if entry.failure.is_some() {
-        DeliveryState::Failed
-    } else if entry.in_flight {
-        DeliveryState::Running
-    } else {
-        DeliveryState::Pending
-    };
+pub(crate) fn live(
+    delivery: Delivery<'_>,
+    live: Live,
+    stored: Option<&DeliveryRecord>,
+) -> DeliveryRecord {
     let mut attempts = stored.map(|r| r.attempts.clone()).unwrap_or_default();
-    if entry.in_flight {
-        attempts.extend(take_attempts(&entry.attempts));
-    }
+    let state = match live {
+        Live::Pending => DeliveryState::Pending,
+        Live::Running(running) => {
+            attempts.extend(running);
+            DeliveryState::Running
+        }
+        Live::Failed => DeliveryState::Failed,
+    };
     DeliveryRecord {
-        trigger: index as u32,
-        first_commit_seq: entry.key_seq,
-        last_commit_seq: entry.variables.last_commit_seq,
-        transaction_count: entry.variables.transaction_count,
-        flow_run_id: entry.variables.flow_run_id.clone(),
-        state: state as i32,
-        committed_at: Some(timestamp(entry.committed_at)),
         updated_at: stored
             .and_then(|r| r.updated_at)
-            .or(Some(timestamp(entry.committed_at))),
+            .or(Some(timestamp(delivery.committed_at))),
         attempts,
-        cancel_reason: String::new(),
         error: stored.map(|r| r.error.clone()).unwrap_or_default(),
         // Only a SUCCESS is already delivered, and a SUCCESS has left memory.
-        already_delivered: false,
+        ..record(delivery, state)
     }
 }
 
-/// What [`Shared::begin`] found.
+/// What [`Ledger::begin`] found.
 pub(crate) enum Begun {
     /// The delivery is RUNNING now; earlier runs made this many attempts.
     Running { prior_attempts: u32 },
@@ -243,88 +266,104 @@ pub(crate) enum Begun {
     NotPending(&'static str),
 }
 
-impl Shared {
-    fn ledger_guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.ledger_lock.lock().unwrap_or_else(|p| p.into_inner())
+/// The ledger's transitions, on the store thread: each is a compare-and-set under one
+/// lock (one process owns the store), and terminal ones trigger a retention pass now
+/// and then.
+pub(crate) struct Ledger {
+    lock: Mutex<()>,
+    retention: LedgerRetention,
+    /// Terminal transitions since the last retention pass.
+    terminal_since_gc: AtomicU64,
+}
+
+impl Ledger {
+    pub(crate) fn new(retention: LedgerRetention) -> Self {
+        Self {
+            lock: Mutex::new(()),
+            retention,
+            terminal_since_gc: AtomicU64::new(0),
+        }
+    }
+
+    /// Serialises transitions: hold it from reading a delivery's state to writing the
+    /// next one.
+    pub(crate) fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// PENDING → RUNNING, keeping the attempts of earlier runs (before a retry or a
     /// restart) on record. Writes nothing unless the delivery is PENDING.
-    pub(crate) fn begin(&self, mut next: DeliveryRecord) -> Result<Begun, StoreError> {
-        let _cas = self.ledger_guard();
+    pub(crate) fn begin(
+        &self,
+        store: &Store,
+        mut next: DeliveryRecord,
+    ) -> Result<Begun, StoreError> {
+        let _cas = self.guard();
         let (trigger, seq) = (next.trigger, next.first_commit_seq);
-        if !self.store.has_backlog_entry(trigger, seq)? {
+        if !store.has_backlog_entry(trigger, seq)? {
             return Ok(Begun::Gone);
         }
         let mut prior_attempts = 0;
-        if let Some(stored) = self.store.delivery(trigger, seq)? {
+        if let Some(stored) = store.delivery(trigger, seq)? {
             if stored.state() != DeliveryState::Pending {
                 return Ok(Begun::NotPending(state_name(stored.state())));
             }
             prior_attempts = stored.attempts.last().map_or(0, |a| a.number);
             next.attempts = stored.attempts;
         }
-        self.store.write_delivery(&next, false, None)?;
+        store.write_delivery(&next, false, None)?;
         Ok(Begun::Running { prior_attempts })
     }
 
     /// RUNNING → SUCCESS, deleting the backlog entry in the same batch.
     pub(crate) fn record_success(
         &self,
+        store: &Store,
         mut next: DeliveryRecord,
         sent_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
         {
-            let _cas = self.ledger_guard();
-            next.attempts = self.merged_attempts(&next)?;
-            self.store.write_delivery(&next, true, sent_at_ms)?;
+            let _cas = self.guard();
+            next.attempts = merged_attempts(store, &next)?;
+            store.write_delivery(&next, true, sent_at_ms)?;
         }
-        self.after_terminal();
+        self.after_terminal(store);
         Ok(())
     }
 
     /// RUNNING → FAILED; the backlog entry stays.
-    pub(crate) fn record_failure(&self, mut next: DeliveryRecord) -> Result<(), StoreError> {
-        let _cas = self.ledger_guard();
-        next.attempts = self.merged_attempts(&next)?;
-        self.store.write_delivery(&next, false, None)
-    }
-
-    /// The attempts already on record (earlier runs) followed by this run's.
-    fn merged_attempts(&self, next: &DeliveryRecord) -> Result<Vec<DeliveryAttempt>, StoreError> {
-        let mut attempts = self
-            .store
-            .delivery(next.trigger, next.first_commit_seq)?
-            .map(|r| r.attempts)
-            .unwrap_or_default();
-        attempts.extend(next.attempts.iter().cloned());
-        let excess = attempts.len().saturating_sub(MAX_ATTEMPTS);
-        attempts.drain(..excess);
-        Ok(attempts)
+    pub(crate) fn record_failure(
+        &self,
+        store: &Store,
+        mut next: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let _cas = self.guard();
+        next.attempts = merged_attempts(store, &next)?;
+        store.write_delivery(&next, false, None)
     }
 
     /// Runs a retention pass every [`GC_EVERY`] terminal transitions.
-    fn after_terminal(&self) {
+    fn after_terminal(&self, store: &Store) {
         if self.terminal_since_gc.fetch_add(1, Ordering::Relaxed) + 1 >= GC_EVERY {
             self.terminal_since_gc.store(0, Ordering::Relaxed);
-            if let Err(err) = self.collect() {
+            if let Err(err) = self.collect(store) {
                 tracing::warn!(error = %err, "ledger retention pass failed; it runs again later");
             }
         }
     }
 
     /// Deletes terminal records beyond the retention's count or age.
-    pub(crate) fn collect(&self) -> Result<usize, StoreError> {
-        let _cas = self.ledger_guard();
+    pub(crate) fn collect(&self, store: &Store) -> Result<usize, StoreError> {
+        let _cas = self.guard();
         let now = SystemTime::now();
         // Only when each finished and which it is: a pass holds a few bytes per record.
         let mut terminal: Vec<(SystemTime, u32, u64)> = Vec::new();
-        self.store.for_each_delivery(|record| {
+        store.for_each_delivery(|record| {
             let done = match record.state() {
                 DeliveryState::Success | DeliveryState::Cancelled => true,
-                DeliveryState::Failed => !self
-                    .store
-                    .has_backlog_entry(record.trigger, record.first_commit_seq)?,
+                DeliveryState::Failed => {
+                    !store.has_backlog_entry(record.trigger, record.first_commit_seq)?
+                }
                 DeliveryState::Pending | DeliveryState::Running => false,
             };
             if done {
@@ -347,151 +386,39 @@ impl Shared {
             .map(|(_, (_, trigger, seq))| (*trigger, *seq))
             .collect();
         if !doomed.is_empty() {
-            self.store.delete_deliveries(&doomed)?;
+            store.delete_deliveries(&doomed)?;
         }
         Ok(doomed.len())
     }
-
-    /// One delivery: the in-memory view of a pending or running one, else its record.
-    fn get(&self, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
-        let stored = self.store.delivery(trigger, seq)?;
-        if let Some(queue) = self.queues.get(trigger as usize) {
-            let state = queue.lock();
-            if let Some(entry) = state.entries.iter().find(|e| e.key_seq == seq) {
-                return Ok(from_entry(queue.index, entry, stored.as_ref()));
-            }
-        }
-        stored.ok_or_else(|| not_found(trigger, seq))
-    }
-
-    /// Every delivery, newest first (by first commit sequence number, then trigger).
-    fn list(&self) -> Result<Vec<DeliveryRecord>, LedgerError> {
-        let mut records: std::collections::BTreeMap<(u64, u32), DeliveryRecord> = self
-            .store
-            .deliveries()?
-            .into_iter()
-            .map(|r| ((r.first_commit_seq, r.trigger), r))
-            .collect();
-        for queue in &self.queues {
-            let state = queue.lock();
-            for entry in &state.entries {
-                let key = (entry.key_seq, queue.index as u32);
-                let view = from_entry(queue.index, entry, records.get(&key));
-                records.insert(key, view);
-            }
-        }
-        Ok(records.into_values().rev().collect())
-    }
-
-    /// FAILED → PENDING: the delivery is sent again now (as `operator-replay`, even while
-    /// another delivery is FAILED), and the backlog resumes once none is.
-    fn retry(&self, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
-        let queue = self
-            .queues
-            .get(trigger as usize)
-            .ok_or_else(|| not_found(trigger, seq))?;
-        let mut state = queue.lock();
-        let _cas = self.ledger_guard();
-        let stored = self.store.delivery(trigger, seq)?;
-        let Some(entry) = state.entries.iter_mut().find(|e| e.key_seq == seq) else {
-            let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
-            return Err(illegal(
-                "retry",
-                &stored,
-                "only a FAILED delivery can be retried, and this one is finished",
-            ));
-        };
-        let current = from_entry(queue.index, entry, stored.as_ref());
-        if entry.failure.is_none() {
-            return Err(illegal(
-                "retry",
-                &current,
-                "only a FAILED delivery can be retried; a PENDING or RUNNING one is sent anyway",
-            ));
-        }
-        let next = DeliveryRecord {
-            state: DeliveryState::Pending as i32,
-            updated_at: Some(timestamp(SystemTime::now())),
-            ..current
-        };
-        self.store.write_delivery(&next, false, None)?;
-        entry.failure = None;
-        entry.replay = true;
-        drop(state);
-        tracing::info!(
-            trigger,
-            first_commit_seq = seq,
-            "operator retries a failed delivery"
-        );
-        self.failure_cleared();
-        queue.wake.notify_one();
-        Ok(next)
-    }
-
-    /// PENDING or FAILED → CANCELLED, deleting the backlog entry in the same batch: an
-    /// operator gives up on a webhook that can never succeed. The backlog resumes once no
-    /// delivery is FAILED.
-    fn skip(&self, trigger: u32, seq: u64, reason: &str) -> Result<DeliveryRecord, LedgerError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(LedgerError::Invalid(
-                "skipping a delivery needs a reason, for the record".to_string(),
-            ));
-        }
-        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
-        let queue = self
-            .queues
-            .get(trigger as usize)
-            .ok_or_else(|| not_found(trigger, seq))?;
-        let mut state = queue.lock();
-        let _cas = self.ledger_guard();
-        let stored = self.store.delivery(trigger, seq)?;
-        let Some(at) = state.entries.iter().position(|e| e.key_seq == seq) else {
-            let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
-            let hint = match stored.state() {
-                DeliveryState::Success => "it was delivered",
-                _ => "it is already finished",
-            };
-            return Err(illegal("skip", &stored, hint));
-        };
-        let entry = &state.entries[at];
-        let current = from_entry(queue.index, entry, stored.as_ref());
-        if entry.in_flight || entry.merging {
-            return Err(illegal(
-                "skip",
-                &current,
-                "wait until it fails (it is being sent or written now)",
-            ));
-        }
-        let next = DeliveryRecord {
-            state: DeliveryState::Cancelled as i32,
-            updated_at: Some(timestamp(SystemTime::now())),
-            cancel_reason: reason.clone(),
-            ..current
-        };
-        self.store.write_delivery(&next, true, None)?;
-        let was_failed = state
-            .entries
-            .remove(at)
-            .is_some_and(|e| e.failure.is_some());
-        drop(state);
-        tracing::warn!(trigger, first_commit_seq = seq, %reason, "operator skipped a delivery; it will not be sent");
-        if was_failed {
-            self.failure_cleared();
-        }
-        queue.wake.notify_one();
-        Ok(next)
-    }
 }
 
-fn not_found(trigger: u32, first_commit_seq: u64) -> LedgerError {
+/// The attempts already on record (earlier runs) followed by this run's.
+fn merged_attempts(
+    store: &Store,
+    next: &DeliveryRecord,
+) -> Result<Vec<DeliveryAttempt>, StoreError> {
+    let mut attempts = store
+        .delivery(next.trigger, next.first_commit_seq)?
+        .map(|r| r.attempts)
+        .unwrap_or_default();
+    attempts.extend(next.attempts.iter().cloned());
+    let excess = attempts.len().saturating_sub(MAX_ATTEMPTS);
+    attempts.drain(..excess);
+    Ok(attempts)
+}
+
+pub(crate) fn not_found(trigger: u32, first_commit_seq: u64) -> LedgerError {
     LedgerError::NotFound {
         trigger,
         first_commit_seq,
     }
 }
 
-fn illegal(action: &'static str, record: &DeliveryRecord, hint: &'static str) -> LedgerError {
+pub(crate) fn illegal(
+    action: &'static str,
+    record: &DeliveryRecord,
+    hint: &'static str,
+) -> LedgerError {
     LedgerError::IllegalTransition {
         action,
         trigger: record.trigger,
@@ -504,7 +431,7 @@ fn illegal(action: &'static str, record: &DeliveryRecord, hint: &'static str) ->
 /// Moves deliveries a crash or a failure interrupted (RUNNING or FAILED with their entry
 /// still in the backlog) back to PENDING at open: they are sent again, their attempts
 /// kept.
-pub(crate) fn reset_interrupted(store: &crate::Store) -> Result<usize, StoreError> {
+pub(crate) fn reset_interrupted(store: &Store) -> Result<usize, StoreError> {
     let mut reset = 0;
     for record in store.deliveries()? {
         let interrupted = matches!(
@@ -522,113 +449,4 @@ pub(crate) fn reset_interrupted(store: &crate::Store) -> Result<usize, StoreErro
         }
     }
     Ok(reset)
-}
-
-/// Operator and reader access to the ledger, through a [`super::BacklogHandle`].
-///
-/// Cancel safety: each call is one job on the shard's store thread, queued when the
-/// future is first polled. Dropping the future after that loses only the answer: the job
-/// still runs, and a transition (retry, skip) happens as a whole.
-impl super::BacklogHandle {
-    /// One delivery.
-    pub async fn delivery(
-        &self,
-        trigger: u32,
-        first_commit_seq: u64,
-    ) -> Result<DeliveryRecord, LedgerError> {
-        let shared = self.0.clone();
-        run(&self.0.thread, move || {
-            shared.get(trigger, first_commit_seq)
-        })
-        .await
-    }
-
-    /// A page of deliveries, newest first; `page_token` is the previous page's
-    /// `next_page_token` (empty for the first). Returns the page and the next token
-    /// (empty on the last page).
-    pub async fn deliveries(
-        &self,
-        page_size: usize,
-        page_token: &str,
-    ) -> Result<(Vec<DeliveryRecord>, String), LedgerError> {
-        let size = match page_size {
-            0 => 50,
-            n => n.min(MAX_PAGE),
-        };
-        let after = parse_token(page_token)?;
-        let shared = self.0.clone();
-        let all = run(&self.0.thread, move || shared.list()).await?;
-        let start = match after {
-            None => 0,
-            Some(key) => all
-                .iter()
-                .position(|r| (r.first_commit_seq, r.trigger) < key)
-                .unwrap_or(all.len()),
-        };
-        let page: Vec<DeliveryRecord> = all.iter().skip(start).take(size).cloned().collect();
-        let next = match page.last() {
-            Some(last) if start + page.len() < all.len() => {
-                format!("{}/{}", last.first_commit_seq, last.trigger)
-            }
-            _ => String::new(),
-        };
-        Ok((page, next))
-    }
-
-    /// Sends a FAILED delivery again now (FAILED → PENDING), as `operator-replay`, its
-    /// attempts numbered after those on record.
-    pub async fn retry(
-        &self,
-        trigger: u32,
-        first_commit_seq: u64,
-    ) -> Result<DeliveryRecord, LedgerError> {
-        let shared = self.0.clone();
-        run(&self.0.thread, move || {
-            shared.retry(trigger, first_commit_seq)
-        })
-        .await
-    }
-
-    /// Cancels a PENDING or FAILED delivery, with a reason (→ CANCELLED).
-    pub async fn skip(
-        &self,
-        trigger: u32,
-        first_commit_seq: u64,
-        reason: &str,
-    ) -> Result<DeliveryRecord, LedgerError> {
-        let reason = reason.to_string();
-        self.0
-            .run_job(move |shared| shared.skip(trigger, first_commit_seq, &reason))
-            .await
-            .map_err(LedgerError::Blocking)?
-    }
-
-    /// Runs a retention pass now; returns how many records it collected.
-    pub async fn collect(&self) -> Result<usize, LedgerError> {
-        let shared = self.0.clone();
-        run(&self.0.thread, move || {
-            shared.collect().map_err(LedgerError::from)
-        })
-        .await
-    }
-}
-
-async fn run<T: std::marker::Send + 'static>(
-    thread: &StoreThread,
-    work: impl FnOnce() -> Result<T, LedgerError> + std::marker::Send + 'static,
-) -> Result<T, LedgerError> {
-    thread.run(work).await.map_err(LedgerError::Blocking)?
-}
-
-fn parse_token(token: &str) -> Result<Option<(u64, u32)>, LedgerError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid =
-        || LedgerError::Invalid(format!("page token {token:?} is not one this sidecar gave"));
-    let (seq, trigger) = token.split_once('/').ok_or_else(invalid)?;
-    Ok(Some((
-        seq.parse().map_err(|_| invalid())?,
-        trigger.parse().map_err(|_| invalid())?,
-    )))
 }

@@ -24,19 +24,20 @@
 //! - Every change to an entry's bookkeeping that goes with a store write is made on the
 //!   store thread, in the same job as the write: a dropped future cannot split them.
 
-use crate::ShardError;
 mod ledger;
+mod operator;
 
-pub(crate) use ledger::reset_interrupted;
 pub use ledger::{
     DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, state_name,
 };
 
 use crate::crash::crash_point;
+use crate::shard_store::ShardStore;
 use crate::store::{BacklogWrite, Store, StoreError, StoredEntry};
-use crate::store_thread::{StoreTaskError, StoreThread};
+use crate::store_thread::StoreTaskError;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use ledger::Ledger;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -171,6 +172,27 @@ struct Entry {
 }
 
 impl Entry {
+    /// What the ledger records of it.
+    fn delivery(&self, trigger: usize) -> ledger::Delivery<'_> {
+        ledger::Delivery {
+            trigger: trigger as u32,
+            first_commit_seq: self.key_seq,
+            variables: &self.variables,
+            committed_at: self.committed_at,
+        }
+    }
+
+    /// Where it is, for the ledger's view of it.
+    fn live(&self) -> ledger::Live {
+        if self.failure.is_some() {
+            ledger::Live::Failed
+        } else if self.in_flight {
+            ledger::Live::Running(ledger::take_attempts(&self.attempts))
+        } else {
+            ledger::Live::Pending
+        }
+    }
+
     fn new(key_seq: u64, variables: Variables, committed_at: SystemTime) -> Self {
         Entry {
             key_seq,
@@ -228,8 +250,8 @@ impl Queue {
 }
 
 struct Shared {
-    store: Arc<Store>,
-    thread: StoreThread,
+    /// The shard's store: backlog and ledger writes run on its thread.
+    store: ShardStore,
     triggers: Arc<Triggers>,
     deliverer: Deliverer,
     limit: usize,
@@ -251,12 +273,8 @@ struct Shared {
     closing: AtomicBool,
     /// Wakes whoever waits for the backlog to drain. Shared like `room`.
     drained: Arc<Notify>,
-    /// Serialises ledger transitions: each reads a delivery's state and writes the next
-    /// one under it, so a transition is a compare-and-set (one process owns the store).
-    ledger_lock: Mutex<()>,
-    retention: LedgerRetention,
-    /// Terminal transitions since the last retention pass.
-    terminal_since_gc: AtomicU64,
+    /// The ledger's transitions.
+    ledger: Ledger,
     /// Names the shard in every delivery's span.
     shard: String,
 }
@@ -443,12 +461,13 @@ impl Shared {
     /// or new entry, writes the batch, and puts in memory what landed, in one job.
     fn commit_now(
         &self,
+        store: &Store,
         checkpoint: &Checkpoint,
         variables: Option<&Variables>,
     ) -> Result<(), StoreError> {
         let Some(variables) = variables else {
             crate::crash::shard_point("start_commit.store_write", &self.shard);
-            return self.store.commit_backlog(checkpoint, None, &[]);
+            return store.commit_backlog(checkpoint, None, &[]);
         };
         let now = SystemTime::now();
         // Decide each trigger's write, marking merge targets so no worker sends them
@@ -482,9 +501,7 @@ impl Shared {
             });
         }
         crate::crash::shard_point("start_commit.store_write", &self.shard);
-        let written =
-            self.store
-                .commit_backlog(checkpoint, Some(variables.last_commit_seq), &batch);
+        let written = store.commit_backlog(checkpoint, Some(variables.last_commit_seq), &batch);
         if written.is_ok() {
             merging.apply = Some((variables, now));
         }
@@ -599,13 +616,10 @@ impl std::fmt::Debug for BacklogHandle {
 
 /// What a backlog is built from (besides what recovery found).
 pub(crate) struct BacklogSetup {
-    pub(crate) store: Arc<Store>,
-    /// The shard's store thread, where backlog and ledger writes run.
-    pub(crate) thread: StoreThread,
+    /// The shard's store, where backlog and ledger writes run.
+    pub(crate) store: ShardStore,
     pub(crate) triggers: Arc<Triggers>,
     pub(crate) deliverer: Deliverer,
-    /// Entries a queue may hold before StartCommit waits.
-    pub(crate) limit: usize,
     pub(crate) retention: LedgerRetention,
     /// Names the shard in spans.
     pub(crate) shard: String,
@@ -627,18 +641,18 @@ impl Drop for Backlog {
 
 impl Backlog {
     /// Loads the recovered entries (from [`recover`]) and starts one worker per trigger.
-    /// Nothing is sent until [`Backlog::acknowledge`] covers it.
+    /// Nothing is sent until [`Backlog::acknowledge`] covers it. A queue holds up to
+    /// `limit` entries before StartCommit waits.
     pub(crate) fn start(
         setup: BacklogSetup,
+        limit: usize,
         recovered: Vec<(StoredEntry, Variables)>,
         last_sent_ms: Vec<Option<u64>>,
     ) -> Self {
         let BacklogSetup {
             store,
-            thread,
             triggers,
             deliverer,
-            limit,
             retention,
             shard,
         } = setup;
@@ -679,7 +693,6 @@ impl Backlog {
         }
         let shared = Arc::new(Shared {
             store,
-            thread,
             triggers,
             deliverer,
             limit: limit.max(1),
@@ -692,9 +705,7 @@ impl Backlog {
             failed: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             drained: Arc::default(),
-            ledger_lock: Mutex::new(()),
-            retention,
-            terminal_since_gc: AtomicU64::new(0),
+            ledger: Ledger::new(retention),
             shard,
         });
         let workers = (0..shared.queues.len())
@@ -763,22 +774,20 @@ impl Backlog {
         &self,
         checkpoint: Checkpoint,
         variables: Option<&Variables>,
-    ) -> Result<(), ShardError> {
+    ) -> Result<(), StoreTaskError> {
         let shared = self.shared.clone();
         let variables = variables.cloned();
-        crash_point!("start_commit.before_write");
         let mut in_flight = CommitInFlight {
             shared: &self.shared,
             done: false,
         };
         let written = self
             .shared
-            .thread
-            .run(move || shared.commit_now(&checkpoint, variables.as_ref()))
+            .store
+            .run(move |store| shared.commit_now(store, &checkpoint, variables.as_ref()))
             .await;
         in_flight.done = true;
-        written??;
-        Ok(())
+        written?.map_err(StoreTaskError::Store)
     }
 
     /// Waits until no ordered or concurrent queue is at its limit, logging and counting
@@ -786,7 +795,7 @@ impl Backlog {
     /// failed) and the one absorbing new commits.
     ///
     /// Cancel-safe: dropping it writes nothing and clears the backpressure flag.
-    pub(crate) async fn wait_for_room(&self) -> Result<(), ShardError> {
+    pub(crate) async fn wait_for_room(&self) -> Result<(), BacklogError> {
         let shared = &self.shared;
         let full = || {
             shared
@@ -808,7 +817,7 @@ impl Backlog {
                 .failure()
                 .or_else(|| shared.closing().then_some(BacklogError::Closed))
             {
-                return Err(ShardError::Backlog(failure));
+                return Err(failure);
             }
             let Some((trigger, depth)) = full() else {
                 if wait.waiting {
@@ -833,8 +842,8 @@ impl Backlog {
     }
 
     /// Waits until every queue is empty, or delivery stopped. Cancel-safe.
-    pub(crate) async fn drained(&self) -> Result<(), ShardError> {
-        Ok(self.shared.drained().await?)
+    pub(crate) async fn drained(&self) -> Result<(), BacklogError> {
+        self.shared.drained().await
     }
 
     /// Stops the workers and waits for them to go, so the store can be reopened at once.
@@ -891,7 +900,30 @@ fn since_on_monotonic(at: SystemTime, now: Instant, wall_now: SystemTime) -> Ins
 /// that loses it). The oldest entry therefore counts as sent, and so does any entry the
 /// ledger knows (sent while the trigger drained concurrently): those are kept exactly as
 /// they are, so a re-fire repeats what a receiver may have.
-pub(crate) fn recover(store: &Store, coalesced: &[bool]) -> Result<Vec<StoredEntry>, StoreError> {
+///
+/// First moves deliveries a stop interrupted back to PENDING (either mode drains a
+/// backlog, so either resets them). One job on the store thread: cancel-safe as
+/// [`ShardStore`]'s methods are.
+pub(crate) async fn recover(
+    store: &ShardStore,
+    coalesced: Vec<bool>,
+) -> Result<Vec<StoredEntry>, StoreTaskError> {
+    store
+        .run(move |store| {
+            let reset = ledger::reset_interrupted(store)?;
+            if reset > 0 {
+                tracing::info!(
+                    reset,
+                    "deliveries interrupted by the last stop are pending again"
+                );
+            }
+            recover_now(store, &coalesced)
+        })
+        .await?
+        .map_err(StoreTaskError::Store)
+}
+
+fn recover_now(store: &Store, coalesced: &[bool]) -> Result<Vec<StoredEntry>, StoreError> {
     let entries = store.backlog()?;
     let mut recovered = Vec::with_capacity(entries.len());
     let mut entries = entries.into_iter().peekable();
@@ -967,6 +999,18 @@ struct Send {
     sent_before: bool,
 }
 
+impl Send {
+    /// What the ledger records of it.
+    fn delivery(&self, trigger: usize) -> ledger::Delivery<'_> {
+        ledger::Delivery {
+            trigger: trigger as u32,
+            first_commit_seq: self.key_seq,
+            variables: &self.variables,
+            committed_at: self.committed_at,
+        }
+    }
+}
+
 /// What came of a picked entry.
 enum Sent {
     /// Delivered, or failed for good.
@@ -1029,9 +1073,11 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
 async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
     let begun = {
         let shared = shared.clone();
-        let record = ledger::running(index, send);
-        let thread = shared.thread.clone();
-        thread.run(move || shared.begin(record)).await
+        let record = ledger::running(send.delivery(index));
+        let store = shared.store.clone();
+        store
+            .run(move |store| shared.ledger.begin(store, record))
+            .await
     };
     let prior_attempts = match begun {
         Ok(Ok(ledger::Begun::Running { prior_attempts })) => prior_attempts,
@@ -1137,7 +1183,7 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
 /// (so neither a dropped worker nor an operator in between sees half of it).
 async fn finish(shared: &Arc<Shared>, index: usize, send: Send, sent: Sent) {
     let key_seq = send.key_seq;
-    let job = move |shared: &Shared| shared.finish_now(index, send, sent);
+    let job = move |shared: &Shared, store: &Store| shared.finish_now(store, index, send, sent);
     if let Err(err) = shared.run_job(job).await {
         if let Some(entry) = shared.queues[index].lock().entry_mut(key_seq) {
             entry.in_flight = false;
@@ -1177,17 +1223,17 @@ impl Shared {
     /// destructors (`pthread lock: Invalid argument`, an abort).
     async fn run_job<T: std::marker::Send + 'static>(
         self: &Arc<Self>,
-        work: impl FnOnce(&Shared) -> T + std::marker::Send + 'static,
+        work: impl FnOnce(&Shared, &Store) -> T + std::marker::Send + 'static,
     ) -> Result<T, StoreTaskError> {
         let shared = self.clone();
         let (room, drained) = (self.room.clone(), self.drained.clone());
-        self.thread
-            .run(move || {
+        self.store
+            .run(move |store| {
                 // Locals drop in reverse order, unwinding included: the backlog first,
                 // then the wakeups. Made here, so a job dropped unrun wakes nobody.
                 let _wake = WakeWaiters { room, drained };
                 let shared = shared;
-                let done = work(&shared);
+                let done = work(&shared, store);
                 drop(shared);
                 done
             })
@@ -1196,12 +1242,12 @@ impl Shared {
 
     /// A delivered entry becomes SUCCESS and leaves the backlog (with the trigger's last
     /// send time) in one batch; a failure becomes FAILED and is kept on its entry.
-    fn finish_now(&self, index: usize, send: Send, sent: Sent) {
+    fn finish_now(&self, store: &Store, index: usize, send: Send, sent: Sent) {
         crate::crash::shard_point("backlog.finish", &self.shard);
         let queue = &self.queues[index];
         match sent {
-            Sent::Done(Ok(delivered)) => self.delivered(queue, send, &delivered),
-            Sent::Done(Err(failure)) => self.failed_for_good(queue, send, failure),
+            Sent::Done(Ok(delivered)) => self.delivered(store, queue, send, &delivered),
+            Sent::Done(Err(failure)) => self.failed_for_good(store, queue, send, failure),
             Sent::Gone => {
                 queue.lock().remove(send.key_seq);
             }
@@ -1214,7 +1260,7 @@ impl Shared {
         }
     }
 
-    fn delivered(&self, queue: &Queue, send: Send, delivered: &Delivered) {
+    fn delivered(&self, store: &Store, queue: &Queue, send: Send, delivered: &Delivered) {
         crash_point!("backlog.before_delete");
         let attempts = ledger::take_attempts(&send.attempts);
         let sent_at_ms = match queue.drain {
@@ -1225,8 +1271,8 @@ impl Shared {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             _ => None,
         };
-        let record = ledger::succeeded(queue.index, &send, attempts, delivered);
-        if let Err(err) = self.record_success(record, sent_at_ms) {
+        let record = ledger::succeeded(send.delivery(queue.index), attempts, delivered);
+        if let Err(err) = self.ledger.record_success(store, record, sent_at_ms) {
             if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
                 entry.in_flight = false;
             }
@@ -1242,10 +1288,10 @@ impl Shared {
         state.already_delivered += u64::from(delivered.already_delivered);
     }
 
-    fn failed_for_good(&self, queue: &Queue, send: Send, failure: TriggerFailure) {
+    fn failed_for_good(&self, store: &Store, queue: &Queue, send: Send, failure: TriggerFailure) {
         let attempts = ledger::take_attempts(&send.attempts);
-        let record = ledger::failed(queue.index, &send, attempts, &failure);
-        let recorded = self.record_failure(record);
+        let record = ledger::failed(send.delivery(queue.index), attempts, &failure);
+        let recorded = self.ledger.record_failure(store, record);
         tracing::error!(
             error = %failure,
             first_commit_seq = send.key_seq,
