@@ -15,8 +15,8 @@
 //! decoupled shard without triggers, and with one coalesced trigger whose endpoint
 //! answers after 50 ms, as in the throughput bench).
 
-use triggers::receiver::Receiver;
 use triggers::{Deliverer, NetworkPolicy, RetryBackoff, Variables};
+use triggers_receiver::Receiver;
 
 fn main() -> anyhow::Result<()> {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "ours".into());
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
 /// `count` transactions of a decoupled shard, unsynced (so instructions, not fsyncs, are
 /// what differ), with or without one coalesced trigger.
 fn shard(coalesced: bool, count: usize) -> anyhow::Result<()> {
-    use triggers::receiver::Reply;
+    use triggers_receiver::Reply;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

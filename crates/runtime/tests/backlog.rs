@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
 use triggers_proto::{BindingStats, Checkpoint, Source};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{
     BacklogError, DeliveryMode, Durability, Shard, ShardConfig, ShardError, Store,
 };

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{AgeIdentity, ConfigFormat, Materialization, validate};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::sidecar::{self, Listener, Sidecar, SidecarConfig};
 use triggers_runtime::{DeliveryMode, ShardConfig};
 

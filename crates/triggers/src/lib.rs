@@ -62,8 +62,6 @@ mod deliver;
 mod drain;
 mod network_policy;
 mod preview;
-#[cfg(feature = "receiver")]
-pub mod receiver;
 mod responses;
 mod retry;
 mod schema;

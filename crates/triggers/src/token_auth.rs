@@ -426,21 +426,6 @@ pub(crate) fn renew_after(lifetime: Duration) -> Duration {
     lifetime - MAX_RENEWAL_MARGIN.min(lifetime / 5)
 }
 
-/// An unsigned JWT (`alg: none`) with these claims: what tests and the test receiver
-/// hand out as a token endpoint's answer.
-#[cfg(any(test, feature = "receiver"))]
-pub(crate) fn unsigned_jwt(claims: &serde_json::Value) -> String {
-    use base64::Engine as _;
-    let encode = |value: &serde_json::Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
-    };
-    format!(
-        "{}.{}.",
-        encode(&serde_json::json!({"alg": "none", "typ": "JWT"})),
-        encode(claims)
-    )
-}
-
 /// Checks a trigger's `auth` (and that nothing else in the trigger sets `Authorization`),
 /// pushing every problem; the compiled form when all is well.
 pub(crate) fn check(

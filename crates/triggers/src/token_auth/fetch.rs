@@ -303,7 +303,7 @@ mod tests {
     use super::*;
 
     fn jwt(claims: serde_json::Value) -> String {
-        crate::token_auth::unsigned_jwt(&claims)
+        triggers_receiver::jwt(&claims)
     }
 
     fn at(secs: u64) -> SystemTime {

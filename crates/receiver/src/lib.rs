@@ -1,5 +1,9 @@
 //! A webhook receiver on 127.0.0.1 for tests, the demo and the benches: it records every
-//! request and answers from a per-path script (default `200 OK`).
+//! request and answers from a per-path script (default `200 OK`). Its key types are
+//! [`Receiver`], [`Reply`] and [`Request`].
+//!
+//! It must not depend on `triggers` (whose tests use it): it sees raw HTTP only, and a
+//! test checks signatures with `triggers::verify_signature` itself.
 //!
 //! Deliberately small and raw (HTTP/1.1 over a plain `TcpListener`, heads parsed with
 //! `httparse`) so a script can also misbehave on purpose: answer late, or hang up
@@ -61,7 +65,15 @@ impl Request {
 /// answer: the deliverer reads `exp` and `iat` from it, unverified, as it would from a
 /// signed one.
 pub fn jwt(claims: &serde_json::Value) -> String {
-    crate::token_auth::unsigned_jwt(claims)
+    use base64::Engine as _;
+    let encode = |value: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    };
+    format!(
+        "{}.{}.",
+        encode(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        encode(claims)
+    )
 }
 
 /// How the receiver answers one request.
@@ -436,5 +448,54 @@ fn reason(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `[section]` each line of a manifest is in, with the line.
+    fn sections(manifest: &str) -> Vec<(&str, &str)> {
+        let mut section = "";
+        let mut lines = Vec::new();
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if !line.is_empty() && !line.starts_with('#') {
+                lines.push((section, line));
+            }
+        }
+        lines
+    }
+
+    fn manifest(crate_dir: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(crate_dir);
+        std::fs::read_to_string(path.join("Cargo.toml")).expect("the manifest reads")
+    }
+
+    /// Issue 14: the test receiver was a feature of `triggers` that the runtime library
+    /// enabled in its normal dependencies. Now `triggers` has no such feature and takes the
+    /// receiver for its tests only.
+    #[test]
+    fn the_receiver_is_its_own_crate_and_only_a_dev_dependency_of_triggers() {
+        let triggers = manifest("../triggers");
+        for (section, line) in sections(&triggers) {
+            assert!(
+                !line.starts_with("receiver") && !line.contains("httparse"),
+                "{section} {line}"
+            );
+            if line.starts_with("triggers-receiver") {
+                assert_eq!(section, "[dev-dependencies]", "{line}");
+            }
+        }
+        assert!(
+            !manifest("../runtime").contains("\"receiver\""),
+            "the runtime enables no receiver feature"
+        );
+        assert!(
+            !sections(&manifest("."))
+                .iter()
+                .any(|(_, line)| line.starts_with("triggers")),
+            "the receiver depends on no trigger crate, so `triggers` can use it without a cycle"
+        );
     }
 }
