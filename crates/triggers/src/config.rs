@@ -5,6 +5,7 @@
 //! delivery uses.
 
 mod nesting;
+pub(crate) mod sops;
 
 use crate::{AuthConfig, DrainConfig, ResponsesConfig, Secret};
 use schemars::JsonSchema;

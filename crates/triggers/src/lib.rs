@@ -67,7 +67,6 @@ mod retry;
 mod schema;
 mod secret;
 mod signing;
-mod sops;
 mod template;
 mod test_fire;
 mod token_auth;
@@ -79,6 +78,10 @@ mod webhook_id;
 
 pub use backoff_policy::{Delays, RetryBackoff};
 pub use clock::{Clock, ClockError};
+pub use config::sops::{
+    SEALED_URL_PLACEHOLDER, SECRET_FIELDS_REGEX, SopsError, decrypt_config, encrypt_config,
+    is_sops_encrypted, load_config, validate_without_keys,
+};
 pub use config::{
     ConfigFormat, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS, HttpMethod,
     MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
@@ -102,11 +105,6 @@ pub use responses::{
 pub use schema::config_schema;
 pub use secret::Secret;
 pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
-pub use sops::{
-    AgeIdentity, AgeRecipient, KeyError, SEALED_URL_PLACEHOLDER, SECRET_FIELDS_REGEX,
-    SOPS_FORMAT_VERSION, SopsError, decrypt_config, encrypt_config, is_sops_encrypted, load_config,
-    validate_without_keys,
-};
 pub use template::{
     MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,
     TemplateError, Templates,
@@ -117,6 +115,7 @@ pub use token_auth::{
     MAX_TOKEN_BYTES, MAX_TOKEN_RESPONSE_BYTES, TokenError, TokenErrorKind,
 };
 pub use trace_context::{SpanId, TRACEPARENT, TRACESTATE, TraceId, TraceParent};
+pub use triggers_sops::{AgeIdentity, AgeRecipient, KeyError, SOPS_FORMAT_VERSION};
 pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
 pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};
 pub use webhook_headers::{

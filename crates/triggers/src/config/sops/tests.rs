@@ -1,4 +1,13 @@
 use super::*;
+use triggers_sops::{Error as Sops, SOPS_FORMAT_VERSION};
+
+/// The SOPS layer's error inside a [`SopsError`].
+fn sops(err: SopsError) -> Sops {
+    match err {
+        SopsError::Sops(err) => err,
+        other => panic!("not an error of the SOPS layer: {other}"),
+    }
+}
 
 const TOKEN: &str = "Bearer hunter2-t0ken";
 const TEAM: &str = "team-secret-value";
@@ -40,10 +49,10 @@ fn encrypted(format: ConfigFormat) -> (String, AgeIdentity) {
     (sealed, identity)
 }
 
-fn decrypt_err(text: &str, format: ConfigFormat, identity: &AgeIdentity) -> SopsError {
+fn decrypt_err(text: &str, format: ConfigFormat, identity: &AgeIdentity) -> Sops {
     let err = decrypt_config(text, format, std::slice::from_ref(identity)).expect_err("refused");
     check_error(&err);
-    err
+    sops(err)
 }
 
 #[test]
@@ -107,12 +116,12 @@ fn the_wrong_key_is_named_by_recipient() {
     let err = decrypt_err(&sealed, ConfigFormat::Json, &AgeIdentity::generate());
     assert_eq!(
         err,
-        SopsError::NoMatchingIdentity {
+        Sops::NoMatchingIdentity {
             recipients: vec![identity.recipient().to_string()]
         }
     );
-    let err = decrypt_config(&sealed, ConfigFormat::Json, &[]).expect_err("fails");
-    assert!(matches!(err, SopsError::NoMatchingIdentity { .. }), "{err}");
+    let err = sops(decrypt_config(&sealed, ConfigFormat::Json, &[]).expect_err("fails"));
+    assert!(matches!(err, Sops::NoMatchingIdentity { .. }), "{err}");
 }
 
 /// Replaces the `n`th ENC value's data with other base64 of the same length.
@@ -136,7 +145,7 @@ fn a_tampered_value_fails_with_its_path() {
         let err = decrypt_err(&flip_data(&sealed, 1), format, &identity);
         assert_eq!(
             err,
-            SopsError::Tampered {
+            Sops::Tampered {
                 path: "config[0].headers.Authorization".into()
             },
             "{format}"
@@ -144,7 +153,7 @@ fn a_tampered_value_fails_with_its_path() {
         let err = decrypt_err(&flip_data(&sealed, 4), format, &identity);
         assert_eq!(
             err,
-            SopsError::Tampered {
+            Sops::Tampered {
                 path: "config[0].signingSecrets[1]".into()
             }
         );
@@ -173,7 +182,7 @@ fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
     let err = decrypt_err(&swapped, ConfigFormat::Json, &identity);
     assert_eq!(
         err,
-        SopsError::Tampered {
+        Sops::Tampered {
             path: "config[0].headers.Authorization".into()
         }
     );
@@ -186,7 +195,7 @@ fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
         .replace("@FIRST@", &second);
     assert_eq!(
         decrypt_err(&swapped, ConfigFormat::Json, &identity),
-        SopsError::MacMismatch
+        Sops::MacMismatch
     );
 }
 
@@ -195,18 +204,12 @@ fn an_edited_clear_value_fails_the_mac() {
     for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
         let (sealed, identity) = encrypted(format);
         let edited = sealed.replace("materialization_name", "connector_image");
-        assert_eq!(
-            decrypt_err(&edited, format, &identity),
-            SopsError::MacMismatch
-        );
+        assert_eq!(decrypt_err(&edited, format, &identity), Sops::MacMismatch);
         let edited = sealed
             .replace("\"timeoutSecs\": 10", "\"timeoutSecs\": 11")
             .replace("timeoutSecs: 10", "timeoutSecs: 11");
         assert_ne!(edited, sealed);
-        assert_eq!(
-            decrypt_err(&edited, format, &identity),
-            SopsError::MacMismatch
-        );
+        assert_eq!(decrypt_err(&edited, format, &identity), Sops::MacMismatch);
     }
 }
 
@@ -217,7 +220,7 @@ fn a_tampered_or_missing_mac_is_refused() {
     let mac = enc_value(&sealed, 6);
     assert!(sealed.contains(&format!("\"mac\": \"{mac}\"")), "{sealed}");
     let err = decrypt_err(&flip_data(&sealed, 6), ConfigFormat::Json, &identity);
-    assert_eq!(err, SopsError::MacTampered);
+    assert_eq!(err, Sops::MacTampered);
 
     // lastmodified is the MAC's additional data.
     let doc: serde_json::Value = serde_json::from_str(&sealed).expect("succeeds");
@@ -225,18 +228,18 @@ fn a_tampered_or_missing_mac_is_refused() {
     let edited = sealed.replace(lastmodified, "2001-01-01T00:00:00Z");
     assert_eq!(
         decrypt_err(&edited, ConfigFormat::Json, &identity),
-        SopsError::MacTampered
+        Sops::MacTampered
     );
 
     let without = sealed.replace(&format!("\"mac\": \"{mac}\","), "");
     assert_eq!(
         decrypt_err(&without, ConfigFormat::Json, &identity),
-        SopsError::MacMissing
+        Sops::MacMissing
     );
     let empty = sealed.replace(&mac, "");
     assert_eq!(
         decrypt_err(&empty, ConfigFormat::Json, &identity),
-        SopsError::MacMissing
+        Sops::MacMissing
     );
 }
 
@@ -247,7 +250,7 @@ fn a_malformed_or_clear_secret_is_named_by_path() {
     let broken = sealed.replace(&auth, "ENC[AES256_GCM,data:%%%,iv:x,tag:y,type:str]");
     assert_eq!(
         decrypt_err(&broken, ConfigFormat::Json, &identity),
-        SopsError::MalformedValue {
+        Sops::MalformedValue {
             path: "config[0].headers.Authorization".into(),
             reason: "data is not base64"
         }
@@ -255,7 +258,7 @@ fn a_malformed_or_clear_secret_is_named_by_path() {
     let clear = sealed.replace(&auth, "Bearer planted");
     assert_eq!(
         decrypt_err(&clear, ConfigFormat::Json, &identity),
-        SopsError::NotEncryptedValue {
+        Sops::NotEncryptedValue {
             path: "config[0].headers.Authorization".into()
         }
     );
@@ -289,7 +292,7 @@ fn metadata_problems_are_typed() {
     });
     assert_eq!(
         decrypt_err(&kms_only, ConfigFormat::Json, &identity),
-        SopsError::NoAgeRecipients {
+        Sops::NoAgeRecipients {
             others: vec!["kms"]
         }
     );
@@ -304,7 +307,7 @@ fn metadata_problems_are_typed() {
     });
     assert!(matches!(
         decrypt_err(&shamir, ConfigFormat::Json, &identity),
-        SopsError::Unsupported { .. }
+        Sops::Unsupported { .. }
     ));
     // One key group is what sops writes as top-level keys; both read the same.
     let one_group = with_block(&|block| {
@@ -325,12 +328,12 @@ fn metadata_problems_are_typed() {
     let two_rules = with_block(&|block| block["unencrypted_suffix"] = "_clear".into());
     assert!(matches!(
         decrypt_err(&two_rules, ConfigFormat::Json, &identity),
-        SopsError::Metadata { field: "sops", .. }
+        Sops::Metadata { field: "sops", .. }
     ));
     let bad_time = with_block(&|block| block["lastmodified"] = "yesterday".into());
     assert!(matches!(
         decrypt_err(&bad_time, ConfigFormat::Json, &identity),
-        SopsError::Metadata {
+        Sops::Metadata {
             field: "lastmodified",
             ..
         }
@@ -338,12 +341,12 @@ fn metadata_problems_are_typed() {
     let comments = with_block(&|block| block["encrypted_comment_regex"] = "^enc".into());
     assert!(matches!(
         decrypt_err(&comments, ConfigFormat::Json, &identity),
-        SopsError::Unsupported { .. }
+        Sops::Unsupported { .. }
     ));
     let not_a_map = with_block(&|block| *block = "sops".into());
     assert!(matches!(
         decrypt_err(&not_a_map, ConfigFormat::Json, &identity),
-        SopsError::Metadata { field: "sops", .. }
+        Sops::Metadata { field: "sops", .. }
     ));
 }
 
@@ -358,7 +361,7 @@ fn truncated_age_armor_fails_cleanly() {
     for cut in [0, 10, 40, enc.len() / 2, enc.len() - 40] {
         let truncated = edit_block(&sealed, &|block| block["age"][0]["enc"] = enc[..cut].into());
         let err = decrypt_err(&truncated, ConfigFormat::Json, &identity);
-        assert!(matches!(err, SopsError::DataKey { .. }), "cut {cut}: {err}");
+        assert!(matches!(err, Sops::DataKey { .. }), "cut {cut}: {err}");
     }
 }
 
@@ -373,16 +376,16 @@ fn plaintext_configs_need_no_keys_and_encrypted_ones_are_not_reencrypted() {
             &[AgeIdentity::generate()]
         )
         .expect_err("fails"),
-        SopsError::NotEncrypted
+        SopsError::Sops(Sops::NotEncrypted)
     );
     let (sealed, identity) = encrypted(ConfigFormat::Yaml);
     assert_eq!(
         encrypt_config(&sealed, ConfigFormat::Yaml, &[identity.recipient()]).expect_err("fails"),
-        SopsError::AlreadyEncrypted
+        SopsError::Sops(Sops::AlreadyEncrypted)
     );
     assert!(matches!(
         encrypt_config(&plain_json(), ConfigFormat::Json, &[]).expect_err("fails"),
-        SopsError::Encrypt { .. }
+        SopsError::Sops(Sops::Encrypt { .. })
     ));
     let err = encrypt_config(
         r#"{"config": [{"url": "https://x", "payloadTemplate": "{}", "auth": "x"}]}"#,
@@ -400,11 +403,11 @@ fn a_decrypted_value_of_the_wrong_type_is_not_echoed() {
         r#"{"config": [{"url": "https://x", "payloadTemplate": "{}", "headers": {"A": 987654321}}]}"#,
     )
     .expect("succeeds");
-    let sealed = seal_document(
+    let sealed = triggers_sops::encrypt(
         doc,
-        ConfigFormat::Json,
+        triggers_sops::Format::Json,
         &[identity.recipient()],
-        "2026-01-01T00:00:00Z",
+        SECRET_FIELDS_REGEX,
     )
     .expect("succeeds");
     assert!(!sealed.contains("987654321"), "{sealed}");

@@ -1,8 +1,8 @@
 //! age keys, which wrap a SOPS document's data key. The age crate (str4d/rage) does the
 //! X25519 and ChaCha20-Poly1305 work; this file only reads keys and the armoured stanzas.
 
-use super::SopsError;
-use super::metadata::AgeStanza;
+use crate::Error;
+use crate::metadata::AgeStanza;
 use age::armor::{ArmoredReader, ArmoredWriter, Format};
 use std::io::{Read as _, Write as _};
 use std::str::FromStr as _;
@@ -91,9 +91,9 @@ const DATA_KEY_LEN: usize = 32;
 pub(crate) fn unwrap_data_key(
     stanzas: &[AgeStanza],
     identities: &[AgeIdentity],
-) -> Result<[u8; DATA_KEY_LEN], SopsError> {
+) -> Result<[u8; DATA_KEY_LEN], Error> {
     if identities.is_empty() {
-        return Err(SopsError::NoMatchingIdentity {
+        return Err(Error::NoMatchingIdentity {
             recipients: stanzas.iter().map(|s| s.recipient.clone()).collect(),
         });
     }
@@ -103,18 +103,16 @@ pub(crate) fn unwrap_data_key(
             Ok(key) => return Ok(key),
             Err(UnwrapError::NoMatch) => {}
             Err(UnwrapError::Failed(reason)) => {
-                first_failure.get_or_insert(SopsError::DataKey {
+                first_failure.get_or_insert(Error::DataKey {
                     recipient: stanza.recipient.clone(),
                     reason,
                 });
             }
         }
     }
-    Err(
-        first_failure.unwrap_or_else(|| SopsError::NoMatchingIdentity {
-            recipients: stanzas.iter().map(|s| s.recipient.clone()).collect(),
-        }),
-    )
+    Err(first_failure.unwrap_or_else(|| Error::NoMatchingIdentity {
+        recipients: stanzas.iter().map(|s| s.recipient.clone()).collect(),
+    }))
 }
 
 enum UnwrapError {
@@ -148,8 +146,8 @@ fn unwrap_one(
 pub(crate) fn wrap_data_key(
     key: &[u8; DATA_KEY_LEN],
     recipient: &AgeRecipient,
-) -> Result<String, SopsError> {
-    let fail = |err: &dyn std::fmt::Display| SopsError::Encrypt {
+) -> Result<String, Error> {
+    let fail = |err: &dyn std::fmt::Display| Error::Encrypt {
         reason: format!("wrapping the data key for {recipient}: {err}"),
     };
     let encryptor =
@@ -224,7 +222,7 @@ mod tests {
         );
         assert!(matches!(
             unwrap_data_key(&[stanza(&enc)], &[other]),
-            Err(SopsError::NoMatchingIdentity { .. })
+            Err(Error::NoMatchingIdentity { .. })
         ));
         for cut in 0..enc.trim_end().len() {
             let truncated = &enc[..cut];

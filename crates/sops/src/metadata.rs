@@ -1,14 +1,14 @@
 //! The top-level `sops` block: who can unwrap the data key, which values are encrypted,
 //! and the sealed MAC.
 
-use super::SopsError;
-use super::tree::Node;
+use crate::Error;
+use crate::tree::Node;
 use regex::Regex;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// The key of the metadata block at the top of an encrypted document.
-pub(crate) const SOPS_KEY: &str = "sops";
+pub const SOPS_KEY: &str = "sops";
 /// The suffix sops assumes when a file names no encryption rule.
 const DEFAULT_UNENCRYPTED_SUFFIX: &str = "_unencrypted";
 
@@ -51,11 +51,11 @@ pub(crate) struct Metadata {
     pub(crate) mac_only_encrypted: bool,
 }
 
-fn bad(field: &'static str, reason: &'static str) -> SopsError {
-    SopsError::Metadata { field, reason }
+fn bad(field: &'static str, reason: &'static str) -> Error {
+    Error::Metadata { field, reason }
 }
 
-fn optional_str<'a>(block: &'a Node, field: &'static str) -> Result<Option<&'a str>, SopsError> {
+fn optional_str<'a>(block: &'a Node, field: &'static str) -> Result<Option<&'a str>, Error> {
     match block.get(field) {
         None | Some(Node::Null) => Ok(None),
         Some(Node::Str(s)) if s.is_empty() => Ok(None),
@@ -64,20 +64,20 @@ fn optional_str<'a>(block: &'a Node, field: &'static str) -> Result<Option<&'a s
     }
 }
 
-fn compile(field: &'static str, pattern: &str) -> Result<Regex, SopsError> {
+fn compile(field: &'static str, pattern: &str) -> Result<Regex, Error> {
     Regex::new(pattern).map_err(|_| bad(field, "is not a valid regular expression"))
 }
 
 impl Metadata {
     /// Reads a `sops` block.
-    pub(crate) fn parse(block: &Node) -> Result<Self, SopsError> {
+    pub(crate) fn parse(block: &Node) -> Result<Self, Error> {
         if !matches!(block, Node::Map(_)) {
             return Err(bad("sops", "is not a map"));
         }
         for field in ["unencrypted_comment_regex", "encrypted_comment_regex"] {
             if optional_str(block, field)?.is_some() {
                 // Comments decide which values are encrypted, and our readers drop comments.
-                return Err(SopsError::Unsupported { what: field });
+                return Err(Error::Unsupported { what: field });
             }
         }
 
@@ -115,7 +115,7 @@ impl Metadata {
         let mac_aad = go_rfc3339(lastmodified)
             .ok_or_else(|| bad("lastmodified", "is not an RFC 3339 time"))?;
         let mac = optional_str(block, "mac")?
-            .ok_or(SopsError::MacMissing)?
+            .ok_or(Error::MacMissing)?
             .to_string();
 
         Ok(Metadata {
@@ -133,13 +133,13 @@ const OTHER_KEY_TYPES: [&str; 6] = ["pgp", "kms", "gcp_kms", "azure_kv", "hc_vau
 
 /// The age stanzas of the block: its top-level `age` list, or the one key group's (a
 /// file with several groups splits its key with Shamir's scheme, which we do not do).
-fn age_stanzas(block: &Node) -> Result<Vec<AgeStanza>, SopsError> {
+fn age_stanzas(block: &Node) -> Result<Vec<AgeStanza>, Error> {
     let group = match block.get("key_groups") {
         None | Some(Node::Null) => block,
         Some(Node::Seq(groups)) if groups.is_empty() => block,
         Some(Node::Seq(groups)) if groups.len() == 1 => &groups[0],
         Some(Node::Seq(_)) => {
-            return Err(SopsError::Unsupported {
+            return Err(Error::Unsupported {
                 what: "key_groups (Shamir secret sharing)",
             });
         }
@@ -169,7 +169,7 @@ fn age_stanzas(block: &Node) -> Result<Vec<AgeStanza>, SopsError> {
             .filter(|kind| matches!(group.get(kind), Some(Node::Seq(list)) if !list.is_empty()))
             .copied()
             .collect();
-        return Err(SopsError::NoAgeRecipients { others });
+        return Err(Error::NoAgeRecipients { others });
     }
     Ok(stanzas)
 }

@@ -5,7 +5,7 @@
 //! key path as additional data, so a value moved to another key fails to open. The
 //! plaintext is the value's text in Go's formatting, and `type` says how to read it back.
 
-use super::tree::Node;
+use crate::tree::Node;
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::generic_array::typenum::U32;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};

@@ -6,14 +6,22 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use std::fmt;
 
-/// One value of a document.
+/// One value of a document, as sops sees it. Deserializing refuses duplicate and
+/// non-string keys, as sops does; `Debug` shows the shape only (a decrypted tree holds
+/// secrets).
 #[derive(Clone, PartialEq)]
-pub(crate) enum Node {
+pub enum Node {
+    /// `null`: sops neither encrypts nor hashes it.
     Null,
+    /// A boolean.
     Bool(bool),
+    /// An integer (YAML's; JSON numbers are floats to sops).
     Int(i64),
+    /// A float.
     Float(f64),
+    /// A string, or an `ENC[...]` leaf.
     Str(String),
+    /// A list.
     Seq(Vec<Node>),
     /// Keys in document order; duplicates are refused when reading.
     Map(Vec<(String, Node)>),
@@ -21,7 +29,7 @@ pub(crate) enum Node {
 
 impl Node {
     /// The value under `key` of a map.
-    pub(crate) fn get(&self, key: &str) -> Option<&Node> {
+    pub fn get(&self, key: &str) -> Option<&Node> {
         match self {
             Node::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -29,7 +37,7 @@ impl Node {
     }
 
     /// The string under `key` of a map, if it is one.
-    pub(crate) fn get_str(&self, key: &str) -> Option<&str> {
+    pub fn get_str(&self, key: &str) -> Option<&str> {
         match self.get(key) {
             Some(Node::Str(s)) => Some(s),
             _ => None,
@@ -39,7 +47,7 @@ impl Node {
     /// Converts to a `serde_json::Value`, which serde can deserialize our config types
     /// from. JSON numbers are floats to sops, so an integral float becomes an integer
     /// again, as the same text would have parsed.
-    pub(crate) fn into_json(self) -> Result<serde_json::Value, NonFiniteNumber> {
+    pub fn into_json(self) -> Result<serde_json::Value, NonFiniteNumber> {
         Ok(match self {
             Node::Null => serde_json::Value::Null,
             Node::Bool(b) => serde_json::Value::Bool(b),
@@ -125,9 +133,10 @@ impl fmt::Debug for Node {
     }
 }
 
-/// NaN or an infinity, which a config cannot hold.
-#[derive(Debug)]
-pub(crate) struct NonFiniteNumber;
+/// NaN or an infinity, which JSON cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a number is not finite")]
+pub struct NonFiniteNumber;
 
 /// One step of a path: sops joins only map keys; errors show list indices too.
 #[derive(Clone, Copy)]
