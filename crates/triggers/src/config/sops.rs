@@ -7,7 +7,7 @@
 //! place of sealed values, and the config type the plaintext becomes. Plaintext lives
 //! only in memory, in [`Secret`](crate::Secret)s.
 
-use super::parse_document;
+use super::document::parse_document;
 use crate::{ConfigFormat, ParseError, TriggersConfig};
 use serde::Deserialize as _;
 use triggers_sops::{AgeIdentity, AgeRecipient, Format, Node};

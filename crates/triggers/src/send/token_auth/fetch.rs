@@ -5,7 +5,7 @@ use super::{
     MAX_TOKEN_RESPONSE_BYTES, TokenAuth, TokenErrorKind, TokenRequest,
 };
 use crate::Deliverer;
-use crate::retry::Attempt;
+use crate::send::retry::Attempt;
 use base64::Engine as _;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use std::time::{Duration, SystemTime};
@@ -33,7 +33,7 @@ impl TokenAuth {
             span_id: crate::SpanId::random(),
         };
         if let Ok(value) = traceparent.header_value() {
-            headers.insert(crate::trace_context::TRACEPARENT_HEADER, value);
+            headers.insert(crate::send::trace_context::TRACEPARENT_HEADER, value);
         }
         let body = match &self.request {
             TokenRequest::ClientCredentials {
@@ -116,7 +116,7 @@ impl TokenAuth {
 /// A reqwest error as a token error, classified as a webhook attempt's would be (so a
 /// network-policy refusal found by the resolver is a refusal, not a connect error).
 fn transport_error(err: reqwest::Error, timeout: Duration) -> TokenErrorKind {
-    match crate::deliver::transport_attempt(err) {
+    match crate::send::deliver::transport_attempt(err) {
         Attempt::Timeout => TokenErrorKind::Timeout(timeout),
         Attempt::Connect(message) => TokenErrorKind::Connect(message),
         Attempt::Transport(message) => TokenErrorKind::Transport(message),

@@ -1,16 +1,16 @@
 //! Publish-time validation: a config document in, the compiled [`Triggers`] out, or every
 //! problem of the document at once.
 
-use crate::config::{
+use crate::config::document::{
     ConfigFormat, HttpMethod, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
     MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGERS,
     MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
 };
-use crate::responses::{ResponsePolicy, check_responses};
-use crate::signing::{SigningKey, SigningSecretError};
-use crate::template::{TemplateError, Templates};
-use crate::variables::Variables;
-use crate::webhook_headers::DELIVERER_HEADERS;
+use crate::config::responses::{ResponsePolicy, check_responses};
+use crate::render::template::{TemplateError, Templates};
+use crate::render::variables::Variables;
+use crate::send::signing::{SigningKey, SigningSecretError};
+use crate::send::webhook_headers::DELIVERER_HEADERS;
 use crate::{Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub struct Trigger {
     pub(crate) follow_redirects: bool,
     pub(crate) drain: Drain,
     /// Where its bearer token comes from, with the token's cache (memory only).
-    pub(crate) auth: Option<std::sync::Arc<crate::token_auth::TokenAuth>>,
+    pub(crate) auth: Option<std::sync::Arc<crate::send::token_auth::TokenAuth>>,
     /// What its `responses` make of a receiver's answers.
     pub(crate) responses: ResponsePolicy,
 }
@@ -67,7 +67,7 @@ impl TriggerLabel {
     fn new(index: usize, raw_url: &str) -> Self {
         Self {
             index,
-            origin: crate::config::url_origin(raw_url),
+            origin: crate::config::document::url_origin(raw_url),
         }
     }
 }
@@ -618,7 +618,7 @@ fn check_trigger(
         }
     };
 
-    let auth = crate::token_auth::check(&label, raw, errors).map(std::sync::Arc::new);
+    let auth = crate::send::token_auth::check(&label, raw, errors).map(std::sync::Arc::new);
     let responses = check_responses(&label, &raw.responses, errors);
 
     let url = url?;

@@ -4,9 +4,7 @@
 //! [`crate::validate`] turns them once into [`crate::Triggers`], the checked form that
 //! delivery uses.
 
-mod nesting;
-pub(crate) mod sops;
-
+use super::nesting;
 use crate::{AuthConfig, DrainConfig, ResponsesConfig, Secret};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -109,7 +107,7 @@ pub struct TriggerConfig {
     /// client credentials, or a JSON login such as Airflow 3's `/auth/token`), sent as
     /// `Authorization: Bearer <token>`, renewed before it expires and once on a 401.
     /// Its credentials are secrets.
-    #[serde(default, deserialize_with = "crate::token_auth::secret_auth")]
+    #[serde(default, deserialize_with = "crate::send::token_auth::secret_auth")]
     pub auth: Option<AuthConfig>,
     /// What the receiver's answers mean beyond the defaults:
     /// `{"alreadyDelivered": [409], "retry": []}` (the default).
@@ -299,12 +297,12 @@ pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
 fn secret_headers<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, Secret>, D::Error> {
-    BTreeMap::deserialize(deserializer).map_err(crate::secret::withhold_value)
+    BTreeMap::deserialize(deserializer).map_err(crate::config::secret::withhold_value)
 }
 
 /// `signingSecrets`, likewise.
 fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
-    Vec::deserialize(deserializer).map_err(crate::secret::withhold_value)
+    Vec::deserialize(deserializer).map_err(crate::config::secret::withhold_value)
 }
 
 /// serde_json and serde_yaml append " at line L column C"; we report those as fields.

@@ -1,7 +1,7 @@
 //! The variables a payload template is rendered against, built from a transaction's
 //! per-binding stats and persisted as [`triggers_proto::TriggerParams`].
 
-use crate::clock::{Clock, ClockError};
+use crate::render::clock::{Clock, ClockError};
 use serde::Serialize;
 use time::OffsetDateTime;
 use triggers_proto::{BindingStats, TRIGGER_PARAMS_VERSION, Timestamp, TriggerParams};

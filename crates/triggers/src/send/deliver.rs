@@ -2,17 +2,17 @@
 //! a per-attempt timeout and capped, jittered retries within a time budget, Standard
 //! Webhooks headers, and only to destinations the network policy allows.
 
-use crate::backoff_policy::{Delays, RetryBackoff};
-use crate::network_policy::{
+use crate::config::validate::{Trigger, TriggerLabel, Triggers};
+use crate::render::template::TemplateError;
+use crate::render::variables::Variables;
+use crate::send::backoff_policy::{Delays, RetryBackoff};
+use crate::send::network_policy::{
     GuardedResolver, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
 };
-use crate::retry::{Attempt, MayHaveArrived, Verdict, retry_after, verdict};
-use crate::signing::signature_header;
-use crate::template::TemplateError;
-use crate::trace_context::{SpanId, TRACEPARENT_HEADER, TraceId, TraceParent};
-use crate::validate::{Trigger, TriggerLabel, Triggers};
-use crate::variables::Variables;
-use crate::webhook_headers::{
+use crate::send::retry::{Attempt, MayHaveArrived, Verdict, retry_after, verdict};
+use crate::send::signing::signature_header;
+use crate::send::trace_context::{SpanId, TRACEPARENT_HEADER, TraceId, TraceParent};
+use crate::send::webhook_headers::{
     RETRY_REASON, SendReason, WEBHOOK_ATTEMPT, WEBHOOK_ID, WEBHOOK_REASON, WEBHOOK_SIGNATURE,
     WEBHOOK_TIMESTAMP,
 };

@@ -1,8 +1,8 @@
 //! What one delivery attempt came to, whether to try again, and when the endpoint asked
 //! us to.
 
-use crate::network_policy::Refusal;
-use crate::responses::ResponsePolicy;
+use crate::config::responses::ResponsePolicy;
+use crate::send::network_policy::Refusal;
 use std::time::{Duration, SystemTime};
 
 /// The outcome of one HTTP attempt.
@@ -242,7 +242,7 @@ mod tests {
         let refusal = Refusal {
             host: "localhost".into(),
             address: std::net::Ipv4Addr::LOCALHOST.into(),
-            class: crate::network_policy::AddressClass::Loopback,
+            class: crate::send::network_policy::AddressClass::Loopback,
         };
         let table = [
             (Attempt::Timeout, true),
@@ -283,7 +283,7 @@ mod tests {
         let refusal = Refusal {
             host: "localhost".into(),
             address: std::net::Ipv4Addr::LOCALHOST.into(),
-            class: crate::network_policy::AddressClass::Loopback,
+            class: crate::send::network_policy::AddressClass::Loopback,
         };
         assert_eq!(verdict(&Attempt::Refused(refusal)), Verdict::Fail);
     }

@@ -9,12 +9,12 @@
 //! `responses.alreadyDelivered` is "already delivered"; with a fresh `flow_run_id` it was
 //! never sent, and that status means the receiver's idempotency key collides.
 
-use crate::deliver::{Deliverer, verdict_failure};
-use crate::preview::{PreviewError, PreviewVariables};
-use crate::retry::{Attempt, MayHaveArrived, Verdict, verdict};
-use crate::trace_context::{SpanId, TraceId, TraceParent};
-use crate::validate::{TriggerLabel, Triggers};
-use crate::webhook_headers::SendReason;
+use crate::config::validate::{TriggerLabel, Triggers};
+use crate::render::preview::{PreviewError, PreviewVariables};
+use crate::send::deliver::{Deliverer, verdict_failure};
+use crate::send::retry::{Attempt, MayHaveArrived, Verdict, verdict};
+use crate::send::trace_context::{SpanId, TraceId, TraceParent};
+use crate::send::webhook_headers::SendReason;
 use crate::{AttemptOutcome, FailureReason};
 use bytes::Bytes;
 use std::time::{Duration, Instant};

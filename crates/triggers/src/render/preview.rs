@@ -6,9 +6,9 @@
 //! context, so nothing here can print them. For a trigger with `auth` it also says where
 //! its `Authorization` comes from, without fetching the token.
 
-use crate::template::TemplateError;
-use crate::validate::{TriggerLabel, Triggers, json_error_message};
-use crate::variables::{VARIABLE_NAMES, Variables};
+use crate::config::validate::{TriggerLabel, Triggers, json_error_message};
+use crate::render::template::TemplateError;
+use crate::render::variables::{VARIABLE_NAMES, Variables};
 use crate::webhook_id;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

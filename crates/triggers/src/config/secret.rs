@@ -48,7 +48,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// found): then [`crate::SECRET_TYPE_ERROR`] instead. Errors about the document's syntax
 /// say nothing of values and are kept; the parsers add the position to either.
 pub(crate) fn withhold_value<E: serde::de::Error>(err: E) -> E {
-    withhold_value_as(err, crate::config::SECRET_TYPE_ERROR)
+    withhold_value_as(err, crate::config::document::SECRET_TYPE_ERROR)
 }
 
 /// [`withhold_value`], saying `instead` in place of a withheld message.

@@ -3,7 +3,7 @@
 //! Generated from the Rust types (schemars), so it cannot drift from what
 //! [`TriggersConfig::parse`] accepts: field names and defaults come from the serde
 //! attributes, descriptions from the doc comments, bounds from the constants in
-//! `config.rs`, and `additionalProperties: false` from `deny_unknown_fields`. Secret
+//! `document.rs`, and `additionalProperties: false` from `deny_unknown_fields`. Secret
 //! fields (URLs, header values, signing secrets) carry `"secret": true`. What the schema
 //! cannot say (templates render to JSON, URLs are `http`/`https`, header names are
 //! valid) is checked by [`crate::validate`].

@@ -12,7 +12,7 @@
 //! claims a duplicate of something we did not send, so its idempotency key collides with
 //! another request's, and counting that as delivered would lose the webhook silently.
 
-use crate::validate::{TriggerLabel, ValidationError};
+use crate::config::validate::{TriggerLabel, ValidationError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,7 @@ mod direct;
 mod shape;
 mod timestamp;
 
-use crate::variables::Variables;
+use crate::render::variables::Variables;
 use direct::{DirectFailure, DirectTemplate};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output, PathAndJson,

@@ -25,8 +25,8 @@ pub(crate) const DELIVERER_HEADERS: [&str; 7] = [
     WEBHOOK_SIGNATURE,
     WEBHOOK_ATTEMPT,
     WEBHOOK_REASON,
-    crate::trace_context::TRACEPARENT,
-    crate::trace_context::TRACESTATE,
+    crate::send::trace_context::TRACEPARENT,
+    crate::send::trace_context::TRACESTATE,
 ];
 
 /// Why a delivery's first attempt is made. Retries within the delivery are sent as

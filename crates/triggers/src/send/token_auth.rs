@@ -12,8 +12,8 @@
 mod fetch;
 
 use crate::Secret;
-use crate::network_policy::Refusal;
-use crate::validate::{TriggerLabel, ValidationError};
+use crate::config::validate::{TriggerLabel, ValidationError};
+use crate::send::network_policy::Refusal;
 use reqwest::header::HeaderValue;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -121,7 +121,7 @@ impl std::fmt::Debug for AuthConfig {
         };
         f.debug_struct("AuthConfig")
             .field("type", &kind)
-            .field("endpoint", &crate::config::url_origin(url))
+            .field("endpoint", &crate::config::document::url_origin(url))
             .finish_non_exhaustive()
     }
 }
@@ -135,7 +135,7 @@ pub(crate) fn secret_auth<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<AuthConfig>, D::Error> {
     Option::<AuthConfig>::deserialize(deserializer)
-        .map_err(|err| crate::secret::withhold_value_as(err, AUTH_TYPE_ERROR))
+        .map_err(|err| crate::config::secret::withhold_value_as(err, AUTH_TYPE_ERROR))
 }
 
 /// Why a token could not be had from a trigger's token endpoint. Names the endpoint by
