@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
-use triggers::receiver::{Receiver, Reply};
 use triggers::{Deliverer, NetworkPolicy, RetryBackoff, Variables};
+use triggers_receiver::{Receiver, Reply};
 
 fn variables() -> Variables {
     Variables::from_stats(

@@ -7,7 +7,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
-use triggers::receiver::{Receiver, Reply};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{DeliveryMode, Durability, Shard, ShardConfig};
 
 const ENDPOINT_DELAY: Duration = Duration::from_millis(50);

@@ -15,8 +15,8 @@
 //! decoupled shard without triggers, and with one coalesced trigger whose endpoint
 //! answers after 50 ms, as in the throughput bench).
 
-use triggers::receiver::Receiver;
 use triggers::{Deliverer, NetworkPolicy, RetryBackoff, Variables};
+use triggers_receiver::Receiver;
 use triggers_runtime::test_support::RawStore as _;
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
 /// `count` transactions of a decoupled shard, unsynced (so instructions, not fsyncs, are
 /// what differ), with or without one coalesced trigger.
 fn shard(coalesced: bool, count: usize) -> anyhow::Result<()> {
-    use triggers::receiver::Reply;
+    use triggers_receiver::Reply;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

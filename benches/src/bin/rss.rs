@@ -6,7 +6,7 @@
 //! delivery) and the ledger's default retention unless given.
 
 use std::time::Instant;
-use triggers::receiver::Receiver;
+use triggers_receiver::Receiver;
 use triggers_runtime::{Durability, Shard};
 
 /// A field of `/proc/self/status`, in KiB (0 when absent).

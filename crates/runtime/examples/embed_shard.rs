@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::receiver::Receiver;
 use triggers::{Clock, ConfigFormat, Materialization, NetworkPolicy};
 use triggers_proto::Source;
+use triggers_receiver::Receiver;
 use triggers_runtime::{Shard, ShardConfig, TransactionStats};
 
 #[tokio::main]

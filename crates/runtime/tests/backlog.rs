@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use triggers::receiver::{Receiver, Reply};
 use triggers::{
     AttemptObserver, AttemptOutcome, AttemptRecord, Clock, ConfigFormat, Materialization,
     RetryBackoff, Triggers, validate,
 };
 use triggers_proto::{BindingStats, Checkpoint, Source};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
 use triggers_runtime::{
     BacklogError, DeliveryMode, Durability, Shard, ShardConfig, ShardError, Store,

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
 use triggers_proto::{BindingStats, Checkpoint, Message as _, Source, TriggerParams};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
 use triggers_runtime::{
     BacklogError, Durability, ProtocolError, Shard, ShardConfig, ShardError, Store, StoreError,

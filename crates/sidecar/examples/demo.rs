@@ -8,8 +8,8 @@
 use anyhow::{Context as _, bail};
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{ConfigFormat, Materialization, RetryBackoff, validate};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{Durability, Shard, ShardConfig};
 use triggers_sidecar::consumer::{self, Driver, RunOptions, parse_documents};
 

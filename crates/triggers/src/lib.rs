@@ -1,5 +1,17 @@
 //! Trigger webhooks of a materialization: the pure logic of a trigger.
 //!
+//! The modules are the stages a trigger goes through, in the order data flows:
+//!
+//! - `config/`: a document in, compiled [`Triggers`] out: the config types and their
+//!   bounds, SOPS at rest (through `triggers-sops`), the response policy, the drain,
+//!   the JSON Schema, [`Secret`], and publish-time [`validate`].
+//! - `render/`: stats to [`Variables`] (with the UUID [`Clock`]), and [`Templates`]
+//!   rendered against them into payloads; [`Triggers::preview`].
+//! - `send/`: the [`Deliverer`]: headers, signatures, tokens, trace context, retries
+//!   and backoff, the [`NetworkPolicy`], and [`Deliverer::test_fire`].
+//!
+//! Every public item is re-exported here; the module paths are private.
+//!
 //! Data flows one way: per-binding [`BindingStats`](triggers_proto::BindingStats) of a
 //! transaction become [`Variables`] (persisted by the runtime as
 //! [`TriggerParams`](triggers_proto::TriggerParams)); after the commit is acknowledged,
@@ -55,73 +67,59 @@
 //!
 //! This crate knows nothing of RocksDB, shards or gRPC; `triggers-runtime` does.
 
-mod backoff_policy;
-mod clock;
 mod config;
-mod deliver;
-mod drain;
-mod network_policy;
-mod preview;
-#[cfg(feature = "receiver")]
-pub mod receiver;
-mod responses;
-mod retry;
-mod schema;
-mod secret;
-mod signing;
-mod sops;
-mod template;
-mod test_fire;
-mod token_auth;
-mod trace_context;
-mod validate;
-mod variables;
-mod webhook_headers;
-mod webhook_id;
+mod render;
+mod send;
 
-pub use backoff_policy::{Delays, RetryBackoff};
-pub use clock::{Clock, ClockError};
-pub use config::{
+pub use config::document::{
     ConfigFormat, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS, HttpMethod,
     MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
     MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGERS,
     MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, SECRET_TYPE_ERROR, TriggerConfig,
     TriggersConfig,
 };
-pub use deliver::{
-    AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, Deliverer, DeliveryError,
-    FailureReason, TriggerFailure,
-};
-pub use drain::{
+pub use config::drain::{
     DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
 };
-pub use network_policy::{AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal};
-pub use preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
-pub use responses::{
+pub use config::responses::{
     DEFAULT_ALREADY_DELIVERED, MAX_RESPONSE_STATUS, MAX_RESPONSE_STATUSES, MIN_RESPONSE_STATUS,
     NOT_ALREADY_DELIVERED, NOT_RETRIED, ResponsesConfig,
 };
-pub use schema::config_schema;
-pub use secret::Secret;
-pub use signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
-pub use sops::{
-    AgeIdentity, AgeRecipient, KeyError, SEALED_URL_PLACEHOLDER, SECRET_FIELDS_REGEX,
-    SOPS_FORMAT_VERSION, SopsError, decrypt_config, encrypt_config, is_sops_encrypted, load_config,
-    validate_without_keys,
+pub use config::schema::config_schema;
+pub use config::secret::Secret;
+pub use config::sops::{
+    SEALED_URL_PLACEHOLDER, SECRET_FIELDS_REGEX, SopsError, decrypt_config, encrypt_config,
+    is_sops_encrypted, load_config, validate_without_keys,
 };
-pub use template::{
+pub use config::validate::{
+    Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate,
+};
+pub use render::clock::{Clock, ClockError};
+pub use render::preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
+pub use render::template::{
     MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,
     TemplateError, Templates,
 };
-pub use test_fire::{TestFirePayload, TestFireReport};
-pub use token_auth::{
+pub use render::variables::{
+    Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError,
+};
+pub use send::backoff_policy::{Delays, RetryBackoff};
+pub use send::deliver::{
+    AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, Deliverer, DeliveryError,
+    FailureReason, TriggerFailure,
+};
+pub use send::network_policy::{
+    AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
+};
+pub use send::signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
+pub use send::test_fire::{TestFirePayload, TestFireReport};
+pub use send::token_auth::{
     AUTH_TYPE_ERROR, AuthConfig, ClientAuthentication, DEFAULT_TOKEN_POINTER, MAX_AUTH_FIELD_BYTES,
     MAX_TOKEN_BYTES, MAX_TOKEN_RESPONSE_BYTES, TokenError, TokenErrorKind,
 };
-pub use trace_context::{SpanId, TRACEPARENT, TRACESTATE, TraceId, TraceParent};
-pub use validate::{Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate};
-pub use variables::{Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError};
-pub use webhook_headers::{
+pub use send::trace_context::{SpanId, TRACEPARENT, TRACESTATE, TraceId, TraceParent};
+pub use send::webhook_headers::{
     SendReason, WEBHOOK_ATTEMPT, WEBHOOK_ID, WEBHOOK_REASON, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 };
-pub use webhook_id::webhook_id;
+pub use send::webhook_id::webhook_id;
+pub use triggers_sops::{AgeIdentity, AgeRecipient, KeyError, SOPS_FORMAT_VERSION};

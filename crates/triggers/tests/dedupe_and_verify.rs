@@ -5,12 +5,12 @@
 mod support;
 
 use std::time::{Duration, Instant, SystemTime};
-use triggers::receiver::{Receiver, Reply, Request};
 use triggers::{
     AddressClass, ConfigFormat, Deliverer, DeliveryError, FailureReason, MAX_REDIRECTS,
     NetworkPolicy, RetryBackoff, Secret, SendReason, SigningKey, TriggerFailure, Triggers,
     Variables, validate, verify_signature, webhook_id,
 };
+use triggers_receiver::{Receiver, Reply, Request};
 
 /// The Standard Webhooks specification's example secret.
 const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -3,10 +3,10 @@
 mod support;
 
 use std::time::Duration;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{
     ConfigFormat, DeliveryError, FailureReason, SendReason, Triggers, Variables, validate,
 };
+use triggers_receiver::{Receiver, Reply};
 
 use support::fast_deliverer;
 

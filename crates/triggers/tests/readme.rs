@@ -81,3 +81,51 @@ fn the_library_example_in_the_readme_is_the_runnable_one() {
         "update the README's library example from the example"
     );
 }
+
+/// Issue 14: the crates were regrouped (triggers by stage, SOPS and the receiver as
+/// crates of their own), so the README's index of where things are must name files and
+/// directories that exist. Every backquoted path of the table's first column is checked:
+/// from the workspace root, else (a short form such as `retry.rs` or `src/bin/demo.rs`)
+/// from the directory of the path before it on its row, or from that path's crate.
+#[test]
+fn every_path_in_where_things_are_exists() {
+    use std::path::{Path, PathBuf};
+    let readme = include_str!("../../../README.md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let table = &readme[readme
+        .find("## Where things are")
+        .expect("the README has the index")..];
+    let table = &table[..table[3..].find("\n## ").map_or(table.len(), |end| end + 3)];
+    let mut checked = 0;
+    for row in table.lines().filter(|line| line.starts_with("| `")) {
+        let first = row.split(" | ").next().expect("a first column");
+        let (mut dir, mut krate) = (PathBuf::new(), PathBuf::new());
+        for path in first.split('`').skip(1).step_by(2) {
+            let found = [
+                root.join(path),
+                root.join(&dir).join(path),
+                root.join(&krate).join(path),
+            ]
+            .into_iter()
+            .find(|candidate| candidate.exists())
+            .unwrap_or_else(|| panic!("the README names {path}, which does not exist"));
+            let found = found
+                .strip_prefix(&root)
+                .expect("under the root")
+                .to_path_buf();
+            dir = if found.is_dir() {
+                found.clone()
+            } else {
+                found.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
+            if krate.as_os_str().is_empty() {
+                krate = found.components().take(2).collect();
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} paths found: the table's shape changed"
+    );
+}

@@ -4,11 +4,11 @@
 mod support;
 
 use std::time::Duration;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{
     AttemptOutcome, ConfigFormat, Deliverer, FailureReason, NetworkPolicy, PreviewError,
     PreviewVariables, RetryBackoff, Triggers, VariablesInputError, validate,
 };
+use triggers_receiver::{Receiver, Reply};
 
 fn triggers(receiver: &Receiver, extra: serde_json::Value) -> Triggers {
     let mut entry = serde_json::json!({

@@ -5,12 +5,12 @@ mod support;
 
 use base64::Engine as _;
 use std::time::Duration;
-use triggers::receiver::{self, Receiver, Reply};
 use triggers::{
     ConfigFormat, Deliverer, DeliveryError, FailureReason, NetworkPolicy, PreviewVariables,
     RetryBackoff, SendReason, TokenError, TokenErrorKind, TriggerFailure, Triggers, Variables,
     validate,
 };
+use triggers_receiver::{self as receiver, Receiver, Reply};
 
 const PASSWORD: &str = "pa55-hunter2";
 const CLIENT_SECRET: &str = "cl1ent-s3cret";
@@ -118,7 +118,7 @@ async fn token_authentication_per_trigger_fetches_on_first_use_and_reuses_the_to
         );
     }
     // The token request is a span of its own in the first webhook's trace.
-    let trace_of = |r: &triggers::receiver::Request| {
+    let trace_of = |r: &triggers_receiver::Request| {
         let value = r.header("traceparent").expect("traceparent").to_string();
         (value[3..35].to_string(), value[36..52].to_string())
     };

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{AgeIdentity, ConfigFormat, Materialization, validate};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{DeliveryMode, ShardConfig};
 use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 

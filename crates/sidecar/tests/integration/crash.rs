@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use triggers::Clock;
-use triggers::receiver::{Receiver, Reply};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{Durability, Store};
 use triggers_sidecar::consumer::INPUT_JOURNAL;
 use triggers_sidecar::crash::{CRASH_POINT_ENV, CRASH_POINT_REACHED};

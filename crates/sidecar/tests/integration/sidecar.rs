@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
-use triggers::receiver::{Receiver, Reply};
 use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AttemptOutcome, AwaitDeliveryRequest, AwaitDrainedRequest,
@@ -13,6 +12,7 @@ use triggers_proto::sidecar::{
     StartCommitRequest, StatusRequest, TestFireRequest, ValidateConfigRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
+use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
 use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
@@ -1444,7 +1444,7 @@ async fn python_grpcio_calls_the_sidecar_over_tcp_and_the_unix_socket() {
     }
 }
 
-fn by_path_requests(receiver: &Receiver, path: &str) -> Vec<triggers::receiver::Request> {
+fn by_path_requests(receiver: &Receiver, path: &str) -> Vec<triggers_receiver::Request> {
     receiver
         .requests()
         .into_iter()
