@@ -57,7 +57,8 @@ pub enum Format {
 }
 
 /// Why an encrypted document could not be read or written. Names the field that failed
-/// (by its key path, which sops never encrypts), never a value.
+/// (by its key path, which sops never encrypts), never a value. The messages call the
+/// document "the config": they are what `triggers` has always shown operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

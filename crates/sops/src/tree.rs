@@ -44,7 +44,7 @@ impl Node {
         }
     }
 
-    /// Converts to a `serde_json::Value`, which serde can deserialize our config types
+    /// Converts to a `serde_json::Value`, which serde can deserialize any type
     /// from. JSON numbers are floats to sops, so an integral float becomes an integer
     /// again, as the same text would have parsed.
     pub fn into_json(self) -> Result<serde_json::Value, NonFiniteNumber> {
