@@ -61,11 +61,11 @@ mod unix_authority;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
-    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus, state_name,
+    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus,
 };
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};
-pub use shard::{Acknowledgement, Commit, Recovery, Shard};
+pub use shard::{Acknowledgement, Commit, Phase, Recovery, Shard};
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};
 pub use store_thread::StoreTaskError;

@@ -178,7 +178,7 @@ mod tests {
             .expect("reads");
         let keys: Vec<(u32, u64, u64)> = entries
             .iter()
-            .map(|e| (e.trigger, e.key_seq, e.params.last_commit_seq))
+            .map(|e| (e.trigger, e.first_commit_seq, e.params.last_commit_seq))
             .collect();
         assert_eq!(keys, [(0, 1, 1), (1, 1, 1)]);
         assert!(

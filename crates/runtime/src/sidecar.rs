@@ -460,7 +460,7 @@ impl ShardSidecar for Sidecar {
             Ok(guard) => match guard.as_ref() {
                 Some(shard) => (
                     true,
-                    shard.phase_name(),
+                    shard.phase().as_str(),
                     shard.pending_flow_run_id().map(str::to_string),
                 ),
                 None => (false, "closed", None),
@@ -476,10 +476,7 @@ impl ShardSidecar for Sidecar {
         };
         let books = self.books();
         let last = books.last.clone().unwrap_or_default();
-        let mode = match self.inner.config.shard.delivery {
-            DeliveryMode::Waiting => "waiting",
-            DeliveryMode::Decoupled { .. } => "decoupled",
-        };
+        let mode = self.inner.config.shard.delivery.as_str();
         Ok(Response::new(StatusResponse {
             delivery_mode: mode.to_string(),
             backlog_limit: backlog.as_ref().map_or(0, |b| b.limit as u64),
@@ -489,7 +486,7 @@ impl ShardSidecar for Sidecar {
                 .iter()
                 .flat_map(|b| &b.queues)
                 .map(|q| BacklogQueue {
-                    trigger: q.trigger as u32,
+                    trigger: q.trigger,
                     drain: q.drain.to_string(),
                     depth: q.depth as u64,
                     in_flight: q.in_flight as u64,
