@@ -18,7 +18,7 @@
 //! its async facade (`shard_store.rs`). Hosts get [`Store::open`] and the readers, to
 //! inspect a closed shard's store; the writers are the runtime's own, as they bypass the
 //! state machine (tests and benches reach them through the unstable
-//! [`crate::test_support`] feature).
+//! `test_support` feature).
 
 use prost::Message as _;
 use rocksdb::{
@@ -557,7 +557,7 @@ impl Store {
     }
 
     /// Writes raw bytes under a key, bypassing every check. Tests use it to plant corrupt
-    /// or future-version values (through [`crate::test_support`] outside this crate);
+    /// or future-version values (through `test_support` outside this crate);
     /// nothing else should.
     #[cfg_attr(not(any(test, feature = "__test-support")), allow(dead_code))]
     pub(crate) fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
