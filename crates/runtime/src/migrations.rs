@@ -20,8 +20,8 @@
 //!    delivered, as decoupled delivery does, so a crash during the drain leaves the rest
 //!    to drain at the next open.
 
-use crate::DeliveryMode;
 use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::config::DeliveryMode;
 use crate::shard_store::ShardStore;
 use crate::store::StoredEntry;
 use crate::store_thread::StoreTaskError;
