@@ -584,7 +584,7 @@ impl ShardSidecar for Sidecar {
             },
             // Not a delivery outcome: the shard it waited on is gone.
             Err(BacklogError::Closed) => return Err(to_status(BacklogError::Closed.into())),
-            Err(err @ (BacklogError::Webhook(_) | BacklogError::Stopped(_))) => {
+            Err(err @ (BacklogError::Webhook(_) | BacklogError::Stopped { .. })) => {
                 AwaitDrainedResponse {
                     ok: false,
                     error: bounded(&err.to_string()),
@@ -810,7 +810,7 @@ fn to_status(err: ShardError) -> Status {
         // Out of order, or the shard (or its backlog) failed: reopen, retry or skip.
         ShardError::Protocol(_)
         | ShardError::Delivery { .. }
-        | ShardError::Backlog(BacklogError::Webhook(_) | BacklogError::Stopped(_)) => {
+        | ShardError::Backlog(BacklogError::Webhook(_) | BacklogError::Stopped { .. }) => {
             Status::failed_precondition(message)
         }
         // The call waited on a shard that was closed or reopened meanwhile: call again.

@@ -1407,9 +1407,12 @@ async fn a_finished_delivery_job_that_fails_wakes_await_drained_and_a_start_comm
     fail::remove(&point);
     let err = drained.expect_err("delivery stopped");
     assert!(
-        matches!(err, BacklogError::Stopped(_)) && err.to_string().contains("panicked"),
+        matches!(err, BacklogError::Stopped { .. }) && err.to_string().contains("panicked"),
         "{err}"
     );
+    // The store work's own error is kept as the cause, not only copied into the text.
+    let cause = std::error::Error::source(&err).expect("a cause");
+    assert!(cause.to_string().contains("panicked"), "{cause}");
     committed.expect_err("the commit fails rather than waiting");
     drop(handle);
     shard.close().await;

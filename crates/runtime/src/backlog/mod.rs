@@ -58,10 +58,18 @@ pub enum BacklogError {
     /// The store could not record a delivery's outcome, a worker could not go on, or a
     /// StartCommit was abandoned during its store write: the shard must be reopened.
     #[error(
-        "decoupled delivery stopped: {0}; the backlog stays persisted and fires again when \
-         the shard restarts"
+        "decoupled delivery stopped: {what}{}; the backlog stays persisted and fires again \
+         when the shard restarts",
+        .cause.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default()
     )]
-    Stopped(String),
+    Stopped {
+        /// What could not go on.
+        what: String,
+        /// The failure behind it, when one was: a store write, store work that panicked
+        /// or never ran.
+        #[source]
+        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// The shard was closed (or reopened) while the call waited on its backlog; the
     /// backlog stays persisted. Call again on the open shard.
     #[error(
@@ -69,6 +77,27 @@ pub enum BacklogError {
          stays persisted: call again on the open shard"
     )]
     Closed,
+}
+
+impl BacklogError {
+    /// Delivery stopped for `what`.
+    fn stopped(what: impl Into<String>) -> Self {
+        BacklogError::Stopped {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// Delivery stopped for `what`, because of `cause`.
+    fn stopped_by(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BacklogError::Stopped {
+            what: what.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
 }
 
 /// A webhook that failed for good in decoupled delivery (the oldest one, when several
@@ -594,10 +623,9 @@ struct CommitInFlight<'a> {
 impl Drop for CommitInFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.fail(BacklogError::Stopped(
+            self.shared.fail(BacklogError::stopped(
                 "a StartCommit was cancelled (its caller stopped waiting) during its store \
-                 write, which lands or not as a whole; the shard must be reopened"
-                    .to_string(),
+                 write, which lands or not as a whole; the shard must be reopened",
             ));
         }
     }
@@ -1059,8 +1087,11 @@ enum Sent {
     /// Not sent: its stored entry is gone.
     Gone,
     /// Could not be sent or recorded.
-    Stopped(String),
+    Stopped(BacklogError),
 }
+
+/// Why delivery stops when a delivery cannot be marked RUNNING.
+const MARK_RUNNING: &str = "marking a delivery RUNNING in the ledger failed";
 
 /// The worker of queue `index`: picks sendable entries as its drain mode allows, sends
 /// them, and records each outcome in the ledger (deleting delivered ones from the
@@ -1126,19 +1157,21 @@ async fn send_one(shared: &Arc<Shared>, index: u32, send: &Picked) -> Sent {
         Ok(Ok(ledger::Begun::Running { prior_attempts })) => prior_attempts,
         Ok(Ok(ledger::Begun::Gone)) => return Sent::Gone,
         Ok(Ok(ledger::Begun::NotPending(state))) => {
-            return Sent::Stopped(format!(
+            return Sent::Stopped(BacklogError::stopped(format!(
                 "delivery of trigger {index} starting at commit {} is {state} in the ledger \
                  but PENDING in memory",
                 send.first_commit_seq
-            ));
+            )));
         }
-        Ok(Err(err)) => return Sent::Stopped(err.to_string()),
-        Err(err) => return Sent::Stopped(err.to_string()),
+        Ok(Err(err)) => return Sent::Stopped(BacklogError::stopped_by(MARK_RUNNING, err)),
+        Err(err) => return Sent::Stopped(BacklogError::stopped_by(MARK_RUNNING, err)),
     };
     let collector = ledger::Collector(send.attempts.clone());
     // The triggers crate indexes its config by usize.
     let Ok(slot) = usize::try_from(index) else {
-        return Sent::Stopped(format!("trigger {index} is not in the config"));
+        return Sent::Stopped(BacklogError::stopped(format!(
+            "trigger {index} is not in the config"
+        )));
     };
     match shared
         .deliverer
@@ -1155,7 +1188,9 @@ async fn send_one(shared: &Arc<Shared>, index: u32, send: &Picked) -> Sent {
     {
         Some(outcome) => Sent::Done(outcome),
         // The trigger index comes from the config the queues were built from.
-        None => Sent::Stopped(format!("trigger {index} is not in the config")),
+        None => Sent::Stopped(BacklogError::stopped(format!(
+            "trigger {index} is not in the config"
+        ))),
     }
 }
 
@@ -1238,9 +1273,10 @@ async fn finish(shared: &Arc<Shared>, index: u32, send: Picked, sent: Sent) {
         // The job panicked or never ran, so it woke nobody: tell the waiters here. The
         // worker holds the backlog while it wakes them, but it is a task on the runtime,
         // not the store thread (see `run_job`), so it ends before `main` does.
-        shared.fail(BacklogError::Stopped(format!(
-            "recording a finished delivery failed: {err}"
-        )));
+        shared.fail(BacklogError::stopped_by(
+            "recording a finished delivery failed",
+            err,
+        ));
     }
 }
 
@@ -1300,11 +1336,11 @@ impl Shared {
             Sent::Gone => {
                 queue.lock().remove(send.first_commit_seq);
             }
-            Sent::Stopped(detail) => {
+            Sent::Stopped(stopped) => {
                 if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
                     entry.unpick();
                 }
-                self.set_fatal(BacklogError::Stopped(detail));
+                self.set_fatal(stopped);
             }
         }
     }
@@ -1325,9 +1361,10 @@ impl Shared {
             if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
                 entry.unpick();
             }
-            self.set_fatal(BacklogError::Stopped(format!(
-                "recording a delivered webhook (and deleting its backlog entry) failed: {err}"
-            )));
+            self.set_fatal(BacklogError::stopped_by(
+                "recording a delivered webhook (and deleting its backlog entry) failed",
+                err,
+            ));
             return;
         }
         let mut state = queue.lock();
@@ -1358,9 +1395,10 @@ impl Shared {
         }
         if let Err(err) = recorded {
             // The entry stays in the backlog and re-fires at the next open.
-            self.set_fatal(BacklogError::Stopped(format!(
-                "recording a failed delivery in the ledger failed: {err}"
-            )));
+            self.set_fatal(BacklogError::stopped_by(
+                "recording a failed delivery in the ledger failed",
+                err,
+            ));
         }
     }
 }
