@@ -121,7 +121,7 @@ impl std::fmt::Debug for Shard {
             .field("store", &self.store)
             .field("materialization", &self.materialization.name)
             .field("triggers", &self.triggers.len())
-            .field("state", &self.state)
+            .field("phase", &self.state)
             .finish()
     }
 }
