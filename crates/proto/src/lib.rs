@@ -31,6 +31,20 @@ pub mod sidecar {
 #[cfg(feature = "grpc")]
 pub mod codec;
 
+impl DeliveryState {
+    /// The state's name, as errors, logs and status print it: `PENDING`, `RUNNING`,
+    /// `SUCCESS`, `FAILED` or `CANCELLED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "PENDING",
+            DeliveryState::Running => "RUNNING",
+            DeliveryState::Success => "SUCCESS",
+            DeliveryState::Failed => "FAILED",
+            DeliveryState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
 pub use prost::Message;
 pub use prost_types::Timestamp;
 

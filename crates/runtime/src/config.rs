@@ -112,6 +112,16 @@ pub enum DeliveryMode {
     },
 }
 
+impl DeliveryMode {
+    /// The mode's name, as flags and status print it: `waiting` or `decoupled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Waiting => "waiting",
+            DeliveryMode::Decoupled { .. } => "decoupled",
+        }
+    }
+}
+
 impl Default for DeliveryMode {
     fn default() -> Self {
         DeliveryMode::Decoupled {

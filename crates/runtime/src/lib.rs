@@ -38,6 +38,22 @@
 //! `examples/embed_shard.rs` does the same with a trigger and a receiver on 127.0.0.1.
 //!
 //! This crate owns every byte on disk ([`store`]); trigger logic lives in `triggers`.
+//!
+//! Where the design lives, in the order data flows (each module uses only those above it):
+//!
+//! - `stats.rs`: a transaction's per-binding stats ([`TransactionStats`]), from which
+//!   `triggers` computes the trigger variables.
+//! - [`store`]: the RocksDB layout, the WriteBatches (blocking calls).
+//! - `store_thread.rs`, `shard_store.rs`: the store's own thread, and the async facade
+//!   every store call goes through ([`StoreTaskError`]).
+//! - `backlog/`: decoupled delivery's persisted per-trigger queues and their workers
+//!   (deliver, then delete); `ledger.rs` the delivery records, `operator.rs` retry/skip.
+//! - `migrations.rs`: every store layout migration (single key ↔ backlog).
+//! - `engine/`: one delivery engine per [`DeliveryMode`]: `waiting.rs` (StartCommit writes
+//!   one key; Acknowledged delivers, then deletes it) and `decoupled.rs` (StartCommit
+//!   writes backlog entries; Acknowledged hands them to the backlog).
+//! - `config.rs`, `error.rs`, `shard.rs`: [`ShardConfig`], [`ShardError`], and [`Shard`],
+//!   the protocol and phase (open → StartCommit → Acknowledged)* over its engine.
 
 mod backlog;
 mod config;
@@ -56,11 +72,11 @@ pub mod test_support;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
-    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus, state_name,
+    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus,
 };
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};
-pub use shard::{Acknowledgement, Commit, Recovery, Shard};
+pub use shard::{Acknowledgement, Commit, Phase, Recovery, Shard};
 pub use stats::TransactionStats;
 pub use store::{Durability, Store, StoreError};
 pub use store_thread::StoreTaskError;

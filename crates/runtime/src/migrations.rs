@@ -20,8 +20,8 @@
 //!    delivered, as decoupled delivery does, so a crash during the drain leaves the rest
 //!    to drain at the next open.
 
-use crate::DeliveryMode;
 use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::config::DeliveryMode;
 use crate::shard_store::ShardStore;
 use crate::store::StoredEntry;
 use crate::store_thread::StoreTaskError;
@@ -178,7 +178,7 @@ mod tests {
             .expect("reads");
         let keys: Vec<(u32, u64, u64)> = entries
             .iter()
-            .map(|e| (e.trigger, e.key_seq, e.params.last_commit_seq))
+            .map(|e| (e.trigger, e.first_commit_seq, e.params.last_commit_seq))
             .collect();
         assert_eq!(keys, [(0, 1, 1), (1, 1, 1)]);
         assert!(

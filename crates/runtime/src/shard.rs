@@ -49,9 +49,38 @@ pub struct Acknowledgement {
     pub queued: Option<usize>,
 }
 
-/// Where the shard is in its transaction lifecycle.
+/// Where a shard is in its transaction lifecycle, for status reports. Exhaustive on
+/// purpose: a host (the sidecar's wire enum, say) maps every phase, and a new one must
+/// make it decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub enum Phase {
+    /// Opened; the recovered checkpoint's Acknowledged is due.
+    Recovered,
+    /// Between transactions.
+    Idle,
+    /// StartCommit's write is durable; its Acknowledged is due.
+    Committed,
+    /// An error left the store in an unknown state, or a delivery failed for good:
+    /// reopen the shard.
+    Failed,
+}
+
+impl Phase {
+    /// The phase's name, as status prints it: `recovered`, `idle`, `committed` or
+    /// `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Recovered => "recovered",
+            Phase::Idle => "idle",
+            Phase::Committed => "committed",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// Where the shard is in its lifecycle, with what the phase alone does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
     /// Opened; the recovered checkpoint's Acknowledged is due. `pending`: trigger params
     /// were recovered.
     Recovered { pending: bool },
@@ -78,7 +107,7 @@ pub struct Shard {
     triggers: Arc<Triggers>,
     /// Writes the commit and delivers, as the delivery mode says.
     engine: Engine,
-    phase: Phase,
+    state: State,
     /// flow_run_id of the persisted, undelivered trigger params, if any.
     pending_run_id: Option<String>,
     /// The next commit sequence number to hand out.
@@ -93,7 +122,7 @@ impl std::fmt::Debug for Shard {
             .field("store", &self.store)
             .field("materialization", &self.materialization.name)
             .field("triggers", &self.triggers.len())
-            .field("phase", &self.phase)
+            .field("phase", &self.state)
             .finish()
     }
 }
@@ -133,7 +162,7 @@ impl Shard {
             if entry.trigger >= triggers {
                 tracing::warn!(
                     trigger = entry.trigger,
-                    first_commit_seq = entry.key_seq,
+                    first_commit_seq = entry.first_commit_seq,
                     "backlog entry of a trigger the config no longer has; it stays in the \
                      store and is not sent"
                 );
@@ -175,7 +204,7 @@ impl Shard {
             materialization: config.materialization,
             triggers: config.triggers,
             engine,
-            phase: Phase::Recovered {
+            state: State::Recovered {
                 pending: pending.is_some() || backlog_len > 0,
             },
             pending_run_id: pending
@@ -248,7 +277,7 @@ impl Shard {
 
     /// Whether trigger variables are persisted and await delivery.
     pub fn has_pending_triggers(&self) -> bool {
-        self.phase.pending() || self.engine.queued() > 0
+        self.state.pending() || self.engine.queued() > 0
     }
 
     /// The flow_run_id of persisted trigger params awaiting delivery, if any.
@@ -256,23 +285,23 @@ impl Shard {
         self.pending_run_id.as_deref()
     }
 
-    /// The lifecycle phase, for status reports: `recovered`, `idle`, `committed` or `failed`.
-    pub fn phase_name(&self) -> &'static str {
-        match self.phase {
-            Phase::Recovered { .. } => "recovered",
-            Phase::Idle => "idle",
-            Phase::Committed { .. } => "committed",
-            Phase::Failed => "failed",
+    /// The lifecycle phase, for status reports.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Recovered { .. } => Phase::Recovered,
+            State::Idle => Phase::Idle,
+            State::Committed { .. } => Phase::Committed,
+            State::Failed => Phase::Failed,
         }
     }
 
     /// Whether [`Shard::acknowledged`] is allowed now; lets a caller refuse a misplaced
     /// Acknowledged before starting anything.
     pub fn check_acknowledge(&self) -> Result<(), ProtocolError> {
-        match self.phase {
-            Phase::Recovered { .. } | Phase::Committed { .. } => Ok(()),
-            Phase::Idle => Err(ProtocolError::AcknowledgedWithoutCommit),
-            Phase::Failed => Err(ProtocolError::Failed),
+        match self.state {
+            State::Recovered { .. } | State::Committed { .. } => Ok(()),
+            State::Idle => Err(ProtocolError::AcknowledgedWithoutCommit),
+            State::Failed => Err(ProtocolError::Failed),
         }
     }
 
@@ -290,13 +319,13 @@ impl Shard {
         checkpoint: Checkpoint,
         stats: &[BindingStats],
     ) -> Result<Commit, ShardError> {
-        match self.phase {
-            Phase::Idle => {}
-            Phase::Recovered { .. } => {
+        match self.state {
+            State::Idle => {}
+            State::Recovered { .. } => {
                 return Err(ProtocolError::CommitBeforeRecoveryAcknowledged.into());
             }
-            Phase::Committed { .. } => return Err(ProtocolError::CommitBeforeAcknowledged.into()),
-            Phase::Failed => return Err(ProtocolError::Failed.into()),
+            State::Committed { .. } => return Err(ProtocolError::CommitBeforeAcknowledged.into()),
+            State::Failed => return Err(ProtocolError::Failed.into()),
         }
 
         // A stopped backlog refuses commits until an operator retries or skips the
@@ -316,7 +345,7 @@ impl Shard {
         self.engine.wait_for_room(variables.as_ref()).await?;
 
         // Until the write is known to have landed (or not), the store's state is unknown.
-        self.phase = Phase::Failed;
+        self.state = State::Failed;
         crash_point!("start_commit.before_write");
         self.engine
             .start_commit(checkpoint, variables.as_ref())
@@ -326,7 +355,7 @@ impl Shard {
             self.next_seq += 1;
         }
         self.committed.clone_from(&variables);
-        self.phase = Phase::Committed {
+        self.state = State::Committed {
             params: variables.is_some(),
         };
         self.pending_run_id = variables.as_ref().map(|v| v.flow_run_id.clone());
@@ -350,14 +379,14 @@ impl Shard {
             return Err(failure.into());
         }
         let ack = Acknowledge {
-            recovered: matches!(self.phase, Phase::Recovered { .. }),
-            pending: self.phase.pending(),
+            recovered: matches!(self.state, State::Recovered { .. }),
+            pending: self.state.pending(),
             committed: self.committed.take(),
         };
         // Until delivery is done, the shard must be reopened if it stops halfway.
-        self.phase = Phase::Failed;
+        self.state = State::Failed;
         let acked = self.engine.acknowledged(ack).await?;
-        self.phase = Phase::Idle;
+        self.state = State::Idle;
         self.pending_run_id = None;
         Ok(Acknowledgement {
             variables: acked.variables,
@@ -367,12 +396,12 @@ impl Shard {
     }
 }
 
-impl Phase {
-    /// Whether the phase says trigger variables are persisted and await delivery.
+impl State {
+    /// Whether the state says trigger variables are persisted and await delivery.
     fn pending(self) -> bool {
         matches!(
             self,
-            Phase::Recovered { pending: true } | Phase::Committed { params: true }
+            State::Recovered { pending: true } | State::Committed { params: true }
         )
     }
 }

@@ -18,7 +18,7 @@
 //! its async facade (`shard_store.rs`). Hosts get [`Store::open`] and the readers, to
 //! inspect a closed shard's store; the writers are the runtime's own, as they bypass the
 //! state machine (tests and benches reach them through the unstable
-//! [`crate::test_support`] feature).
+//! `test_support` feature).
 
 use prost::Message as _;
 use rocksdb::{
@@ -254,7 +254,7 @@ impl Store {
         }
         for entry in entries {
             batch.put(
-                backlog_key(entry.trigger, entry.key_seq),
+                backlog_key(entry.trigger, entry.first_commit_seq),
                 encode_entry(entry),
             );
         }
@@ -284,7 +284,7 @@ impl Store {
             let Some(suffix) = key.strip_prefix(BACKLOG_PREFIX) else {
                 break; // Past the prefix (the scan's upper bound stops it first).
             };
-            let (trigger, key_seq) = match suffix.split_at_checked(4) {
+            let (trigger, first_commit_seq) = match suffix.split_at_checked(4) {
                 Some((trigger, seq)) if seq.len() == 8 => (
                     u32::from_be_bytes(trigger.try_into().unwrap_or_default()),
                     u64::from_be_bytes(seq.try_into().unwrap_or_default()),
@@ -298,12 +298,13 @@ impl Store {
                 .ok_or_else(|| self.corrupt_key(&key, "entry has no params"))?;
             entries.push(StoredEntry {
                 trigger,
-                key_seq,
+                first_commit_seq,
                 params,
                 committed_at: entry.committed_at,
                 // An entry moved from the single-key layout (no commit time) may have
                 // been delivered by waiting delivery, which keeps no ledger.
-                sent: entry.committed_at.is_none() || self.has_delivery(trigger, key_seq)?,
+                sent: entry.committed_at.is_none()
+                    || self.has_delivery(trigger, first_commit_seq)?,
             });
         }
         Ok(entries)
@@ -322,10 +323,13 @@ impl Store {
         sent_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        let key_seq = record.first_commit_seq;
-        batch.put(ledger_key(record.trigger, key_seq), record.encode_to_vec());
+        let first_commit_seq = record.first_commit_seq;
+        batch.put(
+            ledger_key(record.trigger, first_commit_seq),
+            record.encode_to_vec(),
+        );
         if delete_entry {
-            batch.delete(backlog_key(record.trigger, key_seq));
+            batch.delete(backlog_key(record.trigger, first_commit_seq));
         }
         if let Some(at) = sent_at_ms {
             batch.put(backlog_sent_key(record.trigger), at.to_be_bytes());
@@ -341,9 +345,9 @@ impl Store {
     pub fn delivery(
         &self,
         trigger: u32,
-        key_seq: u64,
+        first_commit_seq: u64,
     ) -> Result<Option<DeliveryRecord>, StoreError> {
-        let key = ledger_key(trigger, key_seq);
+        let key = ledger_key(trigger, first_commit_seq);
         let Some(bytes) = self
             .db
             .get_pinned(&key)
@@ -357,9 +361,9 @@ impl Store {
     }
 
     /// Whether the ledger has a record of this delivery (it left PENDING at least once).
-    pub fn has_delivery(&self, trigger: u32, key_seq: u64) -> Result<bool, StoreError> {
+    pub fn has_delivery(&self, trigger: u32, first_commit_seq: u64) -> Result<bool, StoreError> {
         self.db
-            .get_pinned(ledger_key(trigger, key_seq))
+            .get_pinned(ledger_key(trigger, first_commit_seq))
             .map(|value| value.is_some())
             .map_err(|err| self.rocksdb_error("read", err))
     }
@@ -374,20 +378,24 @@ impl Store {
         absorbed: &[u64],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for key_seq in absorbed {
-            batch.delete(backlog_key(merged.trigger, *key_seq));
+        for first_commit_seq in absorbed {
+            batch.delete(backlog_key(merged.trigger, *first_commit_seq));
         }
         batch.put(
-            backlog_key(merged.trigger, merged.key_seq),
+            backlog_key(merged.trigger, merged.first_commit_seq),
             encode_entry(merged),
         );
         self.write(batch, "backlog merge")
     }
 
     /// Whether a backlog entry is stored under this key.
-    pub fn has_backlog_entry(&self, trigger: u32, key_seq: u64) -> Result<bool, StoreError> {
+    pub fn has_backlog_entry(
+        &self,
+        trigger: u32,
+        first_commit_seq: u64,
+    ) -> Result<bool, StoreError> {
         self.db
-            .get_pinned(backlog_key(trigger, key_seq))
+            .get_pinned(backlog_key(trigger, first_commit_seq))
             .map(|value| value.is_some())
             .map_err(|err| self.rocksdb_error("read", err))
     }
@@ -440,8 +448,8 @@ impl Store {
     /// Deletes ledger records (retention), in one unsynced WriteBatch.
     pub(crate) fn delete_deliveries(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for (trigger, key_seq) in keys {
-            batch.delete(ledger_key(*trigger, *key_seq));
+        for (trigger, first_commit_seq) in keys {
+            batch.delete(ledger_key(*trigger, *first_commit_seq));
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
@@ -549,7 +557,7 @@ impl Store {
     }
 
     /// Writes raw bytes under a key, bypassing every check. Tests use it to plant corrupt
-    /// or future-version values (through [`crate::test_support`] outside this crate);
+    /// or future-version values (through `test_support` outside this crate);
     /// nothing else should.
     #[cfg_attr(not(any(test, feature = "__test-support")), allow(dead_code))]
     pub(crate) fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -566,7 +574,7 @@ pub(crate) struct BacklogWrite {
     /// Index of the trigger whose queue it belongs to.
     pub(crate) trigger: u32,
     /// Commit sequence number of the first transaction it covers: its key.
-    pub(crate) key_seq: u64,
+    pub(crate) first_commit_seq: u64,
     /// The variables to deliver.
     pub(crate) params: TriggerParams,
     /// When the first transaction it covers committed.
@@ -591,7 +599,7 @@ pub struct StoredEntry {
     /// Index of the trigger whose queue it belongs to.
     pub trigger: u32,
     /// Commit sequence number of the first transaction it covers: its key.
-    pub key_seq: u64,
+    pub first_commit_seq: u64,
     /// The variables to deliver.
     pub params: TriggerParams,
     /// When the first transaction it covers committed (absent for entries moved from
@@ -603,19 +611,19 @@ pub struct StoredEntry {
     pub sent: bool,
 }
 
-fn backlog_key(trigger: u32, key_seq: u64) -> Vec<u8> {
+fn backlog_key(trigger: u32, first_commit_seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(BACKLOG_PREFIX.len() + 12);
     key.extend_from_slice(BACKLOG_PREFIX);
     key.extend_from_slice(&trigger.to_be_bytes());
-    key.extend_from_slice(&key_seq.to_be_bytes());
+    key.extend_from_slice(&first_commit_seq.to_be_bytes());
     key
 }
 
-fn ledger_key(trigger: u32, key_seq: u64) -> Vec<u8> {
+fn ledger_key(trigger: u32, first_commit_seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(LEDGER_PREFIX.len() + 12);
     key.extend_from_slice(LEDGER_PREFIX);
     key.extend_from_slice(&trigger.to_be_bytes());
-    key.extend_from_slice(&key_seq.to_be_bytes());
+    key.extend_from_slice(&first_commit_seq.to_be_bytes());
     key
 }
 
@@ -635,7 +643,7 @@ mod tests {
     fn backlog_entries_encode_as_the_message_does() {
         let write = BacklogWrite {
             trigger: 3,
-            key_seq: 7,
+            first_commit_seq: 7,
             params: triggers::Variables::placeholder().to_params(),
             committed_at: triggers_proto::Timestamp {
                 seconds: 1_700_000_000,
@@ -706,9 +714,9 @@ mod tests {
             transaction_count: last - first + 1,
             ..Default::default()
         };
-        let write = |trigger, key_seq, params| BacklogWrite {
+        let write = |trigger, first_commit_seq, params| BacklogWrite {
             trigger,
-            key_seq,
+            first_commit_seq,
             params,
             committed_at: triggers_proto::Timestamp::default(),
         };
@@ -758,7 +766,7 @@ mod tests {
             .map(|e| {
                 (
                     e.trigger,
-                    e.key_seq,
+                    e.first_commit_seq,
                     e.params.flow_run_id,
                     e.params.last_commit_seq,
                 )
@@ -800,7 +808,7 @@ mod tests {
             .backlog()
             .expect("reads")
             .iter()
-            .map(|e| (e.trigger, e.key_seq))
+            .map(|e| (e.trigger, e.first_commit_seq))
             .collect();
         assert_eq!(queues, [(0, 5), (1, 5)]);
         assert_eq!(store.commit_seq().expect("reads"), 5);

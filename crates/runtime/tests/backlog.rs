@@ -1410,9 +1410,12 @@ async fn a_finished_delivery_job_that_fails_wakes_await_drained_and_a_start_comm
     fail::remove(&point);
     let err = drained.expect_err("delivery stopped");
     assert!(
-        matches!(err, BacklogError::Stopped(_)) && err.to_string().contains("panicked"),
+        matches!(err, BacklogError::Stopped { .. }) && err.to_string().contains("panicked"),
         "{err}"
     );
+    // The store work's own error is kept as the cause, not only copied into the text.
+    let cause = std::error::Error::source(&err).expect("a cause");
+    assert!(cause.to_string().contains("panicked"), "{cause}");
     committed.expect_err("the commit fails rather than waiting");
     drop(handle);
     shard.close().await;
@@ -1698,5 +1701,46 @@ async fn response_policy_a_refired_entry_that_was_never_sent_answered_409_fails_
     assert_eq!(second.attempts.len(), 1, "{second:?}");
     assert!(!second.attempts[0].already_delivered);
     drop(ledger);
+    shard.close().await;
+}
+
+/// One name per thing: names-as-strings are `as_str()` (phase, mode, drain, ledger state),
+/// a trigger's index is a `u32` in status as on disk and in the ledger, and a delivery is
+/// keyed by its `first_commit_seq` everywhere.
+#[tokio::test]
+async fn names_one_spelling_one_type_one_number() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let triggers = triggers(&receiver, &[("/a", serde_json::json!({"mode": "ordered"}))]);
+    let mut shard = open(dir.path(), config(triggers, decoupled(10))).await;
+    assert_eq!(shard.phase(), triggers_runtime::Phase::Idle);
+    assert_eq!(shard.delivery_mode().as_str(), "decoupled");
+    assert_eq!(DeliveryMode::Waiting.as_str(), "waiting");
+    let committed = shard
+        .start_commit(checkpoint(1), &stats(1))
+        .await
+        .expect("commits");
+    assert_eq!(shard.phase().as_str(), "committed");
+    shard.acknowledged().await.expect("acknowledged");
+    shard.drained().await.expect("drains");
+
+    let status = shard.backlog_status().expect("a backlog");
+    let queue = &status.queues[0];
+    assert_eq!(
+        (queue.trigger, queue.drain),
+        (0_u32, triggers::Drain::Ordered)
+    );
+    let first_commit_seq = committed.variables.expect("variables").first_commit_seq;
+    let handle = shard.backlog_handle().expect("a backlog");
+    let record = handle
+        .delivery(queue.trigger, first_commit_seq)
+        .await
+        .expect("on record");
+    assert_eq!(
+        (record.trigger, record.first_commit_seq),
+        (0, first_commit_seq)
+    );
+    assert_eq!(record.state().as_str(), "SUCCESS");
+    drop(handle);
     shard.close().await;
 }

@@ -459,7 +459,7 @@ impl ShardSidecar for Sidecar {
             Ok(guard) => match guard.as_ref() {
                 Some(shard) => (
                     true,
-                    wire::shard_phase(shard.phase_name()),
+                    wire::shard_phase(shard.phase()),
                     shard.pending_flow_run_id().map(str::to_string),
                 ),
                 None => (false, ShardPhase::Closed, None),
@@ -484,7 +484,7 @@ impl ShardSidecar for Sidecar {
                 .iter()
                 .flat_map(|b| &b.queues)
                 .map(|q| BacklogQueue {
-                    trigger: q.trigger as u32,
+                    trigger: q.trigger,
                     drain: wire::drain_mode(q.drain).into(),
                     depth: q.depth as u64,
                     in_flight: q.in_flight as u64,
@@ -582,7 +582,7 @@ impl ShardSidecar for Sidecar {
             },
             // Not a delivery outcome: the shard it waited on is gone.
             Err(BacklogError::Closed) => return Err(to_status(BacklogError::Closed.into())),
-            Err(err @ (BacklogError::Webhook(_) | BacklogError::Stopped(_))) => {
+            Err(err @ (BacklogError::Webhook(_) | BacklogError::Stopped { .. })) => {
                 AwaitDrainedResponse {
                     ok: false,
                     error: bounded(&err.to_string()),
@@ -808,7 +808,7 @@ fn to_status(err: ShardError) -> Status {
         // Out of order, or the shard (or its backlog) failed: reopen, retry or skip.
         ShardError::Protocol(_)
         | ShardError::Delivery { .. }
-        | ShardError::Backlog(BacklogError::Webhook(_) | BacklogError::Stopped(_)) => {
+        | ShardError::Backlog(BacklogError::Webhook(_) | BacklogError::Stopped { .. }) => {
             Status::failed_precondition(message)
         }
         // The call waited on a shard that was closed or reopened meanwhile: call again.

@@ -24,21 +24,21 @@ pub fn delivery_mode(mode: &triggers_runtime::DeliveryMode) -> DeliveryMode {
 }
 
 /// A backlog queue's drain, for `BacklogQueue.drain`.
-pub fn drain_mode(drain: &str) -> DrainMode {
+pub fn drain_mode(drain: triggers::Drain) -> DrainMode {
     match drain {
-        "ordered" => DrainMode::Ordered,
-        "concurrent" => DrainMode::Concurrent,
-        "coalesced" => DrainMode::Coalesced,
-        _ => DrainMode::Unspecified,
+        triggers::Drain::Ordered => DrainMode::Ordered,
+        triggers::Drain::Concurrent(_) => DrainMode::Concurrent,
+        triggers::Drain::Coalesced { .. } => DrainMode::Coalesced,
     }
 }
 
-/// The open shard's phase, for `StatusResponse.phase`.
-pub fn shard_phase(phase: &str) -> ShardPhase {
+/// The open shard's phase, for `StatusResponse.phase`. (The sidecar adds the phases it
+/// sees from outside the shard: closed, delivering, committing, backpressured.)
+pub fn shard_phase(phase: triggers_runtime::Phase) -> ShardPhase {
     match phase {
-        "recovered" => ShardPhase::Recovered,
-        "idle" => ShardPhase::Idle,
-        "committed" => ShardPhase::Committed,
-        _ => ShardPhase::Failed,
+        triggers_runtime::Phase::Recovered => ShardPhase::Recovered,
+        triggers_runtime::Phase::Idle => ShardPhase::Idle,
+        triggers_runtime::Phase::Committed => ShardPhase::Committed,
+        triggers_runtime::Phase::Failed => ShardPhase::Failed,
     }
 }

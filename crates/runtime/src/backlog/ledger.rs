@@ -105,17 +105,6 @@ impl From<StoreTaskError> for LedgerError {
     }
 }
 
-/// The name of a state, as errors and logs print it.
-pub fn state_name(state: DeliveryState) -> &'static str {
-    match state {
-        DeliveryState::Pending => "PENDING",
-        DeliveryState::Running => "RUNNING",
-        DeliveryState::Success => "SUCCESS",
-        DeliveryState::Failed => "FAILED",
-        DeliveryState::Cancelled => "CANCELLED",
-    }
-}
-
 pub(crate) fn timestamp(at: SystemTime) -> Timestamp {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     Timestamp {
@@ -306,7 +295,7 @@ impl Ledger {
         let mut prior_attempts = 0;
         if let Some(stored) = store.delivery(trigger, seq)? {
             if stored.state() != DeliveryState::Pending {
-                return Ok(Begun::NotPending(state_name(stored.state())));
+                return Ok(Begun::NotPending(stored.state().as_str()));
             }
             prior_attempts = stored.attempts.last().map_or(0, |a| a.number);
             next.attempts = stored.attempts;
@@ -423,7 +412,7 @@ pub(crate) fn illegal(
         action,
         trigger: record.trigger,
         first_commit_seq: record.first_commit_seq,
-        state: state_name(record.state()),
+        state: record.state().as_str(),
         hint,
     }
 }

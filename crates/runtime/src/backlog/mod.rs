@@ -27,9 +27,7 @@
 mod ledger;
 mod operator;
 
-pub use ledger::{
-    DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, state_name,
-};
+pub use ledger::{DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention};
 
 use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
@@ -60,10 +58,18 @@ pub enum BacklogError {
     /// The store could not record a delivery's outcome, a worker could not go on, or a
     /// StartCommit was abandoned during its store write: the shard must be reopened.
     #[error(
-        "decoupled delivery stopped: {0}; the backlog stays persisted and fires again when \
-         the shard restarts"
+        "decoupled delivery stopped: {what}{}; the backlog stays persisted and fires again \
+         when the shard restarts",
+        .cause.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default()
     )]
-    Stopped(String),
+    Stopped {
+        /// What could not go on.
+        what: String,
+        /// The failure behind it, when one was: a store write, store work that panicked
+        /// or never ran.
+        #[source]
+        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// The shard was closed (or reopened) while the call waited on its backlog; the
     /// backlog stays persisted. Call again on the open shard.
     #[error(
@@ -71,6 +77,27 @@ pub enum BacklogError {
          stays persisted: call again on the open shard"
     )]
     Closed,
+}
+
+impl BacklogError {
+    /// Delivery stopped for `what`.
+    fn stopped(what: impl Into<String>) -> Self {
+        BacklogError::Stopped {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// Delivery stopped for `what`, because of `cause`.
+    fn stopped_by(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BacklogError::Stopped {
+            what: what.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
 }
 
 /// A webhook that failed for good in decoupled delivery (the oldest one, when several
@@ -101,10 +128,10 @@ pub struct BacklogFailure {
 /// What one trigger's backlog is doing, for status reports and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueStatus {
-    /// The trigger's index.
-    pub trigger: usize,
-    /// Its drain mode: `ordered`, `concurrent` or `coalesced`.
-    pub drain: &'static str,
+    /// The trigger's index (in config order).
+    pub trigger: u32,
+    /// How it drains (`Drain::as_str` names it as configs do).
+    pub drain: Drain,
     /// Entries waiting (in flight ones included).
     pub depth: usize,
     /// Requests in flight.
@@ -148,7 +175,7 @@ impl BacklogStatus {
 /// One trigger's queued webhook.
 struct Entry {
     /// Commit sequence number of the first transaction covered: the store key.
-    key_seq: u64,
+    first_commit_seq: u64,
     variables: Variables,
     /// Loaded at open: it may have been sent before the stop, so it fires as a
     /// `recovery-refire`.
@@ -156,27 +183,53 @@ struct Entry {
     /// It may have reached a receiver (picked for sending in this process, or on the
     /// ledger's record at open): never merged into, so a re-fire repeats it exactly.
     sealed: bool,
-    in_flight: bool,
-    /// A StartCommit is writing a merged version of this entry: not to be sent until it
-    /// lands, or the send (and its deletion) would drop the merged transaction.
-    merging: bool,
+    /// Where it is on its way out.
+    stage: Stage,
     /// An operator retried it: sent as `operator-replay`, even while another delivery
     /// is FAILED.
     replay: bool,
-    /// Why it failed for good, while it is FAILED (until an operator retries or skips it).
-    failure: Option<TriggerFailure>,
     /// When its first transaction committed.
     committed_at: SystemTime,
     /// Attempts of the delivery in flight, for the ledger's view of a RUNNING delivery.
     attempts: Arc<Mutex<Vec<DeliveryAttempt>>>,
 }
 
+/// Where a queued entry is on its way out: one of these at a time.
+#[derive(Debug)]
+enum Stage {
+    /// Waiting to be sent, once every transaction it covers is acknowledged.
+    Queued,
+    /// A StartCommit is writing a merged version of it: not to be sent until that lands,
+    /// or the send (and its deletion) would drop the merged transaction.
+    Merging,
+    /// Picked for sending: its request is in flight.
+    InFlight,
+    /// Failed for good, with why, until an operator retries or skips it (or the shard
+    /// reopens).
+    Failed(TriggerFailure),
+}
+
 impl Entry {
+    fn in_flight(&self) -> bool {
+        matches!(self.stage, Stage::InFlight)
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.stage, Stage::Failed(_))
+    }
+
+    /// Its send did not finish (or was not recorded): it waits to be picked again.
+    fn unpick(&mut self) {
+        if self.in_flight() {
+            self.stage = Stage::Queued;
+        }
+    }
+
     /// What the ledger records of it.
-    fn delivery(&self, trigger: usize) -> ledger::Delivery<'_> {
+    fn delivery(&self, trigger: u32) -> ledger::Delivery<'_> {
         ledger::Delivery {
-            trigger: trigger as u32,
-            first_commit_seq: self.key_seq,
+            trigger,
+            first_commit_seq: self.first_commit_seq,
             variables: &self.variables,
             committed_at: self.committed_at,
         }
@@ -184,25 +237,21 @@ impl Entry {
 
     /// Where it is, for the ledger's view of it.
     fn live(&self) -> ledger::Live {
-        if self.failure.is_some() {
-            ledger::Live::Failed
-        } else if self.in_flight {
-            ledger::Live::Running(ledger::take_attempts(&self.attempts))
-        } else {
-            ledger::Live::Pending
+        match self.stage {
+            Stage::Failed(_) => ledger::Live::Failed,
+            Stage::InFlight => ledger::Live::Running(ledger::take_attempts(&self.attempts)),
+            Stage::Queued | Stage::Merging => ledger::Live::Pending,
         }
     }
 
-    fn new(key_seq: u64, variables: Variables, committed_at: SystemTime) -> Self {
+    fn new(first_commit_seq: u64, variables: Variables, committed_at: SystemTime) -> Self {
         Entry {
-            key_seq,
+            first_commit_seq,
             variables,
             recovered: false,
             sealed: false,
-            in_flight: false,
-            merging: false,
+            stage: Stage::Queued,
             replay: false,
-            failure: None,
             committed_at,
             attempts: Arc::default(),
         }
@@ -223,18 +272,24 @@ struct QueueState {
 }
 
 impl QueueState {
-    fn entry_mut(&mut self, key_seq: u64) -> Option<&mut Entry> {
-        self.entries.iter_mut().find(|e| e.key_seq == key_seq)
+    fn entry_mut(&mut self, first_commit_seq: u64) -> Option<&mut Entry> {
+        self.entries
+            .iter_mut()
+            .find(|e| e.first_commit_seq == first_commit_seq)
     }
 
-    fn remove(&mut self, key_seq: u64) -> Option<Entry> {
-        let at = self.entries.iter().position(|e| e.key_seq == key_seq)?;
+    fn remove(&mut self, first_commit_seq: u64) -> Option<Entry> {
+        let at = self
+            .entries
+            .iter()
+            .position(|e| e.first_commit_seq == first_commit_seq)?;
         self.entries.remove(at)
     }
 }
 
 struct Queue {
-    index: usize,
+    /// Its trigger's index (in config order).
+    index: u32,
     drain: Drain,
     state: Mutex<QueueState>,
     /// Wakes the queue's worker: an entry was added or acknowledged, or one finished.
@@ -290,7 +345,19 @@ enum Stop {
     Fatal,
 }
 
+/// Trigger `trigger`'s item of a per-trigger list (in config order), if it has one.
+fn at_trigger<T>(items: &[T], trigger: u32) -> Option<&T> {
+    usize::try_from(trigger)
+        .ok()
+        .and_then(|slot| items.get(slot))
+}
+
 impl Shared {
+    /// Trigger `trigger`'s queue, if the config has that trigger.
+    fn queue(&self, trigger: u32) -> Option<&Queue> {
+        at_trigger(&self.queues, trigger)
+    }
+
     fn fatal(&self) -> Option<BacklogError> {
         self.fatal
             .lock()
@@ -317,16 +384,16 @@ impl Shared {
         if self.failed.load(Ordering::SeqCst) == 0 {
             return None;
         }
-        let (mut depth, mut failed, mut oldest) = (0, 0, None::<((u64, usize), BacklogFailure)>);
+        let (mut depth, mut failed, mut oldest) = (0, 0, None::<((u64, u32), BacklogFailure)>);
         for queue in &self.queues {
             let state = queue.lock();
             depth += state.entries.len();
             for entry in &state.entries {
-                let Some(failure) = &entry.failure else {
+                let Stage::Failed(failure) = &entry.stage else {
                     continue;
                 };
                 failed += 1;
-                let key = (entry.key_seq, queue.index);
+                let key = (entry.first_commit_seq, queue.index);
                 if oldest.as_ref().is_none_or(|(at, _)| key < *at) {
                     let failure = BacklogFailure {
                         failure: failure.clone(),
@@ -382,9 +449,9 @@ impl Shared {
                     let state = queue.lock();
                     QueueStatus {
                         trigger: queue.index,
-                        drain: queue.drain.name(),
+                        drain: queue.drain,
                         depth: state.entries.len(),
-                        in_flight: state.entries.iter().filter(|e| e.in_flight).count(),
+                        in_flight: state.entries.iter().filter(|e| e.in_flight()).count(),
                         delivered: state.delivered,
                         transactions_delivered: state.transactions_delivered,
                         already_delivered: state.already_delivered,
@@ -478,24 +545,28 @@ impl Shared {
             apply: None,
         };
         let mut batch = Vec::with_capacity(self.queues.len());
-        for (trigger, queue) in self.queues.iter().enumerate() {
+        for queue in &self.queues {
             let mut state = queue.lock();
             let target = state
                 .entries
                 .back_mut()
                 .filter(|tail| queue.drain.coalesces() && !tail.sealed);
-            let (key_seq, params, committed_at) = match target {
+            let (first_commit_seq, params, committed_at) = match target {
                 Some(tail) => {
-                    tail.merging = true;
+                    tail.stage = Stage::Merging;
                     let mut merged = tail.variables.clone();
                     merged.merge(variables);
-                    (tail.key_seq, merged.into_params(), tail.committed_at)
+                    (
+                        tail.first_commit_seq,
+                        merged.into_params(),
+                        tail.committed_at,
+                    )
                 }
                 None => (variables.first_commit_seq, variables.to_params(), now),
             };
             batch.push(BacklogWrite {
-                trigger: trigger as u32,
-                key_seq,
+                trigger: queue.index,
+                first_commit_seq,
                 params,
                 committed_at: ledger::timestamp(committed_at),
             });
@@ -524,8 +595,8 @@ impl Drop for Merging<'_> {
         for queue in self.queues {
             let mut state = queue.lock();
             match (state.entries.back_mut(), self.apply) {
-                (Some(tail), apply) if tail.merging => {
-                    tail.merging = false;
+                (Some(tail), apply) if matches!(tail.stage, Stage::Merging) => {
+                    tail.stage = Stage::Queued;
                     if let Some((variables, _)) = apply {
                         tail.variables.merge(variables);
                     }
@@ -552,10 +623,9 @@ struct CommitInFlight<'a> {
 impl Drop for CommitInFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.fail(BacklogError::Stopped(
+            self.shared.fail(BacklogError::stopped(
                 "a StartCommit was cancelled (its caller stopped waiting) during its store \
-                 write, which lands or not as a whole; the shard must be reopened"
-                    .to_string(),
+                 write, which lands or not as a whole; the shard must be reopened",
             ));
         }
     }
@@ -657,12 +727,11 @@ impl Backlog {
             shard,
         } = setup;
         let (now, wall_now) = (Instant::now(), SystemTime::now());
-        let queues: Vec<Queue> = triggers
-            .iter()
-            .enumerate()
+        // The config holds at most `triggers::MAX_TRIGGERS`, so every index fits a u32.
+        let queues: Vec<Queue> = (0..)
+            .zip(triggers.iter())
             .map(|(index, trigger)| {
-                let last_sent_wall = last_sent_ms
-                    .get(index)
+                let last_sent_wall = at_trigger(&last_sent_ms, index)
                     .copied()
                     .flatten()
                     .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
@@ -679,7 +748,7 @@ impl Backlog {
             })
             .collect();
         for (stored, variables) in recovered {
-            if let Some(queue) = queues.get(stored.trigger as usize) {
+            if let Some(queue) = at_trigger(&queues, stored.trigger) {
                 let committed_at = stored
                     .committed_at
                     .and_then(ledger::system_time)
@@ -687,7 +756,7 @@ impl Backlog {
                 queue.lock().entries.push_back(Entry {
                     recovered: true,
                     sealed: stored.sent,
-                    ..Entry::new(stored.key_seq, variables, committed_at)
+                    ..Entry::new(stored.first_commit_seq, variables, committed_at)
                 });
             }
         }
@@ -708,8 +777,10 @@ impl Backlog {
             ledger: Ledger::new(retention),
             shard,
         });
-        let workers = (0..shared.queues.len())
-            .map(|index| tokio::spawn(drain_queue(shared.clone(), index)))
+        let workers = shared
+            .queues
+            .iter()
+            .map(|queue| tokio::spawn(drain_queue(shared.clone(), queue.index)))
             .collect();
         Backlog { shared, workers }
     }
@@ -752,7 +823,7 @@ impl Backlog {
                 .lock()
                 .entries
                 .iter()
-                .filter(|e| e.in_flight)
+                .filter(|e| e.in_flight())
                 .take(max)
                 .count()
                 == max;
@@ -936,7 +1007,7 @@ fn recover_now(store: &Store, coalesced: &[bool]) -> Result<Vec<StoredEntry>, St
             queue.push(next);
         }
         let unsent = queue.iter().rev().take_while(|e| !e.sent).count();
-        if coalesced.get(trigger as usize).copied().unwrap_or(false) && unsent >= 2 {
+        if at_trigger(coalesced, trigger).copied().unwrap_or(false) && unsent >= 2 {
             let keep = queue.len() - unsent;
             let merged = merge_unsent(store, &queue[keep..])?;
             queue.truncate(keep);
@@ -966,16 +1037,16 @@ fn merge_unsent(store: &Store, unsent: &[StoredEntry]) -> Result<Vec<StoredEntry
     }
     let write = BacklogWrite {
         trigger: oldest.trigger,
-        key_seq: oldest.key_seq,
+        first_commit_seq: oldest.first_commit_seq,
         params: merged.into_params(),
         committed_at: oldest.committed_at.unwrap_or_default(),
     };
-    let absorbed: Vec<u64> = unsent.iter().skip(1).map(|e| e.key_seq).collect();
+    let absorbed: Vec<u64> = unsent.iter().skip(1).map(|e| e.first_commit_seq).collect();
     store.merge_backlog_entries(&write, &absorbed)?;
     tracing::info!(
         trigger = oldest.trigger,
         entries = unsent.len(),
-        first_commit_seq = oldest.key_seq,
+        first_commit_seq = oldest.first_commit_seq,
         "merged a coalesced trigger's never-sent backlog entries into one"
     );
     Ok(vec![StoredEntry {
@@ -986,8 +1057,8 @@ fn merge_unsent(store: &Store, unsent: &[StoredEntry]) -> Result<Vec<StoredEntry
 }
 
 /// One entry picked for sending.
-struct Send {
-    key_seq: u64,
+struct Picked {
+    first_commit_seq: u64,
     variables: Variables,
     reason: SendReason,
     committed_at: SystemTime,
@@ -999,12 +1070,12 @@ struct Send {
     sent_before: bool,
 }
 
-impl Send {
+impl Picked {
     /// What the ledger records of it.
-    fn delivery(&self, trigger: usize) -> ledger::Delivery<'_> {
+    fn delivery(&self, trigger: u32) -> ledger::Delivery<'_> {
         ledger::Delivery {
-            trigger: trigger as u32,
-            first_commit_seq: self.key_seq,
+            trigger,
+            first_commit_seq: self.first_commit_seq,
             variables: &self.variables,
             committed_at: self.committed_at,
         }
@@ -1018,14 +1089,19 @@ enum Sent {
     /// Not sent: its stored entry is gone.
     Gone,
     /// Could not be sent or recorded.
-    Stopped(String),
+    Stopped(BacklogError),
 }
+
+/// Why delivery stops when a delivery cannot be marked RUNNING.
+const MARK_RUNNING: &str = "marking a delivery RUNNING in the ledger failed";
 
 /// The worker of queue `index`: picks sendable entries as its drain mode allows, sends
 /// them, and records each outcome in the ledger (deleting delivered ones from the
 /// backlog). While a delivery is FAILED it sends only what an operator retried.
-async fn drain_queue(shared: Arc<Shared>, index: usize) {
-    let queue = &shared.queues[index];
+async fn drain_queue(shared: Arc<Shared>, index: u32) {
+    let Some(queue) = shared.queue(index) else {
+        return;
+    };
     let mut in_flight = FuturesUnordered::new();
     loop {
         let closing = shared.closing();
@@ -1043,7 +1119,7 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
                 "backlog",
                 shard = %shared.shard,
                 trigger = index,
-                first_commit_seq = send.key_seq,
+                first_commit_seq = send.first_commit_seq,
                 last_commit_seq = send.variables.last_commit_seq,
             );
             in_flight.push(
@@ -1070,7 +1146,7 @@ async fn drain_queue(shared: Arc<Shared>, index: usize) {
 
 /// Moves the delivery to RUNNING (compare-and-set: only from PENDING) and sends it,
 /// numbering its attempts after those on record and collecting them for the ledger.
-async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
+async fn send_one(shared: &Arc<Shared>, index: u32, send: &Picked) -> Sent {
     let begun = {
         let shared = shared.clone();
         let record = ledger::running(send.delivery(index));
@@ -1083,21 +1159,27 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
         Ok(Ok(ledger::Begun::Running { prior_attempts })) => prior_attempts,
         Ok(Ok(ledger::Begun::Gone)) => return Sent::Gone,
         Ok(Ok(ledger::Begun::NotPending(state))) => {
-            return Sent::Stopped(format!(
+            return Sent::Stopped(BacklogError::stopped(format!(
                 "delivery of trigger {index} starting at commit {} is {state} in the ledger \
                  but PENDING in memory",
-                send.key_seq
-            ));
+                send.first_commit_seq
+            )));
         }
-        Ok(Err(err)) => return Sent::Stopped(err.to_string()),
-        Err(err) => return Sent::Stopped(err.to_string()),
+        Ok(Err(err)) => return Sent::Stopped(BacklogError::stopped_by(MARK_RUNNING, err)),
+        Err(err) => return Sent::Stopped(BacklogError::stopped_by(MARK_RUNNING, err)),
     };
     let collector = ledger::Collector(send.attempts.clone());
+    // The triggers crate indexes its config by usize.
+    let Ok(slot) = usize::try_from(index) else {
+        return Sent::Stopped(BacklogError::stopped(format!(
+            "trigger {index} is not in the config"
+        )));
+    };
     match shared
         .deliverer
         .deliver_trigger_observed(
             &shared.triggers,
-            index,
+            slot,
             &send.variables,
             send.reason,
             prior_attempts,
@@ -1108,13 +1190,15 @@ async fn send_one(shared: &Arc<Shared>, index: usize, send: &Send) -> Sent {
     {
         Some(outcome) => Sent::Done(outcome),
         // The trigger index comes from the config the queues were built from.
-        None => Sent::Stopped(format!("trigger {index} is not in the config")),
+        None => Sent::Stopped(BacklogError::stopped(format!(
+            "trigger {index} is not in the config"
+        ))),
     }
 }
 
 /// Marks and returns the entries the worker may send now, and when to look again if a
 /// coalesced trigger's minimum interval holds the next one back.
-fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<Instant>) {
+fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Picked>, Option<Instant>) {
     crate::crash::shard_point("backlog.pick", &shared.shard);
     let replays_only = match shared.stop() {
         Stop::Running => false,
@@ -1142,18 +1226,16 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
         if picked.len() == room {
             break;
         }
-        let sendable = !entry.in_flight
-            && !entry.merging
-            && entry.failure.is_none()
+        let sendable = matches!(entry.stage, Stage::Queued)
             && (entry.replay || !replays_only)
             && entry.variables.last_commit_seq <= acked;
         if sendable {
             let sent_before = entry.sealed;
-            entry.in_flight = true;
+            entry.stage = Stage::InFlight;
             entry.sealed = true;
             entry.attempts = Arc::default();
-            picked.push(Send {
-                key_seq: entry.key_seq,
+            picked.push(Picked {
+                first_commit_seq: entry.first_commit_seq,
                 variables: entry.variables.clone(),
                 committed_at: entry.committed_at,
                 attempts: entry.attempts.clone(),
@@ -1181,19 +1263,22 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Send>, Option<
 
 /// Records a finished send, on the store thread in one job with its memory bookkeeping
 /// (so neither a dropped worker nor an operator in between sees half of it).
-async fn finish(shared: &Arc<Shared>, index: usize, send: Send, sent: Sent) {
-    let key_seq = send.key_seq;
+async fn finish(shared: &Arc<Shared>, index: u32, send: Picked, sent: Sent) {
+    let first_commit_seq = send.first_commit_seq;
     let job = move |shared: &Shared, store: &Store| shared.finish_now(store, index, send, sent);
     if let Err(err) = shared.run_job(job).await {
-        if let Some(entry) = shared.queues[index].lock().entry_mut(key_seq) {
-            entry.in_flight = false;
+        if let Some(queue) = shared.queue(index)
+            && let Some(entry) = queue.lock().entry_mut(first_commit_seq)
+        {
+            entry.unpick();
         }
         // The job panicked or never ran, so it woke nobody: tell the waiters here. The
         // worker holds the backlog while it wakes them, but it is a task on the runtime,
         // not the store thread (see `run_job`), so it ends before `main` does.
-        shared.fail(BacklogError::Stopped(format!(
-            "recording a finished delivery failed: {err}"
-        )));
+        shared.fail(BacklogError::stopped_by(
+            "recording a finished delivery failed",
+            err,
+        ));
     }
 }
 
@@ -1221,9 +1306,9 @@ impl Shared {
     /// end of its input); were the job still holding the last reference to the backlog,
     /// the store would close on the store thread after `main`, racing RocksDB's static
     /// destructors (`pthread lock: Invalid argument`, an abort).
-    async fn run_job<T: std::marker::Send + 'static>(
+    async fn run_job<T: Send + 'static>(
         self: &Arc<Self>,
-        work: impl FnOnce(&Shared, &Store) -> T + std::marker::Send + 'static,
+        work: impl FnOnce(&Shared, &Store) -> T + Send + 'static,
     ) -> Result<T, StoreTaskError> {
         let shared = self.clone();
         let (room, drained) = (self.room.clone(), self.drained.clone());
@@ -1242,25 +1327,27 @@ impl Shared {
 
     /// A delivered entry becomes SUCCESS and leaves the backlog (with the trigger's last
     /// send time) in one batch; a failure becomes FAILED and is kept on its entry.
-    fn finish_now(&self, store: &Store, index: usize, send: Send, sent: Sent) {
+    fn finish_now(&self, store: &Store, index: u32, send: Picked, sent: Sent) {
         crate::crash::shard_point("backlog.finish", &self.shard);
-        let queue = &self.queues[index];
+        let Some(queue) = self.queue(index) else {
+            return;
+        };
         match sent {
             Sent::Done(Ok(delivered)) => self.delivered(store, queue, send, &delivered),
             Sent::Done(Err(failure)) => self.failed_for_good(store, queue, send, failure),
             Sent::Gone => {
-                queue.lock().remove(send.key_seq);
+                queue.lock().remove(send.first_commit_seq);
             }
-            Sent::Stopped(detail) => {
-                if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
-                    entry.in_flight = false;
+            Sent::Stopped(stopped) => {
+                if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
+                    entry.unpick();
                 }
-                self.set_fatal(BacklogError::Stopped(detail));
+                self.set_fatal(stopped);
             }
         }
     }
 
-    fn delivered(&self, store: &Store, queue: &Queue, send: Send, delivered: &Delivered) {
+    fn delivered(&self, store: &Store, queue: &Queue, send: Picked, delivered: &Delivered) {
         crash_point!("backlog.before_delete");
         let attempts = ledger::take_attempts(&send.attempts);
         let sent_at_ms = match queue.drain {
@@ -1273,44 +1360,47 @@ impl Shared {
         };
         let record = ledger::succeeded(send.delivery(queue.index), attempts, delivered);
         if let Err(err) = self.ledger.record_success(store, record, sent_at_ms) {
-            if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
-                entry.in_flight = false;
+            if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
+                entry.unpick();
             }
-            self.set_fatal(BacklogError::Stopped(format!(
-                "recording a delivered webhook (and deleting its backlog entry) failed: {err}"
-            )));
+            self.set_fatal(BacklogError::stopped_by(
+                "recording a delivered webhook (and deleting its backlog entry) failed",
+                err,
+            ));
             return;
         }
         let mut state = queue.lock();
-        state.remove(send.key_seq);
+        state.remove(send.first_commit_seq);
         state.delivered += 1;
         state.transactions_delivered += send.variables.transaction_count;
         state.already_delivered += u64::from(delivered.already_delivered);
     }
 
-    fn failed_for_good(&self, store: &Store, queue: &Queue, send: Send, failure: TriggerFailure) {
+    fn failed_for_good(&self, store: &Store, queue: &Queue, send: Picked, failure: TriggerFailure) {
         let attempts = ledger::take_attempts(&send.attempts);
         let record = ledger::failed(send.delivery(queue.index), attempts, &failure);
         let recorded = self.ledger.record_failure(store, record);
         tracing::error!(
             error = %failure,
-            first_commit_seq = send.key_seq,
+            first_commit_seq = send.first_commit_seq,
             last_commit_seq = send.variables.last_commit_seq,
             "a webhook failed for good; the backlog stops until an operator retries or \
              skips it, or the shard reopens"
         );
-        if let Some(entry) = queue.lock().entry_mut(send.key_seq) {
-            entry.in_flight = false;
+        if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
             entry.replay = false;
-            if entry.failure.replace(failure).is_none() {
+            let was_failed = entry.failed();
+            entry.stage = Stage::Failed(failure);
+            if !was_failed {
                 self.failed.fetch_add(1, Ordering::SeqCst);
             }
         }
         if let Err(err) = recorded {
             // The entry stays in the backlog and re-fires at the next open.
-            self.set_fatal(BacklogError::Stopped(format!(
-                "recording a failed delivery in the ledger failed: {err}"
-            )));
+            self.set_fatal(BacklogError::stopped_by(
+                "recording a failed delivery in the ledger failed",
+                err,
+            ));
         }
     }
 }

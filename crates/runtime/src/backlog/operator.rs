@@ -4,7 +4,7 @@
 //! ledger ([`super::ledger`]) keeps the record of everything else.
 
 use super::ledger::{self, LedgerError, illegal, not_found, timestamp};
-use super::{BacklogHandle, Shared};
+use super::{BacklogHandle, Shared, Stage};
 use crate::store::Store;
 use std::time::SystemTime;
 use triggers_proto::{DeliveryRecord, DeliveryState};
@@ -18,9 +18,9 @@ impl Shared {
     /// One delivery: the in-memory view of a pending or running one, else its record.
     fn get(&self, store: &Store, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
         let stored = store.delivery(trigger, seq)?;
-        if let Some(queue) = self.queues.get(trigger as usize) {
+        if let Some(queue) = self.queue(trigger) {
             let state = queue.lock();
-            if let Some(entry) = state.entries.iter().find(|e| e.key_seq == seq) {
+            if let Some(entry) = state.entries.iter().find(|e| e.first_commit_seq == seq) {
                 return Ok(ledger::live(
                     entry.delivery(queue.index),
                     entry.live(),
@@ -41,7 +41,7 @@ impl Shared {
         for queue in &self.queues {
             let state = queue.lock();
             for entry in &state.entries {
-                let key = (entry.key_seq, queue.index as u32);
+                let key = (entry.first_commit_seq, queue.index);
                 let view =
                     ledger::live(entry.delivery(queue.index), entry.live(), records.get(&key));
                 records.insert(key, view);
@@ -53,14 +53,11 @@ impl Shared {
     /// FAILED → PENDING: the delivery is sent again now (as `operator-replay`, even while
     /// another delivery is FAILED), and the backlog resumes once none is.
     fn retry(&self, store: &Store, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
-        let queue = self
-            .queues
-            .get(trigger as usize)
-            .ok_or_else(|| not_found(trigger, seq))?;
+        let queue = self.queue(trigger).ok_or_else(|| not_found(trigger, seq))?;
         let mut state = queue.lock();
         let _cas = self.ledger.guard();
         let stored = store.delivery(trigger, seq)?;
-        let Some(entry) = state.entries.iter_mut().find(|e| e.key_seq == seq) else {
+        let Some(entry) = state.entries.iter_mut().find(|e| e.first_commit_seq == seq) else {
             let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
             return Err(illegal(
                 "retry",
@@ -69,7 +66,7 @@ impl Shared {
             ));
         };
         let current = ledger::live(entry.delivery(queue.index), entry.live(), stored.as_ref());
-        if entry.failure.is_none() {
+        if !entry.failed() {
             return Err(illegal(
                 "retry",
                 &current,
@@ -82,7 +79,7 @@ impl Shared {
             ..current
         };
         store.write_delivery(&next, false, None)?;
-        entry.failure = None;
+        entry.stage = Stage::Queued;
         entry.replay = true;
         drop(state);
         tracing::info!(
@@ -112,14 +109,11 @@ impl Shared {
             ));
         }
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
-        let queue = self
-            .queues
-            .get(trigger as usize)
-            .ok_or_else(|| not_found(trigger, seq))?;
+        let queue = self.queue(trigger).ok_or_else(|| not_found(trigger, seq))?;
         let mut state = queue.lock();
         let _cas = self.ledger.guard();
         let stored = store.delivery(trigger, seq)?;
-        let Some(at) = state.entries.iter().position(|e| e.key_seq == seq) else {
+        let Some(at) = state.entries.iter().position(|e| e.first_commit_seq == seq) else {
             let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
             let hint = match stored.state() {
                 DeliveryState::Success => "it was delivered",
@@ -129,7 +123,7 @@ impl Shared {
         };
         let entry = &state.entries[at];
         let current = ledger::live(entry.delivery(queue.index), entry.live(), stored.as_ref());
-        if entry.in_flight || entry.merging {
+        if matches!(entry.stage, Stage::InFlight | Stage::Merging) {
             return Err(illegal(
                 "skip",
                 &current,
@@ -143,10 +137,7 @@ impl Shared {
             ..current
         };
         store.write_delivery(&next, true, None)?;
-        let was_failed = state
-            .entries
-            .remove(at)
-            .is_some_and(|e| e.failure.is_some());
+        let was_failed = state.entries.remove(at).is_some_and(|e| e.failed());
         drop(state);
         tracing::warn!(trigger, first_commit_seq = seq, %reason, "operator skipped a delivery; it will not be sent");
         if was_failed {
@@ -247,9 +238,9 @@ impl BacklogHandle {
 
 /// Runs ledger work on the store thread (without the wakeups of [`Shared::run_job`]:
 /// nothing here frees room or drains the backlog).
-async fn run<T: std::marker::Send + 'static>(
+async fn run<T: Send + 'static>(
     shared: &Shared,
-    work: impl FnOnce(&Store) -> Result<T, LedgerError> + std::marker::Send + 'static,
+    work: impl FnOnce(&Store) -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<T, LedgerError> {
     shared.store.run(work).await?
 }

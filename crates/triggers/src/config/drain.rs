@@ -85,7 +85,7 @@ impl Drain {
     }
 
     /// The name used in configs, logs and status: `ordered`, `concurrent` or `coalesced`.
-    pub fn name(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Drain::Ordered => "ordered",
             Drain::Concurrent(_) => "concurrent",
