@@ -63,3 +63,61 @@ impl RawStore for Store {
         self.put_raw(key, value)
     }
 }
+
+/// The fixtures this workspace's tests share (the runtime's and the sidecar's), so a
+/// test file builds a shard from one definition instead of its own copy.
+pub mod fixtures {
+    use crate::ShardConfig;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use triggers::{Materialization, NetworkPolicy, RetryBackoff, Triggers};
+    use triggers_proto::{Checkpoint, Source};
+
+    /// The collections of the test materialization's bindings, in binding order.
+    pub const COLLECTIONS: [&str; 3] = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"];
+
+    /// The test materialization, `acmeCo/orders/postgres`, with its first `bindings`
+    /// bindings of [`COLLECTIONS`] (at most 3).
+    pub fn materialization(bindings: usize) -> Materialization {
+        Materialization {
+            name: "acmeCo/orders/postgres".to_string(),
+            connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+            binding_collections: COLLECTIONS
+                .iter()
+                .take(bindings)
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// A checkpoint that read one journal through `offset`: tests tell commits apart by it.
+    pub fn checkpoint(offset: i64) -> Checkpoint {
+        Checkpoint {
+            sources: [(
+                "acmeCo/orders/pivot=00".to_string(),
+                Source {
+                    read_through: offset,
+                    producers: vec![],
+                },
+            )]
+            .into(),
+            ack_intents: Default::default(),
+        }
+    }
+
+    /// Retries 5 to 20 ms apart (half jittered), so failure paths run in milliseconds.
+    pub fn fast_backoff() -> RetryBackoff {
+        RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5)
+    }
+
+    /// A shard of `materialization` firing `triggers` at a receiver on 127.0.0.1: the
+    /// production defaults but for [`fast_backoff`] and loopback allowed.
+    pub fn loopback_shard(
+        materialization: Materialization,
+        triggers: Arc<Triggers>,
+    ) -> ShardConfig {
+        ShardConfig::new(materialization, triggers)
+            .with_backoff(fast_backoff())
+            .with_network(NetworkPolicy::ALLOW_LOOPBACK)
+    }
+}

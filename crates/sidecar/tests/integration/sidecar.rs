@@ -4,19 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
-use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, validate};
+use triggers::{Clock, ConfigFormat, RetryBackoff, validate};
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AttemptOutcome, AwaitDeliveryRequest, AwaitDrainedRequest,
     ConfigFormat as WireFormat, DeliveryMode as WireDeliveryMode, DeliveryRef, DrainMode,
     ListDeliveriesRequest, OpenRequest, PreviewRequest, ShardPhase, SkipDeliveryRequest,
     StartCommitRequest, StatusRequest, TestFireRequest, ValidateConfigRequest,
 };
-use triggers_proto::{BindingStats, Checkpoint, DeliveryState, Source};
+use triggers_proto::{BindingStats, Checkpoint, DeliveryState};
 use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::{DeliveryMode, Durability, ShardConfig};
 use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
 use crate::support;
+use triggers_runtime::test_support::fixtures::{checkpoint, materialization};
 
 type Client = triggers_sidecar::Client;
 
@@ -80,23 +81,13 @@ async fn serve_with_grace(
     let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
     let mut config = SidecarConfig::new(
         dir.path().join("store"),
-        ShardConfig::new(
-            Materialization {
-                name: "acmeCo/orders/postgres".to_string(),
-                connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
-                binding_collections: vec![
-                    "acmeCo/orders".to_string(),
-                    "acmeCo/customers".to_string(),
-                ],
-            },
-            Arc::new(triggers),
-        )
-        .with_backoff(RetryBackoff::new(
-            Duration::from_millis(5),
-            Duration::from_millis(20),
-        ))
-        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
-        .with_delivery(delivery),
+        ShardConfig::new(materialization(2), Arc::new(triggers))
+            .with_backoff(RetryBackoff::new(
+                Duration::from_millis(5),
+                Duration::from_millis(20),
+            ))
+            .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+            .with_delivery(delivery),
     );
     config.shutdown_grace = grace;
     let sidecar = Sidecar::new(config);
@@ -177,20 +168,6 @@ async fn commit_and_acknowledge(client: &mut Client, n: i64) {
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
         .expect("ack");
-}
-
-fn checkpoint(offset: i64) -> Checkpoint {
-    Checkpoint {
-        sources: [(
-            "acmeCo/orders/pivot=00".to_string(),
-            Source {
-                read_through: offset,
-                producers: vec![],
-            },
-        )]
-        .into(),
-        ack_intents: Default::default(),
-    }
 }
 
 fn stats() -> Vec<BindingStats> {

@@ -111,8 +111,7 @@ pub async fn start_sidecar(
     SidecarProcess { child, address }
 }
 
-/// The collections of the consumer's test input, one binding each, in binding order.
-pub const COLLECTIONS: [&str; 3] = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"];
+pub use triggers_runtime::test_support::fixtures::COLLECTIONS;
 
 /// One committed transaction as its webhook must announce it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,22 +3,15 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::{Clock, ConfigFormat, Materialization, RetryBackoff, Triggers, validate};
-use triggers_proto::{BindingStats, Checkpoint, Message as _, Source, TriggerParams};
+use triggers::{Clock, ConfigFormat, Triggers, validate};
+use triggers_proto::{BindingStats, Checkpoint, Message as _, TriggerParams};
 use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
+use triggers_runtime::test_support::fixtures::{checkpoint, loopback_shard, materialization};
 use triggers_runtime::{
     BacklogError, Durability, ProtocolError, Shard, ShardConfig, ShardError, Store, StoreError,
     TransactionStats, store::TRIGGER_PARAMS_KEY,
 };
-
-fn materialization() -> Materialization {
-    Materialization {
-        name: "acmeCo/orders/postgres".to_string(),
-        connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
-        binding_collections: vec!["acmeCo/orders".to_string(), "acmeCo/customers".to_string()],
-    }
-}
 
 /// Two triggers, `/a` and `/b`, echoing every variable.
 fn two_triggers(receiver: &Receiver, max_retries: u32) -> Arc<Triggers> {
@@ -32,26 +25,8 @@ fn two_triggers(receiver: &Receiver, max_retries: u32) -> Arc<Triggers> {
 }
 
 fn config(triggers: Arc<Triggers>) -> ShardConfig {
-    ShardConfig::new(materialization(), triggers)
-        .with_backoff(
-            RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5),
-        )
-        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+    loopback_shard(materialization(2), triggers)
         .with_delivery(triggers_runtime::DeliveryMode::Waiting)
-}
-
-fn checkpoint(offset: i64) -> Checkpoint {
-    Checkpoint {
-        sources: [(
-            "acmeCo/orders/pivot=00".to_string(),
-            Source {
-                read_through: offset,
-                producers: vec![],
-            },
-        )]
-        .into(),
-        ack_intents: Default::default(),
-    }
 }
 
 /// A transaction that read three orders and a customer.

@@ -1,7 +1,7 @@
 //! Token authentication (`auth`) against real HTTP endpoints on 127.0.0.1: the test
 //! receiver serves both the token endpoint (`/token`) and the webhook (`/hook`).
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use std::time::Duration;

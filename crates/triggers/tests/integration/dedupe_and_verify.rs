@@ -2,7 +2,7 @@
 //! attempt and reason headers, Retry-After, the retry budget, the network policy and
 //! redirects, against real receivers on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant, SystemTime};
 use triggers::{

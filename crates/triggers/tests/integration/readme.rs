@@ -2,7 +2,7 @@
 
 /// The README's YAML blocks that are trigger configs, with the heading they follow.
 fn readme_configs() -> Vec<(String, String)> {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../../README.md");
     let mut heading = String::new();
     let mut configs = Vec::new();
     let mut lines = readme.lines();
@@ -58,8 +58,8 @@ fn every_config_in_the_readme_validates() {
 /// its indentation), so it compiles and runs (CI runs the example).
 #[test]
 fn the_library_example_in_the_readme_is_the_runnable_one() {
-    let readme = include_str!("../../../README.md");
-    let example = include_str!("../../runtime/examples/embed_shard.rs");
+    let readme = include_str!("../../../../README.md");
+    let example = include_str!("../../../runtime/examples/embed_shard.rs");
     let section = &readme[readme
         .find("## Using the library")
         .expect("the README has the section")..];
@@ -90,7 +90,7 @@ fn the_library_example_in_the_readme_is_the_runnable_one() {
 #[test]
 fn every_path_in_where_things_are_exists() {
     use std::path::{Path, PathBuf};
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../../../README.md");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let table = &readme[readme
         .find("## Where things are")

@@ -1,7 +1,7 @@
 //! Preview and test-fire against a real HTTP receiver on 127.0.0.1: one attempt, marked
 //! `test-fire`, reported and never retried.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use triggers::{

@@ -1,6 +1,6 @@
 //! Delivery against a real HTTP receiver on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use triggers::{

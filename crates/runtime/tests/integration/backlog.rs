@@ -6,29 +6,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use triggers::{
-    AttemptObserver, AttemptOutcome, AttemptRecord, Clock, ConfigFormat, Materialization,
-    RetryBackoff, Triggers, validate,
+    AttemptObserver, AttemptOutcome, AttemptRecord, Clock, ConfigFormat, Triggers, validate,
 };
-use triggers_proto::{BindingStats, Checkpoint, Source};
+use triggers_proto::BindingStats;
 use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
+use triggers_runtime::test_support::fixtures::{checkpoint, loopback_shard, materialization};
 use triggers_runtime::{
     BacklogError, DeliveryMode, Durability, Shard, ShardConfig, ShardError, Store,
 };
 
 const TEMPLATE: &str = r#"{"run": "{{flow_run_id}}", "id": "{{webhook_id}}", "collections": {{json collection_names}}, "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "count": {{transaction_count}}, "first": {{first_commit_seq}}, "last": {{last_commit_seq}}}"#;
-
-fn materialization() -> Materialization {
-    Materialization {
-        name: "acmeCo/orders/postgres".to_string(),
-        connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
-        binding_collections: vec![
-            "acmeCo/orders".to_string(),
-            "acmeCo/customers".to_string(),
-            "acmeCo/refunds".to_string(),
-        ],
-    }
-}
 
 /// One trigger per `(path, drain)`.
 fn triggers(receiver: &Receiver, drains: &[(&str, serde_json::Value)]) -> Arc<Triggers> {
@@ -51,32 +39,14 @@ fn triggers_retrying(
 }
 
 fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
-    ShardConfig::new(materialization(), triggers)
+    loopback_shard(materialization(3), triggers)
         .with_durability(Durability::Unsynced)
-        .with_backoff(
-            RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5),
-        )
-        .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
         .with_delivery(delivery)
 }
 
 fn decoupled(limit: usize) -> DeliveryMode {
     DeliveryMode::Decoupled {
         backlog_limit: limit,
-    }
-}
-
-fn checkpoint(offset: i64) -> Checkpoint {
-    Checkpoint {
-        sources: [(
-            "acmeCo/orders/pivot=00".to_string(),
-            Source {
-                read_through: offset,
-                producers: vec![],
-            },
-        )]
-        .into(),
-        ack_intents: Default::default(),
     }
 }
 
