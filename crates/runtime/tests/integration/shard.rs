@@ -374,7 +374,8 @@ async fn unsynced_durability_still_commits_and_recovers() {
     assert!(recovery.pending.is_some());
 }
 
-/// Run as a child process by `a_second_process_is_refused`; does nothing otherwise.
+/// Run as a child process by `a_second_process_opening_the_store_gets_a_clear_error`;
+/// does nothing otherwise.
 #[test]
 fn child_opens_store() {
     let Ok(path) = std::env::var("TRIGGERS_TEST_CHILD_STORE") else {
@@ -390,13 +391,11 @@ fn child_opens_store() {
 fn a_second_process_opening_the_store_gets_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _store = Store::open(dir.path(), Durability::Synced).expect("opens");
+    // The child's test name within this binary: its module path without the crate's.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let child = format!("{module}::child_opens_store");
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "child_opens_store",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &child, "--nocapture", "--test-threads=1"])
         .env("TRIGGERS_TEST_CHILD_STORE", dir.path())
         .output()
         .expect("child runs");
