@@ -228,7 +228,9 @@ impl Templates {
         Ok(())
     }
 
-    /// Whether trigger `index` renders by its direct plan: for tests and benches.
+    /// Whether trigger `index` renders by its direct plan: for the fuzz target that checks
+    /// both paths agree (feature `__test-support`, unstable).
+    #[cfg(any(test, feature = "__test-support"))]
     #[doc(hidden)]
     pub fn renders_directly(&self, index: usize) -> bool {
         matches!(self.direct.get(index), Some(Some(_)))
