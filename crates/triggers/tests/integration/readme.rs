@@ -1,7 +1,7 @@
 //! Every trigger config the README shows validates: users copy them.
 
 /// The README's YAML blocks that are trigger configs, with the heading they follow.
-fn readme_configs() -> Vec<(String, String)> {
+pub(crate) fn readme_configs() -> Vec<(String, String)> {
     let readme = include_str!("../../../../README.md");
     let mut heading = String::new();
     let mut configs = Vec::new();
@@ -23,7 +23,7 @@ fn readme_configs() -> Vec<(String, String)> {
 }
 
 /// `${NAME}` marks a value the reader fills in.
-fn fill_placeholders(config: &str) -> String {
+pub(crate) fn fill_placeholders(config: &str) -> String {
     let mut filled = String::new();
     let mut rest = config;
     while let Some(at) = rest.find("${") {
