@@ -7,7 +7,8 @@
 //! value. [`decrypt`] unwraps the data key with an [`AgeIdentity`], opens every leaf,
 //! checks the MAC, and only then hands back the plaintext ([`Decrypted`]): a document
 //! that fails any check yields an [`Error`], never part of a document. [`encrypt`] seals
-//! a document for [`AgeRecipient`]s under an `encrypted_regex`.
+//! a document for [`AgeRecipient`]s under an `encrypted_regex`, its MAC over every value
+//! or, as sops's `mac_only_encrypted` does, over the encrypted ones only ([`MacScope`]).
 //!
 //! The caller parses the text into a [`Node`] (it is `Deserialize`, from JSON or YAML)
 //! under its own size and depth bounds, and says which [`Format`] it was, since sops
@@ -18,7 +19,8 @@
 //! The format follows sops's own source (`sops.go`, `aes/cipher.go`, `stores/`): a
 //! value's additional data is its map keys joined with `:` plus a trailing `:` (list
 //! indices are not part of it), and the MAC is SHA-512 over the plaintext values in
-//! document order, as uppercase hex, sealed with `lastmodified` as additional data.
+//! document order (every value, or with `mac_only_encrypted` a fixed prefix and the
+//! encrypted values only), as uppercase hex, sealed with `lastmodified` as additional data.
 
 mod age_keys;
 mod metadata;
@@ -45,6 +47,36 @@ const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
     0x8a, 0x3f, 0xd2, 0xad, 0x54, 0xce, 0x66, 0x52, 0x7b, 0x10, 0x34, 0xf3, 0xd1, 0x47, 0xbe, 0x0b,
     0x0b, 0x97, 0x5b, 0x3b, 0xf4, 0x4f, 0x72, 0xc6, 0xfd, 0xad, 0xec, 0x81, 0x76, 0xf2, 0x7d, 0x69,
 ];
+
+/// Which values a document's MAC covers (sops's `mac_only_encrypted` metadata flag).
+///
+/// An encrypted value is authenticated twice: by its own AES-GCM tag, whose additional
+/// data is its key path, and by the MAC, which covers the sequence of values (so adding,
+/// removing or reordering one is noticed). A value in clear is authenticated by the MAC
+/// only, and only under [`MacScope::AllValues`]: under [`MacScope::EncryptedValues`] it
+/// can be edited without the key, and the document still decrypts, with `sops` too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacScope {
+    /// Every value (sops's default).
+    AllValues,
+    /// The encrypted values only (`mac_only_encrypted: true`, sops 3.9 and later).
+    EncryptedValues,
+}
+
+impl std::fmt::Display for MacScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MacScope::AllValues => {
+                "a value was edited, added, removed or reordered \
+                 (this file's MAC covers every value: edits need the key)"
+            }
+            MacScope::EncryptedValues => {
+                "an encrypted value was added, removed or reordered \
+                 (this file's MAC covers the encrypted values only)"
+            }
+        })
+    }
+}
 
 /// The syntax a document was read from: sops hashes a JSON number as a float and a YAML
 /// integer as an integer, and [`encrypt`] writes its output in it.
@@ -132,10 +164,13 @@ pub enum Error {
     /// The sealed MAC itself failed authentication (or `lastmodified` was edited).
     #[error("the sops MAC failed authentication (tampered `mac` or `lastmodified`)")]
     MacTampered,
-    /// The MAC does not match the values: a value was added, removed, reordered or
-    /// edited in clear.
-    #[error("the sops MAC does not match the config's values: the file was modified")]
-    MacMismatch,
+    /// The MAC does not match the values it covers: one was added, removed, reordered, or
+    /// (under [`MacScope::AllValues`]) edited in clear.
+    #[error("the sops MAC does not match the config: {scope}")]
+    MacMismatch {
+        /// Which values the file's MAC covers.
+        scope: MacScope,
+    },
     /// The decrypted document does not have the shape asked for ([`Decrypted::deserialize`]),
     /// or the document to encrypt is not a map. There is no line or column: the text
     /// parsed was the encrypted one.
@@ -271,7 +306,13 @@ pub fn decrypt(
         }
     };
     if !mac_matches(&computed, &stored) {
-        return Err(Error::MacMismatch);
+        return Err(Error::MacMismatch {
+            scope: if metadata.mac_only_encrypted {
+                MacScope::EncryptedValues
+            } else {
+                MacScope::AllValues
+            },
+        });
     }
     Ok(Decrypted {
         body: plain,
@@ -355,19 +396,22 @@ impl DecryptWalk<'_> {
 
 /// Encrypts a document for age recipients as `sops --encrypted-regex` would: every value
 /// under a key `encrypted_regex` matches becomes an `ENC[...]` leaf, everything else
-/// stays readable. The output is written in `format` and decrypts with `sops` itself or
-/// [`decrypt`].
+/// stays readable, and the MAC covers `scope` (with [`MacScope::EncryptedValues`] the
+/// `sops` block says `mac_only_encrypted: true`, as `sops --mac-only-encrypted` writes).
+/// The output is written in `format` and decrypts with `sops` itself or [`decrypt`].
 pub fn encrypt(
     doc: Node,
     format: Format,
     recipients: &[AgeRecipient],
     encrypted_regex: &str,
+    scope: MacScope,
 ) -> Result<String, Error> {
     encrypt_at(
         doc,
         format,
         recipients,
         encrypted_regex,
+        scope,
         &metadata::now_rfc3339(),
     )
 }
@@ -378,6 +422,7 @@ fn encrypt_at(
     format: Format,
     recipients: &[AgeRecipient],
     encrypted_regex: &str,
+    scope: MacScope,
     lastmodified: &str,
 ) -> Result<String, Error> {
     let Node::Map(entries) = doc else {
@@ -405,9 +450,13 @@ fn encrypt_at(
     let mut walk = EncryptWalk {
         key: &key,
         rule: &rule,
+        mac_only_encrypted: scope == MacScope::EncryptedValues,
         json_numbers: format == Format::Json,
         hash: Sha512::new(),
     };
+    if walk.mac_only_encrypted {
+        walk.hash.update(MAC_ONLY_ENCRYPTED_INIT);
+    }
     let body = Node::Map(entries);
     let mut sealed = body.map_leaves(&mut Vec::new(), &mut |leaf, steps| walk.leaf(leaf, steps))?;
     let mac = hex_upper(&walk.hash.finalize());
@@ -425,7 +474,7 @@ fn encrypt_at(
             ),
         ]));
     }
-    let block = Node::Map(vec![
+    let mut block = vec![
         ("age".to_string(), Node::Seq(age)),
         (
             "lastmodified".to_string(),
@@ -436,11 +485,16 @@ fn encrypt_at(
             "encrypted_regex".to_string(),
             Node::Str(encrypted_regex.to_string()),
         ),
-        (
-            "version".to_string(),
-            Node::Str(SOPS_FORMAT_VERSION.to_string()),
-        ),
-    ]);
+    ];
+    if scope == MacScope::EncryptedValues {
+        // Where sops writes it: after the rule, before the version.
+        block.push(("mac_only_encrypted".to_string(), Node::Bool(true)));
+    }
+    block.push((
+        "version".to_string(),
+        Node::Str(SOPS_FORMAT_VERSION.to_string()),
+    ));
+    let block = Node::Map(block);
     if let Node::Map(entries) = &mut sealed {
         entries.push((SOPS_KEY.to_string(), block));
     }
@@ -460,17 +514,22 @@ fn encrypt_at(
 struct EncryptWalk<'k> {
     key: &'k [u8; 32],
     rule: &'k Rule,
+    mac_only_encrypted: bool,
     json_numbers: bool,
     hash: Sha512,
 }
 
 impl EncryptWalk<'_> {
     fn leaf(&mut self, leaf: &Node, steps: &[Step<'_>]) -> Result<Node, Error> {
-        if let Some(bytes) = value_cipher::mac_bytes(leaf, self.json_numbers) {
+        let keys = key_path(steps);
+        let encrypted = self.rule.encrypts(&keys);
+        // The same values, in the same order, as `DecryptWalk` hashes.
+        if (encrypted || !self.mac_only_encrypted)
+            && let Some(bytes) = value_cipher::mac_bytes(leaf, self.json_numbers)
+        {
             self.hash.update(bytes);
         }
-        let keys = key_path(steps);
-        if !self.rule.encrypts(&keys) {
+        if !encrypted {
             return Ok(leaf.clone());
         }
         let aad = format!("{}:", keys.join(":"));

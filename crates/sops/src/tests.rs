@@ -19,8 +19,14 @@ fn any_document_round_trips_not_only_trigger_configs() {
         r#"{{"db": {{"password": "{SECRET}", "port": 5432, "tags": ["a", null, true]}}, "name": "n"}}"#
     ));
     for format in [Format::Json, Format::Yaml] {
-        let sealed = encrypt(plain.clone(), format, &[identity.recipient()], "^password$")
-            .expect("encrypts");
+        let sealed = encrypt(
+            plain.clone(),
+            format,
+            &[identity.recipient()],
+            "^password$",
+            MacScope::AllValues,
+        )
+        .expect("encrypts");
         assert!(!sealed.contains(SECRET), "{sealed}");
         assert!(
             sealed.contains("5432") && sealed.contains("^password$"),
@@ -44,6 +50,7 @@ fn keyless_readers_see_placeholders_and_no_sops_block() {
         Format::Json,
         &[identity.recipient()],
         "^key$",
+        MacScope::AllValues,
     )
     .expect("encrypts");
     let read = doc(&sealed);
@@ -70,6 +77,7 @@ fn a_value_of_the_wrong_shape_is_not_echoed() {
         Format::Json,
         &[identity.recipient()],
         "^n$",
+        MacScope::AllValues,
     )
     .expect("encrypts");
     let opened = decrypt(doc(&sealed), Format::Json, &[identity]).expect("decrypts");
@@ -88,6 +96,7 @@ fn a_fixed_lastmodified_is_the_macs_additional_data() {
         Format::Json,
         &[identity.recipient()],
         "^k$",
+        MacScope::AllValues,
         "2026-01-01T00:00:00Z",
     )
     .expect("encrypts");
@@ -99,9 +108,62 @@ fn a_fixed_lastmodified_is_the_macs_additional_data() {
         Error::MacTampered
     );
     assert_eq!(
-        encrypt(doc("[1]"), Format::Json, &[], "^k$").expect_err("not a map"),
+        encrypt(doc("[1]"), Format::Json, &[], "^k$", MacScope::AllValues).expect_err("not a map"),
         Error::Shape {
             message: "the document is not a map".to_string()
+        }
+    );
+}
+
+/// Issue 18: with the MAC over the encrypted values only (`mac_only_encrypted`), a value
+/// in clear can change without the key; an encrypted one still cannot be added, removed
+/// or reordered. The first step of the MAC is sops's fixed prefix, so the two kinds of
+/// MAC never coincide: flipping the flag alone is refused.
+#[test]
+fn a_mac_over_encrypted_values_only_lets_clear_values_change() {
+    let identity = AgeIdentity::generate();
+    let plain = r#"{"a": ["x1", "x2"], "n": 5, "t": "clear"}"#;
+    let sealed = encrypt(
+        doc(plain),
+        Format::Json,
+        &[identity.recipient()],
+        "^a$",
+        MacScope::EncryptedValues,
+    )
+    .expect("encrypts");
+    assert!(sealed.contains("\"mac_only_encrypted\": true"), "{sealed}");
+    let open = |text: &str| decrypt(doc(text), Format::Json, std::slice::from_ref(&identity));
+    assert_eq!(open(&sealed).expect("decrypts").into_node(), doc(plain));
+    let edited = sealed
+        .replace("\"n\": 5", "\"n\": 6")
+        .replace("\"clear\"", "\"edited\"");
+    assert_eq!(
+        open(&edited).expect("decrypts").into_node(),
+        doc(r#"{"a": ["x1", "x2"], "n": 6, "t": "edited"}"#)
+    );
+    let mut read = doc(&sealed);
+    let Node::Map(entries) = &mut read else {
+        panic!("a map")
+    };
+    let Node::Seq(items) = &mut entries[0].1 else {
+        panic!("a list")
+    };
+    items.swap(0, 1);
+    assert_eq!(
+        decrypt(read, Format::Json, std::slice::from_ref(&identity)).expect_err("refused"),
+        Error::MacMismatch {
+            scope: MacScope::EncryptedValues
+        }
+    );
+    let flag_dropped = sealed.replace(
+        "\"mac_only_encrypted\": true",
+        "\"mac_only_encrypted\": false",
+    );
+    assert_ne!(flag_dropped, sealed);
+    assert_eq!(
+        open(&flag_dropped).expect_err("refused"),
+        Error::MacMismatch {
+            scope: MacScope::AllValues
         }
     );
 }

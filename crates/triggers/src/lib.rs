@@ -88,7 +88,7 @@ pub use config::responses::{
 pub use config::schema::config_schema;
 pub use config::secret::Secret;
 pub use config::sops::{
-    SEALED_URL_PLACEHOLDER, SECRET_FIELDS_REGEX, SopsError, decrypt_config, encrypt_config,
+    SEALED_FIELDS_REGEX, SEALED_URL_PLACEHOLDER, SopsError, decrypt_config, encrypt_config,
     is_sops_encrypted, load_config, validate_without_keys,
 };
 pub use config::validate::{

@@ -231,7 +231,7 @@ fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(report(
             &path.to_string(),
             validate_without_keys(&text, format),
-            " without keys (encrypted url, headers, signingSecrets and auth not checked)",
+            " without keys (encrypted url, method, headers, signingSecrets, followRedirects and auth not checked)",
         ));
     }
     let checked = match load_config(&text, format, &identities) {

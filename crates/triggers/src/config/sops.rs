@@ -1,8 +1,8 @@
 //! Trigger configs encrypted at rest with SOPS and age: the adapter between the generic
 //! reader and writer (`triggers-sops`) and a [`TriggersConfig`].
 //!
-//! What is trigger-specific lives here: which fields are secrets
-//! ([`SECRET_FIELDS_REGEX`]), the document bounds of [`parse_document`] (checked before
+//! What is trigger-specific lives here: which fields are sealed
+//! ([`SEALED_FIELDS_REGEX`]), the document bounds of [`parse_document`] (checked before
 //! any parser runs, the same as for plaintext), the placeholders a keyless check puts in
 //! place of sealed values, and the config type the plaintext becomes. Plaintext lives
 //! only in memory, in [`Secret`](crate::Secret)s.
@@ -12,14 +12,21 @@ use crate::{ConfigFormat, ParseError, TriggersConfig};
 use serde::Deserialize as _;
 use triggers_sops::{AgeIdentity, AgeRecipient, Format, Node};
 
-/// The `encrypted_regex` that [`encrypt_config`] writes: the keys whose values are
-/// secrets in a [`TriggersConfig`]: the URL (user info, a query token, or a path that is
-/// itself the credential, as Slack's incoming webhooks are), header values, signing
-/// secrets and the whole `auth` block (its secret, and with it which identity provider
-/// and client it is). Real sops re-encrypting the file after an edit applies the same
-/// rule, since it is stored; a key rule cannot look inside a value, so every `url` is
-/// encrypted.
-pub const SECRET_FIELDS_REGEX: &str = "^(url|headers|signingSecrets|auth)$";
+/// The `encrypted_regex` that [`encrypt_config`] writes: the keys of a [`TriggersConfig`]
+/// whose values are sealed, so that they are secret and authenticated. The secrets: the
+/// URL (user info, a query token, or a path that is itself the credential, as Slack's
+/// incoming webhooks are; a key rule cannot look inside a value, so every `url` is
+/// encrypted), header values, signing secrets and the whole `auth` block (its secret,
+/// and with it which identity provider and client it is). Not secret but sealed to be
+/// authenticated, since they decide where a request goes and how: `method` and
+/// `followRedirects`.
+///
+/// The file's MAC covers the sealed values only (sops's `mac_only_encrypted`, see
+/// [`encrypt_config`]): every other field, present or added later (`payloadTemplate`,
+/// the timeouts, retries, `drain`, `interval`, ...), can be edited without the key.
+/// Real sops re-encrypting the file after an edit applies the same rule and MAC scope,
+/// since both are stored in it.
+pub const SEALED_FIELDS_REGEX: &str = "^(url|method|headers|signingSecrets|followRedirects|auth)$";
 
 /// What [`validate_without_keys`] puts in place of an encrypted `url`: its check is
 /// skipped, and errors name the trigger by this origin.
@@ -74,9 +81,10 @@ pub fn is_sops_encrypted(text: &str, format: ConfigFormat) -> bool {
 /// as [`SEALED_URL_PLACEHOLDER`] (errors name the trigger by it), encrypted header
 /// values and signing secrets as valid placeholders, and an `auth` block holding an
 /// encrypted value (its `type` included) as a valid token endpoint: that it does not
-/// sit beside an `Authorization` header is still checked. The decrypting runtime checks them
-/// at start. A plaintext document is validated as it is. Returns the number of triggers.
-/// Meant for files whose rule is [`SECRET_FIELDS_REGEX`]; another encrypted field (sops's
+/// sit beside an `Authorization` header is still checked; an encrypted `method` as `POST`
+/// and `followRedirects` as `false`. The decrypting runtime checks them at start. A plaintext document is validated as it is. Returns the number of triggers.
+/// Meant for files whose rule is [`SEALED_FIELDS_REGEX`] (or the one before it, which
+/// left `method` and `followRedirects` in clear); another encrypted field (sops's
 /// default rule encrypts everything) fails to validate here.
 pub fn validate_without_keys(
     text: &str,
@@ -87,6 +95,10 @@ pub fn validate_without_keys(
     placehold_sealed_auth(&mut doc);
     let placeheld = triggers_sops::replace_sealed(&doc, &mut |keys| {
         let text = match keys {
+            // Nothing of a trigger's checks depends on which body-carrying method it
+            // uses, nor on whether it follows redirects.
+            [.., "method"] => "POST",
+            [.., "followRedirects"] => return Some(Node::Bool(false)),
             [.., "url"] => SEALED_URL_PLACEHOLDER,
             [.., "signingSecrets"] => SEALED_SIGNING_SECRET,
             [.., "headers", _] => "encrypted",
@@ -114,8 +126,11 @@ pub fn validate_without_keys(
 /// too, so none of it can be checked without keys.
 fn placehold_sealed_auth(doc: &mut Node) {
     let Node::Map(entries) = doc else { return };
-    let Some((_, Node::Seq(triggers))) = entries.iter_mut().find(|(key, _)| key == "config") else {
-        return;
+    // The triggers as a list, or as a map keyed by name (Flow's newer form).
+    let triggers: Vec<&mut Node> = match entries.iter_mut().find(|(key, _)| key == "config") {
+        Some((_, Node::Seq(triggers))) => triggers.iter_mut().collect(),
+        Some((_, Node::Map(named))) => named.iter_mut().map(|(_, trigger)| trigger).collect(),
+        _ => return,
     };
     for trigger in triggers {
         let Node::Map(fields) = trigger else { continue };
@@ -169,10 +184,14 @@ pub fn decrypt_config(
 }
 
 /// Encrypts a plaintext config for age recipients as `sops` would with
-/// `--encrypted-regex '^(url|headers|signingSecrets|auth)$'`: URLs, header values,
-/// signing secrets and `auth` blocks become `ENC[...]` leaves, everything else
-/// (templates, bounds, methods) stays readable, for [`validate_without_keys`]. The output has the
-/// format of the input and decrypts with `sops` itself or [`decrypt_config`].
+/// `--encrypted-regex` [`SEALED_FIELDS_REGEX`] and `--mac-only-encrypted`: URLs,
+/// methods, header values, signing secrets, `followRedirects` and `auth` blocks become
+/// `ENC[...]` leaves, everything else (templates, bounds, `drain`) stays readable, for
+/// [`validate_without_keys`], and editable without the key: the MAC covers the sealed
+/// values only. An edit of a sealed field without the key fails [`decrypt_config`] (a
+/// value in clear where the rule seals one, a value moved to another key, or one added,
+/// removed or reordered: the MAC). The output has the format of the input and decrypts
+/// with `sops` itself (3.9 or later) or [`decrypt_config`].
 pub fn encrypt_config(
     text: &str,
     format: ConfigFormat,
@@ -189,7 +208,8 @@ pub fn encrypt_config(
         doc,
         sops_format(format),
         recipients,
-        SECRET_FIELDS_REGEX,
+        SEALED_FIELDS_REGEX,
+        triggers_sops::MacScope::EncryptedValues,
     )?)
 }
 

@@ -10,7 +10,7 @@ use triggers::{
     AgeIdentity, AgeRecipient, ConfigFormat, SopsError, TriggerConfig, TriggersConfig,
     decrypt_config, encrypt_config, is_sops_encrypted, load_config,
 };
-use triggers_sops::Error as Sops;
+use triggers_sops::{Error as Sops, Node};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sops")
@@ -194,5 +194,404 @@ fn sops_decrypts_what_encrypt_config_writes() {
                 "{ext} with {key}"
             );
         }
+
+        // Issue 18, item 4: sops's MAC covers what ours covers. A tuning field edited
+        // without keys: sops decrypts it too, the edit in place; an authenticated field
+        // edited: sops refuses it too.
+        let decrypt = |text: &str| {
+            std::fs::write(&path, text).expect("writes");
+            std::process::Command::new(&sops)
+                .args([
+                    "--disable-version-check",
+                    "decrypt",
+                    "--output-type",
+                    "json",
+                ])
+                .arg(&path)
+                .env("SOPS_AGE_KEY_FILE", fixtures().join("key1.agekey"))
+                .output()
+                .expect("runs sops")
+        };
+        for (edit, holds) in tuning_edits() {
+            let text = edited(&encrypted, format, &edit);
+            let out = decrypt(&text);
+            assert!(
+                out.status.success(),
+                "sops refused an edit of a tuning field: {}\n{text}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let config = TriggersConfig::parse(
+                std::str::from_utf8(&out.stdout).expect("UTF-8"),
+                ConfigFormat::Json,
+            )
+            .expect("parses");
+            assert!(holds(&config), "{ext}: the edit is not in {config:?}");
+        }
+        for (what, edit, _) in authenticated_edits() {
+            let text = edited(&encrypted, format, &edit);
+            let out = decrypt(&text);
+            assert!(
+                !out.status.success(),
+                "sops accepted an edit of an authenticated field ({what}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+/// One step into a document: a map key or a list index.
+#[derive(Clone, Copy)]
+enum At {
+    K(&'static str),
+    I(usize),
+}
+
+/// The container at `path` of a document.
+fn node_at<'a>(doc: &'a mut Node, path: &[At]) -> &'a mut Node {
+    path.iter().fold(doc, |node, step| match (node, step) {
+        (Node::Map(entries), At::K(key)) => {
+            &mut entries
+                .iter_mut()
+                .find(|(k, _)| k == key)
+                .unwrap_or_else(|| panic!("no key {key}"))
+                .1
+        }
+        (Node::Seq(items), At::I(i)) => &mut items[*i],
+        _ => panic!("the path does not fit the document"),
+    })
+}
+
+/// What an editor without keys does to a field of an encrypted file.
+#[derive(Clone)]
+enum Edit {
+    /// Sets (or adds, at the end of its map) `key` of the map at the path.
+    Set(&'static [At], &'static str, Node),
+    /// Removes `key` of the map at the path.
+    Remove(&'static [At], &'static str),
+    /// Renames `key` of the map at the path, keeping its value.
+    Rename(&'static [At], &'static str, &'static str),
+    /// Swaps two items of the list at the path.
+    Swap(&'static [At], usize, usize),
+    /// Appends a copy of item `from` to the list at the path.
+    CopyItem(&'static [At], usize),
+    /// Removes item `i` of the list at the path.
+    RemoveItem(&'static [At], usize),
+    /// Adds an item to the list at the path.
+    Push(&'static [At], Node),
+}
+
+fn apply(doc: &mut Node, edit: &Edit) {
+    match edit {
+        Edit::Set(path, key, value) => {
+            let Node::Map(entries) = node_at(doc, path) else {
+                panic!("not a map")
+            };
+            match entries.iter_mut().find(|(k, _)| k == key) {
+                Some((_, old)) => *old = value.clone(),
+                None => entries.push((key.to_string(), value.clone())),
+            }
+        }
+        Edit::Remove(path, key) => {
+            let Node::Map(entries) = node_at(doc, path) else {
+                panic!("not a map")
+            };
+            let before = entries.len();
+            entries.retain(|(k, _)| k != key);
+            assert_eq!(entries.len(), before - 1, "no key {key}");
+        }
+        Edit::Rename(path, from, to) => {
+            let Node::Map(entries) = node_at(doc, path) else {
+                panic!("not a map")
+            };
+            entries
+                .iter_mut()
+                .find(|(k, _)| k == from)
+                .unwrap_or_else(|| panic!("no key {from}"))
+                .0 = to.to_string();
+        }
+        Edit::Swap(path, a, b) => {
+            let Node::Seq(items) = node_at(doc, path) else {
+                panic!("not a list")
+            };
+            items.swap(*a, *b);
+        }
+        Edit::CopyItem(path, from) => {
+            let Node::Seq(items) = node_at(doc, path) else {
+                panic!("not a list")
+            };
+            items.push(items[*from].clone());
+        }
+        Edit::RemoveItem(path, i) => {
+            let Node::Seq(items) = node_at(doc, path) else {
+                panic!("not a list")
+            };
+            items.remove(*i);
+        }
+        Edit::Push(path, item) => {
+            let Node::Seq(items) = node_at(doc, path) else {
+                panic!("not a list")
+            };
+            items.push(item.clone());
+        }
+    }
+}
+
+fn parse_node(text: &str, format: ConfigFormat) -> Node {
+    match format {
+        ConfigFormat::Json => serde_json::from_str(text).expect("JSON"),
+        ConfigFormat::Yaml => serde_yaml_ng::from_str(text).expect("YAML"),
+    }
+}
+
+/// An encrypted file edited as a text editor would, without keys: the edited document
+/// written back in its format.
+fn edited(sealed: &str, format: ConfigFormat, edit: &Edit) -> String {
+    let mut doc = parse_node(sealed, format);
+    apply(&mut doc, edit);
+    match format {
+        ConfigFormat::Json => serde_json::to_string_pretty(&doc).expect("JSON"),
+        ConfigFormat::Yaml => serde_yaml_ng::to_string(&doc).expect("YAML"),
+    }
+}
+
+fn text(s: &str) -> Node {
+    Node::Str(s.to_string())
+}
+
+const T0: &[At] = &[At::K("config"), At::I(0)];
+const T1: &[At] = &[At::K("config"), At::I(1)];
+const CONFIG: &[At] = &[At::K("config")];
+const ROOT: &[At] = &[];
+const T0_HEADERS: &[At] = &[At::K("config"), At::I(0), At::K("headers")];
+const T0_SECRETS: &[At] = &[At::K("config"), At::I(0), At::K("signingSecrets")];
+
+/// Whether a decrypted config holds an edit.
+type Holds = fn(&TriggersConfig) -> bool;
+
+/// Whether an error is the one an edit must fail with.
+type Refused = fn(&Sops) -> bool;
+
+/// The edits of tuning fields an operator makes without the key, and what the decrypted
+/// config then holds.
+fn tuning_edits() -> Vec<(Edit, Holds)> {
+    let ordered = Node::Map(vec![("mode".to_string(), text("ordered"))]);
+    let retry = Node::Map(vec![("retry".to_string(), Node::Seq(vec![Node::Int(425)]))]);
+    vec![
+        (
+            Edit::Set(
+                T0,
+                "payloadTemplate",
+                text("{\"edited\": {{json collection_names}}}"),
+            ),
+            |c| c.config[0].payload_template.starts_with("{\"edited\""),
+        ),
+        (Edit::Set(T0, "timeoutSecs", Node::Int(45)), |c| {
+            c.config[0].timeout_secs == 45
+        }),
+        (Edit::Set(T1, "timeoutSecs", Node::Int(7)), |c| {
+            c.config[1].timeout_secs == 7
+        }),
+        (Edit::Set(T0, "maxRetries", Node::Int(5)), |c| {
+            c.config[0].max_retries == 5
+        }),
+        (Edit::Set(T0, "retryBudgetSecs", Node::Int(600)), |c| {
+            c.config[0].retry_budget_secs == 600
+        }),
+        (Edit::Remove(T0, "retryBudgetSecs"), |c| {
+            c.config[0].retry_budget_secs == triggers::DEFAULT_RETRY_BUDGET_SECS
+        }),
+        (Edit::Set(T1, "drain", ordered), |c| {
+            matches!(c.config[1].drain, triggers::DrainConfig::Ordered { .. })
+        }),
+        (Edit::Set(T0, "responses", retry), |c| {
+            format!("{:?}", c.config[0].responses).contains("425")
+        }),
+    ]
+}
+
+/// Fields Flow's format adds (issue 18, item 1): outside the MAC's scope as any field
+/// the secret rule does not name, so the MAC still matches when an editor adds them.
+fn flow_field_edits() -> Vec<Edit> {
+    vec![
+        Edit::Set(ROOT, "interval", text("30m")),
+        Edit::Set(T0, "timeout", text("45s")),
+        Edit::Set(T0, "maxAttempts", Node::Int(5)),
+        Edit::Set(T1, "name", text("onCommit")),
+    ]
+}
+
+/// The edits of authenticated fields, and the error each must fail with.
+fn authenticated_edits() -> Vec<(&'static str, Edit, Refused)> {
+    use Sops::{MacMismatch, NotEncryptedValue, Tampered};
+    let clear_auth = Node::Map(vec![
+        ("type".to_string(), text("tokenEndpoint")),
+        ("url".to_string(), text("https://evil.example.com/token")),
+        ("username".to_string(), text("u")),
+        ("password".to_string(), text("p")),
+    ]);
+    vec![
+        (
+            "url in clear",
+            Edit::Set(T0, "url", text("https://evil.example.com/")),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[0].url"),
+        ),
+        ("urls swapped", Edit::Swap(CONFIG, 0, 1), |e| {
+            matches!(e, MacMismatch { .. })
+        }),
+        (
+            "method in clear",
+            Edit::Set(T0, "method", text("PUT")),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[0].method"),
+        ),
+        (
+            "method added",
+            Edit::Set(T1, "method", text("PATCH")),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[1].method"),
+        ),
+        ("method removed", Edit::Remove(T0, "method"), |e| {
+            matches!(e, MacMismatch { .. })
+        }),
+        (
+            "header in clear",
+            Edit::Set(T0_HEADERS, "Authorization", text("Bearer planted")),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[0].headers.Authorization"),
+        ),
+        (
+            "header added",
+            Edit::Set(T0_HEADERS, "X-Planted", text("v")),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[0].headers.X-Planted"),
+        ),
+        ("header removed", Edit::Remove(T0_HEADERS, "X-Team"), |e| {
+            matches!(e, MacMismatch { .. })
+        }),
+        (
+            "header renamed",
+            Edit::Rename(T0_HEADERS, "X-Team", "X-Other"),
+            |e| matches!(e, Tampered { path } if path == "config[0].headers.X-Other"),
+        ),
+        (
+            "signing secret removed",
+            Edit::RemoveItem(T0_SECRETS, 1),
+            |e| matches!(e, MacMismatch { .. }),
+        ),
+        (
+            "signing secrets reordered",
+            Edit::Swap(T0_SECRETS, 0, 1),
+            |e| matches!(e, MacMismatch { .. }),
+        ),
+        (
+            "signing secret added",
+            Edit::Push(T0_SECRETS, text("whsec_cGxhbnRlZA==")),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[0].signingSecrets[2]"),
+        ),
+        (
+            "followRedirects flipped",
+            Edit::Set(T0, "followRedirects", Node::Bool(true)),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[0].followRedirects"),
+        ),
+        (
+            "auth added",
+            Edit::Set(T1, "auth", clear_auth),
+            |e| matches!(e, NotEncryptedValue { path } if path == "config[1].auth.type"),
+        ),
+        ("trigger removed", Edit::RemoveItem(CONFIG, 1), |e| {
+            matches!(e, MacMismatch { .. })
+        }),
+        ("trigger copied", Edit::CopyItem(CONFIG, 0), |e| {
+            matches!(e, MacMismatch { .. })
+        }),
+    ]
+}
+
+/// Encrypts a plaintext fixture as `triggers encrypt` does, for key1.
+fn ours(plain: &str, format: ConfigFormat) -> String {
+    encrypt_config(
+        &read(plain),
+        format,
+        &[identity("key1.agekey")[0].recipient()],
+    )
+    .expect("encrypts")
+}
+
+const PLAINS: [(&str, ConfigFormat); 2] = [
+    ("plain.json", ConfigFormat::Json),
+    ("plain.yaml", ConfigFormat::Yaml),
+];
+
+/// Issue 18, item 4: editing without keys. What `triggers encrypt` writes has a MAC over
+/// the encrypted values only (sops's `mac_only_encrypted`), so the tuning fields and any
+/// field the secret rule does not name can be edited without the age key and the config
+/// still decrypts and validates; the fields the rule seals (`url`, `method`, `headers`,
+/// `signingSecrets`, `followRedirects`, `auth`) stay authenticated, and any edit of them
+/// fails with a typed error naming the field, or the MAC.
+#[test]
+fn editing_without_keys_changes_tuning_fields_but_never_authenticated_ones() {
+    let key = identity("key1.agekey");
+    for (plain, format) in PLAINS {
+        let sealed = ours(plain, format);
+        assert!(sealed.contains("mac_only_encrypted"), "{sealed}");
+        for (edit, holds) in tuning_edits() {
+            let text = edited(&sealed, format, &edit);
+            assert_ne!(parse_node(&text, format), parse_node(&sealed, format));
+            let config = decrypt_config(&text, format, &key)
+                .unwrap_or_else(|err| panic!("{plain}: {err}\n{text}"));
+            assert!(holds(&config), "{plain}: the edit is not in {config:?}");
+            triggers::Triggers::from_config(&config).expect("validates");
+            assert_eq!(triggers::validate_without_keys(&text, format), Ok(2));
+        }
+        for edit in flow_field_edits() {
+            let text = edited(&sealed, format, &edit);
+            triggers_sops::decrypt(parse_node(&text, format), sops_format(format), &key)
+                .unwrap_or_else(|err| panic!("{plain}: {err}\n{text}"));
+        }
+        for (what, edit, expected) in authenticated_edits() {
+            let text = edited(&sealed, format, &edit);
+            let err = decrypt_config(&text, format, &key).expect_err(what);
+            let SopsError::Sops(err) = err else {
+                panic!("{plain}, {what}: {err}");
+            };
+            assert!(expected(&err), "{plain}, {what}: {err:?}");
+        }
+    }
+}
+
+fn sops_format(format: ConfigFormat) -> triggers_sops::Format {
+    match format {
+        ConfigFormat::Json => triggers_sops::Format::Json,
+        ConfigFormat::Yaml => triggers_sops::Format::Yaml,
+    }
+}
+
+/// Issue 18, item 4: files `triggers encrypt` wrote before it (checked in,
+/// `ours-before-18.sops.*`, a MAC over every value) still decrypt to their plaintext; an
+/// edit of any value in them, a tuning field too, is still refused, and the error says
+/// that this file's MAC covers every value.
+#[test]
+fn editing_without_keys_files_written_before_still_decrypt_and_keep_their_mac() {
+    let key = identity("key1.agekey");
+    let expected =
+        project(&TriggersConfig::parse(&read("plain.yaml"), ConfigFormat::Yaml).expect("parses"));
+    for (name, format) in [
+        ("ours-before-18.sops.json", ConfigFormat::Json),
+        ("ours-before-18.sops.yaml", ConfigFormat::Yaml),
+    ] {
+        let sealed = read(name);
+        assert!(!sealed.contains("mac_only_encrypted"), "{name}");
+        let config = decrypt_config(&sealed, format, &key).expect("decrypts");
+        assert_eq!(project(&config), expected, "{name}");
+        let text = edited(
+            &sealed,
+            format,
+            &Edit::Set(T0, "timeoutSecs", Node::Int(45)),
+        );
+        let err = decrypt_config(&text, format, &key).expect_err("refused");
+        assert_eq!(
+            err,
+            SopsError::Sops(Sops::MacMismatch {
+                scope: triggers_sops::MacScope::AllValues
+            }),
+            "{name}"
+        );
+        assert!(err.to_string().contains("every value"), "{err}");
     }
 }

@@ -65,7 +65,7 @@ fn round_trips_json_and_yaml_keeping_non_secrets_readable() {
             "Authorization",
             "signingSecrets",
             "encrypted_regex",
-            SECRET_FIELDS_REGEX,
+            SEALED_FIELDS_REGEX,
             "lastmodified",
             "BEGIN AGE ENCRYPTED FILE",
             SOPS_FORMAT_VERSION,
@@ -195,31 +195,66 @@ fn values_moved_between_keys_fail_and_reordered_list_items_fail_the_mac() {
         .replace("@FIRST@", &second);
     assert_eq!(
         decrypt_err(&swapped, ConfigFormat::Json, &identity),
-        Sops::MacMismatch
+        Sops::MacMismatch {
+            scope: triggers_sops::MacScope::EncryptedValues
+        }
     );
 }
 
+/// Issue 18: what `encrypt_config` writes has a MAC over the sealed values only, so a
+/// clear value edited without the key still decrypts; a file whose MAC covers every value
+/// (sops's default, and `encrypt_config` before) refuses the same edit.
 #[test]
-fn an_edited_clear_value_fails_the_mac() {
+fn an_edited_clear_value_fails_the_mac_only_where_it_covers_every_value() {
     for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
         let (sealed, identity) = encrypted(format);
-        let edited = sealed.replace("materialization_name", "connector_image");
-        assert_eq!(decrypt_err(&edited, format, &identity), Sops::MacMismatch);
-        let edited = sealed
-            .replace("\"timeoutSecs\": 10", "\"timeoutSecs\": 11")
-            .replace("timeoutSecs: 10", "timeoutSecs: 11");
-        assert_ne!(edited, sealed);
-        assert_eq!(decrypt_err(&edited, format, &identity), Sops::MacMismatch);
+        let edit = |text: &str| {
+            let edited = text
+                .replace("materialization_name", "connector_image")
+                .replace("\"timeoutSecs\": 10", "\"timeoutSecs\": 11")
+                .replace("timeoutSecs: 10", "timeoutSecs: 11");
+            assert_ne!(edited, text);
+            edited
+        };
+        let config = decrypt_config(&edit(&sealed), format, std::slice::from_ref(&identity))
+            .expect("decrypts");
+        assert_eq!(config.config[0].timeout_secs, 11);
+        assert!(
+            config.config[0]
+                .payload_template
+                .contains("connector_image")
+        );
+
+        let text = match format {
+            ConfigFormat::Json => plain_json(),
+            ConfigFormat::Yaml => plain_yaml(),
+        };
+        let whole = triggers_sops::encrypt(
+            parse_document(&text, format).expect("parses"),
+            sops_format(format),
+            &[identity.recipient()],
+            SEALED_FIELDS_REGEX,
+            triggers_sops::MacScope::AllValues,
+        )
+        .expect("encrypts");
+        decrypt_config(&whole, format, std::slice::from_ref(&identity)).expect("decrypts");
+        assert_eq!(
+            decrypt_err(&edit(&whole), format, &identity),
+            Sops::MacMismatch {
+                scope: triggers_sops::MacScope::AllValues
+            }
+        );
     }
 }
 
 #[test]
 fn a_tampered_or_missing_mac_is_refused() {
     let (sealed, identity) = encrypted(ConfigFormat::Json);
-    // The URLs, the two header values, the two secrets, then the MAC.
-    let mac = enc_value(&sealed, 6);
+    // The first URL, the two header values, the two secrets, `followRedirects`, the
+    // second URL, then the MAC.
+    let mac = enc_value(&sealed, 7);
     assert!(sealed.contains(&format!("\"mac\": \"{mac}\"")), "{sealed}");
-    let err = decrypt_err(&flip_data(&sealed, 6), ConfigFormat::Json, &identity);
+    let err = decrypt_err(&flip_data(&sealed, 7), ConfigFormat::Json, &identity);
     assert_eq!(err, Sops::MacTampered);
 
     // lastmodified is the MAC's additional data.
@@ -407,7 +442,8 @@ fn a_decrypted_value_of_the_wrong_type_is_not_echoed() {
         doc,
         triggers_sops::Format::Json,
         &[identity.recipient()],
-        SECRET_FIELDS_REGEX,
+        SEALED_FIELDS_REGEX,
+        triggers_sops::MacScope::EncryptedValues,
     )
     .expect("succeeds");
     assert!(!sealed.contains("987654321"), "{sealed}");
@@ -538,7 +574,7 @@ fn token_authentication_per_trigger_is_encrypted_and_validates_without_keys() {
             assert!(!sealed.contains(hidden), "{format}: {hidden} in {sealed}");
         }
         assert!(
-            sealed.contains("auth") && sealed.contains(SECRET_FIELDS_REGEX),
+            sealed.contains("auth") && sealed.contains(SEALED_FIELDS_REGEX),
             "{sealed}"
         );
         assert_eq!(
