@@ -52,6 +52,92 @@ pub enum SopsError {
     /// The SOPS layer refused the document: metadata, keys, a tampered value or MAC.
     #[error(transparent)]
     Sops(triggers_sops::Error),
+    /// A field that must stay authenticated is in clear in a file whose MAC covers the
+    /// encrypted values only (`mac_only_encrypted`), so anyone could have written it
+    /// without the key: the file's rule (which the MAC does not cover either) leaves it
+    /// out of [`SEALED_FIELDS_REGEX`], or was edited to.
+    #[error(
+        "`{path}` is in clear, but this file's MAC covers the encrypted values only, so it \
+         is not authenticated: encrypt the config with `triggers encrypt` (rule \
+         {SEALED_FIELDS_REGEX})"
+    )]
+    Unauthenticated {
+        /// Where the value is.
+        path: String,
+    },
+}
+
+/// The fields of a trigger that must stay authenticated: the keys of
+/// [`SEALED_FIELDS_REGEX`].
+const AUTHENTICATED_FIELDS: [&str; 6] = [
+    "url",
+    "method",
+    "headers",
+    "signingSecrets",
+    "followRedirects",
+    "auth",
+];
+
+/// In a file whose MAC covers the encrypted values only, every value under an
+/// [`AUTHENTICATED_FIELDS`] key of a trigger must be sealed: a value in clear is
+/// authenticated by nothing (the `sops` block, rule included, is not covered by the MAC,
+/// so an editor without keys could narrow the rule and add `method: PATCH` in clear).
+/// Empty strings and nulls pass: sops never encrypts them, nor hashes them.
+fn check_sealed(doc: &Node) -> Result<(), SopsError> {
+    let mac_only = doc
+        .get(triggers_sops::SOPS_KEY)
+        .and_then(|block| block.get("mac_only_encrypted"));
+    if !matches!(mac_only, Some(Node::Bool(true))) {
+        // A MAC over every value authenticates the values in clear too.
+        return Ok(());
+    }
+    let triggers: Vec<(String, &Node)> = match doc.get("config") {
+        Some(Node::Seq(triggers)) => triggers
+            .iter()
+            .enumerate()
+            .map(|(i, trigger)| (format!("config[{i}]"), trigger))
+            .collect(),
+        Some(Node::Map(named)) => named
+            .iter()
+            .map(|(name, trigger)| (format!("config.{name}"), trigger))
+            .collect(),
+        _ => return Ok(()),
+    };
+    for (at, trigger) in triggers {
+        let Node::Map(fields) = trigger else { continue };
+        for (key, value) in fields {
+            if AUTHENTICATED_FIELDS.contains(&key.as_str()) {
+                clear_leaf(value, &mut format!("{at}.{key}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fails on the first leaf of `node` in clear, naming its path.
+fn clear_leaf(node: &Node, path: &mut String) -> Result<(), SopsError> {
+    match node {
+        Node::Null => Ok(()),
+        Node::Str(s) if s.is_empty() || triggers_sops::is_sealed(s) => Ok(()),
+        Node::Seq(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            clear_leaf(item, path)?;
+            path.truncate(len);
+            Ok(())
+        }),
+        Node::Map(entries) => entries.iter().try_for_each(|(key, value)| {
+            let len = path.len();
+            path.push('.');
+            path.push_str(key);
+            clear_leaf(value, path)?;
+            path.truncate(len);
+            Ok(())
+        }),
+        Node::Bool(_) | Node::Int(_) | Node::Float(_) | Node::Str(_) => {
+            Err(SopsError::Unauthenticated { path: path.clone() })
+        }
+    }
 }
 
 impl From<triggers_sops::Error> for SopsError {
@@ -172,14 +258,17 @@ pub fn load_config(
 }
 
 /// Decrypts a SOPS-encrypted config (as the `sops` tool writes it, with age
-/// recipients), checks its MAC, and parses the result.
+/// recipients), checks its MAC, and parses the result. A file whose MAC covers the
+/// encrypted values only must have every authenticated field sealed
+/// ([`SopsError::Unauthenticated`]).
 pub fn decrypt_config(
     text: &str,
     format: ConfigFormat,
     identities: &[AgeIdentity],
 ) -> Result<TriggersConfig, SopsError> {
     let doc: Node = parse_document(text, format)?;
-    let plain = triggers_sops::decrypt(doc, sops_format(format), identities)?;
+    let plain = triggers_sops::decrypt(doc.clone(), sops_format(format), identities)?;
+    check_sealed(&doc)?;
     Ok(plain.deserialize()?)
 }
 

@@ -60,15 +60,20 @@ fn project(config: &TriggersConfig) -> Vec<String> {
         .collect()
 }
 
+/// The files sops made that decrypt to their plaintext.
 const SOPS_MADE: [&str; 7] = [
     "regex-one.sops.json",
     "regex-one.sops.yaml",
     "all-two.sops.json",
     "all-two.sops.yaml",
-    "regex-maconly.sops.json",
-    "regex-maconly.sops.yaml",
+    "sealed-maconly.sops.json",
+    "sealed-maconly.sops.yaml",
     "comments-all-one.sops.yaml",
 ];
+
+/// Files sops made whose MAC covers the encrypted values only while `url` and `method`
+/// are in clear: authenticated by nothing, so refused.
+const SOPS_MADE_UNAUTHENTICATED: [&str; 2] = ["regex-maconly.sops.json", "regex-maconly.sops.yaml"];
 
 #[test]
 fn files_made_by_sops_decrypt_to_their_plaintext() {
@@ -95,6 +100,74 @@ fn files_made_by_sops_decrypt_to_their_plaintext() {
     }
 }
 
+/// Issue 18, item 4: under `mac_only_encrypted` a field in clear is authenticated by
+/// nothing, and neither is the file's rule: a sops file that leaves `url` or `method` in
+/// clear is refused by path, and so is an edit without keys that narrows the rule to add
+/// an authenticated field in clear (real sops would accept that one: its metadata is
+/// not authenticated).
+#[test]
+fn editing_without_keys_a_narrowed_rule_does_not_unseal_a_field() {
+    let key = identity("key1.agekey");
+    for name in SOPS_MADE_UNAUTHENTICATED {
+        let err = decrypt_config(&read(name), format_of(name), &key).expect_err("refused");
+        assert_eq!(
+            err,
+            SopsError::Unauthenticated {
+                path: "config[0].url".into()
+            },
+            "{name}"
+        );
+        assert!(err.to_string().contains("not authenticated"), "{err}");
+    }
+    const BLOCK: &[At] = &[At::K("sops")];
+    // The attack needs a field no trigger of the file has (else its sealed values no
+    // longer decrypt under the narrowed rule, and the MAC notices).
+    let bare = r#"{"config": [{"url": "https://hooks.example.com/a", "payloadTemplate": "{}"},
+        {"url": "https://hooks.example.com/b", "payloadTemplate": "{}"}]}"#;
+    let recipient = [key[0].recipient()];
+    for format in [ConfigFormat::Json, ConfigFormat::Yaml] {
+        let plain = match format {
+            ConfigFormat::Json => bare.to_string(),
+            ConfigFormat::Yaml => {
+                let doc: serde_json::Value = serde_json::from_str(bare).expect("JSON");
+                serde_yaml_ng::to_string(&doc).expect("YAML")
+            }
+        };
+        let sealed = encrypt_config(&plain, format, &recipient).expect("encrypts");
+        for (field, value, path) in [
+            ("method", text("PATCH"), "config[1].method"),
+            (
+                "headers",
+                Node::Map(vec![("X-Planted".to_string(), text("v"))]),
+                "config[1].headers.X-Planted",
+            ),
+            (
+                "followRedirects",
+                Node::Bool(true),
+                "config[1].followRedirects",
+            ),
+        ] {
+            let narrowed = "^(url|method|headers|signingSecrets|followRedirects|auth)$"
+                .replace(&format!("|{field}"), "");
+            let text = edited(
+                &sealed,
+                format,
+                &Edit::Set(BLOCK, "encrypted_regex", Node::Str(narrowed)),
+            );
+            let text = edited(&text, format, &Edit::Set(T1, field, value));
+            // The MAC matches (sops's would too): only our check refuses it.
+            triggers_sops::decrypt(parse_node(&text, format), sops_format(format), &key)
+                .expect("the MAC does not cover it");
+            let err = decrypt_config(&text, format, &key).expect_err(field);
+            assert_eq!(
+                err,
+                SopsError::Unauthenticated { path: path.into() },
+                "{format}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_second_recipient_opens_two_recipient_files_and_only_those() {
     for name in ["all-two.sops.json", "all-two.sops.yaml"] {
@@ -116,7 +189,7 @@ fn the_second_recipient_opens_two_recipient_files_and_only_those() {
 
 #[test]
 fn a_key_that_is_no_recipient_is_refused_by_name() {
-    for name in SOPS_MADE {
+    for name in SOPS_MADE.into_iter().chain(SOPS_MADE_UNAUTHENTICATED) {
         let err = decrypt_config(&read(name), format_of(name), &identity("unrelated.agekey"))
             .expect_err("fails");
         let SopsError::Sops(Sops::NoMatchingIdentity { recipients }) = &err else {
