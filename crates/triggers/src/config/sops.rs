@@ -168,7 +168,10 @@ pub fn is_sops_encrypted(text: &str, format: ConfigFormat) -> bool {
 /// values and signing secrets as valid placeholders, and an `auth` block holding an
 /// encrypted value (its `type` included) as a valid token endpoint: that it does not
 /// sit beside an `Authorization` header is still checked; an encrypted `method` as `POST`
-/// and `followRedirects` as `false`. The decrypting runtime checks them at start. A plaintext document is validated as it is. Returns the number of triggers.
+/// and `followRedirects` as `false`. The decrypting runtime checks them at start. A
+/// field in clear that [`decrypt_config`] would refuse as [`SopsError::Unauthenticated`]
+/// is an error here too. A plaintext document is validated as it is. Returns the number
+/// of triggers.
 /// Meant for files whose rule is [`SEALED_FIELDS_REGEX`] (or the one before it, which
 /// left `method` and `followRedirects` in clear); another encrypted field (sops's
 /// default rule encrypts everything) fails to validate here.
@@ -178,6 +181,16 @@ pub fn validate_without_keys(
 ) -> Result<usize, crate::ValidationErrors> {
     let parse_error = |err: ParseError| crate::ValidationErrors(vec![err.into()]);
     let mut doc: Node = parse_document(text, format).map_err(parse_error)?;
+    let shape = |message: String| {
+        parse_error(ParseError::Syntax {
+            format,
+            line: 0,
+            column: 0,
+            message,
+        })
+    };
+    // What the decrypting runtime would refuse at start, refused here already.
+    check_sealed(&doc).map_err(|err| shape(err.to_string()))?;
     placehold_sealed_auth(&mut doc);
     let placeheld = triggers_sops::replace_sealed(&doc, &mut |keys| {
         let text = match keys {
@@ -192,14 +205,6 @@ pub fn validate_without_keys(
         };
         Some(Node::Str(text.to_string()))
     });
-    let shape = |message: String| {
-        parse_error(ParseError::Syntax {
-            format,
-            line: 0,
-            column: 0,
-            message,
-        })
-    };
     let json = placeheld
         .into_json()
         .map_err(|_| shape("a number is not finite".to_string()))?;

@@ -164,6 +164,10 @@ fn editing_without_keys_a_narrowed_rule_does_not_unseal_a_field() {
                 SopsError::Unauthenticated { path: path.into() },
                 "{format}"
             );
+            // A control plane validating without keys refuses it too.
+            let errors = triggers::validate_without_keys(&text, format).expect_err(field);
+            assert!(errors.to_string().contains(path), "{errors}");
+            assert_eq!(triggers::validate_without_keys(&sealed, format), Ok(2));
         }
     }
 }
