@@ -4,6 +4,7 @@
 //! [`crate::validate`] turns them once into [`crate::Triggers`], the checked form that
 //! delivery uses.
 
+use super::duration::ConfigDuration;
 use super::nesting;
 use crate::{AuthConfig, DrainConfig, ResponsesConfig, Secret};
 use schemars::JsonSchema;
@@ -49,82 +50,314 @@ pub const MAX_RETRY_BUDGET_SECS: u64 = 3600;
 /// adds a signature to every request).
 pub const MAX_SIGNING_SECRETS: usize = 10;
 
+/// Longest trigger name, in bytes.
+pub const MAX_TRIGGER_NAME_BYTES: usize = 64;
+/// Smallest accepted `maxAttempts` (the first attempt always happens).
+pub const MIN_MAX_ATTEMPTS: u32 = 1;
+/// Largest accepted `maxAttempts`: the first attempt and [`MAX_MAX_RETRIES`] retries.
+pub const MAX_MAX_ATTEMPTS: u32 = MAX_MAX_RETRIES + 1;
+
 /// The triggers of one materialization.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggersConfig {
-    /// The webhooks to fire after each committed transaction that read documents.
-    #[schemars(length(max = crate::MAX_TRIGGERS))]
+    /// The webhooks to fire after each committed transaction that read documents: a list
+    /// (each entry may have a `name`), or a map from each trigger's name to the trigger
+    /// (Flow's newest form), compiled in the byte order of the names.
+    #[serde(deserialize_with = "trigger_list_or_map")]
+    #[schemars(schema_with = "trigger_list_or_map_schema")]
     pub config: Vec<TriggerConfig>,
+    /// Flow's `interval`: the least time between two webhooks of a trigger, for every
+    /// trigger (a burst of transactions collapses into one webhook covering the span).
+    /// Each trigger drains coalesced with this `minIntervalSecs` (see `drain`).
+    #[serde(default)]
+    pub interval: Option<ConfigDuration>,
 }
 
+// One webhook as written: what serde and the JSON Schema read (its doc comment is the
+// schema's description of a trigger). Both spellings of the timeout and of the retries
+// are here; `TriggerConfig` keeps which ones were given.
 /// One webhook.
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TriggerConfig {
+struct TriggerDocument {
+    /// The trigger's name, unique in the config: 1 to 64 ASCII letters, digits, `_`, `.`
+    /// or `-`. Without one, a list entry is named by its index (`0`, `1`, ...). Not
+    /// allowed in the map form, where the key is the name.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = MAX_TRIGGER_NAME_BYTES), regex(pattern = TRIGGER_NAME_PATTERN))]
+    name: Option<String>,
     /// Absolute `http` or `https` URL to send the payload to. Treated as a secret (it
     /// may carry a credential: user info, a token in its path or query).
     #[schemars(url, extend("secret" = true))]
-    pub url: String,
+    url: String,
     /// HTTP method of the request.
     #[serde(default)]
-    pub method: HttpMethod,
+    method: HttpMethod,
     /// Extra request headers. Values are secrets (they usually carry credentials).
     #[serde(default, deserialize_with = "secret_headers")]
     #[schemars(extend("default" = {}, "maxProperties" = MAX_HEADERS))]
-    pub headers: BTreeMap<String, Secret>,
+    headers: BTreeMap<String, Secret>,
     /// Handlebars template of the JSON payload.
     #[schemars(length(max = crate::MAX_TEMPLATE_BYTES))]
-    pub payload_template: String,
-    /// Timeout of each attempt, in seconds.
-    #[serde(default = "default_timeout_secs")]
-    #[schemars(range(min = MIN_TIMEOUT_SECS, max = MAX_TIMEOUT_SECS))]
-    pub timeout_secs: u64,
-    /// Retries after the first attempt before the delivery fails for good.
-    #[serde(default = "default_max_retries")]
-    #[schemars(range(max = MAX_MAX_RETRIES))]
-    pub max_retries: u32,
+    payload_template: String,
+    /// Timeout of each attempt, in seconds. Not with `timeout`.
+    #[serde(default, deserialize_with = "given")]
+    #[schemars(with = "u64", range(min = MIN_TIMEOUT_SECS, max = MAX_TIMEOUT_SECS), extend("default" = DEFAULT_TIMEOUT_SECS))]
+    timeout_secs: Option<u64>,
+    /// Flow's spelling of the timeout of each attempt: a duration from `1s` to `5m`, such
+    /// as `30s`. Not with `timeoutSecs`.
+    #[serde(default)]
+    timeout: Option<ConfigDuration>,
+    /// Retries after the first attempt before the delivery fails for good. Not with
+    /// `maxAttempts`.
+    #[serde(default, deserialize_with = "given")]
+    #[schemars(with = "u32", range(max = MAX_MAX_RETRIES), extend("default" = DEFAULT_MAX_RETRIES))]
+    max_retries: Option<u32>,
+    /// Flow's spelling of the retries: attempts in all, the first one included
+    /// (`maxAttempts: 3` is `maxRetries: 2`). Not with `maxRetries`.
+    #[serde(default)]
+    #[schemars(range(min = MIN_MAX_ATTEMPTS, max = MAX_MAX_ATTEMPTS))]
+    max_attempts: Option<u32>,
     /// Time budget, in seconds, across every attempt of one delivery; retries stop when it
     /// is spent even if `maxRetries` allows more.
     #[serde(default = "default_retry_budget_secs")]
     #[schemars(range(min = MIN_RETRY_BUDGET_SECS, max = MAX_RETRY_BUDGET_SECS))]
-    pub retry_budget_secs: u64,
+    retry_budget_secs: u64,
     /// Standard Webhooks signing secrets (`whsec_` + base64). Each adds a `v1` signature
     /// to `webhook-signature`, so a receiver can rotate keys without missing a webhook.
     #[serde(default, deserialize_with = "secret_list")]
     #[schemars(length(max = MAX_SIGNING_SECRETS), extend("default" = []))]
-    pub signing_secrets: Vec<Secret>,
+    signing_secrets: Vec<Secret>,
     /// Follow `307` and `308` redirects (which keep method and body), re-checking the
     /// network policy at every hop. Other redirects are never followed.
     #[serde(default)]
-    pub follow_redirects: bool,
+    follow_redirects: bool,
     /// How the trigger's backlog drains when the runtime delivers in decoupled mode:
     /// `{"mode": "coalesced", "minIntervalSecs": 0}` (the default), `{"mode": "ordered"}`
     /// or `{"mode": "concurrent", "maxInFlight": 4}`.
     #[serde(default)]
-    pub drain: DrainConfig,
+    drain: DrainConfig,
     /// Token authentication: a bearer token fetched from a token endpoint (OAuth 2.0
     /// client credentials, or a JSON login such as Airflow 3's `/auth/token`), sent as
     /// `Authorization: Bearer <token>`, renewed before it expires and once on a 401.
     /// Its credentials are secrets.
     #[serde(default, deserialize_with = "crate::send::token_auth::secret_auth")]
-    pub auth: Option<AuthConfig>,
+    auth: Option<AuthConfig>,
     /// What the receiver's answers mean beyond the defaults:
     /// `{"alreadyDelivered": [409], "retry": []}` (the default).
     #[serde(default)]
+    responses: ResponsesConfig,
+}
+
+/// The JSON Schema `pattern` of a trigger name (the schema also bounds its length).
+pub(crate) const TRIGGER_NAME_PATTERN: &str = "^[A-Za-z0-9_.-]+$";
+
+/// One webhook, as parsed: our fields with their defaults applied, and Flow's spellings
+/// (`timeout`, `maxAttempts`) kept as written. Validation resolves the two spellings of
+/// a setting (giving both is an error there) and checks every bound.
+#[derive(Clone, Deserialize)]
+#[serde(from = "TriggerDocument")]
+pub struct TriggerConfig {
+    /// The name given: a list entry's `name`, or the map key. `None` for a list entry
+    /// without one, which is named by its index.
+    pub name: Option<String>,
+    /// Absolute `http` or `https` URL to send the payload to. Treated as a secret (it
+    /// may carry a credential: user info, a token in its path or query).
+    pub url: String,
+    /// HTTP method of the request.
+    pub method: HttpMethod,
+    /// Extra request headers. Values are secrets (they usually carry credentials).
+    pub headers: BTreeMap<String, Secret>,
+    /// Handlebars template of the JSON payload.
+    pub payload_template: String,
+    /// `timeoutSecs`, or its default: the timeout of each attempt unless `timeout` is given.
+    pub timeout_secs: u64,
+    /// Flow's `timeout`, as written; when given it is the timeout of each attempt.
+    pub timeout: Option<ConfigDuration>,
+    /// `maxRetries`, or its default: the retries unless `maxAttempts` is given.
+    pub max_retries: u32,
+    /// Flow's `maxAttempts`; when given the retries are one fewer.
+    pub max_attempts: Option<u32>,
+    /// Time budget, in seconds, across every attempt of one delivery.
+    pub retry_budget_secs: u64,
+    /// Standard Webhooks signing secrets (`whsec_` + base64).
+    pub signing_secrets: Vec<Secret>,
+    /// Follow `307` and `308` redirects.
+    pub follow_redirects: bool,
+    /// How the trigger's backlog drains in decoupled delivery (a config's `interval`
+    /// lengthens a coalesced drain's interval, see [`TriggersConfig::interval`]).
+    pub drain: DrainConfig,
+    /// Token authentication.
+    pub auth: Option<AuthConfig>,
+    /// What the receiver's answers mean beyond the defaults.
     pub responses: ResponsesConfig,
+    /// Which of our defaulted fields the document gave, so that validation can refuse
+    /// both spellings of one setting.
+    pub(crate) given: Given,
+}
+
+/// Which defaulted fields a trigger's document gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Given {
+    pub(crate) timeout_secs: bool,
+    pub(crate) max_retries: bool,
+}
+
+impl From<TriggerDocument> for TriggerConfig {
+    fn from(doc: TriggerDocument) -> Self {
+        TriggerConfig {
+            given: Given {
+                timeout_secs: doc.timeout_secs.is_some(),
+                max_retries: doc.max_retries.is_some(),
+            },
+            name: doc.name,
+            url: doc.url,
+            method: doc.method,
+            headers: doc.headers,
+            payload_template: doc.payload_template,
+            timeout_secs: doc.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+            timeout: doc.timeout,
+            max_retries: doc.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            max_attempts: doc.max_attempts,
+            retry_budget_secs: doc.retry_budget_secs,
+            signing_secrets: doc.signing_secrets,
+            follow_redirects: doc.follow_redirects,
+            drain: doc.drain,
+            auth: doc.auth,
+            responses: doc.responses,
+        }
+    }
+}
+
+impl JsonSchema for TriggerConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TriggerConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = TriggerDocument::json_schema(generator);
+        // Two spellings of one setting: one at most. (Each `required` names properties the
+        // same subschema defines, on an object type, as ajv's strict mode wants.)
+        schema.insert(
+            "allOf".to_string(),
+            serde_json::json!([
+                {"not": {"type": "object", "properties": {"timeout": true, "timeoutSecs": true},
+                         "required": ["timeout", "timeoutSecs"]}},
+                {"not": {"type": "object", "properties": {"maxAttempts": true, "maxRetries": true},
+                         "required": ["maxAttempts", "maxRetries"]}},
+            ]),
+        );
+        schema
+    }
+}
+
+/// A field present in the document: `Some`, and never `null` (as when it is absent).
+fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// `config`: a list of triggers, or a map from name to trigger (sorted by name, so the
+/// order does not depend on how a tool wrote the map). A map entry may not have a
+/// `name` of its own; a key given twice is refused.
+fn trigger_list_or_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<TriggerConfig>, D::Error> {
+    struct ListOrMap;
+    impl<'de> serde::de::Visitor<'de> for ListOrMap {
+        type Value = Vec<TriggerConfig>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of triggers, or a map from trigger name to trigger")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut triggers = Vec::new();
+            // Bounded by the document's size; validation refuses more than MAX_TRIGGERS.
+            while let Some(trigger) = seq.next_element()? {
+                triggers.push(trigger);
+            }
+            Ok(triggers)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            use serde::de::Error as _;
+            let mut triggers: BTreeMap<String, TriggerConfig> = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let mut trigger: TriggerConfig = map.next_value()?;
+                if trigger.name.is_some() {
+                    return Err(A::Error::custom(format!(
+                        "trigger {}: `name` is not allowed in the map form, where the key is the trigger's name",
+                        shown_name(&name)
+                    )));
+                }
+                if triggers.contains_key(&name) {
+                    return Err(A::Error::custom(format!(
+                        "trigger name {:?} is given twice",
+                        shown_name(&name)
+                    )));
+                }
+                trigger.name = Some(name.clone());
+                triggers.insert(name, trigger);
+            }
+            Ok(triggers.into_values().collect())
+        }
+    }
+    deserializer.deserialize_any(ListOrMap)
+}
+
+/// A trigger name fit for a message: its first 64 characters.
+pub(crate) fn shown_name(name: &str) -> String {
+    name.chars().take(MAX_TRIGGER_NAME_BYTES).collect()
+}
+
+fn trigger_list_or_map_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let trigger = generator.subschema_for::<TriggerConfig>();
+    schemars::json_schema!({
+        "anyOf": [
+            {
+                "type": "array",
+                "items": trigger,
+                "maxItems": MAX_TRIGGERS,
+            },
+            {
+                "type": "object",
+                "additionalProperties": {
+                    "allOf": [trigger],
+                    "not": {"type": "object", "properties": {"name": true}, "required": ["name"]},
+                },
+                "propertyNames": {
+                    "minLength": 1,
+                    "maxLength": MAX_TRIGGER_NAME_BYTES,
+                    "pattern": TRIGGER_NAME_PATTERN,
+                },
+                "maxProperties": MAX_TRIGGERS,
+            },
+        ],
+    })
 }
 
 impl std::fmt::Debug for TriggerConfig {
     /// The URL is shown as its origin only: user info, query and path may hold credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TriggerConfig")
+            .field("name", &self.name)
             .field("url", &url_origin(&self.url))
             .field("method", &self.method)
             .field("headers", &self.headers)
             .field("payload_template", &self.payload_template)
             .field("timeout_secs", &self.timeout_secs)
+            .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
+            .field("max_attempts", &self.max_attempts)
             .field("retry_budget_secs", &self.retry_budget_secs)
             .field("signing_secrets", &self.signing_secrets)
             .field("follow_redirects", &self.follow_redirects)
@@ -159,14 +392,6 @@ pub enum HttpMethod {
     Put,
     /// `PATCH`.
     Patch,
-}
-
-fn default_timeout_secs() -> u64 {
-    DEFAULT_TIMEOUT_SECS
-}
-
-fn default_max_retries() -> u32 {
-    DEFAULT_MAX_RETRIES
 }
 
 fn default_retry_budget_secs() -> u64 {

@@ -8,6 +8,8 @@
 pub(crate) mod document;
 /// How a trigger's backlog drains in decoupled delivery (`drain`).
 pub(crate) mod drain;
+/// Durations as Flow writes them (`timeout: 30s`, `interval: 30m`).
+pub(crate) mod duration;
 /// The nesting scan (JSON, YAML flow) run before any parser.
 mod nesting;
 /// The response policy (`responses`): "already delivered" and extra retry statuses.

@@ -217,10 +217,13 @@ pub fn validate_without_keys(
 /// too, so none of it can be checked without keys.
 fn placehold_sealed_auth(doc: &mut Node) {
     let Node::Map(entries) = doc else { return };
-    // The triggers as a list, or as a map keyed by name (Flow's newer form).
-    let triggers: Vec<&mut Node> = match entries.iter_mut().find(|(key, _)| key == "config") {
-        Some((_, Node::Seq(triggers))) => triggers.iter_mut().collect(),
-        Some((_, Node::Map(named))) => named.iter_mut().map(|(_, trigger)| trigger).collect(),
+    let Some((_, config)) = entries.iter_mut().find(|(key, _)| key == "config") else {
+        return;
+    };
+    // The list form, or the map form (name to trigger).
+    let triggers: Vec<&mut Node> = match config {
+        Node::Seq(triggers) => triggers.iter_mut().collect(),
+        Node::Map(named) => named.iter_mut().map(|(_, trigger)| trigger).collect(),
         _ => return,
     };
     for trigger in triggers {

@@ -3,9 +3,11 @@
 
 use crate::config::document::{
     ConfigFormat, HttpMethod, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
-    MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGERS,
-    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig,
+    MAX_MAX_ATTEMPTS, MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS,
+    MAX_TIMEOUT_SECS, MAX_TRIGGER_NAME_BYTES, MAX_TRIGGERS, MIN_MAX_ATTEMPTS,
+    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, TriggerConfig, TriggersConfig, shown_name,
 };
+use crate::config::duration::{DurationError, display as display_duration};
 use crate::config::responses::{ResponsePolicy, check_responses};
 use crate::render::template::{TemplateError, Templates};
 use crate::render::variables::Variables;
@@ -45,28 +47,39 @@ pub struct Trigger {
     pub(crate) responses: ResponsePolicy,
 }
 
-/// How errors and logs name a trigger: its index and its URL's origin.
+/// How errors and logs name a trigger: its name and its URL's origin
+/// (`trigger onCommit (https://hooks.example.com)`), and its index.
 ///
 /// Only the scheme, host and port are shown. User info and query strings often carry
 /// credentials, and some services (Slack, Discord) put the secret in the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerLabel {
-    /// Position of the trigger in the config.
+    /// Position of the trigger in the compiled config (a map's triggers are in name order).
     pub index: usize,
+    /// Its name: the map key, a list entry's `name`, else its index (`0`, `1`, ...).
+    /// Also the index while the name given is invalid.
+    pub name: String,
     /// `scheme://host[:port]` of its URL, or `<invalid url>`.
     pub origin: String,
 }
 
 impl std::fmt::Display for TriggerLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "trigger {} ({})", self.index, self.origin)
+        write!(f, "trigger {} ({})", self.name, self.origin)
     }
 }
 
 impl TriggerLabel {
-    fn new(index: usize, raw_url: &str) -> Self {
+    /// The label of a trigger named by its index.
+    pub fn new(index: usize, raw_url: &str) -> Self {
+        Self::named(index, index.to_string(), raw_url)
+    }
+
+    /// The label of a trigger with a name.
+    pub fn named(index: usize, name: String, raw_url: &str) -> Self {
         Self {
             index,
+            name,
             origin: crate::config::document::url_origin(raw_url),
         }
     }
@@ -165,6 +178,69 @@ pub enum ValidationError {
         trigger: TriggerLabel,
         /// The header name.
         name: String,
+    },
+    /// A setting given in both spellings: ours and Flow's.
+    #[error("{trigger}: `{field}` and `{other}` are both given; give one ({hint})")]
+    BothGiven {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// Flow's spelling (`timeout`, `maxAttempts`).
+        field: &'static str,
+        /// Ours (`timeoutSecs`, `maxRetries`).
+        other: &'static str,
+        /// How the two differ.
+        hint: &'static str,
+    },
+    /// A trigger's duration (`timeout`) that cannot be read or is out of bounds.
+    #[error("{trigger}: `{field}` is {source}")]
+    InvalidDuration {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// The field, as written in the config.
+        field: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: DurationError,
+    },
+    /// The config's `interval` cannot be read or is out of bounds.
+    #[error("`interval` is {source}")]
+    InvalidInterval {
+        /// What is wrong with it.
+        #[source]
+        source: DurationError,
+    },
+    /// An `interval` beside a trigger's `drain` that sends every transaction.
+    #[error(
+        "{trigger}: `drain.mode` is {mode}, which sends a webhook per transaction, but \
+         `interval` asks for at most one per {interval}; use `mode: coalesced` or remove `interval`"
+    )]
+    IntervalWithDrain {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// Its drain mode: `ordered` or `concurrent`.
+        mode: &'static str,
+        /// The interval, as the grammar writes it.
+        interval: String,
+    },
+    /// A trigger name (a list entry's `name`, or a map key) outside the name rules.
+    #[error("{trigger}: the name {name:?} is not allowed: {reason}")]
+    InvalidName {
+        /// The trigger, labelled by its index.
+        trigger: TriggerLabel,
+        /// The name, cut to its first 64 characters.
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// Two triggers with one name (a default name, the index, counts).
+    #[error("{trigger}: the name {name:?} is also trigger {first}'s; trigger names must be unique")]
+    DuplicateName {
+        /// The later trigger.
+        trigger: TriggerLabel,
+        /// The name.
+        name: String,
+        /// Index of the first trigger with it.
+        first: usize,
     },
     /// A numeric field is outside its documented bounds.
     #[error("{trigger}: `{field}` is {value}, but must be between {min} and {max}")]
@@ -269,7 +345,14 @@ impl ValidationError {
     /// Index of the trigger the problem belongs to; `None` for the document as a whole.
     pub fn trigger_index(&self) -> Option<usize> {
         match self {
-            ValidationError::Parse(_) | ValidationError::TooManyTriggers { .. } => None,
+            ValidationError::Parse(_)
+            | ValidationError::TooManyTriggers { .. }
+            | ValidationError::InvalidInterval { .. } => None,
+            ValidationError::BothGiven { trigger, .. }
+            | ValidationError::InvalidDuration { trigger, .. }
+            | ValidationError::IntervalWithDrain { trigger, .. }
+            | ValidationError::InvalidName { trigger, .. }
+            | ValidationError::DuplicateName { trigger, .. } => Some(trigger.index),
             ValidationError::TooManyHeaders { trigger, .. }
             | ValidationError::HeaderTooLong { trigger, .. }
             | ValidationError::InvalidUrl { trigger, .. }
@@ -341,12 +424,25 @@ impl Triggers {
         let mut templates = Templates::new();
         let mut triggers = Vec::with_capacity(config.config.len());
         let placeholder = Variables::placeholder();
+        let interval = match config.interval.as_ref().map(|interval| {
+            interval.read(Duration::ZERO, Duration::from_secs(MAX_MIN_INTERVAL_SECS))
+        }) {
+            None | Some(Ok(Duration::ZERO)) => None,
+            Some(Ok(interval)) => Some(interval),
+            Some(Err(source)) => {
+                errors.push(ValidationError::InvalidInterval { source });
+                None
+            }
+        };
+        // Each valid name, with the index of the first trigger that has it.
+        let mut names: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(config.config.len());
 
         for (index, raw) in config.config.iter().enumerate() {
             let before = errors.len();
-            let trigger = check_trigger(index, raw, &mut errors);
+            let label = check_name(index, raw, &mut names, &mut errors);
+            let trigger = check_trigger(label.clone(), raw, interval, &mut errors);
 
-            let label = TriggerLabel::new(index, &raw.url);
             match templates.compile(index, &raw.payload_template) {
                 Err(source) => errors.push(ValidationError::Template {
                     trigger: label,
@@ -388,9 +484,14 @@ impl Triggers {
         }
     }
 
-    /// The triggers, in config order.
+    /// The triggers, in config order (a map's in the byte order of their names).
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Trigger> {
         self.triggers.iter()
+    }
+
+    /// The index of the trigger named `name`, if there is one.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.triggers.iter().position(|t| t.label.name == name)
     }
 
     /// How many triggers there are.
@@ -422,19 +523,94 @@ impl Trigger {
         &self.label
     }
 
+    /// Its stable name: the map key, a list entry's `name`, else its index.
+    pub fn name(&self) -> &str {
+        &self.label.name
+    }
+
+    /// Timeout of each attempt (`timeout` or `timeoutSecs`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Retries after the first attempt (`maxRetries`, or `maxAttempts` less one).
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
     /// How its backlog drains in decoupled delivery.
     pub fn drain(&self) -> Drain {
         self.drain
     }
 }
 
-/// Checks everything of a trigger but its template; returns it when all is well.
-fn check_trigger(
+/// Names that a key-based SOPS rule ([`crate::SECRET_FIELDS_REGEX`]) matches: a map entry
+/// so named would be encrypted whole, its template included.
+const SOPS_SEALED_NAMES: [&str; 4] = ["url", "headers", "signingSecrets", "auth"];
+
+/// Checks a trigger's name (the rules of [`TRIGGER_NAME_PATTERN`]) and that no earlier
+/// trigger has it; returns its label, named by its index while the name is invalid.
+///
+/// [`TRIGGER_NAME_PATTERN`]: crate::config::document::TRIGGER_NAME_PATTERN
+fn check_name(
     index: usize,
     raw: &TriggerConfig,
+    names: &mut std::collections::HashMap<String, usize>,
+    errors: &mut Vec<ValidationError>,
+) -> TriggerLabel {
+    let name = match &raw.name {
+        None => index.to_string(),
+        Some(name) => {
+            let reason = if name.is_empty() {
+                Some("it is empty".to_string())
+            } else if name.len() > MAX_TRIGGER_NAME_BYTES {
+                Some(format!(
+                    "it is {} bytes, but at most {MAX_TRIGGER_NAME_BYTES} are allowed",
+                    name.len()
+                ))
+            } else if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            {
+                Some("only ASCII letters, digits, `_`, `.` and `-` are allowed".to_string())
+            } else if SOPS_SEALED_NAMES.contains(&name.as_str()) {
+                Some("SOPS encrypts every value under a key of that name".to_string())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                errors.push(ValidationError::InvalidName {
+                    trigger: TriggerLabel::new(index, &raw.url),
+                    name: shown_name(name),
+                    reason,
+                });
+                return TriggerLabel::new(index, &raw.url);
+            }
+            name.clone()
+        }
+    };
+    let label = TriggerLabel::named(index, name.clone(), &raw.url);
+    match names.get(&name) {
+        Some(&first) => errors.push(ValidationError::DuplicateName {
+            trigger: label.clone(),
+            name,
+            first,
+        }),
+        None => {
+            names.insert(name, index);
+        }
+    }
+    label
+}
+
+/// Checks everything of a trigger but its name and template; returns it when all is well.
+/// `interval` is the config's, when it is set and not zero.
+fn check_trigger(
+    label: TriggerLabel,
+    raw: &TriggerConfig,
+    interval: Option<Duration>,
     errors: &mut Vec<ValidationError>,
 ) -> Option<Trigger> {
-    let label = TriggerLabel::new(index, &raw.url);
     let before = errors.len();
 
     let url = match Url::parse(&raw.url) {
@@ -540,24 +716,77 @@ fn check_trigger(
         }
     }
 
-    if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&raw.timeout_secs) {
-        errors.push(ValidationError::OutOfBounds {
-            trigger: label.clone(),
-            field: "timeoutSecs",
-            value: raw.timeout_secs,
-            min: MIN_TIMEOUT_SECS,
-            max: MAX_TIMEOUT_SECS,
-        });
-    }
-    if raw.max_retries > MAX_MAX_RETRIES {
-        errors.push(ValidationError::OutOfBounds {
-            trigger: label.clone(),
-            field: "maxRetries",
-            value: u64::from(raw.max_retries),
-            min: 0,
-            max: u64::from(MAX_MAX_RETRIES),
-        });
-    }
+    let timeout = match &raw.timeout {
+        Some(_) if raw.given.timeout_secs => {
+            errors.push(ValidationError::BothGiven {
+                trigger: label.clone(),
+                field: "timeout",
+                other: "timeoutSecs",
+                hint: "`timeout` is a duration such as \"30s\", `timeoutSecs` a number of seconds",
+            });
+            Duration::ZERO
+        }
+        Some(timeout) => timeout
+            .read(
+                Duration::from_secs(MIN_TIMEOUT_SECS),
+                Duration::from_secs(MAX_TIMEOUT_SECS),
+            )
+            .unwrap_or_else(|source| {
+                errors.push(ValidationError::InvalidDuration {
+                    trigger: label.clone(),
+                    field: "timeout",
+                    source,
+                });
+                Duration::ZERO
+            }),
+        None => {
+            if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&raw.timeout_secs) {
+                errors.push(ValidationError::OutOfBounds {
+                    trigger: label.clone(),
+                    field: "timeoutSecs",
+                    value: raw.timeout_secs,
+                    min: MIN_TIMEOUT_SECS,
+                    max: MAX_TIMEOUT_SECS,
+                });
+            }
+            Duration::from_secs(raw.timeout_secs)
+        }
+    };
+    let max_retries = match raw.max_attempts {
+        Some(_) if raw.given.max_retries => {
+            errors.push(ValidationError::BothGiven {
+                trigger: label.clone(),
+                field: "maxAttempts",
+                other: "maxRetries",
+                hint: "`maxAttempts` counts the first attempt, `maxRetries` only the retries after it",
+            });
+            0
+        }
+        Some(attempts) => {
+            if !(MIN_MAX_ATTEMPTS..=MAX_MAX_ATTEMPTS).contains(&attempts) {
+                errors.push(ValidationError::OutOfBounds {
+                    trigger: label.clone(),
+                    field: "maxAttempts",
+                    value: u64::from(attempts),
+                    min: u64::from(MIN_MAX_ATTEMPTS),
+                    max: u64::from(MAX_MAX_ATTEMPTS),
+                });
+            }
+            attempts.saturating_sub(1)
+        }
+        None => {
+            if raw.max_retries > MAX_MAX_RETRIES {
+                errors.push(ValidationError::OutOfBounds {
+                    trigger: label.clone(),
+                    field: "maxRetries",
+                    value: u64::from(raw.max_retries),
+                    min: 0,
+                    max: u64::from(MAX_MAX_RETRIES),
+                });
+            }
+            raw.max_retries
+        }
+    };
 
     if !(MIN_RETRY_BUDGET_SECS..=MAX_RETRY_BUDGET_SECS).contains(&raw.retry_budget_secs) {
         errors.push(ValidationError::OutOfBounds {
@@ -617,6 +846,22 @@ fn check_trigger(
             }
         }
     };
+    // `interval` makes every trigger coalesce at least that long; a trigger that sends
+    // every transaction (an explicit ordered or concurrent drain) cannot honour it.
+    let drain = match (interval, drain) {
+        (None, drain) => drain,
+        (Some(interval), Drain::Coalesced { min_interval }) => Drain::Coalesced {
+            min_interval: min_interval.max(interval),
+        },
+        (Some(interval), drain @ (Drain::Ordered | Drain::Concurrent(_))) => {
+            errors.push(ValidationError::IntervalWithDrain {
+                trigger: label.clone(),
+                mode: drain.as_str(),
+                interval: display_duration(interval),
+            });
+            drain
+        }
+    };
 
     let auth = crate::send::token_auth::check(&label, raw, errors).map(std::sync::Arc::new);
     let responses = check_responses(&label, &raw.responses, errors);
@@ -631,8 +876,8 @@ fn check_trigger(
             HttpMethod::Patch => reqwest::Method::PATCH,
         },
         headers,
-        timeout: Duration::from_secs(raw.timeout_secs),
-        max_retries: raw.max_retries,
+        timeout,
+        max_retries,
         retry_budget: Duration::from_secs(raw.retry_budget_secs),
         signing_keys,
         follow_redirects: raw.follow_redirects,

@@ -615,6 +615,7 @@ mod tests {
         let parsed = crate::TriggersConfig::parse(&text, ConfigFormat::Json).expect("parses");
         let label = TriggerLabel {
             index: 0,
+            name: "0".into(),
             origin: "https://hooks.example.com".into(),
         };
         let auth = check(&label, &parsed.config[0], &mut Vec::new()).expect("valid");

@@ -6,6 +6,7 @@
 
 mod dedupe_and_verify;
 mod delivery;
+mod flow_format;
 mod readme;
 mod schema;
 mod sops_compat;

@@ -11,9 +11,10 @@ pub(crate) fn readme_configs() -> Vec<(String, String)> {
             heading = line.to_string();
         } else if line == "```yaml" {
             let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            // A config starts with `config:`, or with Flow's `interval:` before it.
             if block
                 .first()
-                .is_some_and(|first| first.starts_with("config:"))
+                .is_some_and(|first| first.starts_with("config:") || first.starts_with("interval:"))
             {
                 configs.push((heading.clone(), block.join("\n")));
             }

@@ -319,3 +319,66 @@ fn the_json_schema_works_in_the_validators_form_editors_use() {
     let accepted = cases.iter().filter(|(_, _, rust)| *rust).count();
     assert_eq!(accepted, cases.len() - bad_examples().len());
 }
+
+/// Issue 18, items 1 and 2: the schema and the parser agree on Flow's format (the map
+/// form, `interval`, `timeout`, `maxAttempts`) and on trigger names.
+#[test]
+fn schema_and_rust_agree_on_flow_format_and_trigger_names() {
+    let validator = jsonschema::validator_for(&config_schema()).expect("schema compiles");
+    let entry = r#""url": "https://hooks.example.com/x", "payloadTemplate": "{}""#;
+    let map = |fields: &str| format!(r#"{{"config": {{"onCommit": {{{entry}{fields}}}}}}}"#);
+    let good = [
+        map(""),
+        map(r#", "timeout": "30s", "maxAttempts": 3"#),
+        map(r#", "timeout": "1m 30s", "maxAttempts": 21"#),
+        map(r#", "timeout": "5m", "maxAttempts": 1"#),
+        map(r#", "timeout": "1500ms""#),
+        map(r#", "timeoutSecs": 30, "maxRetries": 2"#),
+        format!(r#"{{"interval": "30m", "config": {{"a": {{{entry}}}, "b.c-d_e": {{{entry}}}}}}}"#),
+        format!(r#"{{"interval": "0s", "config": [{{{entry}}}]}}"#),
+        r#"{"interval": "24h", "config": []}"#.to_string(),
+        r#"{"config": {}}"#.to_string(),
+        trigger(r#", "name": "onCommit""#),
+        trigger(r#", "name": "0", "timeout": "45s""#),
+        trigger(&format!(r#", "name": "{}""#, "n".repeat(64))),
+    ];
+    for text in &good {
+        let instance: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        assert!(validator.is_valid(&instance), "schema refused {text}");
+        validate(text, ConfigFormat::Json).unwrap_or_else(|err| panic!("{text}: {err}"));
+    }
+    let bad = [
+        map(r#", "timeout": "30s", "timeoutSecs": 30"#),
+        map(r#", "maxAttempts": 3, "maxRetries": 2"#),
+        map(r#", "maxAttempts": 0"#),
+        map(r#", "maxAttempts": 22"#),
+        map(r#", "timeout": 30"#),
+        map(r#", "timeout": "30""#),
+        map(r#", "timeout": "30 s""#),
+        map(r#", "timeout": "1.5s""#),
+        map(r#", "timeout": "2d""#),
+        map(r#", "timeout": "30s ""#),
+        map(&format!(r#", "timeout": "{}""#, "1s".repeat(17))),
+        map(r#", "name": "other""#),
+        map(r#", "retries": 3"#),
+        format!(r#"{{"config": {{"on commit": {{{entry}}}}}}}"#),
+        format!(r#"{{"config": {{"": {{{entry}}}}}}}"#),
+        format!(r#"{{"config": {{"{}": {{{entry}}}}}}}"#, "n".repeat(65)),
+        r#"{"config": {"a": 1}}"#.to_string(),
+        r#"{"interval": 30, "config": []}"#.to_string(),
+        r#"{"interval": "30", "config": []}"#.to_string(),
+        r#"{"interval": "half an hour", "config": []}"#.to_string(),
+        r#"{"config": "onCommit"}"#.to_string(),
+        trigger(r#", "name": "on/commit""#),
+        trigger(r#", "name": """#),
+        trigger(&format!(r#", "name": "{}""#, "n".repeat(65))),
+    ];
+    for text in &bad {
+        let instance: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        assert!(!validator.is_valid(&instance), "schema accepted {text}");
+        assert!(
+            validate(text, ConfigFormat::Json).is_err(),
+            "Rust accepted {text}"
+        );
+    }
+}

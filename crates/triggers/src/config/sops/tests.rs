@@ -620,3 +620,33 @@ fn token_authentication_per_trigger_is_encrypted_and_validates_without_keys() {
         );
     }
 }
+
+/// Issue 18, item 1: Flow's map form (with `interval`, `timeout` and `maxAttempts`)
+/// encrypts, validates without keys (an encrypted `auth` in a map entry included; it was
+/// only placeheld in the list form) and decrypts to the same named triggers.
+#[test]
+fn flow_map_form_encrypts_validates_without_keys_and_decrypts() {
+    let yaml = "interval: 30m\nconfig:\n  onCommit:\n    url: https://example.com/webhook\n    headers:\n      Authorization: Bearer my-secret-token\n    payloadTemplate: '{}'\n    timeout: 30s\n    maxAttempts: 3\n  airflow:\n    url: https://airflow.example.com/x\n    payloadTemplate: '{}'\n    auth:\n      type: tokenEndpoint\n      url: https://airflow.example.com/auth/token\n      username: flow-bot\n      password: airflow-pa55word\n";
+    let json =
+        serde_json::to_string(&serde_yaml_ng::from_str::<serde_json::Value>(yaml).expect("YAML"))
+            .expect("JSON");
+    for (text, format) in [
+        (yaml, ConfigFormat::Yaml),
+        (json.as_str(), ConfigFormat::Json),
+    ] {
+        let identity = AgeIdentity::generate();
+        let sealed = encrypt_config(text, format, &[identity.recipient()]).expect("encrypts");
+        for hidden in ["my-secret-token", "airflow-pa55word", "example.com"] {
+            assert!(!sealed.contains(hidden), "{format}: {hidden} in {sealed}");
+        }
+        assert!(
+            sealed.contains("onCommit") && sealed.contains("30m"),
+            "{sealed}"
+        );
+        assert_eq!(validate_without_keys(&sealed, format), Ok(2), "{format}");
+        let config = decrypt_config(&sealed, format, &[identity]).expect("decrypts");
+        let triggers = crate::Triggers::from_config(&config).expect("valid");
+        let names: Vec<&str> = triggers.iter().map(|t| t.name()).collect();
+        assert_eq!(names, ["airflow", "onCommit"], "{format}");
+    }
+}
