@@ -53,6 +53,7 @@ fuzz_target!(|input: Input| {
         flow_published_at_min: at(input.min_secs),
         flow_published_at_max: at(input.max_secs),
         flow_run_id: input.run_id.clone(),
+        run_id: input.run_id.clone(),
         transaction_count: u64::from(input.nanos % 7) + 1,
         first_commit_seq: u64::from(input.min_secs),
         last_commit_seq: u64::from(input.max_secs),

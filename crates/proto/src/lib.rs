@@ -49,4 +49,4 @@ pub use prost::Message;
 pub use prost_types::Timestamp;
 
 /// The newest [`TriggerParams::version`] this build writes and understands.
-pub const TRIGGER_PARAMS_VERSION: u32 = 2;
+pub const TRIGGER_PARAMS_VERSION: u32 = 3;

@@ -140,6 +140,21 @@ fn trigger_params_v2_bytes() {
     insta::assert_snapshot!(round_trip(&params));
 }
 
+/// Issue 18: version 3 adds Flow's `run_id` (field 11, appended; absent when empty, so
+/// params written before keep their bytes, pinned above).
+#[test]
+fn trigger_params_v3_run_id_bytes() {
+    let params = TriggerParams {
+        version: 3,
+        first_commit_seq: 7,
+        last_commit_seq: 9,
+        transaction_count: 3,
+        run_id: "2024-01-15T08:30:00.000Z".to_string(),
+        ..params_v1()
+    };
+    insta::assert_snapshot!(round_trip(&params));
+}
+
 #[test]
 fn backlog_entry_bytes() {
     let entry = BacklogEntry {

@@ -11,7 +11,7 @@ use crate::error::{ProtocolError, ShardError};
 use crate::shard_store::ShardStore;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use triggers::{Delivered, Deliverer, Materialization, Triggers, Variables};
 use triggers_proto::{BindingStats, Checkpoint};
 
@@ -114,6 +114,10 @@ pub struct Shard {
     next_seq: u64,
     /// Variables of the commit awaiting Acknowledged.
     committed: Option<Variables>,
+    /// Start (to the millisecond) of the last transaction given a `run_id` in this
+    /// process: the next one gets a later one, so receivers that dedupe on `run_id` never
+    /// drop a distinct transaction that started in the same millisecond.
+    last_run_at: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -213,6 +217,7 @@ impl Shard {
                 .map(|v| v.flow_run_id.clone()),
             next_seq: layout.commit_seq + 1,
             committed: None,
+            last_run_at: None,
         };
         Ok((
             shard,
@@ -319,6 +324,25 @@ impl Shard {
         checkpoint: Checkpoint,
         stats: &[BindingStats],
     ) -> Result<Commit, ShardError> {
+        self.start_commit_at(checkpoint, stats, SystemTime::now())
+            .await
+    }
+
+    /// StartCommit of a transaction that started at `started_at`: as
+    /// [`Shard::start_commit`] (which passes the time of the call), and the transaction's
+    /// `run_id` (Flow's variable) is `started_at`, to the millisecond. A caller passes when
+    /// it read the transaction's first document (Flow takes its first Load request). A
+    /// start not after the previous transaction's (the same millisecond, or a clock that
+    /// stepped back) is moved to one millisecond after it, so every transaction of the
+    /// shard in this process has its own `run_id`.
+    ///
+    /// Cancel safety: as [`Shard::start_commit`].
+    pub async fn start_commit_at(
+        &mut self,
+        checkpoint: Checkpoint,
+        stats: &[BindingStats],
+        started_at: SystemTime,
+    ) -> Result<Commit, ShardError> {
         match self.state {
             State::Idle => {}
             State::Recovered { .. } => {
@@ -334,12 +358,15 @@ impl Shard {
             return Err(failure.into());
         }
 
+        let run_at = run_start(started_at, self.last_run_at);
         let variables = if self.triggers.is_empty() {
             None
         } else {
-            let run_id = uuid::Uuid::new_v4().to_string();
-            Variables::from_stats(&self.materialization, stats, run_id)?
-                .map(|v| v.with_commit_seq(self.next_seq))
+            let flow_run_id = uuid::Uuid::new_v4().to_string();
+            Variables::from_stats(&self.materialization, stats, flow_run_id)?.map(|v| {
+                v.with_commit_seq(self.next_seq)
+                    .with_run_id(triggers::run_id(run_at))
+            })
         };
 
         self.engine.wait_for_room(variables.as_ref()).await?;
@@ -353,6 +380,7 @@ impl Shard {
         crash_point!("start_commit.after_write");
         if variables.is_some() {
             self.next_seq += 1;
+            self.last_run_at = Some(run_at);
         }
         self.committed.clone_from(&variables);
         self.state = State::Committed {
@@ -393,6 +421,21 @@ impl Shard {
             delivered: acked.delivered,
             queued: acked.queued,
         })
+    }
+}
+
+/// The start a transaction's `run_id` names: `started_at` to the millisecond, or one
+/// millisecond after the previous transaction's when it is not later.
+fn run_start(started_at: SystemTime, last: Option<SystemTime>) -> SystemTime {
+    let at = started_at
+        .duration_since(UNIX_EPOCH)
+        .map(|since| {
+            UNIX_EPOCH + Duration::from_millis(u64::try_from(since.as_millis()).unwrap_or(0))
+        })
+        .unwrap_or(UNIX_EPOCH);
+    match last {
+        Some(last) if at <= last => last.checked_add(Duration::from_millis(1)).unwrap_or(last),
+        _ => at,
     }
 }
 

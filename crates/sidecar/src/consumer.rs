@@ -174,18 +174,28 @@ impl Driver {
         &mut self,
         checkpoint: Checkpoint,
         stats: Vec<BindingStats>,
+        started_at: std::time::SystemTime,
     ) -> anyhow::Result<Option<String>> {
         match self {
             Driver::Local { shard, .. } => {
                 let shard = shard.as_mut().ok_or_else(|| anyhow::anyhow!("not open"))?;
-                let commit = shard.start_commit(checkpoint, &stats).await?;
+                let commit = shard
+                    .start_commit_at(checkpoint, &stats, started_at)
+                    .await?;
                 Ok(commit.variables.map(|v| v.flow_run_id))
             }
             Driver::Sidecar(client) => {
+                let since = started_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 let reply = client
                     .start_commit(StartCommitRequest {
                         checkpoint: Some(checkpoint),
                         stats,
+                        started_at: Some(triggers_proto::Timestamp {
+                            seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+                            nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+                        }),
                     })
                     .await?
                     .into_inner();
@@ -311,6 +321,8 @@ pub async fn run(
         if max_transactions.is_some_and(|max| summary.transactions >= max) {
             break;
         }
+        // The transaction starts as its first document is read: Flow's `run_id`.
+        let started_at = std::time::SystemTime::now();
         let mut stats = TransactionStats::default();
         let mut producers: BTreeMap<[u8; 6], u64> = BTreeMap::new();
         for doc in txn {
@@ -322,7 +334,7 @@ pub async fn run(
         advance(&mut checkpoint, end, &producers);
 
         let run_id = driver
-            .start_commit(checkpoint.clone(), stats.take())
+            .start_commit(checkpoint.clone(), stats.take(), started_at)
             .await?;
         #[cfg(feature = "failpoints")]
         fail::fail_point!("consumer.after_start_commit");

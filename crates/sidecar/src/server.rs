@@ -352,14 +352,16 @@ impl ShardSidecar for Sidecar {
         &self,
         request: Request<StartCommitRequest>,
     ) -> Result<Response<StartCommitResponse>, Status> {
+        let arrived = std::time::SystemTime::now();
         let request = request.into_inner();
         let checkpoint = request
             .checkpoint
             .ok_or_else(|| Status::invalid_argument("StartCommit needs a checkpoint"))?;
+        let started_at = request.started_at.and_then(started_at).unwrap_or(arrived);
         let mut guard = self.inner.shard.lock().await;
         let shard = guard.as_mut().ok_or_else(not_open)?;
         let commit = shard
-            .start_commit(checkpoint, &request.stats)
+            .start_commit_at(checkpoint, &request.stats, started_at)
             .await
             .map_err(to_status)?;
         self.books().commits += 1;
@@ -1177,4 +1179,15 @@ pub async fn run(
         Err(_) => tracing::warn!("calls still in flight after the grace period"),
     }
     Ok(())
+}
+
+/// A client's transaction start, if it is a time from 1970 to 9999 (what `run_id` can
+/// name); anything else is ignored for the time StartCommit arrived.
+fn started_at(at: triggers_proto::Timestamp) -> Option<std::time::SystemTime> {
+    const YEAR_10000: u64 = 253_402_300_800;
+    let seconds = u64::try_from(at.seconds).ok().filter(|s| *s < YEAR_10000)?;
+    let nanos = u32::try_from(at.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos))
 }

@@ -103,7 +103,7 @@ pub use render::template::{
     TemplateError, Templates,
 };
 pub use render::variables::{
-    Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError,
+    Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError, run_id,
 };
 pub use send::backoff_policy::{Delays, RetryBackoff};
 pub use send::deliver::{

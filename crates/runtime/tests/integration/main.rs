@@ -7,4 +7,5 @@
 //! Run one group with a filter: `cargo test -p triggers-runtime --test integration backlog::`.
 
 mod backlog;
+mod run_id;
 mod shard;

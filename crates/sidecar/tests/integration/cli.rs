@@ -520,6 +520,7 @@ async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
         );
         client
             .start_commit(StartCommitRequest {
+                started_at: None,
                 checkpoint: Some(checkpoint),
                 stats: vec![triggers_proto::BindingStats {
                     binding: 0,

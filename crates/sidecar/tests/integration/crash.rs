@@ -809,6 +809,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
     let clock = Clock::from_unix(1_750_000_000, 0).0;
     client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(Default::default()),
             stats: vec![triggers_proto::BindingStats {
                 binding: 0,

@@ -159,6 +159,7 @@ async fn serve_decoupled_and_open(receiver: &Receiver, limit: usize) -> (Running
 async fn commit_and_acknowledge(client: &mut Client, n: i64) {
     client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(n)),
             stats: stats(),
         })
@@ -190,6 +191,7 @@ async fn the_whole_lifecycle_over_grpc() {
     // Nothing works before Open.
     let err = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
         })
@@ -213,6 +215,7 @@ async fn the_whole_lifecycle_over_grpc() {
     // does not exist.
     let err = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: None,
             stats: stats(),
         })
@@ -223,6 +226,7 @@ async fn the_whole_lifecycle_over_grpc() {
     bad[0].binding = 9;
     let err = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: bad,
         })
@@ -233,6 +237,7 @@ async fn the_whole_lifecycle_over_grpc() {
 
     let commit = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
         })
@@ -309,6 +314,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
         .expect("recovery ack");
     let commit = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(5)),
             stats: stats(),
         })
@@ -346,6 +352,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
     );
     let err = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(6)),
             stats: stats(),
         })
@@ -442,6 +449,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         for n in 1..=5 {
             committer
                 .start_commit(StartCommitRequest {
+                    started_at: None,
                     checkpoint: Some(checkpoint(n)),
                     stats: stats(),
                 })
@@ -529,6 +537,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     assert!(status.last_error.contains("HTTP 404"), "{status:?}");
     let refused = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(7)),
             stats: stats(),
         })
@@ -592,6 +601,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     assert!(drained.ok, "{drained:?}");
     client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(7)),
             stats: stats(),
         })
@@ -750,6 +760,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         .expect("recovery ack");
     client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
         })
@@ -845,6 +856,7 @@ async fn an_await_drained_in_flight_does_not_hold_the_old_store_against_a_new_op
     let committing = tokio::spawn(async move {
         committer
             .start_commit(StartCommitRequest {
+                started_at: None,
                 checkpoint: Some(checkpoint(2)),
                 stats: stats(),
             })
@@ -986,6 +998,7 @@ async fn status_codes_agree_with_the_readme() {
     assert!(!opened.triggers_pending);
     let err = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
         })
@@ -1008,6 +1021,7 @@ async fn status_codes_agree_with_the_readme() {
     assert!(!drained.ok, "{drained:?}");
     let err = client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(2)),
             stats: stats(),
         })
@@ -1290,6 +1304,7 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
     receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
     client
         .start_commit(StartCommitRequest {
+            started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
         })

@@ -23,6 +23,8 @@ pub struct PreviewVariables {
     /// Whether `flow_run_id` was given: a test-fire makes a fresh one otherwise, so a
     /// receiver that dedupes on `webhook-id` does not drop the second test.
     flow_run_id_given: bool,
+    /// Whether `run_id` was given: a test-fire names the time it is sent otherwise.
+    run_id_given: bool,
 }
 
 /// Given variables that cannot be used. Values are not secret (they describe a
@@ -120,6 +122,7 @@ impl PreviewVariables {
             variables: Variables::placeholder(),
             webhook_id: None,
             flow_run_id_given: false,
+            run_id_given: false,
         }
     }
 
@@ -157,22 +160,31 @@ impl PreviewVariables {
     }
 
     /// Whether these variables name a webhook that may have been sent before: a given
-    /// `flow_run_id` or `webhook_id` (a test-fire otherwise makes a fresh one).
+    /// `flow_run_id`, `run_id` or `webhook_id` (a test-fire otherwise makes fresh ones).
     pub(crate) fn may_repeat(&self) -> bool {
-        self.flow_run_id_given || self.webhook_id.is_some()
+        self.flow_run_id_given || self.run_id_given || self.webhook_id.is_some()
     }
 
-    /// These variables with a fresh random `flow_run_id` unless one was given: what a
-    /// test-fire sends, so each test has its own `webhook-id`.
+    /// These variables with a fresh random `flow_run_id` and a `run_id` of now, unless
+    /// given: what a test-fire sends, so each test has its own `webhook-id` and `run_id`.
     pub(crate) fn for_test_fire(&self) -> Self {
         let mut out = self.clone();
         if !out.flow_run_id_given {
             out.variables.flow_run_id = uuid::Uuid::new_v4().to_string();
         }
+        // Receivers dedupe on `run_id` too: a test names the time it is sent.
+        if !out.run_id_given {
+            out.variables.run_id = crate::run_id(std::time::SystemTime::now());
+        }
         out
     }
 
     fn set(&mut self, name: &str, value: serde_json::Value) -> Result<(), VariablesInputError> {
+        if name == "run_id" {
+            self.variables.run_id = typed("run_id", value)?;
+            self.run_id_given = true;
+            return Ok(());
+        }
         let v = &mut self.variables;
         match name {
             "materialization_name" => {
@@ -351,6 +363,7 @@ mod tests {
             serde_json::json!("2025-02-03T04:05:06Z"),
             serde_json::json!("2025-02-03T04:05:07.5Z"),
             serde_json::json!("run-7"),
+            serde_json::json!("2025-02-03T04:05:00.000Z"),
             serde_json::json!(2),
             serde_json::json!(8),
             serde_json::json!(9),
@@ -370,6 +383,7 @@ mod tests {
             time::macros::datetime!(2025-02-03 04:05:07.5 UTC)
         );
         assert_eq!(vars.variables.flow_run_id, "run-7");
+        assert_eq!(vars.variables.run_id, "2025-02-03T04:05:00.000Z");
         assert_eq!(
             (
                 vars.variables.transaction_count,
@@ -380,6 +394,10 @@ mod tests {
         );
         assert_eq!(vars.webhook_id(0), "msg_given");
         assert_eq!(vars.for_test_fire().variables.flow_run_id, "run-7");
+        assert_eq!(
+            vars.for_test_fire().variables.run_id,
+            "2025-02-03T04:05:00.000Z"
+        );
     }
 
     #[test]

@@ -8,13 +8,14 @@ use triggers_proto::{BindingStats, TRIGGER_PARAMS_VERSION, Timestamp, TriggerPar
 
 /// Names of every variable a template may use, in documentation order. All but the last
 /// are fields of [`Variables`]; `webhook_id` is per trigger (see [`crate::webhook_id`]).
-pub const VARIABLE_NAMES: [&str; 10] = [
+pub const VARIABLE_NAMES: [&str; 11] = [
     "materialization_name",
     "collection_names",
     "connector_image",
     "flow_published_at_min",
     "flow_published_at_max",
     "flow_run_id",
+    "run_id",
     "transaction_count",
     "first_commit_seq",
     "last_commit_seq",
@@ -53,6 +54,10 @@ pub struct Variables {
     /// Identifies the transaction (the newest one, when merged); the same on every
     /// re-fire because it is persisted.
     pub flow_run_id: String,
+    /// Flow's `run_id`: the wall-clock start of the transaction (the newest one, when
+    /// merged), RFC 3339 in UTC with milliseconds (`2024-01-15T08:30:00.000Z`; see
+    /// [`run_id`]). Persisted, so a re-fire repeats it exactly.
+    pub run_id: String,
     /// How many transactions these variables cover: 1 unless merged.
     pub transaction_count: u64,
     /// Commit sequence number (per shard, from 1) of the first transaction covered; 0 when
@@ -192,10 +197,20 @@ impl Variables {
             flow_published_at_min: min.to_time().expect("checked"),
             flow_published_at_max: max.to_time().expect("checked"),
             flow_run_id,
+            // Until the runtime says when the transaction started (`with_run_id`).
+            run_id: format_run_id(max.to_time().expect("checked")),
             transaction_count: 1,
             first_commit_seq: 0,
             last_commit_seq: 0,
         }))
+    }
+
+    /// Sets Flow's `run_id`: the runtime calls it with the transaction's start (see
+    /// [`run_id`]). Without it, `run_id` is the transaction's `flow_published_at_max` in
+    /// the same format.
+    pub fn with_run_id(mut self, run_id: String) -> Self {
+        self.run_id = run_id;
+        self
     }
 
     /// Numbers the transaction: the runtime assigns commit sequence numbers when it
@@ -219,6 +234,7 @@ impl Variables {
         self.flow_published_at_min = self.flow_published_at_min.min(newer.flow_published_at_min);
         self.flow_published_at_max = self.flow_published_at_max.max(newer.flow_published_at_max);
         self.flow_run_id.clone_from(&newer.flow_run_id);
+        self.run_id.clone_from(&newer.run_id);
         self.materialization_name
             .clone_from(&newer.materialization_name);
         self.connector_image.clone_from(&newer.connector_image);
@@ -243,6 +259,7 @@ impl Variables {
             flow_published_at_min: Some(to_timestamp(self.flow_published_at_min)),
             flow_published_at_max: Some(to_timestamp(self.flow_published_at_max)),
             flow_run_id: self.flow_run_id,
+            run_id: self.run_id,
             first_commit_seq: self.first_commit_seq,
             last_commit_seq: self.last_commit_seq,
             transaction_count: self.transaction_count,
@@ -264,15 +281,25 @@ impl Variables {
         let max = params
             .flow_published_at_max
             .ok_or(ParamsError::Missing("flow_published_at_max"))?;
+        let flow_published_at_max =
+            from_timestamp(max).ok_or(ParamsError::InvalidTimestamp("flow_published_at_max"))?;
+        // Params written before `run_id` existed (version 2 and older) hold no start
+        // time: they render the nearest time they do hold, the transaction's newest
+        // document's publish time, the same on every re-fire.
+        let run_id = if params.run_id.is_empty() {
+            format_run_id(flow_published_at_max)
+        } else {
+            params.run_id
+        };
         Ok(Variables {
             materialization_name: params.materialization_name,
             collection_names: params.collection_names,
             connector_image: params.connector_image,
             flow_published_at_min: from_timestamp(min)
                 .ok_or(ParamsError::InvalidTimestamp("flow_published_at_min"))?,
-            flow_published_at_max: from_timestamp(max)
-                .ok_or(ParamsError::InvalidTimestamp("flow_published_at_max"))?,
+            flow_published_at_max,
             flow_run_id: params.flow_run_id,
+            run_id,
             // Version 1 knew only single transactions.
             transaction_count: params.transaction_count.max(1),
             first_commit_seq: params.first_commit_seq,
@@ -293,11 +320,38 @@ impl Variables {
             flow_published_at_min: time::macros::datetime!(2024-01-01 00:00:00.1234567 UTC),
             flow_published_at_max: time::macros::datetime!(2024-01-01 00:05:00.7654321 UTC),
             flow_run_id: "00000000-0000-4000-8000-000000000000".to_string(),
+            run_id: "2024-01-01T00:00:00.000Z".to_string(),
             transaction_count: 3,
             first_commit_seq: 40,
             last_commit_seq: 42,
         }
     }
+}
+
+/// Flow's `run_id` of a transaction that started `at`: RFC 3339 in UTC with exactly three
+/// fractional digits (`2024-01-15T08:30:00.000Z`), as Flow renders it. A time RFC 3339
+/// cannot write (before year 0 or after 9999) gives the Unix epoch's.
+pub fn run_id(at: std::time::SystemTime) -> String {
+    // `OffsetDateTime::from` panics past its range (beyond year ±9999).
+    let since = match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i128::try_from(since.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
+    };
+    OffsetDateTime::from_unix_timestamp_nanos(since)
+        .map(format_run_id)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
+}
+
+fn format_run_id(at: OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    let at = at.to_offset(time::UtcOffset::UTC);
+    if !(0..=9999).contains(&at.year()) {
+        return "1970-01-01T00:00:00.000Z".to_string();
+    }
+    at.format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
 }
 
 fn to_timestamp(at: OffsetDateTime) -> Timestamp {
@@ -491,5 +545,59 @@ mod tests {
             json["flow_published_at_max"],
             "2024-01-01T00:05:00.7654321Z"
         );
+    }
+
+    /// Issue 18, item 3: `run_id` is Flow's: the transaction's start, RFC 3339 in UTC
+    /// with exactly three fractional digits, whatever the clock's precision.
+    #[test]
+    fn run_id_is_the_transaction_start_in_rfc3339_with_milliseconds() {
+        let at =
+            |secs: u64, nanos: u32| std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        assert_eq!(run_id(at(1_705_307_400, 0)), "2024-01-15T08:30:00.000Z");
+        assert_eq!(
+            run_id(at(1_705_307_400, 123_999_999)),
+            "2024-01-15T08:30:00.123Z"
+        );
+        assert_eq!(run_id(at(0, 7_000_000)), "1970-01-01T00:00:00.007Z");
+        // Past year 9999 RFC 3339 has no spelling: the epoch's, never a panic.
+        assert_eq!(run_id(at(300_000_000_000, 0)), "1970-01-01T00:00:00.000Z");
+        let json = serde_json::to_value(
+            Variables::placeholder().with_run_id(run_id(at(1_705_307_400, 5_000_000))),
+        )
+        .expect("serialises");
+        assert_eq!(json["run_id"], "2024-01-15T08:30:00.005Z");
+    }
+
+    /// Issue 18, item 3: `run_id` is persisted with the variables (params version 3), so
+    /// a re-fire repeats it exactly; params written before hold none and render the
+    /// transaction's `flow_published_at_max` in the same format, the same every time.
+    /// A merge takes the newest transaction's, as `flow_run_id`.
+    #[test]
+    fn run_id_survives_persistence_and_older_params_derive_it() {
+        let t = |s: u64| Clock::from_unix(1_700_000_000 + s, 0);
+        let vars =
+            Variables::from_stats(&materialization(), &[stats(0, 1, t(1), t(2))], "r".into())
+                .expect("valid")
+                .expect("has documents")
+                .with_run_id("2024-01-15T08:30:00.000Z".to_string());
+        let params = vars.to_params();
+        assert_eq!(
+            (params.version, params.run_id.as_str()),
+            (3, "2024-01-15T08:30:00.000Z")
+        );
+        assert_eq!(Variables::from_params(params.clone()), Ok(vars.clone()));
+
+        let old = TriggerParams {
+            version: 2,
+            run_id: String::new(),
+            ..params
+        };
+        let derived = Variables::from_params(old.clone()).expect("reads").run_id;
+        assert_eq!(derived, "2023-11-14T22:13:22.000Z");
+        assert_eq!(Variables::from_params(old).expect("reads").run_id, derived);
+
+        let mut merged = vars;
+        merged.merge(&Variables::placeholder().with_run_id("2024-01-15T08:31:00.000Z".into()));
+        assert_eq!(merged.run_id, "2024-01-15T08:31:00.000Z");
     }
 }
