@@ -101,18 +101,20 @@ struct TriggerDocument {
     /// Handlebars template of the JSON payload.
     #[schemars(length(max = crate::MAX_TEMPLATE_BYTES))]
     payload_template: String,
-    /// Timeout of each attempt, in seconds. Not with `timeout`.
+    /// Timeout of each attempt, in seconds (30 when neither spelling is given). Not with
+    /// `timeout`. No schema `default`: a form editor filling defaults in would add it
+    /// beside a user's `timeout`, which is an error.
     #[serde(default, deserialize_with = "given")]
-    #[schemars(with = "u64", range(min = MIN_TIMEOUT_SECS, max = MAX_TIMEOUT_SECS), extend("default" = DEFAULT_TIMEOUT_SECS))]
+    #[schemars(with = "u64", range(min = MIN_TIMEOUT_SECS, max = MAX_TIMEOUT_SECS))]
     timeout_secs: Option<u64>,
     /// Flow's spelling of the timeout of each attempt: a duration from `1s` to `5m`, such
     /// as `30s`. Not with `timeoutSecs`.
     #[serde(default)]
     timeout: Option<ConfigDuration>,
-    /// Retries after the first attempt before the delivery fails for good. Not with
-    /// `maxAttempts`.
+    /// Retries after the first attempt before the delivery fails for good (3 when neither
+    /// spelling is given). Not with `maxAttempts`. No schema `default`, as for `timeoutSecs`.
     #[serde(default, deserialize_with = "given")]
-    #[schemars(with = "u32", range(max = MAX_MAX_RETRIES), extend("default" = DEFAULT_MAX_RETRIES))]
+    #[schemars(with = "u32", range(max = MAX_MAX_RETRIES))]
     max_retries: Option<u32>,
     /// Flow's spelling of the retries: attempts in all, the first one included
     /// (`maxAttempts: 3` is `maxRetries: 2`). Not with `maxRetries`.
@@ -237,6 +239,18 @@ impl JsonSchema for TriggerConfig {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let mut schema = TriggerDocument::json_schema(generator);
+        // No `default` (not even null) on either spelling of a pair: a form editor that
+        // fills defaults in would give both.
+        if let Some(properties) = schema
+            .get_mut("properties")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for field in ["timeout", "timeoutSecs", "maxAttempts", "maxRetries"] {
+                if let Some(property) = properties.get_mut(field).and_then(|p| p.as_object_mut()) {
+                    property.remove("default");
+                }
+            }
+        }
         // Two spellings of one setting: one at most. (Each `required` names properties the
         // same subschema defines, on an object type, as ajv's strict mode wants.)
         schema.insert(

@@ -47,16 +47,11 @@ fn schema_marks_secrets_and_carries_bounds_and_defaults() {
     );
     assert_eq!(props["timeoutSecs"]["minimum"], triggers::MIN_TIMEOUT_SECS);
     assert_eq!(props["timeoutSecs"]["maximum"], triggers::MAX_TIMEOUT_SECS);
-    assert_eq!(
-        props["timeoutSecs"]["default"],
-        triggers::DEFAULT_TIMEOUT_SECS
-    );
+    // No default on either spelling of a pair (see no_exclusive_spelling_has_a_schema_default).
+    assert!(props["timeoutSecs"].get("default").is_none());
     assert_eq!(props["maxRetries"]["minimum"], 0);
     assert_eq!(props["maxRetries"]["maximum"], triggers::MAX_MAX_RETRIES);
-    assert_eq!(
-        props["maxRetries"]["default"],
-        triggers::DEFAULT_MAX_RETRIES
-    );
+    assert!(props["maxRetries"].get("default").is_none());
     assert_eq!(
         props["retryBudgetSecs"]["minimum"],
         triggers::MIN_RETRY_BUDGET_SECS
@@ -379,6 +374,24 @@ fn schema_and_rust_agree_on_flow_format_and_trigger_names() {
         assert!(
             validate(text, ConfigFormat::Json).is_err(),
             "Rust accepted {text}"
+        );
+    }
+}
+
+/// Issue 18, item 6 (the schema works in form editors): no field of a pair that may not
+/// be given together (`timeout`/`timeoutSecs`, `maxAttempts`/`maxRetries`) carries a
+/// schema `default`. JSON Forms and RJSF fill defaults in, so a default on one spelling
+/// would be added beside a user's other spelling: the both-given error.
+#[test]
+fn no_exclusive_spelling_has_a_schema_default() {
+    let schema = config_schema();
+    let properties = &schema["$defs"]["TriggerConfig"]["properties"];
+    for field in ["timeout", "timeoutSecs", "maxAttempts", "maxRetries"] {
+        let property = &properties[field];
+        assert!(property.is_object(), "{field} missing from the schema");
+        assert!(
+            property.get("default").is_none(),
+            "{field} has a schema default: {property}"
         );
     }
 }
