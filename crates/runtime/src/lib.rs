@@ -66,7 +66,7 @@ mod shard_store;
 mod stats;
 pub mod store;
 mod store_thread;
-#[cfg(feature = "__test-support")]
+#[cfg(any(test, feature = "__test-support"))]
 #[doc(hidden)]
 pub mod test_support;
 

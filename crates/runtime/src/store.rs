@@ -637,7 +637,7 @@ fn backlog_sent_key(trigger: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triggers_proto::Source;
+    use crate::test_support::fixtures::checkpoint;
 
     #[test]
     fn backlog_entries_encode_as_the_message_does() {
@@ -655,20 +655,6 @@ mod tests {
             committed_at: Some(write.committed_at),
         };
         assert_eq!(encode_entry(&write), message.encode_to_vec());
-    }
-
-    fn checkpoint(offset: i64) -> Checkpoint {
-        Checkpoint {
-            sources: [(
-                "acmeCo/orders/pivot=00".to_string(),
-                Source {
-                    read_through: offset,
-                    producers: vec![],
-                },
-            )]
-            .into(),
-            ack_intents: Default::default(),
-        }
     }
 
     #[test]
