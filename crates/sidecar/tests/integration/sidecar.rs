@@ -1506,3 +1506,98 @@ async fn validate_config_and_preview_run_off_the_async_workers() {
         .expect("previews");
     running.stop().await;
 }
+
+/// Issue 18, item 3 (`run_id`), through the sidecar as a Go consumer drives it: the
+/// `started_at` a client gives in StartCommit is the webhook's `run_id` to the
+/// millisecond; one outside the documented years 1970 to 9999 is ignored for the time
+/// StartCommit arrived, and a start not later than the previous one still gets a
+/// `run_id` of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_id_is_the_started_at_a_consumer_gives_and_out_of_range_ones_are_ignored() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/run"), "payloadTemplate": r#"{"run_id": "{{run_id}}"}"#},
+    ]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let sidecar = Sidecar::new(SidecarConfig::new(
+        dir.path().join("store"),
+        ShardConfig::new(materialization(2), Arc::new(triggers))
+            .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK)
+            .with_delivery(DeliveryMode::Waiting),
+    ));
+    let address = format!("unix:{}", dir.path().join("sidecar.sock").display());
+    let listener = Listener::bind(&address, None).await.expect("binds");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sidecar::run(sidecar, listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut client = sidecar::connect(&address, None).await.expect("connects");
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+
+    let before = std::time::SystemTime::now();
+    let starts = [
+        // 2024-05-06T07:08:09.123456Z: kept, to the millisecond.
+        Some(triggers_proto::Timestamp {
+            seconds: 1_714_979_289,
+            nanos: 123_456_000,
+        }),
+        // Before 1970, and past 9999: ignored for the arrival time.
+        Some(triggers_proto::Timestamp {
+            seconds: -5,
+            nanos: 0,
+        }),
+        Some(triggers_proto::Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0,
+        }),
+    ];
+    for (n, started_at) in starts.into_iter().enumerate() {
+        client
+            .start_commit(StartCommitRequest {
+                checkpoint: Some(checkpoint(n as i64 + 1)),
+                stats: stats(),
+                started_at,
+            })
+            .await
+            .expect("commits");
+        client
+            .acknowledged(AcknowledgedRequest { wait: true })
+            .await
+            .expect("delivers");
+    }
+    let run_ids: Vec<String> = receiver
+        .wait_for(3, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|r| {
+            r.json().expect("JSON")["run_id"]
+                .as_str()
+                .expect("a string")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(run_ids.len(), 3, "{run_ids:?}");
+    assert_eq!(run_ids[0], "2024-05-06T07:08:09.123Z");
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|err| panic!("{s}: {err}"))
+    };
+    let before = time::OffsetDateTime::from(before) - time::Duration::milliseconds(1);
+    let now = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    for ignored in &run_ids[1..] {
+        let at = parse(ignored);
+        assert!(
+            before <= at && at <= now,
+            "{ignored} is not the arrival time"
+        );
+        assert_eq!(ignored.len(), "2024-05-06T07:08:09.123Z".len(), "{ignored}");
+    }
+    assert_ne!(run_ids[1], run_ids[2], "two transactions share a run_id");
+    let _ = stop.send(());
+    server.await.expect("task").expect("serves");
+}
