@@ -208,8 +208,16 @@ fn delivery_record_bytes() {
         cancel_reason: String::new(),
         error: "trigger 1 (https://x): endpoint answered HTTP 422".to_string(),
         already_delivered: false,
+        // Records of earlier builds have no name: their bytes are the contract above.
+        trigger_name: String::new(),
     };
     insta::assert_snapshot!(round_trip(&record));
+    // Issue 18: a record keyed by its trigger's name carries it.
+    let named = DeliveryRecord {
+        trigger_name: "onCommit".to_string(),
+        ..record
+    };
+    insta::assert_snapshot!("delivery_record_bytes_named", round_trip(&named));
 }
 
 /// Issue 13: a SUCCESS the receiver said it already had (`responses.alreadyDelivered`),

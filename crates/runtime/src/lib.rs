@@ -72,7 +72,7 @@ pub mod test_support;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
-    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, QueueStatus,
+    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, OrphanedQueue, QueueStatus,
 };
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};

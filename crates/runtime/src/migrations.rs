@@ -13,20 +13,33 @@
 //!    layout (the migration runs again at the next open) or the new one, never both.
 //!    Moved entries have no commit time, which marks them as maybe delivered already
 //!    (waiting delivery keeps no ledger), so they re-fire exactly as they are.
-//! 2. **Backlog → single key** ([`Leftover`]): a waiting shard opens a store with backlog
+//! 2. **Index keys → name keys** ([`on_open`], first): a store written before triggers had
+//!    names keys its backlog entries, ledger records and last send times by the trigger's
+//!    index. Each index becomes the name of the trigger at that position in the config
+//!    the store is opened with (what the index meant: earlier builds sent an entry to
+//!    whichever trigger had its index), or the index in decimal past the config's end (an
+//!    entry of a removed trigger: kept, reported, skippable; see [`crate::backlog`]). One
+//!    synced WriteBatch deletes every old key and writes every new one, ledger records
+//!    gaining their trigger's name; a crash keeps either layout whole, and the migration
+//!    runs again at the next open if it had not landed. Crash points
+//!    `migration.before_write` and `migration.after_write` surround it. Webhook ids do not
+//!    change: an unnamed trigger's name is its index, whose id is the index's
+//!    ([`triggers::trigger_webhook_id`]).
+//! 3. **Backlog → single key** ([`Leftover`]): a waiting shard opens a store with backlog
 //!    entries a decoupled run left. Nothing is rewritten: the backlog is loaded into a
 //!    decoupled backlog without a limit and drained once, at the recovered Acknowledged,
 //!    before waiting delivery goes on with its single key. Each entry is deleted only once
 //!    delivered, as decoupled delivery does, so a crash during the drain leaves the rest
 //!    to drain at the next open.
 
-use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::backlog::{
+    Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, Recovered,
+};
 use crate::config::DeliveryMode;
+use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
-use crate::store::StoredEntry;
 use crate::store_thread::StoreTaskError;
 use std::time::Duration;
-use triggers::Variables;
 use triggers_proto::TriggerParams;
 
 /// What the commit path needs of the store's layout once [`on_open`] ran.
@@ -38,26 +51,40 @@ pub(crate) struct Layout {
     pub(crate) params: Option<TriggerParams>,
 }
 
-/// Runs at open, before recovery: migration 1 for a decoupled shard with triggers,
-/// nothing otherwise. One job on the store thread: cancel-safe as [`ShardStore`]'s
-/// methods are (the migration lands as a whole or not at all).
+/// Runs at open, before recovery: migration 2 whenever the store has index keys, then
+/// migration 1 for a decoupled shard with triggers. `triggers` names the config's
+/// triggers in order. One job on the store thread: cancel-safe as [`ShardStore`]'s
+/// methods are (each migration lands as a whole or not at all).
 pub(crate) async fn on_open(
     store: &ShardStore,
     delivery: DeliveryMode,
-    triggers: u32,
+    triggers: Vec<String>,
 ) -> Result<Layout, StoreTaskError> {
     let decoupled = matches!(delivery, DeliveryMode::Decoupled { .. });
     store
         .run(move |store| {
+            if let Some(migration) = store.named_keys_migration(&triggers)? {
+                let (entries, records, last_sent) =
+                    (migration.entries, migration.records, migration.last_sent);
+                crash_point!("migration.before_write");
+                store.write_migration(migration)?;
+                crash_point!("migration.after_write");
+                tracing::info!(
+                    entries,
+                    records,
+                    last_sent,
+                    "moved the backlog and ledger from trigger indexes to trigger names"
+                );
+            }
             let mut commit_seq = store.commit_seq()?;
             let mut params = store.trigger_params()?;
-            if let (true, Some(legacy)) = (decoupled && triggers > 0, &mut params) {
+            if let (true, Some(legacy)) = (decoupled && !triggers.is_empty(), &mut params) {
                 if legacy.last_commit_seq == 0 {
                     commit_seq += 1;
                     legacy.first_commit_seq = commit_seq;
                     legacy.last_commit_seq = commit_seq;
                 }
-                store.move_params_to_backlog(legacy, triggers)?;
+                store.move_params_to_backlog(legacy, &triggers)?;
                 tracing::info!(
                     flow_run_id = %legacy.flow_run_id,
                     "moved the single-key trigger params into the backlog"
@@ -77,20 +104,18 @@ pub(crate) struct Leftover(Backlog);
 impl Leftover {
     /// Loads `entries` (recovered, decoded) into a backlog without a limit, if there are
     /// any. Nothing is sent before [`Leftover::drain`].
-    pub(crate) fn start(
-        setup: BacklogSetup,
-        entries: Vec<(StoredEntry, Variables)>,
-        last_sent_ms: Vec<Option<u64>>,
-    ) -> Option<Self> {
-        if entries.is_empty() {
+    ///
+    /// Entries of triggers the config no longer has stay in the store, unsent: waiting
+    /// delivery logs them at open; decoupled delivery reports and skips them.
+    pub(crate) fn start(setup: BacklogSetup, recovered: Recovered) -> Option<Self> {
+        if recovered.entries.is_empty() {
             return None;
         }
-        Some(Leftover(Backlog::start(
-            setup,
-            usize::MAX,
-            entries,
-            last_sent_ms,
-        )))
+        let recovered = Recovered {
+            orphans: Vec::new(),
+            ..recovered
+        };
+        Some(Leftover(Backlog::start(setup, usize::MAX, recovered)))
     }
 
     /// Why its delivery stopped, if it did.
@@ -160,7 +185,8 @@ mod tests {
         // Waiting delivery keeps the single-key layout.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_with_single_key(dir.path(), &legacy).await;
-        let layout = on_open(&store, DeliveryMode::Waiting, 2)
+        let names = || vec!["0".to_string(), "1".to_string()];
+        let layout = on_open(&store, DeliveryMode::Waiting, names())
             .await
             .expect("runs");
         assert_eq!(layout.params.as_ref(), Some(&legacy));
@@ -168,7 +194,9 @@ mod tests {
 
         // Decoupled delivery moves it into every trigger's queue, numbered, once.
         let decoupled = DeliveryMode::default();
-        let layout = on_open(&store, decoupled, 2).await.expect("migrates");
+        let layout = on_open(&store, decoupled, names())
+            .await
+            .expect("migrates");
         assert_eq!(layout.params, None);
         assert_eq!(layout.commit_seq, 1);
         let entries = store
@@ -176,17 +204,19 @@ mod tests {
             .await
             .expect("runs")
             .expect("reads");
-        let keys: Vec<(u32, u64, u64)> = entries
+        let keys: Vec<(&str, u64, u64)> = entries
             .iter()
-            .map(|e| (e.trigger, e.first_commit_seq, e.params.last_commit_seq))
+            .map(|e| (e.trigger.as_str(), e.first_commit_seq, e.params.last_commit_seq))
             .collect();
-        assert_eq!(keys, [(0, 1, 1), (1, 1, 1)]);
+        assert_eq!(keys, [("0", 1, 1), ("1", 1, 1)]);
         assert!(
             entries.iter().all(|e| e.sent),
             "moved entries may have been sent"
         );
         assert_eq!(store.trigger_params().await.expect("reads"), None);
-        let again = on_open(&store, decoupled, 2).await.expect("runs again");
+        let again = on_open(&store, decoupled, names())
+            .await
+            .expect("runs again");
         assert_eq!((again.commit_seq, again.params), (1, None));
     }
 }

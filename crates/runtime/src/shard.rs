@@ -3,7 +3,7 @@
 //! its delivery engine's ([`crate::engine`]), and every layout migration is
 //! [`crate::migrations`]'.
 
-use crate::backlog::{BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::backlog::{BacklogHandle, BacklogSetup, BacklogStatus, Recovered};
 use crate::config::{DeliveryMode, ShardConfig};
 use crate::crash::crash_point;
 use crate::engine::{Acknowledge, Engine};
@@ -148,28 +148,30 @@ impl Shard {
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
         let label = path.display().to_string();
-        let triggers = u32::try_from(config.triggers.len()).unwrap_or(u32::MAX);
-        let coalesced: Vec<bool> = config
+        let names: Vec<String> = config.triggers.iter().map(|t| t.name().to_string()).collect();
+        let coalesced: Vec<String> = config
             .triggers
             .iter()
-            .map(|t| t.drain().coalesces())
+            .filter(|t| t.drain().coalesces())
+            .map(|t| t.name().to_string())
             .collect();
         let store = ShardStore::open(path, config.durability).await?;
         let checkpoint = store.checkpoint().await?;
-        let layout = crate::migrations::on_open(&store, config.delivery, triggers).await?;
+        let layout = crate::migrations::on_open(&store, config.delivery, names.clone()).await?;
         let backlog = crate::backlog::recover(&store, coalesced).await?;
-        let last_sent = store.last_sent_ms(triggers).await?;
+        let last_sent_ms = store.last_sent_ms(names.clone()).await?;
 
         let pending = layout.params.map(Variables::from_params).transpose()?;
-        let mut entries = Vec::new();
+        let (mut entries, mut orphans) = (Vec::new(), Vec::new());
         for entry in backlog {
-            if entry.trigger >= triggers {
+            if !names.contains(&entry.trigger) {
                 tracing::warn!(
-                    trigger = entry.trigger,
+                    trigger_name = %entry.trigger,
                     first_commit_seq = entry.first_commit_seq,
                     "backlog entry of a trigger the config no longer has; it stays in the \
-                     store and is not sent"
+                     store, is not sent, and can be skipped by an operator"
                 );
+                orphans.push(entry);
                 continue;
             }
             let variables = Variables::from_params(entry.params.clone())?;
@@ -202,7 +204,12 @@ impl Shard {
             retention: config.ledger,
             shard: label,
         };
-        let engine = Engine::start(config.delivery, setup, entries, last_sent);
+        let recovered = Recovered {
+            entries,
+            orphans,
+            last_sent_ms,
+        };
+        let engine = Engine::start(config.delivery, setup, recovered);
         let shard = Shard {
             store,
             materialization: config.materialization,

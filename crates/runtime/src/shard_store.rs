@@ -88,13 +88,15 @@ impl ShardStore {
         self.read_or_write(Store::clear_trigger_params).await
     }
 
-    /// When each of triggers `0..triggers` last sent a webhook (unix ms), if recorded.
+    /// When each of the triggers named `triggers` last sent a webhook (unix ms), if
+    /// recorded, in their order.
     pub(crate) async fn last_sent_ms(
         &self,
-        triggers: u32,
+        triggers: Vec<String>,
     ) -> Result<Vec<Option<u64>>, StoreTaskError> {
         self.read_or_write(move |store| {
-            (0..triggers)
+            triggers
+                .iter()
                 .map(|trigger| store.last_sent_ms(trigger))
                 .collect()
         })

@@ -6,13 +6,20 @@
 //! durable without its webhooks' variables, nor the variables without their checkpoint:
 //!
 //! - `trigger-params`: waiting delivery's single pending transaction (the first layout).
-//! - `backlog/<trigger u32 BE><first commit seq u64 BE>`: decoupled delivery's per-trigger
+//! - `queue/<trigger name>/<first commit seq u64 BE>`: decoupled delivery's per-trigger
 //!   queues of [`BacklogEntry`], in commit order; a coalesced trigger rewrites its newest
 //!   entry in place to merge a transaction into it, and at open merges its never-sent
-//!   entries (no `ledger/` record) into one.
-//! - `backlog-sent/<trigger u32 BE>`: when the trigger's last webhook was sent (unix ms),
-//!   so a coalesced trigger's minimum interval survives restarts.
+//!   entries (no `delivery/` record) into one.
+//! - `delivery/<trigger name>/<first commit seq u64 BE>`: the delivery ledger's records
+//!   ([`DeliveryRecord`]).
+//! - `last-sent/<trigger name>`: when the trigger's last webhook was sent (unix ms), so a
+//!   coalesced trigger's minimum interval survives restarts.
 //! - `commit-seq`: the last commit sequence number given to a transaction's variables.
+//!
+//! Keys name a trigger by its name (`[A-Za-z0-9_.-]`, 1 to 64 bytes: never `/`), so
+//! reordering, adding or removing triggers never moves an entry to another trigger.
+//! Earlier builds keyed the same three by the trigger's index (`backlog/`, `ledger/`,
+//! `backlog-sent/` followed by a `u32` BE): [`Store::named_keys_migration`] moves those.
 //!
 //! Calls block on disk I/O; the runtime makes them on the shard's store thread, through
 //! its async facade (`shard_store.rs`). Hosts get [`Store::open`] and the readers, to
@@ -39,11 +46,17 @@ pub const TRIGGER_PARAMS_KEY: &[u8] = b"trigger-params";
 /// Key of the last commit sequence number handed out.
 pub const COMMIT_SEQ_KEY: &[u8] = b"commit-seq";
 /// Prefix of backlog entries.
-pub const BACKLOG_PREFIX: &[u8] = b"backlog/";
+pub const BACKLOG_PREFIX: &[u8] = b"queue/";
 /// Prefix of each trigger's last send time.
-pub const BACKLOG_SENT_PREFIX: &[u8] = b"backlog-sent/";
+pub const BACKLOG_SENT_PREFIX: &[u8] = b"last-sent/";
 /// Prefix of delivery ledger records.
-pub const LEDGER_PREFIX: &[u8] = b"ledger/";
+pub const LEDGER_PREFIX: &[u8] = b"delivery/";
+/// Prefix of backlog entries keyed by trigger index (stores of earlier builds).
+pub const LEGACY_BACKLOG_PREFIX: &[u8] = b"backlog/";
+/// Prefix of last send times keyed by trigger index (stores of earlier builds).
+pub const LEGACY_BACKLOG_SENT_PREFIX: &[u8] = b"backlog-sent/";
+/// Prefix of ledger records keyed by trigger index (stores of earlier builds).
+pub const LEGACY_LEDGER_PREFIX: &[u8] = b"ledger/";
 
 /// How StartCommit makes its WriteBatch durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -254,7 +267,7 @@ impl Store {
         }
         for entry in entries {
             batch.put(
-                backlog_key(entry.trigger, entry.first_commit_seq),
+                backlog_key(&entry.trigger, entry.first_commit_seq),
                 encode_entry(entry),
             );
         }
@@ -281,30 +294,24 @@ impl Store {
         let mut entries = Vec::new();
         for item in self.scan(BACKLOG_PREFIX) {
             let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
-            let Some(suffix) = key.strip_prefix(BACKLOG_PREFIX) else {
-                break; // Past the prefix (the scan's upper bound stops it first).
+            let Some((trigger, first_commit_seq)) = parse_named_key(BACKLOG_PREFIX, &key) else {
+                return Err(self.corrupt_key(&key, "malformed backlog key"));
             };
-            let (trigger, first_commit_seq) = match suffix.split_at_checked(4) {
-                Some((trigger, seq)) if seq.len() == 8 => (
-                    u32::from_be_bytes(trigger.try_into().unwrap_or_default()),
-                    u64::from_be_bytes(seq.try_into().unwrap_or_default()),
-                ),
-                _ => return Err(self.corrupt_key(&key, "malformed backlog key")),
-            };
+            let trigger = trigger.to_string();
             let entry = BacklogEntry::decode(value.as_ref())
                 .map_err(|err| self.corrupt_key(&key, &err.to_string()))?;
             let params = entry
                 .params
                 .ok_or_else(|| self.corrupt_key(&key, "entry has no params"))?;
             entries.push(StoredEntry {
-                trigger,
                 first_commit_seq,
                 params,
                 committed_at: entry.committed_at,
                 // An entry moved from the single-key layout (no commit time) may have
                 // been delivered by waiting delivery, which keeps no ledger.
                 sent: entry.committed_at.is_none()
-                    || self.has_delivery(trigger, first_commit_seq)?,
+                    || self.has_delivery(&trigger, first_commit_seq)?,
+                trigger,
             });
         }
         Ok(entries)
@@ -323,16 +330,13 @@ impl Store {
         sent_at_ms: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        let first_commit_seq = record.first_commit_seq;
-        batch.put(
-            ledger_key(record.trigger, first_commit_seq),
-            record.encode_to_vec(),
-        );
+        let (trigger, first_commit_seq) = (&record.trigger_name, record.first_commit_seq);
+        batch.put(ledger_key(trigger, first_commit_seq), record.encode_to_vec());
         if delete_entry {
-            batch.delete(backlog_key(record.trigger, first_commit_seq));
+            batch.delete(backlog_key(trigger, first_commit_seq));
         }
         if let Some(at) = sent_at_ms {
-            batch.put(backlog_sent_key(record.trigger), at.to_be_bytes());
+            batch.put(backlog_sent_key(trigger), at.to_be_bytes());
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
@@ -344,7 +348,7 @@ impl Store {
     /// The ledger record of a delivery, if it has left PENDING.
     pub fn delivery(
         &self,
-        trigger: u32,
+        trigger: &str,
         first_commit_seq: u64,
     ) -> Result<Option<DeliveryRecord>, StoreError> {
         let key = ledger_key(trigger, first_commit_seq);
@@ -361,7 +365,7 @@ impl Store {
     }
 
     /// Whether the ledger has a record of this delivery (it left PENDING at least once).
-    pub fn has_delivery(&self, trigger: u32, first_commit_seq: u64) -> Result<bool, StoreError> {
+    pub fn has_delivery(&self, trigger: &str, first_commit_seq: u64) -> Result<bool, StoreError> {
         self.db
             .get_pinned(ledger_key(trigger, first_commit_seq))
             .map(|value| value.is_some())
@@ -379,10 +383,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for first_commit_seq in absorbed {
-            batch.delete(backlog_key(merged.trigger, *first_commit_seq));
+            batch.delete(backlog_key(&merged.trigger, *first_commit_seq));
         }
         batch.put(
-            backlog_key(merged.trigger, merged.first_commit_seq),
+            backlog_key(&merged.trigger, merged.first_commit_seq),
             encode_entry(merged),
         );
         self.write(batch, "backlog merge")
@@ -391,7 +395,7 @@ impl Store {
     /// Whether a backlog entry is stored under this key.
     pub fn has_backlog_entry(
         &self,
-        trigger: u32,
+        trigger: &str,
         first_commit_seq: u64,
     ) -> Result<bool, StoreError> {
         self.db
@@ -446,10 +450,10 @@ impl Store {
     }
 
     /// Deletes ledger records (retention), in one unsynced WriteBatch.
-    pub(crate) fn delete_deliveries(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+    pub(crate) fn delete_deliveries(&self, keys: &[(String, u64)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (trigger, first_commit_seq) in keys {
-            batch.delete(ledger_key(*trigger, *first_commit_seq));
+            batch.delete(ledger_key(trigger, *first_commit_seq));
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
@@ -459,7 +463,7 @@ impl Store {
     }
 
     /// When trigger `trigger`'s last webhook was sent (unix milliseconds), if recorded.
-    pub fn last_sent_ms(&self, trigger: u32) -> Result<Option<u64>, StoreError> {
+    pub fn last_sent_ms(&self, trigger: &str) -> Result<Option<u64>, StoreError> {
         let key = backlog_sent_key(trigger);
         let Some(bytes) = self
             .db
@@ -474,12 +478,12 @@ impl Store {
     }
 
     /// Moves waiting delivery's pending `trigger-params` into the backlog, one entry per
-    /// trigger, in one synced WriteBatch: how a store written by the single-key layout
-    /// is opened for decoupled delivery without losing or repeating a transaction.
+    /// trigger (by name), in one synced WriteBatch: how a store written by the single-key
+    /// layout is opened for decoupled delivery without losing or repeating a transaction.
     pub(crate) fn move_params_to_backlog(
         &self,
         params: &TriggerParams,
-        triggers: u32,
+        triggers: &[String],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.delete(TRIGGER_PARAMS_KEY);
@@ -489,13 +493,91 @@ impl Store {
             committed_at: None,
         }
         .encode_to_vec();
-        for trigger in 0..triggers {
+        for trigger in triggers {
             batch.put(backlog_key(trigger, params.first_commit_seq), &entry);
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db
             .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("migrate", err))
+    }
+
+    /// The migration of a store whose backlog, ledger and last send times are keyed by
+    /// trigger index (earlier builds) to keys by name, if it has any such key: index `i`
+    /// becomes `names[i]` (the trigger at that position in the config this store is
+    /// opened with, which is the trigger the index meant), or `i` in decimal (the name of
+    /// an unnamed trigger) past the config's end. Ledger records gain the name. Nothing
+    /// is written until [`Store::write_migration`].
+    ///
+    /// Reads every legacy key once; a store written by this build has none, so this is
+    /// three empty range scans.
+    pub(crate) fn named_keys_migration(
+        &self,
+        names: &[String],
+    ) -> Result<Option<NamedKeysMigration>, StoreError> {
+        let name_of = |index: u32| -> String {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| names.get(i))
+                .cloned()
+                .unwrap_or_else(|| index.to_string())
+        };
+        let mut migration = NamedKeysMigration {
+            batch: WriteBatch::default(),
+            entries: 0,
+            records: 0,
+            last_sent: 0,
+        };
+        for item in self.scan(LEGACY_BACKLOG_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            let Some((index, seq)) = parse_index_key(LEGACY_BACKLOG_PREFIX, &key) else {
+                return Err(self.corrupt_key(&key, "malformed backlog key"));
+            };
+            migration.batch.delete(&key);
+            migration
+                .batch
+                .put(backlog_key(&name_of(index), seq), &value);
+            migration.entries += 1;
+        }
+        for item in self.scan(LEGACY_LEDGER_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            let Some((index, seq)) = parse_index_key(LEGACY_LEDGER_PREFIX, &key) else {
+                return Err(self.corrupt_key(&key, "malformed ledger key"));
+            };
+            let mut record = DeliveryRecord::decode(value.as_ref())
+                .map_err(|err| self.corrupt_key(&key, &err.to_string()))?;
+            record.trigger_name = name_of(index);
+            migration.batch.delete(&key);
+            migration
+                .batch
+                .put(ledger_key(&record.trigger_name, seq), record.encode_to_vec());
+            migration.records += 1;
+        }
+        for item in self.scan(LEGACY_BACKLOG_SENT_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            let index = key
+                .strip_prefix(LEGACY_BACKLOG_SENT_PREFIX)
+                .and_then(|suffix| <[u8; 4]>::try_from(suffix).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| self.corrupt_key(&key, "malformed last-sent key"))?;
+            migration.batch.delete(&key);
+            migration
+                .batch
+                .put(backlog_sent_key(&name_of(index)), &value);
+            migration.last_sent += 1;
+        }
+        let any = migration.entries + migration.records + migration.last_sent > 0;
+        Ok(any.then_some(migration))
+    }
+
+    /// Writes a migration in one synced WriteBatch: a crash keeps the old keys or the
+    /// new ones, never both, and once this returns no power cut brings the old ones back.
+    pub(crate) fn write_migration(&self, migration: NamedKeysMigration) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(migration.batch, &options)
             .map_err(|err| self.rocksdb_error("migrate", err))
     }
 
@@ -567,12 +649,24 @@ impl Store {
     }
 }
 
+/// The index-keyed to name-keyed migration, ready to write (see
+/// [`Store::named_keys_migration`]).
+pub(crate) struct NamedKeysMigration {
+    batch: WriteBatch,
+    /// Backlog entries it moves.
+    pub(crate) entries: usize,
+    /// Ledger records it moves.
+    pub(crate) records: usize,
+    /// Last send times it moves.
+    pub(crate) last_sent: usize,
+}
+
 /// One backlog entry to write at StartCommit: a new entry, or a merged one replacing the
 /// entry already stored under the same key.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BacklogWrite {
-    /// Index of the trigger whose queue it belongs to.
-    pub(crate) trigger: u32,
+    /// Name of the trigger whose queue it belongs to.
+    pub(crate) trigger: std::sync::Arc<str>,
     /// Commit sequence number of the first transaction it covers: its key.
     pub(crate) first_commit_seq: u64,
     /// The variables to deliver.
@@ -596,8 +690,8 @@ fn encode_entry(entry: &BacklogWrite) -> Vec<u8> {
 /// A backlog entry read back from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEntry {
-    /// Index of the trigger whose queue it belongs to.
-    pub trigger: u32,
+    /// Name of the trigger whose queue it belongs to.
+    pub trigger: String,
     /// Commit sequence number of the first transaction it covers: its key.
     pub first_commit_seq: u64,
     /// The variables to deliver.
@@ -611,26 +705,58 @@ pub struct StoredEntry {
     pub sent: bool,
 }
 
-fn backlog_key(trigger: u32, first_commit_seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(BACKLOG_PREFIX.len() + 12);
-    key.extend_from_slice(BACKLOG_PREFIX);
-    key.extend_from_slice(&trigger.to_be_bytes());
+/// `prefix`, the trigger's name, `/`, and the sequence number (big-endian, so a
+/// trigger's keys sort in commit order). A name never holds `/`, so every key of one
+/// trigger shares the prefix `<prefix><name>/` and no other trigger's keys do.
+fn named_key(prefix: &[u8], trigger: &str, first_commit_seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + trigger.len() + 9);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(trigger.as_bytes());
+    key.push(b'/');
     key.extend_from_slice(&first_commit_seq.to_be_bytes());
     key
 }
 
-fn ledger_key(trigger: u32, first_commit_seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(LEDGER_PREFIX.len() + 12);
-    key.extend_from_slice(LEDGER_PREFIX);
-    key.extend_from_slice(&trigger.to_be_bytes());
-    key.extend_from_slice(&first_commit_seq.to_be_bytes());
-    key
+/// The trigger name and sequence number of a [`named_key`], read from its end (the
+/// sequence number's bytes may hold anything, `/` included).
+fn parse_named_key<'k>(prefix: &[u8], key: &'k [u8]) -> Option<(&'k str, u64)> {
+    let suffix = key.strip_prefix(prefix)?;
+    let (head, seq) = suffix.split_at_checked(suffix.len().checked_sub(8)?)?;
+    let name = head.strip_suffix(b"/")?;
+    let name = std::str::from_utf8(name).ok()?;
+    let valid = !name.is_empty() && !name.contains('/');
+    Some((name, u64::from_be_bytes(seq.try_into().ok()?))).filter(|_| valid)
 }
 
-fn backlog_sent_key(trigger: u32) -> Vec<u8> {
-    let mut key = Vec::with_capacity(BACKLOG_SENT_PREFIX.len() + 4);
+/// The trigger index and sequence number of a key of earlier builds.
+fn parse_index_key(prefix: &[u8], key: &[u8]) -> Option<(u32, u64)> {
+    let suffix = key.strip_prefix(prefix)?;
+    let (index, seq) = suffix.split_at_checked(4)?;
+    Some((
+        u32::from_be_bytes(index.try_into().ok()?),
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
+}
+
+impl StoredEntry {
+    /// Whether this is the entry of trigger `trigger` starting at `first_commit_seq`.
+    pub(crate) fn is(&self, trigger: &str, first_commit_seq: u64) -> bool {
+        self.first_commit_seq == first_commit_seq && self.trigger == trigger
+    }
+}
+
+fn backlog_key(trigger: &str, first_commit_seq: u64) -> Vec<u8> {
+    named_key(BACKLOG_PREFIX, trigger, first_commit_seq)
+}
+
+fn ledger_key(trigger: &str, first_commit_seq: u64) -> Vec<u8> {
+    named_key(LEDGER_PREFIX, trigger, first_commit_seq)
+}
+
+fn backlog_sent_key(trigger: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(BACKLOG_SENT_PREFIX.len() + trigger.len());
     key.extend_from_slice(BACKLOG_SENT_PREFIX);
-    key.extend_from_slice(&trigger.to_be_bytes());
+    key.extend_from_slice(trigger.as_bytes());
     key
 }
 
@@ -642,7 +768,7 @@ mod tests {
     #[test]
     fn backlog_entries_encode_as_the_message_does() {
         let write = BacklogWrite {
-            trigger: 3,
+            trigger: "3".into(),
             first_commit_seq: 7,
             params: triggers::Variables::placeholder().to_params(),
             committed_at: triggers_proto::Timestamp {
@@ -700,8 +826,8 @@ mod tests {
             transaction_count: last - first + 1,
             ..Default::default()
         };
-        let write = |trigger, first_commit_seq, params| BacklogWrite {
-            trigger,
+        let write = |trigger: &str, first_commit_seq, params| BacklogWrite {
+            trigger: trigger.into(),
             first_commit_seq,
             params,
             committed_at: triggers_proto::Timestamp::default(),
@@ -713,8 +839,8 @@ mod tests {
                     &checkpoint(1),
                     Some(1),
                     &[
-                        write(0, 1, params("a", 1, 1)),
-                        write(1, 1, params("a", 1, 1)),
+                        write("first", 1, params("a", 1, 1)),
+                        write("second", 1, params("a", 1, 1)),
                     ],
                 )
                 .expect("commits");
@@ -724,13 +850,13 @@ mod tests {
                     &checkpoint(2),
                     Some(2),
                     &[
-                        write(0, 2, params("b", 2, 2)),
-                        write(1, 1, params("b", 1, 2)),
+                        write("first", 2, params("b", 2, 2)),
+                        write("second", 1, params("b", 1, 2)),
                     ],
                 )
                 .expect("commits");
             let delivered = DeliveryRecord {
-                trigger: 0,
+                trigger_name: "first".into(),
                 first_commit_seq: 1,
                 last_commit_seq: 1,
                 state: triggers_proto::DeliveryState::Success as i32,
@@ -743,9 +869,9 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
         assert_eq!(store.checkpoint().expect("reads"), checkpoint(2));
         assert_eq!(store.commit_seq().expect("reads"), 2);
-        assert_eq!(store.last_sent_ms(0).expect("reads"), Some(1234));
-        assert_eq!(store.last_sent_ms(1).expect("reads"), None);
-        let entries: Vec<(u32, u64, String, u64)> = store
+        assert_eq!(store.last_sent_ms("first").expect("reads"), Some(1234));
+        assert_eq!(store.last_sent_ms("second").expect("reads"), None);
+        let entries: Vec<(String, u64, String, u64)> = store
             .backlog()
             .expect("reads")
             .into_iter()
@@ -760,17 +886,22 @@ mod tests {
             .collect();
         assert_eq!(
             entries,
-            [(0, 2, "b".to_string(), 2), (1, 1, "b".to_string(), 2)]
+            [
+                ("first".to_string(), 2, "b".to_string(), 2),
+                ("second".to_string(), 1, "b".to_string(), 2)
+            ]
         );
         let ledger = store.deliveries().expect("reads");
         assert_eq!(ledger.len(), 1);
         assert_eq!(
-            store.delivery(0, 1).expect("reads"),
+            store.delivery("first", 1).expect("reads"),
             Some(ledger[0].clone())
         );
-        assert!(!store.has_backlog_entry(0, 1).expect("reads"));
-        assert!(store.has_backlog_entry(0, 2).expect("reads"));
-        store.delete_deliveries(&[(0, 1)]).expect("deletes");
+        assert!(!store.has_backlog_entry("first", 1).expect("reads"));
+        assert!(store.has_backlog_entry("first", 2).expect("reads"));
+        store
+            .delete_deliveries(&[("first".to_string(), 1)])
+            .expect("deletes");
         assert!(store.deliveries().expect("reads").is_empty());
     }
 
@@ -788,15 +919,16 @@ mod tests {
         store
             .commit(&checkpoint(3), Some(&params))
             .expect("commits");
-        store.move_params_to_backlog(&params, 2).expect("moves");
+        let names = ["0".to_string(), "1".to_string()];
+        store.move_params_to_backlog(&params, &names).expect("moves");
         assert_eq!(store.trigger_params().expect("reads"), None);
-        let queues: Vec<(u32, u64)> = store
+        let queues: Vec<(String, u64)> = store
             .backlog()
             .expect("reads")
-            .iter()
+            .into_iter()
             .map(|e| (e.trigger, e.first_commit_seq))
             .collect();
-        assert_eq!(queues, [(0, 5), (1, 5)]);
+        assert_eq!(queues, [("0".to_string(), 5), ("1".to_string(), 5)]);
         assert_eq!(store.commit_seq().expect("reads"), 5);
     }
 
@@ -809,11 +941,145 @@ mod tests {
             store.commit_seq(),
             Err(StoreError::CorruptKey { .. })
         ));
-        store.put_raw(b"backlog/\x00", b"").expect("writes");
+        store.put_raw(b"queue/\x00", b"").expect("writes");
         assert!(matches!(
             store.backlog(),
             Err(StoreError::CorruptKey { .. })
         ));
+    }
+
+    #[test]
+    fn named_keys_parse_back_whatever_bytes_the_sequence_number_holds() {
+        for (name, seq) in [("a", 0), ("onCommit", u64::MAX), ("x.y-z_0", 0x2f2f_2f2f)] {
+            let key = backlog_key(name, seq);
+            assert_eq!(parse_named_key(BACKLOG_PREFIX, &key), Some((name, seq)));
+        }
+        // A name is never empty and never holds `/`; a key of another layout is not one.
+        for key in [
+            &b"queue//\0\0\0\0\0\0\0\x01"[..],
+            b"queue/a/b/\0\0\0\0\0\0\0\x01",
+            b"queue/a\0\0\0\0\0\0\0\x01",
+            b"queue/a/\x01",
+        ] {
+            assert_eq!(parse_named_key(BACKLOG_PREFIX, key), None, "{key:?}");
+        }
+        // One trigger's keys are one contiguous range, in commit order, even beside a
+        // name that extends it.
+        let mut keys = [
+            backlog_key("a", 2),
+            backlog_key("a.b", 1),
+            backlog_key("a", 1),
+            backlog_key("a-", 3),
+        ];
+        keys.sort();
+        let names: Vec<_> = keys
+            .iter()
+            .map(|k| parse_named_key(BACKLOG_PREFIX, k).expect("parses"))
+            .collect();
+        assert_eq!(names, [("a-", 3), ("a.b", 1), ("a", 1), ("a", 2)]);
+    }
+
+    /// Issue 18: a store written with index keys (byte for byte as earlier builds wrote
+    /// them) moves to name keys by the config's positions, in one batch, and only once.
+    #[test]
+    fn index_keys_migrate_to_names_by_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        let entry = |run: &str| {
+            BacklogEntry {
+                params: Some(TriggerParams {
+                    version: 2,
+                    flow_run_id: run.into(),
+                    first_commit_seq: 7,
+                    last_commit_seq: 7,
+                    ..Default::default()
+                }),
+                committed_at: Some(triggers_proto::Timestamp::default()),
+            }
+            .encode_to_vec()
+        };
+        let record = DeliveryRecord {
+            trigger: 1,
+            first_commit_seq: 7,
+            state: triggers_proto::DeliveryState::Failed as i32,
+            error: "503".into(),
+            ..Default::default()
+        };
+        // Trigger 0's and 1's entries of commit 7; trigger 5 is past the config's end.
+        store
+            .put_raw(b"backlog/\0\0\0\0\0\0\0\0\0\0\0\x07", &entry("r0"))
+            .expect("writes");
+        store
+            .put_raw(b"backlog/\0\0\0\x01\0\0\0\0\0\0\0\x07", &entry("r1"))
+            .expect("writes");
+        store
+            .put_raw(b"backlog/\0\0\0\x05\0\0\0\0\0\0\0\x07", &entry("r5"))
+            .expect("writes");
+        store
+            .put_raw(
+                b"ledger/\0\0\0\x01\0\0\0\0\0\0\0\x07",
+                &record.encode_to_vec(),
+            )
+            .expect("writes");
+        store
+            .put_raw(b"backlog-sent/\0\0\0\x01", &99u64.to_be_bytes())
+            .expect("writes");
+
+        let names = ["onCommit".to_string(), "slack".to_string()];
+        let migration = store
+            .named_keys_migration(&names)
+            .expect("reads")
+            .expect("has work");
+        assert_eq!(
+            (migration.entries, migration.records, migration.last_sent),
+            (3, 1, 1)
+        );
+        store.write_migration(migration).expect("writes");
+
+        let entries: Vec<(String, u64, String)> = store
+            .backlog()
+            .expect("reads")
+            .into_iter()
+            .map(|e| (e.trigger, e.first_commit_seq, e.params.flow_run_id))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("5".to_string(), 7, "r5".to_string()),
+                ("onCommit".to_string(), 7, "r0".to_string()),
+                ("slack".to_string(), 7, "r1".to_string()),
+            ]
+        );
+        let moved = store.delivery("slack", 7).expect("reads").expect("moved");
+        assert_eq!(
+            moved,
+            DeliveryRecord {
+                trigger_name: "slack".into(),
+                ..record
+            }
+        );
+        assert_eq!(store.last_sent_ms("slack").expect("reads"), Some(99));
+        // Nothing of the old layout is left, so the next open has nothing to do.
+        for prefix in [
+            LEGACY_BACKLOG_PREFIX,
+            LEGACY_LEDGER_PREFIX,
+            LEGACY_BACKLOG_SENT_PREFIX,
+        ] {
+            assert_eq!(store.scan(prefix).count(), 0);
+        }
+        assert!(store.named_keys_migration(&names).expect("reads").is_none());
+    }
+
+    #[test]
+    fn a_malformed_index_key_is_a_typed_error_and_nothing_moves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        store.put_raw(b"backlog/\0\x01", b"").expect("writes");
+        let err = store
+            .named_keys_migration(&[])
+            .err()
+            .expect("malformed key");
+        assert!(matches!(err, StoreError::CorruptKey { .. }), "{err}");
     }
 
     #[test]

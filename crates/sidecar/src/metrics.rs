@@ -26,6 +26,8 @@ use triggers_runtime::BacklogStatus;
 /// Labels of one trigger.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
+    /// The trigger's name (for a list entry without one, its index: `0`, `1`, ...), so a
+    /// reordered config keeps each trigger's series.
     trigger: String,
 }
 
@@ -57,6 +59,7 @@ pub struct Metrics {
     oldest_pending_seconds: Family<TriggerLabels, Gauge<f64, AtomicU64>>,
     backpressure_waits: Counter,
     backpressured: Gauge,
+    orphaned_entries: Family<TriggerLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,7 +120,14 @@ impl Metrics {
             "1 while a StartCommit waits for room in a full backlog",
             backpressured.clone(),
         );
+        let orphaned_entries = Family::<TriggerLabels, Gauge>::default();
+        registry.register(
+            "orphaned_backlog_entries",
+            "Backlog entries of triggers the config no longer has, by trigger name: kept and never sent until an operator skips them or the trigger comes back",
+            orphaned_entries.clone(),
+        );
         Self {
+            orphaned_entries,
             registry,
             attempts,
             attempt_seconds,
@@ -140,7 +150,7 @@ impl Metrics {
             let now = SystemTime::now();
             for queue in &status.queues {
                 let labels = TriggerLabels {
-                    trigger: queue.trigger.to_string(),
+                    trigger: queue.name.clone(),
                 };
                 self.backlog_depth
                     .get_or_create(&labels)
@@ -157,6 +167,15 @@ impl Metrics {
                 .inner()
                 .store(status.backpressure_waits, Ordering::Relaxed);
             self.backpressured.set(i64::from(status.backpressured));
+            // Skipped ones leave the series rather than linger at their last count.
+            self.orphaned_entries.clear();
+            for orphaned in &status.orphaned {
+                self.orphaned_entries
+                    .get_or_create(&TriggerLabels {
+                        trigger: orphaned.name.clone(),
+                    })
+                    .set(i64::try_from(orphaned.depth).unwrap_or(i64::MAX));
+            }
         }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
@@ -168,7 +187,7 @@ impl Metrics {
 
 impl AttemptObserver for Metrics {
     fn attempt_finished(&self, record: &AttemptRecord) {
-        let trigger = record.trigger.to_string();
+        let trigger = record.trigger_name.clone();
         let status_class = match record.status {
             Some(status) => format!("{}xx", status / 100),
             None => "none".to_string(),
@@ -283,6 +302,7 @@ mod tests {
             backpressured: true,
             backpressure_waits: 3,
             failure: None,
+            orphaned: Vec::new(),
         };
         let text = metrics.render(Some(&status));
         assert!(
@@ -313,6 +333,7 @@ mod tests {
         let metrics = Metrics::new();
         let attempt = |status, outcome| triggers::AttemptRecord {
             trigger: 0,
+            trigger_name: "0".to_string(),
             number: 1,
             reason: "recovery-refire",
             at: std::time::SystemTime::UNIX_EPOCH,

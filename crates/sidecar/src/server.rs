@@ -35,7 +35,7 @@ use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarSe
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
     AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
-    ListDeliveriesResponse, OpenRequest, OpenResponse, PreviewRequest, PreviewResponse, ShardPhase,
+    ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog, PreviewRequest, PreviewResponse, ShardPhase,
     SkipDeliveryRequest, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
     TestFireRequest, TestFireResponse, TriggerOutcome, ValidateConfigRequest,
     ValidateConfigResponse, ValidationIssue,
@@ -487,6 +487,7 @@ impl ShardSidecar for Sidecar {
                 .flat_map(|b| &b.queues)
                 .map(|q| BacklogQueue {
                     trigger: q.trigger,
+                    trigger_name: q.name.clone(),
                     drain: wire::drain_mode(q.drain).into(),
                     depth: q.depth as u64,
                     in_flight: q.in_flight as u64,
@@ -494,6 +495,15 @@ impl ShardSidecar for Sidecar {
                     transactions_delivered: q.transactions_delivered,
                     already_delivered: q.already_delivered,
                     oldest_pending_seq: q.oldest_pending_seq.unwrap_or(0),
+                })
+                .collect(),
+            orphaned: backlog
+                .iter()
+                .flat_map(|b| &b.orphaned)
+                .map(|o| OrphanedBacklog {
+                    trigger_name: o.name.clone(),
+                    depth: o.depth as u64,
+                    oldest_pending_seq: o.oldest_pending_seq,
                 })
                 .collect(),
             open,
@@ -533,7 +543,7 @@ impl ShardSidecar for Sidecar {
         let at = request.into_inner();
         let (_user, ledger) = self.ledger().await?;
         let record = ledger
-            .delivery(at.trigger, at.first_commit_seq)
+            .delivery(&trigger_name(&ledger, &at)?, at.first_commit_seq)
             .await
             .map_err(ledger_status)?;
         Ok(Response::new(record))
@@ -546,7 +556,7 @@ impl ShardSidecar for Sidecar {
         let at = request.into_inner();
         let (_user, ledger) = self.ledger().await?;
         let record = ledger
-            .retry(at.trigger, at.first_commit_seq)
+            .retry(&trigger_name(&ledger, &at)?, at.first_commit_seq)
             .await
             .map_err(ledger_status)?;
         Ok(Response::new(record))
@@ -562,7 +572,11 @@ impl ShardSidecar for Sidecar {
             .ok_or_else(|| Status::invalid_argument("SkipDelivery needs a delivery"))?;
         let (_user, ledger) = self.ledger().await?;
         let record = ledger
-            .skip(at.trigger, at.first_commit_seq, &request.reason)
+            .skip(
+                &trigger_name(&ledger, &at)?,
+                at.first_commit_seq,
+                &request.reason,
+            )
             .await
             .map_err(ledger_status)?;
         Ok(Response::new(record))
@@ -599,7 +613,11 @@ impl ShardSidecar for Sidecar {
     ) -> Result<Response<PreviewResponse>, Status> {
         let request = request.into_inner();
         let variables = preview_variables(request.variables.as_deref())?;
-        let index = trigger_index(request.trigger);
+        let index = trigger_index(
+            &self.inner.config.shard.triggers,
+            request.trigger,
+            &request.trigger_name,
+        )?;
         let preview = self
             .off_the_workers("Preview", move |inner| {
                 inner.config.shard.triggers.preview(index, &variables)
@@ -626,7 +644,7 @@ impl ShardSidecar for Sidecar {
                 Status::internal(bounded(&format!("cannot build the HTTP client: {err}")))
             })?;
         // Render off the async workers, as Preview does; send on them.
-        let index = trigger_index(request.trigger);
+        let index = trigger_index(&shard.triggers, request.trigger, &request.trigger_name)?;
         let payload = self
             .off_the_workers("TestFire", move |inner| {
                 inner
@@ -692,8 +710,18 @@ fn validation_reply(config: &str, format: ConfigFormat) -> ValidateConfigRespons
 }
 
 /// A wire trigger index as a config index; one past any config if it does not fit.
-fn trigger_index(trigger: u32) -> usize {
-    usize::try_from(trigger).unwrap_or(usize::MAX)
+/// The position of the trigger a request names: by `name` when given, else `trigger`
+/// (an out-of-range position is the renderer's own "no such trigger" error).
+fn trigger_index(triggers: &triggers::Triggers, trigger: u32, name: &str) -> Result<usize, Status> {
+    if name.is_empty() {
+        return Ok(usize::try_from(trigger).unwrap_or(usize::MAX));
+    }
+    triggers.position(name).ok_or_else(|| {
+        let names: Vec<&str> = triggers.iter().map(|t| t.name()).collect();
+        Status::not_found(bounded(&format!(
+            "the config has no trigger named {name:?}; it has {names:?}"
+        )))
+    })
 }
 
 fn preview_variables(given: Option<&str>) -> Result<PreviewVariables, Status> {
@@ -771,8 +799,30 @@ fn delivery_outcome(
     }
 }
 
+/// The trigger a [`DeliveryRef`] names: its `trigger_name`, else the name of the trigger
+/// at position `trigger` in the config.
+fn trigger_name(ledger: &BacklogHandle, at: &DeliveryRef) -> Result<String, Status> {
+    if !at.trigger_name.is_empty() {
+        // Names are at most 64 bytes: a longer one names nothing, and is not echoed whole.
+        return match at.trigger_name.len() {
+            ..=64 => Ok(at.trigger_name.clone()),
+            _ => Err(Status::invalid_argument(
+                "trigger_name is longer than a trigger name can be (64 bytes)",
+            )),
+        };
+    }
+    ledger.trigger_name(at.trigger).ok_or_else(|| {
+        Status::not_found(format!(
+            "the config has no trigger at position {}; name a removed trigger's deliveries \
+             by trigger_name",
+            at.trigger
+        ))
+    })
+}
+
 fn delivered_outcome(d: &triggers::Delivered) -> TriggerOutcome {
     TriggerOutcome {
+        trigger_name: d.trigger.name.clone(),
         index: d.trigger.index as u32,
         origin: d.trigger.origin.clone(),
         delivered: true,
@@ -789,6 +839,7 @@ fn failed_outcomes(err: &DeliveryError) -> Vec<TriggerOutcome> {
         .iter()
         .map(delivered_outcome)
         .chain(err.failures.iter().map(|f| TriggerOutcome {
+            trigger_name: f.trigger.name.clone(),
             index: f.trigger.index as u32,
             origin: f.trigger.origin.clone(),
             delivered: false,

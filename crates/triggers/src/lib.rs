@@ -123,5 +123,5 @@ pub use send::trace_context::{SpanId, TRACEPARENT, TRACESTATE, TraceId, TracePar
 pub use send::webhook_headers::{
     SendReason, WEBHOOK_ATTEMPT, WEBHOOK_ID, WEBHOOK_REASON, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 };
-pub use send::webhook_id::webhook_id;
+pub use send::webhook_id::{trigger_webhook_id, webhook_id};
 pub use triggers_sops::{AgeIdentity, AgeRecipient, KeyError, SOPS_FORMAT_VERSION};

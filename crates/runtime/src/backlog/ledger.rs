@@ -2,13 +2,13 @@
 //! with a lifecycle, PENDING → RUNNING → SUCCESS / FAILED / CANCELLED, and its attempts.
 //!
 //! A PENDING delivery is its backlog entry; a record is written under
-//! `ledger/<trigger><first commit seq>` when it leaves PENDING, so the commit path writes
+//! `delivery/<trigger name>/<first commit seq>` when it leaves PENDING, so the commit path writes
 //! nothing more. Every transition reads the current state and writes the next one under
 //! one lock: a compare-and-set, so no two workers (nor a worker and an operator) ever move
 //! the same delivery at once. SUCCESS and CANCELLED delete the backlog entry in the same
 //! WriteBatch. Terminal records are collected by [`LedgerRetention`].
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredEntry};
 use crate::store_thread::StoreTaskError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,8 +62,8 @@ pub enum LedgerError {
     /// collected by retention).
     #[error("no delivery of trigger {trigger} starting at commit {first_commit_seq}")]
     NotFound {
-        /// The trigger.
-        trigger: u32,
+        /// The trigger's name.
+        trigger: String,
         /// The first commit sequence number asked for.
         first_commit_seq: u64,
     },
@@ -75,8 +75,8 @@ pub enum LedgerError {
     IllegalTransition {
         /// What was asked: `retry` or `skip`.
         action: &'static str,
-        /// The trigger.
-        trigger: u32,
+        /// The trigger's name.
+        trigger: String,
         /// Its first commit sequence number.
         first_commit_seq: u64,
         /// Its state now.
@@ -153,6 +153,8 @@ pub(crate) fn take_attempts(attempts: &Mutex<Vec<DeliveryAttempt>>) -> Vec<Deliv
 pub(crate) struct Delivery<'a> {
     /// The trigger's index.
     pub(crate) trigger: u32,
+    /// The trigger's name: the record's key.
+    pub(crate) name: &'a str,
     /// Commit sequence number of the first transaction it covers: its key.
     pub(crate) first_commit_seq: u64,
     /// The variables it delivers.
@@ -184,6 +186,31 @@ fn record(delivery: Delivery<'_>, state: DeliveryState) -> DeliveryRecord {
         attempts: Vec::new(),
         cancel_reason: String::new(),
         error: String::new(),
+        already_delivered: false,
+        trigger_name: delivery.name.to_string(),
+    }
+}
+
+/// Position recorded for a trigger the config no longer has.
+pub(crate) const GONE_TRIGGER: u32 = u32::MAX;
+
+/// The PENDING view of an orphaned entry (its trigger is no longer in the config), with
+/// what the ledger has of it.
+pub(crate) fn orphan(entry: &StoredEntry, stored: Option<&DeliveryRecord>) -> DeliveryRecord {
+    let committed_at = entry.committed_at.unwrap_or_default();
+    DeliveryRecord {
+        trigger: GONE_TRIGGER,
+        trigger_name: entry.trigger.clone(),
+        first_commit_seq: entry.first_commit_seq,
+        last_commit_seq: entry.params.last_commit_seq,
+        transaction_count: entry.params.transaction_count,
+        flow_run_id: entry.params.flow_run_id.clone(),
+        state: DeliveryState::Pending as i32,
+        committed_at: Some(committed_at),
+        updated_at: stored.and_then(|r| r.updated_at).or(Some(committed_at)),
+        attempts: stored.map(|r| r.attempts.clone()).unwrap_or_default(),
+        error: stored.map(|r| r.error.clone()).unwrap_or_default(),
+        cancel_reason: String::new(),
         already_delivered: false,
     }
 }
@@ -288,7 +315,7 @@ impl Ledger {
         mut next: DeliveryRecord,
     ) -> Result<Begun, StoreError> {
         let _cas = self.guard();
-        let (trigger, seq) = (next.trigger, next.first_commit_seq);
+        let (trigger, seq) = (next.trigger_name.as_str(), next.first_commit_seq);
         if !store.has_backlog_entry(trigger, seq)? {
             return Ok(Begun::Gone);
         }
@@ -346,12 +373,12 @@ impl Ledger {
         let _cas = self.guard();
         let now = SystemTime::now();
         // Only when each finished and which it is: a pass holds a few bytes per record.
-        let mut terminal: Vec<(SystemTime, u32, u64)> = Vec::new();
+        let mut terminal: Vec<(SystemTime, String, u64)> = Vec::new();
         store.for_each_delivery(|record| {
             let done = match record.state() {
                 DeliveryState::Success | DeliveryState::Cancelled => true,
                 DeliveryState::Failed => {
-                    !store.has_backlog_entry(record.trigger, record.first_commit_seq)?
+                    !store.has_backlog_entry(&record.trigger_name, record.first_commit_seq)?
                 }
                 DeliveryState::Pending | DeliveryState::Running => false,
             };
@@ -360,19 +387,19 @@ impl Ledger {
                     .updated_at
                     .and_then(system_time)
                     .unwrap_or(UNIX_EPOCH);
-                terminal.push((updated, record.trigger, record.first_commit_seq));
+                terminal.push((updated, record.trigger_name, record.first_commit_seq));
             }
             Ok(())
         })?;
         terminal.sort_by_key(|(updated, ..)| std::cmp::Reverse(*updated));
-        let doomed: Vec<(u32, u64)> = terminal
-            .iter()
+        let doomed: Vec<(String, u64)> = terminal
+            .into_iter()
             .enumerate()
             .filter(|(rank, (updated, ..))| {
                 *rank >= self.retention.keep
                     || now.duration_since(*updated).unwrap_or_default() > self.retention.max_age
             })
-            .map(|(_, (_, trigger, seq))| (*trigger, *seq))
+            .map(|(_, (_, trigger, seq))| (trigger, seq))
             .collect();
         if !doomed.is_empty() {
             store.delete_deliveries(&doomed)?;
@@ -387,7 +414,7 @@ fn merged_attempts(
     next: &DeliveryRecord,
 ) -> Result<Vec<DeliveryAttempt>, StoreError> {
     let mut attempts = store
-        .delivery(next.trigger, next.first_commit_seq)?
+        .delivery(&next.trigger_name, next.first_commit_seq)?
         .map(|r| r.attempts)
         .unwrap_or_default();
     attempts.extend(next.attempts.iter().cloned());
@@ -396,9 +423,9 @@ fn merged_attempts(
     Ok(attempts)
 }
 
-pub(crate) fn not_found(trigger: u32, first_commit_seq: u64) -> LedgerError {
+pub(crate) fn not_found(trigger: &str, first_commit_seq: u64) -> LedgerError {
     LedgerError::NotFound {
-        trigger,
+        trigger: trigger.to_string(),
         first_commit_seq,
     }
 }
@@ -410,7 +437,7 @@ pub(crate) fn illegal(
 ) -> LedgerError {
     LedgerError::IllegalTransition {
         action,
-        trigger: record.trigger,
+        trigger: record.trigger_name.clone(),
         first_commit_seq: record.first_commit_seq,
         state: record.state().as_str(),
         hint,
@@ -426,7 +453,7 @@ pub(crate) fn reset_interrupted(store: &Store) -> Result<usize, StoreError> {
         let interrupted = matches!(
             record.state(),
             DeliveryState::Running | DeliveryState::Failed
-        ) && store.has_backlog_entry(record.trigger, record.first_commit_seq)?;
+        ) && store.has_backlog_entry(&record.trigger_name, record.first_commit_seq)?;
         if interrupted {
             let next = DeliveryRecord {
                 state: DeliveryState::Pending as i32,

@@ -23,6 +23,11 @@
 //!   operator retried.
 //! - Every change to an entry's bookkeeping that goes with a store write is made on the
 //!   store thread, in the same job as the write: a dropped future cannot split them.
+//! - Entries are keyed by their trigger's name. An entry whose trigger the config no
+//!   longer has (removed or renamed) is *orphaned*: kept in the store, never sent,
+//!   reported in [`BacklogStatus::orphaned`] and in the ledger's list as PENDING, and
+//!   skippable by an operator. It neither blocks nor counts toward the other triggers'
+//!   backlog; a config that brings the name back sends it at the next open.
 
 mod ledger;
 mod operator;
@@ -130,6 +135,8 @@ pub struct BacklogFailure {
 pub struct QueueStatus {
     /// The trigger's index (in config order).
     pub trigger: u32,
+    /// The trigger's name: what its store keys, ledger records and metric labels use.
+    pub name: String,
     /// How it drains (`Drain::as_str` names it as configs do).
     pub drain: Drain,
     /// Entries waiting (in flight ones included).
@@ -163,6 +170,20 @@ pub struct BacklogStatus {
     /// What stopped delivery, if anything: the oldest failed delivery, or why the shard
     /// must be reopened.
     pub failure: Option<String>,
+    /// Entries of triggers the config no longer has, per trigger name (in name order):
+    /// kept, never sent, until the trigger comes back or an operator skips them.
+    pub orphaned: Vec<OrphanedQueue>,
+}
+
+/// Backlog entries of a trigger the config no longer has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedQueue {
+    /// The trigger's name, as its store keys hold it.
+    pub name: String,
+    /// Entries kept.
+    pub depth: usize,
+    /// Commit sequence number of the oldest one.
+    pub oldest_pending_seq: u64,
 }
 
 impl BacklogStatus {
@@ -226,9 +247,10 @@ impl Entry {
     }
 
     /// What the ledger records of it.
-    fn delivery(&self, trigger: u32) -> ledger::Delivery<'_> {
+    fn delivery<'a>(&'a self, queue: &'a Queue) -> ledger::Delivery<'a> {
         ledger::Delivery {
-            trigger,
+            trigger: queue.index,
+            name: &queue.name,
             first_commit_seq: self.first_commit_seq,
             variables: &self.variables,
             committed_at: self.committed_at,
@@ -290,6 +312,8 @@ impl QueueState {
 struct Queue {
     /// Its trigger's index (in config order).
     index: u32,
+    /// Its trigger's name: its entries' store keys.
+    name: Arc<str>,
     drain: Drain,
     state: Mutex<QueueState>,
     /// Wakes the queue's worker: an entry was added or acknowledged, or one finished.
@@ -332,6 +356,9 @@ struct Shared {
     ledger: Ledger,
     /// Names the shard in every delivery's span.
     shard: String,
+    /// Entries of triggers the config no longer has, by (name, first commit seq): they
+    /// leave only when an operator skips them.
+    orphans: Mutex<Vec<StoredEntry>>,
 }
 
 /// Whether workers may send.
@@ -356,6 +383,17 @@ impl Shared {
     /// Trigger `trigger`'s queue, if the config has that trigger.
     fn queue(&self, trigger: u32) -> Option<&Queue> {
         at_trigger(&self.queues, trigger)
+    }
+
+    /// The queue of the trigger named `name`, if the config has it.
+    fn queue_named(&self, name: &str) -> Option<&Queue> {
+        self.queues.iter().find(|queue| *queue.name == *name)
+    }
+
+    fn orphans(&self) -> MutexGuard<'_, Vec<StoredEntry>> {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn fatal(&self) -> Option<BacklogError> {
@@ -449,6 +487,7 @@ impl Shared {
                     let state = queue.lock();
                     QueueStatus {
                         trigger: queue.index,
+                        name: queue.name.to_string(),
                         drain: queue.drain,
                         depth: state.entries.len(),
                         in_flight: state.entries.iter().filter(|e| e.in_flight()).count(),
@@ -468,6 +507,7 @@ impl Shared {
             backpressured: self.backpressured.load(Ordering::Relaxed),
             backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
             failure: self.failure().map(|f| f.to_string()),
+            orphaned: orphaned_queues(&self.orphans()),
         }
     }
 
@@ -565,7 +605,7 @@ impl Shared {
                 None => (variables.first_commit_seq, variables.to_params(), now),
             };
             batch.push(BacklogWrite {
-                trigger: queue.index,
+                trigger: queue.name.clone(),
                 first_commit_seq,
                 params,
                 committed_at: ledger::timestamp(committed_at),
@@ -716,9 +756,13 @@ impl Backlog {
     pub(crate) fn start(
         setup: BacklogSetup,
         limit: usize,
-        recovered: Vec<(StoredEntry, Variables)>,
-        last_sent_ms: Vec<Option<u64>>,
+        recovered: Recovered,
     ) -> Self {
+        let Recovered {
+            entries: recovered,
+            orphans,
+            last_sent_ms,
+        } = recovered;
         let BacklogSetup {
             store,
             triggers,
@@ -737,6 +781,7 @@ impl Backlog {
                     .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
                 Queue {
                     index,
+                    name: trigger.name().into(),
                     drain: trigger.drain(),
                     state: Mutex::new(QueueState {
                         last_sent: last_sent_wall.map(|at| since_on_monotonic(at, now, wall_now)),
@@ -748,7 +793,7 @@ impl Backlog {
             })
             .collect();
         for (stored, variables) in recovered {
-            if let Some(queue) = at_trigger(&queues, stored.trigger) {
+            if let Some(queue) = queues.iter().find(|q| *q.name == *stored.trigger) {
                 let committed_at = stored
                     .committed_at
                     .and_then(ledger::system_time)
@@ -776,6 +821,7 @@ impl Backlog {
             drained: Arc::default(),
             ledger: Ledger::new(retention),
             shard,
+            orphans: Mutex::new(orphans),
         });
         let workers = shared
             .queues
@@ -875,7 +921,7 @@ impl Backlog {
                 .filter(|queue| !queue.drain.coalesces())
                 .find_map(|queue| {
                     let depth = queue.lock().entries.len();
-                    (depth >= shared.limit).then_some((queue.index, depth))
+                    (depth >= shared.limit).then_some((queue, depth))
                 })
         };
         let mut wait = WaitingForRoom {
@@ -890,7 +936,7 @@ impl Backlog {
             {
                 return Err(failure);
             }
-            let Some((trigger, depth)) = full() else {
+            let Some((queue, depth)) = full() else {
                 if wait.waiting {
                     tracing::info!("backlog has room again; StartCommit proceeds");
                 }
@@ -901,7 +947,8 @@ impl Backlog {
                 shared.backpressured.store(true, Ordering::Relaxed);
                 shared.backpressure_waits.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    trigger,
+                    trigger = queue.index,
+                    trigger_name = &*queue.name,
                     depth,
                     limit = shared.limit,
                     total_depth = shared.depth(),
@@ -950,6 +997,37 @@ impl Backlog {
     }
 }
 
+/// What recovery found for a backlog to start from.
+#[derive(Default)]
+pub(crate) struct Recovered {
+    /// Entries of the config's triggers (from [`recover`]), decoded, per trigger in
+    /// commit order.
+    pub(crate) entries: Vec<(StoredEntry, Variables)>,
+    /// Entries of triggers the config no longer has, by (name, first commit seq).
+    pub(crate) orphans: Vec<StoredEntry>,
+    /// When each trigger last sent (unix ms), in config order.
+    pub(crate) last_sent_ms: Vec<Option<u64>>,
+}
+
+/// Sums orphaned entries (sorted by name, then commit) per trigger name.
+fn orphaned_queues(orphans: &[StoredEntry]) -> Vec<OrphanedQueue> {
+    let mut queues: Vec<OrphanedQueue> = Vec::new();
+    for entry in orphans {
+        match queues.last_mut() {
+            Some(queue) if queue.name == entry.trigger => {
+                queue.depth += 1;
+                queue.oldest_pending_seq = queue.oldest_pending_seq.min(entry.first_commit_seq);
+            }
+            _ => queues.push(OrphanedQueue {
+                name: entry.trigger.clone(),
+                depth: 1,
+                oldest_pending_seq: entry.first_commit_seq,
+            }),
+        }
+    }
+    queues
+}
+
 /// Where on the monotonic clock a past wall-clock time `at` falls, given that `now` and
 /// `wall_now` are the same instant. A time in the future (a clock that was ahead, or has
 /// since stepped back) counts as now, so it holds a trigger for at most one interval.
@@ -961,7 +1039,7 @@ fn since_on_monotonic(at: SystemTime, now: Instant, wall_now: SystemTime) -> Ins
 /// Reads the backlog at open, first merging each coalesced trigger's never-sent entries
 /// into one, in one WriteBatch per trigger, so its backlog holds at most two entries
 /// across restarts (the oldest, maybe sent, and one absorbing commits) instead of gaining
-/// one each time. `coalesced[i]` says whether trigger `i` coalesces. Runs on the store
+/// one each time. `coalesced` names the triggers that coalesce. Runs on the store
 /// thread.
 ///
 /// Never-sent means: not the trigger's oldest entry, and no ledger record. A strict-order
@@ -977,7 +1055,7 @@ fn since_on_monotonic(at: SystemTime, now: Instant, wall_now: SystemTime) -> Ins
 /// [`ShardStore`]'s methods are.
 pub(crate) async fn recover(
     store: &ShardStore,
-    coalesced: Vec<bool>,
+    coalesced: Vec<String>,
 ) -> Result<Vec<StoredEntry>, StoreTaskError> {
     store
         .run(move |store| {
@@ -994,20 +1072,20 @@ pub(crate) async fn recover(
         .map_err(StoreTaskError::Store)
 }
 
-fn recover_now(store: &Store, coalesced: &[bool]) -> Result<Vec<StoredEntry>, StoreError> {
+fn recover_now(store: &Store, coalesced: &[String]) -> Result<Vec<StoredEntry>, StoreError> {
     let entries = store.backlog()?;
     let mut recovered = Vec::with_capacity(entries.len());
     let mut entries = entries.into_iter().peekable();
     while let Some(mut oldest) = entries.next() {
         oldest.sent = true;
         // One trigger's entries, in commit order.
-        let trigger = oldest.trigger;
+        let trigger = oldest.trigger.clone();
         let mut queue = vec![oldest];
         while let Some(next) = entries.next_if(|e| e.trigger == trigger) {
             queue.push(next);
         }
         let unsent = queue.iter().rev().take_while(|e| !e.sent).count();
-        if at_trigger(coalesced, trigger).copied().unwrap_or(false) && unsent >= 2 {
+        if coalesced.contains(&trigger) && unsent >= 2 {
             let keep = queue.len() - unsent;
             let merged = merge_unsent(store, &queue[keep..])?;
             queue.truncate(keep);
@@ -1036,7 +1114,7 @@ fn merge_unsent(store: &Store, unsent: &[StoredEntry]) -> Result<Vec<StoredEntry
         merged.merge(&newer);
     }
     let write = BacklogWrite {
-        trigger: oldest.trigger,
+        trigger: oldest.trigger.as_str().into(),
         first_commit_seq: oldest.first_commit_seq,
         params: merged.into_params(),
         committed_at: oldest.committed_at.unwrap_or_default(),
@@ -1044,7 +1122,7 @@ fn merge_unsent(store: &Store, unsent: &[StoredEntry]) -> Result<Vec<StoredEntry
     let absorbed: Vec<u64> = unsent.iter().skip(1).map(|e| e.first_commit_seq).collect();
     store.merge_backlog_entries(&write, &absorbed)?;
     tracing::info!(
-        trigger = oldest.trigger,
+        trigger_name = %oldest.trigger,
         entries = unsent.len(),
         first_commit_seq = oldest.first_commit_seq,
         "merged a coalesced trigger's never-sent backlog entries into one"
@@ -1072,9 +1150,10 @@ struct Picked {
 
 impl Picked {
     /// What the ledger records of it.
-    fn delivery(&self, trigger: u32) -> ledger::Delivery<'_> {
+    fn delivery<'a>(&'a self, queue: &'a Queue) -> ledger::Delivery<'a> {
         ledger::Delivery {
-            trigger,
+            trigger: queue.index,
+            name: &queue.name,
             first_commit_seq: self.first_commit_seq,
             variables: &self.variables,
             committed_at: self.committed_at,
@@ -1119,12 +1198,13 @@ async fn drain_queue(shared: Arc<Shared>, index: u32) {
                 "backlog",
                 shard = %shared.shard,
                 trigger = index,
+                trigger_name = &*queue.name,
                 first_commit_seq = send.first_commit_seq,
                 last_commit_seq = send.variables.last_commit_seq,
             );
             in_flight.push(
                 async move {
-                    let sent = send_one(&shared, index, &send).await;
+                    let sent = send_one(&shared, queue, &send).await;
                     (send, sent)
                 }
                 .instrument(span),
@@ -1146,10 +1226,11 @@ async fn drain_queue(shared: Arc<Shared>, index: u32) {
 
 /// Moves the delivery to RUNNING (compare-and-set: only from PENDING) and sends it,
 /// numbering its attempts after those on record and collecting them for the ledger.
-async fn send_one(shared: &Arc<Shared>, index: u32, send: &Picked) -> Sent {
+async fn send_one(shared: &Arc<Shared>, queue: &Queue, send: &Picked) -> Sent {
+    let index = queue.index;
     let begun = {
         let shared = shared.clone();
-        let record = ledger::running(send.delivery(index));
+        let record = ledger::running(send.delivery(queue));
         let store = shared.store.clone();
         store
             .run(move |store| shared.ledger.begin(store, record))
@@ -1358,7 +1439,7 @@ impl Shared {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             _ => None,
         };
-        let record = ledger::succeeded(send.delivery(queue.index), attempts, delivered);
+        let record = ledger::succeeded(send.delivery(queue), attempts, delivered);
         if let Err(err) = self.ledger.record_success(store, record, sent_at_ms) {
             if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
                 entry.unpick();
@@ -1378,7 +1459,7 @@ impl Shared {
 
     fn failed_for_good(&self, store: &Store, queue: &Queue, send: Picked, failure: TriggerFailure) {
         let attempts = ledger::take_attempts(&send.attempts);
-        let record = ledger::failed(send.delivery(queue.index), attempts, &failure);
+        let record = ledger::failed(send.delivery(queue), attempts, &failure);
         let recorded = self.ledger.record_failure(store, record);
         tracing::error!(
             error = %failure,

@@ -1,7 +1,9 @@
 //! Operator and reader access to the ledger, through a [`BacklogHandle`]: one delivery,
 //! a page of them, retry, skip, a retention pass. A delivery still in the backlog is
 //! shown as memory knows it (PENDING, RUNNING with its live attempts, FAILED); the
-//! ledger ([`super::ledger`]) keeps the record of everything else.
+//! ledger ([`super::ledger`]) keeps the record of everything else. Deliveries are named
+//! by their trigger's name; an orphaned one (its trigger is gone from the config) shows
+//! as PENDING and can be skipped, not retried.
 
 use super::ledger::{self, LedgerError, illegal, not_found, timestamp};
 use super::{BacklogHandle, Shared, Stage};
@@ -16,44 +18,110 @@ const MAX_REASON_CHARS: usize = 1000;
 
 impl Shared {
     /// One delivery: the in-memory view of a pending or running one, else its record.
-    fn get(&self, store: &Store, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
+    fn get(&self, store: &Store, trigger: &str, seq: u64) -> Result<DeliveryRecord, LedgerError> {
         let stored = store.delivery(trigger, seq)?;
-        if let Some(queue) = self.queue(trigger) {
+        if let Some(queue) = self.queue_named(trigger) {
             let state = queue.lock();
             if let Some(entry) = state.entries.iter().find(|e| e.first_commit_seq == seq) {
                 return Ok(ledger::live(
-                    entry.delivery(queue.index),
+                    entry.delivery(queue),
                     entry.live(),
                     stored.as_ref(),
                 ));
             }
         }
-        stored.ok_or_else(|| not_found(trigger, seq))
+        if let Some(orphan) = self.orphans().iter().find(|e| e.is(trigger, seq)) {
+            return Ok(ledger::orphan(orphan, stored.as_ref()));
+        }
+        stored
+            .map(|record| self.placed(record))
+            .ok_or_else(|| not_found(trigger, seq))
     }
 
-    /// Every delivery, newest first (by first commit sequence number, then trigger).
+    /// A stored record with `trigger` set to where its trigger is in the config now.
+    fn placed(&self, mut record: DeliveryRecord) -> DeliveryRecord {
+        record.trigger = self
+            .queue_named(&record.trigger_name)
+            .map_or(ledger::GONE_TRIGGER, |queue| queue.index);
+        record
+    }
+
+    /// Every delivery, newest first (by first commit sequence number, then trigger name).
     fn list(&self, store: &Store) -> Result<Vec<DeliveryRecord>, LedgerError> {
-        let mut records: std::collections::BTreeMap<(u64, u32), DeliveryRecord> = store
+        let mut records: std::collections::BTreeMap<(u64, String), DeliveryRecord> = store
             .deliveries()?
             .into_iter()
-            .map(|r| ((r.first_commit_seq, r.trigger), r))
+            .map(|r| ((r.first_commit_seq, r.trigger_name.clone()), self.placed(r)))
             .collect();
         for queue in &self.queues {
             let state = queue.lock();
             for entry in &state.entries {
-                let key = (entry.first_commit_seq, queue.index);
-                let view =
-                    ledger::live(entry.delivery(queue.index), entry.live(), records.get(&key));
+                let key = (entry.first_commit_seq, queue.name.to_string());
+                let view = ledger::live(entry.delivery(queue), entry.live(), records.get(&key));
                 records.insert(key, view);
             }
+        }
+        for orphan in self.orphans().iter() {
+            let key = (orphan.first_commit_seq, orphan.trigger.clone());
+            let view = ledger::orphan(orphan, records.get(&key));
+            records.insert(key, view);
         }
         Ok(records.into_values().rev().collect())
     }
 
+    /// PENDING → CANCELLED for an orphaned entry, deleting it from the store.
+    fn skip_orphan(
+        &self,
+        store: &Store,
+        trigger: &str,
+        seq: u64,
+        reason: String,
+    ) -> Result<Option<DeliveryRecord>, LedgerError> {
+        let mut orphans = self.orphans();
+        let Some(at) = orphans.iter().position(|e| e.is(trigger, seq)) else {
+            return Ok(None);
+        };
+        let _cas = self.ledger.guard();
+        let stored = store.delivery(trigger, seq)?;
+        let next = DeliveryRecord {
+            state: DeliveryState::Cancelled as i32,
+            updated_at: Some(timestamp(SystemTime::now())),
+            cancel_reason: reason,
+            ..ledger::orphan(&orphans[at], stored.as_ref())
+        };
+        store.write_delivery(&next, true, None)?;
+        orphans.remove(at);
+        tracing::warn!(
+            trigger_name = trigger,
+            first_commit_seq = seq,
+            reason = %next.cancel_reason,
+            "operator skipped a delivery of a trigger no longer in the config; it will not be sent"
+        );
+        Ok(Some(next))
+    }
+
     /// FAILED → PENDING: the delivery is sent again now (as `operator-replay`, even while
     /// another delivery is FAILED), and the backlog resumes once none is.
-    fn retry(&self, store: &Store, trigger: u32, seq: u64) -> Result<DeliveryRecord, LedgerError> {
-        let queue = self.queue(trigger).ok_or_else(|| not_found(trigger, seq))?;
+    fn retry(&self, store: &Store, trigger: &str, seq: u64) -> Result<DeliveryRecord, LedgerError> {
+        let Some(queue) = self.queue_named(trigger) else {
+            if let Some(orphan) = self.orphans().iter().find(|e| e.is(trigger, seq)) {
+                let stored = store.delivery(trigger, seq)?;
+                return Err(illegal(
+                    "retry",
+                    &ledger::orphan(orphan, stored.as_ref()),
+                    "its trigger is no longer in the config: skip it, or restore the trigger \
+                     (the same name) and reopen the shard to send it",
+                ));
+            }
+            return Err(match store.delivery(trigger, seq)? {
+                Some(stored) => illegal(
+                    "retry",
+                    &stored,
+                    "only a FAILED delivery can be retried, and this one is finished",
+                ),
+                None => not_found(trigger, seq),
+            });
+        };
         let mut state = queue.lock();
         let _cas = self.ledger.guard();
         let stored = store.delivery(trigger, seq)?;
@@ -65,7 +133,7 @@ impl Shared {
                 "only a FAILED delivery can be retried, and this one is finished",
             ));
         };
-        let current = ledger::live(entry.delivery(queue.index), entry.live(), stored.as_ref());
+        let current = ledger::live(entry.delivery(queue), entry.live(), stored.as_ref());
         if !entry.failed() {
             return Err(illegal(
                 "retry",
@@ -83,7 +151,8 @@ impl Shared {
         entry.replay = true;
         drop(state);
         tracing::info!(
-            trigger,
+            trigger = queue.index,
+            trigger_name = trigger,
             first_commit_seq = seq,
             "operator retries a failed delivery"
         );
@@ -98,7 +167,7 @@ impl Shared {
     fn skip(
         &self,
         store: &Store,
-        trigger: u32,
+        trigger: &str,
         seq: u64,
         reason: &str,
     ) -> Result<DeliveryRecord, LedgerError> {
@@ -109,7 +178,15 @@ impl Shared {
             ));
         }
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
-        let queue = self.queue(trigger).ok_or_else(|| not_found(trigger, seq))?;
+        let Some(queue) = self.queue_named(trigger) else {
+            if let Some(skipped) = self.skip_orphan(store, trigger, seq, reason)? {
+                return Ok(skipped);
+            }
+            return Err(match store.delivery(trigger, seq)? {
+                Some(stored) => illegal("skip", &stored, "it is already finished"),
+                None => not_found(trigger, seq),
+            });
+        };
         let mut state = queue.lock();
         let _cas = self.ledger.guard();
         let stored = store.delivery(trigger, seq)?;
@@ -122,7 +199,7 @@ impl Shared {
             return Err(illegal("skip", &stored, hint));
         };
         let entry = &state.entries[at];
-        let current = ledger::live(entry.delivery(queue.index), entry.live(), stored.as_ref());
+        let current = ledger::live(entry.delivery(queue), entry.live(), stored.as_ref());
         if matches!(entry.stage, Stage::InFlight | Stage::Merging) {
             return Err(illegal(
                 "skip",
@@ -139,7 +216,13 @@ impl Shared {
         store.write_delivery(&next, true, None)?;
         let was_failed = state.entries.remove(at).is_some_and(|e| e.failed());
         drop(state);
-        tracing::warn!(trigger, first_commit_seq = seq, %reason, "operator skipped a delivery; it will not be sent");
+        tracing::warn!(
+            trigger = queue.index,
+            trigger_name = trigger,
+            first_commit_seq = seq,
+            %reason,
+            "operator skipped a delivery; it will not be sent"
+        );
         if was_failed {
             self.failure_cleared();
         }
@@ -154,15 +237,22 @@ impl Shared {
 /// future is first polled. Dropping the future after that loses only the answer: the job
 /// still runs, and a transition (retry, skip) happens as a whole.
 impl BacklogHandle {
-    /// One delivery.
+    /// The name of the trigger at `index` in the config, for callers that name triggers
+    /// by position (the name is what identifies a delivery).
+    pub fn trigger_name(&self, index: u32) -> Option<String> {
+        self.0.queue(index).map(|queue| queue.name.to_string())
+    }
+
+    /// One delivery of the trigger named `trigger`.
     pub async fn delivery(
         &self,
-        trigger: u32,
+        trigger: &str,
         first_commit_seq: u64,
     ) -> Result<DeliveryRecord, LedgerError> {
         let shared = self.0.clone();
+        let trigger = trigger.to_string();
         run(&self.0, move |store| {
-            shared.get(store, trigger, first_commit_seq)
+            shared.get(store, &trigger, first_commit_seq)
         })
         .await
     }
@@ -184,15 +274,15 @@ impl BacklogHandle {
         let all = run(&self.0, move |store| shared.list(store)).await?;
         let start = match after {
             None => 0,
-            Some(key) => all
+            Some((seq, name)) => all
                 .iter()
-                .position(|r| (r.first_commit_seq, r.trigger) < key)
+                .position(|r| (r.first_commit_seq, r.trigger_name.as_str()) < (seq, name.as_str()))
                 .unwrap_or(all.len()),
         };
         let page: Vec<DeliveryRecord> = all.iter().skip(start).take(size).cloned().collect();
         let next = match page.last() {
             Some(last) if start + page.len() < all.len() => {
-                format!("{}/{}", last.first_commit_seq, last.trigger)
+                format!("{}/{}", last.first_commit_seq, last.trigger_name)
             }
             _ => String::new(),
         };
@@ -203,26 +293,28 @@ impl BacklogHandle {
     /// attempts numbered after those on record.
     pub async fn retry(
         &self,
-        trigger: u32,
+        trigger: &str,
         first_commit_seq: u64,
     ) -> Result<DeliveryRecord, LedgerError> {
         let shared = self.0.clone();
+        let trigger = trigger.to_string();
         run(&self.0, move |store| {
-            shared.retry(store, trigger, first_commit_seq)
+            shared.retry(store, &trigger, first_commit_seq)
         })
         .await
     }
 
-    /// Cancels a PENDING or FAILED delivery, with a reason (→ CANCELLED).
+    /// Cancels a PENDING or FAILED delivery, with a reason (→ CANCELLED); also an
+    /// orphaned one (its trigger is gone from the config), which deletes it.
     pub async fn skip(
         &self,
-        trigger: u32,
+        trigger: &str,
         first_commit_seq: u64,
         reason: &str,
     ) -> Result<DeliveryRecord, LedgerError> {
-        let reason = reason.to_string();
+        let (trigger, reason) = (trigger.to_string(), reason.to_string());
         self.0
-            .run_job(move |shared, store| shared.skip(store, trigger, first_commit_seq, &reason))
+            .run_job(move |shared, store| shared.skip(store, &trigger, first_commit_seq, &reason))
             .await?
     }
 
@@ -245,15 +337,15 @@ async fn run<T: Send + 'static>(
     shared.store.run(work).await?
 }
 
-fn parse_token(token: &str) -> Result<Option<(u64, u32)>, LedgerError> {
+fn parse_token(token: &str) -> Result<Option<(u64, String)>, LedgerError> {
     if token.is_empty() {
         return Ok(None);
     }
     let invalid =
         || LedgerError::Invalid(format!("page token {token:?} is not one this sidecar gave"));
     let (seq, trigger) = token.split_once('/').ok_or_else(invalid)?;
-    Ok(Some((
-        seq.parse().map_err(|_| invalid())?,
-        trigger.parse().map_err(|_| invalid())?,
-    )))
+    if trigger.is_empty() || trigger.len() > 64 {
+        return Err(invalid());
+    }
+    Ok(Some((seq.parse().map_err(|_| invalid())?, trigger.to_string())))
 }

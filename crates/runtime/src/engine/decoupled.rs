@@ -3,10 +3,11 @@
 //! (see [`crate::backlog`]).
 
 use super::{Acked, Acknowledge};
-use crate::backlog::{Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::backlog::{
+    Backlog, BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, Recovered,
+};
 use crate::config::DeliveryMode;
 use crate::error::ShardError;
-use crate::store::StoredEntry;
 use std::time::Duration;
 use triggers::Variables;
 use triggers_proto::Checkpoint;
@@ -20,11 +21,10 @@ impl Decoupled {
     pub(super) fn start(
         setup: BacklogSetup,
         limit: usize,
-        entries: Vec<(StoredEntry, Variables)>,
-        last_sent_ms: Vec<Option<u64>>,
+        recovered: Recovered,
     ) -> Self {
         Decoupled {
-            backlog: Backlog::start(setup, limit, entries, last_sent_ms),
+            backlog: Backlog::start(setup, limit, recovered),
             limit,
         }
     }

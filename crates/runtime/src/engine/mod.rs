@@ -14,10 +14,9 @@
 mod decoupled;
 mod waiting;
 
-use crate::backlog::{BacklogError, BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::backlog::{BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, Recovered};
 use crate::config::DeliveryMode;
 use crate::error::ShardError;
-use crate::store::StoredEntry;
 use std::time::Duration;
 use triggers::{Delivered, Variables};
 use triggers_proto::Checkpoint;
@@ -79,15 +78,12 @@ impl Engine {
     pub(crate) fn start(
         mode: DeliveryMode,
         setup: BacklogSetup,
-        entries: Vec<(StoredEntry, Variables)>,
-        last_sent_ms: Vec<Option<u64>>,
+        recovered: Recovered,
     ) -> Self {
         match mode {
-            DeliveryMode::Waiting => {
-                Engine::Waiting(waiting::Waiting::start(setup, entries, last_sent_ms))
-            }
+            DeliveryMode::Waiting => Engine::Waiting(waiting::Waiting::start(setup, recovered)),
             DeliveryMode::Decoupled { backlog_limit } => Engine::Decoupled(
-                decoupled::Decoupled::start(setup, backlog_limit, entries, last_sent_ms),
+                decoupled::Decoupled::start(setup, backlog_limit, recovered),
             ),
         }
     }
@@ -184,7 +180,7 @@ mod tests {
         };
         let decoupled = DeliveryMode::Decoupled { backlog_limit: 7 };
         for mode in [DeliveryMode::Waiting, decoupled] {
-            let mut engine = Engine::start(mode, setup(), Vec::new(), Vec::new());
+            let mut engine = Engine::start(mode, setup(), Recovered::default());
             assert_eq!(engine.mode(), mode);
             // Only decoupled delivery runs a backlog (waiting has none left to drain).
             assert_eq!(engine.status().is_some(), mode == decoupled);

@@ -3,13 +3,12 @@
 //! back, delivers every trigger's webhook, and deletes the key once all are accepted.
 
 use super::{Acked, Acknowledge};
-use crate::backlog::{BacklogError, BacklogHandle, BacklogSetup, BacklogStatus};
+use crate::backlog::{BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, Recovered};
 use crate::config::DeliveryMode;
 use crate::crash::crash_point;
 use crate::error::ShardError;
 use crate::migrations::Leftover;
 use crate::shard_store::ShardStore;
-use crate::store::StoredEntry;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
@@ -29,15 +28,14 @@ pub(crate) struct Waiting {
 impl Waiting {
     pub(super) fn start(
         setup: BacklogSetup,
-        entries: Vec<(StoredEntry, Variables)>,
-        last_sent_ms: Vec<Option<u64>>,
+        recovered: Recovered,
     ) -> Self {
         Waiting {
             store: setup.store.clone(),
             triggers: setup.triggers.clone(),
             deliverer: setup.deliverer.clone(),
             label: setup.shard.clone(),
-            leftover: Leftover::start(setup, entries, last_sent_ms),
+            leftover: Leftover::start(setup, recovered),
         }
     }
 

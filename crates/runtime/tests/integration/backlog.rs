@@ -494,7 +494,7 @@ async fn the_ledger_lists_deliveries_newest_first_in_pages_with_their_attempts()
     assert_eq!(states(&rest), [(1, DeliveryState::Success)]);
     assert!(last.is_empty(), "last page");
 
-    let one = ledger.delivery(0, 1).await.expect("gets");
+    let one = ledger.delivery("0", 1).await.expect("gets");
     let attempts: Vec<(u32, u32, &str)> = one
         .attempts
         .iter()
@@ -504,7 +504,7 @@ async fn the_ledger_lists_deliveries_newest_first_in_pages_with_their_attempts()
     assert!(one.attempts[0].error.contains("HTTP 503"), "{one:?}");
     assert!(one.committed_at.is_some() && one.updated_at.is_some());
     assert!(matches!(
-        ledger.delivery(0, 99).await,
+        ledger.delivery("0", 99).await,
         Err(LedgerError::NotFound { .. })
     ));
     assert!(matches!(
@@ -535,7 +535,7 @@ async fn an_operator_skips_a_poisoned_webhook_and_the_shard_goes_on() {
     commit_all(&mut shard, 1..=3).await;
     shard.drained().await.expect_err("422 is permanent");
     let ledger = shard.backlog_handle().expect("decoupled");
-    let failed = ledger.delivery(0, 2).await.expect("gets");
+    let failed = ledger.delivery("0", 2).await.expect("gets");
     assert_eq!(failed.state(), DeliveryState::Failed);
     assert!(failed.error.contains("HTTP 422"), "{failed:?}");
     assert!(
@@ -544,19 +544,19 @@ async fn an_operator_skips_a_poisoned_webhook_and_the_shard_goes_on() {
     );
 
     // Illegal transitions are refused with the reason.
-    let err = ledger.skip(0, 2, "  ").await.expect_err("needs a reason");
+    let err = ledger.skip("0", 2, "  ").await.expect_err("needs a reason");
     assert!(matches!(err, LedgerError::Invalid(_)), "{err}");
-    let err = ledger.skip(0, 1, "why not").await.expect_err("delivered");
+    let err = ledger.skip("0", 1, "why not").await.expect_err("delivered");
     assert!(
         err.to_string().contains("it is SUCCESS; it was delivered"),
         "{err}"
     );
-    let err = ledger.retry(0, 3).await.expect_err("pending");
+    let err = ledger.retry("0", 3).await.expect_err("pending");
     assert!(err.to_string().contains("it is PENDING"), "{err}");
 
     let skipped = ledger
         .skip(
-            0,
+            "0",
             2,
             "the receiver rejects this payload for good (ticket 42)",
         )
@@ -565,7 +565,7 @@ async fn an_operator_skips_a_poisoned_webhook_and_the_shard_goes_on() {
     assert_eq!(skipped.state(), DeliveryState::Cancelled);
     assert!(skipped.cancel_reason.contains("ticket 42"));
     let err = ledger
-        .skip(0, 2, "again")
+        .skip("0", 2, "again")
         .await
         .expect_err("already cancelled");
     assert!(
@@ -620,11 +620,11 @@ async fn an_operator_retries_a_failed_delivery_now_and_a_running_one_cannot_be_s
 
     // The endpoint now holds the next request open: the retried delivery is RUNNING.
     receiver.script("/r", [Reply::status(200).after(Duration::from_millis(400))]);
-    let retried = ledger.retry(0, 1).await.expect("retries");
+    let retried = ledger.retry("0", 1).await.expect("retries");
     assert_eq!(retried.state(), DeliveryState::Pending);
     let mut running = None;
     for _ in 0..100 {
-        let now = ledger.delivery(0, 1).await.expect("gets");
+        let now = ledger.delivery("0", 1).await.expect("gets");
         if now.state() == DeliveryState::Running {
             running = Some(now);
             break;
@@ -632,11 +632,11 @@ async fn an_operator_retries_a_failed_delivery_now_and_a_running_one_cannot_be_s
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(running.is_some(), "the retry runs");
-    let err = ledger.skip(0, 1, "too late").await.expect_err("running");
+    let err = ledger.skip("0", 1, "too late").await.expect_err("running");
     assert!(err.to_string().contains("it is RUNNING"), "{err}");
 
     shard.drained().await.expect("delivered on retry");
-    let done = ledger.delivery(0, 1).await.expect("gets");
+    let done = ledger.delivery("0", 1).await.expect("gets");
     assert_eq!(done.state(), DeliveryState::Success);
     let statuses: Vec<u32> = done.attempts.iter().map(|a| a.status).collect();
     assert_eq!(statuses, [500, 200], "both runs' attempts are on record");
@@ -658,7 +658,7 @@ async fn a_delivery_interrupted_by_a_stop_is_pending_again_after_reopen() {
     commit_all(&mut shard, 1..=1).await;
     let ledger = shard.backlog_handle().expect("decoupled");
     for _ in 0..100 {
-        if ledger.delivery(0, 1).await.expect("gets").state() == DeliveryState::Running {
+        if ledger.delivery("0", 1).await.expect("gets").state() == DeliveryState::Running {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -667,7 +667,7 @@ async fn a_delivery_interrupted_by_a_stop_is_pending_again_after_reopen() {
     shard.close().await;
     {
         let store = Store::open(dir.path(), Durability::Synced).expect("reopens");
-        let stored = store.delivery(0, 1).expect("reads").expect("recorded");
+        let stored = store.delivery("0", 1).expect("reads").expect("recorded");
         assert_eq!(
             stored.state(),
             DeliveryState::Running,
@@ -683,13 +683,13 @@ async fn a_delivery_interrupted_by_a_stop_is_pending_again_after_reopen() {
     .expect("reopens");
     let ledger = shard.backlog_handle().expect("decoupled");
     assert_eq!(
-        ledger.delivery(0, 1).await.expect("gets").state(),
+        ledger.delivery("0", 1).await.expect("gets").state(),
         DeliveryState::Pending
     );
     shard.acknowledged().await.expect("recovered ack");
     shard.drained().await.expect("drains");
     assert_eq!(
-        ledger.delivery(0, 1).await.expect("gets").state(),
+        ledger.delivery("0", 1).await.expect("gets").state(),
         DeliveryState::Success
     );
     drop(ledger);
@@ -826,7 +826,7 @@ use triggers_runtime::BacklogHandle;
 /// Polls the ledger until delivery `(trigger, seq)` is in `state` (for at most 10 s).
 async fn await_state(
     ledger: &BacklogHandle,
-    trigger: u32,
+    trigger: &str,
     seq: u64,
     state: DeliveryState,
 ) -> DeliveryRecord {
@@ -843,12 +843,12 @@ async fn await_state(
 }
 
 /// The (trigger, first commit seq) of every FAILED delivery.
-async fn failed_deliveries(ledger: &BacklogHandle) -> Vec<(u32, u64)> {
+async fn failed_deliveries(ledger: &BacklogHandle) -> Vec<(String, u64)> {
     let (all, _) = ledger.deliveries(100, "").await.expect("lists");
-    let mut failed: Vec<(u32, u64)> = all
+    let mut failed: Vec<(String, u64)> = all
         .iter()
         .filter(|r| r.state() == DeliveryState::Failed)
-        .map(|r| (r.trigger, r.first_commit_seq))
+        .map(|r| (r.trigger_name.clone(), r.first_commit_seq))
         .collect();
     failed.sort_unstable();
     failed
@@ -868,15 +868,15 @@ async fn two_ordered_triggers_failing_at_once_are_both_tracked_and_operable() {
     let mut shard = open(dir.path(), config(triggers, decoupled(10))).await;
     commit_all(&mut shard, 1..=2).await;
     let ledger = shard.backlog_handle().expect("decoupled");
-    await_state(&ledger, 0, 1, DeliveryState::Failed).await;
-    await_state(&ledger, 1, 1, DeliveryState::Failed).await;
+    await_state(&ledger, "0", 1, DeliveryState::Failed).await;
+    await_state(&ledger, "1", 1, DeliveryState::Failed).await;
     let err = shard.drained().await.expect_err("both failed");
     assert!(err.to_string().contains("2 of them failed"), "{err}");
     assert_eq!(shard.backlog_status().expect("decoupled").depth(), 4);
 
     // Retrying one sends it alone: the other failure keeps the backlog stopped.
-    ledger.retry(0, 1).await.expect("retries trigger 0");
-    await_state(&ledger, 0, 1, DeliveryState::Success).await;
+    ledger.retry("0", 1).await.expect("retries trigger 0");
+    await_state(&ledger, "0", 1, DeliveryState::Success).await;
     let err = shard.drained().await.expect_err("trigger 1 still failed");
     let ShardError::Backlog(BacklogError::Webhook(failure)) = &err else {
         panic!("expected a webhook failure: {err}");
@@ -885,9 +885,9 @@ async fn two_ordered_triggers_failing_at_once_are_both_tracked_and_operable() {
         (failure.failure.trigger.index, failure.first_commit_seq),
         (1, 1)
     );
-    assert_eq!(failed_deliveries(&ledger).await, [(1, 1)]);
+    assert_eq!(failed_deliveries(&ledger).await, [("1".to_string(), 1)]);
     assert_eq!(
-        ledger.delivery(0, 2).await.expect("gets").state(),
+        ledger.delivery("0", 2).await.expect("gets").state(),
         DeliveryState::Pending,
         "not sent while another delivery is FAILED"
     );
@@ -899,7 +899,7 @@ async fn two_ordered_triggers_failing_at_once_are_both_tracked_and_operable() {
 
     // The other one is still operable: skipping it resumes the backlog.
     let skipped = ledger
-        .skip(1, 1, "the receiver refuses it for good")
+        .skip("1", 1, "the receiver refuses it for good")
         .await
         .expect("skips the other failure");
     assert_eq!(skipped.state(), DeliveryState::Cancelled);
@@ -942,23 +942,23 @@ async fn two_failures_of_one_concurrent_trigger_are_both_tracked_and_operable() 
     let err = shard.drained().await.expect_err("failed");
     assert!(err.to_string().contains("2 of them failed"), "{err}");
 
-    let (retried, skipped) = (failed[0], failed[1]);
-    ledger.retry(retried.0, retried.1).await.expect("retries");
-    await_state(&ledger, retried.0, retried.1, DeliveryState::Success).await;
+    let (retried, skipped) = (failed[0].clone(), failed[1].clone());
+    ledger.retry(&retried.0, retried.1).await.expect("retries");
+    await_state(&ledger, &retried.0, retried.1, DeliveryState::Success).await;
     shard
         .drained()
         .await
         .expect_err("the other failure still stops the backlog");
     assert_eq!(
         ledger
-            .delivery(skipped.0, skipped.1)
+            .delivery(&skipped.0, skipped.1)
             .await
             .expect("gets")
             .state(),
         DeliveryState::Failed
     );
     ledger
-        .skip(skipped.0, skipped.1, "poisoned")
+        .skip(&skipped.0, skipped.1, "poisoned")
         .await
         .expect("skips the other failure");
     shard.drained().await.expect("drains");
@@ -987,7 +987,7 @@ async fn an_operator_retry_is_sent_as_operator_replay_and_goes_on_counting_attem
         .await
         .expect_err("500, then 503: retries spent");
     let ledger = shard.backlog_handle().expect("decoupled");
-    ledger.retry(0, 1).await.expect("retries");
+    ledger.retry("0", 1).await.expect("retries");
     shard.drained().await.expect("delivered on retry");
 
     let sent: Vec<(String, String)> = receiver
@@ -1007,7 +1007,7 @@ async fn an_operator_retry_is_sent_as_operator_replay_and_goes_on_counting_attem
     ]
     .map(|(reason, attempt)| (reason.to_string(), attempt.to_string()));
     assert_eq!(sent, expected);
-    let done = ledger.delivery(0, 1).await.expect("gets");
+    let done = ledger.delivery("0", 1).await.expect("gets");
     let attempts: Vec<(u32, &str)> = done
         .attempts
         .iter()
@@ -1168,8 +1168,8 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
     // which 3 merges into, and behind it on the ordered one, which queues 3.
     commit_all(&mut shard, 1..=1).await;
     let ledger = shard.backlog_handle().expect("decoupled");
-    await_state(&ledger, 0, 1, DeliveryState::Running).await;
-    await_state(&ledger, 1, 1, DeliveryState::Running).await;
+    await_state(&ledger, "0", 1, DeliveryState::Running).await;
+    await_state(&ledger, "1", 1, DeliveryState::Running).await;
     commit_all(&mut shard, 2..=2).await;
 
     // Hold the store thread at the next commit's write until released.
@@ -1206,12 +1206,12 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
     release.send(()).expect("releases the store thread");
 
     // The write landed: each tail now covers 2..=3, as on disk, and is not stuck.
-    let tail = ledger.delivery(1, 2).await.expect("gets");
+    let tail = ledger.delivery("1", 2).await.expect("gets");
     assert_eq!(
         (tail.state(), tail.last_commit_seq),
         (DeliveryState::Pending, 3)
     );
-    let queued = ledger.delivery(2, 3).await.expect("queued in memory too");
+    let queued = ledger.delivery("2", 3).await.expect("queued in memory too");
     assert_eq!(queued.state(), DeliveryState::Pending);
     let err = tokio::time::timeout(Duration::from_secs(10), shard.drained())
         .await
@@ -1220,7 +1220,7 @@ async fn a_start_commit_dropped_at_its_store_write_leaves_its_entries_sendable_a
     assert!(err.to_string().contains("StartCommit"), "{err}");
     assert!(!shard.backlog_status().expect("decoupled").backpressured);
     ledger
-        .skip(1, 2, "an operator gives up on it")
+        .skip("1", 2, "an operator gives up on it")
         .await
         .expect("the merged tail can be skipped");
     let refused = shard
@@ -1268,7 +1268,7 @@ async fn a_coalesced_triggers_never_sent_entries_merge_at_open_and_the_oldest_st
     .await;
     commit_all(&mut shard, 1..=1).await;
     let ledger = shard.backlog_handle().expect("decoupled");
-    await_state(&ledger, 0, 1, DeliveryState::Running).await;
+    await_state(&ledger, "0", 1, DeliveryState::Running).await;
     commit_all(&mut shard, 2..=4).await;
     let first_sent = receiver.wait_for(1, Duration::from_secs(10)).await[0]
         .json()
@@ -1502,7 +1502,7 @@ async fn response_policy_a_refire_answered_409_after_reopen_is_already_delivered
     shard.drained().await.expect("later commits deliver");
 
     let ledger = shard.backlog_handle().expect("decoupled");
-    let refired = ledger.delivery(0, 1).await.expect("gets");
+    let refired = ledger.delivery("0", 1).await.expect("gets");
     assert_eq!(refired.state(), DeliveryState::Success);
     assert!(refired.already_delivered, "{refired:?}");
     let last = refired.attempts.last().expect("attempts kept");
@@ -1523,7 +1523,7 @@ async fn response_policy_a_refire_answered_409_after_reopen_is_already_delivered
         format!("00-{}-{}-01", hex(&last.trace_id), hex(&last.span_id))
     );
     for seq in [2, 3] {
-        let record = ledger.delivery(0, seq).await.expect("gets");
+        let record = ledger.delivery("0", seq).await.expect("gets");
         assert_eq!(record.state(), DeliveryState::Success);
         assert!(!record.already_delivered, "{record:?}");
         assert!(record.attempts.iter().all(|a| !a.already_delivered));
@@ -1662,10 +1662,10 @@ async fn response_policy_a_refired_entry_that_was_never_sent_answered_409_fails_
         .expect_err("a 409 to a webhook never sent stops the backlog");
     assert!(err.to_string().contains("never sent before"), "{err}");
     let ledger = shard.backlog_handle().expect("decoupled");
-    let first = ledger.delivery(0, 1).await.expect("gets");
+    let first = ledger.delivery("0", 1).await.expect("gets");
     assert_eq!(first.state(), DeliveryState::Success);
     assert!(first.already_delivered, "{first:?}");
-    let second = ledger.delivery(0, 2).await.expect("gets");
+    let second = ledger.delivery("0", 2).await.expect("gets");
     assert_eq!(second.state(), DeliveryState::Failed, "{second:?}");
     assert!(second.error.contains("never sent before"), "{second:?}");
     assert_eq!(second.attempts.len(), 1, "{second:?}");
@@ -1703,7 +1703,7 @@ async fn names_one_spelling_one_type_one_number() {
     let first_commit_seq = committed.variables.expect("variables").first_commit_seq;
     let handle = shard.backlog_handle().expect("a backlog");
     let record = handle
-        .delivery(queue.trigger, first_commit_seq)
+        .delivery(&queue.name, first_commit_seq)
         .await
         .expect("on record");
     assert_eq!(

@@ -272,6 +272,7 @@ async fn preview(
             .preview(PreviewRequest {
                 trigger: wire_index(trigger)?,
                 variables: variables.text()?,
+                trigger_name: String::new(),
             })
             .await
             .map_err(rpc_error)?
@@ -322,6 +323,7 @@ async fn test_fire(
                 .test_fire(TestFireRequest {
                     trigger: wire_index(trigger)?,
                     variables: variables.text()?,
+                    trigger_name: String::new(),
                 })
                 .await
                 .map_err(rpc_error)?

@@ -565,10 +565,11 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     let at = DeliveryRef {
         trigger: 1,
         first_commit_seq: 6,
+        ..Default::default()
     };
     let err = client
         .skip_delivery(SkipDeliveryRequest {
-            delivery: Some(at),
+            delivery: Some(at.clone()),
             reason: String::new(),
         })
         .await
@@ -578,13 +579,14 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         .retry_delivery(DeliveryRef {
             trigger: 0,
             first_commit_seq: 1,
+            ..Default::default()
         })
         .await
         .expect_err("delivered already");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     let skipped = client
         .skip_delivery(SkipDeliveryRequest {
-            delivery: Some(at),
+            delivery: Some(at.clone()),
             reason: "hook deleted on the receiver's side".to_string(),
         })
         .await
@@ -684,6 +686,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         .preview(PreviewRequest {
             trigger: 0,
             variables: Some(r#"{"collection_names": ["acmeCo/orders"]}"#.to_string()),
+            ..Default::default()
         })
         .await
         .expect("previews")
@@ -718,6 +721,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
             .preview(PreviewRequest {
                 trigger,
                 variables: variables.map(str::to_string),
+                ..Default::default()
             })
             .await
             .expect_err("bad input");
@@ -727,6 +731,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
             .test_fire(TestFireRequest {
                 trigger,
                 variables: variables.map(str::to_string),
+                ..Default::default()
             })
             .await
             .expect_err("bad input");
@@ -738,6 +743,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         .test_fire(TestFireRequest {
             trigger: 1,
             variables: None,
+            ..Default::default()
         })
         .await
         .expect("fires")
@@ -777,6 +783,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         client.test_fire(TestFireRequest {
             trigger: 1,
             variables: None,
+            ..Default::default()
         }),
     )
     .await
@@ -792,6 +799,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
         client.preview(PreviewRequest {
             trigger: 1,
             variables: None,
+            ..Default::default()
         }),
     )
     .await
@@ -1190,6 +1198,7 @@ async fn calls_without_the_bearer_token_are_unauthenticated() {
                 .test_fire(TestFireRequest {
                     trigger: 0,
                     variables: None,
+                    ..Default::default()
                 })
                 .await
                 .expect_err("refused"),
@@ -1501,6 +1510,7 @@ async fn validate_config_and_preview_run_off_the_async_workers() {
         .preview(PreviewRequest {
             trigger: 0,
             variables: None,
+            ..Default::default()
         })
         .await
         .expect("previews");

@@ -451,7 +451,7 @@ impl Triggers {
                 Ok(()) => match templates.render_variables(
                     index,
                     &placeholder,
-                    &crate::webhook_id(&placeholder.flow_run_id, index),
+                    &crate::trigger_webhook_id(&placeholder.flow_run_id, &label.name),
                 ) {
                     Err(source) => errors.push(ValidationError::Template {
                         trigger: label,

@@ -9,7 +9,7 @@
 use crate::config::validate::{TriggerLabel, Triggers, json_error_message};
 use crate::render::template::TemplateError;
 use crate::render::variables::{VARIABLE_NAMES, Variables};
-use crate::webhook_id;
+use crate::trigger_webhook_id;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -151,12 +151,12 @@ impl PreviewVariables {
         &self.variables
     }
 
-    /// The `webhook_id` trigger `index` renders with: the given one, or derived from
-    /// `flow_run_id` as delivery derives it.
-    pub fn webhook_id(&self, index: usize) -> String {
+    /// The `webhook_id` the trigger named `trigger_name` renders with: the given one, or
+    /// derived from `flow_run_id` as delivery derives it.
+    pub fn webhook_id(&self, trigger_name: &str) -> String {
         self.webhook_id
             .clone()
-            .unwrap_or_else(|| webhook_id(&self.variables.flow_run_id, index))
+            .unwrap_or_else(|| trigger_webhook_id(&self.variables.flow_run_id, trigger_name))
     }
 
     /// Whether these variables name a webhook that may have been sent before: a given
@@ -310,7 +310,7 @@ impl Triggers {
                 count: self.triggers.len(),
             })?;
         let label = trigger.label.clone();
-        let webhook_id = variables.webhook_id(index);
+        let webhook_id = variables.webhook_id(&label.name);
         let body = self
             .render(index, &variables.variables, &webhook_id)
             .map_err(|source| PreviewError::Template {
@@ -344,6 +344,7 @@ pub(crate) struct Rendered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook_id;
     use crate::ConfigFormat;
 
     fn triggers(template: &str) -> Triggers {
@@ -392,7 +393,7 @@ mod tests {
             ),
             (2, 8, 9)
         );
-        assert_eq!(vars.webhook_id(0), "msg_given");
+        assert_eq!(vars.webhook_id("0"), "msg_given");
         assert_eq!(vars.for_test_fire().variables.flow_run_id, "run-7");
         assert_eq!(
             vars.for_test_fire().variables.run_id,
@@ -411,7 +412,7 @@ mod tests {
             }
         );
         assert_eq!(
-            vars.webhook_id(1),
+            vars.webhook_id("1"),
             webhook_id(&Variables::placeholder().flow_run_id, 1)
         );
         assert_ne!(

@@ -16,7 +16,7 @@ use crate::send::webhook_headers::{
     RETRY_REASON, SendReason, WEBHOOK_ATTEMPT, WEBHOOK_ID, WEBHOOK_REASON, WEBHOOK_SIGNATURE,
     WEBHOOK_TIMESTAMP,
 };
-use crate::webhook_id;
+use crate::trigger_webhook_id;
 use bytes::Bytes;
 use reqwest::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
@@ -65,6 +65,9 @@ pub trait AttemptObserver: Send + Sync {
 pub struct AttemptRecord {
     /// Index of the trigger.
     pub trigger: usize,
+    /// Name of the trigger: what ledgers and metrics key it by (its index moves when
+    /// the config is reordered).
+    pub trigger_name: String,
     /// 1-based attempt number within the delivery.
     pub number: u32,
     /// Why it was sent, as in `webhook-reason`.
@@ -375,12 +378,13 @@ impl Deliverer {
         reason: SendReason,
     ) -> Result<Vec<Delivered>, DeliveryError> {
         let outcomes = futures::future::join_all(triggers.iter().enumerate().map(|(i, t)| {
-            let id = webhook_id(&variables.flow_run_id, i);
+            let id = trigger_webhook_id(&variables.flow_run_id, t.name());
             // At WARN, so the trigger's context stays on its retry and failure events
             // even when a shard logs only warnings.
             let span = tracing::warn_span!(
                 "deliver",
                 trigger = i,
+                trigger_name = t.name(),
                 origin = %t.label.origin,
                 flow_run_id = %variables.flow_run_id,
                 webhook_id = %id,
@@ -474,10 +478,11 @@ impl Deliverer {
     ) -> Option<Result<Delivered, TriggerFailure>> {
         let reason = run.reason;
         let trigger = triggers.triggers.get(index)?;
-        let id = webhook_id(&variables.flow_run_id, index);
+        let id = trigger_webhook_id(&variables.flow_run_id, trigger.name());
         let span = tracing::warn_span!(
             "deliver",
             trigger = index,
+            trigger_name = trigger.name(),
             origin = %trigger.label.origin,
             flow_run_id = %variables.flow_run_id,
             webhook_id = %id,
@@ -555,6 +560,7 @@ impl Deliverer {
             may_have_arrived = may_have_arrived.after(&attempt);
             let observed = |outcome, error: Option<&FailureReason>| AttemptRecord {
                 trigger: index,
+                trigger_name: trigger.label.name.clone(),
                 number,
                 reason: sent_as,
                 at: attempt_started.0,
