@@ -7,9 +7,10 @@
 //!
 //! The points: `start_commit.before_write`, `start_commit.after_write` (durable, not yet
 //! replied), `consumer.after_start_commit` (before Acknowledged),
-//! `acknowledged.before_delete` (waiting delivery: delivered, params not yet deleted), and
+//! `acknowledged.before_delete` (waiting delivery: delivered, params not yet deleted),
 //! `backlog.before_delete` (decoupled delivery: one webhook delivered, its backlog entry
-//! not yet deleted).
+//! not yet deleted), and `migration.before_write` / `migration.after_write` (at open, on
+//! either side of the batch that moves an earlier build's index keys to trigger names).
 //!
 //! In-process tests stop one shard at a point with [`shard_point_name`]: the shard runs
 //! the failpoint of that name (`fail::cfg_callback`, say, to hold it there while the test

@@ -194,9 +194,7 @@ mod tests {
 
         // Decoupled delivery moves it into every trigger's queue, numbered, once.
         let decoupled = DeliveryMode::default();
-        let layout = on_open(&store, decoupled, names())
-            .await
-            .expect("migrates");
+        let layout = on_open(&store, decoupled, names()).await.expect("migrates");
         assert_eq!(layout.params, None);
         assert_eq!(layout.commit_seq, 1);
         let entries = store
@@ -206,7 +204,13 @@ mod tests {
             .expect("reads");
         let keys: Vec<(&str, u64, u64)> = entries
             .iter()
-            .map(|e| (e.trigger.as_str(), e.first_commit_seq, e.params.last_commit_seq))
+            .map(|e| {
+                (
+                    e.trigger.as_str(),
+                    e.first_commit_seq,
+                    e.params.last_commit_seq,
+                )
+            })
             .collect();
         assert_eq!(keys, [("0", 1, 1), ("1", 1, 1)]);
         assert!(

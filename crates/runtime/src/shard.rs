@@ -148,7 +148,11 @@ impl Shard {
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
         let label = path.display().to_string();
-        let names: Vec<String> = config.triggers.iter().map(|t| t.name().to_string()).collect();
+        let names: Vec<String> = config
+            .triggers
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect();
         let coalesced: Vec<String> = config
             .triggers
             .iter()

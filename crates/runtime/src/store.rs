@@ -331,7 +331,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         let (trigger, first_commit_seq) = (&record.trigger_name, record.first_commit_seq);
-        batch.put(ledger_key(trigger, first_commit_seq), record.encode_to_vec());
+        batch.put(
+            ledger_key(trigger, first_commit_seq),
+            record.encode_to_vec(),
+        );
         if delete_entry {
             batch.delete(backlog_key(trigger, first_commit_seq));
         }
@@ -549,9 +552,10 @@ impl Store {
                 .map_err(|err| self.corrupt_key(&key, &err.to_string()))?;
             record.trigger_name = name_of(index);
             migration.batch.delete(&key);
-            migration
-                .batch
-                .put(ledger_key(&record.trigger_name, seq), record.encode_to_vec());
+            migration.batch.put(
+                ledger_key(&record.trigger_name, seq),
+                record.encode_to_vec(),
+            );
             migration.records += 1;
         }
         for item in self.scan(LEGACY_BACKLOG_SENT_PREFIX) {
@@ -636,6 +640,72 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Rewrites this store in the layout of builds before trigger names (the inverse of
+    /// [`Store::named_keys_migration`]): every backlog entry, ledger record and last send
+    /// time of the trigger `names[i]` moves to index `i`'s key, records losing their name
+    /// as those builds wrote them, in one synced batch. Returns how many keys moved.
+    /// Tests use it to make a store as an upgrade finds it; nothing else should.
+    #[cfg_attr(not(any(test, feature = "__test-support")), allow(dead_code))]
+    pub(crate) fn to_index_keys(&self, names: &[&str]) -> Result<usize, StoreError> {
+        let index_of = |name: &str| {
+            names
+                .iter()
+                .position(|n| *n == name)
+                .and_then(|i| u32::try_from(i).ok())
+        };
+        let index_key = |prefix: &[u8], index: u32, seq: Option<u64>| {
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&index.to_be_bytes());
+            if let Some(seq) = seq {
+                key.extend_from_slice(&seq.to_be_bytes());
+            }
+            key
+        };
+        let mut batch = WriteBatch::default();
+        let mut moved = 0;
+        for (prefix, legacy) in [
+            (BACKLOG_PREFIX, LEGACY_BACKLOG_PREFIX),
+            (LEDGER_PREFIX, LEGACY_LEDGER_PREFIX),
+        ] {
+            for item in self.scan(prefix) {
+                let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+                let Some((name, seq)) = parse_named_key(prefix, &key) else {
+                    return Err(self.corrupt_key(&key, "malformed key"));
+                };
+                let Some(index) = index_of(name) else {
+                    continue;
+                };
+                let value = if prefix == LEDGER_PREFIX {
+                    let mut record = DeliveryRecord::decode(value.as_ref())
+                        .map_err(|err| self.corrupt_key(&key, &err.to_string()))?;
+                    record.trigger_name.clear();
+                    record.encode_to_vec()
+                } else {
+                    value.to_vec()
+                };
+                batch.delete(&key);
+                batch.put(index_key(legacy, index, Some(seq)), value);
+                moved += 1;
+            }
+        }
+        for item in self.scan(BACKLOG_SENT_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            let name = std::str::from_utf8(&key[BACKLOG_SENT_PREFIX.len()..]).unwrap_or("");
+            let Some(index) = index_of(name) else {
+                continue;
+            };
+            batch.delete(&key);
+            batch.put(index_key(LEGACY_BACKLOG_SENT_PREFIX, index, None), value);
+            moved += 1;
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("write", err))?;
+        Ok(moved)
     }
 
     /// Writes raw bytes under a key, bypassing every check. Tests use it to plant corrupt
@@ -920,7 +990,9 @@ mod tests {
             .commit(&checkpoint(3), Some(&params))
             .expect("commits");
         let names = ["0".to_string(), "1".to_string()];
-        store.move_params_to_backlog(&params, &names).expect("moves");
+        store
+            .move_params_to_backlog(&params, &names)
+            .expect("moves");
         assert_eq!(store.trigger_params().expect("reads"), None);
         let queues: Vec<(String, u64)> = store
             .backlog()

@@ -35,6 +35,11 @@ pub trait RawStore {
     /// Writes raw bytes under a key, bypassing every check: corrupt or future-version
     /// values.
     fn put_raw_for_tests(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+
+    /// Rewrites the store as builds before trigger names left it: the backlog, ledger and
+    /// last send times of trigger `names[i]` keyed by index `i` (what an upgrade finds).
+    /// Returns how many keys moved.
+    fn downgrade_to_index_keys(&self, names: &[&str]) -> Result<usize, StoreError>;
 }
 
 impl RawStore for Store {
@@ -61,6 +66,10 @@ impl RawStore for Store {
 
     fn put_raw_for_tests(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.put_raw(key, value)
+    }
+
+    fn downgrade_to_index_keys(&self, names: &[&str]) -> Result<usize, StoreError> {
+        self.to_index_keys(names)
     }
 }
 

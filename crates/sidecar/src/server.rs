@@ -35,10 +35,10 @@ use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarSe
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
     AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
-    ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog, PreviewRequest, PreviewResponse, ShardPhase,
-    SkipDeliveryRequest, StartCommitRequest, StartCommitResponse, StatusRequest, StatusResponse,
-    TestFireRequest, TestFireResponse, TriggerOutcome, ValidateConfigRequest,
-    ValidateConfigResponse, ValidationIssue,
+    ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog, PreviewRequest,
+    PreviewResponse, ShardPhase, SkipDeliveryRequest, StartCommitRequest, StartCommitResponse,
+    StatusRequest, StatusResponse, TestFireRequest, TestFireResponse, TriggerOutcome,
+    ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
 };
 use triggers_runtime::{
     BacklogError, BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError,

@@ -453,7 +453,8 @@ pub(crate) fn reset_interrupted(store: &Store) -> Result<usize, StoreError> {
         let interrupted = matches!(
             record.state(),
             DeliveryState::Running | DeliveryState::Failed
-        ) && store.has_backlog_entry(&record.trigger_name, record.first_commit_seq)?;
+        ) && store
+            .has_backlog_entry(&record.trigger_name, record.first_commit_seq)?;
         if interrupted {
             let next = DeliveryRecord {
                 state: DeliveryState::Pending as i32,

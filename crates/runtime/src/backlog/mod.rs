@@ -753,11 +753,7 @@ impl Backlog {
     /// Loads the recovered entries (from [`recover`]) and starts one worker per trigger.
     /// Nothing is sent until [`Backlog::acknowledge`] covers it. A queue holds up to
     /// `limit` entries before StartCommit waits.
-    pub(crate) fn start(
-        setup: BacklogSetup,
-        limit: usize,
-        recovered: Recovered,
-    ) -> Self {
+    pub(crate) fn start(setup: BacklogSetup, limit: usize, recovered: Recovered) -> Self {
         let Recovered {
             entries: recovered,
             orphans,

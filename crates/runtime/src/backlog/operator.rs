@@ -347,5 +347,8 @@ fn parse_token(token: &str) -> Result<Option<(u64, String)>, LedgerError> {
     if trigger.is_empty() || trigger.len() > 64 {
         return Err(invalid());
     }
-    Ok(Some((seq.parse().map_err(|_| invalid())?, trigger.to_string())))
+    Ok(Some((
+        seq.parse().map_err(|_| invalid())?,
+        trigger.to_string(),
+    )))
 }

@@ -18,11 +18,7 @@ pub(crate) struct Decoupled {
 }
 
 impl Decoupled {
-    pub(super) fn start(
-        setup: BacklogSetup,
-        limit: usize,
-        recovered: Recovered,
-    ) -> Self {
+    pub(super) fn start(setup: BacklogSetup, limit: usize, recovered: Recovered) -> Self {
         Decoupled {
             backlog: Backlog::start(setup, limit, recovered),
             limit,

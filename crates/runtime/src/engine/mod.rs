@@ -75,16 +75,12 @@ impl Engine {
     /// Starts the engine of `mode` over what recovery found: decoupled delivery loads the
     /// backlog and starts its workers; waiting delivery keeps a backlog a decoupled run
     /// left, to drain at the first Acknowledged ([`crate::migrations::Leftover`]).
-    pub(crate) fn start(
-        mode: DeliveryMode,
-        setup: BacklogSetup,
-        recovered: Recovered,
-    ) -> Self {
+    pub(crate) fn start(mode: DeliveryMode, setup: BacklogSetup, recovered: Recovered) -> Self {
         match mode {
             DeliveryMode::Waiting => Engine::Waiting(waiting::Waiting::start(setup, recovered)),
-            DeliveryMode::Decoupled { backlog_limit } => Engine::Decoupled(
-                decoupled::Decoupled::start(setup, backlog_limit, recovered),
-            ),
+            DeliveryMode::Decoupled { backlog_limit } => {
+                Engine::Decoupled(decoupled::Decoupled::start(setup, backlog_limit, recovered))
+            }
         }
     }
 

@@ -26,10 +26,7 @@ pub(crate) struct Waiting {
 }
 
 impl Waiting {
-    pub(super) fn start(
-        setup: BacklogSetup,
-        recovered: Recovered,
-    ) -> Self {
+    pub(super) fn start(setup: BacklogSetup, recovered: Recovered) -> Self {
         Waiting {
             store: setup.store.clone(),
             triggers: setup.triggers.clone(),

@@ -7,5 +7,6 @@
 //! Run one group with a filter: `cargo test -p triggers-runtime --test integration backlog::`.
 
 mod backlog;
+mod names;
 mod run_id;
 mod shard;

@@ -344,8 +344,8 @@ pub(crate) struct Rendered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook_id;
     use crate::ConfigFormat;
+    use crate::webhook_id;
 
     fn triggers(template: &str) -> Triggers {
         let config = serde_json::json!({"config": [

@@ -117,10 +117,7 @@ mod tests {
             let id = trigger_webhook_id(run, name);
             assert!((0..300).all(|i| id != webhook_id(run, i)), "{name}");
         }
-        assert_ne!(
-            trigger_webhook_id(run, "01"),
-            trigger_webhook_id(run, "00")
-        );
+        assert_ne!(trigger_webhook_id(run, "01"), trigger_webhook_id(run, "00"));
         assert_ne!(trigger_webhook_id(run, "a"), trigger_webhook_id("r", "a"));
     }
 
