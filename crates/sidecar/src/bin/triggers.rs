@@ -69,9 +69,10 @@ enum Command {
     Preview {
         #[command(flatten)]
         source: SourceArgs,
-        /// Only this trigger (0-based index in the config). Required with --sidecar.
-        #[arg(long, value_name = "N")]
-        trigger: Option<usize>,
+        /// Only this trigger: its name, or its 0-based position in the config when a
+        /// number. Required with --sidecar.
+        #[arg(long, value_name = "NAME|N")]
+        trigger: Option<TriggerArg>,
         #[command(flatten)]
         variables: VariablesArgs,
     },
@@ -83,9 +84,9 @@ enum Command {
     TestFire {
         #[command(flatten)]
         source: SourceArgs,
-        /// The trigger (0-based index in the config).
-        #[arg(long, value_name = "N")]
-        trigger: usize,
+        /// The trigger: its name, or its 0-based position in the config when a number.
+        #[arg(long, value_name = "NAME|N")]
+        trigger: TriggerArg,
         #[command(flatten)]
         variables: VariablesArgs,
         /// Where the webhook may go (local mode; a sidecar applies its own policy).
@@ -260,19 +261,71 @@ fn report(path: &str, checked: Result<usize, ValidationErrors>, how: &str) -> Ex
     }
 }
 
+/// What `--trigger` says: a trigger's name, or (a number) its position in the config.
+#[derive(Debug, Clone)]
+enum TriggerArg {
+    Position(usize),
+    Name(String),
+}
+
+impl std::str::FromStr for TriggerArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text.parse() {
+            Ok(position) => TriggerArg::Position(position),
+            Err(_) => TriggerArg::Name(text.to_string()),
+        })
+    }
+}
+
+impl std::fmt::Display for TriggerArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TriggerArg::Position(position) => write!(f, "{position}"),
+            TriggerArg::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl TriggerArg {
+    /// The position in `triggers` it names; an unknown name is an error listing the
+    /// names there are (a position past the end is the library's own error).
+    fn resolve(&self, triggers: &Triggers) -> anyhow::Result<usize> {
+        match self {
+            TriggerArg::Position(position) => Ok(*position),
+            TriggerArg::Name(name) => triggers.position(name).with_context(|| {
+                let names: Vec<&str> = triggers.iter().map(|t| t.name()).collect();
+                format!(
+                    "--trigger {name:?}: the config has no trigger of that name; it has {names:?}"
+                )
+            }),
+        }
+    }
+
+    /// The (position, name) fields of a request to a sidecar, which resolves them.
+    fn wire(&self) -> anyhow::Result<(u32, String)> {
+        match self {
+            TriggerArg::Position(position) => Ok((wire_index(*position)?, String::new())),
+            TriggerArg::Name(name) => Ok((0, name.clone())),
+        }
+    }
+}
+
 async fn preview(
     source: &SourceArgs,
-    trigger: Option<usize>,
+    trigger: Option<TriggerArg>,
     variables: &VariablesArgs,
 ) -> anyhow::Result<ExitCode> {
     if let Some(address) = &source.sidecar {
         let trigger = trigger.context("--sidecar needs --trigger")?;
+        let (position, trigger_name) = trigger.wire()?;
         let mut client = connect(address, &source.token).await?;
         let response = client
             .preview(PreviewRequest {
-                trigger: wire_index(trigger)?,
+                trigger: position,
                 variables: variables.text()?,
-                trigger_name: String::new(),
+                trigger_name,
             })
             .await
             .map_err(rpc_error)?
@@ -290,7 +343,10 @@ async fn preview(
     let triggers = source.triggers()?;
     let given = variables.parse()?;
     let indices = match trigger {
-        Some(index) => index..index.saturating_add(1),
+        Some(trigger) => {
+            let index = trigger.resolve(&triggers)?;
+            index..index.saturating_add(1)
+        }
         None => 0..triggers.len(),
     };
     for index in indices {
@@ -306,7 +362,7 @@ async fn preview(
 
 async fn test_fire(
     source: &SourceArgs,
-    trigger: usize,
+    trigger: TriggerArg,
     variables: &VariablesArgs,
     network: &NetworkArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -318,12 +374,13 @@ async fn test_fire(
             )
         }
         Some(address) => {
+            let (position, trigger_name) = trigger.wire()?;
             let mut client = connect(address, &source.token).await?;
             let r = client
                 .test_fire(TestFireRequest {
-                    trigger: wire_index(trigger)?,
+                    trigger: position,
                     variables: variables.text()?,
-                    trigger_name: String::new(),
+                    trigger_name,
                 })
                 .await
                 .map_err(rpc_error)?
@@ -343,8 +400,9 @@ async fn test_fire(
         None => {
             let triggers = source.triggers()?;
             let deliverer = Deliverer::with_policy(RetryBackoff::default(), network.policy())?;
+            let index = trigger.resolve(&triggers)?;
             let r = deliverer
-                .test_fire(&triggers, trigger, &variables.parse()?)
+                .test_fire(&triggers, index, &variables.parse()?)
                 .await?;
             let accepted = r.accepted();
             Fired {

@@ -907,3 +907,44 @@ async fn preview_and_test_fire_of_a_trigger_with_token_authentication() {
     assert!(!out.all().contains("hunter2"), "{}", out.all());
     assert!(!out.all().contains("t0ken-from-airflow"), "{}", out.all());
 }
+
+/// Issue 18: `--trigger` takes a trigger's name (a map config's key, a list entry's
+/// `name`) or, when a number, its position; an unknown name lists those there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_picks_a_trigger_by_name_or_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("named.yaml");
+    std::fs::write(
+        &config,
+        "config:\n  slack:\n    url: https://hooks.example.com/s\n    payloadTemplate: '{\"to\": \"slack\"}'\n  \
+         dbt:\n    url: https://cloud.example.com/d\n    payloadTemplate: '{\"to\": \"dbt\"}'\n",
+    )
+    .expect("writes");
+    let preview = |trigger: &'static str| {
+        let config = config.clone();
+        async move { triggers(&["preview", "--config", s(&config), "--trigger", trigger]).await }
+    };
+    let out = preview("slack").await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let payload: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(payload, serde_json::json!({"to": "slack"}));
+    let webhook_id =
+        triggers::trigger_webhook_id(&triggers::Variables::placeholder().flow_run_id, "slack");
+    assert!(
+        out.stderr.contains(&format!("webhook-id {webhook_id}")),
+        "{}",
+        out.stderr
+    );
+    // A map's triggers are in name order: dbt is at position 0.
+    let out = preview("0").await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains("dbt"), "{}", out.stdout);
+    let out = preview("teams").await;
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains(r#"no trigger of that name; it has ["dbt", "slack"]"#),
+        "{}",
+        out.stderr
+    );
+}

@@ -79,6 +79,18 @@ async fn serve_with_grace(
         {"url": receiver.url("/b"), "payloadTemplate": template, "maxRetries": 1, "drain": drain},
     ]});
     let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    serve_triggers(dir, triggers, address, delivery, grace).await
+}
+
+/// A sidecar of `triggers` whose store is `store` in `dir`, serving on `address`
+/// (`unix` for a socket in `dir`).
+async fn serve_triggers(
+    dir: tempfile::TempDir,
+    triggers: triggers::Triggers,
+    address: &str,
+    delivery: DeliveryMode,
+    grace: Duration,
+) -> Running {
     let mut config = SidecarConfig::new(
         dir.path().join("store"),
         ShardConfig::new(materialization(2), Arc::new(triggers))
@@ -1610,4 +1622,143 @@ async fn run_id_is_the_started_at_a_consumer_gives_and_out_of_range_ones_are_ign
     assert_ne!(run_ids[1], run_ids[2], "two transactions share a run_id");
     let _ = stop.send(());
     server.await.expect("task").expect("serves");
+}
+
+/// Issue 18, item 2: a pending webhook whose trigger left the config is reported in
+/// Status by name and skipped over gRPC by `trigger_name` (the only way to name it: it
+/// has no position); the rest of the shard commits and delivers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_triggers_webhook_is_in_status_and_skipped_by_name() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let named = |names: &[&str]| {
+        let config = serde_json::json!({"config": names.iter().map(|name| serde_json::json!({
+            "name": name,
+            "url": receiver.url(&format!("/{name}")),
+            "payloadTemplate": r#"{"run": "{{flow_run_id}}"}"#,
+        })).collect::<Vec<_>>()});
+        validate(&config.to_string(), ConfigFormat::Json).expect("valid")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Committed with both triggers, stopped before its Acknowledged.
+    {
+        let config = ShardConfig::new(materialization(2), Arc::new(named(&["orders", "slack"])))
+            .with_network(triggers::NetworkPolicy::ALLOW_LOOPBACK);
+        let (mut shard, _) = triggers_runtime::Shard::open(dir.path().join("store"), config)
+            .await
+            .expect("opens");
+        shard.acknowledged().await.expect("recovered ack");
+        shard
+            .start_commit(checkpoint(1), &stats())
+            .await
+            .expect("commits");
+        shard.close().await;
+    }
+    let decoupled = DeliveryMode::default();
+    let running = serve_triggers(
+        dir,
+        named(&["orders"]),
+        "127.0.0.1:0",
+        decoupled,
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut client = running.client.clone();
+    client.open(OpenRequest {}).await.expect("opens");
+    client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await
+        .expect("recovered ack");
+    commit_and_acknowledge(&mut client, 2).await;
+    let drained = client
+        .await_drained(AwaitDrainedRequest {})
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(drained.ok, "the orphan holds nothing back: {drained:?}");
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let queues: Vec<(&str, u64)> = status
+        .backlog
+        .iter()
+        .map(|q| (q.trigger_name.as_str(), q.delivered))
+        .collect();
+    assert_eq!(queues, [("orders", 2)]);
+    let orphaned: Vec<(&str, u64, u64)> = status
+        .orphaned
+        .iter()
+        .map(|o| (o.trigger_name.as_str(), o.depth, o.oldest_pending_seq))
+        .collect();
+    assert_eq!(orphaned, [("slack", 1, 1)]);
+    let scrape = || async {
+        reqwest::get(&running.metrics)
+            .await
+            .expect("scrapes")
+            .text()
+            .await
+            .expect("text")
+    };
+    let metrics = scrape().await;
+    assert!(
+        metrics.contains("\ntriggers_orphaned_backlog_entries{trigger=\"slack\"} 1\n"),
+        "{metrics}"
+    );
+
+    let slack = DeliveryRef {
+        trigger_name: "slack".to_string(),
+        first_commit_seq: 1,
+        ..Default::default()
+    };
+    let pending = client
+        .get_delivery(slack.clone())
+        .await
+        .expect("gets")
+        .into_inner();
+    assert_eq!(pending.state(), DeliveryState::Pending);
+    let refused = client
+        .retry_delivery(slack.clone())
+        .await
+        .expect_err("no trigger to send it");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+    // By position there is no such trigger: a clear NOT_FOUND.
+    let by_position = client
+        .get_delivery(DeliveryRef {
+            trigger: 1,
+            first_commit_seq: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no trigger at position 1");
+    assert_eq!(by_position.code(), Code::NotFound, "{by_position}");
+    assert!(
+        by_position.message().contains("trigger_name"),
+        "{by_position}"
+    );
+    let skipped = client
+        .skip_delivery(SkipDeliveryRequest {
+            delivery: Some(slack),
+            reason: "Slack is gone".to_string(),
+        })
+        .await
+        .expect("skips")
+        .into_inner();
+    assert_eq!(
+        (skipped.state(), skipped.trigger_name.as_str()),
+        (DeliveryState::Cancelled, "slack")
+    );
+    let status = client
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.orphaned.is_empty(), "{status:?}");
+    let metrics = scrape().await;
+    assert!(
+        !metrics.contains("triggers_orphaned_backlog_entries{"),
+        "a skipped orphan leaves the gauge: {metrics}"
+    );
+    assert!(receiver.requests().iter().all(|r| r.path == "/orders"));
+    running.stop().await;
 }
