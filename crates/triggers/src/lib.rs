@@ -100,7 +100,7 @@ pub use render::clock::{Clock, ClockError};
 pub use render::preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
 pub use render::template::{
     MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,
-    TemplateError, Templates,
+    REDACTED_HEADER_VALUE, TemplateError, Templates,
 };
 pub use render::variables::{
     Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError, run_id,

@@ -443,7 +443,7 @@ impl Triggers {
             let label = check_name(index, raw, &mut names, &mut errors);
             let trigger = check_trigger(label.clone(), raw, interval, &mut errors);
 
-            match templates.compile(index, &raw.payload_template) {
+            match templates.compile_with_headers(index, &raw.payload_template, &raw.headers) {
                 Err(source) => errors.push(ValidationError::Template {
                     trigger: label,
                     source,
@@ -505,7 +505,8 @@ impl Triggers {
     }
 
     /// Renders the payload of trigger `index` for a transaction, with the trigger's
-    /// `webhook_id` (see [`crate::webhook_id`]): what delivery sends.
+    /// `webhook_id` (see [`crate::webhook_id`]): what delivery sends, header values
+    /// (`{{headers.Name}}`) included.
     pub fn render(
         &self,
         index: usize,

@@ -6,6 +6,7 @@ mod direct;
 mod shape;
 mod timestamp;
 
+use crate::config::secret::Secret;
 use crate::render::variables::Variables;
 use direct::{DirectFailure, DirectTemplate};
 use handlebars::{
@@ -20,6 +21,10 @@ pub use shape::{MAX_EXPRESSIONS, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPL
 /// and delivery alike. A render that would write more stops there with
 /// [`TemplateError::PayloadTooLarge`].
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// What a preview writes in place of a header value (`{{headers.Name}}`), and what
+/// replaces a header value in a render error: preview never shows a secret.
+pub const REDACTED_HEADER_VALUE: &str = "<redacted>";
 
 /// The compiled payload templates of one config, one per trigger.
 ///
@@ -36,6 +41,50 @@ pub struct Templates {
     direct: Vec<Option<DirectTemplate>>,
     /// By trigger index: how many steps a render takes, for a compiled template.
     shapes: Vec<Option<Shape>>,
+    /// By trigger index: the headers its template names as `headers.<Name>`, with their
+    /// values. Only those enter the render's context, and only when there are any (a
+    /// template without `headers.` sees the variables exactly as before).
+    headers: Vec<TemplateHeaders>,
+}
+
+/// The headers one template names (`headers.<Name>`), in name order, with the trigger's
+/// values for them. `Debug` shows names only: values are [`Secret`]s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TemplateHeaders {
+    entries: Vec<(String, Secret)>,
+}
+
+impl TemplateHeaders {
+    /// The position of header `name` (as configured, case included).
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        self.entries
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+    }
+
+    /// The value a render writes for header `i`: the trigger's own, or the marker.
+    pub(crate) fn value(&self, i: usize, redact: bool) -> &str {
+        match self.entries.get(i) {
+            Some(_) if redact => REDACTED_HEADER_VALUE,
+            Some((_, value)) => value.expose(),
+            None => "",
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `message` with every header value in it replaced by the marker: what keeps a
+    /// helper's error (which may quote the value it was given) from showing a secret.
+    fn scrub(&self, message: &mut String) {
+        for (_, value) in &self.entries {
+            let value = value.expose();
+            if !value.is_empty() && message.contains(value) {
+                *message = message.replace(value, REDACTED_HEADER_VALUE);
+            }
+        }
+    }
 }
 
 /// A template that does not compile or render, or is past a bound.
@@ -145,6 +194,24 @@ pub enum TemplateError {
         /// 1-based column in the template.
         column: usize,
     },
+    /// `headers.<Name>` names no header of the trigger (names match as configured, case
+    /// included), or `headers` is used without exactly one name after it. Lists the
+    /// trigger's header names, never a value.
+    #[error(
+        "`{path}` at line {line}, column {column} names no header of this trigger; {}",
+        shape::header_hint(headers)
+    )]
+    UnknownHeader {
+        /// The path the template used, e.g. `headers.X-Api-Kee` (its first 256 characters).
+        path: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+        /// The trigger's header names, as configured (at most [`crate::MAX_HEADERS`],
+        /// each cut to its first 64 characters).
+        headers: Vec<String>,
+    },
     /// Any other rendering failure (a bad helper argument, say).
     #[error("template failed to render at line {line}, column {column}: {message}")]
     Render {
@@ -197,20 +264,38 @@ impl Templates {
             registry,
             direct: Vec::new(),
             shapes: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
     /// Compiles the template of trigger `index`, after checking its bounds: length,
     /// expressions and nesting before Handlebars parses it, then helpers, partials and
     /// `#each` nesting on the parsed tree. On error the index has no template.
+    /// The template sees no `headers` (see [`Templates::compile_with_headers`]).
     pub fn compile(&mut self, index: usize, source: &str) -> Result<(), TemplateError> {
+        self.compile_with_headers(index, source, &std::collections::BTreeMap::new())
+    }
+
+    /// [`Templates::compile`] for a trigger with `headers`: the template may write a
+    /// header's value as `{{headers.Name}}` (Flow's spelling; the name as configured,
+    /// case included, in brackets if it has characters other than letters, digits, `-`,
+    /// `_` and `$`: `{{headers.[X.Key]}}`). A name the trigger does not have is
+    /// [`TemplateError::UnknownHeader`]. Only the headers the template names are kept.
+    pub fn compile_with_headers(
+        &mut self,
+        index: usize,
+        source: &str,
+        headers: &std::collections::BTreeMap<String, Secret>,
+    ) -> Result<(), TemplateError> {
         let name = name(index);
         if index >= self.direct.len() {
             self.direct.resize(index + 1, None);
             self.shapes.resize(index + 1, None);
+            self.headers.resize(index + 1, TemplateHeaders::default());
         }
         self.direct[index] = None;
         self.shapes[index] = None;
+        self.headers[index] = TemplateHeaders::default();
         self.registry.unregister_template(&name);
         shape::prescan(source)?;
         let template = handlebars::template::Template::compile(source).map_err(|err| {
@@ -221,9 +306,20 @@ impl Templates {
                 message: err.reason().to_string(),
             }
         })?;
-        let shape = shape::check(&template)?;
-        self.direct[index] = DirectTemplate::plan(&template);
+        let (shape, named) = shape::check(&template, headers)?;
+        let named = TemplateHeaders {
+            entries: named
+                .into_iter()
+                .filter_map(|n| {
+                    headers
+                        .get_key_value(&n)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                })
+                .collect(),
+        };
+        self.direct[index] = DirectTemplate::plan(&template, &named);
         self.shapes[index] = Some(shape);
+        self.headers[index] = named;
         self.registry.register_template(&name, template);
         Ok(())
     }
@@ -290,14 +386,57 @@ impl Templates {
     /// `webhook_id`, serialised once per render (as bare Handlebars would). Validation's
     /// trial render and delivery both come here, so publish time checks the path that
     /// runs in production, with the same bounds.
+    ///
+    /// `headers.<Name>` writes the header's value; an error never shows one (a value
+    /// quoted in a helper's message is replaced by [`REDACTED_HEADER_VALUE`]).
     pub fn render_variables(
         &self,
         index: usize,
         variables: &Variables,
         webhook_id: &str,
     ) -> Result<String, TemplateError> {
+        self.render_with_headers(index, variables, webhook_id, false)
+    }
+
+    /// [`Templates::render_variables`] writing [`REDACTED_HEADER_VALUE`] for every
+    /// header value: what a preview shows.
+    pub fn render_redacted(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+    ) -> Result<String, TemplateError> {
+        self.render_with_headers(index, variables, webhook_id, true)
+    }
+
+    fn render_with_headers(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+        redact: bool,
+    ) -> Result<String, TemplateError> {
+        let empty = TemplateHeaders::default();
+        let headers = self.headers.get(index).unwrap_or(&empty);
+        self.render_inner(index, variables, webhook_id, headers, redact)
+            .map_err(|mut err| {
+                if let TemplateError::Render { message, .. } = &mut err {
+                    headers.scrub(message);
+                }
+                err
+            })
+    }
+
+    fn render_inner(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+        headers: &TemplateHeaders,
+        redact: bool,
+    ) -> Result<String, TemplateError> {
         if let Some(Some(direct)) = self.direct.get(index) {
-            match direct.render(variables, webhook_id, MAX_PAYLOAD_BYTES) {
+            match direct.render(variables, webhook_id, headers, redact, MAX_PAYLOAD_BYTES) {
                 Ok(rendered) => return Ok(rendered),
                 Err(DirectFailure::TooLarge) => {
                     return Err(TemplateError::PayloadTooLarge {
@@ -313,6 +452,7 @@ impl Templates {
             &TriggerVariables {
                 variables,
                 webhook_id,
+                headers: (!headers.is_empty()).then_some(HeaderContext { headers, redact }),
             },
             variables.collection_names.len(),
         )
@@ -379,12 +519,34 @@ fn render_error(err: RenderError) -> TemplateError {
     }
 }
 
-/// A transaction's variables plus one trigger's `webhook_id`, serialised as one object.
+/// A transaction's variables plus one trigger's `webhook_id` (and the headers its
+/// template names, when it names any), serialised as one object.
 #[derive(serde::Serialize)]
 struct TriggerVariables<'a> {
     #[serde(flatten)]
     variables: &'a Variables,
     webhook_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<HeaderContext<'a>>,
+}
+
+/// `headers` in a render's context: a map from each named header to its value (or the
+/// marker).
+struct HeaderContext<'a> {
+    headers: &'a TemplateHeaders,
+    redact: bool,
+}
+
+impl serde::Serialize for HeaderContext<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let entries = &self.headers.entries;
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        for (i, (name, _)) in entries.iter().enumerate() {
+            map.serialize_entry(name, self.headers.value(i, self.redact))?;
+        }
+        map.end()
+    }
 }
 
 fn name(index: usize) -> String {
@@ -1083,6 +1245,230 @@ mod tests {
         );
         let err = render("{{eq collection_names collection_names}}").expect_err("lists");
         assert!(matches!(err, TemplateError::Render { .. }), "{err:?}");
+    }
+
+    /// A trigger's headers, as a config gives them.
+    fn headers(entries: &[(&str, &str)]) -> std::collections::BTreeMap<String, Secret> {
+        entries
+            .iter()
+            .map(|(name, value)| (name.to_string(), Secret::new(*value)))
+            .collect()
+    }
+
+    /// Compiles `source` as trigger 0 with `entries` as its headers.
+    fn compile_headers(source: &str, entries: &[(&str, &str)]) -> Result<Templates, TemplateError> {
+        let mut templates = Templates::new();
+        templates.compile_with_headers(0, source, &headers(entries))?;
+        Ok(templates)
+    }
+
+    /// Issue 18, item 3b: `{{headers.Name}}` writes the trigger's header value, by the
+    /// direct plan and by Handlebars alike (byte for byte), with the JSON escaping each
+    /// already gives strings; a preview writes the marker instead.
+    #[test]
+    fn headers_name_renders_the_configured_value_by_both_paths_with_json_escaping() {
+        let entries = [
+            ("X-Api-Key", "sk \"quoted\"\nline\\ \u{1F600}"),
+            ("Authorization", "Bearer t0ken"),
+        ];
+        let variables = Variables::placeholder();
+        for (direct, handlebars) in [
+            (
+                "{{headers.X-Api-Key}}",
+                "{{#if true}}{{headers.X-Api-Key}}{{/if}}",
+            ),
+            (
+                "{{json headers.X-Api-Key}}",
+                "{{#if true}}{{json headers.X-Api-Key}}{{/if}}",
+            ),
+            (
+                "{\"k\": {{json this.headers.X-Api-Key}}, \"a\": \"{{headers.Authorization}}\"}",
+                "{\"k\": {{json @root.headers.X-Api-Key}}, \"a\": \"{{#each collection_names}}{{#if @first}}{{@root.headers.Authorization}}{{/if}}{{/each}}\"}",
+            ),
+        ] {
+            let fast = compile_headers(direct, &entries).expect(direct);
+            assert!(fast.renders_directly(0), "{direct}");
+            let slow = compile_headers(handlebars, &entries).expect(handlebars);
+            assert!(!slow.renders_directly(0), "{handlebars}");
+            let ours = fast.render_variables(0, &variables, "msg_0").expect(direct);
+            assert_eq!(
+                ours,
+                slow.render_variables(0, &variables, "msg_0")
+                    .expect(handlebars)
+            );
+            assert_eq!(
+                fast.render_redacted(0, &variables, "msg_0"),
+                slow.render_redacted(0, &variables, "msg_0")
+            );
+            let redacted = fast.render_redacted(0, &variables, "msg_0").expect(direct);
+            assert!(redacted.contains(REDACTED_HEADER_VALUE), "{redacted}");
+            assert!(
+                !redacted.contains("sk ") && !redacted.contains("t0ken"),
+                "{redacted}"
+            );
+        }
+        let templates = compile_headers("{{json headers.X-Api-Key}}", &entries).expect("compiles");
+        let out = templates
+            .render_variables(0, &variables, "msg_0")
+            .expect("renders");
+        assert_eq!(
+            serde_json::from_str::<String>(&out).expect("a JSON string"),
+            entries[0].1
+        );
+        let plain = compile_headers("{{headers.Authorization}}", &entries).expect("compiles");
+        assert_eq!(
+            plain.render_variables(0, &variables, "msg_0").as_deref(),
+            Ok("Bearer t0ken")
+        );
+    }
+
+    /// Issue 18, item 3b: a header the trigger does not have is refused when the template
+    /// compiles (any branch, case as configured), listing the trigger's header names and
+    /// never a value; `headers` alone or with more than one name after it too.
+    #[test]
+    fn a_header_the_trigger_does_not_have_is_refused_listing_its_header_names() {
+        let entries = [
+            ("X-Api-Key", "sk-unit-secret"),
+            ("Authorization", "Bearer t0ken"),
+        ];
+        for (source, path) in [
+            ("{\n \"k\": \"{{headers.Nope}}\"}", "headers.Nope"),
+            ("{\n \"k\": \"{{headers.x-api-key}}\"}", "headers.x-api-key"),
+            ("{\n \"k\": {{json headers}}}", "headers"),
+            (
+                "{\n \"k\": \"{{headers.X-Api-Key.more}}\"}",
+                "headers.X-Api-Key.more",
+            ),
+            (
+                "{\n \"k\": {{#if false}}{{headers.Nope}}{{/if}}}",
+                "headers.Nope",
+            ),
+            ("{\n \"k\": {{#each headers}}{{this}}{{/each}}}", "headers"),
+        ] {
+            let err = compile_headers(source, &entries).err().expect(source);
+            let TemplateError::UnknownHeader {
+                path: found,
+                line: 2,
+                headers,
+                ..
+            } = &err
+            else {
+                panic!("{source}: {err:?}");
+            };
+            assert_eq!(found, path, "{source}");
+            assert_eq!(headers, &["Authorization", "X-Api-Key"], "{source}");
+            let text = err.to_string();
+            assert!(
+                text.contains("its headers are: Authorization, X-Api-Key"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("sk-unit-secret") && !text.contains("t0ken"),
+                "{text}"
+            );
+            assert!(!format!("{err:?}").contains("sk-unit-secret"));
+        }
+        let err = compile("{{headers.Authorization}}")
+            .err()
+            .expect("no headers");
+        assert_eq!(
+            err.to_string(),
+            "`headers.Authorization` at line 1, column 1 names no header of this trigger; it has no `headers`"
+        );
+    }
+
+    /// Issue 18, item 3b: `-` is a path character, so Flow's `{{headers.X-Api-Key}}` works
+    /// as written; a name with `.` or another character Handlebars paths cannot hold is
+    /// written in brackets, and the dotted spelling is refused saying so.
+    #[test]
+    fn header_names_beyond_path_characters_are_written_in_brackets() {
+        let entries = [
+            ("X.Key", "dotted"),
+            ("X!Key", "bang"),
+            ("X$Key_2", "dollar"),
+            ("X-Api-Key", "dash"),
+        ];
+        let templates = compile_headers(
+            "{{headers.[X.Key]}} {{headers.[X!Key]}} {{headers.X$Key_2}} {{headers.X-Api-Key}} {{json headers.[X.Key]}}",
+            &entries,
+        )
+        .expect("compiles");
+        assert!(templates.renders_directly(0));
+        assert_eq!(
+            templates
+                .render_variables(0, &Variables::placeholder(), "msg_0")
+                .as_deref(),
+            Ok("dotted bang dollar dash \"dotted\"")
+        );
+        let err = compile_headers("{{headers.X.Key}}", &entries)
+            .err()
+            .expect("dotted");
+        assert!(
+            matches!(&err, TemplateError::UnknownHeader { path, .. } if path == "headers.X.Key"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`headers.[X.Key]`"), "{err}");
+        let err = compile_headers("{{headers.X!Key}}", &entries)
+            .err()
+            .expect("bang");
+        assert!(matches!(err, TemplateError::Syntax { .. }), "{err:?}");
+        assert!(!err.to_string().contains("bang"), "{err}");
+    }
+
+    /// Issue 18, item 3b: a helper that quotes the value it was given (`timestamp`) never
+    /// shows a header value in its error: the marker stands in for it.
+    #[test]
+    fn header_values_never_appear_in_render_errors() {
+        let secret = "sk-distinctive-9f3a";
+        for source in [
+            "{{timestamp headers.X-Api-Key \"us\"}}",
+            "{{#each collection_names}}{{timestamp @root.headers.X-Api-Key \"s\"}}{{/each}}",
+            "{{#if false}}{{headers.X-Api-Key}}{{/if}}{{timestamp (lookup @root.headers \"X-Api-Key\") \"ms\"}}",
+        ] {
+            let templates = compile_headers(source, &[("X-Api-Key", secret)]).expect(source);
+            for redact in [false, true] {
+                let err = templates
+                    .render_with_headers(0, &Variables::placeholder(), "msg_0", redact)
+                    .expect_err(source);
+                let (text, debug) = (err.to_string(), format!("{err:?}"));
+                assert!(!text.contains(secret) && !debug.contains(secret), "{text}");
+                assert!(text.contains(REDACTED_HEADER_VALUE), "{source}: {text}");
+            }
+        }
+    }
+
+    /// Issue 18, item 3b: only a template that names a header sees `headers`, and only
+    /// the headers it names: other templates iterate the root exactly as before.
+    #[test]
+    fn only_the_headers_a_template_names_enter_its_context() {
+        let entries = [("A", "alpha"), ("B", "beta")];
+        let keys = "{{#each this}}{{@key}},{{/each}}";
+        let before = compile(keys).expect("compiles");
+        let with_headers = compile_headers(keys, &entries).expect("compiles");
+        let variables = Variables::placeholder();
+        // The context is a JSON object: its keys iterate sorted.
+        let keys_of = |extra: &[&str]| {
+            let mut all: Vec<&str> = crate::VARIABLE_NAMES.iter().chain(extra).copied().collect();
+            all.sort_unstable();
+            all.iter().map(|key| format!("{key},")).collect::<String>()
+        };
+        assert_eq!(
+            before.render_variables(0, &variables, "msg_0"),
+            Ok(keys_of(&[]))
+        );
+        assert_eq!(
+            with_headers.render_variables(0, &variables, "msg_0"),
+            Ok(keys_of(&[]))
+        );
+        let named = compile_headers(
+            &format!("{keys}{{{{json (lookup this \"headers\")}}}}{{{{headers.A}}}}"),
+            &entries,
+        )
+        .expect("compiles");
+        assert_eq!(
+            named.render_variables(0, &variables, "msg_0"),
+            Ok(format!("{}{{\"A\":\"alpha\"}}alpha", keys_of(&["headers"])))
+        );
     }
 
     /// Renders `{{timestamp "<value>" <args>}}`.

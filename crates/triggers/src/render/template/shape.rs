@@ -13,8 +13,10 @@
 //! most `fixed + iterations × per_iteration` expressions.
 
 use super::TemplateError;
+use crate::config::secret::Secret;
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Path, PathSeg};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest payload template, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -27,8 +29,13 @@ pub const MAX_TEMPLATE_NESTING: usize = 16;
 /// of collections (at least the 10 variables, for `#each @root`).
 pub const MAX_RENDER_STEPS: u64 = 1_000_000;
 
-/// Iterations an `#each` over the root object (the variables) makes.
-const ROOT_KEYS: u64 = crate::VARIABLE_NAMES.len() as u64;
+/// Iterations an `#each` over an object makes, at most: the root object's keys (the
+/// variables, and `headers`) or a trigger's headers.
+const ROOT_KEYS: u64 = {
+    let root = crate::VARIABLE_NAMES.len() + 1;
+    let headers = crate::config::document::MAX_HEADERS;
+    (if root > headers { root } else { headers }) as u64
+};
 
 /// Block helpers a template may use.
 const BLOCK_HELPERS: [&str; 4] = ["if", "unless", "each", "with"];
@@ -152,23 +159,34 @@ fn too_deep(line: usize, column: usize) -> TemplateError {
     }
 }
 
-/// Walks a compiled template: every bound above, and its [`Shape`].
-pub(crate) fn check(template: &Template) -> Result<Shape, TemplateError> {
+/// Walks a compiled template: every bound above, and its [`Shape`]; `headers` are the
+/// trigger's. Also gives the header names the template uses (`headers.<Name>`, by any
+/// path), each one the trigger has.
+pub(crate) fn check(
+    template: &Template,
+    headers: &BTreeMap<String, Secret>,
+) -> Result<(Shape, BTreeSet<String>), TemplateError> {
     let mut walk = Walk {
         expressions: 0,
         shape: Shape::default(),
+        headers,
+        named: BTreeSet::new(),
     };
     let fixed = walk.template(template, 0, false, true)?;
     walk.shape.fixed = walk.shape.fixed.saturating_add(fixed);
-    Ok(walk.shape)
+    Ok((walk.shape, walk.named))
 }
 
-struct Walk {
+struct Walk<'a> {
     expressions: usize,
     shape: Shape,
+    /// The trigger's headers (only their names are read).
+    headers: &'a BTreeMap<String, Secret>,
+    /// The header names the template uses.
+    named: BTreeSet<String>,
 }
 
-impl Walk {
+impl Walk<'_> {
     /// Checks the elements of `template` at nesting `depth`; returns their steps (an
     /// `#each` over a variable adds its body to `per_iteration` instead).
     fn template(
@@ -229,8 +247,11 @@ impl Walk {
             if !allowed {
                 return Err(at.unknown_helper(&expression.name));
             }
-        } else if at_root {
-            known_variable(&expression.name, at)?;
+        } else {
+            self.note_header(&expression.name);
+            if at_root {
+                self.known_variable(&expression.name, at)?;
+            }
         }
         self.arguments(expression, depth, at, at_root)
     }
@@ -270,8 +291,14 @@ impl Walk {
                     _ => Err(at.unsupported("this subexpression")),
                 }
             }
-            Parameter::Path(_) if at_root => known_variable(param, at).map(|()| 1),
-            Parameter::Name(_) | Parameter::Path(_) | Parameter::Literal(_) => Ok(1),
+            Parameter::Path(_) => {
+                self.note_header(param);
+                if at_root {
+                    self.known_variable(param, at)?;
+                }
+                Ok(1)
+            }
+            Parameter::Name(_) | Parameter::Literal(_) => Ok(1),
             _ => Err(at.unsupported("these parameters")),
         }
     }
@@ -343,27 +370,82 @@ impl Walk {
     }
 }
 
-/// In the variables' own context, a plain path (`name`, `name.more`) must start with a
-/// variable's name: strict mode refuses any other at render time, and a branch the trial
-/// render does not take (an `#unless`, an `{{else}}`) would otherwise fail only at
-/// delivery. Paths this cannot judge (`this`, `@root`, `@index`, `../`) are left to the
-/// trial render.
-fn known_variable(param: &Parameter, at: At) -> Result<(), TemplateError> {
-    let Parameter::Path(Path::Relative((segments, raw))) = param else {
-        return Ok(());
-    };
-    let Some(PathSeg::Named(first)) = segments.first() else {
-        return Ok(());
-    };
-    let judged = !(raw.starts_with('@') || raw.starts_with('.') || raw.starts_with("this"));
-    if judged && !crate::VARIABLE_NAMES.contains(&first.as_str()) {
-        return Err(TemplateError::UnknownVariable {
-            variable: raw.clone(),
-            line: at.line,
-            column: at.column,
-        });
+impl Walk<'_> {
+    /// In the variables' own context, a plain path (`name`, `name.more`) must start with a
+    /// variable's name: strict mode refuses any other at render time, and a branch the
+    /// trial render does not take (an `#unless`, an `{{else}}`) would otherwise fail only
+    /// at delivery. `headers` must be followed by exactly one of the trigger's header
+    /// names. Paths this cannot judge (`this`, `@root`, `@index`, `../`) are left to the
+    /// trial render.
+    fn known_variable(&self, param: &Parameter, at: At) -> Result<(), TemplateError> {
+        let Parameter::Path(Path::Relative((segments, raw))) = param else {
+            return Ok(());
+        };
+        let Some(PathSeg::Named(first)) = segments.first() else {
+            return Ok(());
+        };
+        let judged = !(raw.starts_with('@') || raw.starts_with('.') || raw.starts_with("this"));
+        if !judged {
+            return Ok(());
+        }
+        if first == "headers" {
+            return match segments.as_slice() {
+                [_, PathSeg::Named(name)] if self.headers.contains_key(name) => Ok(()),
+                _ => Err(TemplateError::UnknownHeader {
+                    path: raw.chars().take(256).collect(),
+                    line: at.line,
+                    column: at.column,
+                    headers: self
+                        .headers
+                        .keys()
+                        .take(crate::config::document::MAX_HEADERS)
+                        .map(|name| name.chars().take(64).collect())
+                        .collect(),
+                }),
+            };
+        }
+        if !crate::VARIABLE_NAMES.contains(&first.as_str()) {
+            return Err(TemplateError::UnknownVariable {
+                variable: raw.clone(),
+                line: at.line,
+                column: at.column,
+            });
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Notes the header a path names, by any path that ends in `headers.<Name>` (`this.`,
+    /// `@root.`, `../` before it), if the trigger has it: its value enters the context.
+    fn note_header(&mut self, param: &Parameter) {
+        let Parameter::Path(Path::Relative((segments, _))) = param else {
+            return;
+        };
+        let named: Vec<&str> = segments
+            .iter()
+            .filter_map(|segment| match segment {
+                PathSeg::Named(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let ["headers", name] = named.as_slice()
+            && self.headers.contains_key(*name)
+        {
+            self.named.insert((*name).to_string());
+        }
+    }
+}
+
+/// What [`TemplateError::UnknownHeader`] says of the trigger's headers.
+pub(crate) fn header_hint(headers: &[String]) -> String {
+    if headers.is_empty() {
+        return "it has no `headers`".to_string();
+    }
+    format!(
+        "its headers are: {} (write `headers.` and one name, exactly as configured, case \
+         included; a name with characters other than letters, digits, `-`, `_` and `$` \
+         goes in brackets: `headers.[X.Key]`)",
+        headers.join(", ")
+    )
 }
 
 /// The name of a helper as the parser gives it: a name, or a path of one plain segment.
