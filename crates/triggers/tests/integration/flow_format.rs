@@ -589,3 +589,60 @@ async fn flow_secret_header_in_body_example_validates_previews_redacted_and_deli
     assert!(!logs.text().contains(secret), "{}", logs.text());
     assert!(!format!("{delivered:?}").contains(secret));
 }
+
+/// Issue 18, item 5 (estuary/flow#2028): a trigger may list the collections it fires for,
+/// in both of Flow's forms; entries ending in `/` are name prefixes. A trigger without the
+/// field fires for every collection, as before.
+#[test]
+fn per_trigger_collections_filter_in_list_and_map_form() {
+    let list = r#"config:
+  - url: https://orders.example.com/hook
+    collections: [acmeCo/orders/, acmeCo/users]
+    payloadTemplate: '{"collections": {{json collection_names}}}'
+  - url: https://all.example.com/hook
+    payloadTemplate: '{}'
+"#;
+    for text in [list.to_string(), as_map(list, &["orders", "all"])] {
+        let triggers = compiled(&text);
+        let by_origin = |origin: &str| {
+            triggers
+                .iter()
+                .find(|t| t.label().origin == origin)
+                .expect(origin)
+        };
+        let orders = by_origin("https://orders.example.com");
+        assert_eq!(
+            orders.collections(),
+            Some(&["acmeCo/orders/".to_string(), "acmeCo/users".to_string()][..])
+        );
+        assert!(orders.fires_for("acmeCo/orders/v2"));
+        assert!(orders.fires_for("acmeCo/users"));
+        assert!(!orders.fires_for("acmeCo/users/v2"));
+        assert!(!orders.fires_for("acmeCo/ordersv2"));
+        let all = by_origin("https://all.example.com");
+        assert_eq!(all.collections(), None);
+        assert!(all.fires_for("anything/at/all"));
+
+        // Checked against the materialization's bindings, every error at once.
+        triggers::validate_collections(
+            &triggers,
+            &["acmeCo/orders/v1".to_string(), "acmeCo/users".to_string()],
+        )
+        .expect("both entries match a binding");
+        let err = triggers::validate_collections(&triggers, &["acmeCo/users/v2".to_string()])
+            .expect_err("no binding matches either entry");
+        let text: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        let label = orders.label().to_string();
+        assert_eq!(
+            text,
+            [
+                format!(
+                    "{label}: `collections[0]` is \"acmeCo/orders/\", which is a prefix of none of the materialization's binding collections: acmeCo/users/v2"
+                ),
+                format!(
+                    "{label}: `collections[1]` is \"acmeCo/users\", which is none of the materialization's binding collections: acmeCo/users/v2"
+                ),
+            ]
+        );
+    }
+}
