@@ -3,6 +3,7 @@
 //! [`MAX_PAYLOAD_BYTES`] for what a render may write.
 
 mod direct;
+mod headers;
 mod shape;
 mod timestamp;
 
@@ -13,6 +14,8 @@ use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output, PathAndJson,
     RenderContext, RenderError, RenderErrorReason, Renderable as _, ScopedJson,
 };
+pub use headers::REDACTED_HEADER_VALUE;
+use headers::{HeaderHelper, TemplateHeaders};
 use serde_json::Value as Json;
 use shape::Shape;
 pub use shape::{MAX_EXPRESSIONS, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING};
@@ -21,10 +24,6 @@ pub use shape::{MAX_EXPRESSIONS, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPL
 /// and delivery alike. A render that would write more stops there with
 /// [`TemplateError::PayloadTooLarge`].
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
-
-/// What a preview writes in place of a header value (`{{headers.Name}}`), and what
-/// replaces a header value in a render error: preview never shows a secret.
-pub const REDACTED_HEADER_VALUE: &str = "<redacted>";
 
 /// The compiled payload templates of one config, one per trigger.
 ///
@@ -41,50 +40,10 @@ pub struct Templates {
     direct: Vec<Option<DirectTemplate>>,
     /// By trigger index: how many steps a render takes, for a compiled template.
     shapes: Vec<Option<Shape>>,
-    /// By trigger index: the headers its template names as `headers.<Name>`, with their
-    /// values. Only those enter the render's context, and only when there are any (a
-    /// template without `headers.` sees the variables exactly as before).
+    /// By trigger index: the headers its template writes (`headers.<Name>`), with their
+    /// values, for the direct plan. They never enter a render's context: the Handlebars
+    /// templates call a helper per trigger that holds them (see [`headers`]).
     headers: Vec<TemplateHeaders>,
-}
-
-/// The headers one template names (`headers.<Name>`), in name order, with the trigger's
-/// values for them. `Debug` shows names only: values are [`Secret`]s.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TemplateHeaders {
-    entries: Vec<(String, Secret)>,
-}
-
-impl TemplateHeaders {
-    /// The position of header `name` (as configured, case included).
-    pub(crate) fn position(&self, name: &str) -> Option<usize> {
-        self.entries
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-    }
-
-    /// The value a render writes for header `i`: the trigger's own, or the marker.
-    pub(crate) fn value(&self, i: usize, redact: bool) -> &str {
-        match self.entries.get(i) {
-            Some(_) if redact => REDACTED_HEADER_VALUE,
-            Some((_, value)) => value.expose(),
-            None => "",
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// `message` with every header value in it replaced by the marker: what keeps a
-    /// helper's error (which may quote the value it was given) from showing a secret.
-    fn scrub(&self, message: &mut String) {
-        for (_, value) in &self.entries {
-            let value = value.expose();
-            if !value.is_empty() && message.contains(value) {
-                *message = message.replace(value, REDACTED_HEADER_VALUE);
-            }
-        }
-    }
 }
 
 /// A template that does not compile or render, or is past a bound.
@@ -195,11 +154,11 @@ pub enum TemplateError {
         column: usize,
     },
     /// `headers.<Name>` names no header of the trigger (names match as configured, case
-    /// included), or `headers` is used without exactly one name after it. Lists the
+    /// included), or `headers` is written without exactly one name after it. Lists the
     /// trigger's header names, never a value.
     #[error(
         "`{path}` at line {line}, column {column} names no header of this trigger; {}",
-        shape::header_hint(headers)
+        headers::header_hint(headers)
     )]
     UnknownHeader {
         /// The path the template used, e.g. `headers.X-Api-Kee` (its first 256 characters).
@@ -211,6 +170,22 @@ pub enum TemplateError {
         /// The trigger's header names, as configured (at most [`crate::MAX_HEADERS`],
         /// each cut to its first 64 characters).
         headers: Vec<String>,
+    },
+    /// A header used other than written into the payload: as a helper's or block's
+    /// argument (`{{timestamp headers.X "s"}}`, `{{#if headers.X}}`), or by a path that
+    /// does not reach the root (`this.headers.X` or `../headers.X` inside `#each`).
+    #[error(
+        "`{path}` at line {line}, column {column}: a header's value can only be written into \
+         the payload, as `{{{{headers.Name}}}}` or `{{{{json headers.Name}}}}` \
+         (`@root.headers.Name` inside `#each` or `#with`), not given to a helper or a block"
+    )]
+    HeaderUse {
+        /// The path the template used (its first 256 characters).
+        path: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
     },
     /// Any other rendering failure (a bad helper argument, say).
     #[error("template failed to render at line {line}, column {column}: {message}")]
@@ -297,6 +272,11 @@ impl Templates {
         self.shapes[index] = None;
         self.headers[index] = TemplateHeaders::default();
         self.registry.unregister_template(&name);
+        self.registry.unregister_template(&redacted_name(index));
+        for redact in [false, true] {
+            self.registry
+                .unregister_helper(&headers::helper_name(index, redact));
+        }
         shape::prescan(source)?;
         let template = handlebars::template::Template::compile(source).map_err(|err| {
             let (line, column) = err.pos().unwrap_or((0, 0));
@@ -306,21 +286,30 @@ impl Templates {
                 message: err.reason().to_string(),
             }
         })?;
-        let (shape, named) = shape::check(&template, headers)?;
-        let named = TemplateHeaders {
-            entries: named
-                .into_iter()
-                .filter_map(|n| {
-                    headers
-                        .get_key_value(&n)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                })
-                .collect(),
-        };
-        self.direct[index] = DirectTemplate::plan(&template, &named);
+        let (shape, written) = shape::check(&template, headers)?;
+        let written = TemplateHeaders::new(&written, headers);
+        self.direct[index] = DirectTemplate::plan(&template, &written);
         self.shapes[index] = Some(shape);
-        self.headers[index] = named;
-        self.registry.register_template(&name, template);
+        if written.is_empty() {
+            self.registry.register_template(&name, template);
+        } else {
+            // Two templates: one writing the values (delivery, test-fire), one the marker
+            // (preview), each calling its own helper.
+            for (redact, template_name) in [(false, name), (true, redacted_name(index))] {
+                let helper = headers::helper_name(index, redact);
+                let mut rewritten = template.clone();
+                headers::rewrite(&mut rewritten, &helper);
+                self.registry.register_helper(
+                    &helper,
+                    Box::new(HeaderHelper {
+                        headers: written.clone(),
+                        redact,
+                    }),
+                );
+                self.registry.register_template(&template_name, rewritten);
+            }
+            self.headers[index] = written;
+        }
         Ok(())
     }
 
@@ -338,7 +327,7 @@ impl Templates {
             .get("collection_names")
             .and_then(Json::as_array)
             .map_or(0, Vec::len);
-        self.render_data(index, context, collections)
+        self.render_data(index, context, collections, false)
     }
 
     fn render_data(
@@ -346,13 +335,20 @@ impl Templates {
         index: usize,
         data: &impl serde::Serialize,
         collections: usize,
+        redact: bool,
     ) -> Result<String, TemplateError> {
         self.check_steps(index, collections)?;
         let context = Context::wraps(data).map_err(render_error)?;
         let mut out = BoundedWriter::default();
+        let writes_headers = self.headers.get(index).is_some_and(|h| !h.is_empty());
+        let template = if redact && writes_headers {
+            redacted_name(index)
+        } else {
+            name(index)
+        };
         match self
             .registry
-            .render_with_context_to_write(&name(index), &context, &mut out)
+            .render_with_context_to_write(&template, &context, &mut out)
         {
             Ok(()) => String::from_utf8(out.bytes).map_err(|err| TemplateError::Render {
                 line: 0,
@@ -387,8 +383,8 @@ impl Templates {
     /// trial render and delivery both come here, so publish time checks the path that
     /// runs in production, with the same bounds.
     ///
-    /// `headers.<Name>` writes the header's value; an error never shows one (a value
-    /// quoted in a helper's message is replaced by [`REDACTED_HEADER_VALUE`]).
+    /// `headers.<Name>` writes the header's value (no helper ever sees one, so no error
+    /// can show it).
     pub fn render_variables(
         &self,
         index: usize,
@@ -418,23 +414,6 @@ impl Templates {
     ) -> Result<String, TemplateError> {
         let empty = TemplateHeaders::default();
         let headers = self.headers.get(index).unwrap_or(&empty);
-        self.render_inner(index, variables, webhook_id, headers, redact)
-            .map_err(|mut err| {
-                if let TemplateError::Render { message, .. } = &mut err {
-                    headers.scrub(message);
-                }
-                err
-            })
-    }
-
-    fn render_inner(
-        &self,
-        index: usize,
-        variables: &Variables,
-        webhook_id: &str,
-        headers: &TemplateHeaders,
-        redact: bool,
-    ) -> Result<String, TemplateError> {
         if let Some(Some(direct)) = self.direct.get(index) {
             match direct.render(variables, webhook_id, headers, redact, MAX_PAYLOAD_BYTES) {
                 Ok(rendered) => return Ok(rendered),
@@ -452,9 +431,9 @@ impl Templates {
             &TriggerVariables {
                 variables,
                 webhook_id,
-                headers: (!headers.is_empty()).then_some(HeaderContext { headers, redact }),
             },
             variables.collection_names.len(),
+            redact,
         )
     }
 
@@ -519,38 +498,21 @@ fn render_error(err: RenderError) -> TemplateError {
     }
 }
 
-/// A transaction's variables plus one trigger's `webhook_id` (and the headers its
-/// template names, when it names any), serialised as one object.
+/// A transaction's variables plus one trigger's `webhook_id`, serialised as one object.
 #[derive(serde::Serialize)]
 struct TriggerVariables<'a> {
     #[serde(flatten)]
     variables: &'a Variables,
     webhook_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    headers: Option<HeaderContext<'a>>,
-}
-
-/// `headers` in a render's context: a map from each named header to its value (or the
-/// marker).
-struct HeaderContext<'a> {
-    headers: &'a TemplateHeaders,
-    redact: bool,
-}
-
-impl serde::Serialize for HeaderContext<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let entries = &self.headers.entries;
-        let mut map = serializer.serialize_map(Some(entries.len()))?;
-        for (i, (name, _)) in entries.iter().enumerate() {
-            map.serialize_entry(name, self.headers.value(i, self.redact))?;
-        }
-        map.end()
-    }
 }
 
 fn name(index: usize) -> String {
     format!("trigger[{index}]")
+}
+
+/// The preview's copy of trigger `index`'s template, for one that writes headers.
+fn redacted_name(index: usize) -> String {
+    format!("trigger[{index}]:redacted")
 }
 
 /// Strict mode does not reach helper arguments, so a helper given an unknown variable
@@ -1415,60 +1377,77 @@ mod tests {
         assert!(!err.to_string().contains("bang"), "{err}");
     }
 
-    /// Issue 18, item 3b: a helper that quotes the value it was given (`timestamp`) never
-    /// shows a header value in its error: the marker stands in for it.
+    /// Issue 18, item 3b: a header can only be written into the payload. As a helper's or
+    /// block's argument (where an error could quote it: `timestamp` quotes the value it
+    /// was given), or by a path that does not reach the root, it is refused when the
+    /// template compiles, and the error never shows the value.
     #[test]
-    fn header_values_never_appear_in_render_errors() {
+    fn a_header_used_other_than_written_is_refused_at_compile() {
         let secret = "sk-distinctive-9f3a";
         for source in [
             "{{timestamp headers.X-Api-Key \"us\"}}",
+            "{{json (timestamp headers.X-Api-Key \"us\")}}",
+            "{{#if headers.X-Api-Key}}x{{/if}}",
+            "{{#unless false}}{{eq headers.X-Api-Key \"a\"}}{{/unless}}",
+            "{{#with headers.X-Api-Key}}{{this}}{{/with}}",
+            "{{#each collection_names}}{{headers.X-Api-Key}}{{/each}}",
+            "{{#each collection_names}}{{../headers.X-Api-Key}}{{/each}}",
             "{{#each collection_names}}{{timestamp @root.headers.X-Api-Key \"s\"}}{{/each}}",
-            "{{#if false}}{{headers.X-Api-Key}}{{/if}}{{timestamp (lookup @root.headers \"X-Api-Key\") \"ms\"}}",
+            "{{json headers.X-Api-Key pretty=true}}",
         ] {
-            let templates = compile_headers(source, &[("X-Api-Key", secret)]).expect(source);
-            for redact in [false, true] {
-                let err = templates
-                    .render_with_headers(0, &Variables::placeholder(), "msg_0", redact)
-                    .expect_err(source);
-                let (text, debug) = (err.to_string(), format!("{err:?}"));
-                assert!(!text.contains(secret) && !debug.contains(secret), "{text}");
-                assert!(text.contains(REDACTED_HEADER_VALUE), "{source}: {text}");
-            }
+            let err = compile_headers(source, &[("X-Api-Key", secret)])
+                .err()
+                .expect(source);
+            assert!(
+                matches!(&err, TemplateError::HeaderUse { path, line: 1, .. } if path.contains("headers.X-Api-Key")),
+                "{source}: {err:?}"
+            );
+            let (text, debug) = (err.to_string(), format!("{err:?}"));
+            assert!(!text.contains(secret) && !debug.contains(secret), "{text}");
+            assert!(
+                text.contains("can only be written into the payload"),
+                "{text}"
+            );
         }
     }
 
-    /// Issue 18, item 3b: only a template that names a header sees `headers`, and only
-    /// the headers it names: other templates iterate the root exactly as before.
+    /// Issue 18, item 3b: header values never enter the render's context, so no path,
+    /// `lookup` or `#each` reaches one (and no helper's error can quote one): templates
+    /// see the variables exactly as before, and only `headers.<Name>` writes a value.
     #[test]
-    fn only_the_headers_a_template_names_enter_its_context() {
-        let entries = [("A", "alpha"), ("B", "beta")];
+    fn header_values_never_enter_the_render_context() {
+        let entries = [("A", "alpha-secret"), ("B", "beta-secret")];
+        let variables = Variables::placeholder();
         let keys = "{{#each this}}{{@key}},{{/each}}";
         let before = compile(keys).expect("compiles");
-        let with_headers = compile_headers(keys, &entries).expect("compiles");
-        let variables = Variables::placeholder();
-        // The context is a JSON object: its keys iterate sorted.
-        let keys_of = |extra: &[&str]| {
-            let mut all: Vec<&str> = crate::VARIABLE_NAMES.iter().chain(extra).copied().collect();
-            all.sort_unstable();
-            all.iter().map(|key| format!("{key},")).collect::<String>()
-        };
+        let writes =
+            compile_headers(&format!("{keys}{{{{headers.A}}}}"), &entries).expect("compiles");
+        let listed = before
+            .render_variables(0, &variables, "msg_0")
+            .expect("renders");
         assert_eq!(
-            before.render_variables(0, &variables, "msg_0"),
-            Ok(keys_of(&[]))
+            writes.render_variables(0, &variables, "msg_0"),
+            Ok(format!("{listed}alpha-secret"))
         );
-        assert_eq!(
-            with_headers.render_variables(0, &variables, "msg_0"),
-            Ok(keys_of(&[]))
-        );
-        let named = compile_headers(
-            &format!("{keys}{{{{json (lookup this \"headers\")}}}}{{{{headers.A}}}}"),
-            &entries,
-        )
-        .expect("compiles");
-        assert_eq!(
-            named.render_variables(0, &variables, "msg_0"),
-            Ok(format!("{}{{\"A\":\"alpha\"}}alpha", keys_of(&["headers"])))
-        );
+        let dump = "{{#each this}}{{json this}}{{/each}}{{headers.A}}";
+        let out = compile_headers(dump, &entries)
+            .expect("compiles")
+            .render_variables(0, &variables, "msg_0")
+            .expect("renders");
+        assert_eq!(out.matches("alpha-secret").count(), 1, "{out}");
+        assert!(!out.contains("beta-secret"), "{out}");
+        for source in [
+            "{{headers.A}}{{json (lookup this \"headers\")}}",
+            "{{headers.A}}{{#each collection_names}}{{json (lookup @root \"headers\")}}{{/each}}",
+        ] {
+            let templates = compile_headers(source, &entries).expect(source);
+            for redact in [false, true] {
+                let err = templates
+                    .render_with_headers(0, &variables, "msg_0", redact)
+                    .expect_err(source);
+                assert!(!format!("{err:?}").contains("secret"), "{source}: {err:?}");
+            }
+        }
     }
 
     /// Renders `{{timestamp "<value>" <args>}}`.

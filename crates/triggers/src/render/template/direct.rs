@@ -12,7 +12,7 @@
 //! may be named bare or as `this.name` (outside a block, `this` is the root: the same
 //! path to Handlebars).
 
-use super::TemplateHeaders;
+use super::headers::TemplateHeaders;
 use crate::render::variables::Variables;
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Path, PathSeg};

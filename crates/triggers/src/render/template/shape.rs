@@ -29,13 +29,8 @@ pub const MAX_TEMPLATE_NESTING: usize = 16;
 /// of collections (at least the 10 variables, for `#each @root`).
 pub const MAX_RENDER_STEPS: u64 = 1_000_000;
 
-/// Iterations an `#each` over an object makes, at most: the root object's keys (the
-/// variables, and `headers`) or a trigger's headers.
-const ROOT_KEYS: u64 = {
-    let root = crate::VARIABLE_NAMES.len() + 1;
-    let headers = crate::config::document::MAX_HEADERS;
-    (if root > headers { root } else { headers }) as u64
-};
+/// Iterations an `#each` over the root object (the variables) makes.
+const ROOT_KEYS: u64 = crate::VARIABLE_NAMES.len() as u64;
 
 /// Block helpers a template may use.
 const BLOCK_HELPERS: [&str; 4] = ["if", "unless", "each", "with"];
@@ -160,8 +155,8 @@ fn too_deep(line: usize, column: usize) -> TemplateError {
 }
 
 /// Walks a compiled template: every bound above, and its [`Shape`]; `headers` are the
-/// trigger's. Also gives the header names the template uses (`headers.<Name>`, by any
-/// path), each one the trigger has.
+/// trigger's. Also gives the header names the template writes (`headers.<Name>`), each
+/// one the trigger has: any other use of `headers` is refused (see [`super::headers`]).
 pub(crate) fn check(
     template: &Template,
     headers: &BTreeMap<String, Secret>,
@@ -182,7 +177,7 @@ struct Walk<'a> {
     shape: Shape,
     /// The trigger's headers (only their names are read).
     headers: &'a BTreeMap<String, Secret>,
-    /// The header names the template uses.
+    /// The header names the template writes.
     named: BTreeSet<String>,
 }
 
@@ -241,6 +236,13 @@ impl Walk<'_> {
         if helper_name(&expression.name) == Some(super::timestamp::NAME) {
             super::timestamp::check_literals(expression, at.line, at.column)?;
         }
+        if let Some((path, _)) = super::headers::written_header(expression) {
+            // `{{headers.Name}}` or `{{json headers.Name}}`: one step, and one more for
+            // `json`'s argument.
+            self.header(path, at, at_root, true)?;
+            self.count()?;
+            return Ok(1 + u64::from(calls));
+        }
         if calls {
             let allowed =
                 helper_name(&expression.name).is_some_and(|n| INLINE_HELPERS.contains(&n));
@@ -248,7 +250,7 @@ impl Walk<'_> {
                 return Err(at.unknown_helper(&expression.name));
             }
         } else {
-            self.note_header(&expression.name);
+            self.header(&expression.name, at, at_root, false)?;
             if at_root {
                 self.known_variable(&expression.name, at)?;
             }
@@ -292,7 +294,7 @@ impl Walk<'_> {
                 }
             }
             Parameter::Path(_) => {
-                self.note_header(param);
+                self.header(param, at, at_root, false)?;
                 if at_root {
                     self.known_variable(param, at)?;
                 }
@@ -388,23 +390,8 @@ impl Walk<'_> {
         if !judged {
             return Ok(());
         }
-        if first == "headers" {
-            return match segments.as_slice() {
-                [_, PathSeg::Named(name)] if self.headers.contains_key(name) => Ok(()),
-                _ => Err(TemplateError::UnknownHeader {
-                    path: raw.chars().take(256).collect(),
-                    line: at.line,
-                    column: at.column,
-                    headers: self
-                        .headers
-                        .keys()
-                        .take(crate::config::document::MAX_HEADERS)
-                        .map(|name| name.chars().take(64).collect())
-                        .collect(),
-                }),
-            };
-        }
-        if !crate::VARIABLE_NAMES.contains(&first.as_str()) {
+        // `headers` is judged by `header`.
+        if first != "headers" && !crate::VARIABLE_NAMES.contains(&first.as_str()) {
             return Err(TemplateError::UnknownVariable {
                 variable: raw.clone(),
                 line: at.line,
@@ -414,38 +401,51 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Notes the header a path names, by any path that ends in `headers.<Name>` (`this.`,
-    /// `@root.`, `../` before it), if the trigger has it: its value enters the context.
-    fn note_header(&mut self, param: &Parameter) {
-        let Parameter::Path(Path::Relative((segments, _))) = param else {
-            return;
+    /// Judges a path whose first name is `headers`, anywhere: it must name one of the
+    /// trigger's headers (exactly one name after `headers`), be `written` (the
+    /// expression `{{headers.Name}}`, or `json`'s only argument), and reach the root
+    /// (bare in the root's context, or through `@root`). Notes the header written.
+    fn header(
+        &mut self,
+        param: &Parameter,
+        at: At,
+        at_root: bool,
+        written: bool,
+    ) -> Result<(), TemplateError> {
+        let Some(path) = super::headers::HeaderPath::of(param) else {
+            return Ok(());
         };
-        let named: Vec<&str> = segments
-            .iter()
-            .filter_map(|segment| match segment {
-                PathSeg::Named(name) => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        if let ["headers", name] = named.as_slice()
-            && self.headers.contains_key(*name)
-        {
-            self.named.insert((*name).to_string());
+        let raw = match param {
+            Parameter::Path(Path::Relative((_, raw))) => raw.chars().take(256).collect(),
+            _ => String::new(),
+        };
+        let name = match path.name() {
+            Some(name) if self.headers.contains_key(name) => name,
+            _ => {
+                return Err(TemplateError::UnknownHeader {
+                    path: raw,
+                    line: at.line,
+                    column: at.column,
+                    headers: self
+                        .headers
+                        .keys()
+                        .take(crate::config::document::MAX_HEADERS)
+                        .map(|name| name.chars().take(64).collect())
+                        .collect(),
+                });
+            }
+        };
+        let reaches_root = !path.up && (path.rooted || at_root);
+        if !written || !reaches_root {
+            return Err(TemplateError::HeaderUse {
+                path: raw,
+                line: at.line,
+                column: at.column,
+            });
         }
+        self.named.insert(name.to_string());
+        Ok(())
     }
-}
-
-/// What [`TemplateError::UnknownHeader`] says of the trigger's headers.
-pub(crate) fn header_hint(headers: &[String]) -> String {
-    if headers.is_empty() {
-        return "it has no `headers`".to_string();
-    }
-    format!(
-        "its headers are: {} (write `headers.` and one name, exactly as configured, case \
-         included; a name with characters other than letters, digits, `-`, `_` and `$` \
-         goes in brackets: `headers.[X.Key]`)",
-        headers.join(", ")
-    )
 }
 
 /// The name of a helper as the parser gives it: a name, or a path of one plain segment.
