@@ -171,6 +171,21 @@ pub enum TemplateError {
         /// each cut to its first 64 characters).
         headers: Vec<String>,
     },
+    /// A header whose name has characters other than letters, digits, `-`, `_` and `$`,
+    /// written without brackets (`{{headers.X.Key}}`), which Handlebars cannot read as
+    /// one name.
+    #[error(
+        "`headers.{name}` at line {line}, column {column}: Handlebars cannot read this \
+         header name in a path; write it in brackets, `headers.[{name}]`"
+    )]
+    HeaderNeedsBrackets {
+        /// The header name, as configured (its first 64 characters).
+        name: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column (in bytes) of the `{{` that holds it.
+        column: usize,
+    },
     /// A header used other than written into the payload: as a helper's or block's
     /// argument (`{{timestamp headers.X "s"}}`, `{{#if headers.X}}`), or by a path that
     /// does not reach the root (`this.headers.X` or `../headers.X` inside `#each`).
@@ -278,6 +293,7 @@ impl Templates {
                 .unregister_helper(&headers::helper_name(index, redact));
         }
         shape::prescan(source)?;
+        headers::check_brackets(source, headers)?;
         let template = handlebars::template::Template::compile(source).map_err(|err| {
             let (line, column) = err.pos().unwrap_or((0, 0));
             TemplateError::Syntax {
@@ -1362,19 +1378,34 @@ mod tests {
                 .as_deref(),
             Ok("dotted bang dollar dash \"dotted\"")
         );
-        let err = compile_headers("{{headers.X.Key}}", &entries)
+        for (source, name, column) in [
+            ("{{headers.X.Key}}", "X.Key", 1),
+            ("{\"k\": \"{{headers.X!Key}}\"}", "X!Key", 8),
+            ("{{#if true}}\n {{json headers.X.Key}}{{/if}}", "X.Key", 2),
+        ] {
+            let err = compile_headers(source, &entries).err().expect(source);
+            let line = 1 + usize::from(source.contains('\n'));
+            assert_eq!(
+                err,
+                TemplateError::HeaderNeedsBrackets {
+                    name: name.to_string(),
+                    line,
+                    column
+                },
+                "{source}"
+            );
+            assert!(
+                err.to_string()
+                    .ends_with(&format!("write it in brackets, `headers.[{name}]`")),
+                "{err}"
+            );
+        }
+        // Outside a mustache it is text.
+        compile_headers("headers.X.Key {{headers.[X.Key]}}", &entries).expect("text");
+        let err = compile_headers("{{headers.X}}", &[("X.Key", "dotted")])
             .err()
-            .expect("dotted");
-        assert!(
-            matches!(&err, TemplateError::UnknownHeader { path, .. } if path == "headers.X.Key"),
-            "{err:?}"
-        );
+            .expect("no header X");
         assert!(err.to_string().contains("`headers.[X.Key]`"), "{err}");
-        let err = compile_headers("{{headers.X!Key}}", &entries)
-            .err()
-            .expect("bang");
-        assert!(matches!(err, TemplateError::Syntax { .. }), "{err:?}");
-        assert!(!err.to_string().contains("bang"), "{err}");
     }
 
     /// Issue 18, item 3b: a header can only be written into the payload. As a helper's or

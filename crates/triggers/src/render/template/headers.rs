@@ -209,6 +209,48 @@ impl HelperDef for HeaderHelper {
     }
 }
 
+/// Whether Handlebars can read `name` as a path segment without brackets.
+fn is_path_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'$'))
+}
+
+/// Before Handlebars parses `source`: a header whose name has characters a path cannot
+/// hold (`X.Key`, `X!Key`), written without brackets inside a mustache, is refused with
+/// the spelling that works (Handlebars would say `expected identifier` or read
+/// `headers.X.Key` as header `X`). Linear in the source, per such header.
+pub(crate) fn check_brackets(
+    source: &str,
+    headers: &std::collections::BTreeMap<String, Secret>,
+) -> Result<(), super::TemplateError> {
+    for name in headers
+        .keys()
+        .take(crate::config::document::MAX_HEADERS)
+        .filter(|name| !name.is_empty() && !is_path_name(name))
+    {
+        let written = format!("headers.{name}");
+        for (at, _) in source.match_indices(&written) {
+            let before = &source[..at];
+            // Inside a mustache: its `{{` is after the last `}}`.
+            let Some(open) = before
+                .rfind("{{")
+                .filter(|open| before.rfind("}}").is_none_or(|close| close < *open))
+            else {
+                continue;
+            };
+            let before = &source[..open];
+            let line = before.matches('\n').count() + 1;
+            let column = open - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
+            return Err(super::TemplateError::HeaderNeedsBrackets {
+                name: name.chars().take(64).collect(),
+                line,
+                column,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What [`super::TemplateError::UnknownHeader`] says of the trigger's headers.
 pub(crate) fn header_hint(headers: &[String]) -> String {
     if headers.is_empty() {
