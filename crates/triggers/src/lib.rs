@@ -71,13 +71,14 @@ mod config;
 mod render;
 mod send;
 
+pub use config::collections::MAX_LISTED_BINDINGS;
 pub use config::document::{
     ConfigFormat, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS, HttpMethod,
-    MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
-    MAX_MAX_ATTEMPTS, MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS,
-    MAX_TIMEOUT_SECS, MAX_TRIGGER_NAME_BYTES, MAX_TRIGGERS, MIN_MAX_ATTEMPTS,
-    MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError, SECRET_TYPE_ERROR, TriggerConfig,
-    TriggersConfig,
+    MAX_COLLECTION_BYTES, MAX_COLLECTIONS, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH,
+    MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS, MAX_MAX_ATTEMPTS, MAX_MAX_RETRIES,
+    MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS, MAX_TIMEOUT_SECS, MAX_TRIGGER_NAME_BYTES,
+    MAX_TRIGGERS, MIN_MAX_ATTEMPTS, MIN_RETRY_BUDGET_SECS, MIN_TIMEOUT_SECS, ParseError,
+    SECRET_TYPE_ERROR, TriggerConfig, TriggersConfig,
 };
 pub use config::drain::{
     DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
@@ -95,12 +96,13 @@ pub use config::sops::{
 };
 pub use config::validate::{
     Trigger, TriggerLabel, Triggers, ValidationError, ValidationErrors, validate,
+    validate_collections,
 };
 pub use render::clock::{Clock, ClockError};
 pub use render::preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
 pub use render::template::{
     MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,
-    TemplateError, Templates,
+    REDACTED_HEADER_VALUE, TemplateError, Templates,
 };
 pub use render::variables::{
     Materialization, ParamsError, VARIABLE_NAMES, Variables, VariablesError, run_id,

@@ -52,6 +52,10 @@ pub const MAX_SIGNING_SECRETS: usize = 10;
 
 /// Longest trigger name, in bytes.
 pub const MAX_TRIGGER_NAME_BYTES: usize = 64;
+/// Most `collections` entries per trigger.
+pub const MAX_COLLECTIONS: usize = 256;
+/// Longest `collections` entry, in bytes (Flow's collection names are at most 512).
+pub const MAX_COLLECTION_BYTES: usize = 512;
 /// Smallest accepted `maxAttempts` (the first attempt always happens).
 pub const MIN_MAX_ATTEMPTS: u32 = 1;
 /// Largest accepted `maxAttempts`: the first attempt and [`MAX_MAX_RETRIES`] retries.
@@ -150,6 +154,18 @@ struct TriggerDocument {
     /// `{"alreadyDelivered": [409], "retry": []}` (the default).
     #[serde(default)]
     responses: ResponsesConfig,
+    /// The collections this trigger fires for: exact collection names, or name prefixes
+    /// ending in `/` (`acmeCo/orders/`). Without it, every collection. A transaction that
+    /// read none of them sends this trigger no webhook, and its webhooks list only the
+    /// matching collections in `collection_names`. 1 to 256 distinct entries of 1 to 512
+    /// bytes.
+    #[serde(default)]
+    #[schemars(
+        length(min = 1, max = MAX_COLLECTIONS),
+        inner(length(min = 1, max = MAX_COLLECTION_BYTES)),
+        extend("uniqueItems" = true)
+    )]
+    collections: Option<Vec<String>>,
 }
 
 /// The JSON Schema `pattern` of a trigger name (the schema also bounds its length).
@@ -194,6 +210,9 @@ pub struct TriggerConfig {
     pub auth: Option<AuthConfig>,
     /// What the receiver's answers mean beyond the defaults.
     pub responses: ResponsesConfig,
+    /// The collections it fires for (exact names, or prefixes ending in `/`); `None` for
+    /// every collection.
+    pub collections: Option<Vec<String>>,
     /// Which of our defaulted fields the document gave, so that validation can refuse
     /// both spellings of one setting.
     pub(crate) given: Given,
@@ -228,6 +247,7 @@ impl From<TriggerDocument> for TriggerConfig {
             drain: doc.drain,
             auth: doc.auth,
             responses: doc.responses,
+            collections: doc.collections,
         }
     }
 }
@@ -378,6 +398,7 @@ impl std::fmt::Debug for TriggerConfig {
             .field("drain", &self.drain)
             .field("auth", &self.auth)
             .field("responses", &self.responses)
+            .field("collections", &self.collections)
             .finish()
     }
 }

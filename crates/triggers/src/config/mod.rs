@@ -4,6 +4,8 @@
 //! sends or renders at delivery time (validation compiles the templates and token
 //! endpoints once, through the other stages' checks).
 
+/// A trigger's `collections`: which collections it fires for.
+pub(crate) mod collections;
 /// The config as written (serde, strict), its bounds and the document parser.
 pub(crate) mod document;
 /// How a trigger's backlog drains in decoupled delivery (`drain`).

@@ -1,6 +1,7 @@
 //! Publish-time validation: a config document in, the compiled [`Triggers`] out, or every
 //! problem of the document at once.
 
+use crate::config::collections::{Bindings, CollectionFilter};
 use crate::config::document::{
     ConfigFormat, HttpMethod, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
     MAX_MAX_ATTEMPTS, MAX_MAX_RETRIES, MAX_RETRY_BUDGET_SECS, MAX_SIGNING_SECRETS,
@@ -15,6 +16,7 @@ use crate::send::signing::{SigningKey, SigningSecretError};
 use crate::send::webhook_headers::DELIVERER_HEADERS;
 use crate::{Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
 use std::time::Duration;
 use url::Url;
 
@@ -45,6 +47,8 @@ pub struct Trigger {
     pub(crate) auth: Option<std::sync::Arc<crate::send::token_auth::TokenAuth>>,
     /// What its `responses` make of a receiver's answers.
     pub(crate) responses: ResponsePolicy,
+    /// The collections it fires for; `None` for every one.
+    pub(crate) collections: Option<CollectionFilter>,
 }
 
 /// How errors and logs name a trigger: its name and its URL's origin
@@ -99,6 +103,10 @@ impl std::fmt::Debug for Trigger {
             .field("drain", &self.drain)
             .field("auth", &self.auth)
             .field("responses", &self.responses)
+            .field(
+                "collections",
+                &self.collections.as_ref().map(CollectionFilter::entries),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -325,6 +333,59 @@ pub enum ValidationError {
         /// The bound.
         max: usize,
     },
+    /// `collections: []`: the trigger could never fire.
+    #[error(
+        "{trigger}: `collections` is empty, so the trigger could never fire; leave it out \
+         to fire for every collection"
+    )]
+    EmptyCollections {
+        /// The trigger.
+        trigger: TriggerLabel,
+    },
+    /// More `collections` entries than [`crate::MAX_COLLECTIONS`]; none was checked.
+    #[error("{trigger}: `collections` has {count} entries, but at most {max} are allowed")]
+    TooManyCollections {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// How many there are.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A `collections` entry that is empty, longer than [`crate::MAX_COLLECTION_BYTES`],
+    /// or listed twice.
+    #[error("{trigger}: `collections[{position}]` ({entry:?}) is not allowed: {reason}")]
+    InvalidCollection {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// 0-based position of the entry in `collections`.
+        position: usize,
+        /// The entry, cut to its first 64 characters.
+        entry: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// A `collections` entry that matches none of the materialization's bindings (see
+    /// [`validate_collections`]): the trigger would never fire for it.
+    #[error(
+        "{trigger}: `collections[{position}]` is {entry:?}, which {} none of the \
+         materialization's binding collections: {}",
+        if entry.ends_with('/') { "is a prefix of" } else { "is" },
+        listed_bindings(bindings, *binding_count)
+    )]
+    UnmatchedCollection {
+        /// The trigger.
+        trigger: TriggerLabel,
+        /// 0-based position of the entry in `collections`.
+        position: usize,
+        /// The entry.
+        entry: String,
+        /// The binding collections, each once, in binding order: the first
+        /// [`crate::MAX_LISTED_BINDINGS`] of them.
+        bindings: Vec<String>,
+        /// How many distinct binding collections there are.
+        binding_count: usize,
+    },
     /// A status under `responses` that cannot be listed there.
     #[error("{trigger}: `responses.{field}[{position}]` is {status}: {reason}")]
     InvalidStatus {
@@ -366,6 +427,10 @@ impl ValidationError {
             | ValidationError::InvalidAuth { trigger, .. }
             | ValidationError::TooManyStatuses { trigger, .. }
             | ValidationError::InvalidStatus { trigger, .. } => Some(trigger.index),
+            ValidationError::EmptyCollections { trigger }
+            | ValidationError::TooManyCollections { trigger, .. }
+            | ValidationError::InvalidCollection { trigger, .. }
+            | ValidationError::UnmatchedCollection { trigger, .. } => Some(trigger.index),
         }
     }
 }
@@ -394,6 +459,18 @@ pub(crate) fn json_error_message(err: &serde_json::Error) -> String {
         .to_string()
 }
 
+/// The binding collections an [`ValidationError::UnmatchedCollection`] lists.
+fn listed_bindings(bindings: &[String], count: usize) -> String {
+    if count == 0 {
+        return "it has none".to_string();
+    }
+    let mut text = bindings.join(", ");
+    if count > bindings.len() {
+        text.push_str(&format!(" (and {} more)", count - bindings.len()));
+    }
+    text
+}
+
 /// Headers the HTTP client derives from the request itself; setting them by hand
 /// produces malformed or smuggled requests.
 const RESERVED_HEADERS: [&str; 5] = [
@@ -409,6 +486,42 @@ pub fn validate(text: &str, format: ConfigFormat) -> Result<Triggers, Validation
     let config =
         TriggersConfig::parse(text, format).map_err(|err| ValidationErrors(vec![err.into()]))?;
     Triggers::from_config(&config)
+}
+
+/// Checks every trigger's `collections` against the materialization's binding
+/// collections (`bindings`, by binding index; a collection may repeat): an entry that
+/// matches none of them, as a name or a prefix, could never fire and is an error naming
+/// the trigger, the entry and the bindings. Every error at once. A host calls it when it
+/// knows the bindings (a shard's Open, the CLI's `--binding`); [`validate`] cannot.
+/// Linear in the bindings and the entries (each entry is found in log time).
+pub fn validate_collections(
+    triggers: &Triggers,
+    bindings: &[String],
+) -> Result<(), ValidationErrors> {
+    let known = Bindings::new(bindings);
+    let mut errors = Vec::new();
+    for trigger in &triggers.triggers {
+        let Some(filter) = &trigger.collections else {
+            continue;
+        };
+        for (position, entry) in filter.entries().iter().enumerate() {
+            if !known.any_matches(entry) {
+                let (shown, binding_count) = known.shown();
+                errors.push(ValidationError::UnmatchedCollection {
+                    trigger: trigger.label.clone(),
+                    position,
+                    entry: entry.clone(),
+                    bindings: shown,
+                    binding_count,
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errors))
+    }
 }
 
 impl Triggers {
@@ -443,7 +556,7 @@ impl Triggers {
             let label = check_name(index, raw, &mut names, &mut errors);
             let trigger = check_trigger(label.clone(), raw, interval, &mut errors);
 
-            match templates.compile(index, &raw.payload_template) {
+            match templates.compile_with_headers(index, &raw.payload_template, &raw.headers) {
                 Err(source) => errors.push(ValidationError::Template {
                     trigger: label,
                     source,
@@ -505,7 +618,8 @@ impl Triggers {
     }
 
     /// Renders the payload of trigger `index` for a transaction, with the trigger's
-    /// `webhook_id` (see [`crate::webhook_id`]): what delivery sends.
+    /// `webhook_id` (see [`crate::webhook_id`]): what delivery sends, header values
+    /// (`{{headers.Name}}`) included.
     pub fn render(
         &self,
         index: usize,
@@ -541,6 +655,31 @@ impl Trigger {
     /// How its backlog drains in decoupled delivery.
     pub fn drain(&self) -> Drain {
         self.drain
+    }
+
+    /// Its `collections` as written; `None` when it fires for every collection.
+    pub fn collections(&self) -> Option<&[String]> {
+        self.collections.as_ref().map(CollectionFilter::entries)
+    }
+
+    /// Whether it fires for `collection`: always without `collections`, else when the
+    /// name is one of them or starts with one ending in `/`.
+    pub fn fires_for(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|filter| filter.matches(collection))
+    }
+
+    /// The variables this trigger sees for a transaction: `variables` with
+    /// `collection_names` kept to the collections it fires for (in their order), all
+    /// else as is (the time range, counts and ids stay the transaction's); `None` when it
+    /// fires for none of them, so it sends no webhook for the transaction. Borrows, and
+    /// copies nothing, without `collections` or when every collection matches.
+    pub fn variables_for<'v>(&self, variables: &'v Variables) -> Option<Cow<'v, Variables>> {
+        match &self.collections {
+            None => Some(Cow::Borrowed(variables)),
+            Some(filter) => filter.variables_for(variables),
+        }
     }
 }
 
@@ -865,6 +1004,7 @@ fn check_trigger(
 
     let auth = crate::send::token_auth::check(&label, raw, errors).map(std::sync::Arc::new);
     let responses = check_responses(&label, &raw.responses, errors);
+    let collections = CollectionFilter::check(&label, raw.collections.as_deref(), errors);
 
     let url = url?;
     (errors.len() == before).then(|| Trigger {
@@ -884,6 +1024,7 @@ fn check_trigger(
         drain,
         auth,
         responses,
+        collections,
     })
 }
 

@@ -2,9 +2,11 @@
 //! variables or values an operator gives, so a template can be checked against the
 //! transaction it will describe before any webhook goes out.
 //!
-//! A preview shows only the payload: headers and signing secrets never enter a template's
-//! context, so nothing here can print them. For a trigger with `auth` it also says where
-//! its `Authorization` comes from, without fetching the token.
+//! A preview shows only the payload: signing secrets never enter a template's context,
+//! and a header value the template writes (`{{headers.Name}}`) is shown as
+//! [`crate::REDACTED_HEADER_VALUE`], so nothing here can print a secret. For a trigger
+//! with `auth` it also says where its `Authorization` comes from, without fetching the
+//! token.
 
 use crate::config::validate::{TriggerLabel, Triggers, json_error_message};
 use crate::render::template::TemplateError;
@@ -270,13 +272,15 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 
 impl Triggers {
     /// Renders trigger `index` against `variables` without sending it: the payload
-    /// delivery would send, pretty-printed, and the `webhook_id` it carries.
+    /// delivery would send, pretty-printed, and the `webhook_id` it carries. Header
+    /// values are written as [`crate::REDACTED_HEADER_VALUE`] (a header written outside
+    /// a JSON string, as a number say, then previews as invalid JSON).
     pub fn preview(
         &self,
         index: usize,
         variables: &PreviewVariables,
     ) -> Result<Preview, PreviewError> {
-        let rendered = self.render_checked(index, variables)?;
+        let rendered = self.render_checked(index, variables, Headers::Redacted)?;
         // Indentation can make a deeply nested payload many times longer: past twice the
         // payload bound, the payload is shown as rendered.
         let payload = serde_json::to_string_pretty(&rendered.json)
@@ -295,12 +299,14 @@ impl Triggers {
         })
     }
 
-    /// Renders trigger `index` and checks the output is JSON: what preview shows and
-    /// test-fire sends (the body as rendered, not re-serialised).
+    /// Renders trigger `index` and checks the output is JSON: what preview shows (header
+    /// values redacted) and test-fire sends (with them; the body as rendered, not
+    /// re-serialised).
     pub(crate) fn render_checked(
         &self,
         index: usize,
         variables: &PreviewVariables,
+        headers: Headers,
     ) -> Result<Rendered, PreviewError> {
         let trigger = self
             .triggers
@@ -311,12 +317,17 @@ impl Triggers {
             })?;
         let label = trigger.label.clone();
         let webhook_id = variables.webhook_id(&label.name);
-        let body = self
-            .render(index, &variables.variables, &webhook_id)
-            .map_err(|source| PreviewError::Template {
-                trigger: label.clone(),
-                source,
-            })?;
+        let body = match headers {
+            Headers::Sent => self.render(index, &variables.variables, &webhook_id),
+            Headers::Redacted => {
+                self.templates
+                    .render_redacted(index, &variables.variables, &webhook_id)
+            }
+        }
+        .map_err(|source| PreviewError::Template {
+            trigger: label.clone(),
+            source,
+        })?;
         let json = serde_json::from_str(&body).map_err(|err| PreviewError::NotJson {
             trigger: label.clone(),
             line: err.line(),
@@ -330,6 +341,15 @@ impl Triggers {
             json,
         })
     }
+}
+
+/// What a render writes for `{{headers.Name}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Headers {
+    /// The trigger's values: a request that is sent.
+    Sent,
+    /// [`crate::REDACTED_HEADER_VALUE`]: a preview.
+    Redacted,
 }
 
 /// A rendered payload that is known to be JSON.
@@ -476,6 +496,28 @@ mod tests {
         );
         assert!(!format!("{preview:?}").contains("hunter2"));
         assert_eq!(preview.authorization, None);
+    }
+
+    /// Issue 18, item 3b: a header the template writes previews as the marker, never its
+    /// value; a test-fire (which is sent) renders the value itself.
+    #[test]
+    fn preview_shows_header_values_redacted_and_test_fire_renders_them() {
+        let triggers = triggers(
+            r#"{"auth": {{json headers.Authorization}}, "also": "{{headers.Authorization}}"}"#,
+        );
+        let preview = triggers
+            .preview(0, &PreviewVariables::placeholder())
+            .expect("renders");
+        assert_eq!(
+            preview.payload,
+            "{\n  \"also\": \"<redacted>\",\n  \"auth\": \"<redacted>\"\n}"
+        );
+        assert!(!format!("{preview:?}").contains("hunter2"));
+        let sent = triggers
+            .render_checked(0, &PreviewVariables::placeholder(), Headers::Sent)
+            .expect("renders");
+        assert_eq!(sent.json["auth"], "Bearer hunter2");
+        assert_eq!(sent.json["also"], "Bearer hunter2");
     }
 
     #[test]

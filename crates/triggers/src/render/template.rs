@@ -3,15 +3,19 @@
 //! [`MAX_PAYLOAD_BYTES`] for what a render may write.
 
 mod direct;
+mod headers;
 mod shape;
 mod timestamp;
 
+use crate::config::secret::Secret;
 use crate::render::variables::Variables;
 use direct::{DirectFailure, DirectTemplate};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy as _, Output, PathAndJson,
     RenderContext, RenderError, RenderErrorReason, Renderable as _, ScopedJson,
 };
+pub use headers::REDACTED_HEADER_VALUE;
+use headers::{HeaderHelper, TemplateHeaders};
 use serde_json::Value as Json;
 use shape::Shape;
 pub use shape::{MAX_EXPRESSIONS, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING};
@@ -36,6 +40,10 @@ pub struct Templates {
     direct: Vec<Option<DirectTemplate>>,
     /// By trigger index: how many steps a render takes, for a compiled template.
     shapes: Vec<Option<Shape>>,
+    /// By trigger index: the headers its template writes (`headers.<Name>`), with their
+    /// values, for the direct plan. They never enter a render's context: the Handlebars
+    /// templates call a helper per trigger that holds them (see [`headers`]).
+    headers: Vec<TemplateHeaders>,
 }
 
 /// A template that does not compile or render, or is past a bound.
@@ -145,6 +153,55 @@ pub enum TemplateError {
         /// 1-based column in the template.
         column: usize,
     },
+    /// `headers.<Name>` names no header of the trigger (names match as configured, case
+    /// included), or `headers` is written without exactly one name after it. Lists the
+    /// trigger's header names, never a value.
+    #[error(
+        "`{path}` at line {line}, column {column} names no header of this trigger; {}",
+        headers::header_hint(headers)
+    )]
+    UnknownHeader {
+        /// The path the template used, e.g. `headers.X-Api-Kee` (its first 256 characters).
+        path: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+        /// The trigger's header names, as configured (at most [`crate::MAX_HEADERS`],
+        /// each cut to its first 64 characters).
+        headers: Vec<String>,
+    },
+    /// A header whose name has characters other than letters, digits, `-`, `_` and `$`,
+    /// written without brackets (`{{headers.X.Key}}`), which Handlebars cannot read as
+    /// one name.
+    #[error(
+        "`headers.{name}` at line {line}, column {column}: Handlebars cannot read this \
+         header name in a path; write it in brackets, `headers.[{name}]`"
+    )]
+    HeaderNeedsBrackets {
+        /// The header name, as configured (its first 64 characters).
+        name: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column (in bytes) of the `{{` that holds it.
+        column: usize,
+    },
+    /// A header used other than written into the payload: as a helper's or block's
+    /// argument (`{{timestamp headers.X "s"}}`, `{{#if headers.X}}`), or by a path that
+    /// does not reach the root (`this.headers.X` or `../headers.X` inside `#each`).
+    #[error(
+        "`{path}` at line {line}, column {column}: a header's value can only be written into \
+         the payload, as `{{{{headers.Name}}}}` or `{{{{json headers.Name}}}}` \
+         (`@root.headers.Name` inside `#each` or `#with`), not given to a helper or a block"
+    )]
+    HeaderUse {
+        /// The path the template used (its first 256 characters).
+        path: String,
+        /// 1-based line in the template.
+        line: usize,
+        /// 1-based column in the template.
+        column: usize,
+    },
     /// Any other rendering failure (a bad helper argument, say).
     #[error("template failed to render at line {line}, column {column}: {message}")]
     Render {
@@ -197,22 +254,46 @@ impl Templates {
             registry,
             direct: Vec::new(),
             shapes: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
     /// Compiles the template of trigger `index`, after checking its bounds: length,
     /// expressions and nesting before Handlebars parses it, then helpers, partials and
     /// `#each` nesting on the parsed tree. On error the index has no template.
+    /// The template sees no `headers` (see [`Templates::compile_with_headers`]).
     pub fn compile(&mut self, index: usize, source: &str) -> Result<(), TemplateError> {
+        self.compile_with_headers(index, source, &std::collections::BTreeMap::new())
+    }
+
+    /// [`Templates::compile`] for a trigger with `headers`: the template may write a
+    /// header's value as `{{headers.Name}}` (Flow's spelling; the name as configured,
+    /// case included, in brackets if it has characters other than letters, digits, `-`,
+    /// `_` and `$`: `{{headers.[X.Key]}}`). A name the trigger does not have is
+    /// [`TemplateError::UnknownHeader`]. Only the headers the template names are kept.
+    pub fn compile_with_headers(
+        &mut self,
+        index: usize,
+        source: &str,
+        headers: &std::collections::BTreeMap<String, Secret>,
+    ) -> Result<(), TemplateError> {
         let name = name(index);
         if index >= self.direct.len() {
             self.direct.resize(index + 1, None);
             self.shapes.resize(index + 1, None);
+            self.headers.resize(index + 1, TemplateHeaders::default());
         }
         self.direct[index] = None;
         self.shapes[index] = None;
+        self.headers[index] = TemplateHeaders::default();
         self.registry.unregister_template(&name);
+        self.registry.unregister_template(&redacted_name(index));
+        for redact in [false, true] {
+            self.registry
+                .unregister_helper(&headers::helper_name(index, redact));
+        }
         shape::prescan(source)?;
+        headers::check_brackets(source, headers)?;
         let template = handlebars::template::Template::compile(source).map_err(|err| {
             let (line, column) = err.pos().unwrap_or((0, 0));
             TemplateError::Syntax {
@@ -221,10 +302,30 @@ impl Templates {
                 message: err.reason().to_string(),
             }
         })?;
-        let shape = shape::check(&template)?;
-        self.direct[index] = DirectTemplate::plan(&template);
+        let (shape, written) = shape::check(&template, headers)?;
+        let written = TemplateHeaders::new(&written, headers);
+        self.direct[index] = DirectTemplate::plan(&template, &written);
         self.shapes[index] = Some(shape);
-        self.registry.register_template(&name, template);
+        if written.is_empty() {
+            self.registry.register_template(&name, template);
+        } else {
+            // Two templates: one writing the values (delivery, test-fire), one the marker
+            // (preview), each calling its own helper.
+            for (redact, template_name) in [(false, name), (true, redacted_name(index))] {
+                let helper = headers::helper_name(index, redact);
+                let mut rewritten = template.clone();
+                headers::rewrite(&mut rewritten, &helper);
+                self.registry.register_helper(
+                    &helper,
+                    Box::new(HeaderHelper {
+                        headers: written.clone(),
+                        redact,
+                    }),
+                );
+                self.registry.register_template(&template_name, rewritten);
+            }
+            self.headers[index] = written;
+        }
         Ok(())
     }
 
@@ -242,7 +343,7 @@ impl Templates {
             .get("collection_names")
             .and_then(Json::as_array)
             .map_or(0, Vec::len);
-        self.render_data(index, context, collections)
+        self.render_data(index, context, collections, false)
     }
 
     fn render_data(
@@ -250,13 +351,20 @@ impl Templates {
         index: usize,
         data: &impl serde::Serialize,
         collections: usize,
+        redact: bool,
     ) -> Result<String, TemplateError> {
         self.check_steps(index, collections)?;
         let context = Context::wraps(data).map_err(render_error)?;
         let mut out = BoundedWriter::default();
+        let writes_headers = self.headers.get(index).is_some_and(|h| !h.is_empty());
+        let template = if redact && writes_headers {
+            redacted_name(index)
+        } else {
+            name(index)
+        };
         match self
             .registry
-            .render_with_context_to_write(&name(index), &context, &mut out)
+            .render_with_context_to_write(&template, &context, &mut out)
         {
             Ok(()) => String::from_utf8(out.bytes).map_err(|err| TemplateError::Render {
                 line: 0,
@@ -290,14 +398,40 @@ impl Templates {
     /// `webhook_id`, serialised once per render (as bare Handlebars would). Validation's
     /// trial render and delivery both come here, so publish time checks the path that
     /// runs in production, with the same bounds.
+    ///
+    /// `headers.<Name>` writes the header's value (no helper ever sees one, so no error
+    /// can show it).
     pub fn render_variables(
         &self,
         index: usize,
         variables: &Variables,
         webhook_id: &str,
     ) -> Result<String, TemplateError> {
+        self.render_with_headers(index, variables, webhook_id, false)
+    }
+
+    /// [`Templates::render_variables`] writing [`REDACTED_HEADER_VALUE`] for every
+    /// header value: what a preview shows.
+    pub fn render_redacted(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+    ) -> Result<String, TemplateError> {
+        self.render_with_headers(index, variables, webhook_id, true)
+    }
+
+    fn render_with_headers(
+        &self,
+        index: usize,
+        variables: &Variables,
+        webhook_id: &str,
+        redact: bool,
+    ) -> Result<String, TemplateError> {
+        let empty = TemplateHeaders::default();
+        let headers = self.headers.get(index).unwrap_or(&empty);
         if let Some(Some(direct)) = self.direct.get(index) {
-            match direct.render(variables, webhook_id, MAX_PAYLOAD_BYTES) {
+            match direct.render(variables, webhook_id, headers, redact, MAX_PAYLOAD_BYTES) {
                 Ok(rendered) => return Ok(rendered),
                 Err(DirectFailure::TooLarge) => {
                     return Err(TemplateError::PayloadTooLarge {
@@ -315,6 +449,7 @@ impl Templates {
                 webhook_id,
             },
             variables.collection_names.len(),
+            redact,
         )
     }
 
@@ -389,6 +524,11 @@ struct TriggerVariables<'a> {
 
 fn name(index: usize) -> String {
     format!("trigger[{index}]")
+}
+
+/// The preview's copy of trigger `index`'s template, for one that writes headers.
+fn redacted_name(index: usize) -> String {
+    format!("trigger[{index}]:redacted")
 }
 
 /// Strict mode does not reach helper arguments, so a helper given an unknown variable
@@ -1083,6 +1223,262 @@ mod tests {
         );
         let err = render("{{eq collection_names collection_names}}").expect_err("lists");
         assert!(matches!(err, TemplateError::Render { .. }), "{err:?}");
+    }
+
+    /// A trigger's headers, as a config gives them.
+    fn headers(entries: &[(&str, &str)]) -> std::collections::BTreeMap<String, Secret> {
+        entries
+            .iter()
+            .map(|(name, value)| (name.to_string(), Secret::new(*value)))
+            .collect()
+    }
+
+    /// Compiles `source` as trigger 0 with `entries` as its headers.
+    fn compile_headers(source: &str, entries: &[(&str, &str)]) -> Result<Templates, TemplateError> {
+        let mut templates = Templates::new();
+        templates.compile_with_headers(0, source, &headers(entries))?;
+        Ok(templates)
+    }
+
+    /// Issue 18, item 3b: `{{headers.Name}}` writes the trigger's header value, by the
+    /// direct plan and by Handlebars alike (byte for byte), with the JSON escaping each
+    /// already gives strings; a preview writes the marker instead.
+    #[test]
+    fn headers_name_renders_the_configured_value_by_both_paths_with_json_escaping() {
+        let entries = [
+            ("X-Api-Key", "sk \"quoted\"\nline\\ \u{1F600}"),
+            ("Authorization", "Bearer t0ken"),
+        ];
+        let variables = Variables::placeholder();
+        for (direct, handlebars) in [
+            (
+                "{{headers.X-Api-Key}}",
+                "{{#if true}}{{headers.X-Api-Key}}{{/if}}",
+            ),
+            (
+                "{{json headers.X-Api-Key}}",
+                "{{#if true}}{{json headers.X-Api-Key}}{{/if}}",
+            ),
+            (
+                "{\"k\": {{json this.headers.X-Api-Key}}, \"a\": \"{{headers.Authorization}}\"}",
+                "{\"k\": {{json @root.headers.X-Api-Key}}, \"a\": \"{{#each collection_names}}{{#if @first}}{{@root.headers.Authorization}}{{/if}}{{/each}}\"}",
+            ),
+        ] {
+            let fast = compile_headers(direct, &entries).expect(direct);
+            assert!(fast.renders_directly(0), "{direct}");
+            let slow = compile_headers(handlebars, &entries).expect(handlebars);
+            assert!(!slow.renders_directly(0), "{handlebars}");
+            let ours = fast.render_variables(0, &variables, "msg_0").expect(direct);
+            assert_eq!(
+                ours,
+                slow.render_variables(0, &variables, "msg_0")
+                    .expect(handlebars)
+            );
+            assert_eq!(
+                fast.render_redacted(0, &variables, "msg_0"),
+                slow.render_redacted(0, &variables, "msg_0")
+            );
+            let redacted = fast.render_redacted(0, &variables, "msg_0").expect(direct);
+            assert!(redacted.contains(REDACTED_HEADER_VALUE), "{redacted}");
+            assert!(
+                !redacted.contains("sk ") && !redacted.contains("t0ken"),
+                "{redacted}"
+            );
+        }
+        let templates = compile_headers("{{json headers.X-Api-Key}}", &entries).expect("compiles");
+        let out = templates
+            .render_variables(0, &variables, "msg_0")
+            .expect("renders");
+        assert_eq!(
+            serde_json::from_str::<String>(&out).expect("a JSON string"),
+            entries[0].1
+        );
+        let plain = compile_headers("{{headers.Authorization}}", &entries).expect("compiles");
+        assert_eq!(
+            plain.render_variables(0, &variables, "msg_0").as_deref(),
+            Ok("Bearer t0ken")
+        );
+    }
+
+    /// Issue 18, item 3b: a header the trigger does not have is refused when the template
+    /// compiles (any branch, case as configured), listing the trigger's header names and
+    /// never a value; `headers` alone or with more than one name after it too.
+    #[test]
+    fn a_header_the_trigger_does_not_have_is_refused_listing_its_header_names() {
+        let entries = [
+            ("X-Api-Key", "sk-unit-secret"),
+            ("Authorization", "Bearer t0ken"),
+        ];
+        for (source, path) in [
+            ("{\n \"k\": \"{{headers.Nope}}\"}", "headers.Nope"),
+            ("{\n \"k\": \"{{headers.x-api-key}}\"}", "headers.x-api-key"),
+            ("{\n \"k\": {{json headers}}}", "headers"),
+            (
+                "{\n \"k\": \"{{headers.X-Api-Key.more}}\"}",
+                "headers.X-Api-Key.more",
+            ),
+            (
+                "{\n \"k\": {{#if false}}{{headers.Nope}}{{/if}}}",
+                "headers.Nope",
+            ),
+            ("{\n \"k\": {{#each headers}}{{this}}{{/each}}}", "headers"),
+        ] {
+            let err = compile_headers(source, &entries).err().expect(source);
+            let TemplateError::UnknownHeader {
+                path: found,
+                line: 2,
+                headers,
+                ..
+            } = &err
+            else {
+                panic!("{source}: {err:?}");
+            };
+            assert_eq!(found, path, "{source}");
+            assert_eq!(headers, &["Authorization", "X-Api-Key"], "{source}");
+            let text = err.to_string();
+            assert!(
+                text.contains("its headers are: Authorization, X-Api-Key"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("sk-unit-secret") && !text.contains("t0ken"),
+                "{text}"
+            );
+            assert!(!format!("{err:?}").contains("sk-unit-secret"));
+        }
+        let err = compile("{{headers.Authorization}}")
+            .err()
+            .expect("no headers");
+        assert_eq!(
+            err.to_string(),
+            "`headers.Authorization` at line 1, column 1 names no header of this trigger; it has no `headers`"
+        );
+    }
+
+    /// Issue 18, item 3b: `-` is a path character, so Flow's `{{headers.X-Api-Key}}` works
+    /// as written; a name with `.` or another character Handlebars paths cannot hold is
+    /// written in brackets, and the dotted spelling is refused saying so.
+    #[test]
+    fn header_names_beyond_path_characters_are_written_in_brackets() {
+        let entries = [
+            ("X.Key", "dotted"),
+            ("X!Key", "bang"),
+            ("X$Key_2", "dollar"),
+            ("X-Api-Key", "dash"),
+        ];
+        let templates = compile_headers(
+            "{{headers.[X.Key]}} {{headers.[X!Key]}} {{headers.X$Key_2}} {{headers.X-Api-Key}} {{json headers.[X.Key]}}",
+            &entries,
+        )
+        .expect("compiles");
+        assert!(templates.renders_directly(0));
+        assert_eq!(
+            templates
+                .render_variables(0, &Variables::placeholder(), "msg_0")
+                .as_deref(),
+            Ok("dotted bang dollar dash \"dotted\"")
+        );
+        for (source, name, column) in [
+            ("{{headers.X.Key}}", "X.Key", 1),
+            ("{\"k\": \"{{headers.X!Key}}\"}", "X!Key", 8),
+            ("{{#if true}}\n {{json headers.X.Key}}{{/if}}", "X.Key", 2),
+        ] {
+            let err = compile_headers(source, &entries).err().expect(source);
+            let line = 1 + usize::from(source.contains('\n'));
+            assert_eq!(
+                err,
+                TemplateError::HeaderNeedsBrackets {
+                    name: name.to_string(),
+                    line,
+                    column
+                },
+                "{source}"
+            );
+            assert!(
+                err.to_string()
+                    .ends_with(&format!("write it in brackets, `headers.[{name}]`")),
+                "{err}"
+            );
+        }
+        // Outside a mustache it is text.
+        compile_headers("headers.X.Key {{headers.[X.Key]}}", &entries).expect("text");
+        let err = compile_headers("{{headers.X}}", &[("X.Key", "dotted")])
+            .err()
+            .expect("no header X");
+        assert!(err.to_string().contains("`headers.[X.Key]`"), "{err}");
+    }
+
+    /// Issue 18, item 3b: a header can only be written into the payload. As a helper's or
+    /// block's argument (where an error could quote it: `timestamp` quotes the value it
+    /// was given), or by a path that does not reach the root, it is refused when the
+    /// template compiles, and the error never shows the value.
+    #[test]
+    fn a_header_used_other_than_written_is_refused_at_compile() {
+        let secret = "sk-distinctive-9f3a";
+        for source in [
+            "{{timestamp headers.X-Api-Key \"us\"}}",
+            "{{json (timestamp headers.X-Api-Key \"us\")}}",
+            "{{#if headers.X-Api-Key}}x{{/if}}",
+            "{{#unless false}}{{eq headers.X-Api-Key \"a\"}}{{/unless}}",
+            "{{#with headers.X-Api-Key}}{{this}}{{/with}}",
+            "{{#each collection_names}}{{headers.X-Api-Key}}{{/each}}",
+            "{{#each collection_names}}{{../headers.X-Api-Key}}{{/each}}",
+            "{{#each collection_names}}{{timestamp @root.headers.X-Api-Key \"s\"}}{{/each}}",
+            "{{json headers.X-Api-Key pretty=true}}",
+        ] {
+            let err = compile_headers(source, &[("X-Api-Key", secret)])
+                .err()
+                .expect(source);
+            assert!(
+                matches!(&err, TemplateError::HeaderUse { path, line: 1, .. } if path.contains("headers.X-Api-Key")),
+                "{source}: {err:?}"
+            );
+            let (text, debug) = (err.to_string(), format!("{err:?}"));
+            assert!(!text.contains(secret) && !debug.contains(secret), "{text}");
+            assert!(
+                text.contains("can only be written into the payload"),
+                "{text}"
+            );
+        }
+    }
+
+    /// Issue 18, item 3b: header values never enter the render's context, so no path,
+    /// `lookup` or `#each` reaches one (and no helper's error can quote one): templates
+    /// see the variables exactly as before, and only `headers.<Name>` writes a value.
+    #[test]
+    fn header_values_never_enter_the_render_context() {
+        let entries = [("A", "alpha-secret"), ("B", "beta-secret")];
+        let variables = Variables::placeholder();
+        let keys = "{{#each this}}{{@key}},{{/each}}";
+        let before = compile(keys).expect("compiles");
+        let writes =
+            compile_headers(&format!("{keys}{{{{headers.A}}}}"), &entries).expect("compiles");
+        let listed = before
+            .render_variables(0, &variables, "msg_0")
+            .expect("renders");
+        assert_eq!(
+            writes.render_variables(0, &variables, "msg_0"),
+            Ok(format!("{listed}alpha-secret"))
+        );
+        let dump = "{{#each this}}{{json this}}{{/each}}{{headers.A}}";
+        let out = compile_headers(dump, &entries)
+            .expect("compiles")
+            .render_variables(0, &variables, "msg_0")
+            .expect("renders");
+        assert_eq!(out.matches("alpha-secret").count(), 1, "{out}");
+        assert!(!out.contains("beta-secret"), "{out}");
+        for source in [
+            "{{headers.A}}{{json (lookup this \"headers\")}}",
+            "{{headers.A}}{{#each collection_names}}{{json (lookup @root \"headers\")}}{{/each}}",
+        ] {
+            let templates = compile_headers(source, &entries).expect(source);
+            for redact in [false, true] {
+                let err = templates
+                    .render_with_headers(0, &variables, "msg_0", redact)
+                    .expect_err(source);
+                assert!(!format!("{err:?}").contains("secret"), "{source}: {err:?}");
+            }
+        }
     }
 
     /// Renders `{{timestamp "<value>" <args>}}`.

@@ -99,7 +99,11 @@ impl Triggers {
         index: usize,
         variables: &PreviewVariables,
     ) -> Result<TestFirePayload, PreviewError> {
-        let rendered = self.render_checked(index, &variables.for_test_fire())?;
+        let rendered = self.render_checked(
+            index,
+            &variables.for_test_fire(),
+            crate::render::preview::Headers::Sent,
+        )?;
         Ok(TestFirePayload {
             index,
             trigger: rendered.trigger,

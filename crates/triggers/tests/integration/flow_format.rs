@@ -7,8 +7,9 @@
 //! `{{flow_run_id}}` as in the page's previous version (commit 72673c4e5944): `run_id` is
 //! another part of the issue.
 
+use crate::support;
 use std::time::Duration;
-use triggers::{ConfigFormat, Drain, Triggers, ValidationError, validate};
+use triggers::{ConfigFormat, Drain, PreviewVariables, Triggers, ValidationError, validate};
 
 /// Flow's full specification example: the `triggers` block of a materialization.
 const SPECIFICATION: &str = r#"interval: 30m
@@ -69,6 +70,19 @@ const MULTIPLE: &str = r#"config:
       {"cause": "Estuary trigger {{flow_run_id}}"}
 "#;
 
+/// Flow's "Include secret headers in the payload body" example, as written.
+const SECRET_HEADER: &str = r#"config:
+  - url: "https://api.example.com/notify"
+    headers:
+      X-Api-Key: "sk-secret-key-value"
+    payloadTemplate: |
+      {
+        "apiKey": "{{headers.X-Api-Key}}",
+        "materialization": "{{materialization_name}}",
+        "runId": "{{run_id}}"
+      }
+"#;
+
 /// The same config in Flow's newest form: `config` a map keyed by the trigger's name. Each
 /// list entry `  - url: ...` becomes `  NAME:\n    url: ...` (its other fields are already
 /// at that indentation), the names taken in order from `names`.
@@ -109,12 +123,13 @@ fn errors(text: &str, format: ConfigFormat) -> Vec<String> {
 
 #[test]
 fn flow_documented_examples_validate_in_list_and_map_form() {
-    let examples: [(&str, &str, &[&str]); 5] = [
+    let examples: [(&str, &str, &[&str]); 6] = [
         ("specification", SPECIFICATION, &["onCommit"]),
         ("slack", SLACK, &["slack"]),
         ("dbt cloud", DBT_CLOUD, &["dbtCloud"]),
         ("github", GITHUB, &["github-workflow_dispatch"]),
         ("multiple", MULTIPLE, &["slack", "dbt.cloud"]),
+        ("secret header", SECRET_HEADER, &["notify"]),
     ];
     for (what, list, map_names) in examples {
         let from_list = compiled(list);
@@ -519,4 +534,115 @@ fn trigger_names_default_to_the_index_are_unique_and_bounded() {
             triggers::MAX_TRIGGERS
         )]
     );
+}
+
+/// Issue 18, item 3b: Flow's secret-header-in-body example (`{{headers.X-Api-Key}}`, spelled
+/// as Flow documents it) validates, previews with the value redacted, and delivers the
+/// value itself to a real receiver; no error, preview, Debug output or log line shows it.
+#[tokio::test]
+async fn flow_secret_header_in_body_example_validates_previews_redacted_and_delivers() {
+    let secret = "sk-secret-key-value";
+    let triggers = compiled(SECRET_HEADER);
+    let preview = triggers
+        .preview(0, &PreviewVariables::placeholder())
+        .expect("previews");
+    let payload: serde_json::Value = serde_json::from_str(&preview.payload).expect("JSON");
+    assert_eq!(payload["apiKey"], triggers::REDACTED_HEADER_VALUE);
+    assert_eq!(payload["runId"], "2024-01-01T00:00:00.000Z");
+    assert!(!format!("{preview:?}").contains(secret), "{preview:?}");
+    assert!(!format!("{triggers:?}").contains(secret));
+
+    // A wrong name is refused at publish time, naming the trigger, the line and the
+    // variable, and listing the trigger's header names (never a value).
+    let typo = SECRET_HEADER.replace("headers.X-Api-Key", "headers.X-Api-Kee");
+    let text = errors(&typo, ConfigFormat::Yaml);
+    assert_eq!(text.len(), 1, "{text:?}");
+    assert!(
+        text[0].starts_with(
+            "trigger 0 (https://api.example.com): `payloadTemplate`: `headers.X-Api-Kee` at line 2, column 14 names no header of this trigger; its headers are: X-Api-Key"
+        ),
+        "{text:?}"
+    );
+    assert!(!text[0].contains(secret), "{text:?}");
+
+    // The real send carries the value in the body, and in its header.
+    let receiver = triggers_receiver::Receiver::start()
+        .await
+        .expect("receiver");
+    let config = SECRET_HEADER.replace("https://api.example.com/notify", &receiver.url("/notify"));
+    let triggers = compiled(&config);
+    let (logs, _guard) = support::CapturedLogs::install();
+    let delivered = support::fast_deliverer()
+        .deliver(&triggers, &triggers::Variables::placeholder())
+        .await
+        .expect("delivered");
+    assert_eq!(delivered.len(), 1);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let body = requests[0].json().expect("JSON body");
+    assert_eq!(body["apiKey"], secret);
+    assert_eq!(
+        body["materialization"],
+        "acmeCo/example/materialize-placeholder"
+    );
+    assert_eq!(requests[0].header("x-api-key"), Some(secret));
+    assert!(!logs.text().contains(secret), "{}", logs.text());
+    assert!(!format!("{delivered:?}").contains(secret));
+}
+
+/// Issue 18, item 5 (estuary/flow#2028): a trigger may list the collections it fires for,
+/// in both of Flow's forms; entries ending in `/` are name prefixes. A trigger without the
+/// field fires for every collection, as before.
+#[test]
+fn per_trigger_collections_filter_in_list_and_map_form() {
+    let list = r#"config:
+  - url: https://orders.example.com/hook
+    collections: [acmeCo/orders/, acmeCo/users]
+    payloadTemplate: '{"collections": {{json collection_names}}}'
+  - url: https://all.example.com/hook
+    payloadTemplate: '{}'
+"#;
+    for text in [list.to_string(), as_map(list, &["orders", "all"])] {
+        let triggers = compiled(&text);
+        let by_origin = |origin: &str| {
+            triggers
+                .iter()
+                .find(|t| t.label().origin == origin)
+                .expect(origin)
+        };
+        let orders = by_origin("https://orders.example.com");
+        assert_eq!(
+            orders.collections(),
+            Some(&["acmeCo/orders/".to_string(), "acmeCo/users".to_string()][..])
+        );
+        assert!(orders.fires_for("acmeCo/orders/v2"));
+        assert!(orders.fires_for("acmeCo/users"));
+        assert!(!orders.fires_for("acmeCo/users/v2"));
+        assert!(!orders.fires_for("acmeCo/ordersv2"));
+        let all = by_origin("https://all.example.com");
+        assert_eq!(all.collections(), None);
+        assert!(all.fires_for("anything/at/all"));
+
+        // Checked against the materialization's bindings, every error at once.
+        triggers::validate_collections(
+            &triggers,
+            &["acmeCo/orders/v1".to_string(), "acmeCo/users".to_string()],
+        )
+        .expect("both entries match a binding");
+        let err = triggers::validate_collections(&triggers, &["acmeCo/users/v2".to_string()])
+            .expect_err("no binding matches either entry");
+        let text: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        let label = orders.label().to_string();
+        assert_eq!(
+            text,
+            [
+                format!(
+                    "{label}: `collections[0]` is \"acmeCo/orders/\", which is a prefix of none of the materialization's binding collections: acmeCo/users/v2"
+                ),
+                format!(
+                    "{label}: `collections[1]` is \"acmeCo/users\", which is none of the materialization's binding collections: acmeCo/users/v2"
+                ),
+            ]
+        );
+    }
 }

@@ -155,15 +155,39 @@ fn good_examples() -> Vec<String> {
         trigger(r#", "responses": {}"#),
         trigger(r#", "responses": {"alreadyDelivered": [], "retry": [425, 423, 408]}"#),
         trigger(r#", "responses": {"alreadyDelivered": [400, 409, 499]}"#),
+        // Issue 18, item 5.
+        trigger(r#", "collections": ["acmeCo/orders/", "acmeCo/users"]"#),
+        trigger(r#", "collections": null"#),
     ];
+    let most: Vec<String> = (0..triggers::MAX_COLLECTIONS)
+        .map(|i| format!("\"c{i}\""))
+        .collect();
+    let longest = "c".repeat(triggers::MAX_COLLECTION_BYTES);
     good.into_iter()
-        .chain([trigger(&format!(r#", "signingSecrets": [{ten}]"#))])
+        .chain([
+            trigger(&format!(r#", "signingSecrets": [{ten}]"#)),
+            trigger(&format!(r#", "collections": [{}]"#, most.join(","))),
+            trigger(&format!(r#", "collections": ["{longest}"]"#)),
+        ])
         .collect()
 }
 
 /// Configs both the schema and the Rust validator refuse.
 fn bad_examples() -> Vec<String> {
     let eleven = ["\"whsec_c2VjcmV0\""; 11].join(",");
+    let too_many: Vec<String> = (0..=triggers::MAX_COLLECTIONS)
+        .map(|i| format!("\"c{i}\""))
+        .collect();
+    let too_long = "c".repeat(triggers::MAX_COLLECTION_BYTES + 1);
+    let collections = [
+        trigger(r#", "collections": []"#),
+        trigger(r#", "collections": ["a", "a"]"#),
+        trigger(r#", "collections": [""]"#),
+        trigger(r#", "collections": "acmeCo/orders""#),
+        trigger(r#", "collections": [1]"#),
+        trigger(&format!(r#", "collections": [{}]"#, too_many.join(","))),
+        trigger(&format!(r#", "collections": ["{too_long}"]"#)),
+    ];
     let bad = [
         trigger(r#", "timeoutSecs": 0"#),
         trigger(r#", "timeoutSecs": 301"#),
@@ -210,7 +234,7 @@ fn bad_examples() -> Vec<String> {
         r#"{"config": [], "extra": 1}"#.to_string(),
         r#"{}"#.to_string(),
     ];
-    bad.into()
+    bad.into_iter().chain(collections).collect()
 }
 
 #[test]

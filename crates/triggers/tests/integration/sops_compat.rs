@@ -483,6 +483,18 @@ fn tuning_edits() -> Vec<(Edit, Holds)> {
         (Edit::Set(T0, "responses", retry), |c| {
             format!("{:?}", c.config[0].responses).contains("425")
         }),
+        // Issue 18, item 5: which collections a trigger fires for is tuning, not sealed.
+        (
+            Edit::Set(
+                T1,
+                "collections",
+                Node::Seq(vec![text("acmeCo/orders/"), text("acmeCo/users")]),
+            ),
+            |c| {
+                c.config[1].collections.as_deref()
+                    == Some(&["acmeCo/orders/".to_string(), "acmeCo/users".to_string()][..])
+            },
+        ),
     ]
 }
 

@@ -12,6 +12,7 @@
 //! may be named bare or as `this.name` (outside a block, `this` is the root: the same
 //! path to Handlebars).
 
+use super::headers::TemplateHeaders;
 use crate::render::variables::Variables;
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Path, PathSeg};
@@ -58,6 +59,8 @@ enum Variable {
     FirstCommitSeq,
     LastCommitSeq,
     WebhookId,
+    /// `headers.<Name>`: the template's header at this position.
+    Header(usize),
 }
 
 impl Variable {
@@ -89,8 +92,9 @@ enum Value<'a> {
 
 impl DirectTemplate {
     /// The plan of `template`, or `None` if it uses anything but text, comments, a
-    /// variable by its bare name, and the `json` helper of one such variable.
-    pub(crate) fn plan(template: &Template) -> Option<Self> {
+    /// variable by its bare name (or `headers.<Name>` of one of `headers`, the headers
+    /// the template names), and the `json` helper of one such variable.
+    pub(crate) fn plan(template: &Template, headers: &TemplateHeaders) -> Option<Self> {
         let mut parts = Vec::with_capacity(template.elements.len());
         for element in &template.elements {
             match element {
@@ -98,7 +102,7 @@ impl DirectTemplate {
                 TemplateElement::Comment(_) => {}
                 TemplateElement::Expression(expression)
                 | TemplateElement::HtmlExpression(expression) => {
-                    parts.push(plan_expression(expression)?)
+                    parts.push(plan_expression(expression, headers)?)
                 }
                 _ => return None,
             }
@@ -113,21 +117,30 @@ impl DirectTemplate {
         Some(Self { parts, text_len })
     }
 
-    /// Renders against `variables` and a trigger's `webhook_id`, writing at most `max`
-    /// bytes (the same bound Handlebars' render has). A value RFC 3339 cannot represent
-    /// is [`DirectFailure::Unrepresentable`], so Handlebars reports it.
+    /// Renders against `variables`, a trigger's `webhook_id` and the headers the plan was
+    /// made with (their values, or the marker if `redact`), writing at most `max` bytes
+    /// (the same bound Handlebars' render has). A value RFC 3339 cannot represent is
+    /// [`DirectFailure::Unrepresentable`], so Handlebars reports it.
     pub(crate) fn render(
         &self,
         variables: &Variables,
         webhook_id: &str,
+        headers: &TemplateHeaders,
+        redact: bool,
         max: usize,
     ) -> Result<String, DirectFailure> {
         use DirectFailure::Unrepresentable as Bad;
-        let mut out = Vec::with_capacity(self.capacity(variables, webhook_id).min(max));
+        let values = Values {
+            variables,
+            webhook_id,
+            headers,
+            redact,
+        };
+        let mut out = Vec::with_capacity(self.capacity(&values).min(max));
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.extend_from_slice(text.as_bytes()),
-                Part::Value(variable) => match value(*variable, variables, webhook_id) {
+                Part::Value(variable) => match values.get(*variable) {
                     Value::Str(text) => out.extend_from_slice(text.as_bytes()),
                     Value::Number(number) => write!(out, "{number}").map_err(|_| Bad)?,
                     Value::Time(at) => {
@@ -148,7 +161,7 @@ impl DirectTemplate {
                         out.push(b']');
                     }
                 },
-                Part::Json(variable) => match value(*variable, variables, webhook_id) {
+                Part::Json(variable) => match values.get(*variable) {
                     Value::Str(text) => write_json_str(&mut out, text),
                     Value::List(items) => {
                         out.push(b'[');
@@ -182,19 +195,17 @@ impl DirectTemplate {
 
     /// Room for the text and the values (times and numbers are short), so a render
     /// allocates once.
-    fn capacity(&self, variables: &Variables, webhook_id: &str) -> usize {
+    fn capacity(&self, values: &Values<'_>) -> usize {
         let values: usize = self
             .parts
             .iter()
             .map(|part| match part {
                 Part::Text(_) => 0,
-                Part::Value(variable) | Part::Json(variable) => {
-                    match value(*variable, variables, webhook_id) {
-                        Value::Str(text) => text.len() + 2,
-                        Value::List(items) => items.iter().map(|item| item.len() + 4).sum(),
-                        Value::Number(_) | Value::Time(_) => 40,
-                    }
-                }
+                Part::Value(variable) | Part::Json(variable) => match values.get(*variable) {
+                    Value::Str(text) => text.len() + 2,
+                    Value::List(items) => items.iter().map(|item| item.len() + 4).sum(),
+                    Value::Number(_) | Value::Time(_) => 40,
+                },
             })
             .sum();
         self.text_len + values + 16
@@ -219,25 +230,37 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// A variable's value.
-fn value<'a>(variable: Variable, variables: &'a Variables, webhook_id: &'a str) -> Value<'a> {
-    match variable {
-        Variable::MaterializationName => Value::Str(&variables.materialization_name),
-        Variable::CollectionNames => Value::List(&variables.collection_names),
-        Variable::ConnectorImage => Value::Str(&variables.connector_image),
-        Variable::FlowRunId => Value::Str(&variables.flow_run_id),
-        Variable::RunId => Value::Str(&variables.run_id),
-        Variable::WebhookId => Value::Str(webhook_id),
-        Variable::TransactionCount => Value::Number(variables.transaction_count),
-        Variable::FirstCommitSeq => Value::Number(variables.first_commit_seq),
-        Variable::LastCommitSeq => Value::Number(variables.last_commit_seq),
-        Variable::FlowPublishedAtMin => Value::Time(variables.flow_published_at_min),
-        Variable::FlowPublishedAtMax => Value::Time(variables.flow_published_at_max),
+/// What one render writes its values from.
+struct Values<'a> {
+    variables: &'a Variables,
+    webhook_id: &'a str,
+    headers: &'a TemplateHeaders,
+    redact: bool,
+}
+
+impl<'a> Values<'a> {
+    /// A variable's value.
+    fn get(&self, variable: Variable) -> Value<'a> {
+        let (variables, webhook_id) = (self.variables, self.webhook_id);
+        match variable {
+            Variable::MaterializationName => Value::Str(&variables.materialization_name),
+            Variable::CollectionNames => Value::List(&variables.collection_names),
+            Variable::ConnectorImage => Value::Str(&variables.connector_image),
+            Variable::FlowRunId => Value::Str(&variables.flow_run_id),
+            Variable::RunId => Value::Str(&variables.run_id),
+            Variable::WebhookId => Value::Str(webhook_id),
+            Variable::TransactionCount => Value::Number(variables.transaction_count),
+            Variable::FirstCommitSeq => Value::Number(variables.first_commit_seq),
+            Variable::LastCommitSeq => Value::Number(variables.last_commit_seq),
+            Variable::FlowPublishedAtMin => Value::Time(variables.flow_published_at_min),
+            Variable::FlowPublishedAtMax => Value::Time(variables.flow_published_at_max),
+            Variable::Header(i) => Value::Str(self.headers.value(i, self.redact)),
+        }
     }
 }
 
 /// The plan of one `{{…}}`: a bare variable, or `json` of one.
-fn plan_expression(expression: &HelperTemplate) -> Option<Part> {
+fn plan_expression(expression: &HelperTemplate, headers: &TemplateHeaders) -> Option<Part> {
     if expression.block
         || expression.template.is_some()
         || expression.inverse.is_some()
@@ -247,20 +270,23 @@ fn plan_expression(expression: &HelperTemplate) -> Option<Part> {
         return None;
     }
     match (&expression.name, expression.params.as_slice()) {
-        (name, []) => Some(Part::Value(variable_of(name)?)),
+        (name, []) => Some(Part::Value(variable_of(name, headers)?)),
         (Parameter::Name(helper), [param]) if helper == "json" => {
-            Some(Part::Json(variable_of(param)?))
+            Some(Part::Json(variable_of(param, headers)?))
         }
         _ => None,
     }
 }
 
 /// The variable a parameter names by a single bare segment (`materialization_name`, not
-/// `this.materialization_name`, `@root…` or `../…`).
-fn variable_of(parameter: &Parameter) -> Option<Variable> {
+/// `@root…` or `../…`), or a header by `headers.<Name>`.
+fn variable_of(parameter: &Parameter, headers: &TemplateHeaders) -> Option<Variable> {
     match parameter {
         Parameter::Path(Path::Relative((segments, _))) => match segments.as_slice() {
             [PathSeg::Named(name)] => Variable::from_name(name),
+            [PathSeg::Named(first), PathSeg::Named(name)] if first == "headers" => {
+                headers.position(name).map(Variable::Header)
+            }
             _ => None,
         },
         _ => None,

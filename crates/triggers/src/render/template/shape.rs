@@ -13,8 +13,10 @@
 //! most `fixed + iterations × per_iteration` expressions.
 
 use super::TemplateError;
+use crate::config::secret::Secret;
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Path, PathSeg};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest payload template, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -152,23 +154,34 @@ fn too_deep(line: usize, column: usize) -> TemplateError {
     }
 }
 
-/// Walks a compiled template: every bound above, and its [`Shape`].
-pub(crate) fn check(template: &Template) -> Result<Shape, TemplateError> {
+/// Walks a compiled template: every bound above, and its [`Shape`]; `headers` are the
+/// trigger's. Also gives the header names the template writes (`headers.<Name>`), each
+/// one the trigger has: any other use of `headers` is refused (see [`super::headers`]).
+pub(crate) fn check(
+    template: &Template,
+    headers: &BTreeMap<String, Secret>,
+) -> Result<(Shape, BTreeSet<String>), TemplateError> {
     let mut walk = Walk {
         expressions: 0,
         shape: Shape::default(),
+        headers,
+        named: BTreeSet::new(),
     };
     let fixed = walk.template(template, 0, false, true)?;
     walk.shape.fixed = walk.shape.fixed.saturating_add(fixed);
-    Ok(walk.shape)
+    Ok((walk.shape, walk.named))
 }
 
-struct Walk {
+struct Walk<'a> {
     expressions: usize,
     shape: Shape,
+    /// The trigger's headers (only their names are read).
+    headers: &'a BTreeMap<String, Secret>,
+    /// The header names the template writes.
+    named: BTreeSet<String>,
 }
 
-impl Walk {
+impl Walk<'_> {
     /// Checks the elements of `template` at nesting `depth`; returns their steps (an
     /// `#each` over a variable adds its body to `per_iteration` instead).
     fn template(
@@ -223,14 +236,24 @@ impl Walk {
         if helper_name(&expression.name) == Some(super::timestamp::NAME) {
             super::timestamp::check_literals(expression, at.line, at.column)?;
         }
+        if let Some((path, _)) = super::headers::written_header(expression) {
+            // `{{headers.Name}}` or `{{json headers.Name}}`: one step, and one more for
+            // `json`'s argument.
+            self.header(path, at, at_root, true)?;
+            self.count()?;
+            return Ok(1 + u64::from(calls));
+        }
         if calls {
             let allowed =
                 helper_name(&expression.name).is_some_and(|n| INLINE_HELPERS.contains(&n));
             if !allowed {
                 return Err(at.unknown_helper(&expression.name));
             }
-        } else if at_root {
-            known_variable(&expression.name, at)?;
+        } else {
+            self.header(&expression.name, at, at_root, false)?;
+            if at_root {
+                self.known_variable(&expression.name, at)?;
+            }
         }
         self.arguments(expression, depth, at, at_root)
     }
@@ -270,8 +293,14 @@ impl Walk {
                     _ => Err(at.unsupported("this subexpression")),
                 }
             }
-            Parameter::Path(_) if at_root => known_variable(param, at).map(|()| 1),
-            Parameter::Name(_) | Parameter::Path(_) | Parameter::Literal(_) => Ok(1),
+            Parameter::Path(_) => {
+                self.header(param, at, at_root, false)?;
+                if at_root {
+                    self.known_variable(param, at)?;
+                }
+                Ok(1)
+            }
+            Parameter::Name(_) | Parameter::Literal(_) => Ok(1),
             _ => Err(at.unsupported("these parameters")),
         }
     }
@@ -343,27 +372,80 @@ impl Walk {
     }
 }
 
-/// In the variables' own context, a plain path (`name`, `name.more`) must start with a
-/// variable's name: strict mode refuses any other at render time, and a branch the trial
-/// render does not take (an `#unless`, an `{{else}}`) would otherwise fail only at
-/// delivery. Paths this cannot judge (`this`, `@root`, `@index`, `../`) are left to the
-/// trial render.
-fn known_variable(param: &Parameter, at: At) -> Result<(), TemplateError> {
-    let Parameter::Path(Path::Relative((segments, raw))) = param else {
-        return Ok(());
-    };
-    let Some(PathSeg::Named(first)) = segments.first() else {
-        return Ok(());
-    };
-    let judged = !(raw.starts_with('@') || raw.starts_with('.') || raw.starts_with("this"));
-    if judged && !crate::VARIABLE_NAMES.contains(&first.as_str()) {
-        return Err(TemplateError::UnknownVariable {
-            variable: raw.clone(),
-            line: at.line,
-            column: at.column,
-        });
+impl Walk<'_> {
+    /// In the variables' own context, a plain path (`name`, `name.more`) must start with a
+    /// variable's name: strict mode refuses any other at render time, and a branch the
+    /// trial render does not take (an `#unless`, an `{{else}}`) would otherwise fail only
+    /// at delivery. `headers` must be followed by exactly one of the trigger's header
+    /// names. Paths this cannot judge (`this`, `@root`, `@index`, `../`) are left to the
+    /// trial render.
+    fn known_variable(&self, param: &Parameter, at: At) -> Result<(), TemplateError> {
+        let Parameter::Path(Path::Relative((segments, raw))) = param else {
+            return Ok(());
+        };
+        let Some(PathSeg::Named(first)) = segments.first() else {
+            return Ok(());
+        };
+        let judged = !(raw.starts_with('@') || raw.starts_with('.') || raw.starts_with("this"));
+        if !judged {
+            return Ok(());
+        }
+        // `headers` is judged by `header`.
+        if first != "headers" && !crate::VARIABLE_NAMES.contains(&first.as_str()) {
+            return Err(TemplateError::UnknownVariable {
+                variable: raw.clone(),
+                line: at.line,
+                column: at.column,
+            });
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Judges a path whose first name is `headers`, anywhere: it must name one of the
+    /// trigger's headers (exactly one name after `headers`), be `written` (the
+    /// expression `{{headers.Name}}`, or `json`'s only argument), and reach the root
+    /// (bare in the root's context, or through `@root`). Notes the header written.
+    fn header(
+        &mut self,
+        param: &Parameter,
+        at: At,
+        at_root: bool,
+        written: bool,
+    ) -> Result<(), TemplateError> {
+        let Some(path) = super::headers::HeaderPath::of(param) else {
+            return Ok(());
+        };
+        let raw = match param {
+            Parameter::Path(Path::Relative((_, raw))) => raw.chars().take(256).collect(),
+            _ => String::new(),
+        };
+        let name = match path.name() {
+            Some(name) if self.headers.contains_key(name) => name,
+            _ => {
+                return Err(TemplateError::UnknownHeader {
+                    path: raw,
+                    line: at.line,
+                    column: at.column,
+                    headers: self
+                        .headers
+                        .keys()
+                        .take(crate::config::document::MAX_HEADERS)
+                        .map(|name| name.chars().take(64).collect())
+                        .collect(),
+                });
+            }
+        };
+        let reaches_root = !path.up && (path.rooted || at_root);
+        if !written || !reaches_root {
+            return Err(TemplateError::HeaderUse {
+                path: raw,
+                line: at.line,
+                column: at.column,
+            });
+        }
+        self.named.insert(name.to_string());
+        Ok(())
+    }
 }
 
 /// The name of a helper as the parser gives it: a name, or a path of one plain segment.
