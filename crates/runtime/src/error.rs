@@ -5,7 +5,7 @@
 use crate::backlog::BacklogError;
 use crate::store::StoreError;
 use crate::store_thread::StoreTaskError;
-use triggers::{DeliveryError, ParamsError, VariablesError};
+use triggers::{DeliveryError, ParamsError, ValidationErrors, VariablesError};
 
 /// A call that the shard's current state does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +66,11 @@ pub enum ShardError {
     /// stopped.
     #[error("store task did not complete: {0}")]
     Blocking(#[source] StoreTaskError),
+    /// The trigger config does not fit the materialization: a `collections` filter
+    /// names a collection (or prefix) none of its bindings read, so it could never fire.
+    /// Nothing was opened.
+    #[error("the trigger config does not fit the materialization's bindings: {0}")]
+    Config(#[source] ValidationErrors),
     /// The HTTP client could not be built (no TLS roots, say).
     #[error("cannot build the webhook HTTP client")]
     HttpClient(#[source] reqwest::Error),

@@ -142,12 +142,21 @@ impl Shard {
     /// backlog or resetting interrupted deliveries, is one step each), and dropping the
     /// future waits for that work (blocking the dropping thread meanwhile) and closes the
     /// store, so it can be opened again at once.
+    ///
+    /// A trigger whose `collections` filter names no collection of the materialization's
+    /// bindings could never fire: the open fails first with [`ShardError::Config`],
+    /// touching nothing.
     pub async fn open(
         path: impl Into<PathBuf>,
         config: ShardConfig,
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
         let label = path.display().to_string();
+        triggers::validate_collections(
+            &config.triggers,
+            &config.materialization.binding_collections,
+        )
+        .map_err(ShardError::Config)?;
         let names: Vec<String> = config
             .triggers
             .iter()

@@ -107,7 +107,17 @@ impl ShardArgs {
             connector_image: self.connector_image.clone(),
             binding_collections: self.bindings.clone(),
         };
-        let triggers = Arc::new(load_triggers_with(&self.triggers, &self.identities)?);
+        let triggers = load_triggers_with(&self.triggers, &self.identities)?;
+        // Checked here too (Open checks it), so a sidecar with a filter that can never
+        // fire refuses to start instead of failing its first Open.
+        triggers::validate_collections(&triggers, &materialization.binding_collections)
+            .with_context(|| {
+                format!(
+                    "trigger config {} against the --binding collections",
+                    self.triggers.display()
+                )
+            })?;
+        let triggers = Arc::new(triggers);
         Ok(ShardConfig::new(materialization, triggers)
             .with_durability(if self.no_sync {
                 Durability::Unsynced

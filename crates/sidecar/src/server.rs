@@ -867,6 +867,8 @@ fn to_status(err: ShardError) -> Status {
         // The call waited on a shard that was closed or reopened meanwhile: call again.
         ShardError::Backlog(BacklogError::Closed) => Status::aborted(message),
         ShardError::Stats(_) => Status::invalid_argument(message),
+        // The sidecar's own config does not fit its materialization: fix it and restart.
+        ShardError::Config(_) => Status::failed_precondition(message),
         ShardError::Store(StoreError::Locked { .. }) => Status::unavailable(message),
         ShardError::Store(StoreError::Corrupt { .. } | StoreError::CorruptKey { .. })
         | ShardError::Params(_) => Status::data_loss(message),

@@ -41,6 +41,7 @@ use crate::store_thread::StoreTaskError;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use ledger::Ledger;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -385,6 +386,13 @@ impl Shared {
         at_trigger(&self.queues, trigger)
     }
 
+    /// The trigger whose queue `queue` is.
+    fn trigger_of(&self, queue: &Queue) -> Option<&triggers::Trigger> {
+        usize::try_from(queue.index)
+            .ok()
+            .and_then(|index| self.triggers.get(index))
+    }
+
     /// The queue of the trigger named `name`, if the config has it.
     fn queue_named(&self, name: &str) -> Option<&Queue> {
         self.queues.iter().find(|queue| *queue.name == *name)
@@ -577,15 +585,26 @@ impl Shared {
             return store.commit_backlog(checkpoint, None, &[]);
         };
         let now = SystemTime::now();
+        // What each trigger sees of the transaction: its collections filter may leave
+        // nothing, and then the transaction is not its to send (nor to merge).
+        let seen: Vec<Option<Cow<'_, Variables>>> = self
+            .queues
+            .iter()
+            .map(|queue| self.trigger_of(queue)?.variables_for(variables))
+            .collect();
         // Decide each trigger's write, marking merge targets so no worker sends them
         // while the merged version is being written. The guard clears the marks even if
         // the work panics.
         let mut merging = Merging {
             queues: &self.queues,
+            seen: &seen,
             apply: None,
         };
         let mut batch = Vec::with_capacity(self.queues.len());
-        for queue in &self.queues {
+        for (queue, variables) in self.queues.iter().zip(&seen) {
+            let Some(variables) = variables.as_deref() else {
+                continue;
+            };
             let mut state = queue.lock();
             let target = state
                 .entries
@@ -614,7 +633,7 @@ impl Shared {
         crate::crash::shard_point("start_commit.store_write", &self.shard);
         let written = store.commit_backlog(checkpoint, Some(variables.last_commit_seq), &batch);
         if written.is_ok() {
-            merging.apply = Some((variables, now));
+            merging.apply = Some(now);
         }
         drop(merging);
         // No wakeup: nothing written here may be sent before its Acknowledged, which
@@ -623,25 +642,31 @@ impl Shared {
     }
 }
 
-/// Ends a commit's merges: when the write landed (`apply`), merges the tails in memory as
-/// they are on disk and queues the new entries; in any case clears the merge marks.
+/// Ends a commit's merges: when the write landed (`apply`, the commit's time), merges the
+/// tails in memory as they are on disk and queues the new entries; in any case clears the
+/// merge marks. `seen[i]` is what queue `i`'s trigger sees of the transaction (`None`:
+/// its filter leaves nothing, so it got no write).
 struct Merging<'a> {
     queues: &'a [Queue],
-    apply: Option<(&'a Variables, SystemTime)>,
+    seen: &'a [Option<Cow<'a, Variables>>],
+    apply: Option<SystemTime>,
 }
 
 impl Drop for Merging<'_> {
     fn drop(&mut self) {
-        for queue in self.queues {
+        for (queue, seen) in self.queues.iter().zip(self.seen) {
+            let Some(variables) = seen.as_deref() else {
+                continue;
+            };
             let mut state = queue.lock();
             match (state.entries.back_mut(), self.apply) {
                 (Some(tail), apply) if matches!(tail.stage, Stage::Merging) => {
                     tail.stage = Stage::Queued;
-                    if let Some((variables, _)) = apply {
+                    if apply.is_some() {
                         tail.variables.merge(variables);
                     }
                 }
-                (_, Some((variables, now))) => state.entries.push_back(Entry::new(
+                (_, Some(now)) => state.entries.push_back(Entry::new(
                     variables.first_commit_seq,
                     variables.clone(),
                     now,
@@ -907,14 +932,27 @@ impl Backlog {
     /// the wait. A coalesced queue never waits: it holds at most the entry being sent (or
     /// failed) and the one absorbing new commits.
     ///
+    /// Only the queues the commit writes to count: a trigger whose collections filter
+    /// leaves nothing of `variables` gets no entry, so its full queue holds nothing back.
+    ///
     /// Cancel-safe: dropping it writes nothing and clears the backpressure flag.
-    pub(crate) async fn wait_for_room(&self) -> Result<(), BacklogError> {
+    pub(crate) async fn wait_for_room(&self, variables: &Variables) -> Result<(), BacklogError> {
         let shared = &self.shared;
+        let writes_to = |queue: &Queue| {
+            shared
+                .trigger_of(queue)
+                .is_some_and(|trigger| {
+                    variables
+                        .collection_names
+                        .iter()
+                        .any(|name| trigger.fires_for(name))
+                })
+        };
         let full = || {
             shared
                 .queues
                 .iter()
-                .filter(|queue| !queue.drain.coalesces())
+                .filter(|queue| !queue.drain.coalesces() && writes_to(queue))
                 .find_map(|queue| {
                     let depth = queue.lock().entries.len();
                     (depth >= shared.limit).then_some((queue, depth))

@@ -41,7 +41,7 @@ impl Decoupled {
         variables: Option<&Variables>,
     ) -> Result<(), BacklogError> {
         match variables {
-            Some(_) => self.backlog.wait_for_room().await,
+            Some(variables) => self.backlog.wait_for_room(variables).await,
             None => Ok(()),
         }
     }

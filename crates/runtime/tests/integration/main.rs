@@ -7,6 +7,7 @@
 //! Run one group with a filter: `cargo test -p triggers-runtime --test integration backlog::`.
 
 mod backlog;
+mod collections;
 mod names;
 mod run_id;
 mod shard;

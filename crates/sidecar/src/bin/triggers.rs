@@ -50,6 +50,11 @@ enum Command {
     Validate {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The source collection of each binding of the materialization, in binding
+        /// order; repeat once per binding. Given, every trigger's `collections` entry must
+        /// match one of them (checked only when the config is decrypted or plaintext).
+        #[arg(long = "binding", value_name = "COLLECTION")]
+        bindings: Vec<String>,
     },
     /// Print the config SOPS-encrypted for age recipients: each trigger's url (which may
     /// carry a password, a token or a secret path), header values and signing secrets
@@ -195,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&config_schema())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, bindings } => validate(&config, &bindings),
         Command::Encrypt { config, recipients } => {
             let recipients = recipients
                 .iter()
@@ -221,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+fn validate(args: &ConfigArgs, bindings: &[String]) -> anyhow::Result<ExitCode> {
     let path = args.config.display();
     let text = read_config_text(&args.config)?;
     let format = config_format(&args.config);
@@ -236,7 +241,12 @@ fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let checked = match load_config(&text, format, &identities) {
-        Ok(config) => Triggers::from_config(&config).map(|triggers| triggers.len()),
+        Ok(config) => Triggers::from_config(&config).and_then(|triggers| {
+            if !bindings.is_empty() {
+                triggers::validate_collections(&triggers, bindings)?;
+            }
+            Ok(triggers.len())
+        }),
         // A document that does not parse is invalid, not a failure of the tool.
         Err(SopsError::Parse(err)) => Err(ValidationErrors(vec![err.into()])),
         Err(err) => return Err(err).with_context(|| format!("trigger config {path}")),

@@ -602,6 +602,11 @@ impl Triggers {
         self.triggers.iter()
     }
 
+    /// The trigger at `index` (in config order), if there is one.
+    pub fn get(&self, index: usize) -> Option<&Trigger> {
+        self.triggers.get(index)
+    }
+
     /// The index of the trigger named `name`, if there is one.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.triggers.iter().position(|t| t.label.name == name)

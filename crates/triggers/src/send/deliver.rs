@@ -367,7 +367,8 @@ impl Deliverer {
 
     /// Like [`Deliverer::deliver`], telling receivers (in `webhook-reason`) why the first
     /// attempt is sent: a recovery re-fire or an operator's replay may repeat a webhook
-    /// the receiver already has.
+    /// the receiver already has. Each trigger is sent what its collections filter leaves
+    /// of `variables` ([`Trigger::variables_for`]), and not at all when that is nothing.
     ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.
@@ -377,7 +378,13 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Result<Vec<Delivered>, DeliveryError> {
-        let outcomes = futures::future::join_all(triggers.iter().enumerate().map(|(i, t)| {
+        // A trigger whose collections filter leaves nothing of the transaction is not
+        // sent; the others see only the collections they fire for.
+        let sends = triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t, t.variables_for(variables)?)));
+        let outcomes = futures::future::join_all(sends.map(|(i, t, variables)| async move {
             let id = trigger_webhook_id(&variables.flow_run_id, t.name());
             // At WARN, so the trigger's context stays on its retry and failure events
             // even when a shard logs only warnings.
@@ -391,8 +398,9 @@ impl Deliverer {
                 %reason,
                 trace_id = tracing::field::Empty,
             );
-            self.deliver_one(triggers, t, variables, id, Run::new(reason, 0), None)
+            self.deliver_one(triggers, t, &variables, id, Run::new(reason, 0), None)
                 .instrument(span)
+                .await
         }))
         .await;
 
