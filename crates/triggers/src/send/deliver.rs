@@ -350,6 +350,9 @@ impl Deliverer {
 
     /// Renders and delivers every trigger for one transaction, concurrently, as a
     /// [`SendReason::FirstSend`]. Returns when all are delivered or have failed for good.
+    /// A trigger with `collections` is sent only if it fires for one of the transaction's
+    /// collections, with those alone (see [`Trigger::variables_for`]); the others are in
+    /// neither list of the result.
     ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.
@@ -374,7 +377,12 @@ impl Deliverer {
         variables: &Variables,
         reason: SendReason,
     ) -> Result<Vec<Delivered>, DeliveryError> {
-        let outcomes = futures::future::join_all(triggers.iter().enumerate().map(|(i, t)| {
+        // A trigger with `collections` fires only for its own, and sees only those.
+        let firing = triggers.iter().enumerate().filter_map(|(i, t)| {
+            t.variables_for(variables)
+                .map(|variables| (i, t, variables))
+        });
+        let outcomes = futures::future::join_all(firing.map(|(i, t, variables)| {
             let id = webhook_id(&variables.flow_run_id, i);
             // At WARN, so the trigger's context stays on its retry and failure events
             // even when a shard logs only warnings.
@@ -387,8 +395,11 @@ impl Deliverer {
                 %reason,
                 trace_id = tracing::field::Empty,
             );
-            self.deliver_one(triggers, t, variables, id, Run::new(reason, 0), None)
-                .instrument(span)
+            async move {
+                self.deliver_one(triggers, t, &variables, id, Run::new(reason, 0), None)
+                    .await
+            }
+            .instrument(span)
         }))
         .await;
 
@@ -411,7 +422,9 @@ impl Deliverer {
 
     /// Renders and delivers one trigger's webhook, with retries: what a decoupled
     /// runtime's per-trigger worker sends for one backlog entry. Logged in the same
-    /// `deliver` span as [`Deliverer::deliver_with_reason`].
+    /// `deliver` span as [`Deliverer::deliver_with_reason`]. `variables` are sent as
+    /// given: the caller queued them for this trigger (through
+    /// [`Trigger::variables_for`], for one with `collections`).
     ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.

@@ -547,3 +547,54 @@ async fn response_policy_retry_statuses_are_retried() {
     assert_eq!((delivered[0].status, delivered[0].attempts), (200, 3));
     assert!(!delivered[0].already_delivered);
 }
+
+/// Issue 18, item 5: delivering a transaction sends each trigger only if it fires for
+/// one of the transaction's collections, with `collection_names` kept to those; a
+/// trigger without `collections` gets them all.
+#[tokio::test]
+async fn each_trigger_is_delivered_only_for_its_collections() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(
+        &receiver,
+        &[
+            ("/b", r#"{"collections": ["acmeCo/example/collection-b"]}"#),
+            ("/orders", r#"{"collections": ["acmeCo/orders/"]}"#),
+            ("/all", "{}"),
+            ("/example", r#"{"collections": ["acmeCo/example/"]}"#),
+        ],
+    );
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+    let mut sent: Vec<usize> = delivered.iter().map(|d| d.trigger.index).collect();
+    sent.sort_unstable();
+    assert_eq!(
+        sent,
+        [0, 2, 3],
+        "trigger 1 fires for no collection of the transaction"
+    );
+    let mut requests = receiver.requests();
+    requests.sort_by(|a, b| a.path.cmp(&b.path));
+    let collections: Vec<(String, serde_json::Value)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.path.clone(),
+                r.json().expect("JSON")["collections"].clone(),
+            )
+        })
+        .collect();
+    let both = serde_json::json!(["acmeCo/example/collection-a", "acmeCo/example/collection-b"]);
+    assert_eq!(
+        collections,
+        [
+            ("/all".to_string(), both.clone()),
+            (
+                "/b".to_string(),
+                serde_json::json!(["acmeCo/example/collection-b"])
+            ),
+            ("/example".to_string(), both),
+        ]
+    );
+}
