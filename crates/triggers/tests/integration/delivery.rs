@@ -598,3 +598,47 @@ async fn each_trigger_is_delivered_only_for_its_collections() {
         ]
     );
 }
+
+/// Issue 18, item 3b: a receiver that echoes the request in its error answer (a
+/// validation error quoting the payload, with the header value `{{headers.X-Api-Key}}`
+/// put there, or the header itself) does not put the value in our error or log: the
+/// excerpt shows `<redacted>` in its place, raw or JSON-escaped.
+#[tokio::test]
+async fn a_receiver_echoing_a_header_value_does_not_put_it_in_errors_or_logs() {
+    let secret = r#"sk-echo"d\secret/77"#;
+    let escaped = serde_json::to_string(secret).expect("JSON");
+    let escaped = &escaped[1..escaped.len() - 1];
+    let slashed = escaped.replace('/', "\\/");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(400).with_body(format!(
+        r#"{{"detail": "invalid conf {{\"apiKey\": \"{escaped}\"}}", "header": "{secret}", "php": "{slashed}"}}"#
+    )));
+    let config = serde_json::json!({"config": [{
+        "url": receiver.url("/hook"),
+        "headers": {"X-Api-Key": secret},
+        "payloadTemplate": "{\"apiKey\": {{json headers.X-Api-Key}}}",
+    }]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let (captured, _guard) = support::CapturedLogs::install();
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("400");
+    let requests = receiver.requests();
+    assert_eq!(requests[0].json().expect("JSON")["apiKey"], secret);
+    let failure = single_failure(&err);
+    let FailureReason::Status { status: 400, body } = &failure.reason else {
+        panic!("{failure}");
+    };
+    assert_eq!(body.matches("<redacted>").count(), 3, "{body}");
+    let logs = captured.text();
+    for (what, text) in [
+        ("error", err.to_string()),
+        ("debug", format!("{err:?}")),
+        ("logs", logs),
+    ] {
+        for form in [secret, escaped, slashed.as_str(), "sk-echo"] {
+            assert!(!text.contains(form), "{what} shows {form}: {text}");
+        }
+    }
+}
