@@ -293,16 +293,24 @@ impl Templates {
                 .unregister_helper(&headers::helper_name(index, redact));
         }
         shape::prescan(source)?;
-        headers::check_brackets(source, headers)?;
+        // A header name a path cannot hold, written without brackets, fails as a syntax
+        // error or names no header: then say how to write it instead.
         let template = handlebars::template::Template::compile(source).map_err(|err| {
             let (line, column) = err.pos().unwrap_or((0, 0));
-            TemplateError::Syntax {
-                line,
-                column,
-                message: err.reason().to_string(),
-            }
+            headers::check_brackets(source, headers)
+                .err()
+                .unwrap_or(TemplateError::Syntax {
+                    line,
+                    column,
+                    message: err.reason().to_string(),
+                })
         })?;
-        let (shape, written) = shape::check(&template, headers)?;
+        let (shape, written) = shape::check(&template, headers).map_err(|err| match err {
+            TemplateError::UnknownHeader { .. } => headers::check_brackets(source, headers)
+                .err()
+                .unwrap_or(err),
+            err => err,
+        })?;
         let written = TemplateHeaders::new(&written, headers);
         self.direct[index] = DirectTemplate::plan(&template, &written);
         self.shapes[index] = Some(shape);
@@ -1400,8 +1408,14 @@ mod tests {
                 "{err}"
             );
         }
-        // Outside a mustache it is text.
+        // Outside a mustache it is text, and so is a string literal in a template that
+        // compiles.
         compile_headers("headers.X.Key {{headers.[X.Key]}}", &entries).expect("text");
+        compile_headers(
+            r#"{{#if (eq materialization_name "headers.X.Key")}}x{{/if}}"#,
+            &entries,
+        )
+        .expect("a literal");
         let err = compile_headers("{{headers.X}}", &[("X.Key", "dotted")])
             .err()
             .expect("no header X");

@@ -353,6 +353,9 @@ impl Deliverer {
 
     /// Renders and delivers every trigger for one transaction, concurrently, as a
     /// [`SendReason::FirstSend`]. Returns when all are delivered or have failed for good.
+    /// A trigger with `collections` is sent only if it fires for one of the transaction's
+    /// collections, with those alone (see [`Trigger::variables_for`]); the others are in
+    /// neither list of the result.
     ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.
@@ -423,7 +426,9 @@ impl Deliverer {
 
     /// Renders and delivers one trigger's webhook, with retries: what a decoupled
     /// runtime's per-trigger worker sends for one backlog entry. Logged in the same
-    /// `deliver` span as [`Deliverer::deliver_with_reason`].
+    /// `deliver` span as [`Deliverer::deliver_with_reason`]. `variables` are sent as
+    /// given: the caller queued them for this trigger (through
+    /// [`Trigger::variables_for`], for one with `collections`).
     ///
     /// Cancel-safe: it changes no state; dropped, it abandons the requests in flight (some
     /// may have arrived), so a caller that keeps the variables sends them again later.
@@ -827,7 +832,7 @@ impl Deliverer {
                 let keep = keep_excerpt || !(200..300).contains(&code);
                 return Attempt::Status {
                     code,
-                    excerpt: read_excerpt(response, keep).await,
+                    excerpt: read_excerpt(response, keep, trigger).await,
                     retry_after,
                 };
             };
@@ -843,7 +848,7 @@ impl Deliverer {
             if let Err(refusal) = self.policy.check_url(&target) {
                 return Attempt::Refused(refusal);
             }
-            read_excerpt(response, false).await;
+            read_excerpt(response, false, trigger).await;
             if target.origin() != url.origin() {
                 // Another origin is another party: configured headers (API keys, tokens)
                 // were meant for the first one only, and stay dropped for later hops.
@@ -953,10 +958,47 @@ enum GiveUp {
     BudgetExhausted,
 }
 
-/// Reads (a bounded part of) the response body and, if `keep`, returns its start. A body
-/// that fails mid-read does not change the outcome: the status is what the endpoint
-/// decided.
-async fn read_excerpt(mut response: reqwest::Response, keep: bool) -> String {
+/// Header values shorter than this are not taken out of a response excerpt: they cannot
+/// be told from ordinary text (`1`, `gzip`, `v2`), and no credential is that short.
+pub(crate) const MIN_REDACTED_HEADER_BYTES: usize = 8;
+
+/// The forms in which an answer may echo `trigger`'s header values (which a template may
+/// also have put in the body, `{{headers.Name}}`): as sent, JSON-escaped, and with `/`
+/// escaped too (as PHP's encoder writes it). Those of at least
+/// [`MIN_REDACTED_HEADER_BYTES`], longest first.
+fn echoed_secrets(trigger: &Trigger) -> Vec<String> {
+    let mut forms: Vec<String> = Vec::new();
+    for value in trigger.headers.values() {
+        let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        if raw.len() < MIN_REDACTED_HEADER_BYTES {
+            continue;
+        }
+        let json = serde_json::to_string(&raw).unwrap_or_default();
+        let json = json
+            .strip_prefix('"')
+            .and_then(|j| j.strip_suffix('"'))
+            .unwrap_or_default()
+            .to_string();
+        let slashed = json.replace('/', "\\/");
+        forms.extend([raw, json, slashed]);
+    }
+    forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+    forms.dedup();
+    forms
+}
+
+/// Reads (a bounded part of) the response body and, if `keep`, returns its start, with
+/// every echo of the trigger's header values replaced by `<redacted>` (see
+/// [`echoed_secrets`]; the start is read far enough past the excerpt that a value it
+/// begins is whole when it is replaced). A body that fails mid-read does not change the
+/// outcome: the status is what the endpoint decided.
+async fn read_excerpt(mut response: reqwest::Response, keep: bool, trigger: &Trigger) -> String {
+    let secrets = if keep {
+        echoed_secrets(trigger)
+    } else {
+        Vec::new()
+    };
+    let longest = secrets.first().map_or(0, String::len);
     let mut head = Vec::new();
     let mut read = 0;
     while read < BODY_READ_LIMIT {
@@ -964,7 +1006,7 @@ async fn read_excerpt(mut response: reqwest::Response, keep: bool) -> String {
             Ok(Some(chunk)) if !keep => read += chunk.len(),
             Ok(Some(chunk)) => {
                 read += chunk.len();
-                let room = (EXCERPT_CHARS * 4).saturating_sub(head.len());
+                let room = (EXCERPT_CHARS * 4 + longest).saturating_sub(head.len());
                 head.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) | Err(_) => break,
@@ -973,7 +1015,12 @@ async fn read_excerpt(mut response: reqwest::Response, keep: bool) -> String {
     if !keep {
         return String::new();
     }
-    let text = String::from_utf8_lossy(&head);
+    let mut text = String::from_utf8_lossy(&head).into_owned();
+    for secret in &secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), crate::REDACTED_HEADER_VALUE);
+        }
+    }
     let mut excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
     if text.chars().count() > EXCERPT_CHARS || read > head.len() {
         excerpt.push('…');

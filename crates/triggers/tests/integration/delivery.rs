@@ -547,3 +547,98 @@ async fn response_policy_retry_statuses_are_retried() {
     assert_eq!((delivered[0].status, delivered[0].attempts), (200, 3));
     assert!(!delivered[0].already_delivered);
 }
+
+/// Issue 18, item 5: delivering a transaction sends each trigger only if it fires for
+/// one of the transaction's collections, with `collection_names` kept to those; a
+/// trigger without `collections` gets them all.
+#[tokio::test]
+async fn each_trigger_is_delivered_only_for_its_collections() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let triggers = triggers(
+        &receiver,
+        &[
+            ("/b", r#"{"collections": ["acmeCo/example/collection-b"]}"#),
+            ("/orders", r#"{"collections": ["acmeCo/orders/"]}"#),
+            ("/all", "{}"),
+            ("/example", r#"{"collections": ["acmeCo/example/"]}"#),
+        ],
+    );
+    let delivered = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect("delivered");
+    let mut sent: Vec<usize> = delivered.iter().map(|d| d.trigger.index).collect();
+    sent.sort_unstable();
+    assert_eq!(
+        sent,
+        [0, 2, 3],
+        "trigger 1 fires for no collection of the transaction"
+    );
+    let mut requests = receiver.requests();
+    requests.sort_by(|a, b| a.path.cmp(&b.path));
+    let collections: Vec<(String, serde_json::Value)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.path.clone(),
+                r.json().expect("JSON")["collections"].clone(),
+            )
+        })
+        .collect();
+    let both = serde_json::json!(["acmeCo/example/collection-a", "acmeCo/example/collection-b"]);
+    assert_eq!(
+        collections,
+        [
+            ("/all".to_string(), both.clone()),
+            (
+                "/b".to_string(),
+                serde_json::json!(["acmeCo/example/collection-b"])
+            ),
+            ("/example".to_string(), both),
+        ]
+    );
+}
+
+/// Issue 18, item 3b: a receiver that echoes the request in its error answer (a
+/// validation error quoting the payload, with the header value `{{headers.X-Api-Key}}`
+/// put there, or the header itself) does not put the value in our error or log: the
+/// excerpt shows `<redacted>` in its place, raw or JSON-escaped.
+#[tokio::test]
+async fn a_receiver_echoing_a_header_value_does_not_put_it_in_errors_or_logs() {
+    let secret = r#"sk-echo"d\secret/77"#;
+    let escaped = serde_json::to_string(secret).expect("JSON");
+    let escaped = &escaped[1..escaped.len() - 1];
+    let slashed = escaped.replace('/', "\\/");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(Reply::status(400).with_body(format!(
+        r#"{{"detail": "invalid conf {{\"apiKey\": \"{escaped}\"}}", "header": "{secret}", "php": "{slashed}"}}"#
+    )));
+    let config = serde_json::json!({"config": [{
+        "url": receiver.url("/hook"),
+        "headers": {"X-Api-Key": secret},
+        "payloadTemplate": "{\"apiKey\": {{json headers.X-Api-Key}}}",
+    }]});
+    let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let (captured, _guard) = support::CapturedLogs::install();
+    let err = fast_deliverer()
+        .deliver(&triggers, &variables())
+        .await
+        .expect_err("400");
+    let requests = receiver.requests();
+    assert_eq!(requests[0].json().expect("JSON")["apiKey"], secret);
+    let failure = single_failure(&err);
+    let FailureReason::Status { status: 400, body } = &failure.reason else {
+        panic!("{failure}");
+    };
+    assert_eq!(body.matches("<redacted>").count(), 3, "{body}");
+    let logs = captured.text();
+    for (what, text) in [
+        ("error", err.to_string()),
+        ("debug", format!("{err:?}")),
+        ("logs", logs),
+    ] {
+        for form in [secret, escaped, slashed.as_str(), "sk-echo"] {
+            assert!(!text.contains(form), "{what} shows {form}: {text}");
+        }
+    }
+}

@@ -215,10 +215,11 @@ fn is_path_name(name: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'$'))
 }
 
-/// Before Handlebars parses `source`: a header whose name has characters a path cannot
-/// hold (`X.Key`, `X!Key`), written without brackets inside a mustache, is refused with
-/// the spelling that works (Handlebars would say `expected identifier` or read
-/// `headers.X.Key` as header `X`). Linear in the source, per such header.
+/// For a template that failed to compile or names no header: a header whose name has
+/// characters a path cannot hold (`X.Key`, `X!Key`), written without brackets inside a
+/// mustache, is the error, with the spelling that works (Handlebars says `expected
+/// identifier`, or reads `headers.X.Key` as header `X`). Linear in the source, per such
+/// header.
 pub(crate) fn check_brackets(
     source: &str,
     headers: &std::collections::BTreeMap<String, Secret>,
