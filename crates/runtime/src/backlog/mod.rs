@@ -939,14 +939,12 @@ impl Backlog {
     pub(crate) async fn wait_for_room(&self, variables: &Variables) -> Result<(), BacklogError> {
         let shared = &self.shared;
         let writes_to = |queue: &Queue| {
-            shared
-                .trigger_of(queue)
-                .is_some_and(|trigger| {
-                    variables
-                        .collection_names
-                        .iter()
-                        .any(|name| trigger.fires_for(name))
-                })
+            shared.trigger_of(queue).is_some_and(|trigger| {
+                variables
+                    .collection_names
+                    .iter()
+                    .any(|name| trigger.fires_for(name))
+            })
         };
         let full = || {
             shared
