@@ -19,7 +19,7 @@
 //! Keys name a trigger by its name (`[A-Za-z0-9_.-]`, 1 to 64 bytes: never `/`), so
 //! reordering, adding or removing triggers never moves an entry to another trigger.
 //! Earlier builds keyed the same three by the trigger's index (`backlog/`, `ledger/`,
-//! `backlog-sent/` followed by a `u32` BE): [`Store::named_keys_migration`] moves those.
+//! `backlog-sent/` followed by a `u32` BE): the open moves those (`crate::migrations`).
 //!
 //! Calls block on disk I/O; the runtime makes them on the shard's store thread, through
 //! its async facade (`shard_store.rs`). Hosts get [`Store::open`] and the readers, to

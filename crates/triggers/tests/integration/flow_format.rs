@@ -3,9 +3,7 @@
 //! has a stable name.
 //!
 //! The Flow examples are those of Flow's docs page `materialization-triggers.md` (estuary/flow
-//! commit 4b68712ae9d0: `interval`, `timeout`, `maxAttempts`), with `{{run_id}}` spelled
-//! `{{flow_run_id}}` as in the page's previous version (commit 72673c4e5944): `run_id` is
-//! another part of the issue.
+//! commit 4b68712ae9d0: `interval`, `timeout`, `maxAttempts`, `{{run_id}}`).
 
 use crate::support;
 use std::time::Duration;
@@ -24,7 +22,7 @@ config:
         "collections": [{{#each collection_names}}"{{this}}"{{#unless @last}}, {{/unless}}{{/each}}],
         "publishedAtMin": "{{flow_published_at_min}}",
         "publishedAtMax": "{{flow_published_at_max}}",
-        "runId": "{{flow_run_id}}"
+        "runId": "{{run_id}}"
       }
     timeout: 30s
     maxAttempts: 3
@@ -645,4 +643,113 @@ fn per_trigger_collections_filter_in_list_and_map_form() {
             ]
         );
     }
+}
+
+/// Every Flow example, in its list and its map form, previews as Flow's docs describe it
+/// (the placeholder variables in the documented shape) and delivers to a real receiver,
+/// with the documented method, headers and body.
+#[tokio::test]
+async fn flow_documented_examples_preview_and_deliver_in_both_forms() {
+    let receiver = triggers_receiver::Receiver::start()
+        .await
+        .expect("receiver");
+    let placeholder = triggers::Variables::placeholder();
+    let collections = placeholder.collection_names.join(", ");
+    let examples: [(&str, &str, &[&str]); 5] = [
+        ("specification", SPECIFICATION, &["onCommit"]),
+        ("slack", SLACK, &["slack"]),
+        ("dbt cloud", DBT_CLOUD, &["dbtCloud"]),
+        ("github", GITHUB, &["github"]),
+        ("multiple", MULTIPLE, &["slack", "dbt"]),
+    ];
+    for (what, list, map_names) in examples {
+        // Each example's endpoints, moved to the receiver (path kept).
+        let mut local = list.to_string();
+        for url in list.lines().filter_map(|l| {
+            l.trim()
+                .strip_prefix("- url: ")
+                .or(l.trim().strip_prefix("url: "))
+        }) {
+            let url = url.trim_matches('"');
+            let path = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]));
+            local = local.replace(url, &receiver.url(path.expect("a path")));
+        }
+        for (form, text) in [("list", local.clone()), ("map", as_map(&local, map_names))] {
+            let triggers = compiled(&text);
+            let before = receiver.requests().len();
+            let delivered = support::fast_deliverer()
+                .deliver(&triggers, &placeholder)
+                .await
+                .unwrap_or_else(|err| panic!("{what} ({form}) delivers: {err}"));
+            assert_eq!(delivered.len(), map_names.len(), "{what} ({form})");
+            let requests = receiver.requests();
+            let sent = &requests[before..];
+            assert_eq!(sent.len(), map_names.len(), "{what} ({form})");
+            for (index, trigger) in triggers.iter().enumerate() {
+                let preview = triggers
+                    .preview(index, &PreviewVariables::placeholder())
+                    .expect("previews");
+                let previewed: serde_json::Value =
+                    serde_json::from_str(&preview.payload).expect("JSON");
+                let request = sent
+                    .iter()
+                    .find(|r| r.header("webhook-id") == Some(preview.webhook_id.as_str()))
+                    .unwrap_or_else(|| panic!("{what} ({form}): {} was sent", trigger.name()));
+                // What preview shows is what is sent (no secret in these bodies).
+                assert_eq!(request.json().expect("JSON"), previewed, "{what} ({form})");
+                assert_eq!(request.method, "POST", "{what} ({form})");
+            }
+        }
+    }
+
+    // The documented shapes, from the list form's previews.
+    let rfc3339 = |at: time::OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .expect("formats")
+    };
+    let preview = |text: &str, index| -> serde_json::Value {
+        let triggers = compiled(text);
+        let preview = triggers
+            .preview(index, &PreviewVariables::placeholder())
+            .expect("previews");
+        serde_json::from_str(&preview.payload).expect("JSON")
+    };
+    assert_eq!(
+        preview(SPECIFICATION, 0),
+        serde_json::json!({
+            "materialization": placeholder.materialization_name,
+            "collections": placeholder.collection_names,
+            "publishedAtMin": rfc3339(placeholder.flow_published_at_min),
+            "publishedAtMax": rfc3339(placeholder.flow_published_at_max),
+            "runId": placeholder.run_id,
+        })
+    );
+    assert_eq!(
+        preview(SLACK, 0)["text"],
+        format!(
+            "Materialization {} committed new data from {collections}",
+            placeholder.materialization_name
+        )
+    );
+    assert_eq!(
+        preview(DBT_CLOUD, 0),
+        serde_json::json!({
+            "cause": format!("Triggered by Estuary materialization {}", placeholder.materialization_name),
+            "git_sha": "HEAD",
+        })
+    );
+    assert_eq!(preview(GITHUB, 0), serde_json::json!({"ref": "main"}));
+    assert_eq!(
+        preview(MULTIPLE, 1),
+        serde_json::json!({"cause": format!("Estuary trigger {}", placeholder.flow_run_id)})
+    );
+    // The documented headers are sent as configured.
+    let dbt = receiver
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/jobs/67890/run/"))
+        .expect("dbt's request");
+    assert_eq!(dbt.header("authorization"), Some("Token my-dbt-api-token"));
 }
