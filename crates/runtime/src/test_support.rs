@@ -80,7 +80,7 @@ pub mod fixtures {
     use std::sync::Arc;
     use std::time::Duration;
     use triggers::{Materialization, NetworkPolicy, RetryBackoff, Triggers};
-    use triggers_proto::{Checkpoint, Source};
+    use triggers_proto::{BindingStats, Checkpoint, Source};
 
     /// The collections of the test materialization's bindings, in binding order.
     pub const COLLECTIONS: [&str; 3] = ["acmeCo/orders", "acmeCo/customers", "acmeCo/refunds"];
@@ -97,6 +97,22 @@ pub mod fixtures {
                 .map(ToString::to_string)
                 .collect(),
         }
+    }
+
+    /// The stats of transaction `n`: one document of each binding in `bindings`, all
+    /// published at second `1_750_000_000 + n`, so transactions are ordered in time.
+    pub fn stats_at(n: u64, bindings: &[u32]) -> Vec<BindingStats> {
+        let clock = triggers::Clock::from_unix(1_750_000_000 + n, 0).0;
+        bindings
+            .iter()
+            .map(|binding| BindingStats {
+                binding: *binding,
+                docs: 1,
+                bytes: 10,
+                first_clock: clock,
+                last_clock: clock,
+            })
+            .collect()
     }
 
     /// A checkpoint that read one journal through `offset`: tests tell commits apart by it.

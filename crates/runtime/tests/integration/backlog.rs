@@ -11,7 +11,9 @@ use triggers::{
 use triggers_proto::BindingStats;
 use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
-use triggers_runtime::test_support::fixtures::{checkpoint, loopback_shard, materialization};
+use triggers_runtime::test_support::fixtures::{
+    checkpoint, loopback_shard, materialization, stats_at,
+};
 use triggers_runtime::{
     BacklogError, DeliveryMode, Durability, Shard, ShardConfig, ShardError, Store,
 };
@@ -52,14 +54,7 @@ fn decoupled(limit: usize) -> DeliveryMode {
 
 /// Transaction `n` (from 1) reads binding `n % 3` at second `n`.
 fn stats(n: u64) -> Vec<BindingStats> {
-    let clock = Clock::from_unix(1_750_000_000 + n, 0).0;
-    vec![BindingStats {
-        binding: (n % 3) as u32,
-        docs: 1,
-        bytes: 10,
-        first_clock: clock,
-        last_clock: clock,
-    }]
+    stats_at(n, &[(n % 3) as u32])
 }
 
 /// Commits and acknowledges transactions `range`.

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::{Clock, ConfigFormat, Triggers, validate};
-use triggers_proto::BindingStats;
+use triggers::{ConfigFormat, Triggers, validate};
 use triggers_receiver::{Receiver, Reply};
-use triggers_runtime::test_support::fixtures::{checkpoint, loopback_shard, materialization};
+use triggers_runtime::test_support::fixtures::{
+    checkpoint, loopback_shard, materialization, stats_at,
+};
 use triggers_runtime::{DeliveryMode, Durability, Shard, ShardConfig, ShardError};
 
 /// Bounds every wait, so a regression fails instead of hanging.
@@ -48,20 +49,6 @@ fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
     loopback_shard(materialization(3), triggers)
         .with_durability(Durability::Unsynced)
         .with_delivery(delivery)
-}
-
-fn stats(n: u64, bindings: &[u32]) -> Vec<BindingStats> {
-    let clock = Clock::from_unix(1_750_000_000 + n, 0).0;
-    bindings
-        .iter()
-        .map(|binding| BindingStats {
-            binding: *binding,
-            docs: 1,
-            bytes: 10,
-            first_clock: clock,
-            last_clock: clock,
-        })
-        .collect()
 }
 
 /// Webhooks accepted on `path`, as (collections, count, first, last), in arrival order.
@@ -133,7 +120,7 @@ async fn run(receiver: &Receiver, delivery: DeliveryMode) {
     shard.acknowledged().await.expect("recovered ack");
     for (n, reads) in (1..).zip(READS) {
         shard
-            .start_commit(checkpoint(n as i64), &stats(n, reads))
+            .start_commit(checkpoint(n as i64), &stats_at(n, reads))
             .await
             .expect("commits");
         shard.acknowledged().await.expect("acknowledged");
@@ -217,7 +204,7 @@ async fn a_coalesced_trigger_merges_only_matching_transactions() {
     let reads: [&[u32]; 5] = [&[1], &[0], &[1], &[2], &[1]];
     for (n, reads) in (1..).zip(reads) {
         shard
-            .start_commit(checkpoint(n as i64), &stats(n, reads))
+            .start_commit(checkpoint(n as i64), &stats_at(n, reads))
             .await
             .expect("commits");
         shard.acknowledged().await.expect("acknowledged");
@@ -277,7 +264,7 @@ async fn a_full_backlog_of_a_filtered_trigger_does_not_hold_back_other_collectio
     shard.acknowledged().await.expect("recovered ack");
     // orders' queue holds transaction 1 (in flight, hanging): it is full.
     shard
-        .start_commit(checkpoint(1), &stats(1, &[0]))
+        .start_commit(checkpoint(1), &stats_at(1, &[0]))
         .await
         .expect("commits");
     shard.acknowledged().await.expect("acknowledged");
@@ -288,7 +275,7 @@ async fn a_full_backlog_of_a_filtered_trigger_does_not_hold_back_other_collectio
         queue_empty(&shard, "all").await;
         let done = tokio::time::timeout(
             WAIT,
-            shard.start_commit(checkpoint(n), &stats(n as u64, &[1])),
+            shard.start_commit(checkpoint(n), &stats_at(n as u64, &[1])),
         )
         .await
         .expect("a commit orders does not fire for does not wait for its backlog");

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::{Clock, ConfigFormat, Triggers, trigger_webhook_id, validate, webhook_id};
-use triggers_proto::{BindingStats, DeliveryState};
+use triggers::{ConfigFormat, Triggers, trigger_webhook_id, validate, webhook_id};
+use triggers_proto::DeliveryState;
 use triggers_receiver::Receiver;
 use triggers_runtime::test_support::RawStore as _;
-use triggers_runtime::test_support::fixtures::{checkpoint, loopback_shard, materialization};
+use triggers_runtime::test_support::fixtures::{
+    checkpoint, loopback_shard, materialization, stats_at,
+};
 use triggers_runtime::{DeliveryMode, Durability, LedgerError, Shard, ShardConfig, Store};
 
 /// Bounds every wait, so a regression fails instead of hanging.
@@ -37,24 +39,13 @@ fn config(triggers: Arc<Triggers>) -> ShardConfig {
         .with_delivery(DeliveryMode::default())
 }
 
-fn stats(n: u64) -> Vec<BindingStats> {
-    let clock = Clock::from_unix(1_750_000_000 + n, 0).0;
-    vec![BindingStats {
-        binding: 0,
-        docs: 1,
-        bytes: 10,
-        first_clock: clock,
-        last_clock: clock,
-    }]
-}
-
 /// Commits transaction 1 and closes before its Acknowledged: its webhooks stay pending.
 /// Returns its `flow_run_id`.
 async fn commit_and_stop(dir: &std::path::Path, triggers: Arc<Triggers>) -> String {
     let (mut shard, _) = Shard::open(dir, config(triggers)).await.expect("opens");
     shard.acknowledged().await.expect("recovered ack");
     let commit = shard
-        .start_commit(checkpoint(1), &stats(1))
+        .start_commit(checkpoint(1), &stats_at(1, &[0]))
         .await
         .expect("commits");
     shard.close().await;
