@@ -948,3 +948,70 @@ async fn preview_picks_a_trigger_by_name_or_position() {
         out.stderr
     );
 }
+
+/// Issue 18, item 5: given the bindings, `validate` checks each `collections` entry
+/// against them; `shard-sidecar` refuses to start with a filter no binding matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collections_filter_naming_no_binding_is_refused_where_bindings_are_known() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("filtered.yaml");
+    std::fs::write(
+        &config,
+        "config:\n  orders:\n    url: https://hooks.example.com/o\n    payloadTemplate: '{}'\n    \
+         collections: [acmeCo/orders, acmeCo/legacy/]\n",
+    )
+    .expect("writes");
+    let validate = |bindings: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            let mut args = vec!["validate", "--config", s(&config)];
+            for binding in bindings {
+                args.extend(["--binding", binding]);
+            }
+            triggers(&args).await
+        }
+    };
+    let out = validate(&[]).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "without bindings nothing to check: {}",
+        out.all()
+    );
+    let out = validate(&["acmeCo/orders", "acmeCo/legacy/v1"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let out = validate(&["acmeCo/orders", "acmeCo/customers"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stdout.contains("acmeCo/legacy/") && out.stdout.contains("acmeCo/customers"),
+        "names the entry and the bindings: {}",
+        out.stdout
+    );
+
+    let sidecar = tokio::process::Command::new(env!("CARGO_BIN_EXE_shard-sidecar"))
+        .args(["--store", s(&dir.path().join("store"))])
+        .args(["--triggers", s(&config)])
+        .args(["--materialization", "acmeCo/orders/postgres"])
+        .args([
+            "--connector-image",
+            "ghcr.io/estuary/materialize-postgres:v1",
+        ])
+        .args([
+            "--binding",
+            "acmeCo/orders",
+            "--binding",
+            "acmeCo/customers",
+        ])
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), sidecar)
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("acmeCo/legacy/"), "{stderr}");
+    assert!(
+        !dir.path().join("store").exists(),
+        "refused before opening the store"
+    );
+}
