@@ -78,5 +78,7 @@ pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, Sh
 pub use error::{ProtocolError, ShardError};
 pub use shard::{Acknowledgement, Commit, Phase, Recovery, Shard};
 pub use stats::TransactionStats;
-pub use store::{Durability, Store, StoreError};
+pub use store::{
+    Durability, Keyspace, KeyspaceError, MAX_KEYSPACE_PREFIX_BYTES, Store, StoreError,
+};
 pub use store_thread::StoreTaskError;

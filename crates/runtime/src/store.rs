@@ -29,10 +29,11 @@
 
 use prost::Message as _;
 use rocksdb::{
-    BlockBasedOptions, Cache, DB, DBIteratorWithThreadMode, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, DB, DBPinnableSlice, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, TriggerParams};
 
 /// The block cache of one store: several times a store's live data (a checkpoint, a
@@ -161,9 +162,63 @@ fn is_lock_held(err: &rocksdb::Error) -> bool {
 /// # }
 /// ```
 pub struct Store {
-    db: DB,
+    db: Arc<DB>,
+    keyspace: Keyspace,
     path: PathBuf,
     durability: Durability,
+}
+
+/// Where in a RocksDB the runtime keeps its keys: every key it reads or writes starts
+/// with the keyspace's prefix. The store the runtime opens itself uses the empty prefix
+/// (the layout of every earlier build); a host that links the runtime into its own
+/// RocksDB ([`Store::in_host_db`]) gives a prefix none of its own keys start with, so the
+/// two never collide (Flow's runtime keeps `checkpoint`, `connector-state`,
+/// `trigger-params`, ... at the root).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: Vec<u8>,
+}
+
+/// A key (without the keyspace's prefix) and its value, as a scan reads them.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// Longest keyspace prefix, in bytes: it is part of every key.
+pub const MAX_KEYSPACE_PREFIX_BYTES: usize = 64;
+
+/// A keyspace prefix that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyspaceError {
+    /// Empty: the runtime's keys would be at the root, beside the host's.
+    #[error(
+        "a host's keyspace prefix must not be empty: the runtime's keys would mix with the host's"
+    )]
+    Empty,
+    /// Longer than [`MAX_KEYSPACE_PREFIX_BYTES`].
+    #[error("keyspace prefix is {0} bytes, more than the {MAX_KEYSPACE_PREFIX_BYTES} allowed")]
+    TooLong(usize),
+}
+
+impl Keyspace {
+    /// The root: no prefix, the layout of a store the runtime opens itself.
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// Keys under `prefix` (1 to [`MAX_KEYSPACE_PREFIX_BYTES`] bytes), such as
+    /// `b"triggers/"`. Choose one no key of the host's starts with.
+    pub fn prefixed(prefix: impl Into<Vec<u8>>) -> Result<Self, KeyspaceError> {
+        let prefix = prefix.into();
+        match prefix.len() {
+            0 => Err(KeyspaceError::Empty),
+            n if n > MAX_KEYSPACE_PREFIX_BYTES => Err(KeyspaceError::TooLong(n)),
+            _ => Ok(Self { prefix }),
+        }
+    }
+
+    /// The prefix every key of this keyspace starts with.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -210,10 +265,28 @@ impl Store {
             }
         })?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
+            keyspace: Keyspace::root(),
             path,
             durability,
         })
+    }
+
+    /// The runtime's store inside a RocksDB the host opened (with its own options, Env,
+    /// merge operators), under `keyspace`: the runtime reads and writes only keys that
+    /// start with the keyspace's prefix. Several keyspaces of one DB are several stores.
+    pub fn in_host_db(db: Arc<DB>, keyspace: Keyspace, durability: Durability) -> Self {
+        Self {
+            path: db.path().to_path_buf(),
+            db,
+            keyspace,
+            durability,
+        }
+    }
+
+    /// The keyspace this store's keys are in.
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
     }
 
     /// Directory of the store.
@@ -241,11 +314,15 @@ impl Store {
         params: Option<&TriggerParams>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        batch.put(CHECKPOINT_KEY, checkpoint.encode_to_vec());
+        self.put(&mut batch, CHECKPOINT_KEY, checkpoint.encode_to_vec());
         if let Some(params) = params {
-            batch.put(TRIGGER_PARAMS_KEY, params.encode_to_vec());
+            self.put(&mut batch, TRIGGER_PARAMS_KEY, params.encode_to_vec());
             if params.last_commit_seq > 0 {
-                batch.put(COMMIT_SEQ_KEY, params.last_commit_seq.to_be_bytes());
+                self.put(
+                    &mut batch,
+                    COMMIT_SEQ_KEY,
+                    params.last_commit_seq.to_be_bytes(),
+                );
             }
         }
         self.write(batch, "commit")
@@ -261,12 +338,13 @@ impl Store {
         entries: &[BacklogWrite],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        batch.put(CHECKPOINT_KEY, checkpoint.encode_to_vec());
+        self.put(&mut batch, CHECKPOINT_KEY, checkpoint.encode_to_vec());
         if let Some(seq) = commit_seq {
-            batch.put(COMMIT_SEQ_KEY, seq.to_be_bytes());
+            self.put(&mut batch, COMMIT_SEQ_KEY, seq.to_be_bytes());
         }
         for entry in entries {
-            batch.put(
+            self.put(
+                &mut batch,
                 backlog_key(&entry.trigger, entry.first_commit_seq),
                 encode_entry(entry),
             );
@@ -277,7 +355,6 @@ impl Store {
     /// The last commit sequence number handed out (0 for a new store).
     pub fn commit_seq(&self) -> Result<u64, StoreError> {
         let Some(bytes) = self
-            .db
             .get_pinned(COMMIT_SEQ_KEY)
             .map_err(|err| self.rocksdb_error("read", err))?
         else {
@@ -331,15 +408,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         let (trigger, first_commit_seq) = (&record.trigger_name, record.first_commit_seq);
-        batch.put(
+        self.put(
+            &mut batch,
             ledger_key(trigger, first_commit_seq),
             record.encode_to_vec(),
         );
         if delete_entry {
-            batch.delete(backlog_key(trigger, first_commit_seq));
+            self.delete(&mut batch, backlog_key(trigger, first_commit_seq));
         }
         if let Some(at) = sent_at_ms {
-            batch.put(backlog_sent_key(trigger), at.to_be_bytes());
+            self.put(&mut batch, backlog_sent_key(trigger), at.to_be_bytes());
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
@@ -356,7 +434,6 @@ impl Store {
     ) -> Result<Option<DeliveryRecord>, StoreError> {
         let key = ledger_key(trigger, first_commit_seq);
         let Some(bytes) = self
-            .db
             .get_pinned(&key)
             .map_err(|err| self.rocksdb_error("read", err))?
         else {
@@ -369,8 +446,7 @@ impl Store {
 
     /// Whether the ledger has a record of this delivery (it left PENDING at least once).
     pub fn has_delivery(&self, trigger: &str, first_commit_seq: u64) -> Result<bool, StoreError> {
-        self.db
-            .get_pinned(ledger_key(trigger, first_commit_seq))
+        self.get_pinned(ledger_key(trigger, first_commit_seq))
             .map(|value| value.is_some())
             .map_err(|err| self.rocksdb_error("read", err))
     }
@@ -386,9 +462,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for first_commit_seq in absorbed {
-            batch.delete(backlog_key(&merged.trigger, *first_commit_seq));
+            self.delete(&mut batch, backlog_key(&merged.trigger, *first_commit_seq));
         }
-        batch.put(
+        self.put(
+            &mut batch,
             backlog_key(&merged.trigger, merged.first_commit_seq),
             encode_entry(merged),
         );
@@ -401,8 +478,7 @@ impl Store {
         trigger: &str,
         first_commit_seq: u64,
     ) -> Result<bool, StoreError> {
-        self.db
-            .get_pinned(backlog_key(trigger, first_commit_seq))
+        self.get_pinned(backlog_key(trigger, first_commit_seq))
             .map(|value| value.is_some())
             .map_err(|err| self.rocksdb_error("read", err))
     }
@@ -410,7 +486,11 @@ impl Store {
     /// Every key under `prefix`, in order. A scan reads its range once (at open, and for
     /// ledger retention), so it does not fill the block cache: it would push out the
     /// blocks point lookups use and hold memory in proportion to the data.
-    fn scan(&self, prefix: &[u8]) -> DBIteratorWithThreadMode<'_, DB> {
+    ///
+    /// Keys come back without the keyspace's prefix, as the runtime's key functions make
+    /// them.
+    fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + '_ {
+        let prefix = self.key(prefix);
         let mut read = ReadOptions::default();
         read.fill_cache(false);
         // Every prefix ends in `/`: the first key past the range ends in `0` instead.
@@ -419,8 +499,36 @@ impl Store {
             end.push(last.saturating_add(1));
             read.set_iterate_upper_bound(end);
         }
+        let ours = self.keyspace.prefix.len();
         self.db
-            .iterator_opt(IteratorMode::From(prefix, Direction::Forward), read)
+            .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), read)
+            .map(move |item| item.map(|(key, value)| (key[ours..].into(), value)))
+    }
+
+    /// `key` in this store's keyspace.
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.keyspace.prefix.len() + key.len());
+        full.extend_from_slice(&self.keyspace.prefix);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// Reads `key` of this store's keyspace.
+    fn get_pinned(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<DBPinnableSlice<'_>>, rocksdb::Error> {
+        self.db.get_pinned(self.key(key.as_ref()))
+    }
+
+    /// Adds a write of `key` (of this store's keyspace) to `batch`.
+    fn put(&self, batch: &mut WriteBatch, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        batch.put(self.key(key.as_ref()), value);
+    }
+
+    /// Adds a deletion of `key` (of this store's keyspace) to `batch`.
+    fn delete(&self, batch: &mut WriteBatch, key: impl AsRef<[u8]>) {
+        batch.delete(self.key(key.as_ref()));
     }
 
     /// Every ledger record, per trigger in commit order.
@@ -456,7 +564,7 @@ impl Store {
     pub(crate) fn delete_deliveries(&self, keys: &[(String, u64)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (trigger, first_commit_seq) in keys {
-            batch.delete(ledger_key(trigger, *first_commit_seq));
+            self.delete(&mut batch, ledger_key(trigger, *first_commit_seq));
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
@@ -469,7 +577,6 @@ impl Store {
     pub fn last_sent_ms(&self, trigger: &str) -> Result<Option<u64>, StoreError> {
         let key = backlog_sent_key(trigger);
         let Some(bytes) = self
-            .db
             .get_pinned(&key)
             .map_err(|err| self.rocksdb_error("read", err))?
         else {
@@ -489,15 +596,23 @@ impl Store {
         triggers: &[String],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        batch.delete(TRIGGER_PARAMS_KEY);
-        batch.put(COMMIT_SEQ_KEY, params.last_commit_seq.to_be_bytes());
+        self.delete(&mut batch, TRIGGER_PARAMS_KEY);
+        self.put(
+            &mut batch,
+            COMMIT_SEQ_KEY,
+            params.last_commit_seq.to_be_bytes(),
+        );
         let entry = BacklogEntry {
             params: Some(params.clone()),
             committed_at: None,
         }
         .encode_to_vec();
         for trigger in triggers {
-            batch.put(backlog_key(trigger, params.first_commit_seq), &entry);
+            self.put(
+                &mut batch,
+                backlog_key(trigger, params.first_commit_seq),
+                &entry,
+            );
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
@@ -537,7 +652,7 @@ impl Store {
             let Some((index, seq)) = parse_index_key(LEGACY_BACKLOG_PREFIX, &key) else {
                 return Err(self.corrupt_key(&key, "malformed backlog key"));
             };
-            migration.batch.delete(&key);
+            self.delete(&mut migration.batch, &key);
             migration
                 .batch
                 .put(backlog_key(&name_of(index), seq), &value);
@@ -551,8 +666,9 @@ impl Store {
             let mut record = DeliveryRecord::decode(value.as_ref())
                 .map_err(|err| self.corrupt_key(&key, &err.to_string()))?;
             record.trigger_name = name_of(index);
-            migration.batch.delete(&key);
-            migration.batch.put(
+            self.delete(&mut migration.batch, &key);
+            self.put(
+                &mut migration.batch,
                 ledger_key(&record.trigger_name, seq),
                 record.encode_to_vec(),
             );
@@ -565,7 +681,7 @@ impl Store {
                 .and_then(|suffix| <[u8; 4]>::try_from(suffix).ok())
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| self.corrupt_key(&key, "malformed last-sent key"))?;
-            migration.batch.delete(&key);
+            self.delete(&mut migration.batch, &key);
             migration
                 .batch
                 .put(backlog_sent_key(&name_of(index)), &value);
@@ -609,7 +725,7 @@ impl Store {
         let mut options = WriteOptions::default();
         options.set_sync(false);
         self.db
-            .delete_opt(TRIGGER_PARAMS_KEY, &options)
+            .delete_opt(self.key(TRIGGER_PARAMS_KEY), &options)
             .map_err(|err| self.rocksdb_error("delete", err))
     }
 
@@ -619,7 +735,6 @@ impl Store {
         name: &'static str,
     ) -> Result<Option<M>, StoreError> {
         let Some(bytes) = self
-            .db
             .get_pinned(key)
             .map_err(|err| self.rocksdb_error("read", err))?
         else {
@@ -685,8 +800,8 @@ impl Store {
                 } else {
                     value.to_vec()
                 };
-                batch.delete(&key);
-                batch.put(index_key(legacy, index, Some(seq)), value);
+                self.delete(&mut batch, &key);
+                self.put(&mut batch, index_key(legacy, index, Some(seq)), value);
                 moved += 1;
             }
         }
@@ -696,8 +811,12 @@ impl Store {
             let Some(index) = index_of(name) else {
                 continue;
             };
-            batch.delete(&key);
-            batch.put(index_key(LEGACY_BACKLOG_SENT_PREFIX, index, None), value);
+            self.delete(&mut batch, &key);
+            self.put(
+                &mut batch,
+                index_key(LEGACY_BACKLOG_SENT_PREFIX, index, None),
+                value,
+            );
             moved += 1;
         }
         let mut options = WriteOptions::default();
@@ -714,7 +833,7 @@ impl Store {
     #[cfg_attr(not(any(test, feature = "__test-support")), allow(dead_code))]
     pub(crate) fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.db
-            .put(key, value)
+            .put(self.key(key), value)
             .map_err(|err| self.rocksdb_error("write", err))
     }
 }
@@ -851,6 +970,62 @@ mod tests {
             committed_at: Some(write.committed_at),
         };
         assert_eq!(encode_entry(&write), message.encode_to_vec());
+    }
+
+    /// Issue 15: inside a host's RocksDB, every key the runtime writes starts with its
+    /// keyspace's prefix, the host's keys stay as they are, and two keyspaces of one DB are
+    /// two stores.
+    #[test]
+    fn a_store_in_a_host_db_keeps_to_its_keyspace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = Arc::new(DB::open(&options, dir.path()).expect("host opens"));
+        // The host's own keys, as Flow's runtime names them.
+        db.put(b"checkpoint", b"host checkpoint").expect("writes");
+        db.put(b"trigger-params", b"{\"host\": true}")
+            .expect("writes");
+        let keyspace = |prefix: &str| Keyspace::prefixed(prefix.as_bytes()).expect("valid");
+        let ours = Store::in_host_db(db.clone(), keyspace("triggers/"), Durability::Synced);
+        let other = Store::in_host_db(db.clone(), keyspace("other/"), Durability::Synced);
+        let write = BacklogWrite {
+            trigger: "onCommit".into(),
+            first_commit_seq: 1,
+            params: triggers::Variables::placeholder().to_params(),
+            committed_at: triggers_proto::Timestamp::default(),
+        };
+        ours.commit_backlog(&checkpoint(7), Some(1), &[write])
+            .expect("commits");
+        assert_eq!(ours.checkpoint().expect("reads"), checkpoint(7));
+        assert_eq!(ours.commit_seq().expect("reads"), 1);
+        assert_eq!(ours.backlog().expect("reads").len(), 1);
+        assert_eq!(other.backlog().expect("reads").len(), 0);
+        assert_eq!(other.checkpoint().expect("reads"), Checkpoint::default());
+        assert_eq!(
+            db.get(b"checkpoint").expect("reads").as_deref(),
+            Some(&b"host checkpoint"[..])
+        );
+        let keys: Vec<Vec<u8>> = db
+            .iterator(IteratorMode::Start)
+            .map(|item| item.expect("reads").0.to_vec())
+            .filter(|key| !key.starts_with(b"checkpoint") && !key.starts_with(b"trigger-params"))
+            .collect();
+        assert!(!keys.is_empty());
+        assert!(
+            keys.iter().all(|key| key.starts_with(b"triggers/")),
+            "{:?}",
+            keys.iter()
+                .map(|k| String::from_utf8_lossy(k))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            Keyspace::prefixed(Vec::new()).expect_err("empty"),
+            KeyspaceError::Empty
+        );
+        assert!(matches!(
+            Keyspace::prefixed(vec![b'x'; 65]),
+            Err(KeyspaceError::TooLong(65))
+        ));
     }
 
     #[test]

@@ -5,9 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use triggers::{
-    AttemptObserver, AttemptOutcome, AttemptRecord, Clock, ConfigFormat, Triggers, validate,
-};
+use triggers::{AttemptObserver, AttemptOutcome, AttemptRecord, ConfigFormat, Triggers, validate};
 use triggers_proto::BindingStats;
 use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
