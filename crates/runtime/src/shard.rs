@@ -152,11 +152,38 @@ impl Shard {
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
         let label = path.display().to_string();
-        triggers::validate_collections(
-            &config.triggers,
-            &config.materialization.binding_collections,
-        )
-        .map_err(ShardError::Config)?;
+        check_config(&config)?;
+        let store = ShardStore::open(path, config.durability).await?;
+        Self::recover(store, label, config).await
+    }
+
+    /// Opens the shard on `store`, a store in a RocksDB the host opened
+    /// ([`crate::Store::in_host_db`], under its own keyspace), and recovers as
+    /// [`Shard::open`] does. The store moves to the shard's store thread; the host keeps
+    /// its own handle on the DB for its own keys. The store's durability applies, not
+    /// `config.durability`.
+    ///
+    /// Cancel-safe as [`Shard::open`].
+    pub async fn open_in(
+        store: crate::Store,
+        config: ShardConfig,
+    ) -> Result<(Self, Recovery), ShardError> {
+        let label = format!(
+            "{}#{}",
+            store.path().display(),
+            String::from_utf8_lossy(store.keyspace().prefix()).escape_debug()
+        );
+        check_config(&config)?;
+        let store = ShardStore::from_store(store)?;
+        Self::recover(store, label, config).await
+    }
+
+    /// Recovers a shard from its opened store (see [`Shard::open`]).
+    async fn recover(
+        store: ShardStore,
+        label: String,
+        config: ShardConfig,
+    ) -> Result<(Self, Recovery), ShardError> {
         let names: Vec<String> = config
             .triggers
             .iter()
@@ -168,7 +195,6 @@ impl Shard {
             .filter(|t| t.drain().coalesces())
             .map(|t| t.name().to_string())
             .collect();
-        let store = ShardStore::open(path, config.durability).await?;
         let checkpoint = store.checkpoint().await?;
         let layout = crate::migrations::on_open(&store, config.delivery, names.clone()).await?;
         let backlog = crate::backlog::recover(&store, coalesced).await?;
@@ -442,6 +468,15 @@ impl Shard {
             queued: acked.queued,
         })
     }
+}
+
+/// The checks of a config against its materialization, before any store is touched.
+fn check_config(config: &ShardConfig) -> Result<(), ShardError> {
+    triggers::validate_collections(
+        &config.triggers,
+        &config.materialization.binding_collections,
+    )
+    .map_err(ShardError::Config)
 }
 
 /// The start a transaction's `run_id` names: `started_at` to the millisecond, or one

@@ -42,6 +42,14 @@ impl ShardStore {
         })
     }
 
+    /// Starts the store thread for `store`, already open (a store in a host's RocksDB).
+    pub(crate) fn from_store(store: Store) -> Result<Self, StoreTaskError> {
+        Ok(Self {
+            store: Arc::new(store),
+            thread: StoreThread::start()?,
+        })
+    }
+
     /// Runs `work` with the store on the store thread and returns its result: for work
     /// that changes memory in the same step as the store. The one place a `&Store` is
     /// handed out; `work` runs to its end even if the caller stops waiting, and a panic

@@ -8,6 +8,7 @@
 
 mod backlog;
 mod collections;
+mod host_db;
 mod names;
 mod run_id;
 mod shard;
