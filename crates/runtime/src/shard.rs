@@ -152,7 +152,7 @@ impl Shard {
     ) -> Result<(Self, Recovery), ShardError> {
         let path = path.into();
         let label = path.display().to_string();
-        check_config(&config)?;
+        check_config(&config).map_err(ShardError::Config)?;
         let store = ShardStore::open(path, config.durability).await?;
         Self::recover(store, label, config).await
     }
@@ -173,7 +173,7 @@ impl Shard {
             store.path().display(),
             String::from_utf8_lossy(store.keyspace().prefix()).escape_debug()
         );
-        check_config(&config)?;
+        check_config(&config).map_err(ShardError::Config)?;
         let store = ShardStore::from_store(store)?;
         Self::recover(store, label, config).await
     }
@@ -471,12 +471,11 @@ impl Shard {
 }
 
 /// The checks of a config against its materialization, before any store is touched.
-fn check_config(config: &ShardConfig) -> Result<(), ShardError> {
+fn check_config(config: &ShardConfig) -> Result<(), triggers::ValidationErrors> {
     triggers::validate_collections(
         &config.triggers,
         &config.materialization.binding_collections,
     )
-    .map_err(ShardError::Config)
 }
 
 /// The start a transaction's `run_id` names: `started_at` to the millisecond, or one
