@@ -60,6 +60,7 @@ mod config;
 pub mod crash;
 mod engine;
 mod error;
+pub mod flow_store;
 mod migrations;
 mod shard;
 mod shard_store;
@@ -76,6 +77,7 @@ pub use backlog::{
 };
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};
+pub use flow_store::{FLOW_TRIGGER_PARAMS_KEY, FlowParamsError, MAX_FLOW_TRIGGER_PARAMS_BYTES};
 pub use shard::{Acknowledgement, Commit, Phase, Recovery, Shard};
 pub use stats::TransactionStats;
 pub use store::{

@@ -38,9 +38,13 @@ use crate::backlog::{
 use crate::config::DeliveryMode;
 use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
+use crate::store::{Store, StoreError};
 use crate::store_thread::StoreTaskError;
+use std::sync::Arc;
 use std::time::Duration;
+use triggers::Triggers;
 use triggers_proto::TriggerParams;
+use uuid::Uuid;
 
 /// What the commit path needs of the store's layout once [`on_open`] ran.
 pub(crate) struct Layout {
@@ -58,11 +62,13 @@ pub(crate) struct Layout {
 pub(crate) async fn on_open(
     store: &ShardStore,
     delivery: DeliveryMode,
-    triggers: Vec<String>,
+    config: Arc<Triggers>,
 ) -> Result<Layout, StoreTaskError> {
     let decoupled = matches!(delivery, DeliveryMode::Decoupled { .. });
+    let triggers: Vec<String> = config.iter().map(|t| t.name().to_string()).collect();
     store
         .run(move |store| {
+            import_flow_params(store, &config)?;
             if let Some(migration) = store.named_keys_migration(&triggers)? {
                 let (entries, records, last_sent) =
                     (migration.entries, migration.records, migration.last_sent);
@@ -95,6 +101,43 @@ pub(crate) async fn on_open(
         })
         .await?
         .map_err(StoreTaskError::Store)
+}
+
+/// Migration 0 (in a host's DB only): Flow's pending `trigger-params` become backlog
+/// entries of the triggers it fires, numbered as one transaction, in one synced batch
+/// that deletes Flow's key (see [`crate::flow_store`]). Between crash points
+/// `flow_import.before_write` and `flow_import.after_write`.
+fn import_flow_params(store: &Store, config: &Triggers) -> Result<(), StoreError> {
+    let Some(bytes) = store.flow_trigger_params()? else {
+        return Ok(());
+    };
+    let pending =
+        crate::flow_store::pending_per_trigger(&bytes, config, &mut || Uuid::new_v4().to_string())
+            .map_err(|err| {
+                store.corrupt_key(crate::flow_store::FLOW_TRIGGER_PARAMS_KEY, &err.to_string())
+            })?;
+    let firing = pending.iter().filter(|v| v.is_some()).count();
+    let seq = (firing > 0)
+        .then(|| store.commit_seq())
+        .transpose()?
+        .map(|s| s + 1);
+    let entries: Vec<(String, TriggerParams)> = config
+        .iter()
+        .zip(pending)
+        .filter_map(|(trigger, variables)| {
+            let variables = variables?.with_commit_seq(seq.unwrap_or_default());
+            Some((trigger.name().to_string(), variables.into_params()))
+        })
+        .collect();
+    crash_point!("flow_import.before_write");
+    store.import_flow_params(&entries, seq)?;
+    crash_point!("flow_import.after_write");
+    tracing::info!(
+        triggers = entries.len(),
+        "moved the trigger variables Flow's runtime left pending into the backlog; they fire \
+         after the first Acknowledged"
+    );
+    Ok(())
 }
 
 /// Migration 2: the backlog a decoupled run left to a waiting shard, drained once at the
@@ -185,7 +228,13 @@ mod tests {
         // Waiting delivery keeps the single-key layout.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_with_single_key(dir.path(), &legacy).await;
-        let names = || vec!["0".to_string(), "1".to_string()];
+        let names = || {
+            let config = r#"{"config": [
+                {"url": "https://a.example.com", "payloadTemplate": "{}"},
+                {"url": "https://b.example.com", "payloadTemplate": "{}"}
+            ]}"#;
+            Arc::new(triggers::validate(config, triggers::ConfigFormat::Json).expect("valid"))
+        };
         let layout = on_open(&store, DeliveryMode::Waiting, names())
             .await
             .expect("runs");

@@ -196,7 +196,8 @@ impl Shard {
             .map(|t| t.name().to_string())
             .collect();
         let checkpoint = store.checkpoint().await?;
-        let layout = crate::migrations::on_open(&store, config.delivery, names.clone()).await?;
+        let layout =
+            crate::migrations::on_open(&store, config.delivery, config.triggers.clone()).await?;
         let backlog = crate::backlog::recover(&store, coalesced).await?;
         let last_sent_ms = store.last_sent_ms(names.clone()).await?;
 

@@ -709,7 +709,7 @@ impl Store {
             .map_err(|err| self.rocksdb_error(operation, err))
     }
 
-    fn corrupt_key(&self, key: &[u8], detail: &str) -> StoreError {
+    pub(crate) fn corrupt_key(&self, key: &[u8], detail: &str) -> StoreError {
         StoreError::CorruptKey {
             key: String::from_utf8_lossy(key).escape_debug().to_string(),
             path: self.path.clone(),
@@ -825,6 +825,50 @@ impl Store {
             .write_opt(batch, &options)
             .map_err(|err| self.rocksdb_error("write", err))?;
         Ok(moved)
+    }
+
+    /// Flow's pending trigger variables, if the host's DB holds them: its root
+    /// `trigger-params` key, outside this store's keyspace (see [`crate::flow_store`]).
+    /// `None` in the root keyspace, where that key is this store's own.
+    pub(crate) fn flow_trigger_params(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.keyspace.prefix.is_empty() {
+            return Ok(None);
+        }
+        self.db
+            .get(crate::flow_store::FLOW_TRIGGER_PARAMS_KEY)
+            .map_err(|err| self.rocksdb_error("read", err))
+    }
+
+    /// Moves Flow's pending variables into this store, in one synced WriteBatch that
+    /// deletes Flow's key: `entries` as backlog entries of the triggers they name, with no
+    /// commit time (they may have been sent), and the commit sequence number they took,
+    /// if any. Either delivery mode sends such entries after the first Acknowledged.
+    pub(crate) fn import_flow_params(
+        &self,
+        entries: &[(String, TriggerParams)],
+        commit_seq: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete(crate::flow_store::FLOW_TRIGGER_PARAMS_KEY);
+        if let Some(seq) = commit_seq {
+            self.put(&mut batch, COMMIT_SEQ_KEY, seq.to_be_bytes());
+        }
+        for (trigger, params) in entries {
+            let entry = BacklogEntry {
+                params: Some(params.clone()),
+                committed_at: None,
+            };
+            self.put(
+                &mut batch,
+                backlog_key(trigger, params.first_commit_seq),
+                entry.encode_to_vec(),
+            );
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("import", err))
     }
 
     /// Writes raw bytes under a key, bypassing every check. Tests use it to plant corrupt

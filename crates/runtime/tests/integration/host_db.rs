@@ -9,7 +9,7 @@ use triggers_receiver::Receiver;
 use triggers_runtime::test_support::fixtures::{
     checkpoint, loopback_shard, materialization, stats_at,
 };
-use triggers_runtime::{Durability, Keyspace, Shard, ShardConfig, Store};
+use triggers_runtime::{DeliveryMode, Durability, Keyspace, Shard, ShardConfig, Store};
 
 /// Bounds every wait, so a regression fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(20);
@@ -113,4 +113,150 @@ async fn a_shard_in_the_hosts_db_keeps_to_its_keyspace_and_recovers_there() {
         db.get(b"connector-state").expect("reads").as_deref(),
         Some(&b"a,b"[..])
     );
+}
+
+/// Flow's V1 `trigger-params` (the snapshot `runtime__materialize__triggers__test__
+/// trigger-variables.snap`, estuary/flow @ 89a775b0b8), byte for byte.
+const FLOW_V1_SINGLE: &[u8] = br#"{"collection_names":["acmeCo/collection-a","acmeCo/collection-b"],"connector_image":"ghcr.io/estuary/materialize-postgres:dev","materialization_name":"acmeCo/my-materialization","flow_published_at_min":"1970-01-01T00:08:20Z","flow_published_at_max":"1970-01-01T01:06:40Z","run_id":"2024-06-15T12:30:00.000Z"}"#;
+
+/// A DB as Flow's runtime leaves a materialization shard's: its keys at the root (names
+/// and encodings from estuary/flow `crates/runtime-next/src/shard/recovery.rs` @
+/// 6a95df0678), a JSON merge operator for `connector-state`, and `trigger-params`.
+fn flow_db(dir: &std::path::Path, trigger_params: &[u8]) -> Arc<DB> {
+    let db = host_db(dir);
+    db.put(b"checkpoint", [0x0a, 0x00]).expect("writes");
+    db.put(b"connector-state", br#"{"cursor":1}"#)
+        .expect("writes");
+    db.put(b"last-applied", [0x0a, 0x01, b'm']).expect("writes");
+    db.put(b"MK-v2:binding-0", [0x01]).expect("writes");
+    db.put(b"FC:journal\0key\0\0\0\0\0\0\x01", [0x08, 0x01])
+        .expect("writes");
+    db.put(b"AI:journal", b"intent").expect("writes");
+    db.put(b"trigger-params", trigger_params).expect("writes");
+    db
+}
+
+/// Every root key of `db` but ours, with its value.
+fn flow_keys(db: &DB) -> Vec<(Vec<u8>, Vec<u8>)> {
+    db.iterator(rocksdb::IteratorMode::Start)
+        .map(|item| {
+            let (k, v) = item.expect("reads");
+            (k.to_vec(), v.to_vec())
+        })
+        .filter(|(k, _)| !k.starts_with(b"triggers/"))
+        .collect()
+}
+
+/// Issue 15, item 2: Flow's pending `trigger-params`, in either form Flow writes, fires
+/// after the first Acknowledged with the variables Flow stored, and Flow's key is then
+/// gone (as Flow deletes it once fired); Flow's other keys are untouched. In either
+/// delivery mode.
+#[tokio::test]
+async fn a_flow_stores_pending_trigger_params_fire_here_and_leave_flows_key() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let template = r#"{"m": {{json materialization_name}}, "c": {{json collection_names}}, "min": {{json flow_published_at_min}}, "max": {{json flow_published_at_max}}, "run": {{json run_id}}, "image": {{json connector_image}}}"#;
+    let config = |delivery| {
+        let config = serde_json::json!({"config": {
+            "a": {"url": receiver.url("/a"), "payloadTemplate": template},
+            "b": {"url": receiver.url("/b"), "method": "PUT", "payloadTemplate": template},
+        }});
+        let triggers = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+        loopback_shard(materialization(1), Arc::new(triggers)).with_delivery(delivery)
+    };
+    // V2 with debounce: one window for b only, keyed as Flow keys it; one for a trigger
+    // the config no longer has (dropped, as Flow drops it).
+    let per_config = format!(
+        r#"{{"PUT {}": {{"collection_names": ["acmeCo/b"], "materialization_name": "acmeCo/m", "flow_published_at_min": "2024-01-01T00:00:00+00:00", "flow_published_at_max": "2024-01-01T00:00:01.500+00:00", "run_id": "2024-01-01T00:00:00+00:00"}}, "POST https://gone.example.com": {{}}}}"#,
+        receiver.url("/b")
+    );
+    let cases: [(&str, &[u8], DeliveryMode); 3] = [
+        (
+            "v1 single, decoupled",
+            FLOW_V1_SINGLE,
+            DeliveryMode::default(),
+        ),
+        ("v1 single, waiting", FLOW_V1_SINGLE, DeliveryMode::Waiting),
+        (
+            "v2 per config",
+            per_config.as_bytes(),
+            DeliveryMode::default(),
+        ),
+    ];
+    for (case, params, delivery) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = receiver.requests().len();
+        let db = flow_db(dir.path(), params);
+        let expected_flow_keys: Vec<_> = flow_keys(&db)
+            .into_iter()
+            .filter(|(k, _)| k != b"trigger-params")
+            .collect();
+        let store = Store::in_host_db(
+            db.clone(),
+            Keyspace::prefixed(&b"triggers/"[..]).expect("valid"),
+            Durability::Synced,
+        );
+        let (mut shard, recovery) = Shard::open_in(store, config(delivery))
+            .await
+            .expect("opens");
+        assert_eq!(
+            recovery.checkpoint,
+            Default::default(),
+            "{case}: ours, not Flow's"
+        );
+        assert!(
+            receiver.requests().len() == before,
+            "{case}: nothing before Acknowledged"
+        );
+        shard.acknowledged().await.expect("recovered ack");
+        tokio::time::timeout(WAIT, shard.drained())
+            .await
+            .expect("drains in time")
+            .expect("drains");
+        shard.close().await;
+        let sent: Vec<(String, String, serde_json::Value)> = receiver.requests()[before..]
+            .iter()
+            .map(|r| {
+                (
+                    r.path.clone(),
+                    r.header("webhook-reason").unwrap_or_default().to_string(),
+                    r.json().expect("JSON"),
+                )
+            })
+            .collect();
+        let v1 = serde_json::json!({
+            "m": "acmeCo/my-materialization",
+            "c": ["acmeCo/collection-a", "acmeCo/collection-b"],
+            "min": "1970-01-01T00:08:20Z",
+            "max": "1970-01-01T01:06:40Z",
+            "run": "2024-06-15T12:30:00.000Z",
+            "image": "ghcr.io/estuary/materialize-postgres:dev",
+        });
+        let mut paths: Vec<&str> = sent.iter().map(|(p, _, _)| p.as_str()).collect();
+        paths.sort_unstable();
+        if case.starts_with("v1") {
+            assert_eq!(paths, ["/a", "/b"], "{case}: every trigger fires");
+            assert!(
+                sent.iter().all(|(_, _, body)| *body == v1),
+                "{case}: {sent:?}"
+            );
+        } else {
+            assert_eq!(paths, ["/b"], "{case}: only the trigger Flow kept it for");
+            assert_eq!(sent[0].2["c"], serde_json::json!(["acmeCo/b"]));
+            assert_eq!(sent[0].2["max"], "2024-01-01T00:00:01.5Z");
+            assert_eq!(
+                sent[0].2["run"], "2024-01-01T00:00:00+00:00",
+                "as Flow wrote it"
+            );
+        }
+        assert!(
+            sent.iter()
+                .all(|(_, reason, _)| reason == "recovery-refire"),
+            "{case}: Flow may have sent it before it stopped: {sent:?}"
+        );
+        assert_eq!(
+            flow_keys(&db),
+            expected_flow_keys,
+            "{case}: Flow's key is gone, every other key of Flow's is as it was"
+        );
+    }
 }

@@ -647,6 +647,18 @@ impl Trigger {
         &self.label.name
     }
 
+    /// Whether this trigger is the one Estuary Flow's runtime keys its pending variables
+    /// by as `key`: Flow's `"{METHOD} {url}"` (its `config_key`), the method in any case,
+    /// the URL equal once parsed (so `https://a` is `https://a/`). Compares without
+    /// exposing the URL, which may hold a secret.
+    pub fn is_flow_config_key(&self, key: &str) -> bool {
+        let Some((method, url)) = key.split_once(' ') else {
+            return false;
+        };
+        method.eq_ignore_ascii_case(self.method.as_str())
+            && Url::parse(url).is_ok_and(|url| url == self.url)
+    }
+
     /// Timeout of each attempt (`timeout` or `timeoutSecs`).
     pub fn timeout(&self) -> Duration {
         self.timeout
