@@ -575,7 +575,7 @@ impl Shared {
     /// StartCommit's store work, on the store thread: picks each trigger's merge target
     /// or new entry, writes the batch, and puts in memory what landed, in one job.
     fn commit_now(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
         checkpoint: &Checkpoint,
         variables: Option<&Variables>,
@@ -584,25 +584,37 @@ impl Shared {
             crate::crash::shard_point("start_commit.store_write", &self.shard);
             return store.commit_backlog(checkpoint, None, &[]);
         };
+        let (mut merging, batch) = self.plan(variables);
+        crate::crash::shard_point("start_commit.store_write", &self.shard);
+        let written = store.commit_backlog(checkpoint, Some(variables.last_commit_seq), &batch);
+        merging.apply = written.is_ok();
+        drop(merging);
+        // No wakeup: nothing written here may be sent before its Acknowledged, which
+        // wakes the worker.
+        written
+    }
+
+    /// Decides each trigger's write of a commit: a merge into its tail, or a new entry,
+    /// or nothing when its collections filter leaves nothing of `variables`. Marks the
+    /// merge targets so no worker sends them until the write is known; the returned
+    /// guard clears the marks (and, told the write landed, applies it) when dropped,
+    /// even if the caller panics.
+    fn plan(self: &Arc<Self>, variables: &Variables) -> (Merging, Vec<BacklogWrite>) {
         let now = SystemTime::now();
         // What each trigger sees of the transaction: its collections filter may leave
         // nothing, and then the transaction is not its to send (nor to merge).
-        let seen: Vec<Option<Cow<'_, Variables>>> = self
+        let seen: Vec<Option<Variables>> = self
             .queues
             .iter()
-            .map(|queue| self.trigger_of(queue)?.variables_for(variables))
+            .map(|queue| {
+                self.trigger_of(queue)?
+                    .variables_for(variables)
+                    .map(Cow::into_owned)
+            })
             .collect();
-        // Decide each trigger's write, marking merge targets so no worker sends them
-        // while the merged version is being written. The guard clears the marks even if
-        // the work panics.
-        let mut merging = Merging {
-            queues: &self.queues,
-            seen: &seen,
-            apply: None,
-        };
         let mut batch = Vec::with_capacity(self.queues.len());
         for (queue, variables) in self.queues.iter().zip(&seen) {
-            let Some(variables) = variables.as_deref() else {
+            let Some(variables) = variables else {
                 continue;
             };
             let mut state = queue.lock();
@@ -630,48 +642,48 @@ impl Shared {
                 committed_at: ledger::timestamp(committed_at),
             });
         }
-        crate::crash::shard_point("start_commit.store_write", &self.shard);
-        let written = store.commit_backlog(checkpoint, Some(variables.last_commit_seq), &batch);
-        if written.is_ok() {
-            merging.apply = Some(now);
-        }
-        drop(merging);
-        // No wakeup: nothing written here may be sent before its Acknowledged, which
-        // wakes the worker.
-        written
+        let merging = Merging {
+            shared: self.clone(),
+            seen,
+            now,
+            apply: false,
+        };
+        (merging, batch)
     }
 }
 
-/// Ends a commit's merges: when the write landed (`apply`, the commit's time), merges the
-/// tails in memory as they are on disk and queues the new entries; in any case clears the
-/// merge marks. `seen[i]` is what queue `i`'s trigger sees of the transaction (`None`:
-/// its filter leaves nothing, so it got no write).
-struct Merging<'a> {
-    queues: &'a [Queue],
-    seen: &'a [Option<Cow<'a, Variables>>],
-    apply: Option<SystemTime>,
+/// Ends a commit's merges (see [`Shared::plan`]): when the write landed (`apply`), merges
+/// the tails in memory as they are on disk and queues the new entries, committed `now`;
+/// in any case clears the merge marks. `seen[i]` is what queue `i`'s trigger sees of the
+/// transaction (`None`: its filter leaves nothing, so it got no write).
+pub(crate) struct Merging {
+    shared: Arc<Shared>,
+    seen: Vec<Option<Variables>>,
+    now: SystemTime,
+    apply: bool,
 }
 
-impl Drop for Merging<'_> {
+impl Drop for Merging {
     fn drop(&mut self) {
-        for (queue, seen) in self.queues.iter().zip(self.seen) {
-            let Some(variables) = seen.as_deref() else {
+        let seen = std::mem::take(&mut self.seen);
+        for (queue, seen) in self.shared.queues.iter().zip(seen) {
+            let Some(variables) = seen else {
                 continue;
             };
             let mut state = queue.lock();
-            match (state.entries.back_mut(), self.apply) {
-                (Some(tail), apply) if matches!(tail.stage, Stage::Merging) => {
+            match state.entries.back_mut() {
+                Some(tail) if matches!(tail.stage, Stage::Merging) => {
                     tail.stage = Stage::Queued;
-                    if apply.is_some() {
-                        tail.variables.merge(variables);
+                    if self.apply {
+                        tail.variables.merge(&variables);
                     }
                 }
-                (_, Some(now)) => state.entries.push_back(Entry::new(
+                _ if self.apply => state.entries.push_back(Entry::new(
                     variables.first_commit_seq,
-                    variables.clone(),
-                    now,
+                    variables,
+                    self.now,
                 )),
-                (_, None) => {}
+                _ => {}
             }
         }
     }
