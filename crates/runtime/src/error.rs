@@ -25,6 +25,17 @@ pub enum ProtocolError {
          once after Open (it delivers any triggers a crash left pending)"
     )]
     CommitBeforeRecoveryAcknowledged,
+    /// A commit prepared for the host's WriteBatch awaits [`crate::Shard::commit_written`]
+    /// or [`crate::Shard::commit_not_written`].
+    #[error(
+        "a commit prepared for the host's WriteBatch is not yet reported written or not \
+         written (Shard::commit_written / commit_not_written)"
+    )]
+    HostWriteUnreported,
+    /// A prepared commit handed back to a shard that did not prepare it, or not the
+    /// last one it prepared.
+    #[error("this prepared commit is not the one this shard awaits")]
+    NotThisCommit,
     /// An earlier failure left the shard unusable; reopen it.
     #[error("the shard failed earlier and must be reopened")]
     Failed,

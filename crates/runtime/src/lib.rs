@@ -78,9 +78,9 @@ pub use backlog::{
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};
 pub use flow_store::{FLOW_TRIGGER_PARAMS_KEY, FlowParamsError, MAX_FLOW_TRIGGER_PARAMS_BYTES};
-pub use shard::{Acknowledgement, Commit, Phase, Recovery, Shard};
+pub use shard::{Acknowledgement, Commit, Phase, PreparedCommit, Recovery, Shard};
 pub use stats::TransactionStats;
 pub use store::{
-    Durability, Keyspace, KeyspaceError, MAX_KEYSPACE_PREFIX_BYTES, Store, StoreError,
+    Durability, KeyOp, Keyspace, KeyspaceError, MAX_KEYSPACE_PREFIX_BYTES, Store, StoreError,
 };
 pub use store_thread::StoreTaskError;

@@ -9,6 +9,7 @@ use crate::crash::crash_point;
 use crate::engine::{Acknowledge, Engine};
 use crate::error::{ProtocolError, ShardError};
 use crate::shard_store::ShardStore;
+use crate::store::KeyOp;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,19 +61,23 @@ pub enum Phase {
     Idle,
     /// StartCommit's write is durable; its Acknowledged is due.
     Committed,
+    /// A commit is prepared for the host's WriteBatch ([`Shard::prepare_commit`]): the
+    /// host writes it, then says whether it landed.
+    HostWriting,
     /// An error left the store in an unknown state, or a delivery failed for good:
     /// reopen the shard.
     Failed,
 }
 
 impl Phase {
-    /// The phase's name, as status prints it: `recovered`, `idle`, `committed` or
-    /// `failed`.
+    /// The phase's name, as status prints it: `recovered`, `idle`, `committed`,
+    /// `host-writing` or `failed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Recovered => "recovered",
             Phase::Idle => "idle",
             Phase::Committed => "committed",
+            Phase::HostWriting => "host-writing",
             Phase::Failed => "failed",
         }
     }
@@ -89,6 +94,8 @@ enum State {
     /// StartCommit's write is durable; its Acknowledged is due. `params`: it wrote
     /// trigger params.
     Committed { params: bool },
+    /// The commit numbered `token` is prepared for the host's WriteBatch.
+    HostWriting { token: u64 },
     /// An error left the store in an unknown state or a delivery failed for good.
     Failed,
 }
@@ -118,6 +125,50 @@ pub struct Shard {
     /// process: the next one gets a later one, so receivers that dedupe on `run_id` never
     /// drop a distinct transaction that started in the same millisecond.
     last_run_at: Option<SystemTime>,
+    /// Commits prepared for the host's WriteBatch so far: each [`PreparedCommit`]'s
+    /// token, so only the awaited one is reported.
+    host_writes: u64,
+}
+
+/// A StartCommit's writes for the host to make in its own WriteBatch (see
+/// [`Shard::prepare_commit`]). Report it with [`Shard::commit_written`] or
+/// [`Shard::commit_not_written`]; until then the webhooks it would merge into are not
+/// sent.
+pub struct PreparedCommit {
+    token: u64,
+    plan: crate::engine::HostPlan,
+    variables: Option<Variables>,
+    run_at: SystemTime,
+}
+
+impl PreparedCommit {
+    /// The runtime's writes, with full keys (its keyspace's prefix included): the commit
+    /// sequence number and each trigger's backlog entry, or waiting delivery's trigger
+    /// variables. Empty when the transaction fires nothing.
+    pub fn ops(&self) -> &[KeyOp] {
+        self.plan.ops()
+    }
+
+    /// Adds [`PreparedCommit::ops`] to the host's `batch`.
+    pub fn write_into(&self, batch: &mut rocksdb::WriteBatch) {
+        for op in self.ops() {
+            op.add_to(batch);
+        }
+    }
+
+    /// The transaction's trigger variables, when it fires triggers.
+    pub fn variables(&self) -> Option<&Variables> {
+        self.variables.as_ref()
+    }
+}
+
+impl std::fmt::Debug for PreparedCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedCommit")
+            .field("token", &self.token)
+            .field("ops", &self.ops().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -265,6 +316,7 @@ impl Shard {
             next_seq: layout.commit_seq + 1,
             committed: None,
             last_run_at: None,
+            host_writes: 0,
         };
         Ok((
             shard,
@@ -343,6 +395,7 @@ impl Shard {
             State::Recovered { .. } => Phase::Recovered,
             State::Idle => Phase::Idle,
             State::Committed { .. } => Phase::Committed,
+            State::HostWriting { .. } => Phase::HostWriting,
             State::Failed => Phase::Failed,
         }
     }
@@ -353,6 +406,7 @@ impl Shard {
         match self.state {
             State::Recovered { .. } | State::Committed { .. } => Ok(()),
             State::Idle => Err(ProtocolError::AcknowledgedWithoutCommit),
+            State::HostWriting { .. } => Err(ProtocolError::HostWriteUnreported),
             State::Failed => Err(ProtocolError::Failed),
         }
     }
@@ -390,12 +444,106 @@ impl Shard {
         stats: &[BindingStats],
         started_at: SystemTime,
     ) -> Result<Commit, ShardError> {
+        let (variables, run_at) = self.begin_commit(stats, started_at)?;
+        self.engine.wait_for_room(variables.as_ref()).await?;
+
+        // Until the write is known to have landed (or not), the store's state is unknown.
+        self.state = State::Failed;
+        crash_point!("start_commit.before_write");
+        self.engine
+            .start_commit(checkpoint, variables.as_ref())
+            .await?;
+        crash_point!("start_commit.after_write");
+        Ok(self.end_commit(variables, run_at))
+    }
+
+    /// StartCommit whose write the host makes, in its own WriteBatch with its own keys
+    /// (its checkpoint, its connector state): for a shard in the host's RocksDB
+    /// ([`Shard::open_in`]). Returns the runtime's writes ([`PreparedCommit::write_into`]);
+    /// the host adds them to its batch, writes it, and reports the outcome with
+    /// [`Shard::commit_written`] (then Acknowledged as usual) or
+    /// [`Shard::commit_not_written`]. The runtime writes nothing of its own, not even a
+    /// checkpoint: the host's is the one. `started_at` is as in [`Shard::start_commit_at`].
+    ///
+    /// Until the host reports, the shard refuses every other call
+    /// ([`ProtocolError::HostWriteUnreported`]); dropping the [`PreparedCommit`]
+    /// unreported leaves it so (the write may or may not have landed): reopen the shard,
+    /// which recovers whatever landed.
+    ///
+    /// Cancel safety: as [`Shard::start_commit`] before the write (dropped while it waits
+    /// for backlog room, the shard is as it was); dropped while it prepares, the shard is
+    /// failed and must be reopened (nothing was written).
+    pub async fn prepare_commit(
+        &mut self,
+        stats: &[BindingStats],
+        started_at: SystemTime,
+    ) -> Result<PreparedCommit, ShardError> {
+        let (variables, run_at) = self.begin_commit(stats, started_at)?;
+        self.engine.wait_for_room(variables.as_ref()).await?;
+        self.state = State::Failed;
+        let plan = self.engine.prepare_commit(variables.as_ref()).await?;
+        self.host_writes += 1;
+        self.state = State::HostWriting {
+            token: self.host_writes,
+        };
+        Ok(PreparedCommit {
+            token: self.host_writes,
+            plan,
+            variables,
+            run_at,
+        })
+    }
+
+    /// The host wrote the batch holding `prepared`'s writes: the commit is durable (as
+    /// the host's write is). Acknowledged is next, as after [`Shard::start_commit`].
+    pub fn commit_written(&mut self, prepared: PreparedCommit) -> Result<Commit, ProtocolError> {
+        self.check_prepared(&prepared)?;
+        let PreparedCommit {
+            plan,
+            variables,
+            run_at,
+            ..
+        } = prepared;
+        plan.landed();
+        Ok(self.end_commit(variables, run_at))
+    }
+
+    /// The host's batch holding `prepared`'s writes was not written (its write failed
+    /// before anything landed): the shard is as before [`Shard::prepare_commit`], to take
+    /// the transaction again. If the host cannot know whether it landed, it must not call
+    /// this: it drops `prepared` and reopens the shard instead.
+    pub fn commit_not_written(&mut self, prepared: PreparedCommit) -> Result<(), ProtocolError> {
+        self.check_prepared(&prepared)?;
+        drop(prepared);
+        self.state = State::Idle;
+        Ok(())
+    }
+
+    /// Whether `prepared` is the commit this shard awaits the host's report of.
+    fn check_prepared(&self, prepared: &PreparedCommit) -> Result<(), ProtocolError> {
+        match self.state {
+            State::HostWriting { token } if token == prepared.token => Ok(()),
+            _ => Err(ProtocolError::NotThisCommit),
+        }
+    }
+
+    /// The checks of a StartCommit, and the transaction's variables (numbered, with
+    /// their `run_id`) and the start it was given.
+    // The public calls it serves return a `ShardError` too; boxing it here alone would
+    // only move the allocation.
+    #[allow(clippy::result_large_err)]
+    fn begin_commit(
+        &self,
+        stats: &[BindingStats],
+        started_at: SystemTime,
+    ) -> Result<(Option<Variables>, SystemTime), ShardError> {
         match self.state {
             State::Idle => {}
             State::Recovered { .. } => {
                 return Err(ProtocolError::CommitBeforeRecoveryAcknowledged.into());
             }
             State::Committed { .. } => return Err(ProtocolError::CommitBeforeAcknowledged.into()),
+            State::HostWriting { .. } => return Err(ProtocolError::HostWriteUnreported.into()),
             State::Failed => return Err(ProtocolError::Failed.into()),
         }
 
@@ -415,16 +563,11 @@ impl Shard {
                     .with_run_id(triggers::run_id(run_at))
             })
         };
+        Ok((variables, run_at))
+    }
 
-        self.engine.wait_for_room(variables.as_ref()).await?;
-
-        // Until the write is known to have landed (or not), the store's state is unknown.
-        self.state = State::Failed;
-        crash_point!("start_commit.before_write");
-        self.engine
-            .start_commit(checkpoint, variables.as_ref())
-            .await?;
-        crash_point!("start_commit.after_write");
+    /// A commit landed: its Acknowledged is due.
+    fn end_commit(&mut self, variables: Option<Variables>, run_at: SystemTime) -> Commit {
         if variables.is_some() {
             self.next_seq += 1;
             self.last_run_at = Some(run_at);
@@ -434,7 +577,7 @@ impl Shard {
             params: variables.is_some(),
         };
         self.pending_run_id = variables.as_ref().map(|v| v.flow_run_id.clone());
-        Ok(Commit { variables })
+        Commit { variables }
     }
 
     /// Acknowledged: the last commit (or the recovered checkpoint) is durable everywhere.

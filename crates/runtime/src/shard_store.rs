@@ -91,6 +91,22 @@ impl ShardStore {
             .await
     }
 
+    /// Waiting delivery's StartCommit writes for the host's WriteBatch: the trigger
+    /// variables and their commit sequence number, if any. Writes nothing.
+    pub(crate) async fn commit_ops(
+        &self,
+        params: Option<TriggerParams>,
+    ) -> Result<Vec<crate::store::KeyOp>, StoreTaskError> {
+        self.run(move |store| {
+            let seq = params
+                .as_ref()
+                .map(|p| p.last_commit_seq)
+                .filter(|seq| *seq > 0);
+            store.commit_ops(seq, &[], params.as_ref())
+        })
+        .await
+    }
+
     /// Deletes waiting delivery's trigger variables once their webhooks are delivered.
     pub(crate) async fn delete_delivered_params(&self) -> Result<(), StoreTaskError> {
         self.read_or_write(Store::clear_trigger_params).await

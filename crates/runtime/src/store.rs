@@ -179,6 +179,34 @@ pub struct Keyspace {
     prefix: Vec<u8>,
 }
 
+/// One write of the runtime's that a host makes in its own WriteBatch (see
+/// [`crate::Shard::prepare_commit`]): keys are full (the keyspace's prefix included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The full key.
+        key: Vec<u8>,
+        /// Its new value.
+        value: Vec<u8>,
+    },
+    /// Delete `key`.
+    Delete {
+        /// The full key.
+        key: Vec<u8>,
+    },
+}
+
+impl KeyOp {
+    /// Adds this write to `batch`.
+    pub fn add_to(&self, batch: &mut WriteBatch) {
+        match self {
+            KeyOp::Put { key, value } => batch.put(key, value),
+            KeyOp::Delete { key } => batch.delete(key),
+        }
+    }
+}
+
 /// A key (without the keyspace's prefix) and its value, as a scan reads them.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
@@ -350,6 +378,37 @@ impl Store {
             );
         }
         self.write(batch, "commit")
+    }
+
+    /// StartCommit's writes for a host to make in its own WriteBatch, beside its own
+    /// checkpoint: the commit sequence number, and each trigger's backlog entry
+    /// (decoupled delivery) or the trigger variables (waiting delivery). Writes nothing.
+    pub(crate) fn commit_ops(
+        &self,
+        commit_seq: Option<u64>,
+        entries: &[BacklogWrite],
+        params: Option<&TriggerParams>,
+    ) -> Vec<KeyOp> {
+        let mut ops = Vec::with_capacity(entries.len() + 2);
+        if let Some(seq) = commit_seq {
+            ops.push(KeyOp::Put {
+                key: self.key(COMMIT_SEQ_KEY),
+                value: seq.to_be_bytes().to_vec(),
+            });
+        }
+        for entry in entries {
+            ops.push(KeyOp::Put {
+                key: self.key(&backlog_key(&entry.trigger, entry.first_commit_seq)),
+                value: encode_entry(entry),
+            });
+        }
+        if let Some(params) = params {
+            ops.push(KeyOp::Put {
+                key: self.key(TRIGGER_PARAMS_KEY),
+                value: params.encode_to_vec(),
+            });
+        }
+        ops
     }
 
     /// The last commit sequence number handed out (0 for a new store).

@@ -39,6 +39,7 @@ pub fn shard_phase(phase: triggers_runtime::Phase) -> ShardPhase {
         triggers_runtime::Phase::Recovered => ShardPhase::Recovered,
         triggers_runtime::Phase::Idle => ShardPhase::Idle,
         triggers_runtime::Phase::Committed => ShardPhase::Committed,
+        triggers_runtime::Phase::HostWriting => ShardPhase::Committing,
         triggers_runtime::Phase::Failed => ShardPhase::Failed,
     }
 }

@@ -36,7 +36,7 @@ pub use ledger::{DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, Ledge
 
 use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
-use crate::store::{BacklogWrite, Store, StoreError, StoredEntry};
+use crate::store::{BacklogWrite, KeyOp, Store, StoreError, StoredEntry};
 use crate::store_thread::StoreTaskError;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -663,6 +663,13 @@ pub(crate) struct Merging {
     apply: bool,
 }
 
+impl Merging {
+    /// The write landed: apply it in memory (as the drop does).
+    pub(crate) fn landed(mut self) {
+        self.apply = true;
+    }
+}
+
 impl Drop for Merging {
     fn drop(&mut self) {
         let seen = std::mem::take(&mut self.seen);
@@ -938,6 +945,30 @@ impl Backlog {
             .await;
         in_flight.done = true;
         written?.map_err(StoreTaskError::Store)
+    }
+
+    /// StartCommit whose write a host makes (after [`Backlog::wait_for_room`]): plans
+    /// each trigger's new or merged entry, marking merge targets, and returns the writes
+    /// with the plan. Writes nothing. Drop the plan with [`Merging::landed`] once the
+    /// host's batch is written, or as it is if it was not; until then the merge targets
+    /// are not sent.
+    ///
+    /// Cancel-safe: one job on the store thread; dropped, the plan it made is dropped
+    /// with it (marks cleared, nothing applied).
+    pub(crate) async fn prepare(
+        &self,
+        variables: &Variables,
+    ) -> Result<(Merging, Vec<KeyOp>), StoreTaskError> {
+        let shared = self.shared.clone();
+        let variables = variables.clone();
+        self.shared
+            .store
+            .run(move |store| {
+                let (merging, batch) = shared.plan(&variables);
+                let ops = store.commit_ops(Some(variables.last_commit_seq), &batch, None);
+                (merging, ops)
+            })
+            .await
     }
 
     /// Waits until no ordered or concurrent queue is at its limit, logging and counting

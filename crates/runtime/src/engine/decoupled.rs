@@ -54,6 +54,23 @@ impl Decoupled {
         Ok(self.backlog.commit(checkpoint, variables).await?)
     }
 
+    pub(super) async fn prepare_commit(
+        &mut self,
+        variables: Option<&Variables>,
+    ) -> Result<super::HostPlan, ShardError> {
+        let Some(variables) = variables else {
+            return Ok(super::HostPlan {
+                ops: Vec::new(),
+                merging: None,
+            });
+        };
+        let (merging, ops) = self.backlog.prepare(variables).await?;
+        Ok(super::HostPlan {
+            ops,
+            merging: Some(merging),
+        })
+    }
+
     /// Marks the acknowledged transactions sendable: the newest recovered entry at the
     /// recovered Acknowledged, else the commit's.
     pub(super) async fn acknowledged(&mut self, ack: Acknowledge) -> Result<Acked, ShardError> {

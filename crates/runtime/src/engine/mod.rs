@@ -14,9 +14,12 @@
 mod decoupled;
 mod waiting;
 
-use crate::backlog::{BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, Recovered};
+use crate::backlog::{
+    BacklogError, BacklogHandle, BacklogSetup, BacklogStatus, Merging, Recovered,
+};
 use crate::config::DeliveryMode;
 use crate::error::ShardError;
+use crate::store::KeyOp;
 use std::time::Duration;
 use triggers::{Delivered, Variables};
 use triggers_proto::Checkpoint;
@@ -71,6 +74,28 @@ macro_rules! each {
     };
 }
 
+/// A commit prepared for the host's WriteBatch: its writes, and (decoupled delivery) the
+/// plan that applies them in memory once the host says they landed; dropped without
+/// [`HostPlan::landed`], it applies nothing and clears the plan's marks.
+pub(crate) struct HostPlan {
+    pub(crate) ops: Vec<KeyOp>,
+    pub(crate) merging: Option<Merging>,
+}
+
+impl HostPlan {
+    /// The writes, with full keys.
+    pub(crate) fn ops(&self) -> &[KeyOp] {
+        &self.ops
+    }
+
+    /// The writes landed: apply them in memory.
+    pub(crate) fn landed(self) {
+        if let Some(merging) = self.merging {
+            merging.landed();
+        }
+    }
+}
+
 impl Engine {
     /// Starts the engine of `mode` over what recovery found: decoupled delivery loads the
     /// backlog and starts its workers; waiting delivery keeps a backlog a decoupled run
@@ -113,6 +138,16 @@ impl Engine {
         variables: Option<&Variables>,
     ) -> Result<(), ShardError> {
         each!(self, e => e.start_commit(checkpoint, variables).await)
+    }
+
+    /// StartCommit whose write the host makes: the writes of [`Engine::start_commit`]
+    /// but the checkpoint (the host's), and what applies them in memory once landed.
+    /// Writes nothing.
+    pub(crate) async fn prepare_commit(
+        &mut self,
+        variables: Option<&Variables>,
+    ) -> Result<HostPlan, ShardError> {
+        each!(self, e => e.prepare_commit(variables).await)
     }
 
     /// Acknowledged: delivers (waiting) or queues (decoupled) what `ack` acknowledges.

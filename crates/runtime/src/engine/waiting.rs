@@ -61,6 +61,16 @@ impl Waiting {
         Ok(self.store.commit(checkpoint, params).await?)
     }
 
+    /// The single key's writes, for the host's WriteBatch.
+    pub(super) async fn prepare_commit(
+        &mut self,
+        variables: Option<&Variables>,
+    ) -> Result<super::HostPlan, ShardError> {
+        let params = variables.map(Variables::to_params);
+        let ops = self.store.commit_ops(params).await?;
+        Ok(super::HostPlan { ops, merging: None })
+    }
+
     /// Delivers the persisted variables, if any, then deletes them. At the recovered
     /// Acknowledged, a backlog a decoupled run left drains first.
     pub(super) async fn acknowledged(&mut self, ack: Acknowledge) -> Result<Acked, ShardError> {

@@ -260,3 +260,110 @@ async fn a_flow_stores_pending_trigger_params_fire_here_and_leave_flows_key() {
         );
     }
 }
+
+/// Issue 15, item 1: the host writes the runtime's keys in its own WriteBatch with its
+/// checkpoint and a merge operand, reports it, and the webhook fires after Acknowledged.
+/// A batch the host never wrote fires nothing, even after a reopen; one it wrote but did
+/// not report (a crash in between) fires after the reopen. In both delivery modes.
+#[tokio::test]
+async fn the_host_writes_the_runtimes_keys_in_its_own_batch() {
+    for delivery in [DeliveryMode::default(), DeliveryMode::Waiting] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let receiver = Receiver::start().await.expect("receiver");
+        let keyspace = || Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
+        let open = |db: &Arc<DB>| {
+            let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced);
+            Shard::open_in(store, config(&receiver).with_delivery(delivery))
+        };
+        let runs = {
+            let db = host_db(dir.path());
+            let (mut shard, _) = open(&db).await.expect("opens");
+            shard.acknowledged().await.expect("recovered ack");
+            let mut runs = Vec::new();
+            for n in 1..=3_u64 {
+                let prepared = shard
+                    .prepare_commit(&stats_at(n, &[0]), std::time::SystemTime::now())
+                    .await
+                    .expect("prepares");
+                assert_eq!(shard.phase(), triggers_runtime::Phase::HostWriting);
+                assert!(
+                    shard
+                        .start_commit(checkpoint(9), &stats_at(9, &[0]))
+                        .await
+                        .is_err(),
+                    "nothing else until the host reports"
+                );
+                assert!(
+                    prepared
+                        .ops()
+                        .iter()
+                        .all(|op| matches!(op, triggers_runtime::KeyOp::Put { key, .. } if key.starts_with(b"triggers/"))),
+                    "{prepared:?}"
+                );
+                let run = prepared.variables().expect("fires").flow_run_id.clone();
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put(b"checkpoint", format!("host checkpoint {n}"));
+                batch.merge(b"connector-state", format!("s{n}"));
+                prepared.write_into(&mut batch);
+                match n {
+                    1 => {
+                        db.write(batch).expect("the host writes");
+                        shard.commit_written(prepared).expect("reported");
+                        shard.acknowledged().await.expect("acknowledged");
+                        tokio::time::timeout(WAIT, shard.drained())
+                            .await
+                            .expect("drains in time")
+                            .expect("drains");
+                        runs.push(run);
+                    }
+                    2 => {
+                        // The host's write fails before anything lands: it says so.
+                        drop(batch);
+                        shard.commit_not_written(prepared).expect("reported");
+                        assert_eq!(shard.phase(), triggers_runtime::Phase::Idle);
+                    }
+                    _ => {
+                        // Written, then the process dies before reporting.
+                        db.write(batch).expect("the host writes");
+                        drop(prepared);
+                        runs.push(run);
+                    }
+                }
+            }
+            shard.close().await;
+            assert_eq!(
+                db.get(b"connector-state").expect("reads").as_deref(),
+                Some(&b"s1,s3"[..]),
+                "{delivery:?}: the host's batches landed whole, or not at all"
+            );
+            runs
+        };
+        let db = host_db(dir.path());
+        let (mut shard, recovery) = open(&db).await.expect("reopens");
+        assert_eq!(
+            recovery.pending.as_ref().map(|v| v.flow_run_id.as_str()),
+            Some(runs[1].as_str()),
+            "{delivery:?}: the written, unreported commit is the one pending"
+        );
+        shard.acknowledged().await.expect("recovered ack");
+        tokio::time::timeout(WAIT, shard.drained())
+            .await
+            .expect("drains in time")
+            .expect("drains");
+        shard.close().await;
+        let sent: Vec<String> = receiver
+            .requests()
+            .iter()
+            .map(|r| {
+                r.json().expect("JSON")["run"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            sent, runs,
+            "{delivery:?}: 1 and 3 fire, once each; 2 never does"
+        );
+    }
+}
