@@ -55,22 +55,21 @@ fn every_config_in_the_readme_validates() {
     }
 }
 
-/// The README's library example is the core of the runnable example, byte for byte (less
-/// its indentation), so it compiles and runs (CI runs the example).
-#[test]
-fn the_library_example_in_the_readme_is_the_runnable_one() {
+/// The README's example under `heading` is the core of the runnable `example` between
+/// its `// README: <marker>` and `// README: end` lines, byte for byte (less its
+/// indentation), so it compiles and runs (CI runs the examples).
+fn assert_readme_shows(heading: &str, example: &str, marker: &str) {
     let readme = include_str!("../../../../README.md");
-    let example = include_str!("../../../runtime/examples/embed_shard.rs");
     let section = &readme[readme
-        .find("## Using the library")
-        .expect("the README has the section")..];
+        .find(heading)
+        .unwrap_or_else(|| panic!("the README has {heading}"))..];
     let shown = section
         .split("```rust,ignore\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("the section has the example");
-    let start = "    // README: Using the library\n";
-    let core = &example[example.find(start).expect("start marker") + start.len()
+    let start = format!("    // README: {marker}\n");
+    let core = &example[example.find(&start).expect("start marker") + start.len()
         ..example.find("    // README: end\n").expect("end marker")];
     let core: String = core
         .lines()
@@ -79,7 +78,26 @@ fn the_library_example_in_the_readme_is_the_runnable_one() {
         .collect();
     assert_eq!(
         shown, core,
-        "update the README's library example from the example"
+        "update the README's example under {heading} from the example"
+    );
+}
+
+#[test]
+fn the_library_example_in_the_readme_is_the_runnable_one() {
+    assert_readme_shows(
+        "## Using the library",
+        include_str!("../../../runtime/examples/embed_shard.rs"),
+        "Using the library",
+    );
+}
+
+/// Issue 15: the host-owned store's example too.
+#[test]
+fn the_host_db_example_in_the_readme_is_the_runnable_one() {
+    assert_readme_shows(
+        "### A host's own RocksDB",
+        include_str!("../../../runtime/examples/host_batch.rs"),
+        "A host's own RocksDB",
     );
 }
 
