@@ -71,6 +71,10 @@ mod store_thread;
 #[doc(hidden)]
 pub mod test_support;
 
+/// The RocksDB crate this runtime links: a host that opens its own DB for
+/// [`Store::in_host_db`] uses it, so both name the same `DB` type.
+pub use rocksdb;
+
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
     DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, OrphanedQueue, QueueStatus,

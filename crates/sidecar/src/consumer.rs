@@ -7,14 +7,17 @@
 //! through, so after a restart it resumes exactly there and reproduces the same
 //! transactions. It is the demo's engine and the crash tests' driver.
 
+use prost::Message as _;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use triggers::Clock;
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest,
 };
 use triggers_proto::{BindingStats, Checkpoint, ProducerEntry};
-use triggers_runtime::{Shard, TransactionStats};
+use triggers_runtime::rocksdb;
+use triggers_runtime::{Durability, Keyspace, Shard, ShardConfig, Store, TransactionStats};
 
 /// The journal name under which the consumer checkpoints its input file.
 pub const INPUT_JOURNAL: &str = "input";
@@ -117,6 +120,63 @@ pub enum Driver {
     },
     /// A sidecar, over gRPC.
     Sidecar(crate::Client),
+    /// The library in this process, on a shard inside the consumer's own RocksDB: the
+    /// consumer keeps its checkpoint there (at the root key `checkpoint`, as Flow's
+    /// runtime does) and writes the shard's keys in the same WriteBatch.
+    Host(Box<HostShard>),
+}
+
+/// The consumer as a host of the runtime: its own RocksDB, the shard in a keyspace of it.
+pub struct HostShard {
+    /// The consumer's DB.
+    pub db: Arc<rocksdb::DB>,
+    /// The shard's keyspace in it.
+    pub keyspace: Keyspace,
+    /// The shard's config.
+    pub config: ShardConfig,
+    /// Whether the consumer's writes are synced.
+    pub durability: Durability,
+    /// The open shard.
+    pub shard: Option<Shard>,
+}
+
+/// The consumer's own key of its checkpoint, in its DB (as Flow's runtime names it).
+pub const HOST_CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+impl HostShard {
+    fn shard(&mut self) -> anyhow::Result<&mut Shard> {
+        self.shard
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("not open"))
+    }
+
+    /// The consumer's StartCommit: its checkpoint and the shard's writes in one batch.
+    async fn start_commit(
+        &mut self,
+        checkpoint: &Checkpoint,
+        stats: &[BindingStats],
+        started_at: std::time::SystemTime,
+    ) -> anyhow::Result<Option<String>> {
+        let synced = self.durability == Durability::Synced;
+        let db = self.db.clone();
+        let shard = self.shard()?;
+        let prepared = shard.prepare_commit(stats, started_at).await?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(HOST_CHECKPOINT_KEY, checkpoint.encode_to_vec());
+        prepared.write_into(&mut batch);
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("consumer.before_host_write");
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(synced);
+        // A failed write may or may not have landed: the prepared commit is dropped
+        // unreported, and the run fails (a restart recovers whatever landed).
+        let written = tokio::task::spawn_blocking(move || db.write_opt(batch, &options)).await?;
+        written?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("consumer.after_host_write");
+        let commit = shard.commit_written(prepared)?;
+        Ok(commit.variables.map(|v| v.flow_run_id))
+    }
 }
 
 /// A future opening a shard, for [`Driver::Local`].
@@ -167,6 +227,22 @@ impl Driver {
                     opened.triggers_pending,
                 ))
             }
+            Driver::Host(host) => {
+                if let Some(previous) = host.shard.take() {
+                    previous
+                        .close_within(triggers_runtime::DEFAULT_SHUTDOWN_GRACE)
+                        .await;
+                }
+                let store =
+                    Store::in_host_db(host.db.clone(), host.keyspace.clone(), host.durability);
+                let (opened, recovery) = Shard::open_in(store, host.config.clone()).await?;
+                host.shard = Some(opened);
+                let checkpoint = match host.db.get(HOST_CHECKPOINT_KEY)? {
+                    Some(bytes) => Checkpoint::decode(bytes.as_slice())?,
+                    None => Checkpoint::default(),
+                };
+                Ok((checkpoint, recovery.pending.is_some()))
+            }
         }
     }
 
@@ -184,6 +260,7 @@ impl Driver {
                     .await?;
                 Ok(commit.variables.map(|v| v.flow_run_id))
             }
+            Driver::Host(host) => host.start_commit(&checkpoint, &stats, started_at).await,
             Driver::Sidecar(client) => {
                 let since = started_at
                     .duration_since(std::time::UNIX_EPOCH)
@@ -209,6 +286,10 @@ impl Driver {
             Driver::Local { shard, .. } => {
                 let shard = shard.as_mut().ok_or_else(|| anyhow::anyhow!("not open"))?;
                 shard.acknowledged().await?;
+                Ok(())
+            }
+            Driver::Host(host) => {
+                host.shard()?.acknowledged().await?;
                 Ok(())
             }
             Driver::Sidecar(client) => {
@@ -240,6 +321,11 @@ impl Driver {
         {
             shard.close().await;
         }
+        if let Driver::Host(host) = self
+            && let Some(shard) = host.shard.take()
+        {
+            shard.close().await;
+        }
     }
 
     /// Waits until every acknowledged webhook is delivered (decoupled delivery).
@@ -248,6 +334,10 @@ impl Driver {
             Driver::Local { shard, .. } => {
                 let shard = shard.as_ref().ok_or_else(|| anyhow::anyhow!("not open"))?;
                 shard.drained().await?;
+                Ok(())
+            }
+            Driver::Host(host) => {
+                host.shard()?.drained().await?;
                 Ok(())
             }
             Driver::Sidecar(client) => {

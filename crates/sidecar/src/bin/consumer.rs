@@ -1,11 +1,13 @@
 //! `consumer`: the reference consumer (see `triggers_sidecar::consumer`).
 
+use anyhow::Context as _;
 use clap::Parser;
 use std::path::PathBuf;
-use triggers_runtime::Shard;
+use std::sync::Arc;
+use triggers_runtime::{Keyspace, Shard, rocksdb};
 use triggers_sidecar as sidecar;
 use triggers_sidecar::args::{DeliveryArg, NetworkArgs, ShardArgs, TokenArgs, init_tracing};
-use triggers_sidecar::consumer::{self, Driver, read_documents};
+use triggers_sidecar::consumer::{self, Driver, HostShard, read_documents};
 
 /// Reads JSON-lines documents (each with `_meta/uuid` and `collection`) and commits them
 /// to a shard in transactions of K, firing its triggers after each Acknowledged. Resumes
@@ -68,6 +70,12 @@ struct Args {
     /// In-process mode: return from StartCommit before the write is synced to disk.
     #[arg(long)]
     no_sync: bool,
+    /// In-process mode: --store is the consumer's own RocksDB, as a reactor has one: the
+    /// consumer keeps its checkpoint there (root key `checkpoint`), the shard keeps to the
+    /// keyspace `triggers/`, and each StartCommit writes both in one WriteBatch of the
+    /// consumer's.
+    #[arg(long, conflicts_with = "sidecar")]
+    host_db: bool,
     /// In-process mode: delay before the first webhook retry, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     retry_initial_ms: u64,
@@ -119,9 +127,25 @@ async fn run() -> anyhow::Result<()> {
                 ledger_max_age_secs: triggers_runtime::DEFAULT_LEDGER_MAX_AGE.as_secs(),
             };
             let config = shard.shard_config()?;
-            Driver::Local {
-                open: Box::new(move || Box::pin(Shard::open(shard.store.clone(), config.clone()))),
-                shard: None,
+            if args.host_db {
+                let mut options = rocksdb::Options::default();
+                options.create_if_missing(true);
+                let db = rocksdb::DB::open(&options, store)
+                    .with_context(|| format!("opening the consumer's DB {}", store.display()))?;
+                Driver::Host(Box::new(HostShard {
+                    db: Arc::new(db),
+                    keyspace: Keyspace::prefixed(&b"triggers/"[..])?,
+                    durability: config.durability,
+                    config,
+                    shard: None,
+                }))
+            } else {
+                Driver::Local {
+                    open: Box::new(move || {
+                        Box::pin(Shard::open(shard.store.clone(), config.clone()))
+                    }),
+                    shard: None,
+                }
             }
         }
         _ => anyhow::bail!("give either --sidecar, or --store and --triggers"),

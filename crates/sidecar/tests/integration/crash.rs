@@ -69,6 +69,9 @@ struct Harness {
     expected: Vec<Expected>,
     crashes: usize,
     delivery: Delivery,
+    /// The in-process consumer keeps its own RocksDB with the shard in a keyspace of it,
+    /// and writes the shard's keys in its own WriteBatch (`--host-db`).
+    host_db: bool,
 }
 
 /// What the checker found.
@@ -118,6 +121,7 @@ impl Harness {
             expected,
             crashes: 0,
             delivery,
+            host_db: false,
         }
     }
 
@@ -162,6 +166,9 @@ impl Harness {
                     .arg("--delivery")
                     .arg(self.delivery_arg())
                     .arg("--allow-loopback");
+                if self.host_db {
+                    command.arg("--host-db");
+                }
             }
         }
         spawn(command, crash_point)
@@ -461,10 +468,29 @@ impl Harness {
 
     /// Both modes: the final checkpoint is the end of the input, nothing is left pending.
     fn check_store(&self, report: &mut Report) {
-        let store = Store::open(self.store(), Durability::Synced).expect("store opens");
-        let offset = store
-            .checkpoint()
-            .expect("checkpoint reads")
+        let (store, checkpoint) = if self.host_db {
+            let db = std::sync::Arc::new(
+                triggers_runtime::rocksdb::DB::open_default(self.store()).expect("host DB opens"),
+            );
+            let checkpoint = db
+                .get(triggers_sidecar::consumer::HOST_CHECKPOINT_KEY)
+                .expect("reads")
+                .map(|bytes| {
+                    <triggers_proto::Checkpoint as prost::Message>::decode(bytes.as_slice())
+                        .expect("the consumer's checkpoint decodes")
+                })
+                .unwrap_or_default();
+            let keyspace = triggers_runtime::Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
+            (
+                Store::in_host_db(db, keyspace, Durability::Synced),
+                checkpoint,
+            )
+        } else {
+            let store = Store::open(self.store(), Durability::Synced).expect("store opens");
+            let checkpoint = store.checkpoint().expect("checkpoint reads");
+            (store, checkpoint)
+        };
+        let offset = checkpoint
             .sources
             .get(INPUT_JOURNAL)
             .map_or(0, |s| s.read_through);
@@ -700,6 +726,51 @@ async fn a_migration_to_named_keys_killed_before_or_after_its_write_loses_nothin
             report.violations
         );
         assert_eq!(report.transactions, 10);
+    }
+}
+
+/// Issue 15: the consumer as a host, its own RocksDB holding its checkpoint and the shard
+/// in a keyspace, writing the shard's keys in its own WriteBatch; killed at every crash
+/// point of that path (before and after its write, before Acknowledged, after a delivery
+/// before the delete), in waiting and decoupled delivery: nothing is lost, nothing fires
+/// that never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_owned_crash_points_lose_nothing() {
+    for delivery in [
+        Delivery::Waiting,
+        Delivery::Decoupled(Drain::Ordered),
+        Delivery::Decoupled(Drain::Coalesced),
+    ] {
+        let delivered = match delivery {
+            Delivery::Waiting => "acknowledged.before_delete@4",
+            Delivery::Decoupled(Drain::Coalesced) => "backlog.before_delete@1",
+            Delivery::Decoupled(_) => "backlog.before_delete@3",
+        };
+        for point in [
+            "consumer.before_host_write@4",
+            "consumer.after_host_write@4",
+            "consumer.after_start_commit@5",
+            delivered,
+        ] {
+            println!("case: {delivery:?} at {point}");
+            let mut harness = Harness::with_delivery(30, 3, delivery).await;
+            harness.host_db = true;
+            if delivery != Delivery::Waiting {
+                harness
+                    .receiver
+                    .set_default(Reply::status(200).after(Duration::from_millis(15)));
+            }
+            let child = harness.consumer(None, Some(point));
+            harness.kill_at_crash_point(child).await;
+            harness.complete().await;
+            let report = harness.check();
+            assert!(
+                report.violations.is_empty(),
+                "{delivery:?} at {point}: {:#?}",
+                report.violations
+            );
+            assert_eq!(report.transactions, 10);
+        }
     }
 }
 
