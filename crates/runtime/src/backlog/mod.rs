@@ -599,22 +599,19 @@ impl Shared {
     /// merge targets so no worker sends them until the write is known; the returned
     /// guard clears the marks (and, told the write landed, applies it) when dropped,
     /// even if the caller panics.
-    fn plan(self: &Arc<Self>, variables: &Variables) -> (Merging, Vec<BacklogWrite>) {
+    fn plan<'v>(self: &Arc<Self>, variables: &'v Variables) -> (Merging<'v>, Vec<BacklogWrite>) {
         let now = SystemTime::now();
         // What each trigger sees of the transaction: its collections filter may leave
-        // nothing, and then the transaction is not its to send (nor to merge).
-        let seen: Vec<Option<Variables>> = self
+        // nothing, and then the transaction is not its to send (nor to merge). Borrowed
+        // when there is no filter: a commit copies the variables only for new entries.
+        let seen: Vec<Option<Cow<'v, Variables>>> = self
             .queues
             .iter()
-            .map(|queue| {
-                self.trigger_of(queue)?
-                    .variables_for(variables)
-                    .map(Cow::into_owned)
-            })
+            .map(|queue| self.trigger_of(queue)?.variables_for(variables))
             .collect();
         let mut batch = Vec::with_capacity(self.queues.len());
         for (queue, variables) in self.queues.iter().zip(&seen) {
-            let Some(variables) = variables else {
+            let Some(variables) = variables.as_deref() else {
                 continue;
             };
             let mut state = queue.lock();
@@ -656,21 +653,36 @@ impl Shared {
 /// the tails in memory as they are on disk and queues the new entries, committed `now`;
 /// in any case clears the merge marks. `seen[i]` is what queue `i`'s trigger sees of the
 /// transaction (`None`: its filter leaves nothing, so it got no write).
-pub(crate) struct Merging {
+pub(crate) struct Merging<'v> {
     shared: Arc<Shared>,
-    seen: Vec<Option<Variables>>,
+    seen: Vec<Option<Cow<'v, Variables>>>,
     now: SystemTime,
     apply: bool,
 }
 
-impl Merging {
+impl Merging<'_> {
     /// The write landed: apply it in memory (as the drop does).
     pub(crate) fn landed(mut self) {
         self.apply = true;
     }
+
+    /// The plan, holding its own copy of what it applies, so it outlives the variables
+    /// it was made from (a commit the host writes).
+    pub(crate) fn into_owned(mut self) -> Merging<'static> {
+        Merging {
+            shared: self.shared.clone(),
+            seen: std::mem::take(&mut self.seen)
+                .into_iter()
+                .map(|seen| seen.map(|v| Cow::Owned(v.into_owned())))
+                .collect(),
+            now: self.now,
+            // This one applies nothing: its marks now belong to the owned plan.
+            apply: false,
+        }
+    }
 }
 
-impl Drop for Merging {
+impl Drop for Merging<'_> {
     fn drop(&mut self) {
         let seen = std::mem::take(&mut self.seen);
         for (queue, seen) in self.shared.queues.iter().zip(seen) {
@@ -687,7 +699,7 @@ impl Drop for Merging {
                 }
                 _ if self.apply => state.entries.push_back(Entry::new(
                     variables.first_commit_seq,
-                    variables,
+                    variables.into_owned(),
                     self.now,
                 )),
                 _ => {}
@@ -958,7 +970,7 @@ impl Backlog {
     pub(crate) async fn prepare(
         &self,
         variables: &Variables,
-    ) -> Result<(Merging, Vec<KeyOp>), StoreTaskError> {
+    ) -> Result<(Merging<'static>, Vec<KeyOp>), StoreTaskError> {
         let shared = self.shared.clone();
         let variables = variables.clone();
         self.shared
@@ -966,7 +978,7 @@ impl Backlog {
             .run(move |store| {
                 let (merging, batch) = shared.plan(&variables);
                 let ops = store.commit_ops(Some(variables.last_commit_seq), &batch, None);
-                (merging, ops)
+                (merging.into_owned(), ops)
             })
             .await
     }

@@ -79,7 +79,7 @@ macro_rules! each {
 /// [`HostPlan::landed`], it applies nothing and clears the plan's marks.
 pub(crate) struct HostPlan {
     pub(crate) ops: Vec<KeyOp>,
-    pub(crate) merging: Option<Merging>,
+    pub(crate) merging: Option<Merging<'static>>,
 }
 
 impl HostPlan {
