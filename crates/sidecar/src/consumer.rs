@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use triggers::Clock;
 use triggers_proto::sidecar::{
-    AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest,
+    AcknowledgedRequest, AwaitDrainedRequest, OpenRequest, StartCommitRequest, StateEntry, StateOp,
 };
 use triggers_proto::{BindingStats, Checkpoint, ProducerEntry};
 use triggers_runtime::rocksdb;
@@ -120,6 +120,10 @@ pub enum Driver {
     },
     /// A sidecar, over gRPC.
     Sidecar(crate::Client),
+    /// A sidecar started with `--state-in-consumer`, over gRPC: the consumer's own RocksDB
+    /// holds its checkpoint and the sidecar's keys (under `sidecar/`), written in one
+    /// WriteBatch per StartCommit, as a Gazette consumer's store would.
+    SidecarState(Box<SidecarState>),
     /// The library in this process, on a shard inside the consumer's own RocksDB: the
     /// consumer keeps its checkpoint there (at the root key `checkpoint`, as Flow's
     /// runtime does) and writes the shard's keys in the same WriteBatch.
@@ -138,6 +142,60 @@ pub struct HostShard {
     pub durability: Durability,
     /// The open shard.
     pub shard: Option<Shard>,
+}
+
+/// A consumer holding a `--state-in-consumer` sidecar's state in its own store.
+pub struct SidecarState {
+    /// The sidecar.
+    pub client: crate::Client,
+    /// The consumer's DB.
+    pub db: Arc<rocksdb::DB>,
+}
+
+/// Where the consumer keeps the sidecar's keys in its DB.
+pub const SIDECAR_STATE_PREFIX: &[u8] = b"sidecar/";
+
+impl SidecarState {
+    /// The sidecar's keys as the consumer's store recovered them.
+    fn recovered(&self) -> anyhow::Result<Vec<StateEntry>> {
+        let mut entries = Vec::new();
+        for item in self.db.prefix_iterator(SIDECAR_STATE_PREFIX) {
+            let (key, value) = item?;
+            let Some(key) = key.strip_prefix(SIDECAR_STATE_PREFIX) else {
+                break;
+            };
+            entries.push(StateEntry {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Writes `ops` (and the checkpoint, when given) in one synced WriteBatch.
+    async fn write(&self, checkpoint: Option<&Checkpoint>, ops: &[StateOp]) -> anyhow::Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        if let Some(checkpoint) = checkpoint {
+            batch.put(HOST_CHECKPOINT_KEY, checkpoint.encode_to_vec());
+        }
+        for op in ops {
+            let mut key = SIDECAR_STATE_PREFIX.to_vec();
+            key.extend_from_slice(&op.key);
+            if op.delete {
+                batch.delete(key);
+            } else {
+                batch.put(key, &op.value);
+            }
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut options = rocksdb::WriteOptions::default();
+            options.set_sync(true);
+            db.write_opt(batch, &options)
+        })
+        .await??;
+        Ok(())
+    }
 }
 
 /// The consumer's own key of its checkpoint, in its DB (as Flow's runtime names it).
@@ -221,11 +279,27 @@ impl Driver {
                 Ok((recovery.checkpoint, recovery.pending.is_some()))
             }
             Driver::Sidecar(client) => {
-                let opened = client.open(OpenRequest {}).await?.into_inner();
+                let opened = client
+                    .open(OpenRequest { state: Vec::new() })
+                    .await?
+                    .into_inner();
                 Ok((
                     opened.checkpoint.unwrap_or_default(),
                     opened.triggers_pending,
                 ))
+            }
+            Driver::SidecarState(state) => {
+                let recovered = state.recovered()?;
+                let opened = state
+                    .client
+                    .open(OpenRequest { state: recovered })
+                    .await?
+                    .into_inner();
+                let checkpoint = match state.db.get(HOST_CHECKPOINT_KEY)? {
+                    Some(bytes) => Checkpoint::decode(bytes.as_slice())?,
+                    None => Checkpoint::default(),
+                };
+                Ok((checkpoint, opened.triggers_pending))
             }
             Driver::Host(host) => {
                 if let Some(previous) = host.shard.take() {
@@ -262,20 +336,21 @@ impl Driver {
             }
             Driver::Host(host) => host.start_commit(&checkpoint, &stats, started_at).await,
             Driver::Sidecar(client) => {
-                let since = started_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
                 let reply = client
-                    .start_commit(StartCommitRequest {
-                        checkpoint: Some(checkpoint),
-                        stats,
-                        started_at: Some(triggers_proto::Timestamp {
-                            seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-                            nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-                        }),
-                    })
+                    .start_commit(start_commit_request(checkpoint, stats, started_at))
                     .await?
                     .into_inner();
+                Ok(reply.triggers_persisted.then_some(reply.flow_run_id))
+            }
+            Driver::SidecarState(state) => {
+                let request = start_commit_request(checkpoint.clone(), stats, started_at);
+                let reply = state.client.start_commit(request).await?.into_inner();
+                // The sidecar's writes, in the same batch as the consumer's checkpoint.
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("consumer.before_state_write");
+                state.write(Some(&checkpoint), &reply.state_ops).await?;
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("consumer.after_state_write");
                 Ok(reply.triggers_persisted.then_some(reply.flow_run_id))
             }
         }
@@ -292,20 +367,24 @@ impl Driver {
                 host.shard()?.acknowledged().await?;
                 Ok(())
             }
-            Driver::Sidecar(client) => {
-                let outcome = client
-                    .acknowledged(AcknowledgedRequest { wait: true })
-                    .await?
-                    .into_inner()
-                    .outcome
-                    .unwrap_or_default();
-                if outcome.ok {
-                    Ok(())
-                } else {
-                    anyhow::bail!("{}", outcome.error)
-                }
-            }
+            Driver::Sidecar(client) => acknowledge_sidecar(client).await,
+            Driver::SidecarState(state) => acknowledge_sidecar(&mut state.client).await,
         }
+    }
+}
+
+/// Acknowledged through a sidecar, waiting for its outcome.
+async fn acknowledge_sidecar(client: &mut crate::Client) -> anyhow::Result<()> {
+    let outcome = client
+        .acknowledged(AcknowledgedRequest { wait: true })
+        .await?
+        .into_inner()
+        .outcome
+        .unwrap_or_default();
+    if outcome.ok {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", outcome.error)
     }
 }
 
@@ -351,7 +430,39 @@ impl Driver {
                     anyhow::bail!("{}", reply.error)
                 }
             }
+            Driver::SidecarState(state) => {
+                let reply = state
+                    .client
+                    .await_drained(AwaitDrainedRequest {})
+                    .await?
+                    .into_inner();
+                state.write(None, &reply.state_ops).await?;
+                if reply.ok {
+                    Ok(())
+                } else {
+                    anyhow::bail!("{}", reply.error)
+                }
+            }
         }
+    }
+}
+
+/// A StartCommit request for a sidecar: `started_at` as the wire's timestamp.
+fn start_commit_request(
+    checkpoint: Checkpoint,
+    stats: Vec<BindingStats>,
+    started_at: std::time::SystemTime,
+) -> StartCommitRequest {
+    let since = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    StartCommitRequest {
+        checkpoint: Some(checkpoint),
+        stats,
+        started_at: Some(triggers_proto::Timestamp {
+            seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+        }),
     }
 }
 

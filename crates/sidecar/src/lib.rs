@@ -36,7 +36,7 @@
 //! }));
 //!
 //! let mut client = triggers_sidecar::connect(&address, None).await?;
-//! client.open(OpenRequest {}).await?;
+//! client.open(OpenRequest::default()).await?;
 //! let status = client.status(StatusRequest {}).await?.into_inner();
 //! assert_eq!(status.phase(), ShardPhase::Recovered);
 //!
@@ -54,6 +54,7 @@
 mod access;
 pub mod args;
 pub mod consumer;
+pub mod consumer_state;
 pub mod crash;
 pub mod metrics;
 mod server;

@@ -14,6 +14,7 @@
 
 use crate::access::RequireToken;
 use crate::access::{BearerToken, SendToken, TOKEN_ENV};
+use crate::consumer_state::ConsumerState;
 use crate::metrics::Metrics;
 use crate::unix_authority::AuthorityFix;
 use crate::wire;
@@ -37,12 +38,12 @@ use triggers_proto::sidecar::{
     AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
     ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog, PreviewRequest,
     PreviewResponse, ShardPhase, SkipDeliveryRequest, StartCommitRequest, StartCommitResponse,
-    StatusRequest, StatusResponse, TestFireRequest, TestFireResponse, TriggerOutcome,
-    ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
+    StateEntry, StateOp, StatusRequest, StatusResponse, TestFireRequest, TestFireResponse,
+    TriggerOutcome, ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
 };
 use triggers_runtime::{
-    BacklogError, BacklogHandle, DeliveryMode, LedgerError, Shard, ShardConfig, ShardError,
-    StoreError,
+    BacklogError, BacklogHandle, DeliveryMode, Durability, Keyspace, LedgerError, Shard,
+    ShardConfig, ShardError, Store, StoreError,
 };
 
 /// How many finished deliveries AwaitDelivery can still be asked about.
@@ -75,6 +76,9 @@ pub struct SidecarConfig {
     /// its sidecar send a webhook again while the first request is still open). Those
     /// still running then are cut off, stay persisted and fire again at the next open.
     pub shutdown_grace: Duration,
+    /// Keep nothing durable of its own: the consumer's store holds the sidecar's keys
+    /// (see [`crate::consumer_state`]). `store` then only names the default socket.
+    pub state_in_consumer: bool,
 }
 
 impl SidecarConfig {
@@ -85,6 +89,7 @@ impl SidecarConfig {
             store: store.into(),
             shard,
             shutdown_grace: triggers_runtime::DEFAULT_SHUTDOWN_GRACE,
+            state_in_consumer: false,
         }
     }
 }
@@ -109,6 +114,8 @@ struct Inner {
     /// reopen opens it again.
     users: tokio::sync::RwLock<()>,
     metrics: Arc<Metrics>,
+    /// State in the consumer: the shard's in-memory store and what the consumer holds.
+    consumer_state: Arc<Mutex<Option<ConsumerState>>>,
     /// Places for ValidateConfig and Preview work (see [`CHECKS_AT_ONCE`]).
     checks: Arc<tokio::sync::Semaphore>,
 }
@@ -144,6 +151,7 @@ impl Sidecar {
                 books: Mutex::new(Books::default()),
                 opened: Mutex::new(None),
                 users: tokio::sync::RwLock::new(()),
+                consumer_state: Arc::new(Mutex::new(None)),
                 checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
             }),
         }
@@ -271,7 +279,7 @@ impl Sidecar {
     /// bounds the whole close: a waiting delivery holds the shard for up to its retry
     /// budget, so one still running when the grace ends is left alone (the old shard
     /// stays open) and Open answers UNAVAILABLE.
-    async fn reopen(&self) -> Result<OpenResponse, Status> {
+    async fn reopen(&self, state: Vec<StateEntry>) -> Result<OpenResponse, Status> {
         let grace = self.inner.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         self.begin_close();
@@ -290,10 +298,18 @@ impl Sidecar {
             })?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.retire(&mut guard, left).await;
-        let (shard, recovery) =
-            Shard::open(&self.inner.config.store, self.inner.config.shard.clone())
+        let config = self.inner.config.shard.clone();
+        let (shard, recovery) = if self.inner.config.state_in_consumer {
+            let loaded = ConsumerState::load(&state)
+                .map_err(|err| Status::invalid_argument(bounded(&err.to_string())))?;
+            let store = Store::in_host_db(loaded.db(), Keyspace::root(), Durability::Unsynced);
+            *self.consumer_state() = Some(loaded);
+            Shard::open_in(store, config).await.map_err(to_status)?
+        } else {
+            Shard::open(&self.inner.config.store, config)
                 .await
-                .map_err(to_status)?;
+                .map_err(to_status)?
+        };
         *self.opened() = Some(Opened {
             backlog: shard.backlog_handle(),
         });
@@ -328,6 +344,32 @@ impl Sidecar {
         crate::metrics::serve(listener, move || sidecar.metrics_text(), shutdown).await;
     }
 
+    fn consumer_state(&self) -> std::sync::MutexGuard<'_, Option<ConsumerState>> {
+        self.inner
+            .consumer_state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// State in the consumer: the sidecar's writes since the last ones handed out (none
+    /// otherwise). A pass over the in-memory store, off the async workers.
+    async fn take_state_ops(&self) -> Result<Vec<StateOp>, Status> {
+        if !self.inner.config.state_in_consumer {
+            return Ok(Vec::new());
+        }
+        let state = self.inner.consumer_state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            match state.as_mut() {
+                Some(state) => state.take_ops().map_err(|err| err.to_string()),
+                None => Ok(Vec::new()),
+            }
+        })
+        .await
+        .map_err(|err| Status::internal(bounded(&err.to_string())))?
+        .map_err(|err| Status::internal(bounded(&err)))
+    }
+
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
         self.inner
             .books
@@ -338,11 +380,12 @@ impl Sidecar {
 
 #[tonic::async_trait]
 impl ShardSidecar for Sidecar {
-    async fn open(&self, _: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
+    async fn open(&self, request: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
+        let state = request.into_inner().state;
         // A task of its own: a caller that goes away (its deadline) must not cut a reopen
         // in half, between closing the old shard and opening the new one.
         let sidecar = self.clone();
-        let opened = tokio::spawn(async move { sidecar.reopen().await })
+        let opened = tokio::spawn(async move { sidecar.reopen(state).await })
             .await
             .map_err(|err| Status::internal(bounded(&format!("Open did not complete: {err}"))))?;
         Ok(Response::new(opened?))
@@ -360,15 +403,45 @@ impl ShardSidecar for Sidecar {
         let started_at = request.started_at.and_then(started_at).unwrap_or(arrived);
         let mut guard = self.inner.shard.lock().await;
         let shard = guard.as_mut().ok_or_else(not_open)?;
-        let commit = shard
-            .start_commit_at(checkpoint, &request.stats, started_at)
-            .await
-            .map_err(to_status)?;
+        let (commit, state_ops) = if self.inner.config.state_in_consumer {
+            // The consumer's checkpoint is its own; the shard's writes go to the
+            // in-memory store, and to the consumer with the sidecar's writes since.
+            let prepared = shard
+                .prepare_commit(&request.stats, started_at)
+                .await
+                .map_err(to_status)?;
+            let db = self
+                .consumer_state()
+                .as_ref()
+                .map(ConsumerState::db)
+                .ok_or_else(not_open)?;
+            let mut batch = triggers_runtime::rocksdb::WriteBatch::default();
+            prepared.write_into(&mut batch);
+            if let Err(err) = db.write(batch) {
+                shard
+                    .commit_not_written(prepared)
+                    .map_err(|err| to_status(err.into()))?;
+                return Err(Status::internal(bounded(&format!(
+                    "the in-memory store failed: {err}"
+                ))));
+            }
+            let commit = shard
+                .commit_written(prepared)
+                .map_err(|err| to_status(err.into()))?;
+            (commit, self.take_state_ops().await?)
+        } else {
+            let commit = shard
+                .start_commit_at(checkpoint, &request.stats, started_at)
+                .await
+                .map_err(to_status)?;
+            (commit, Vec::new())
+        };
         self.books().commits += 1;
         self.inner.metrics.commit();
         Ok(Response::new(StartCommitResponse {
             triggers_persisted: commit.variables.is_some(),
             flow_run_id: commit.variables.map(|v| v.flow_run_id).unwrap_or_default(),
+            state_ops,
         }))
     }
 
@@ -595,6 +668,7 @@ impl ShardSidecar for Sidecar {
             Ok(()) => AwaitDrainedResponse {
                 ok: true,
                 error: String::new(),
+                state_ops: self.take_state_ops().await?,
             },
             // Not a delivery outcome: the shard it waited on is gone.
             Err(BacklogError::Closed) => return Err(to_status(BacklogError::Closed.into())),
@@ -602,6 +676,7 @@ impl ShardSidecar for Sidecar {
                 AwaitDrainedResponse {
                     ok: false,
                     error: bounded(&err.to_string()),
+                    state_ops: self.take_state_ops().await?,
                 }
             }
         }))

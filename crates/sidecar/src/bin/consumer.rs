@@ -7,7 +7,7 @@ use std::sync::Arc;
 use triggers_runtime::{Keyspace, Shard, rocksdb};
 use triggers_sidecar as sidecar;
 use triggers_sidecar::args::{DeliveryArg, NetworkArgs, ShardArgs, TokenArgs, init_tracing};
-use triggers_sidecar::consumer::{self, Driver, HostShard, read_documents};
+use triggers_sidecar::consumer::{self, Driver, HostShard, SidecarState, read_documents};
 
 /// Reads JSON-lines documents (each with `_meta/uuid` and `collection`) and commits them
 /// to a shard in transactions of K, firing its triggers after each Acknowledged. Resumes
@@ -34,6 +34,11 @@ struct Args {
     /// Sidecar mode: the bearer token to send (a sidecar on TCP requires one).
     #[command(flatten)]
     token: TokenArgs,
+    /// Sidecar mode, for a sidecar started with --state-in-consumer: the consumer's own
+    /// RocksDB, holding its checkpoint and the sidecar's keys (under `sidecar/`), written
+    /// in one synced WriteBatch per StartCommit.
+    #[arg(long, value_name = "DIR", requires = "sidecar")]
+    state_db: Option<PathBuf>,
     /// Source collection of each binding, in binding order; repeat once per binding.
     #[arg(long = "binding", value_name = "COLLECTION", required = true)]
     bindings: Vec<String>,
@@ -108,7 +113,20 @@ async fn run() -> anyhow::Result<()> {
 
     let mut driver = match (&args.sidecar, &args.store, &args.triggers) {
         (Some(address), _, _) => {
-            Driver::Sidecar(sidecar::connect(address, args.token.token()?.as_ref()).await?)
+            let client = sidecar::connect(address, args.token.token()?.as_ref()).await?;
+            match &args.state_db {
+                Some(dir) => {
+                    let mut options = rocksdb::Options::default();
+                    options.create_if_missing(true);
+                    let db = rocksdb::DB::open(&options, dir)
+                        .with_context(|| format!("opening the consumer's DB {}", dir.display()))?;
+                    Driver::SidecarState(Box::new(SidecarState {
+                        client,
+                        db: Arc::new(db),
+                    }))
+                }
+                None => Driver::Sidecar(client),
+            }
         }
         (None, Some(store), Some(triggers)) => {
             let shard = ShardArgs {

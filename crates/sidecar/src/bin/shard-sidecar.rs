@@ -52,6 +52,12 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_address: Option<String>,
+    /// Keep nothing durable of its own: Open takes the consumer's recovered values of
+    /// the sidecar's keys, StartCommit and AwaitDrained answer with the writes the
+    /// consumer makes in its own store (with its checkpoint). --store then only names the
+    /// default socket; nothing is written under it.
+    #[arg(long)]
+    state_in_consumer: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +70,7 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = SidecarConfig::new(args.shard.store.clone(), args.shard.shard_config()?);
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.state_in_consumer = args.state_in_consumer;
     let address = match &args.listen {
         Some(address) => address.clone(),
         None => format!(

@@ -72,6 +72,9 @@ struct Harness {
     /// The in-process consumer keeps its own RocksDB with the shard in a keyspace of it,
     /// and writes the shard's keys in its own WriteBatch (`--host-db`).
     host_db: bool,
+    /// The sidecar keeps nothing durable (`--state-in-consumer`); the consumer keeps its
+    /// checkpoint and the sidecar's keys in its own RocksDB (`--state-db`).
+    state_in_consumer: bool,
 }
 
 /// What the checker found.
@@ -122,6 +125,7 @@ impl Harness {
             crashes: 0,
             delivery,
             host_db: false,
+            state_in_consumer: false,
         }
     }
 
@@ -152,6 +156,9 @@ impl Harness {
         match sidecar {
             Some(address) => {
                 command.arg("--sidecar").arg(address);
+                if self.state_in_consumer {
+                    command.arg("--state-db").arg(self.consumer_db());
+                }
             }
             None => {
                 command
@@ -191,7 +198,15 @@ impl Harness {
             .arg(self.delivery_arg())
             .arg("--allow-loopback")
             .args(self.bindings());
+        if self.state_in_consumer {
+            command.arg("--state-in-consumer");
+        }
         spawn(command, crash_point)
+    }
+
+    /// The consumer's own RocksDB, with `--state-db`.
+    fn consumer_db(&self) -> PathBuf {
+        self.dir.path().join("consumer-db")
     }
 
     /// Runs the consumer in-process until it completes.
@@ -468,7 +483,33 @@ impl Harness {
 
     /// Both modes: the final checkpoint is the end of the input, nothing is left pending.
     fn check_store(&self, report: &mut Report) {
-        let (store, checkpoint) = if self.host_db {
+        let (store, checkpoint) = if self.state_in_consumer {
+            if self.store().exists() {
+                report
+                    .violations
+                    .push("the sidecar wrote a store of its own".to_string());
+            }
+            let db = std::sync::Arc::new(
+                triggers_runtime::rocksdb::DB::open_default(self.consumer_db())
+                    .expect("the consumer's DB opens"),
+            );
+            let checkpoint = db
+                .get(triggers_sidecar::consumer::HOST_CHECKPOINT_KEY)
+                .expect("reads")
+                .map(|bytes| {
+                    <triggers_proto::Checkpoint as prost::Message>::decode(bytes.as_slice())
+                        .expect("the consumer's checkpoint decodes")
+                })
+                .unwrap_or_default();
+            let keyspace = triggers_runtime::Keyspace::prefixed(
+                triggers_sidecar::consumer::SIDECAR_STATE_PREFIX,
+            )
+            .expect("valid");
+            (
+                Store::in_host_db(db, keyspace, Durability::Synced),
+                checkpoint,
+            )
+        } else if self.host_db {
             let db = std::sync::Arc::new(
                 triggers_runtime::rocksdb::DB::open_default(self.store()).expect("host DB opens"),
             );
@@ -729,6 +770,61 @@ async fn a_migration_to_named_keys_killed_before_or_after_its_write_loses_nothin
     }
 }
 
+/// Issue 15, item 3: a sidecar that keeps nothing durable, its state in the consumer's
+/// store (written with the consumer's checkpoint). Either process is SIGKILLed at each of
+/// its points (the consumer before and after its write, after StartCommit before
+/// Acknowledged; the sidecar after a delivery before its delete), the sidecar with it
+/// each time, so every run starts from a sidecar with nothing on disk: nothing is lost,
+/// nothing fires that never committed, and the sidecar never writes a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_its_state_in_the_consumer_loses_nothing_when_either_dies() {
+    for delivery in [
+        Delivery::Waiting,
+        Delivery::Decoupled(Drain::Ordered),
+        Delivery::Decoupled(Drain::Coalesced),
+    ] {
+        let sidecar_point = match delivery {
+            Delivery::Waiting => "acknowledged.before_delete@4",
+            Delivery::Decoupled(Drain::Coalesced) => "backlog.before_delete@1",
+            Delivery::Decoupled(_) => "backlog.before_delete@3",
+        };
+        for (who, point) in [
+            ("consumer", "consumer.before_state_write@4"),
+            ("consumer", "consumer.after_state_write@4"),
+            ("consumer", "consumer.after_start_commit@5"),
+            ("sidecar", sidecar_point),
+        ] {
+            println!("case: {delivery:?}, {who} at {point}");
+            let mut harness = Harness::with_delivery(30, 3, delivery).await;
+            harness.state_in_consumer = true;
+            if delivery != Delivery::Waiting {
+                harness
+                    .receiver
+                    .set_default(Reply::status(200).after(Duration::from_millis(15)));
+            }
+            if who == "sidecar" {
+                harness.kill_sidecar_under_consumer(point).await;
+            } else {
+                let mut sidecar = harness.sidecar(None);
+                let address = sidecar_address(&mut sidecar).await;
+                let consumer = harness.consumer(Some(&address), Some(point));
+                harness.kill_at_crash_point(consumer).await;
+                // The sidecar goes too: the next one starts with nothing.
+                harness.kill(sidecar).await;
+            }
+            let mut sidecar = harness.complete_through_new_sidecar().await;
+            terminate(&mut sidecar).await;
+            let report = harness.check();
+            assert!(
+                report.violations.is_empty(),
+                "{delivery:?}, {who} at {point}: {:#?}",
+                report.violations
+            );
+            assert_eq!(report.transactions, 10);
+        }
+    }
+}
+
 /// Issue 15: the consumer as a host, its own RocksDB holding its checkpoint and the shard
 /// in a keyspace, writing the shard's keys in its own WriteBatch; killed at every crash
 /// point of that path (before and after its write, before Acknowledged, after a delivery
@@ -958,7 +1054,7 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
         .await
         .expect("connects");
     let opened = client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect("opens")
         .into_inner();

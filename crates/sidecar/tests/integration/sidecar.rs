@@ -159,7 +159,7 @@ async fn serve_decoupled_and_open(receiver: &Receiver, limit: usize) -> (Running
     )
     .await;
     let mut client = running.client.clone();
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
@@ -212,7 +212,7 @@ async fn the_whole_lifecycle_over_grpc() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     let opened = client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect("opens")
         .into_inner();
@@ -319,7 +319,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
     );
     let running = serve(&receiver, "unix").await;
     let mut client = running.client.clone();
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
@@ -374,7 +374,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
 
     // Reopen, as a restarted shard would: the params are still there and fire again.
     let reopened = client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect("reopens")
         .into_inner();
@@ -771,7 +771,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
     // While a delivery holds the shard (trigger 0's endpoint answers after 3 s), both
     // still answer at once.
     receiver.script("/a", [Reply::status(200).after(Duration::from_secs(3))]);
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
@@ -885,7 +885,7 @@ async fn an_await_drained_in_flight_does_not_hold_the_old_store_against_a_new_op
     wait_until_backpressured(&mut client).await;
 
     let mut opener = client.clone();
-    let reopening = tokio::spawn(async move { opener.open(OpenRequest {}).await });
+    let reopening = tokio::spawn(async move { opener.open(OpenRequest::default()).await });
     let drained = tokio::time::timeout(WAIT, drained)
         .await
         .expect("AwaitDrained ends with the old shard")
@@ -939,7 +939,7 @@ async fn reopening_a_live_sidecar_never_sends_an_in_flight_ordered_webhook_twice
     assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
 
     let reopened = client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect("reopens")
         .into_inner();
@@ -1006,12 +1006,15 @@ async fn status_codes_agree_with_the_readme() {
     // The store held by another handle (another process, in production).
     let held = triggers_runtime::Store::open(running._dir.path().join("store"), Durability::Synced)
         .expect("opens");
-    let err = client.open(OpenRequest {}).await.expect_err("locked");
+    let err = client
+        .open(OpenRequest::default())
+        .await
+        .expect_err("locked");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     drop(held);
 
     let opened = client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect("opens")
         .into_inner();
@@ -1063,7 +1066,7 @@ async fn an_open_dropped_mid_way_still_reopens_the_shard() {
     commit_and_acknowledge(&mut client, 1).await;
     assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
 
-    let mut open = tonic::Request::new(OpenRequest {});
+    let mut open = tonic::Request::new(OpenRequest::default());
     open.set_timeout(Duration::from_millis(100));
     let err = client
         .open(open)
@@ -1205,7 +1208,10 @@ async fn calls_without_the_bearer_token_are_unauthenticated() {
             .expect("connects");
         for status in [
             client.status(StatusRequest {}).await.expect_err("refused"),
-            client.open(OpenRequest {}).await.expect_err("refused"),
+            client
+                .open(OpenRequest::default())
+                .await
+                .expect_err("refused"),
             client
                 .test_fire(TestFireRequest {
                     trigger: 0,
@@ -1317,7 +1323,7 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
     )
     .await;
     let mut client = running.client.clone();
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
@@ -1343,7 +1349,7 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
     );
 
     let err = client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect_err("the delivery outlasts the grace");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
@@ -1356,7 +1362,7 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
         .into_inner();
     assert!(outcome.ok, "{outcome:?}");
     client
-        .open(OpenRequest {})
+        .open(OpenRequest::default())
         .await
         .expect("opens once the delivery finished");
     running.stop().await;
@@ -1555,7 +1561,7 @@ async fn run_id_is_the_started_at_a_consumer_gives_and_out_of_range_ones_are_ign
         let _ = stopped.await;
     }));
     let mut client = sidecar::connect(&address, None).await.expect("connects");
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
@@ -1663,7 +1669,7 @@ async fn a_removed_triggers_webhook_is_in_status_and_skipped_by_name() {
     )
     .await;
     let mut client = running.client.clone();
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await

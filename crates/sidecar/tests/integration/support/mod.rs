@@ -34,7 +34,7 @@ pub async fn open_and_acknowledge(
     let mut client = triggers_sidecar::connect(address, token)
         .await
         .expect("connects");
-    client.open(OpenRequest {}).await.expect("opens");
+    client.open(OpenRequest::default()).await.expect("opens");
     client
         .acknowledged(AcknowledgedRequest { wait: true })
         .await
