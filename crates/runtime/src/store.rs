@@ -329,7 +329,25 @@ impl Store {
 
     /// The pending trigger variables, if a committed transaction's webhooks are not yet
     /// delivered.
+    ///
+    /// At the root keyspace, a value that is JSON is Estuary Flow's own `trigger-params`:
+    /// the store is one Flow's runtime wrote, which the runtime reads only from a keyspace
+    /// of its own ([`Store::in_host_db`]); that is a typed error saying so.
     pub fn trigger_params(&self) -> Result<Option<TriggerParams>, StoreError> {
+        if self.keyspace.prefix.is_empty()
+            && let Some(bytes) = self
+                .get_pinned(TRIGGER_PARAMS_KEY)
+                .map_err(|err| self.rocksdb_error("read", err))?
+            && bytes.first() == Some(&b'{')
+        {
+            return Err(self.corrupt_key(
+                TRIGGER_PARAMS_KEY,
+                "it holds JSON: this is a store Estuary Flow's runtime wrote, which this \
+                 runtime opens only inside it, under a keyspace of its own \
+                 (Store::in_host_db with Keyspace::prefixed), where Flow's pending \
+                 trigger-params are read and fire",
+            ));
+        }
         self.get(TRIGGER_PARAMS_KEY, "trigger-params")
     }
 
@@ -1129,6 +1147,24 @@ mod tests {
             Keyspace::prefixed(vec![b'x'; 65]),
             Err(KeyspaceError::TooLong(65))
         ));
+    }
+
+    /// Issue 15: Flow's JSON `trigger-params` at the root of a store opened as the
+    /// runtime's own is a typed error that says what the store is and how to open it.
+    #[test]
+    fn a_flow_store_opened_as_our_own_says_how_to_open_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Synced).expect("opens");
+        store
+            .put_raw(TRIGGER_PARAMS_KEY, br#"{"run_id":"r1"}"#)
+            .expect("writes");
+        let err = store.trigger_params().expect_err("not ours");
+        assert!(
+            matches!(err, StoreError::CorruptKey { .. })
+                && err.to_string().contains("Estuary Flow")
+                && err.to_string().contains("Store::in_host_db"),
+            "{err}"
+        );
     }
 
     #[test]
