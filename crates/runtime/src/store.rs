@@ -730,9 +730,11 @@ impl Store {
                 return Err(self.corrupt_key(&key, "malformed backlog key"));
             };
             self.delete(&mut migration.batch, &key);
-            migration
-                .batch
-                .put(backlog_key(&name_of(index), seq), &value);
+            self.put(
+                &mut migration.batch,
+                backlog_key(&name_of(index), seq),
+                &value,
+            );
             migration.entries += 1;
         }
         for item in self.scan(LEGACY_LEDGER_PREFIX) {
@@ -759,9 +761,11 @@ impl Store {
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| self.corrupt_key(&key, "malformed last-sent key"))?;
             self.delete(&mut migration.batch, &key);
-            migration
-                .batch
-                .put(backlog_sent_key(&name_of(index)), &value);
+            self.put(
+                &mut migration.batch,
+                backlog_sent_key(&name_of(index)),
+                &value,
+            );
             migration.last_sent += 1;
         }
         let any = migration.entries + migration.records + migration.last_sent > 0;
@@ -1454,6 +1458,58 @@ mod tests {
             assert_eq!(store.scan(prefix).count(), 0);
         }
         assert!(store.named_keys_migration(&names).expect("reads").is_none());
+    }
+
+    /// The same in a host's keyspace: the migration reads and writes only its keys.
+    #[test]
+    fn index_keys_migrate_inside_a_keyspace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = Arc::new(DB::open(&options, dir.path()).expect("host opens"));
+        db.put(b"checkpoint", b"host").expect("writes");
+        let store = Store::in_host_db(
+            db.clone(),
+            Keyspace::prefixed(&b"triggers/"[..]).expect("valid"),
+            Durability::Synced,
+        );
+        let write = |trigger: &str, seq| BacklogWrite {
+            trigger: trigger.into(),
+            first_commit_seq: seq,
+            params: TriggerParams {
+                version: 2,
+                first_commit_seq: seq,
+                last_commit_seq: seq,
+                ..Default::default()
+            },
+            committed_at: triggers_proto::Timestamp::default(),
+        };
+        store
+            .commit_backlog(
+                &checkpoint(1),
+                Some(2),
+                &[write("0", 1), write("0", 2), write("1", 2)],
+            )
+            .expect("commits");
+        assert_eq!(store.to_index_keys(&["0", "1"]).expect("downgrades"), 3);
+        assert!(store.backlog().expect("reads").is_empty(), "all moved");
+        let names = ["0".to_string(), "1".to_string()];
+        let migration = store
+            .named_keys_migration(&names)
+            .expect("reads")
+            .expect("has work");
+        store.write_migration(migration).expect("writes");
+        let keys: Vec<(String, u64)> = store
+            .backlog()
+            .expect("reads")
+            .into_iter()
+            .map(|e| (e.trigger, e.first_commit_seq))
+            .collect();
+        assert_eq!(keys, [("0".into(), 1), ("0".into(), 2), ("1".into(), 2)]);
+        assert_eq!(
+            db.get(b"checkpoint").expect("reads").as_deref(),
+            Some(&b"host"[..])
+        );
     }
 
     #[test]

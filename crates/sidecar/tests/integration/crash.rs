@@ -739,9 +739,15 @@ async fn decoupled_crash_points_lose_nothing_in_every_drain_mode() {
 /// the trigger it was committed for, with the id that build gave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_to_named_keys_killed_before_or_after_its_write_loses_nothing() {
-    for drain in [Drain::Ordered, Drain::Coalesced] {
-        println!("case: {drain:?}");
+    // Issue 15: in a host's DB too (the consumer as a host, the shard in a keyspace).
+    for (drain, host_db) in [
+        (Drain::Ordered, false),
+        (Drain::Coalesced, false),
+        (Drain::Ordered, true),
+    ] {
+        println!("case: {drain:?}, host DB {host_db}");
         let mut harness = Harness::with_delivery(30, 3, Delivery::Decoupled(drain)).await;
+        harness.host_db = host_db;
         harness
             .receiver
             .set_default(Reply::status(200).after(Duration::from_millis(15)));
@@ -749,7 +755,15 @@ async fn a_migration_to_named_keys_killed_before_or_after_its_write_loses_nothin
         let child = harness.consumer(None, Some("consumer.after_start_commit@5"));
         harness.kill_at_crash_point(child).await;
         {
-            let store = Store::open(harness.store(), Durability::Synced).expect("opens");
+            let store = if host_db {
+                let db = triggers_runtime::rocksdb::DB::open_default(harness.store())
+                    .expect("the host's DB opens");
+                let keyspace =
+                    triggers_runtime::Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
+                Store::in_host_db(std::sync::Arc::new(db), keyspace, Durability::Synced)
+            } else {
+                Store::open(harness.store(), Durability::Synced).expect("opens")
+            };
             let moved = store
                 .downgrade_to_index_keys(&["0", "1"])
                 .expect("rewrites");
