@@ -24,7 +24,9 @@
 //! layout (one backlog entry per trigger, or waiting delivery's single key) in one synced
 //! WriteBatch that also deletes Flow's key, so it fires after the first Acknowledged, as
 //! a `recovery-refire` (Flow may have sent it before it stopped), and a crash keeps
-//! either Flow's key or ours, never both nor neither.
+//! either Flow's key or ours, never both nor neither. Its entries are numbered 0 (its
+//! `first_commit_seq` and `last_commit_seq` render 0): the transaction was Flow's, and
+//! this runtime's numbers start at 1, so it sorts before every one of them.
 //!
 //! Times: V1 wrote RFC 3339 with `Z` and trimmed fractions, or `""` when the transaction
 //! had no clocks; V2 writes chrono's form (`+00:00`, 0/3/6/9 fraction digits). Both parse;

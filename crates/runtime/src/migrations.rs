@@ -104,7 +104,8 @@ pub(crate) async fn on_open(
 }
 
 /// Migration 0 (in a host's DB only): Flow's pending `trigger-params` become backlog
-/// entries of the triggers it fires, numbered as one transaction, in one synced batch
+/// entries of the triggers it fires, numbered 0 (before any transaction of this
+/// runtime's, whose numbers start at 1), in one synced batch
 /// that deletes Flow's key (see [`crate::flow_store`]). Between crash points
 /// `flow_import.before_write` and `flow_import.after_write`.
 fn import_flow_params(store: &Store, config: &Triggers) -> Result<(), StoreError> {
@@ -116,21 +117,18 @@ fn import_flow_params(store: &Store, config: &Triggers) -> Result<(), StoreError
             .map_err(|err| {
                 store.corrupt_key(crate::flow_store::FLOW_TRIGGER_PARAMS_KEY, &err.to_string())
             })?;
-    let firing = pending.iter().filter(|v| v.is_some()).count();
-    let seq = (firing > 0)
-        .then(|| store.commit_seq())
-        .transpose()?
-        .map(|s| s + 1);
+    // Numbered 0: a transaction Flow committed has no commit sequence number of this
+    // runtime's (ours start at 1), and sorts before every one that has.
     let entries: Vec<(String, TriggerParams)> = config
         .iter()
         .zip(pending)
         .filter_map(|(trigger, variables)| {
-            let variables = variables?.with_commit_seq(seq.unwrap_or_default());
+            let variables = variables?.with_commit_seq(0);
             Some((trigger.name().to_string(), variables.into_params()))
         })
         .collect();
     crash_point!("flow_import.before_write");
-    store.import_flow_params(&entries, seq)?;
+    store.import_flow_params(&entries)?;
     crash_point!("flow_import.after_write");
     tracing::info!(
         triggers = entries.len(),

@@ -922,18 +922,14 @@ impl Store {
 
     /// Moves Flow's pending variables into this store, in one synced WriteBatch that
     /// deletes Flow's key: `entries` as backlog entries of the triggers they name, with no
-    /// commit time (they may have been sent), and the commit sequence number they took,
-    /// if any. Either delivery mode sends such entries after the first Acknowledged.
+    /// commit time (they may have been sent). Either delivery mode sends such entries
+    /// after the first Acknowledged.
     pub(crate) fn import_flow_params(
         &self,
         entries: &[(String, TriggerParams)],
-        commit_seq: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.delete(crate::flow_store::FLOW_TRIGGER_PARAMS_KEY);
-        if let Some(seq) = commit_seq {
-            self.put(&mut batch, COMMIT_SEQ_KEY, seq.to_be_bytes());
-        }
         for (trigger, params) in entries {
             let entry = BacklogEntry {
                 params: Some(params.clone()),

@@ -75,6 +75,9 @@ struct Harness {
     /// The sidecar keeps nothing durable (`--state-in-consumer`); the consumer keeps its
     /// checkpoint and the sidecar's keys in its own RocksDB (`--state-db`).
     state_in_consumer: bool,
+    /// Webhooks of this materialization are not the run's own (Flow's pending
+    /// `trigger-params`, imported): the checker leaves them to the test.
+    foreign: Option<&'static str>,
 }
 
 /// What the checker found.
@@ -126,6 +129,7 @@ impl Harness {
             delivery,
             host_db: false,
             state_in_consumer: false,
+            foreign: None,
         }
     }
 
@@ -313,6 +317,10 @@ impl Harness {
                 }
                 report.webhooks += 1;
                 let body = request.json().expect("webhooks are JSON");
+                if self.foreign.is_some_and(|name| body["name"] == name) {
+                    report.webhooks -= 1;
+                    continue;
+                }
                 let id = body["id"].as_str().unwrap_or_default().to_string();
                 let run = body["run"].as_str().unwrap_or_default();
                 if id != triggers::trigger_webhook_id(run, &name) {
@@ -521,6 +529,11 @@ impl Harness {
                         .expect("the consumer's checkpoint decodes")
                 })
                 .unwrap_or_default();
+            if db.get(b"trigger-params").expect("reads").is_some() {
+                report
+                    .violations
+                    .push("Flow's trigger-params is still in the host's DB".to_string());
+            }
             let keyspace = triggers_runtime::Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
             (
                 Store::in_host_db(db, keyspace, Durability::Synced),
@@ -781,6 +794,59 @@ async fn a_migration_to_named_keys_killed_before_or_after_its_write_loses_nothin
             report.violations
         );
         assert_eq!(report.transactions, 10);
+    }
+}
+
+/// Issue 15, item 2: a DB Flow's runtime left with `trigger-params` pending, opened by the
+/// consumer as a host, killed just before and just after the batch that moves Flow's
+/// pending webhooks into the shard's keyspace: Flow's webhook reaches each trigger with
+/// the variables Flow stored (the same on each re-fire), Flow's key is gone, and the
+/// run's own transactions keep every invariant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_import_killed_before_or_after_its_write_loses_nothing() {
+    const FLOW: &[u8] = br#"{"collection_names":["acmeCo/collection-a"],"connector_image":"ghcr.io/estuary/materialize-postgres:dev","materialization_name":"acmeCo/my-materialization","flow_published_at_min":"1970-01-01T00:08:20Z","flow_published_at_max":"1970-01-01T01:06:40Z","run_id":"2024-06-15T12:30:00.000Z"}"#;
+    let mut harness = Harness::with_delivery(30, 3, Delivery::Decoupled(Drain::Ordered)).await;
+    harness.host_db = true;
+    harness.foreign = Some("acmeCo/my-materialization");
+    {
+        let mut options = triggers_runtime::rocksdb::Options::default();
+        options.create_if_missing(true);
+        let db = triggers_runtime::rocksdb::DB::open(&options, harness.store()).expect("Flow's DB");
+        db.put(b"trigger-params", FLOW).expect("writes");
+        db.put(b"connector-state", br#"{"cursor":1}"#)
+            .expect("writes");
+    }
+    for point in ["flow_import.before_write", "flow_import.after_write"] {
+        let child = harness.consumer(None, Some(point));
+        harness.kill_at_crash_point(child).await;
+    }
+    harness.complete().await;
+    let report = harness.check();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.transactions, 10);
+    for path in TRIGGER_PATHS {
+        let flow: Vec<serde_json::Value> = harness
+            .receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == path && r.answered.is_some_and(|s| (200..300).contains(&s)))
+            .map(|r| r.json().expect("JSON"))
+            .filter(|body| body["name"] == "acmeCo/my-materialization")
+            .collect();
+        assert!(!flow.is_empty(), "{path}: Flow's pending webhook arrived");
+        assert!(
+            flow.iter().all(|body| *body == flow[0]),
+            "{path}: each re-fire repeats it: {flow:?}"
+        );
+        assert_eq!(
+            flow[0]["collections"],
+            serde_json::json!(["acmeCo/collection-a"])
+        );
+        assert_eq!(flow[0]["max"], "1970-01-01T01:06:40Z");
+        assert_eq!(
+            (flow[0]["first"].as_u64(), flow[0]["last"].as_u64()),
+            (Some(0), Some(0))
+        );
     }
 }
 
