@@ -113,7 +113,7 @@ fn import_flow_params(store: &Store, config: &Triggers) -> Result<(), StoreError
         return Ok(());
     };
     let pending =
-        crate::flow_store::pending_per_trigger(&bytes, config, &mut || Uuid::new_v4().to_string())
+        triggers::flow_pending_per_trigger(&bytes, config, &mut || Uuid::new_v4().to_string())
             .map_err(|err| {
                 store.corrupt_key(crate::flow_store::FLOW_TRIGGER_PARAMS_KEY, &err.to_string())
             })?;

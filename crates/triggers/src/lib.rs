@@ -99,6 +99,9 @@ pub use config::validate::{
     validate_collections,
 };
 pub use render::clock::{Clock, ClockError};
+pub use render::flow_params::{
+    FlowParamsError, MAX_FLOW_TRIGGER_PARAMS_BYTES, flow_pending_per_trigger,
+};
 pub use render::preview::{Preview, PreviewError, PreviewVariables, VariablesInputError};
 pub use render::template::{
     MAX_EXPRESSIONS, MAX_PAYLOAD_BYTES, MAX_RENDER_STEPS, MAX_TEMPLATE_BYTES, MAX_TEMPLATE_NESTING,

@@ -5,6 +5,8 @@
 
 /// Gazette v1 UUID clocks decoded into publish times.
 pub(crate) mod clock;
+/// Estuary Flow's persisted trigger variables, read into ours.
+pub(crate) mod flow_params;
 /// A payload rendered unsent, against given or placeholder variables.
 pub(crate) mod preview;
 /// Strict Handlebars templates, their helpers, bounds and output budget.
