@@ -233,7 +233,9 @@ impl Keyspace {
     }
 
     /// Keys under `prefix` (1 to [`MAX_KEYSPACE_PREFIX_BYTES`] bytes), such as
-    /// `b"triggers/"`. Choose one no key of the host's starts with.
+    /// `b"triggers/"`. Choose one no key of the host's starts with, ending in a separator
+    /// (`/`) so no other key can extend it; two keyspaces of one DB must not have
+    /// prefixes one of which starts the other, or each would read the other's keys.
     pub fn prefixed(prefix: impl Into<Vec<u8>>) -> Result<Self, KeyspaceError> {
         let prefix = prefix.into();
         match prefix.len() {
@@ -302,7 +304,9 @@ impl Store {
 
     /// The runtime's store inside a RocksDB the host opened (with its own options, Env,
     /// merge operators), under `keyspace`: the runtime reads and writes only keys that
-    /// start with the keyspace's prefix. Several keyspaces of one DB are several stores.
+    /// start with the keyspace's prefix. Several keyspaces of one DB are several stores
+    /// (see [`Keyspace::prefixed`] for how their prefixes must differ); one keyspace is
+    /// one shard's: open at most one shard on it at a time.
     pub fn in_host_db(db: Arc<DB>, keyspace: Keyspace, durability: Durability) -> Self {
         Self {
             path: db.path().to_path_buf(),
