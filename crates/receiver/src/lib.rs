@@ -166,6 +166,8 @@ struct Shared {
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     default_reply: Mutex<Option<Reply>>,
     arrived: tokio::sync::Notify,
+    /// TCP connections accepted.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// A running receiver. Dropping it stops it.
@@ -185,6 +187,14 @@ impl Receiver {
         let shared = Arc::new(Shared::default());
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Self { addr, shared, task })
+    }
+
+    /// How many TCP connections it has accepted: how many a client's connection pool
+    /// opened to it.
+    pub fn connections(&self) -> usize {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address it listens on.
@@ -263,6 +273,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    shared
+                        .connections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     stream.set_nodelay(true).ok();
                     connections.spawn(serve(stream, shared.clone()));
                 }

@@ -4,7 +4,9 @@ use crate::backlog::LedgerRetention;
 use crate::store::Durability;
 use std::sync::Arc;
 use std::time::Duration;
-use triggers::{AttemptObserver, Materialization, NetworkPolicy, RetryBackoff, Triggers};
+use triggers::{
+    AttemptObserver, Deliverer, Materialization, NetworkPolicy, RetryBackoff, Triggers,
+};
 
 /// What a shard needs besides its store directory.
 ///
@@ -30,6 +32,10 @@ pub struct ShardConfig {
     pub ledger: LedgerRetention,
     /// Told of every webhook attempt (metrics, say); `None` for nothing.
     pub attempt_observer: Option<Arc<dyn AttemptObserver>>,
+    /// The HTTP client to send with, shared with the other shards of the process (one
+    /// connection pool, not one per shard); its backoff and network policy apply, not
+    /// `backoff` and `network`. `None`: the shard builds its own from those.
+    pub deliverer: Option<Deliverer>,
 }
 
 impl ShardConfig {
@@ -48,6 +54,7 @@ impl ShardConfig {
             delivery: DeliveryMode::default(),
             ledger: LedgerRetention::default(),
             attempt_observer: None,
+            deliverer: None,
         }
     }
 
@@ -84,6 +91,16 @@ impl ShardConfig {
     /// The same, telling `observer` of every webhook attempt.
     pub fn with_attempt_observer(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
         self.attempt_observer = Some(observer);
+        self
+    }
+
+    /// The same, sending with `deliverer`: build one ([`Deliverer::with_policy`]) and
+    /// give it to every shard of the process, so they share one HTTP client and its
+    /// connection pool (a pool per shard is a connection per shard to one endpoint). Its
+    /// backoff and network policy replace [`ShardConfig::backoff`] and
+    /// [`ShardConfig::network`].
+    pub fn with_deliverer(mut self, deliverer: Deliverer) -> Self {
+        self.deliverer = Some(deliverer);
         self
     }
 }

@@ -283,8 +283,12 @@ impl Shard {
             );
         }
 
-        let mut deliverer = Deliverer::with_policy(config.backoff, config.network)
-            .map_err(ShardError::HttpClient)?;
+        let mut deliverer = match &config.deliverer {
+            // Shared with the process's other shards: one client, one connection pool.
+            Some(shared) => shared.clone(),
+            None => Deliverer::with_policy(config.backoff, config.network)
+                .map_err(ShardError::HttpClient)?,
+        };
         if let Some(observer) = &config.attempt_observer {
             deliverer = deliverer.with_observer(observer.clone());
         }

@@ -12,3 +12,4 @@ mod host_db;
 mod names;
 mod run_id;
 mod shard;
+mod shared_http;
