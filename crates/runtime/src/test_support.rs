@@ -130,6 +130,19 @@ pub mod fixtures {
         }
     }
 
+    /// Longest a test waits for a shard's backlog to drain: a regression fails instead
+    /// of hanging.
+    pub const DRAIN_WITHIN: Duration = Duration::from_secs(20);
+
+    /// Waits (at most [`DRAIN_WITHIN`]) until `shard` has delivered every acknowledged
+    /// webhook; panics if it takes longer or delivery stopped, naming which.
+    pub async fn drained(shard: &crate::Shard) {
+        tokio::time::timeout(DRAIN_WITHIN, shard.drained())
+            .await
+            .expect("drains in time")
+            .expect("drains");
+    }
+
     /// Retries 5 to 20 ms apart (half jittered), so failure paths run in milliseconds.
     pub fn fast_backoff() -> RetryBackoff {
         RetryBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.5)

@@ -3,16 +3,12 @@
 
 use rocksdb::{DB, MergeOperands, Options};
 use std::sync::Arc;
-use std::time::Duration;
 use triggers::{ConfigFormat, validate};
 use triggers_receiver::Receiver;
 use triggers_runtime::test_support::fixtures::{
-    checkpoint, loopback_shard, materialization, stats_at,
+    checkpoint, drained, loopback_shard, materialization, stats_at,
 };
 use triggers_runtime::{DeliveryMode, Durability, Keyspace, Shard, ShardConfig, Store};
-
-/// Bounds every wait, so a regression fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(20);
 
 /// The host's merge operator: appends operands, comma-separated (a stand-in for Flow's
 /// JSON merge-patch of `connector-state`).
@@ -98,10 +94,7 @@ async fn a_shard_in_the_hosts_db_keeps_to_its_keyspace_and_recovers_there() {
     assert_eq!(recovery.checkpoint, checkpoint(1));
     assert_eq!(recovery.backlog, 1);
     shard.acknowledged().await.expect("recovered ack");
-    tokio::time::timeout(WAIT, shard.drained())
-        .await
-        .expect("drains in time")
-        .expect("drains");
+    drained(&shard).await;
     let bodies: Vec<serde_json::Value> = receiver
         .requests()
         .iter()
@@ -208,10 +201,7 @@ async fn a_flow_stores_pending_trigger_params_fire_here_and_leave_flows_key() {
             "{case}: nothing before Acknowledged"
         );
         shard.acknowledged().await.expect("recovered ack");
-        tokio::time::timeout(WAIT, shard.drained())
-            .await
-            .expect("drains in time")
-            .expect("drains");
+        drained(&shard).await;
         shard.close().await;
         let sent: Vec<(String, String, serde_json::Value)> = receiver.requests()[before..]
             .iter()
@@ -310,10 +300,7 @@ async fn the_host_writes_the_runtimes_keys_in_its_own_batch() {
                         db.write(batch).expect("the host writes");
                         shard.commit_written(prepared).expect("reported");
                         shard.acknowledged().await.expect("acknowledged");
-                        tokio::time::timeout(WAIT, shard.drained())
-                            .await
-                            .expect("drains in time")
-                            .expect("drains");
+                        drained(&shard).await;
                         runs.push(run);
                     }
                     2 => {
@@ -346,10 +333,7 @@ async fn the_host_writes_the_runtimes_keys_in_its_own_batch() {
             "{delivery:?}: the written, unreported commit is the one pending"
         );
         shard.acknowledged().await.expect("recovered ack");
-        tokio::time::timeout(WAIT, shard.drained())
-            .await
-            .expect("drains in time")
-            .expect("drains");
+        drained(&shard).await;
         shard.close().await;
         let sent: Vec<String> = receiver
             .requests()

@@ -4,18 +4,14 @@
 //! entries of a removed trigger are kept, reported and skippable.
 
 use std::sync::Arc;
-use std::time::Duration;
 use triggers::{ConfigFormat, Triggers, trigger_webhook_id, validate, webhook_id};
 use triggers_proto::DeliveryState;
 use triggers_receiver::Receiver;
 use triggers_runtime::test_support::RawStore as _;
 use triggers_runtime::test_support::fixtures::{
-    checkpoint, loopback_shard, materialization, stats_at,
+    checkpoint, drained, loopback_shard, materialization, stats_at,
 };
 use triggers_runtime::{DeliveryMode, Durability, LedgerError, Shard, ShardConfig, Store};
-
-/// Bounds every wait, so a regression fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(20);
 
 /// A list config: one trigger per `(name, path)`, in that order (`None`: no name).
 fn triggers(receiver: &Receiver, entries: &[(Option<&str>, &str)]) -> Arc<Triggers> {
@@ -73,10 +69,7 @@ fn received(receiver: &Receiver, path: &str) -> Vec<(String, String, String)> {
 async fn recover_and_drain(dir: &std::path::Path, triggers: Arc<Triggers>) -> Shard {
     let (mut shard, _) = Shard::open(dir, config(triggers)).await.expect("reopens");
     shard.acknowledged().await.expect("recovered ack");
-    tokio::time::timeout(WAIT, shard.drained())
-        .await
-        .expect("drains in time")
-        .expect("drains");
+    drained(&shard).await;
     shard
 }
 

@@ -7,7 +7,9 @@ use triggers::{Clock, ConfigFormat, Triggers, validate};
 use triggers_proto::{BindingStats, Checkpoint, Message as _, TriggerParams};
 use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::RawStore as _;
-use triggers_runtime::test_support::fixtures::{checkpoint, loopback_shard, materialization};
+use triggers_runtime::test_support::fixtures::{
+    checkpoint, drained, loopback_shard, materialization,
+};
 use triggers_runtime::{
     BacklogError, Durability, ProtocolError, Shard, ShardConfig, ShardError, Store, StoreError,
     TransactionStats, store::TRIGGER_PARAMS_KEY,
@@ -530,10 +532,7 @@ async fn a_dropped_drained_leaves_the_shard_intact() {
         .await
         .expect("commits after the drop");
     shard.acknowledged().await.expect("queues");
-    tokio::time::timeout(WAIT, shard.drained())
-        .await
-        .expect("drains in time")
-        .expect("drains");
+    drained(&shard).await;
     assert_eq!(receiver.requests().len(), 4);
     shard.close().await;
 }

@@ -3,11 +3,10 @@
 //! (and so one connection to a shared endpoint) per shard.
 
 use std::sync::Arc;
-use std::time::Duration;
 use triggers::{ConfigFormat, Deliverer, NetworkPolicy, validate};
 use triggers_receiver::Receiver;
 use triggers_runtime::test_support::fixtures::{
-    checkpoint, fast_backoff, loopback_shard, materialization, stats_at,
+    checkpoint, drained, fast_backoff, loopback_shard, materialization, stats_at,
 };
 use triggers_runtime::{Durability, Shard, ShardConfig};
 
@@ -37,10 +36,7 @@ async fn run_shards(receiver: &Receiver, shared: Option<Deliverer>) -> usize {
             .await
             .expect("commits");
         shard.acknowledged().await.expect("acknowledged");
-        tokio::time::timeout(Duration::from_secs(20), shard.drained())
-            .await
-            .expect("drains in time")
-            .expect("drains");
+        drained(&shard).await;
         shard.close().await;
     }
     receiver.connections() - before

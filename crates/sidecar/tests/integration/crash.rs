@@ -34,6 +34,26 @@ enum Delivery {
     Decoupled(Drain),
 }
 
+impl Delivery {
+    /// Waiting delivery, and decoupled delivery ordered and coalesced.
+    const WAITING_ORDERED_COALESCED: [Delivery; 3] = [
+        Delivery::Waiting,
+        Delivery::Decoupled(Drain::Ordered),
+        Delivery::Decoupled(Drain::Coalesced),
+    ];
+
+    /// The crash point just after a webhook is delivered, before its params or entry
+    /// are deleted: for a coalesced trigger the first one (the rest may all merge into
+    /// one, as commits race the endpoint), else the third.
+    fn after_a_delivery(self) -> &'static str {
+        match self {
+            Delivery::Waiting => "acknowledged.before_delete@4",
+            Delivery::Decoupled(Drain::Coalesced) => "backlog.before_delete@1",
+            Delivery::Decoupled(_) => "backlog.before_delete@3",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
     Ordered,
@@ -862,16 +882,8 @@ async fn a_flow_import_killed_before_or_after_its_write_loses_nothing() {
 /// nothing fires that never committed, and the sidecar never writes a store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_with_its_state_in_the_consumer_loses_nothing_when_either_dies() {
-    for delivery in [
-        Delivery::Waiting,
-        Delivery::Decoupled(Drain::Ordered),
-        Delivery::Decoupled(Drain::Coalesced),
-    ] {
-        let sidecar_point = match delivery {
-            Delivery::Waiting => "acknowledged.before_delete@4",
-            Delivery::Decoupled(Drain::Coalesced) => "backlog.before_delete@1",
-            Delivery::Decoupled(_) => "backlog.before_delete@3",
-        };
+    for delivery in Delivery::WAITING_ORDERED_COALESCED {
+        let sidecar_point = delivery.after_a_delivery();
         for (who, point) in [
             ("consumer", "consumer.before_state_write@4"),
             ("consumer", "consumer.after_state_write@4"),
@@ -916,16 +928,8 @@ async fn a_sidecar_with_its_state_in_the_consumer_loses_nothing_when_either_dies
 /// that never committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_owned_crash_points_lose_nothing() {
-    for delivery in [
-        Delivery::Waiting,
-        Delivery::Decoupled(Drain::Ordered),
-        Delivery::Decoupled(Drain::Coalesced),
-    ] {
-        let delivered = match delivery {
-            Delivery::Waiting => "acknowledged.before_delete@4",
-            Delivery::Decoupled(Drain::Coalesced) => "backlog.before_delete@1",
-            Delivery::Decoupled(_) => "backlog.before_delete@3",
-        };
+    for delivery in Delivery::WAITING_ORDERED_COALESCED {
+        let delivered = delivery.after_a_delivery();
         for point in [
             "consumer.before_host_write@4",
             "consumer.after_host_write@4",
