@@ -36,9 +36,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, TriggerParams};
 
-/// The block cache of one store: several times a store's live data (a checkpoint, a
-/// backlog of at most its bound, a ledger of about a thousand records).
-const BLOCK_CACHE_BYTES: usize = 4 << 20;
+/// The block cache every store this process opens shares: several times a store's live
+/// data (a checkpoint, a backlog of at most its bound, a ledger of about a thousand
+/// records) for a few busy shards, and a bound on the cache's memory however many shards
+/// a process hosts (a cache per store grew with them: 4 MiB each).
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+
+/// The process's one block cache (see [`BLOCK_CACHE_BYTES`]).
+fn shared_block_cache() -> &'static Cache {
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+}
 
 /// Key of the last committed checkpoint.
 pub const CHECKPOINT_KEY: &[u8] = b"checkpoint";
@@ -274,11 +282,12 @@ impl Store {
         options.set_keep_log_file_num(2);
         options.set_write_buffer_size(1 << 20);
         options.set_max_write_buffer_number(2);
-        // RocksDB's default block cache is 32 MiB, filled as blocks are read: RSS would
-        // climb toward it over a long run. A store's live data is far smaller (a
-        // checkpoint, a bounded backlog and ledger), and scans skip the cache anyway.
+        // RocksDB's default block cache is 32 MiB per DB, filled as blocks are read: RSS
+        // would climb toward it over a long run, per shard. A store's live data is far
+        // smaller (a checkpoint, a bounded backlog and ledger), scans skip the cache, and
+        // every store of the process shares one.
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        table.set_block_cache(shared_block_cache());
         options.set_block_based_table_factory(&table);
         let db = DB::open(&options, &path).map_err(|source| {
             if is_lock_held(&source) {
@@ -1168,6 +1177,39 @@ mod tests {
                 && err.to_string().contains("Estuary Flow")
                 && err.to_string().contains("Store::in_host_db"),
             "{err}"
+        );
+    }
+
+    /// Issue 16: the stores of one process share one block cache, so its memory is
+    /// bounded however many shards the process hosts.
+    #[test]
+    fn every_store_of_the_process_shares_one_block_cache() {
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let stores: Vec<Store> = dirs
+            .iter()
+            .map(|dir| Store::open(dir.path(), Durability::Unsynced).expect("opens"))
+            .collect();
+        let cache = shared_block_cache();
+        let mut usage = Vec::new();
+        for (n, store) in stores.iter().enumerate() {
+            store
+                .commit(&checkpoint(n as i64 + 1), None)
+                .expect("commits");
+            store.db.flush().expect("flushes");
+            // A point read of the flushed table loads its blocks into the block cache.
+            store.checkpoint().expect("reads");
+            usage.push(cache.get_usage());
+        }
+        assert!(
+            usage[0] > 0,
+            "the first store's blocks are in the shared cache"
+        );
+        assert!(
+            usage[1] > usage[0],
+            "and the second's join them there: {usage:?}"
         );
     }
 
