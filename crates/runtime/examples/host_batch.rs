@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         db.clone(),
         Keyspace::prefixed(&b"triggers/"[..])?,
         Durability::Synced,
-    );
+    )?;
     let triggers = Arc::new(triggers::validate(&config_text, ConfigFormat::Yaml)?);
     let config =
         ShardConfig::new(materialization, triggers).with_network(NetworkPolicy::ALLOW_LOOPBACK);

@@ -119,6 +119,22 @@ pub enum StoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// Another store of this process is open on the same host DB under this keyspace,
+    /// or under one whose prefix starts this one's or is started by it (each would read
+    /// the other's keys). One keyspace is one shard's.
+    #[error(
+        "keyspace {prefix:?} of the DB at {path} overlaps keyspace {other:?}, open in this \
+         process: a keyspace is one shard's; close that shard first, or choose prefixes \
+         neither of which starts the other"
+    )]
+    KeyspaceInUse {
+        /// Directory of the host's DB.
+        path: PathBuf,
+        /// The keyspace asked for, printably.
+        prefix: String,
+        /// The one already open, printably.
+        other: String,
+    },
     /// A stored value does not decode.
     #[error("stored `{key}` in {path} is corrupt: {source}")]
     Corrupt {
@@ -139,7 +155,9 @@ impl StoreError {
             StoreError::Locked { source, .. } | StoreError::RocksDb { source, .. } => {
                 Some(source.kind())
             }
-            StoreError::CorruptKey { .. } | StoreError::Corrupt { .. } => None,
+            StoreError::CorruptKey { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::KeyspaceInUse { .. } => None,
         }
     }
 }
@@ -174,6 +192,30 @@ pub struct Store {
     keyspace: Keyspace,
     path: PathBuf,
     durability: Durability,
+    /// Registered in [`open_keyspaces`] (a store in a host's DB), until dropped.
+    in_host_db: bool,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.in_host_db {
+            let id = Arc::as_ptr(&self.db) as usize;
+            open_keyspaces().retain(|(db, prefix)| !(*db == id && *prefix == self.keyspace.prefix));
+        }
+    }
+}
+
+/// The keyspaces of host DBs open in this process, as (the DB's address, the prefix): a
+/// keyspace is one store's at a time. A registered DB cannot be freed (the store holds
+/// it), so its address names it until the store is dropped.
+fn open_keyspaces() -> std::sync::MutexGuard<'static, Vec<(usize, Vec<u8>)>> {
+    static OPEN: std::sync::Mutex<Vec<(usize, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+    OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes as a string for an error (a prefix is usually ASCII).
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).escape_debug().to_string()
 }
 
 /// Where in a RocksDB the runtime keeps its keys: every key it reads or writes starts
@@ -308,6 +350,7 @@ impl Store {
             keyspace: Keyspace::root(),
             path,
             durability,
+            in_host_db: false,
         })
     }
 
@@ -316,13 +359,36 @@ impl Store {
     /// start with the keyspace's prefix. Several keyspaces of one DB are several stores
     /// (see [`Keyspace::prefixed`] for how their prefixes must differ); one keyspace is
     /// one shard's: open at most one shard on it at a time.
-    pub fn in_host_db(db: Arc<DB>, keyspace: Keyspace, durability: Durability) -> Self {
-        Self {
+    ///
+    /// A keyspace overlapping one already open on the same DB in this process is
+    /// [`StoreError::KeyspaceInUse`]; it is free again once that store is dropped (its
+    /// shard closed, its handles dropped).
+    pub fn in_host_db(
+        db: Arc<DB>,
+        keyspace: Keyspace,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        let id = Arc::as_ptr(&db) as usize;
+        let mut open = open_keyspaces();
+        let overlapping = open.iter().find(|(other_db, prefix)| {
+            *other_db == id
+                && (prefix.starts_with(&keyspace.prefix) || keyspace.prefix.starts_with(prefix))
+        });
+        if let Some((_, other)) = overlapping {
+            return Err(StoreError::KeyspaceInUse {
+                path: db.path().to_path_buf(),
+                prefix: printable(&keyspace.prefix),
+                other: printable(other),
+            });
+        }
+        open.push((id, keyspace.prefix.clone()));
+        Ok(Self {
             path: db.path().to_path_buf(),
             db,
             keyspace,
             durability,
-        }
+            in_host_db: true,
+        })
     }
 
     /// The keyspace this store's keys are in.
@@ -1120,8 +1186,10 @@ mod tests {
         db.put(b"trigger-params", b"{\"host\": true}")
             .expect("writes");
         let keyspace = |prefix: &str| Keyspace::prefixed(prefix.as_bytes()).expect("valid");
-        let ours = Store::in_host_db(db.clone(), keyspace("triggers/"), Durability::Synced);
-        let other = Store::in_host_db(db.clone(), keyspace("other/"), Durability::Synced);
+        let ours = Store::in_host_db(db.clone(), keyspace("triggers/"), Durability::Synced)
+            .expect("the keyspace is free");
+        let other = Store::in_host_db(db.clone(), keyspace("other/"), Durability::Synced)
+            .expect("the keyspace is free");
         let write = BacklogWrite {
             trigger: "onCommit".into(),
             first_commit_seq: 1,
@@ -1211,6 +1279,41 @@ mod tests {
             usage[1] > usage[0],
             "and the second's join them there: {usage:?}"
         );
+    }
+
+    /// Issue 16: a keyspace is one shard's: a second store on it, or on a prefix that
+    /// starts it or that it starts, is a clear error until the first is dropped; keyspaces
+    /// that do not overlap, or another DB's, open side by side.
+    #[test]
+    fn an_overlapping_keyspace_of_one_db_is_refused_until_it_is_free() {
+        let open_db = |dir: &tempfile::TempDir| {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            Arc::new(DB::open(&options, dir.path()).expect("host opens"))
+        };
+        let (one, two) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let (db, other_db) = (open_db(&one), open_db(&two));
+        let keyspace = |prefix: &str| Keyspace::prefixed(prefix.as_bytes()).expect("valid");
+        let store = |db: &Arc<DB>, prefix: &str| {
+            Store::in_host_db(db.clone(), keyspace(prefix), Durability::Synced)
+        };
+        let first = store(&db, "shards/a/").expect("free");
+        for overlapping in ["shards/a/", "shards/", "shards/a/b/"] {
+            let err = store(&db, overlapping).expect_err("overlaps");
+            assert!(
+                matches!(err, StoreError::KeyspaceInUse { .. })
+                    && err.to_string().contains("shards/a/"),
+                "{overlapping}: {err}"
+            );
+        }
+        let beside = store(&db, "shards/b/").expect("does not overlap");
+        let elsewhere = store(&other_db, "shards/a/").expect("another DB");
+        drop(first);
+        let again = store(&db, "shards/a/").expect("free once the first is dropped");
+        drop((beside, elsewhere, again));
     }
 
     #[test]
@@ -1514,7 +1617,8 @@ mod tests {
             db.clone(),
             Keyspace::prefixed(&b"triggers/"[..]).expect("valid"),
             Durability::Synced,
-        );
+        )
+        .expect("the keyspace is free");
         let write = |trigger: &str, seq| BacklogWrite {
             trigger: trigger.into(),
             first_commit_seq: seq,

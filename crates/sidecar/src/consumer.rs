@@ -308,7 +308,7 @@ impl Driver {
                         .await;
                 }
                 let store =
-                    Store::in_host_db(host.db.clone(), host.keyspace.clone(), host.durability);
+                    Store::in_host_db(host.db.clone(), host.keyspace.clone(), host.durability)?;
                 let (opened, recovery) = Shard::open_in(store, host.config.clone()).await?;
                 host.shard = Some(opened);
                 let checkpoint = match host.db.get(HOST_CHECKPOINT_KEY)? {

@@ -302,7 +302,8 @@ impl Sidecar {
         let (shard, recovery) = if self.inner.config.state_in_consumer {
             let loaded = ConsumerState::load(&state)
                 .map_err(|err| Status::invalid_argument(bounded(&err.to_string())))?;
-            let store = Store::in_host_db(loaded.db(), Keyspace::root(), Durability::Unsynced);
+            let store = Store::in_host_db(loaded.db(), Keyspace::root(), Durability::Unsynced)
+                .map_err(|err| to_status(err.into()))?;
             *self.consumer_state() = Some(loaded);
             Shard::open_in(store, config).await.map_err(to_status)?
         } else {
@@ -944,7 +945,9 @@ fn to_status(err: ShardError) -> Status {
         ShardError::Stats(_) => Status::invalid_argument(message),
         // The sidecar's own config does not fit its materialization: fix it and restart.
         ShardError::Config(_) => Status::failed_precondition(message),
-        ShardError::Store(StoreError::Locked { .. }) => Status::unavailable(message),
+        ShardError::Store(StoreError::Locked { .. } | StoreError::KeyspaceInUse { .. }) => {
+            Status::unavailable(message)
+        }
         ShardError::Store(StoreError::Corrupt { .. } | StoreError::CorruptKey { .. })
         | ShardError::Params(_) => Status::data_loss(message),
         ShardError::Store(StoreError::RocksDb { .. })

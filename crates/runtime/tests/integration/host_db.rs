@@ -50,7 +50,8 @@ async fn a_shard_in_the_hosts_db_keeps_to_its_keyspace_and_recovers_there() {
         db.put(b"checkpoint", b"the host's checkpoint")
             .expect("host writes");
         db.merge(b"connector-state", b"a").expect("host merges");
-        let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced);
+        let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced)
+            .expect("the keyspace is free");
         let (mut shard, recovery) = Shard::open_in(store, config(&receiver))
             .await
             .expect("opens");
@@ -87,7 +88,8 @@ async fn a_shard_in_the_hosts_db_keeps_to_its_keyspace_and_recovers_there() {
 
     // The host restarts and opens its DB again: the pending webhook fires.
     let db = host_db(dir.path());
-    let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced);
+    let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced)
+        .expect("the keyspace is free");
     let (mut shard, recovery) = Shard::open_in(store, config(&receiver))
         .await
         .expect("reopens");
@@ -187,7 +189,8 @@ async fn a_flow_stores_pending_trigger_params_fire_here_and_leave_flows_key() {
             db.clone(),
             Keyspace::prefixed(&b"triggers/"[..]).expect("valid"),
             Durability::Synced,
-        );
+        )
+        .expect("the keyspace is free");
         let (mut shard, recovery) = Shard::open_in(store, config(delivery))
             .await
             .expect("opens");
@@ -262,7 +265,8 @@ async fn the_host_writes_the_runtimes_keys_in_its_own_batch() {
         let receiver = Receiver::start().await.expect("receiver");
         let keyspace = || Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
         let open = |db: &Arc<DB>| {
-            let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced);
+            let store = Store::in_host_db(db.clone(), keyspace(), Durability::Synced)
+                .expect("the keyspace is free");
             Shard::open_in(store, config(&receiver).with_delivery(delivery))
         };
         let runs = {

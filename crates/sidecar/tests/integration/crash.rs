@@ -538,7 +538,7 @@ impl Harness {
             )
             .expect("valid");
             (
-                Store::in_host_db(db, keyspace, Durability::Synced),
+                Store::in_host_db(db, keyspace, Durability::Synced).expect("the keyspace is free"),
                 checkpoint,
             )
         } else if self.host_db {
@@ -560,7 +560,7 @@ impl Harness {
             }
             let keyspace = triggers_runtime::Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
             (
-                Store::in_host_db(db, keyspace, Durability::Synced),
+                Store::in_host_db(db, keyspace, Durability::Synced).expect("the keyspace is free"),
                 checkpoint,
             )
         } else {
@@ -798,6 +798,7 @@ async fn a_migration_to_named_keys_killed_before_or_after_its_write_loses_nothin
                 let keyspace =
                     triggers_runtime::Keyspace::prefixed(&b"triggers/"[..]).expect("valid");
                 Store::in_host_db(std::sync::Arc::new(db), keyspace, Durability::Synced)
+                    .expect("the keyspace is free")
             } else {
                 Store::open(harness.store(), Durability::Synced).expect("opens")
             };
