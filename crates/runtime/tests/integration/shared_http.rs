@@ -3,6 +3,7 @@
 //! (and so one connection to a shared endpoint) per shard.
 
 use std::sync::Arc;
+use std::time::Duration;
 use triggers::{ConfigFormat, Deliverer, NetworkPolicy, validate};
 use triggers_receiver::Receiver;
 use triggers_runtime::test_support::fixtures::{
@@ -60,4 +61,91 @@ async fn shards_given_one_deliverer_share_one_connection_pool() {
         pooled <= 2,
         "one pool for every shard: its kept-alive connection is reused ({pooled} connections)"
     );
+}
+
+/// Issue 16: a shard whose endpoint hangs never stalls the others, even with one HTTP
+/// client for them all: its backlog fills and only its StartCommit waits, while the other
+/// shards commit and deliver every transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_endpoint_hangs_stalls_no_other() {
+    const OTHERS: usize = 20;
+    const TRANSACTIONS: u64 = 20;
+    let (live, hanging) = (
+        Receiver::start().await.expect("receiver"),
+        Receiver::start().await.expect("receiver"),
+    );
+    hanging.set_default(triggers_receiver::Reply::status(200).after(Duration::from_secs(120)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared =
+        Deliverer::with_policy(fast_backoff(), NetworkPolicy::ALLOW_LOOPBACK).expect("client");
+    let config = |receiver: &Receiver| {
+        let config = serde_json::json!({"config": [{
+            "url": receiver.url("/hook"),
+            "payloadTemplate": r#"{"run": {{json flow_run_id}}}"#,
+            "drain": {"mode": "ordered"},
+        }]});
+        let triggers = Arc::new(validate(&config.to_string(), ConfigFormat::Json).expect("valid"));
+        loopback_shard(materialization(1), triggers)
+            .with_durability(Durability::Unsynced)
+            .with_delivery(triggers_runtime::DeliveryMode::Decoupled { backlog_limit: 2 })
+            .with_deliverer(shared.clone())
+    };
+    // The hanging shard: its first webhook never finishes, so its third commit waits.
+    let (mut stuck, _) = Shard::open(dir.path().join("stuck"), config(&hanging))
+        .await
+        .expect("opens");
+    stuck.acknowledged().await.expect("recovered ack");
+    let mut stuck_commits = Box::pin(async {
+        for n in 1..=TRANSACTIONS {
+            stuck
+                .start_commit(checkpoint(n as i64), &stats_at(n, &[0]))
+                .await
+                .expect("commits");
+            stuck.acknowledged().await.expect("acknowledged");
+        }
+    });
+    let others = (0..OTHERS).map(|i| {
+        let config = config(&live);
+        let path = dir.path().join(i.to_string());
+        tokio::spawn(async move {
+            let (mut shard, _) = Shard::open(path, config).await.expect("opens");
+            shard.acknowledged().await.expect("recovered ack");
+            for n in 1..=TRANSACTIONS {
+                shard
+                    .start_commit(checkpoint(n as i64), &stats_at(n, &[0]))
+                    .await
+                    .expect("commits");
+                shard.acknowledged().await.expect("acknowledged");
+            }
+            drained(&shard).await;
+            shard.close().await;
+        })
+    });
+    let all_others = futures::future::join_all(others);
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            joined = all_others => joined,
+            () = &mut stuck_commits => panic!("the hanging shard committed every transaction"),
+        }
+    })
+    .await
+    .expect("the other shards finish while one endpoint hangs");
+    finished
+        .into_iter()
+        .for_each(|joined| joined.expect("a shard's task"));
+    assert_eq!(
+        live.requests().len(),
+        OTHERS * TRANSACTIONS as usize,
+        "every other shard delivered every transaction"
+    );
+    // The hanging shard's StartCommit waits for room in its own backlog; dropped there,
+    // it leaves the shard as it was, which then closes (its request is cut off).
+    drop(stuck_commits);
+    let status = stuck.backlog_status().expect("decoupled");
+    assert_eq!(
+        (status.depth(), status.backpressure_waits),
+        (2, 1),
+        "its backlog is full (one sent, hanging; one queued) and its third commit waited"
+    );
+    stuck.close_within(Duration::ZERO).await;
 }
