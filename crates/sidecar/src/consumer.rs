@@ -201,6 +201,15 @@ impl SidecarState {
 /// The consumer's own key of its checkpoint, in its DB (as Flow's runtime names it).
 pub const HOST_CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
+/// The checkpoint a consumer keeps in its own DB (empty for a new one): where a
+/// consumer that is a host, or holds its sidecar's state, resumes.
+pub fn host_checkpoint(db: &rocksdb::DB) -> anyhow::Result<Checkpoint> {
+    Ok(match db.get(HOST_CHECKPOINT_KEY)? {
+        Some(bytes) => Checkpoint::decode(bytes.as_slice())?,
+        None => Checkpoint::default(),
+    })
+}
+
 impl HostShard {
     fn shard(&mut self) -> anyhow::Result<&mut Shard> {
         self.shard
@@ -295,10 +304,7 @@ impl Driver {
                     .open(OpenRequest { state: recovered })
                     .await?
                     .into_inner();
-                let checkpoint = match state.db.get(HOST_CHECKPOINT_KEY)? {
-                    Some(bytes) => Checkpoint::decode(bytes.as_slice())?,
-                    None => Checkpoint::default(),
-                };
+                let checkpoint = host_checkpoint(&state.db)?;
                 Ok((checkpoint, opened.triggers_pending))
             }
             Driver::Host(host) => {
@@ -311,10 +317,7 @@ impl Driver {
                     Store::in_host_db(host.db.clone(), host.keyspace.clone(), host.durability)?;
                 let (opened, recovery) = Shard::open_in(store, host.config.clone()).await?;
                 host.shard = Some(opened);
-                let checkpoint = match host.db.get(HOST_CHECKPOINT_KEY)? {
-                    Some(bytes) => Checkpoint::decode(bytes.as_slice())?,
-                    None => Checkpoint::default(),
-                };
+                let checkpoint = host_checkpoint(&host.db)?;
                 Ok((checkpoint, recovery.pending.is_some()))
             }
         }

@@ -525,14 +525,8 @@ impl Harness {
                 triggers_runtime::rocksdb::DB::open_default(self.consumer_db())
                     .expect("the consumer's DB opens"),
             );
-            let checkpoint = db
-                .get(triggers_sidecar::consumer::HOST_CHECKPOINT_KEY)
-                .expect("reads")
-                .map(|bytes| {
-                    <triggers_proto::Checkpoint as prost::Message>::decode(bytes.as_slice())
-                        .expect("the consumer's checkpoint decodes")
-                })
-                .unwrap_or_default();
+            let checkpoint = triggers_sidecar::consumer::host_checkpoint(&db)
+                .expect("the consumer's checkpoint reads");
             let keyspace = triggers_runtime::Keyspace::prefixed(
                 triggers_sidecar::consumer::SIDECAR_STATE_PREFIX,
             )
@@ -545,14 +539,8 @@ impl Harness {
             let db = std::sync::Arc::new(
                 triggers_runtime::rocksdb::DB::open_default(self.store()).expect("host DB opens"),
             );
-            let checkpoint = db
-                .get(triggers_sidecar::consumer::HOST_CHECKPOINT_KEY)
-                .expect("reads")
-                .map(|bytes| {
-                    <triggers_proto::Checkpoint as prost::Message>::decode(bytes.as_slice())
-                        .expect("the consumer's checkpoint decodes")
-                })
-                .unwrap_or_default();
+            let checkpoint = triggers_sidecar::consumer::host_checkpoint(&db)
+                .expect("the consumer's checkpoint reads");
             if db.get(b"trigger-params").expect("reads").is_some() {
                 report
                     .violations
