@@ -792,6 +792,11 @@ fn trigger_index(triggers: &triggers::Triggers, trigger: u32, name: &str) -> Res
     if name.is_empty() {
         return Ok(usize::try_from(trigger).unwrap_or(usize::MAX));
     }
+    if name.len() > triggers::MAX_TRIGGER_NAME_BYTES {
+        return Err(Status::invalid_argument(
+            "trigger_name is longer than a trigger name can be (64 bytes)",
+        ));
+    }
     triggers.position(name).ok_or_else(|| {
         let names: Vec<&str> = triggers.iter().map(|t| t.name()).collect();
         Status::not_found(bounded(&format!(
@@ -881,7 +886,7 @@ fn trigger_name(ledger: &BacklogHandle, at: &DeliveryRef) -> Result<String, Stat
     if !at.trigger_name.is_empty() {
         // Names are at most 64 bytes: a longer one names nothing, and is not echoed whole.
         return match at.trigger_name.len() {
-            ..=64 => Ok(at.trigger_name.clone()),
+            ..=triggers::MAX_TRIGGER_NAME_BYTES => Ok(at.trigger_name.clone()),
             _ => Err(Status::invalid_argument(
                 "trigger_name is longer than a trigger name can be (64 bytes)",
             )),

@@ -344,7 +344,7 @@ fn parse_token(token: &str) -> Result<Option<(u64, String)>, LedgerError> {
     let invalid =
         || LedgerError::Invalid(format!("page token {token:?} is not one this sidecar gave"));
     let (seq, trigger) = token.split_once('/').ok_or_else(invalid)?;
-    if trigger.is_empty() || trigger.len() > 64 {
+    if trigger.is_empty() || trigger.len() > triggers::MAX_TRIGGER_NAME_BYTES {
         return Err(invalid());
     }
     Ok(Some((
