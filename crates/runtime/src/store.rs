@@ -413,12 +413,14 @@ impl Store {
     /// the store is one Flow's runtime wrote, which the runtime reads only from a keyspace
     /// of its own ([`Store::in_host_db`]); that is a typed error saying so.
     pub fn trigger_params(&self) -> Result<Option<TriggerParams>, StoreError> {
-        if self.keyspace.prefix.is_empty()
-            && let Some(bytes) = self
-                .get_pinned(TRIGGER_PARAMS_KEY)
-                .map_err(|err| self.rocksdb_error("read", err))?
-            && bytes.first() == Some(&b'{')
-        {
+        let Some(bytes) = self
+            .get_pinned(TRIGGER_PARAMS_KEY)
+            .map_err(|err| self.rocksdb_error("read", err))?
+        else {
+            return Ok(None);
+        };
+        // A message of ours never starts with `{` (field 15, wire type 3: no field of it).
+        if self.keyspace.prefix.is_empty() && bytes.first() == Some(&b'{') {
             return Err(self.corrupt_key(
                 TRIGGER_PARAMS_KEY,
                 "it holds JSON: this is a store Estuary Flow's runtime wrote, which this \
@@ -427,7 +429,13 @@ impl Store {
                  trigger-params are read and fire",
             ));
         }
-        self.get(TRIGGER_PARAMS_KEY, "trigger-params")
+        TriggerParams::decode(bytes.as_ref())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                key: "trigger-params",
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// StartCommit's write in waiting delivery: the checkpoint and, when given, the
