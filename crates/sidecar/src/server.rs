@@ -300,7 +300,10 @@ impl Sidecar {
         self.retire(&mut guard, left).await;
         let config = self.inner.config.shard.clone();
         let (shard, recovery) = if self.inner.config.state_in_consumer {
-            let loaded = ConsumerState::load(&state)
+            // RocksDB work (in memory, but blocking), off the async workers.
+            let loaded = tokio::task::spawn_blocking(move || ConsumerState::load(&state))
+                .await
+                .map_err(|err| Status::internal(bounded(&err.to_string())))?
                 .map_err(|err| Status::invalid_argument(bounded(&err.to_string())))?;
             let store = Store::in_host_db(loaded.db(), Keyspace::root(), Durability::Unsynced)
                 .map_err(|err| to_status(err.into()))?;
