@@ -15,7 +15,7 @@
 //! In-process tests stop one shard at a point with [`shard_point_name`]: the shard runs
 //! the failpoint of that name (`fail::cfg_callback`, say, to hold it there while the test
 //! drops the future waiting on it). Only that shard stops, so tests run in parallel.
-//! The points, on the store thread: `start_commit.store_write` (decoupled StartCommit,
+//! The points, on the store lane: `start_commit.store_write` (decoupled StartCommit,
 //! just before its WriteBatch), `backlog.finish` (recording a finished delivery, before
 //! anything is written); on a backlog worker, an async task (a callback that blocks
 //! holds a runtime thread): `backlog.pick` (before it takes its queue's lock to pick).
@@ -29,7 +29,7 @@ macro_rules! crash_point {
 }
 pub(crate) use crash_point;
 
-/// The failpoint a store thread runs at `point` for the shard whose store is `store_dir`
+/// The failpoint a store lane runs at `point` for the shard whose store is `store_dir`
 /// (the path as given to [`crate::Shard::open`]).
 pub fn shard_point_name(point: &str, store_dir: &std::path::Path) -> String {
     format!("{point} {}", store_dir.display())

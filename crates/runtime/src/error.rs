@@ -4,7 +4,7 @@
 
 use crate::backlog::BacklogError;
 use crate::store::StoreError;
-use crate::store_thread::StoreTaskError;
+use crate::store_pool::StoreTaskError;
 use triggers::{DeliveryError, ParamsError, ValidationErrors, VariablesError};
 
 /// A call that the shard's current state does not allow.

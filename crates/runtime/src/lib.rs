@@ -44,8 +44,9 @@
 //! - `stats.rs`: a transaction's per-binding stats ([`TransactionStats`]), from which
 //!   `triggers` computes the trigger variables.
 //! - [`store`]: the RocksDB layout, the WriteBatches (blocking calls).
-//! - `store_thread.rs`, `shard_store.rs`: the store's own thread, and the async facade
-//!   every store call goes through ([`StoreTaskError`]).
+//! - `store_pool.rs`, `shard_store.rs`: the process's store threads with a lane per
+//!   shard ([`store_threads`]), and the async facade every store call goes through
+//!   ([`StoreTaskError`]).
 //! - `backlog/`: decoupled delivery's persisted per-trigger queues and their workers
 //!   (deliver, then delete); `ledger.rs` the delivery records, `operator.rs` retry/skip.
 //! - `migrations.rs`: every store layout migration (single key ↔ backlog).
@@ -66,7 +67,7 @@ mod shard;
 mod shard_store;
 mod stats;
 pub mod store;
-mod store_thread;
+mod store_pool;
 #[cfg(any(test, feature = "__test-support"))]
 #[doc(hidden)]
 pub mod test_support;
@@ -87,4 +88,4 @@ pub use stats::TransactionStats;
 pub use store::{
     Durability, KeyOp, Keyspace, KeyspaceError, MAX_KEYSPACE_PREFIX_BYTES, Store, StoreError,
 };
-pub use store_thread::StoreTaskError;
+pub use store_pool::{DEFAULT_STORE_THREADS, MAX_STORE_THREADS, StoreTaskError, store_threads};

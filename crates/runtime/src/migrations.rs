@@ -39,7 +39,7 @@ use crate::config::DeliveryMode;
 use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
 use crate::store::{Store, StoreError};
-use crate::store_thread::StoreTaskError;
+use crate::store_pool::StoreTaskError;
 use std::sync::Arc;
 use std::time::Duration;
 use triggers::Triggers;
@@ -57,7 +57,7 @@ pub(crate) struct Layout {
 
 /// Runs at open, before recovery: migration 2 whenever the store has index keys, then
 /// migration 1 for a decoupled shard with triggers. `triggers` names the config's
-/// triggers in order. One job on the store thread: cancel-safe as [`ShardStore`]'s
+/// triggers in order. One job on the store lane: cancel-safe as [`ShardStore`]'s
 /// methods are (each migration lands as a whole or not at all).
 pub(crate) async fn on_open(
     store: &ShardStore,

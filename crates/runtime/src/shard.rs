@@ -188,7 +188,7 @@ impl Shard {
     /// every trigger's backlog of decoupled delivery; a store written in one layout opens
     /// in the other mode without losing or repeating a transaction).
     ///
-    /// Cancel-safe: the store work runs on the shard's store thread to its end even if
+    /// Cancel-safe: the store work runs on the shard's store lane to its end even if
     /// this future is dropped (what it writes, moving a waiting store's params into the
     /// backlog or resetting interrupted deliveries, is one step each), and dropping the
     /// future waits for that work (blocking the dropping thread meanwhile) and closes the
@@ -210,7 +210,7 @@ impl Shard {
 
     /// Opens the shard on `store`, a store in a RocksDB the host opened
     /// ([`crate::Store::in_host_db`], under its own keyspace), and recovers as
-    /// [`Shard::open`] does. The store moves to the shard's store thread; the host keeps
+    /// [`Shard::open`] does. The store moves to the shard's store lane; the host keeps
     /// its own handle on the DB for its own keys. The store's durability applies, not
     /// `config.durability`.
     ///

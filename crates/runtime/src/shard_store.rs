@@ -1,37 +1,39 @@
 //! The async facade over a shard's store: every RocksDB call a shard, its delivery
-//! engines and its backlog make goes through here, and runs on the shard's store thread
-//! ([`crate::store_thread`]), off the async executor.
+//! engines and its backlog make goes through here, and runs on the shard's store lane
+//! ([`crate::store_pool`]: in order, on the process's shared store threads), off the
+//! async executor.
 //!
 //! Data flows one way: [`Store`] (blocking, bytes on disk) → [`ShardStore`] (async, on
-//! the store thread) → the backlog and the delivery engines → [`crate::Shard`]. A `&Store`
-//! exists only on the store thread: work that must change memory and the store in one
+//! the store lane) → the backlog and the delivery engines → [`crate::Shard`]. A `&Store`
+//! exists only on the store lane: work that must change memory and the store in one
 //! step (so a dropped future cannot split them) gets it through [`ShardStore::run`].
 //!
 //! Cancel safety, for every method: the work is queued when the future is first polled
-//! and then runs to its end on the store thread even if the future is dropped (a write is
+//! and then runs to its end on the store lane even if the future is dropped (a write is
 //! never cut in half); dropping it loses only the answer.
 
 use crate::store::{Durability, Store, StoreError};
-use crate::store_thread::{StoreTaskError, StoreThread};
+use crate::store_pool::{StoreLane, StoreTaskError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use triggers_proto::{Checkpoint, TriggerParams};
 
-/// A shard's open store and the thread its work runs on. Cheap to clone: clones share
-/// both. The store closes when the last clone (and the last job holding it) is gone.
+/// A shard's open store and the lane its work runs on. Cheap to clone: clones share
+/// both. The store closes when the last clone (and the last job holding it) is gone;
+/// dropping the last clone off the store lanes waits for that.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardStore {
     store: Arc<Store>,
-    thread: StoreThread,
+    thread: StoreLane,
 }
 
 impl ShardStore {
-    /// Starts the store thread and opens the store at `path` on it.
+    /// Starts the shard's lane and opens the store at `path` on it.
     pub(crate) async fn open(
         path: PathBuf,
         durability: Durability,
     ) -> Result<Self, StoreTaskError> {
-        let thread = StoreThread::start()?;
+        let thread = StoreLane::start()?;
         let store = thread
             .call(move || Store::open(&path, durability))
             .await?
@@ -42,15 +44,15 @@ impl ShardStore {
         })
     }
 
-    /// Starts the store thread for `store`, already open (a store in a host's RocksDB).
+    /// Starts the lane for `store`, already open (a store in a host's RocksDB).
     pub(crate) fn from_store(store: Store) -> Result<Self, StoreTaskError> {
         Ok(Self {
             store: Arc::new(store),
-            thread: StoreThread::start()?,
+            thread: StoreLane::start()?,
         })
     }
 
-    /// Runs `work` with the store on the store thread and returns its result: for work
+    /// Runs `work` with the store on the store lane and returns its result: for work
     /// that changes memory in the same step as the store. The one place a `&Store` is
     /// handed out; `work` runs to its end even if the caller stops waiting, and a panic
     /// in it is [`StoreTaskError::Panicked`].

@@ -21,7 +21,7 @@
 //! Earlier builds keyed the same three by the trigger's index (`backlog/`, `ledger/`,
 //! `backlog-sent/` followed by a `u32` BE): the open moves those (`crate::migrations`).
 //!
-//! Calls block on disk I/O; the runtime makes them on the shard's store thread, through
+//! Calls block on disk I/O; the runtime makes them on the shard's store lane, through
 //! its async facade (`shard_store.rs`). Hosts get [`Store::open`] and the readers, to
 //! inspect a closed shard's store; the writers are the runtime's own, as they bypass the
 //! state machine (tests and benches reach them through the unstable

@@ -9,7 +9,7 @@
 //! WriteBatch. Terminal records are collected by [`LedgerRetention`].
 
 use crate::store::{Store, StoreError, StoredEntry};
-use crate::store_thread::StoreTaskError;
+use crate::store_pool::StoreTaskError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,7 +90,7 @@ pub enum LedgerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Store work did not finish (it panicked, or the store thread has stopped).
+    /// Store work did not finish (it panicked, or the store lane has stopped).
     #[error("ledger task did not complete: {0}")]
     Blocking(#[source] StoreTaskError),
 }
@@ -282,7 +282,7 @@ pub(crate) enum Begun {
     NotPending(&'static str),
 }
 
-/// The ledger's transitions, on the store thread: each is a compare-and-set under one
+/// The ledger's transitions, on the store lane: each is a compare-and-set under one
 /// lock (one process owns the store), and terminal ones trigger a retention pass now
 /// and then.
 pub(crate) struct Ledger {

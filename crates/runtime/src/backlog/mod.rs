@@ -22,7 +22,7 @@
 //!   FAILED the backlog is stopped: commits are refused, and workers send only what an
 //!   operator retried.
 //! - Every change to an entry's bookkeeping that goes with a store write is made on the
-//!   store thread, in the same job as the write: a dropped future cannot split them.
+//!   store lane, in the same job as the write: a dropped future cannot split them.
 //! - Entries are keyed by their trigger's name. An entry whose trigger the config no
 //!   longer has (removed or renamed) is *orphaned*: kept in the store, never sent,
 //!   reported in [`BacklogStatus::orphaned`] and in the ledger's list as PENDING, and
@@ -37,7 +37,7 @@ pub use ledger::{DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, Ledge
 use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
 use crate::store::{BacklogWrite, KeyOp, Store, StoreError, StoredEntry};
-use crate::store_thread::StoreTaskError;
+use crate::store_pool::StoreTaskError;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use ledger::Ledger;
@@ -572,7 +572,7 @@ impl Shared {
         }
     }
 
-    /// StartCommit's store work, on the store thread: picks each trigger's merge target
+    /// StartCommit's store work, on the store lane: picks each trigger's merge target
     /// or new entry, writes the batch, and puts in memory what landed, in one job.
     fn commit_now(
         self: &Arc<Self>,
@@ -936,7 +936,7 @@ impl Backlog {
     /// one WriteBatch.
     ///
     /// Not cancel-safe, by necessity, but never wedging: the store work, and the memory
-    /// bookkeeping that goes with it, run as one job on the store thread, which finishes
+    /// bookkeeping that goes with it, run as one job on the store lane, which finishes
     /// even if this future is dropped; dropping it there stops the backlog with an error
     /// saying the shard must be reopened (the caller cannot know whether it landed).
     pub(crate) async fn commit(
@@ -965,7 +965,7 @@ impl Backlog {
     /// host's batch is written, or as it is if it was not; until then the merge targets
     /// are not sent.
     ///
-    /// Cancel-safe: one job on the store thread; dropped, the plan it made is dropped
+    /// Cancel-safe: one job on the store lane; dropped, the plan it made is dropped
     /// with it (marks cleared, nothing applied).
     pub(crate) async fn prepare(
         &self,
@@ -1138,7 +1138,7 @@ fn since_on_monotonic(at: SystemTime, now: Instant, wall_now: SystemTime) -> Ins
 /// they are, so a re-fire repeats what a receiver may have.
 ///
 /// First moves deliveries a stop interrupted back to PENDING (either mode drains a
-/// backlog, so either resets them). One job on the store thread: cancel-safe as
+/// backlog, so either resets them). One job on the store lane: cancel-safe as
 /// [`ShardStore`]'s methods are.
 pub(crate) async fn recover(
     store: &ShardStore,
@@ -1429,7 +1429,7 @@ fn pick(shared: &Shared, queue: &Queue, in_flight: usize) -> (Vec<Picked>, Optio
     (picked, None)
 }
 
-/// Records a finished send, on the store thread in one job with its memory bookkeeping
+/// Records a finished send, on the store lane in one job with its memory bookkeeping
 /// (so neither a dropped worker nor an operator in between sees half of it).
 async fn finish(shared: &Arc<Shared>, index: u32, send: Picked, sent: Sent) {
     let first_commit_seq = send.first_commit_seq;
@@ -1442,7 +1442,7 @@ async fn finish(shared: &Arc<Shared>, index: u32, send: Picked, sent: Sent) {
         }
         // The job panicked or never ran, so it woke nobody: tell the waiters here. The
         // worker holds the backlog while it wakes them, but it is a task on the runtime,
-        // not the store thread (see `run_job`), so it ends before `main` does.
+        // not the store lane (see `run_job`), so it ends before `main` does.
         shared.fail(BacklogError::stopped_by(
             "recording a finished delivery failed",
             err,
@@ -1450,7 +1450,7 @@ async fn finish(shared: &Arc<Shared>, index: u32, send: Picked, sent: Sent) {
     }
 }
 
-/// Wakes whoever waits for room or for the drain when dropped: after a store-thread job,
+/// Wakes whoever waits for room or for the drain when dropped: after a store-lane job,
 /// whether its work returned or panicked.
 struct WakeWaiters {
     room: Arc<Notify>,
@@ -1465,14 +1465,14 @@ impl Drop for WakeWaiters {
 }
 
 impl Shared {
-    /// Runs `work` on the store thread, then wakes whoever waits for room or for the
+    /// Runs `work` on the store lane, then wakes whoever waits for room or for the
     /// drain, once the job has let go of the backlog, even if `work` panics. Runs to its
     /// end even if the caller stops waiting, wakeups included. A job that never runs (the
-    /// store thread stopped) wakes nobody: the caller's error arm does.
+    /// store lane stopped) wakes nobody: the caller's error arm does.
     ///
     /// The order matters: a waiter that wakes may let the process end (a consumer at the
     /// end of its input); were the job still holding the last reference to the backlog,
-    /// the store would close on the store thread after `main`, racing RocksDB's static
+    /// the store would close on the store lane after `main`, racing RocksDB's static
     /// destructors (`pthread lock: Invalid argument`, an abort).
     async fn run_job<T: Send + 'static>(
         self: &Arc<Self>,

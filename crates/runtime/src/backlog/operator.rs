@@ -233,7 +233,7 @@ impl Shared {
 
 /// Operator and reader access to the ledger, through a [`BacklogHandle`].
 ///
-/// Cancel safety: each call is one job on the shard's store thread, queued when the
+/// Cancel safety: each call is one job on the shard's store lane, queued when the
 /// future is first polled. Dropping the future after that loses only the answer: the job
 /// still runs, and a transition (retry, skip) happens as a whole.
 impl BacklogHandle {
@@ -328,7 +328,7 @@ impl BacklogHandle {
     }
 }
 
-/// Runs ledger work on the store thread (without the wakeups of [`Shared::run_job`]:
+/// Runs ledger work on the store lane (without the wakeups of [`Shared::run_job`]:
 /// nothing here frees room or drains the backlog).
 async fn run<T: Send + 'static>(
     shared: &Shared,

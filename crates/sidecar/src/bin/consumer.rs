@@ -176,7 +176,7 @@ async fn run() -> anyhow::Result<()> {
         pause_between_transactions: std::time::Duration::from_millis(args.transaction_interval_ms),
     };
     let result = consumer::run(&mut driver, &documents, options).await;
-    // Close an in-process shard before the runtime ends, so its workers and store thread
+    // Close an in-process shard before the runtime ends, so its workers and store work
     // stop in order rather than racing the process's exit.
     driver.close().await;
     let summary = result?;

@@ -1,0 +1,465 @@
+//! The threads store work runs on: one small pool per process, shared by every shard,
+//! with a lane per shard that keeps the shard's work in order.
+//!
+//! RocksDB calls block (a synced commit waits for fdatasync), so they stay off the async
+//! executor. They do not run on tokio's blocking pool: that pool starts a new thread
+//! whenever work arrives a moment before an idle one is back, which even strictly
+//! sequential work does, and glibc gives every new thread a malloc arena of its own, so
+//! RSS crept up with each (by 9-46% from 10^3 to 10^5 transactions; see benches' `rss`).
+//! Nor on a thread per shard, as they once did: a process hosting hundreds of shards had
+//! hundreds of threads, and with many shards committing in turn each commit woke a
+//! thread that had gone to sleep, a quarter of one shard's commit rate in aggregate.
+//!
+//! So every shard has a [`StoreLane`]: a queue whose work runs one job at a time, in the
+//! order it was asked for, on whichever thread of the process's pool is free. The pool
+//! starts threads as lanes need them, up to [`store_threads`], and keeps them: a fixed
+//! set of threads (and arenas), warm while there is work.
+
+use crate::store::StoreError;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Default bound on the pool's threads: enough for several synced commits to wait on
+/// the disk at once, few enough that hundreds of shards cost a handful of threads.
+pub const DEFAULT_STORE_THREADS: usize = 8;
+
+/// Most threads `TRIGGERS_STORE_THREADS` may ask for.
+pub const MAX_STORE_THREADS: usize = 256;
+
+/// Jobs a lane runs before it lets the next lane have its thread: a shard with a deep
+/// queue (a recovery, a burst of deletes) cannot hold a thread while others wait.
+const JOBS_PER_TURN: usize = 32;
+
+/// How many threads the process's store pool may start: `TRIGGERS_STORE_THREADS` (1 to
+/// [`MAX_STORE_THREADS`]) when set to such a number, [`DEFAULT_STORE_THREADS`]
+/// otherwise (a value out of range or not a number is ignored, with a warning). Read
+/// once, when the first shard opens. Each thread blocks for one store call at a time, so
+/// this bounds how many shards' store calls run at once: a process whose shards commit
+/// synced, on a disk that syncs in parallel, may want more.
+pub fn store_threads() -> usize {
+    pool().max_threads
+}
+
+/// Store work that failed or did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreTaskError {
+    /// The store itself failed (RocksDB, or bytes that do not decode).
+    #[error("the store failed")]
+    Store(#[source] StoreError),
+    /// The pool has no thread and could not start one.
+    #[error("cannot start a store thread")]
+    Start(#[source] std::io::Error),
+    /// The lane has stopped (the shard closed), so the work never ran.
+    #[error("the store thread has stopped")]
+    Stopped,
+    /// The work panicked; the lane went on with the next work.
+    #[error("store work panicked: {message}")]
+    Panicked {
+        /// The panic's message, when it had one.
+        message: String,
+    },
+}
+
+impl From<StoreError> for StoreTaskError {
+    fn from(err: StoreError) -> Self {
+        StoreTaskError::Store(err)
+    }
+}
+
+/// The process's store threads and the lanes waiting for one.
+struct Pool {
+    /// Lanes with work and no thread; a lane is in here at most once.
+    ready: mpsc::Sender<Arc<Lane>>,
+    /// The other end, shared by the threads: one waits in `recv` while the rest wait
+    /// for the lock.
+    waiting: Mutex<mpsc::Receiver<Arc<Lane>>>,
+    max_threads: usize,
+    threads: AtomicUsize,
+    /// Threads waiting for a lane (or for the lock to wait for one).
+    idle: AtomicUsize,
+    /// Serializes starting threads, so the count never passes `max_threads`.
+    starting: Mutex<()>,
+}
+
+thread_local! {
+    /// Whether this thread is one of the pool's: such a thread never waits for a lane
+    /// to drain (the lane might need this very thread).
+    static IN_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (ready, waiting) = mpsc::channel();
+        Pool {
+            ready,
+            waiting: Mutex::new(waiting),
+            max_threads: threads_from_env(std::env::var("TRIGGERS_STORE_THREADS").ok()),
+            threads: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            starting: Mutex::new(()),
+        }
+    })
+}
+
+fn threads_from_env(value: Option<String>) -> usize {
+    let Some(value) = value else {
+        return DEFAULT_STORE_THREADS;
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_STORE_THREADS).contains(&n) => n,
+        _ => {
+            tracing::warn!(
+                value,
+                default = DEFAULT_STORE_THREADS,
+                "TRIGGERS_STORE_THREADS is not a number from 1 to {MAX_STORE_THREADS}; using the default"
+            );
+            DEFAULT_STORE_THREADS
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Jobs run outside every lock (and catch their own panics), so a poisoned lock
+    // still guards consistent state.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pool {
+    /// Starts a thread if none is idle and the bound allows; an error only when the pool
+    /// has no thread at all (otherwise the ones it has serve).
+    fn grow(&'static self) -> Result<(), StoreTaskError> {
+        if self.idle.load(Ordering::SeqCst) > 0 && self.threads.load(Ordering::SeqCst) > 0 {
+            return Ok(());
+        }
+        let _starting = lock(&self.starting);
+        let threads = self.threads.load(Ordering::SeqCst);
+        if threads >= self.max_threads {
+            return Ok(());
+        }
+        let spawned = std::thread::Builder::new()
+            .name("shard-store".to_string())
+            .spawn(move || self.serve());
+        match spawned {
+            Ok(_) => {
+                self.threads.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(err) if threads == 0 => Err(StoreTaskError::Start(err)),
+            Err(err) => {
+                tracing::warn!(%err, threads, "cannot start another store thread; the others serve");
+                Ok(())
+            }
+        }
+    }
+
+    /// A pool thread: runs a turn of each lane that has work, for as long as the
+    /// process lives (it holds no store while it waits).
+    fn serve(&'static self) {
+        IN_POOL.with(|flag| flag.set(true));
+        loop {
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            let next = lock(&self.waiting).recv();
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            match next {
+                Ok(lane) => lane.run_turn(self),
+                // The pool is static: its sender never goes.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn schedule(&'static self, lane: Arc<Lane>) -> Result<(), StoreTaskError> {
+        // The receiver is static too, so the send cannot fail.
+        let _ = self.ready.send(lane);
+        self.grow()
+    }
+}
+
+/// One shard's queue of store work.
+struct Lane {
+    state: Mutex<LaneState>,
+    /// Signalled when the queue empties with no job running.
+    drained: Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    jobs: VecDeque<Job>,
+    /// In the pool's ready queue or on a thread: exactly one of them runs its work.
+    scheduled: bool,
+    /// A job is running now.
+    running: bool,
+}
+
+impl Lane {
+    /// Runs up to [`JOBS_PER_TURN`] jobs, then gives the thread back: unscheduled when
+    /// the queue is empty, at the back of the ready queue when not.
+    fn run_turn(self: Arc<Self>, pool: &'static Pool) {
+        for _ in 0..JOBS_PER_TURN {
+            let job = {
+                let mut state = lock(&self.state);
+                state.running = false;
+                match state.jobs.pop_front() {
+                    Some(job) => {
+                        state.running = true;
+                        job
+                    }
+                    None => {
+                        state.scheduled = false;
+                        self.drained.notify_all();
+                        return;
+                    }
+                }
+            };
+            job();
+        }
+        let mut state = lock(&self.state);
+        state.running = false;
+        if state.jobs.is_empty() {
+            state.scheduled = false;
+            self.drained.notify_all();
+        } else {
+            drop(state);
+            // The pool has this thread at least, so this cannot fail.
+            let _ = pool.schedule(self);
+        }
+    }
+}
+
+/// A handle to a shard's lane. Cheap to clone; clones share the lane. Dropping the last
+/// handle waits for the work queued on it to finish (so the store it holds is closed,
+/// and another process may open it, once the drop returns), except on a pool thread.
+#[derive(Clone)]
+pub(crate) struct StoreLane {
+    inner: Arc<LaneHandle>,
+}
+
+struct LaneHandle {
+    lane: Arc<Lane>,
+}
+
+impl std::fmt::Debug for StoreLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreLane").finish_non_exhaustive()
+    }
+}
+
+impl Drop for LaneHandle {
+    fn drop(&mut self) {
+        // A pool thread must not wait: the lane may need it (the last handle may go with
+        // work running on the lane itself).
+        if IN_POOL.with(|flag| flag.get()) {
+            return;
+        }
+        let mut state = lock(&self.lane.state);
+        while state.running || !state.jobs.is_empty() {
+            state = self
+                .lane
+                .drained
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+impl StoreLane {
+    /// A new lane on the process's pool (started with its first thread if need be).
+    pub(crate) fn start() -> Result<Self, StoreTaskError> {
+        let pool = pool();
+        if pool.threads.load(Ordering::SeqCst) == 0 {
+            pool.grow()?;
+        }
+        Ok(Self {
+            inner: Arc::new(LaneHandle {
+                lane: Arc::new(Lane {
+                    state: Mutex::new(LaneState::default()),
+                    drained: Condvar::new(),
+                }),
+            }),
+        })
+    }
+
+    /// Runs `work` on the lane, after the work queued before it, and returns its result.
+    /// If the caller stops waiting, the work still runs to its end (a write is never cut
+    /// in half). A panic in `work` is an error here, and the lane goes on with the next
+    /// work.
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StoreTaskError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(work)));
+        });
+        self.push(job)?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| text.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_string());
+                Err(StoreTaskError::Panicked { message })
+            }
+            Err(_) => Err(StoreTaskError::Stopped),
+        }
+    }
+
+    fn push(&self, job: Job) -> Result<(), StoreTaskError> {
+        let lane = &self.inner.lane;
+        let mut state = lock(&lane.state);
+        state.jobs.push_back(job);
+        if state.scheduled {
+            return Ok(());
+        }
+        state.scheduled = true;
+        drop(state);
+        pool().schedule(lane.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicBool;
+
+    #[tokio::test]
+    async fn runs_work_in_order_off_the_caller_and_survives_a_panic() {
+        let lane = StoreLane::start().expect("starts");
+        let first = lane
+            .call(|| std::thread::current().id())
+            .await
+            .expect("runs");
+        assert_ne!(first, std::thread::current().id());
+        let err = lane
+            .call(|| -> u32 { panic!("boom") })
+            .await
+            .expect_err("the panic is an error");
+        assert!(err.to_string().contains("boom"), "{err}");
+        lane.call(|| ()).await.expect("still runs");
+
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let runs = (0..100).map(|i| {
+            let order = order.clone();
+            lane.call(move || lock(&order).push(i))
+        });
+        for outcome in futures::future::join_all(runs).await {
+            outcome.expect("runs");
+        }
+        assert_eq!(*lock(&order), (0..100).collect::<Vec<_>>());
+    }
+
+    /// Issue 16: hundreds of shards cost a bounded set of threads, each shard's work in
+    /// its order and never two of its jobs at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_lanes_share_a_bounded_pool_and_each_keeps_its_order() {
+        let lanes: Vec<StoreLane> = (0..300)
+            .map(|_| StoreLane::start().expect("starts"))
+            .collect();
+        let threads = Arc::new(Mutex::new(HashSet::new()));
+        let mut runs = Vec::new();
+        let mut orders = Vec::new();
+        for lane in &lanes {
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let busy = Arc::new(AtomicBool::new(false));
+            for i in 0..20 {
+                let (order, busy, threads) = (order.clone(), busy.clone(), threads.clone());
+                runs.push(lane.call(move || {
+                    assert!(
+                        !busy.swap(true, Ordering::SeqCst),
+                        "two jobs of one lane at once"
+                    );
+                    lock(&threads).insert(std::thread::current().id());
+                    lock(&order).push(i);
+                    busy.store(false, Ordering::SeqCst);
+                }));
+            }
+            orders.push(order);
+        }
+        for outcome in futures::future::join_all(runs).await {
+            outcome.expect("runs");
+        }
+        for order in orders {
+            assert_eq!(*lock(&order), (0..20).collect::<Vec<_>>());
+        }
+        let used = lock(&threads).len();
+        assert!(
+            (1..=store_threads()).contains(&used),
+            "{used} threads for 300 lanes"
+        );
+        assert!(pool().threads.load(Ordering::SeqCst) <= store_threads());
+    }
+
+    #[test]
+    fn dropping_the_last_handle_waits_for_queued_work() {
+        use futures::FutureExt as _;
+        let lane = StoreLane::start().expect("starts");
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        // One poll queues the work; then nobody waits for it.
+        let queued = lane
+            .call(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                flag.store(true, Ordering::SeqCst);
+            })
+            .boxed()
+            .now_or_never();
+        assert!(queued.is_none(), "the work is still running");
+        drop(lane);
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn the_last_handle_may_go_inside_the_lanes_own_work() {
+        let lane = StoreLane::start().expect("starts");
+        let inside = lane.clone();
+        let caller = lane.clone();
+        drop(lane);
+        let (running, is_running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (finished, has_finished) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            caller
+                .call(move || {
+                    let _ = running.send(());
+                    let _ = released.recv();
+                    // The last handle: dropping it here must not wait for this very job.
+                    drop(inside);
+                    let _ = finished.send(());
+                })
+                .await
+        });
+        is_running.await.expect("the job runs");
+        // Its caller goes away, and the job's handle is the last.
+        task.abort();
+        let _ = task.await;
+        release.send(()).expect("the job waits");
+        tokio::time::timeout(std::time::Duration::from_secs(10), has_finished)
+            .await
+            .expect("the job finished: it did not wait for itself")
+            .expect("finished");
+    }
+
+    #[test]
+    fn the_thread_bound_comes_from_the_environment_within_its_bounds() {
+        assert_eq!(threads_from_env(None), DEFAULT_STORE_THREADS);
+        assert_eq!(threads_from_env(Some("3".into())), 3);
+        assert_eq!(threads_from_env(Some(" 256 ".into())), 256);
+        for bad in ["0", "257", "many", "-1", ""] {
+            assert_eq!(
+                threads_from_env(Some(bad.into())),
+                DEFAULT_STORE_THREADS,
+                "{bad}"
+            );
+        }
+    }
+}
