@@ -126,6 +126,62 @@ const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
         "waiting vs concurrent (4 in flight) at its bound: time per transaction (information)",
     ),
     (
+        "shards",
+        "no_triggers_n100",
+        "no_triggers_n1",
+        1.25,
+        Goal::AtMost,
+        "100 shards committed in turn vs 1, no triggers: time per commit (aggregate throughput >= 0.8x)",
+    ),
+    (
+        "shards",
+        "three_triggers_n100",
+        "three_triggers_n1",
+        1.25,
+        Goal::AtMost,
+        "100 shards vs 1, 3 triggers, their webhooks delivered: time per commit (throughput >= 0.8x)",
+    ),
+    (
+        "shards",
+        "no_triggers_n10",
+        "no_triggers_n1",
+        f64::INFINITY,
+        Goal::AtMost,
+        "10 shards vs 1, no triggers: time per commit (information)",
+    ),
+    (
+        "shards",
+        "no_triggers_n500",
+        "no_triggers_n1",
+        f64::INFINITY,
+        Goal::AtMost,
+        "500 shards vs 1, no triggers: time per commit (information)",
+    ),
+    (
+        "shards",
+        "three_triggers_n500",
+        "three_triggers_n1",
+        f64::INFINITY,
+        Goal::AtMost,
+        "500 shards vs 1, 3 triggers: time per commit (information)",
+    ),
+    (
+        "shards",
+        "one_db_no_triggers_n100",
+        "no_triggers_n1",
+        f64::INFINITY,
+        Goal::AtMost,
+        "100 shards in one RocksDB, a keyspace each, vs 1 shard: time per commit (information)",
+    ),
+    (
+        "shards",
+        "one_db_no_triggers_n500",
+        "no_triggers_n1",
+        f64::INFINITY,
+        Goal::AtMost,
+        "500 shards in one RocksDB vs 1 shard: time per commit (information)",
+    ),
+    (
         "recovery_1e5",
         "open_and_find_pending",
         "plain_open",
@@ -242,5 +298,57 @@ fn main() {
             None => println!("--    (not measured) {what}, paired blocks ({group})"),
         }
     }
+    failed += shard_figures(dirs);
     println!("{failed} goal(s) missed");
+}
+
+/// What each shard costs at N shards in one process (the `shards` bench's
+/// `figures.json`), against issue 16's goals: at most 1 MiB of RSS and 6 file
+/// descriptors per shard after warm-up, and no thread per shard (from 100 shards on, at
+/// most a tenth of a thread each). Returns the goals missed.
+fn shard_figures(dirs: &[std::path::PathBuf]) -> usize {
+    let load = |root: &Path| {
+        let text = std::fs::read_to_string(root.join("shards").join("figures.json")).ok()?;
+        serde_json::from_str::<Vec<serde_json::Value>>(&text).ok()
+    };
+    let Some((_, figures)) = benches::find_in(dirs, load) else {
+        println!("--    (not measured) resources per shard (shards/figures.json)");
+        return 0;
+    };
+    let mut failed = 0;
+    for figure in figures {
+        let (case, n) = (
+            figure["case"].as_str().unwrap_or("?"),
+            figure["shards"].as_u64().unwrap_or(0),
+        );
+        let rss = figure["rss_kib_per_shard"].as_f64().unwrap_or(f64::NAN);
+        let fds = figure["fds_per_shard"].as_f64().unwrap_or(f64::NAN);
+        let threads = figure["threads_per_shard"].as_f64().unwrap_or(f64::NAN);
+        let after = figure["rss_kib_per_shard_after_bench"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        // At N = 1 the figures hold what the process starts once (pool threads, the
+        // shared caches): information only.
+        let judged = n >= 10;
+        let holds = !judged || (rss <= 1024.0 && fds <= 6.0 && (n < 100 || threads <= 0.1));
+        failed += usize::from(!holds);
+        println!(
+            "{:<5} shards {case} N = {n}: per shard {:.2} MiB RSS after warm-up ({:.2} MiB after \
+             the bench's commits), {fds:.2} fds, {threads:.3} threads; process {} threads, {} \
+             fds, {} connections (goal: <= 1 MiB, <= 6 fds, no thread per shard)",
+            if !judged {
+                "info"
+            } else if holds {
+                "ok"
+            } else {
+                "MISS"
+            },
+            rss / 1024.0,
+            after / 1024.0,
+            figure["threads"],
+            figure["fds"],
+            figure["connections"],
+        );
+    }
+    failed
 }

@@ -5,23 +5,10 @@
 //! `rss [TRANSACTIONS] [decoupled|waiting] [LEDGER_KEEP]`: 10^5, decoupled (the default
 //! delivery) and the ledger's default retention unless given.
 
+use benches::status_kib;
 use std::time::Instant;
 use triggers_receiver::Receiver;
 use triggers_runtime::{Durability, Shard};
-
-/// A field of `/proc/self/status`, in KiB (0 when absent).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn rss_kib() -> u64 {
     status_kib("VmRSS:")

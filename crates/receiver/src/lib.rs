@@ -168,6 +168,8 @@ struct Shared {
     arrived: tokio::sync::Notify,
     /// TCP connections accepted.
     connections: std::sync::atomic::AtomicUsize,
+    /// TCP connections accepted and not yet closed.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 /// A running receiver. Dropping it stops it.
@@ -195,6 +197,12 @@ impl Receiver {
         self.shared
             .connections
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many of those are still open (each holds a file descriptor here, beside the
+    /// client's).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address it listens on.
@@ -276,8 +284,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     shared
                         .connections
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    shared.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     stream.set_nodelay(true).ok();
-                    connections.spawn(serve(stream, shared.clone()));
+                    let shared = shared.clone();
+                    connections.spawn(async move {
+                        serve(stream, shared.clone()).await;
+                        shared.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    });
                 }
                 Err(err) => tracing::warn!(%err, "receiver accept failed"),
             },

@@ -48,6 +48,67 @@ fn shared_block_cache() -> &'static Cache {
     CACHE.get_or_init(|| Cache::new_lru_cache(BLOCK_CACHE_BYTES))
 }
 
+/// Memtable memory every store this process opens may hold together, before RocksDB
+/// flushes the memtable of the store being written (a [`rocksdb::WriteBufferManager`]
+/// they share). One shard never reaches it (its memtables are 2 of 1 MiB); hundreds do,
+/// and then each flushes sooner instead of each holding its 2 MiB: 500 shards committing
+/// had grown to 1.4 MiB of RSS each.
+const MEMTABLES_BYTES: usize = 64 << 20;
+
+/// The options every store this process opens starts from: the same block cache and
+/// write buffer manager for all (RocksDB's background threads are its default Env's,
+/// process-wide already). A template behind a lock because the manager itself may not
+/// be shared across threads in Rust's types, while options holding it may be cloned.
+fn shared_options() -> Options {
+    static TEMPLATE: std::sync::OnceLock<std::sync::Mutex<Options>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        // A handful of small keys, overwritten every transaction: keep RocksDB's footprint
+        // and background work small. A 1 MiB memtable (instead of 64 MiB) holds hundreds
+        // of commits, flushes to a tiny table (each key once), and keeps memory flat over
+        // a long run instead of growing until the first flush; arena blocks of 32 KiB
+        // (instead of an eighth of it) keep what an idle store holds small.
+        options.set_max_background_jobs(1);
+        options.set_write_buffer_size(1 << 20);
+        options.set_max_write_buffer_number(2);
+        options.set_arena_block_size(32 << 10);
+        options.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
+            MEMTABLES_BYTES,
+            false,
+        ));
+        // RocksDB's default block cache is 32 MiB per DB, filled as blocks are read: RSS
+        // would climb toward it over a long run, per shard. A store's live data is far
+        // smaller (a checkpoint, a bounded backlog and ledger), scans skip the cache, and
+        // every store of the process shares one.
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(shared_block_cache());
+        options.set_block_based_table_factory(&table);
+        std::sync::Mutex::new(options)
+    });
+    template
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// RocksDB's own log of a store: its warnings and errors, as `tracing` events naming the
+/// store, instead of a `LOG` file per store (a file descriptor each, and a file that
+/// grows in the shard's directory).
+fn info_logger(path: &Path) -> rocksdb::InfoLogger {
+    let store = path.display().to_string();
+    rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Warn, move |level, message| {
+        let message = message.trim_end();
+        match level {
+            rocksdb::LogLevel::Error | rocksdb::LogLevel::Fatal => {
+                tracing::error!(store, "rocksdb: {message}")
+            }
+            rocksdb::LogLevel::Warn => tracing::warn!(store, "rocksdb: {message}"),
+            _ => tracing::debug!(store, "rocksdb: {message}"),
+        }
+    })
+}
+
 /// Key of the last committed checkpoint.
 pub const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// Key of the pending trigger variables.
@@ -314,23 +375,8 @@ impl Store {
     /// Opens (creating if needed) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        // A handful of small keys, overwritten every transaction: keep RocksDB's footprint
-        // and background work small. A 1 MiB memtable (instead of 64 MiB) holds hundreds of
-        // commits, flushes to a tiny table (each key once), and keeps memory flat over a
-        // long run instead of growing until the first flush.
-        options.set_max_background_jobs(1);
-        options.set_keep_log_file_num(2);
-        options.set_write_buffer_size(1 << 20);
-        options.set_max_write_buffer_number(2);
-        // RocksDB's default block cache is 32 MiB per DB, filled as blocks are read: RSS
-        // would climb toward it over a long run, per shard. A store's live data is far
-        // smaller (a checkpoint, a bounded backlog and ledger), scans skip the cache, and
-        // every store of the process shares one.
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(shared_block_cache());
-        options.set_block_based_table_factory(&table);
+        let mut options = shared_options();
+        options.set_info_logger(info_logger(&path));
         let db = DB::open(&options, &path).map_err(|source| {
             if is_lock_held(&source) {
                 StoreError::Locked {
@@ -1286,6 +1332,34 @@ mod tests {
         assert!(
             usage[1] > usage[0],
             "and the second's join them there: {usage:?}"
+        );
+    }
+
+    /// Issue 16: a store writes RocksDB's log to `tracing`, not to a `LOG` file of its
+    /// own (a file descriptor per shard, and a file growing in its directory).
+    #[test]
+    fn a_store_keeps_no_log_file_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Unsynced).expect("opens");
+        store.commit(&checkpoint(1), None).expect("commits");
+        store.db.flush().expect("flushes");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("lists")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert!(
+            names.iter().any(|name| name.starts_with("MANIFEST")),
+            "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|name| name.starts_with("LOG")),
+            "no info log file: {names:?}"
         );
     }
 

@@ -68,7 +68,7 @@ async fn shards_given_one_deliverer_share_one_connection_pool() {
 /// shards commit and deliver every transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_whose_endpoint_hangs_stalls_no_other() {
-    const OTHERS: usize = 20;
+    const OTHERS: usize = 99;
     const TRANSACTIONS: u64 = 20;
     let (live, hanging) = (
         Receiver::start().await.expect("receiver"),
