@@ -118,6 +118,7 @@ pub use send::deliver::{
 pub use send::network_policy::{
     AddressClass, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
 };
+pub use send::origin_limit::{DEFAULT_MAX_IN_FLIGHT_PER_ORIGIN, MAX_IN_FLIGHT_PER_ORIGIN};
 pub use send::signing::{SECRET_PREFIX, SigningKey, SigningSecretError, verify_signature};
 pub use send::test_fire::{TestFirePayload, TestFireReport};
 pub use send::token_auth::{

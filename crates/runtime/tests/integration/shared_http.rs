@@ -63,6 +63,51 @@ async fn shards_given_one_deliverer_share_one_connection_pool() {
     );
 }
 
+/// Issue 16: shards delivering to one endpoint at once hold at most the deliverer's
+/// bound of requests (and so connections) to it, however many they are; the rest wait
+/// their turn and every webhook arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_at_once_hold_at_most_the_bound_of_connections_to_one_origin() {
+    const AT_ONCE: usize = 24;
+    const BOUND: usize = 4;
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.set_default(triggers_receiver::Reply::status(200).after(Duration::from_millis(100)));
+    let shared = Deliverer::with_policy(fast_backoff(), NetworkPolicy::ALLOW_LOOPBACK)
+        .expect("client")
+        .with_max_in_flight_per_origin(BOUND);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/hook"), "payloadTemplate": r#"{"run": {{json flow_run_id}}}"#},
+    ]});
+    let triggers = Arc::new(validate(&config.to_string(), ConfigFormat::Json).expect("valid"));
+    let shards = (0..AT_ONCE).map(|n| {
+        let config = loopback_shard(materialization(1), triggers.clone())
+            .with_durability(Durability::Unsynced)
+            .with_deliverer(shared.clone());
+        let path = dir.path().join(n.to_string());
+        tokio::spawn(async move {
+            let (mut shard, _) = Shard::open(path, config).await.expect("opens");
+            shard.acknowledged().await.expect("recovered ack");
+            shard
+                .start_commit(checkpoint(1), &stats_at(1, &[0]))
+                .await
+                .expect("commits");
+            shard.acknowledged().await.expect("acknowledged");
+            drained(&shard).await;
+            shard.close().await;
+        })
+    });
+    for joined in futures::future::join_all(shards).await {
+        joined.expect("a shard's task");
+    }
+    assert_eq!(receiver.requests().len(), AT_ONCE, "every webhook arrived");
+    assert!(
+        receiver.connections() <= BOUND,
+        "{} connections for a bound of {BOUND}",
+        receiver.connections()
+    );
+}
+
 /// Issue 16: a shard whose endpoint hangs never stalls the others, even with one HTTP
 /// client for them all: its backlog fills and only its StartCommit waits, while the other
 /// shards commit and deliver every transaction.

@@ -9,6 +9,7 @@ use crate::send::backoff_policy::{Delays, RetryBackoff};
 use crate::send::network_policy::{
     GuardedResolver, MAX_REDIRECTS, NetworkPolicy, RedirectError, Refusal,
 };
+use crate::send::origin_limit::{DEFAULT_MAX_IN_FLIGHT_PER_ORIGIN, OriginLimits};
 use crate::send::retry::{Attempt, MayHaveArrived, Verdict, retry_after, verdict};
 use crate::send::signing::signature_header;
 use crate::send::trace_context::{SpanId, TRACEPARENT_HEADER, TraceId, TraceParent};
@@ -50,6 +51,8 @@ pub struct Deliverer {
     backoff: RetryBackoff,
     policy: NetworkPolicy,
     observer: Option<Arc<dyn AttemptObserver>>,
+    /// Requests in flight per origin, shared by every clone (every shard given one).
+    origins: Arc<OriginLimits>,
 }
 
 /// Told of every finished attempt (see [`Deliverer::with_observer`]). Called on the
@@ -322,7 +325,25 @@ impl Deliverer {
             backoff,
             policy,
             observer: None,
+            origins: Arc::new(OriginLimits::new(DEFAULT_MAX_IN_FLIGHT_PER_ORIGIN)),
         })
+    }
+
+    /// The same, with at most `limit` requests in flight to any one origin across every
+    /// clone of it (1 to [`crate::MAX_IN_FLIGHT_PER_ORIGIN`]; default
+    /// [`DEFAULT_MAX_IN_FLIGHT_PER_ORIGIN`]): HTTP/1.1 takes a connection per request in
+    /// flight, so this bounds the connections (and file descriptors) a process holds to
+    /// one endpoint however many shards deliver to it. A request past the bound waits for
+    /// a place within its attempt's timeout. Clones made before this keep the old bound.
+    pub fn with_max_in_flight_per_origin(mut self, limit: usize) -> Self {
+        self.origins = Arc::new(OriginLimits::new(limit));
+        self
+    }
+
+    /// Requests in flight to one origin at most (see
+    /// [`Deliverer::with_max_in_flight_per_origin`]).
+    pub fn max_in_flight_per_origin(&self) -> usize {
+        self.origins.per_origin()
     }
 
     /// The network policy this deliverer enforces.
@@ -806,6 +827,12 @@ impl Deliverer {
                     request
                 }
                 Err(err) => return transport_attempt(err),
+            };
+            // Held until the body is read: the connection is this request's till then.
+            let origin = url.origin().ascii_serialization();
+            let Ok(_place) = tokio::time::timeout(timeout, self.origins.acquire(&origin)).await
+            else {
+                return Attempt::Timeout;
             };
             let response = match self.client.execute(request).await {
                 Ok(response) => response,

@@ -7,6 +7,8 @@ pub(crate) mod backoff_policy;
 pub(crate) mod deliver;
 /// The SSRF guard: address classes, the filtering resolver, redirect limits.
 pub(crate) mod network_policy;
+/// A bound on the requests in flight to one origin, per process.
+pub(crate) mod origin_limit;
 /// Retry classification of one attempt, and `Retry-After`.
 pub(crate) mod retry;
 /// Standard Webhooks signatures (`webhook-signature`).
