@@ -316,11 +316,7 @@ impl Sidecar {
     /// Open of `id`, in full, serialized with the shard's other Opens and Closes (see
     /// [`Slot::reopen`]). A named shard that is not open after it (the open failed)
     /// leaves the map.
-    async fn open_shard(
-        &self,
-        id: ShardId,
-        state: Vec<StateEntry>,
-    ) -> Result<OpenResponse, Status> {
+    async fn open_one(&self, id: ShardId, state: Vec<StateEntry>) -> Result<OpenResponse, Status> {
         for _ in 0..OPEN_RACES {
             let slot = self.slot_or_new(&id)?;
             let _turn = slot.lifecycle.lock().await;
@@ -329,7 +325,10 @@ impl Sidecar {
                 continue;
             }
             let opened = slot.reopen(&self.inner.config, state).await;
-            if opened.is_err() && !id.is_default() && slot.shard.lock().await.is_none() {
+            // Not open after it: no place kept. (Held, it is open: a delivery the grace
+            // could not wait out has it, and waiting here would outlast the grace.)
+            let closed = slot.shard.try_lock().is_ok_and(|shard| shard.is_none());
+            if opened.is_err() && !id.is_default() && closed {
                 self.remove(&slot);
             }
             return opened;
@@ -340,7 +339,7 @@ impl Sidecar {
     }
 
     /// Close of `id`, in full, serialized with its Opens: whether it was open.
-    async fn close_shard(&self, id: ShardId) -> Result<bool, Status> {
+    async fn close_one(&self, id: ShardId) -> Result<bool, Status> {
         let Some(slot) = locked(&self.inner.slots).get(&id).cloned() else {
             return Ok(false);
         };
@@ -602,7 +601,7 @@ impl ShardSidecar for Sidecar {
         // A task of its own: a caller that goes away (its deadline) must not cut a reopen
         // in half, between closing the old shard and opening the new one.
         let sidecar = self.clone();
-        let opened = tokio::spawn(async move { sidecar.open_shard(id, request.state).await })
+        let opened = tokio::spawn(async move { sidecar.open_one(id, request.state).await })
             .await
             .map_err(|err| Status::internal(bounded(&format!("Open did not complete: {err}"))))?;
         Ok(Response::new(opened?))
@@ -616,7 +615,7 @@ impl ShardSidecar for Sidecar {
         // A task of its own, as Open: a caller that goes away must not leave the shard
         // half closed.
         let sidecar = self.clone();
-        let was_open = tokio::spawn(async move { sidecar.close_shard(id).await })
+        let was_open = tokio::spawn(async move { sidecar.close_one(id).await })
             .await
             .map_err(|err| Status::internal(bounded(&format!("Close did not complete: {err}"))))?;
         Ok(Response::new(CloseResponse {

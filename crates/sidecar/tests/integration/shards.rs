@@ -553,6 +553,39 @@ async fn open_of_a_shard_another_process_holds_is_unavailable() {
     running.stop().await;
 }
 
+/// Item 4: Open of a named shard whose waiting delivery outlasts the grace answers
+/// UNAVAILABLE within the grace, as the default shard's does, leaving the shard open and
+/// its delivery going on (the clean-up of a failed Open must not wait for the delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_a_waiting_delivery_outlasts_answers_within_the_grace() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let running = serve(&receiver, DeliveryMode::Waiting, |config| {
+        config.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = running.client.clone();
+    open(&mut client, "a").await;
+    receiver.script("/a", [Reply::status(200).after(Duration::from_secs(10))]);
+    commit(&mut client, "a", 1, false).await;
+    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
+    let err = client
+        .open(OpenRequest {
+            shard: "a".to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the delivery outlasts the grace");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let held = status(&mut client, "a").await;
+    assert!(held.open, "{held:?}");
+    assert_eq!(
+        held.phase(),
+        ShardPhase::Delivering,
+        "Open answered while the delivery still runs: {held:?}"
+    );
+    running.stop().await;
+}
+
 /// Item 4: concurrent Opens and Closes of one shard are serialized: every Open
 /// succeeds (none finds the store locked by another Open of the same shard), and
 /// whenever the calls are done the store is held exactly when Status says it is open.
