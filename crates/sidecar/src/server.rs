@@ -118,7 +118,7 @@ pub struct Sidecar {
 
 /// Most named shards one sidecar holds open at once (the default shard aside): an Open of
 /// one more answers RESOURCE_EXHAUSTED. A consumer process is assigned tens to hundreds
-/// of shards; each open store has its own RocksDB, thread and file handles.
+/// of shards; each open store has its own RocksDB and file handles.
 pub const MAX_SHARDS: usize = 1024;
 
 /// How often an Open looks its shard up again when a Close removed it while the Open

@@ -180,6 +180,44 @@ mod tests {
         assert_eq!(default.store_dir(store), store);
     }
 
+    /// Whatever the id, parsing answers (no panic), and an accepted one names exactly one
+    /// directory right under `shards/`, never `.` or `..`, within the name limit.
+    #[test]
+    fn every_accepted_shard_id_names_one_directory_under_shards() {
+        let alphabet = ['a', 'Z', '0', '.', '/', '=', '-', '_', '%', ' ', '\0', 'é'];
+        let store = Path::new("/s");
+        let mut rng = fastrand::Rng::with_seed(16);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let len = rng.usize(0..=12);
+            let id: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let Ok(parsed) = ShardId::parse(&id) else {
+                continue;
+            };
+            if parsed.is_default() {
+                continue;
+            }
+            accepted += 1;
+            let name = parsed.dir_name();
+            assert!(
+                !name.contains('/') && name != "." && name != ".." && name.len() <= 255,
+                "{id:?} -> {name:?}"
+            );
+            assert_eq!(
+                parsed.store_dir(store),
+                Path::new("/s/shards").join(&name),
+                "{id:?}"
+            );
+            assert_eq!(name.replace("%2F", "/"), id, "the name gives the id back");
+        }
+        assert!(
+            accepted > 1_000,
+            "the alphabet makes valid ids too: {accepted}"
+        );
+    }
+
     #[test]
     fn shard_ids_outside_the_bound_are_refused_saying_the_bound() {
         let long = "a".repeat(MAX_SHARD_ID_BYTES + 1);
