@@ -760,11 +760,14 @@ async fn named_shards_backlog_gauges_carry_a_shard_label() {
     running.stop().await;
 }
 
-/// Item 7: one named shard's endpoint hangs (the receiver holds its request) while ten
-/// other shards of the same `shard-sidecar` process commit and get their webhooks
-/// delivered: a shard that fails never stalls the others.
+/// Item 7 (and the issue's own test): one named shard's endpoint hangs (the receiver
+/// holds its request) while 99 other shards of the same `shard-sidecar` process each
+/// commit three transactions back to back and get their webhooks delivered: a shard that
+/// fails never stalls the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_shard_never_stalls_the_others() {
+    const OTHERS: u64 = 99;
+    const TRANSACTIONS: u64 = 3;
     let receiver = Receiver::start().await.expect("receiver");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("triggers.json");
@@ -777,7 +780,9 @@ async fn a_hung_shard_never_stalls_the_others() {
     let mut client = triggers_sidecar::connect(&sidecar.address, None)
         .await
         .expect("connects");
-    let commit_in = |mut client: Client, shard: String, n: u64, wait: bool| async move {
+    // Opens `shard` and commits transactions `first..first + count`, each acknowledged
+    // (waiting for its outcome when `wait`); the outcomes.
+    let drive = |mut client: Client, shard: String, first: u64, count: u64, wait: bool| async move {
         client
             .open(OpenRequest {
                 shard: shard.clone(),
@@ -790,47 +795,69 @@ async fn a_hung_shard_never_stalls_the_others() {
                 shard: shard.clone(),
             })
             .await?;
-        client
-            .start_commit(StartCommitRequest {
-                checkpoint: Some(checkpoint(n as i64)),
-                stats: stats_at(n, &[0]),
-                shard: shard.clone(),
-                ..Default::default()
-            })
-            .await?;
-        let ack = client
-            .acknowledged(AcknowledgedRequest { wait, shard })
-            .await?
-            .into_inner();
-        Ok::<_, tonic::Status>(ack.outcome)
+        let mut outcomes = Vec::new();
+        for n in first..first + count {
+            client
+                .start_commit(StartCommitRequest {
+                    checkpoint: Some(checkpoint(n as i64)),
+                    stats: stats_at(n, &[0]),
+                    shard: shard.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            let ack = client
+                .acknowledged(AcknowledgedRequest {
+                    wait,
+                    shard: shard.clone(),
+                })
+                .await?
+                .into_inner();
+            outcomes.extend(ack.outcome);
+        }
+        Ok::<_, tonic::Status>(outcomes)
     };
 
     // The hung shard's webhook is held far longer than the test runs.
     receiver.script("/a", [Reply::status(200).after(Duration::from_secs(600))]);
-    commit_in(client.clone(), "hung".to_string(), 1, false)
+    drive(client.clone(), "hung".to_string(), 1, 1, false)
         .await
         .expect("the hung shard commits");
     assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
 
-    let others = (0..10u64).map(|i| {
-        let client = client.clone();
-        tokio::spawn(async move { commit_in(client, format!("other/{i}"), 10 + i, true).await })
-    });
-    for (i, other) in others.collect::<Vec<_>>().into_iter().enumerate() {
-        let outcome = tokio::time::timeout(WAIT, other)
+    let others: Vec<_> = (0..OTHERS)
+        .map(|i| {
+            let client = client.clone();
+            let first = 10 + i * TRANSACTIONS;
+            tokio::spawn(drive(
+                client,
+                format!("other/{i}"),
+                first,
+                TRANSACTIONS,
+                true,
+            ))
+        })
+        .collect();
+    for (i, other) in others.into_iter().enumerate() {
+        let outcomes = tokio::time::timeout(WAIT, other)
             .await
             .unwrap_or_else(|_| panic!("shard other/{i} stalled"))
             .expect("joins")
-            .unwrap_or_else(|err| panic!("other/{i}: {err}"))
-            .expect("waited");
-        assert!(outcome.ok, "other/{i}: {outcome:?}");
-        assert_eq!(
-            outcome.triggers.len(),
-            1,
-            "other/{i} delivered: {outcome:?}"
-        );
+            .unwrap_or_else(|err| panic!("other/{i}: {err}"));
+        assert_eq!(outcomes.len() as u64, TRANSACTIONS, "other/{i}");
+        for outcome in outcomes {
+            assert!(outcome.ok, "other/{i}: {outcome:?}");
+            assert_eq!(
+                outcome.triggers.len(),
+                1,
+                "other/{i} delivered: {outcome:?}"
+            );
+        }
     }
-    assert_eq!(receiver.requests().len(), 11, "one webhook per shard");
+    assert_eq!(
+        receiver.requests().len() as u64,
+        1 + OTHERS * TRANSACTIONS,
+        "one webhook per transaction"
+    );
     let hung = status(&mut client, "hung").await;
     assert_eq!(hung.phase(), ShardPhase::Delivering, "still held: {hung:?}");
     assert_eq!(
