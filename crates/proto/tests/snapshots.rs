@@ -387,3 +387,80 @@ fn sidecar_status_enums_bytes_and_old_string_answers() {
         (409, AttemptOutcome::Unspecified)
     );
 }
+
+/// Issue 16 (many shards per process): every per-shard request names its shard in a new
+/// field, so a request of a client built before (no such field) decodes as one for the
+/// default shard (`""`), and a new one's bytes are pinned below.
+#[test]
+fn sidecar_requests_name_their_shard_bytes() {
+    use triggers_proto::sidecar::{
+        AcknowledgedRequest, AwaitDeliveryRequest, AwaitDrainedRequest, CloseRequest,
+        CloseResponse, DeliveryRef, ListDeliveriesRequest, OpenRequest, StartCommitRequest,
+        StatusRequest,
+    };
+    let shard = || "a/b".to_string();
+    assert_eq!(
+        round_trip(&OpenRequest {
+            shard: shard(),
+            ..Default::default()
+        }),
+        "1203612f62"
+    );
+    assert_eq!(
+        round_trip(&StartCommitRequest {
+            shard: shard(),
+            ..Default::default()
+        }),
+        "2203612f62"
+    );
+    assert_eq!(
+        round_trip(&AcknowledgedRequest {
+            wait: true,
+            shard: shard(),
+        }),
+        "08011203612f62"
+    );
+    assert_eq!(
+        round_trip(&AwaitDeliveryRequest {
+            delivery_id: 7,
+            shard: shard(),
+        }),
+        "08071203612f62"
+    );
+    assert_eq!(round_trip(&StatusRequest { shard: shard() }), "0a03612f62");
+    assert_eq!(
+        round_trip(&AwaitDrainedRequest { shard: shard() }),
+        "0a03612f62"
+    );
+    assert_eq!(
+        round_trip(&ListDeliveriesRequest {
+            shard: shard(),
+            ..Default::default()
+        }),
+        "1a03612f62"
+    );
+    assert_eq!(
+        round_trip(&DeliveryRef {
+            shard: shard(),
+            ..Default::default()
+        }),
+        "2203612f62"
+    );
+    assert_eq!(round_trip(&CloseRequest { shard: shard() }), "0a03612f62");
+    assert_eq!(round_trip(&CloseResponse { was_open: true }), "0801");
+
+    // As a client built before shards encoded them: the default shard.
+    let old_ack = AcknowledgedRequest::decode(&[0x08, 0x01][..]).expect("decodes");
+    assert_eq!((old_ack.wait, old_ack.shard.as_str()), (true, ""));
+    let old_status = StatusRequest::decode(&[][..]).expect("decodes");
+    assert_eq!(old_status.shard, "");
+    let old_ref = DeliveryRef::decode(&[0x08, 0x02, 0x10, 0x05][..]).expect("decodes");
+    assert_eq!(
+        (
+            old_ref.trigger,
+            old_ref.first_commit_seq,
+            old_ref.shard.as_str()
+        ),
+        (2, 5, "")
+    );
+}

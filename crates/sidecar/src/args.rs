@@ -19,6 +19,7 @@ use triggers_runtime::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShardArgs {
     /// Directory of the shard's RocksDB store (created if missing). One process per store.
+    /// For shard-sidecar, the default shard's: named shards' stores are under DIR/shards/.
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
     /// Trigger config file (`.json`, or YAML otherwise), plaintext or SOPS-encrypted.

@@ -289,7 +289,10 @@ impl Driver {
             }
             Driver::Sidecar(client) => {
                 let opened = client
-                    .open(OpenRequest { state: Vec::new() })
+                    .open(OpenRequest {
+                        state: Vec::new(),
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner();
                 Ok((
@@ -301,7 +304,10 @@ impl Driver {
                 let recovered = state.recovered()?;
                 let opened = state
                     .client
-                    .open(OpenRequest { state: recovered })
+                    .open(OpenRequest {
+                        state: recovered,
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner();
                 let checkpoint = host_checkpoint(&state.db)?;
@@ -379,7 +385,10 @@ impl Driver {
 /// Acknowledged through a sidecar, waiting for its outcome.
 async fn acknowledge_sidecar(client: &mut crate::Client) -> anyhow::Result<()> {
     let outcome = client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .outcome
@@ -424,7 +433,7 @@ impl Driver {
             }
             Driver::Sidecar(client) => {
                 let reply = client
-                    .await_drained(AwaitDrainedRequest {})
+                    .await_drained(AwaitDrainedRequest::default())
                     .await?
                     .into_inner();
                 if reply.ok {
@@ -436,7 +445,7 @@ impl Driver {
             Driver::SidecarState(state) => {
                 let reply = state
                     .client
-                    .await_drained(AwaitDrainedRequest {})
+                    .await_drained(AwaitDrainedRequest::default())
                     .await?
                     .into_inner();
                 state.write(None, &reply.state_ops).await?;
@@ -466,6 +475,7 @@ fn start_commit_request(
             seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
             nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
         }),
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,6 @@
-//! Beside a shard, out of process: the gRPC sidecar that serves one shard's lifecycle
-//! (Open, StartCommit, Acknowledged, Status, the ledger, Preview, TestFire) to a consumer
-//! written in any language, its Prometheus metrics, the operator's `triggers` tool, the
+//! Beside a shard, out of process: the gRPC sidecar that serves the lifecycle of a
+//! consumer's shards (Open, Close, StartCommit, Acknowledged, Status, the ledger, Preview,
+//! TestFire; each call naming its shard) to a consumer written in any language, its Prometheus metrics, the operator's `triggers` tool, the
 //! reference consumer and the demo (`examples/demo.rs`).
 //!
 //! The state machine itself is `triggers-runtime`, which a reactor links without any of
@@ -37,7 +37,7 @@
 //!
 //! let mut client = triggers_sidecar::connect(&address, None).await?;
 //! client.open(OpenRequest::default()).await?;
-//! let status = client.status(StatusRequest {}).await?.into_inner();
+//! let status = client.status(StatusRequest::default()).await?.into_inner();
 //! assert_eq!(status.phase(), ShardPhase::Recovered);
 //!
 //! let _ = stop.send(());
@@ -58,11 +58,12 @@ pub mod consumer_state;
 pub mod crash;
 pub mod metrics;
 mod server;
+pub mod shard_id;
 mod unix_authority;
 pub mod wire;
 
 pub use access::{BearerToken, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, SendToken, TOKEN_ENV, TokenError};
 pub use server::{
-    BindError, CHECK_BUDGET, CHECKS_AT_ONCE, Client, Listener, Sidecar, SidecarConfig, connect,
-    default_socket_path, run,
+    BindError, CHECK_BUDGET, CHECKS_AT_ONCE, Client, Listener, MAX_SHARDS, Sidecar, SidecarConfig,
+    connect, default_socket_path, run,
 };

@@ -1,17 +1,19 @@
-//! Prometheus metrics of a shard's triggers, for the operator who must see why (and how
+//! Prometheus metrics of a sidecar's triggers, for the operator who must see why (and how
 //! often) a webhook fails: attempts by outcome and status class, attempt latency, commits,
 //! and per trigger the backlog depth and the age of its oldest pending delivery.
 //!
 //! Counters and the histogram are fed as attempts finish (an [`AttemptObserver`] on the
-//! shard's deliverer); gauges are read from the backlog when scraped. [`serve`] answers
-//! `GET /metrics` in the OpenMetrics text format.
+//! shards' deliverer) and count every shard of the process together; gauges are read from
+//! the open shards' backlogs when scraped, a named shard's per-trigger series labelled
+//! `shard` (the default shard's have no such label). [`serve`] answers `GET /metrics` in
+//! the OpenMetrics text format.
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,6 +31,23 @@ struct TriggerLabels {
     /// The trigger's name (for a list entry without one, its index: `0`, `1`, ...), so a
     /// reordered config keeps each trigger's series.
     trigger: String,
+}
+
+/// Labels of one trigger's backlog in one shard: `shard` (its id) and `trigger`, or only
+/// `trigger` for the default shard, whose series are those of a sidecar of one shard.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct BacklogLabels {
+    shard: String,
+    trigger: String,
+}
+
+impl EncodeLabelSet for BacklogLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        if !self.shard.is_empty() {
+            ("shard", self.shard.as_str()).encode(encoder.encode_label())?;
+        }
+        ("trigger", self.trigger.as_str()).encode(encoder.encode_label())
+    }
 }
 
 /// Labels of an attempt's outcome.
@@ -49,17 +68,19 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
 }
 
-/// The metrics of one shard's triggers.
+/// The metrics of a sidecar's triggers, over all its shards.
 pub struct Metrics {
     registry: Registry,
     attempts: Family<AttemptLabels, Counter>,
     attempt_seconds: LatencyFamily,
     commits: Counter,
-    backlog_depth: Family<TriggerLabels, Gauge>,
-    oldest_pending_seconds: Family<TriggerLabels, Gauge<f64, AtomicU64>>,
+    backlog_depth: Family<BacklogLabels, Gauge>,
+    oldest_pending_seconds: Family<BacklogLabels, Gauge<f64, AtomicU64>>,
     backpressure_waits: Counter,
     backpressured: Gauge,
-    orphaned_entries: Family<TriggerLabels, Gauge>,
+    orphaned_entries: Family<BacklogLabels, Gauge>,
+    /// One render at a time: each clears the gauges and sets them again.
+    rendering: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,13 +117,13 @@ impl Metrics {
             "Transactions committed (StartCommit) since the sidecar started",
             commits.clone(),
         );
-        let backlog_depth = Family::<TriggerLabels, Gauge>::default();
+        let backlog_depth = Family::<BacklogLabels, Gauge>::default();
         registry.register(
             "backlog_depth",
             "Deliveries waiting in each trigger's backlog, in-flight ones included",
             backlog_depth.clone(),
         );
-        let oldest_pending_seconds = Family::<TriggerLabels, Gauge<f64, AtomicU64>>::default();
+        let oldest_pending_seconds = Family::<BacklogLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "oldest_pending_delivery_age_seconds",
             "Age of each trigger's oldest undelivered transaction, since its commit (0 if none)",
@@ -111,16 +132,16 @@ impl Metrics {
         let backpressure_waits = Counter::default();
         registry.register(
             "backpressure_waits",
-            "StartCommits that waited for room in a full backlog since the shard opened (a reopen starts again from 0: a counter reset)",
+            "StartCommits that waited for room in a full backlog since their shard opened, over the open shards (a reopen or a close reads as a counter reset)",
             backpressure_waits.clone(),
         );
         let backpressured = Gauge::default();
         registry.register(
             "backpressured",
-            "1 while a StartCommit waits for room in a full backlog",
+            "Shards whose StartCommit waits for room in a full backlog (1 or 0 for one shard)",
             backpressured.clone(),
         );
-        let orphaned_entries = Family::<TriggerLabels, Gauge>::default();
+        let orphaned_entries = Family::<BacklogLabels, Gauge>::default();
         registry.register(
             "orphaned_backlog_entries",
             "Backlog entries of triggers the config no longer has, by trigger name: kept and never sent until an operator skips them or the trigger comes back",
@@ -136,6 +157,7 @@ impl Metrics {
             oldest_pending_seconds,
             backpressure_waits,
             backpressured,
+            rendering: std::sync::Mutex::new(()),
         }
     }
 
@@ -144,12 +166,36 @@ impl Metrics {
         self.commits.inc();
     }
 
-    /// The metrics in the OpenMetrics text format, with gauges read from `backlog`.
+    /// The metrics in the OpenMetrics text format, with gauges read from `backlog`, the
+    /// default shard's (as [`Metrics::render_shards`] with that shard alone).
     pub fn render(&self, backlog: Option<&BacklogStatus>) -> String {
-        if let Some(status) = backlog {
-            let now = SystemTime::now();
+        let backlogs: Vec<(String, BacklogStatus)> = backlog
+            .map(|b| (String::new(), b.clone()))
+            .into_iter()
+            .collect();
+        self.render_shards(&backlogs)
+    }
+
+    /// The metrics in the OpenMetrics text format, with gauges read from the backlogs of
+    /// the open shards (id, backlog; the empty id is the default shard). Per-trigger
+    /// gauges are set afresh: those of a shard no longer listed (closed, moved to another
+    /// process) leave, so two processes never both report one shard's backlog.
+    /// `backpressured` counts the shards backpressured, `backpressure_waits` sums theirs.
+    pub fn render_shards(&self, backlogs: &[(String, BacklogStatus)]) -> String {
+        let _one_at_a_time = self
+            .rendering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = SystemTime::now();
+        self.backlog_depth.clear();
+        self.oldest_pending_seconds.clear();
+        // Skipped ones leave the series rather than linger at their last count.
+        self.orphaned_entries.clear();
+        let (mut waits, mut backpressured) = (0u64, 0i64);
+        for (shard, status) in backlogs {
             for queue in &status.queues {
-                let labels = TriggerLabels {
+                let labels = BacklogLabels {
+                    shard: shard.clone(),
                     trigger: queue.name.clone(),
                 };
                 self.backlog_depth
@@ -161,22 +207,23 @@ impl Metrics {
                     .map_or(0.0, |age| age.as_secs_f64());
                 self.oldest_pending_seconds.get_or_create(&labels).set(age);
             }
-            // The backlog counts the waits; the counter shows its count, which only grows
-            // while the shard is open (a reopen reads as a counter reset).
-            self.backpressure_waits
-                .inner()
-                .store(status.backpressure_waits, Ordering::Relaxed);
-            self.backpressured.set(i64::from(status.backpressured));
-            // Skipped ones leave the series rather than linger at their last count.
-            self.orphaned_entries.clear();
             for orphaned in &status.orphaned {
                 self.orphaned_entries
-                    .get_or_create(&TriggerLabels {
+                    .get_or_create(&BacklogLabels {
+                        shard: shard.clone(),
                         trigger: orphaned.name.clone(),
                     })
                     .set(i64::try_from(orphaned.depth).unwrap_or(i64::MAX));
             }
+            waits = waits.saturating_add(status.backpressure_waits);
+            backpressured += i64::from(status.backpressured);
         }
+        // The backlogs count the waits; the counter shows their count, which only grows
+        // while the shards stay open.
+        self.backpressure_waits
+            .inner()
+            .store(waits, Ordering::Relaxed);
+        self.backpressured.set(backpressured);
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(error = %err, "cannot encode metrics");

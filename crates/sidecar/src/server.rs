@@ -1,5 +1,9 @@
-//! The gRPC service and its client: one shard's lifecycle for a consumer written in any
-//! language. The sidecar owns the shard's store and trigger config.
+//! The gRPC service and its client: the lifecycle of a consumer's shards for a consumer
+//! written in any language. The sidecar owns the shards' stores and their one trigger
+//! config. Each per-shard call names its shard ([`crate::shard_id`]); the empty id is the
+//! default shard, whose store is `--store` itself. Each shard has a slot of its own (its
+//! lock, books and waiters), so one shard's delivery, reopen or close never waits on
+//! another's; every shard sends with one HTTP client.
 //!
 //! Acknowledged starts delivery in a task that holds the shard, so the next StartCommit
 //! waits for it (delivery before the next commit, as in the library), while the caller
@@ -16,10 +20,12 @@ use crate::access::RequireToken;
 use crate::access::{BearerToken, SendToken, TOKEN_ENV};
 use crate::consumer_state::ConsumerState;
 use crate::metrics::Metrics;
+use crate::shard_id::{SHARDS_DIR, ShardId};
 use crate::unix_authority::AuthorityFix;
 use crate::wire;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -35,11 +41,12 @@ use triggers_proto::sidecar::shard_sidecar_client::ShardSidecarClient;
 use triggers_proto::sidecar::shard_sidecar_server::{ShardSidecar, ShardSidecarServer};
 use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
-    AwaitDrainedResponse, BacklogQueue, DeliveryOutcome, DeliveryRef, ListDeliveriesRequest,
-    ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog, PreviewRequest,
-    PreviewResponse, ShardPhase, SkipDeliveryRequest, StartCommitRequest, StartCommitResponse,
-    StateEntry, StateOp, StatusRequest, StatusResponse, TestFireRequest, TestFireResponse,
-    TriggerOutcome, ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
+    AwaitDrainedResponse, BacklogQueue, CloseRequest, CloseResponse, DeliveryOutcome, DeliveryRef,
+    ListDeliveriesRequest, ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog,
+    PreviewRequest, PreviewResponse, ShardPhase, SkipDeliveryRequest, StartCommitRequest,
+    StartCommitResponse, StateEntry, StateOp, StatusRequest, StatusResponse, TestFireRequest,
+    TestFireResponse, TriggerOutcome, ValidateConfigRequest, ValidateConfigResponse,
+    ValidationIssue,
 };
 use triggers_runtime::{
     BacklogError, BacklogHandle, DeliveryMode, Durability, Keyspace, LedgerError, Shard,
@@ -64,12 +71,15 @@ pub const CHECK_BUDGET: Duration = Duration::from_secs(10);
 /// ends, so no more than this many threads ever do such work.
 pub const CHECKS_AT_ONCE: usize = 2;
 
-/// What the sidecar serves: one shard's store directory and config.
+/// What the sidecar serves: the shards of one consumer process, each named by its Gazette
+/// shard id (see [`crate::shard_id`]), all with one config.
 #[non_exhaustive]
 pub struct SidecarConfig {
-    /// Directory of the shard's store.
+    /// Directory of the default shard's store (the empty shard id); a named shard's is
+    /// `store/shards/<its id, each '/' written as %2F>`.
     pub store: PathBuf,
-    /// The shard's config (materialization, triggers, durability, backoff).
+    /// Every shard's config (materialization, triggers, durability, backoff, delivery
+    /// mode): one config serves all the shards of the sidecar.
     pub shard: ShardConfig,
     /// How long webhook requests in flight may take to finish when the shard closes: at
     /// shutdown, and when Open reopens a live shard (so a restarted consumer never has
@@ -77,31 +87,58 @@ pub struct SidecarConfig {
     /// still running then are cut off, stay persisted and fire again at the next open.
     pub shutdown_grace: Duration,
     /// Keep nothing durable of its own: the consumer's store holds the sidecar's keys
-    /// (see [`crate::consumer_state`]). `store` then only names the default socket.
+    /// (see [`crate::consumer_state`]), each shard's in a store in memory of its own.
+    /// `store` then only names the default socket.
     pub state_in_consumer: bool,
+    /// Most named shards open at once ([`MAX_SHARDS`] by default); an Open of one more
+    /// answers RESOURCE_EXHAUSTED.
+    pub max_shards: usize,
 }
 
 impl SidecarConfig {
-    /// A config for the shard at `store`, with the default shutdown grace
-    /// ([`triggers_runtime::DEFAULT_SHUTDOWN_GRACE`]).
+    /// A config for shards under `store` (the default shard's store itself), with the
+    /// default shutdown grace ([`triggers_runtime::DEFAULT_SHUTDOWN_GRACE`]) and
+    /// [`MAX_SHARDS`].
     pub fn new(store: impl Into<PathBuf>, shard: ShardConfig) -> Self {
         Self {
             store: store.into(),
             shard,
             shutdown_grace: triggers_runtime::DEFAULT_SHUTDOWN_GRACE,
             state_in_consumer: false,
+            max_shards: MAX_SHARDS,
         }
     }
 }
 
-/// The gRPC service. Cheap to clone; clones share the shard.
+/// The gRPC service. Cheap to clone; clones share the shards.
 #[derive(Clone)]
 pub struct Sidecar {
     inner: Arc<Inner>,
 }
 
+/// Most named shards one sidecar holds open at once (the default shard aside): an Open of
+/// one more answers RESOURCE_EXHAUSTED. A consumer process is assigned tens to hundreds
+/// of shards; each open store has its own RocksDB and file handles.
+pub const MAX_SHARDS: usize = 1024;
+
+/// How often an Open looks its shard up again when a Close removed it while the Open
+/// waited its turn, before it answers UNAVAILABLE.
+const OPEN_RACES: usize = 8;
+
 struct Inner {
     config: SidecarConfig,
+    /// Every shard open here, or being opened, by id. The default shard's slot is always
+    /// there (so it behaves as the sidecar of one shard always has); a named one enters
+    /// at its Open and leaves at its Close or a failed Open. Never held across an await.
+    slots: Mutex<HashMap<ShardId, Arc<Slot>>>,
+    metrics: Arc<Metrics>,
+    /// Places for ValidateConfig and Preview work (see [`CHECKS_AT_ONCE`]).
+    checks: Arc<tokio::sync::Semaphore>,
+}
+
+/// One shard of the sidecar: its store, its books, what calls see of it.
+struct Slot {
+    id: ShardId,
     /// `None` until Open. Held for the length of a delivery.
     shard: Arc<tokio::sync::Mutex<Option<Shard>>>,
     books: Mutex<Books>,
@@ -113,11 +150,15 @@ struct Inner {
     /// ends those calls, then takes it for writing, so the old store is let go before a
     /// reopen opens it again.
     users: tokio::sync::RwLock<()>,
-    metrics: Arc<Metrics>,
     /// State in the consumer: the shard's in-memory store and what the consumer holds.
     consumer_state: Arc<Mutex<Option<ConsumerState>>>,
-    /// Places for ValidateConfig and Preview work (see [`CHECKS_AT_ONCE`]).
-    checks: Arc<tokio::sync::Semaphore>,
+    /// Held by Open and Close of this shard for their whole length, so two never run at
+    /// once (two Opens would both open the store, or one would close what the other
+    /// just opened).
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Set, under `lifecycle`, when the slot leaves the map: an Open that waited for
+    /// `lifecycle` meanwhile looks the shard up again.
+    removed: AtomicBool,
 }
 
 /// The open shard, as seen without its lock.
@@ -137,21 +178,34 @@ struct Books {
     finished_deliveries: u64,
 }
 
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Sidecar {
-    /// A sidecar for one shard; nothing is opened until the Open call. Its metrics count
-    /// every attempt of the shard's webhooks.
+    /// A sidecar for every shard of its consumer; nothing is opened until an Open call.
+    /// Its metrics count every attempt of every shard's webhooks, and every shard sends
+    /// with one HTTP client (one connection pool), built here from the config's backoff
+    /// and network policy unless `config.shard` already carries one
+    /// ([`ShardConfig::with_deliverer`]).
     pub fn new(mut config: SidecarConfig) -> Self {
         let metrics = Arc::new(Metrics::new());
         config.shard.attempt_observer = Some(metrics.clone());
+        if config.shard.deliverer.is_none() {
+            match Deliverer::with_policy(config.shard.backoff.clone(), config.shard.network) {
+                Ok(deliverer) => config.shard.deliverer = Some(deliverer),
+                // Each shard then builds its own at Open, and fails there with the cause.
+                Err(err) => tracing::warn!(error = %err, "cannot build the shared HTTP client"),
+            }
+        }
+        let default = Arc::new(Slot::new(ShardId::DEFAULT));
         Self {
             inner: Arc::new(Inner {
                 metrics,
                 config,
-                shard: Arc::new(tokio::sync::Mutex::new(None)),
-                books: Mutex::new(Books::default()),
-                opened: Mutex::new(None),
-                users: tokio::sync::RwLock::new(()),
-                consumer_state: Arc::new(Mutex::new(None)),
+                slots: Mutex::new(HashMap::from([(ShardId::DEFAULT, default)])),
                 checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
             }),
         }
@@ -191,30 +245,179 @@ impl Sidecar {
         }
     }
 
-    /// Closes the shard: every call waiting on it (AwaitDrained, a StartCommit waiting
-    /// for backlog room) ends at once with ABORTED; webhook requests in flight and a
-    /// waiting delivery get up to `grace` to finish; then the store is closed. Requests
-    /// still running after that are cut off: they stay persisted and fire on the next
-    /// start.
+    /// Closes every shard (process shutdown), at once: every call waiting on one
+    /// (AwaitDrained, a StartCommit waiting for backlog room) ends at once with ABORTED;
+    /// webhook requests in flight and waiting deliveries get up to `grace` to finish;
+    /// then the stores are closed. Requests still running after that are cut off: they
+    /// stay persisted and fire on the next start.
     ///
-    /// Cancel safety: dropped while it waits for the shard (a waiting delivery), the
-    /// backlog has already stopped picking webhooks and calls that wait on it answer
-    /// ABORTED until the next Open; dropped later, see [`Shard::close_within`]. Nothing
-    /// persisted is lost either way.
+    /// Cancel safety: dropped while it waits for a shard (a waiting delivery), that
+    /// shard's backlog has already stopped picking webhooks and calls that wait on it
+    /// answer ABORTED until the next Open; dropped later, see [`Shard::close_within`].
+    /// Nothing persisted is lost either way.
     pub async fn close(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        self.begin_close();
-        match tokio::time::timeout_at(deadline, self.inner.shard.lock()).await {
-            Ok(mut shard) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                self.retire(&mut shard, left).await;
+        let slots: Vec<Arc<Slot>> = locked(&self.inner.slots).values().cloned().collect();
+        futures::future::join_all(slots.iter().map(|slot| async move {
+            if slot.close_by(deadline).await.is_err() {
+                tracing::warn!(
+                    shard = slot.id.as_str(),
+                    ?grace,
+                    "a delivery is still running after the shutdown grace period; \
+                     its trigger params stay persisted and fire on the next start"
+                );
             }
-            Err(_) => tracing::warn!(
-                ?grace,
-                "a delivery is still running after the shutdown grace period; \
-                 its trigger params stay persisted and fire on the next start"
-            ),
+        }))
+        .await;
+    }
+
+    /// The open shard a request names, or why there is none: INVALID_ARGUMENT for an id
+    /// outside the bound, FAILED_PRECONDITION for a shard not open here.
+    fn slot(&self, shard: &str) -> Result<Arc<Slot>, Status> {
+        let id = shard_id(shard)?;
+        locked(&self.inner.slots)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| not_open(&id))
+    }
+
+    /// The slot of `id`, made if it has none, within [`SidecarConfig::max_shards`].
+    fn slot_or_new(&self, id: &ShardId) -> Result<Arc<Slot>, Status> {
+        let mut slots = locked(&self.inner.slots);
+        if let Some(slot) = slots.get(id) {
+            return Ok(slot.clone());
         }
+        // The default shard's slot is always there: the rest are named.
+        let most = self.inner.config.max_shards;
+        if slots.len() > most {
+            return Err(Status::resource_exhausted(format!(
+                "this sidecar has {most} named shards open, the most it holds \
+                 (max_shards): close one first, or run another sidecar"
+            )));
+        }
+        let slot = Arc::new(Slot::new(id.clone()));
+        slots.insert(id.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Takes `slot` out of the map (under its `lifecycle` lock); the default shard's is
+    /// replaced by a fresh one, so it is always there.
+    fn remove(&self, slot: &Arc<Slot>) {
+        let mut slots = locked(&self.inner.slots);
+        if slots.get(&slot.id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&slot.id);
+            if slot.id.is_default() {
+                slots.insert(ShardId::DEFAULT, Arc::new(Slot::new(ShardId::DEFAULT)));
+            }
+        }
+        slot.removed.store(true, Ordering::Release);
+    }
+
+    /// Open of `id`, in full, serialized with the shard's other Opens and Closes (see
+    /// [`Slot::reopen`]). A named shard that is not open after it (the open failed)
+    /// leaves the map.
+    async fn open_one(&self, id: ShardId, state: Vec<StateEntry>) -> Result<OpenResponse, Status> {
+        for _ in 0..OPEN_RACES {
+            let slot = self.slot_or_new(&id)?;
+            let _turn = slot.lifecycle.lock().await;
+            if slot.removed.load(Ordering::Acquire) {
+                // A Close took it out while this Open waited: look it up again.
+                continue;
+            }
+            let opened = slot.reopen(&self.inner.config, state).await;
+            // Not open after it: no place kept. (Held, it is open: a delivery the grace
+            // could not wait out has it, and waiting here would outlast the grace.)
+            let closed = slot.shard.try_lock().is_ok_and(|shard| shard.is_none());
+            if opened.is_err() && !id.is_default() && closed {
+                self.remove(&slot);
+            }
+            return opened;
+        }
+        Err(Status::unavailable(format!(
+            "{id} was closed and opened by other calls while this Open waited; call Open again"
+        )))
+    }
+
+    /// Close of `id`, in full, serialized with its Opens: whether it was open.
+    async fn close_one(&self, id: ShardId) -> Result<bool, Status> {
+        let Some(slot) = locked(&self.inner.slots).get(&id).cloned() else {
+            return Ok(false);
+        };
+        let _turn = slot.lifecycle.lock().await;
+        if slot.removed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let grace = self.inner.config.shutdown_grace;
+        let was_open = slot
+            .close_by(tokio::time::Instant::now() + grace)
+            .await
+            .map_err(|()| {
+                tracing::warn!(
+                    shard = id.as_str(),
+                    ?grace,
+                    "Close gave up: a delivery still holds the shard after the shutdown grace"
+                );
+                Status::unavailable(format!(
+                    "a delivery in flight still holds {id} after the shutdown grace \
+                     ({grace:?}); it stays open: call Close again once it finishes \
+                     (AwaitDelivery)"
+                ))
+            })?;
+        self.remove(&slot);
+        Ok(was_open)
+    }
+
+    /// The sidecar's metrics in the OpenMetrics text format (what `GET /metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        let slots: Vec<Arc<Slot>> = locked(&self.inner.slots).values().cloned().collect();
+        let backlogs: Vec<(String, triggers_runtime::BacklogStatus)> = slots
+            .iter()
+            .filter_map(|slot| Some((slot.id.as_str().to_string(), slot.backlog_status()?)))
+            .collect();
+        self.inner.metrics.render_shards(&backlogs)
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown` resolves, then lets scrapes in
+    /// flight finish (see [`crate::metrics::serve`]).
+    ///
+    /// Cancel-safe: dropping it stops accepting; no shard is involved.
+    pub async fn serve_metrics(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let sidecar = self.clone();
+        crate::metrics::serve(listener, move || sidecar.metrics_text(), shutdown).await;
+    }
+}
+
+impl Slot {
+    fn new(id: ShardId) -> Self {
+        Self {
+            id,
+            shard: Arc::new(tokio::sync::Mutex::new(None)),
+            books: Mutex::new(Books::default()),
+            opened: Mutex::new(None),
+            users: tokio::sync::RwLock::new(()),
+            consumer_state: Arc::new(Mutex::new(None)),
+            lifecycle: tokio::sync::Mutex::new(()),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes the shard by `deadline`: its waiters end, its backlog stops picking new
+    /// webhooks, requests in flight get until then, and the store is let go. Whether it
+    /// was open; `Err` when a delivery still held the shard at the deadline (it stays
+    /// open). Cancel safety as [`Sidecar::close`].
+    async fn close_by(&self, deadline: tokio::time::Instant) -> Result<bool, ()> {
+        self.begin_close();
+        let mut shard = tokio::time::timeout_at(deadline, self.shard.lock())
+            .await
+            .map_err(|_| ())?;
+        let was_open = shard.is_some();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.retire(&mut shard, left).await;
+        Ok(was_open)
     }
 
     /// Ends the open shard's waiters and stops its backlog picking new webhooks, without
@@ -231,18 +434,23 @@ impl Sidecar {
         let opened = self.opened().take();
         if let Some(shard) = slot.take() {
             shard.close_within(grace).await;
-            tracing::info!("shard store closed");
+            tracing::info!(shard = self.id.as_str(), "shard store closed");
         }
         drop(opened);
         // Calls on the old backlog were told to stop; once they let go, so does the store.
-        drop(self.inner.users.write().await);
+        drop(self.users.write().await);
     }
 
     fn opened(&self) -> std::sync::MutexGuard<'_, Option<Opened>> {
-        self.inner
-            .opened
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.opened)
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        locked(&self.books)
+    }
+
+    fn consumer_state(&self) -> std::sync::MutexGuard<'_, Option<ConsumerState>> {
+        locked(&self.consumer_state)
     }
 
     /// The open shard's backlog state, read in place (no handle escapes the lock).
@@ -255,22 +463,23 @@ impl Sidecar {
     /// The open shard, for a call that uses its backlog without the shard lock: the
     /// guard keeps a close waiting until the call lets go of the store.
     async fn open_shard(&self) -> Result<(tokio::sync::RwLockReadGuard<'_, ()>, Opened), Status> {
-        let user = self.inner.users.read().await;
-        let opened = self.opened().clone().ok_or_else(not_open)?;
+        let user = self.users.read().await;
+        let opened = self.opened().clone().ok_or_else(|| not_open(&self.id))?;
         Ok((user, opened))
     }
 
     /// The open shard's ledger, or why there is none.
     async fn ledger(
         &self,
+        config: &SidecarConfig,
     ) -> Result<(tokio::sync::RwLockReadGuard<'_, ()>, BacklogHandle), Status> {
-        if self.inner.config.shard.delivery == DeliveryMode::Waiting {
+        if config.shard.delivery == DeliveryMode::Waiting {
             return Err(Status::failed_precondition(
                 "the delivery ledger belongs to decoupled delivery; this sidecar runs waiting delivery",
             ));
         }
         let (user, opened) = self.open_shard().await?;
-        let backlog = opened.backlog.ok_or_else(not_open)?;
+        let backlog = opened.backlog.ok_or_else(|| not_open(&self.id))?;
         Ok((user, backlog))
     }
 
@@ -279,14 +488,19 @@ impl Sidecar {
     /// bounds the whole close: a waiting delivery holds the shard for up to its retry
     /// budget, so one still running when the grace ends is left alone (the old shard
     /// stays open) and Open answers UNAVAILABLE.
-    async fn reopen(&self, state: Vec<StateEntry>) -> Result<OpenResponse, Status> {
-        let grace = self.inner.config.shutdown_grace;
+    async fn reopen(
+        &self,
+        config: &SidecarConfig,
+        state: Vec<StateEntry>,
+    ) -> Result<OpenResponse, Status> {
+        let grace = config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         self.begin_close();
-        let mut guard = tokio::time::timeout_at(deadline, self.inner.shard.lock())
+        let mut guard = tokio::time::timeout_at(deadline, self.shard.lock())
             .await
             .map_err(|_| {
                 tracing::warn!(
+                    shard = self.id.as_str(),
                     ?grace,
                     "Open gave up: a delivery still holds the shard after the shutdown grace"
                 );
@@ -298,27 +512,45 @@ impl Sidecar {
             })?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.retire(&mut guard, left).await;
-        let config = self.inner.config.shard.clone();
-        let (shard, recovery) = if self.inner.config.state_in_consumer {
+        let shard_config = config.shard.clone();
+        let (shard, recovery) = if config.state_in_consumer {
             // RocksDB work (in memory, but blocking), off the async workers.
             let loaded = tokio::task::spawn_blocking(move || ConsumerState::load(&state))
                 .await
                 .map_err(|err| Status::internal(bounded(&err.to_string())))?
                 .map_err(|err| Status::invalid_argument(bounded(&err.to_string())))?;
             let store = Store::in_host_db(loaded.db(), Keyspace::root(), Durability::Unsynced)
-                .map_err(|err| to_status(err.into()))?;
+                .map_err(|err| self.status(err.into()))?;
             *self.consumer_state() = Some(loaded);
-            Shard::open_in(store, config).await.map_err(to_status)?
-        } else {
-            Shard::open(&self.inner.config.store, config)
+            Shard::open_in(store, shard_config)
                 .await
-                .map_err(to_status)?
+                .map_err(|err| self.status(err))?
+        } else {
+            let dir = self.id.store_dir(&config.store);
+            if !self.id.is_default() {
+                // RocksDB makes the store's own directory only; `shards/` first (off the
+                // async workers: file system calls block).
+                let shards = config.store.join(SHARDS_DIR);
+                tokio::task::spawn_blocking(move || std::fs::create_dir_all(&shards))
+                    .await
+                    .map_err(|err| Status::internal(bounded(&err.to_string())))?
+                    .map_err(|err| {
+                        Status::internal(bounded(&format!(
+                            "cannot make the shards' directory under {}: {err}",
+                            config.store.display()
+                        )))
+                    })?;
+            }
+            Shard::open(dir, shard_config)
+                .await
+                .map_err(|err| self.status(err))?
         };
         *self.opened() = Some(Opened {
             backlog: shard.backlog_handle(),
         });
         *guard = Some(shard);
         tracing::info!(
+            shard = self.id.as_str(),
             pending = recovery.pending.is_some(),
             "shard opened and recovered"
         );
@@ -329,39 +561,25 @@ impl Sidecar {
         })
     }
 
-    /// The sidecar's metrics in the OpenMetrics text format (what `GET /metrics` serves).
-    pub fn metrics_text(&self) -> String {
-        let backlog = self.backlog_status();
-        self.inner.metrics.render(backlog.as_ref())
-    }
-
-    /// Serves `GET /metrics` on `listener` until `shutdown` resolves, then lets scrapes in
-    /// flight finish (see [`crate::metrics::serve`]).
-    ///
-    /// Cancel-safe: dropping it stops accepting; the shard is not involved.
-    pub async fn serve_metrics(
-        &self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        let sidecar = self.clone();
-        crate::metrics::serve(listener, move || sidecar.metrics_text(), shutdown).await;
-    }
-
-    fn consumer_state(&self) -> std::sync::MutexGuard<'_, Option<ConsumerState>> {
-        self.inner
-            .consumer_state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A shard error as a status ([`to_status`]), naming the shard when it is a named one.
+    fn status(&self, err: ShardError) -> Status {
+        let status = to_status(err);
+        if self.id.is_default() {
+            return status;
+        }
+        Status::new(
+            status.code(),
+            bounded(&format!("{}: {}", self.id, status.message())),
+        )
     }
 
     /// State in the consumer: the sidecar's writes since the last ones handed out (none
     /// otherwise). A pass over the in-memory store, off the async workers.
-    async fn take_state_ops(&self) -> Result<Vec<StateOp>, Status> {
-        if !self.inner.config.state_in_consumer {
+    async fn take_state_ops(&self, config: &SidecarConfig) -> Result<Vec<StateOp>, Status> {
+        if !config.state_in_consumer {
             return Ok(Vec::new());
         }
-        let state = self.inner.consumer_state.clone();
+        let state = self.consumer_state.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
             match state.as_mut() {
@@ -373,26 +591,36 @@ impl Sidecar {
         .map_err(|err| Status::internal(bounded(&err.to_string())))?
         .map_err(|err| Status::internal(bounded(&err)))
     }
-
-    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
-        self.inner
-            .books
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 #[tonic::async_trait]
 impl ShardSidecar for Sidecar {
     async fn open(&self, request: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
-        let state = request.into_inner().state;
+        let request = request.into_inner();
+        let id = shard_id(&request.shard)?;
         // A task of its own: a caller that goes away (its deadline) must not cut a reopen
         // in half, between closing the old shard and opening the new one.
         let sidecar = self.clone();
-        let opened = tokio::spawn(async move { sidecar.reopen(state).await })
+        let opened = tokio::spawn(async move { sidecar.open_one(id, request.state).await })
             .await
             .map_err(|err| Status::internal(bounded(&format!("Open did not complete: {err}"))))?;
         Ok(Response::new(opened?))
+    }
+
+    async fn close(
+        &self,
+        request: Request<CloseRequest>,
+    ) -> Result<Response<CloseResponse>, Status> {
+        let id = shard_id(&request.into_inner().shard)?;
+        // A task of its own, as Open: a caller that goes away must not leave the shard
+        // half closed.
+        let sidecar = self.clone();
+        let was_open = tokio::spawn(async move { sidecar.close_one(id).await })
+            .await
+            .map_err(|err| Status::internal(bounded(&format!("Close did not complete: {err}"))))?;
+        Ok(Response::new(CloseResponse {
+            was_open: was_open?,
+        }))
     }
 
     async fn start_commit(
@@ -401,46 +629,48 @@ impl ShardSidecar for Sidecar {
     ) -> Result<Response<StartCommitResponse>, Status> {
         let arrived = std::time::SystemTime::now();
         let request = request.into_inner();
+        let slot = self.slot(&request.shard)?;
+        let config = &self.inner.config;
         let checkpoint = request
             .checkpoint
             .ok_or_else(|| Status::invalid_argument("StartCommit needs a checkpoint"))?;
         let started_at = request.started_at.and_then(started_at).unwrap_or(arrived);
-        let mut guard = self.inner.shard.lock().await;
-        let shard = guard.as_mut().ok_or_else(not_open)?;
-        let (commit, state_ops) = if self.inner.config.state_in_consumer {
+        let mut guard = slot.shard.lock().await;
+        let shard = guard.as_mut().ok_or_else(|| not_open(&slot.id))?;
+        let (commit, state_ops) = if config.state_in_consumer {
             // The consumer's checkpoint is its own; the shard's writes go to the
             // in-memory store, and to the consumer with the sidecar's writes since.
             let prepared = shard
                 .prepare_commit(&request.stats, started_at)
                 .await
-                .map_err(to_status)?;
-            let db = self
+                .map_err(|err| slot.status(err))?;
+            let db = slot
                 .consumer_state()
                 .as_ref()
                 .map(ConsumerState::db)
-                .ok_or_else(not_open)?;
+                .ok_or_else(|| not_open(&slot.id))?;
             let mut batch = triggers_runtime::rocksdb::WriteBatch::default();
             prepared.write_into(&mut batch);
             if let Err(err) = db.write(batch) {
                 shard
                     .commit_not_written(prepared)
-                    .map_err(|err| to_status(err.into()))?;
+                    .map_err(|err| slot.status(err.into()))?;
                 return Err(Status::internal(bounded(&format!(
                     "the in-memory store failed: {err}"
                 ))));
             }
             let commit = shard
                 .commit_written(prepared)
-                .map_err(|err| to_status(err.into()))?;
-            (commit, self.take_state_ops().await?)
+                .map_err(|err| slot.status(err.into()))?;
+            (commit, slot.take_state_ops(config).await?)
         } else {
             let commit = shard
                 .start_commit_at(checkpoint, &request.stats, started_at)
                 .await
-                .map_err(to_status)?;
+                .map_err(|err| slot.status(err))?;
             (commit, Vec::new())
         };
-        self.books().commits += 1;
+        slot.books().commits += 1;
         self.inner.metrics.commit();
         Ok(Response::new(StartCommitResponse {
             triggers_persisted: commit.variables.is_some(),
@@ -453,17 +683,19 @@ impl ShardSidecar for Sidecar {
         &self,
         request: Request<AcknowledgedRequest>,
     ) -> Result<Response<AcknowledgedResponse>, Status> {
-        let wait = request.into_inner().wait;
-        let mut guard = self.inner.shard.clone().lock_owned().await;
+        let request = request.into_inner();
+        let wait = request.wait;
+        let slot = self.slot(&request.shard)?;
+        let mut guard = slot.shard.clone().lock_owned().await;
         guard
             .as_ref()
-            .ok_or_else(not_open)?
+            .ok_or_else(|| not_open(&slot.id))?
             .check_acknowledge()
-            .map_err(|err| to_status(err.into()))?;
+            .map_err(|err| slot.status(err.into()))?;
 
         let (done, outcome) = watch::channel(None);
         let delivery_id = {
-            let mut books = self.books();
+            let mut books = slot.books();
             books.next_delivery += 1;
             let id = books.next_delivery;
             books.deliveries.insert(id, outcome.clone());
@@ -473,7 +705,7 @@ impl ShardSidecar for Sidecar {
             id
         };
 
-        let sidecar = self.clone();
+        let delivering = slot.clone();
         tokio::spawn(async move {
             let result = match guard.as_mut() {
                 Some(shard) => shard.acknowledged().await,
@@ -481,10 +713,14 @@ impl ShardSidecar for Sidecar {
             };
             let outcome = delivery_outcome(delivery_id, result);
             if !outcome.ok {
-                tracing::error!(error = %outcome.error, "delivery failed; the shard must be reopened");
+                tracing::error!(
+                    shard = delivering.id.as_str(),
+                    error = %outcome.error,
+                    "delivery failed; the shard must be reopened"
+                );
             }
             {
-                let mut books = sidecar.books();
+                let mut books = delivering.books();
                 books.last = Some(outcome.clone());
                 books.finished_deliveries += 1;
             }
@@ -508,15 +744,16 @@ impl ShardSidecar for Sidecar {
         &self,
         request: Request<AwaitDeliveryRequest>,
     ) -> Result<Response<DeliveryOutcome>, Status> {
-        let id = request.into_inner().delivery_id;
-        let outcome = self.books().deliveries.get(&id).cloned().ok_or_else(|| {
+        let request = request.into_inner();
+        let id = request.delivery_id;
+        let slot = self.slot(&request.shard)?;
+        let outcome = slot.books().deliveries.get(&id).cloned().ok_or_else(|| {
             Status::not_found(format!(
                 "no delivery {id} (only the last {REMEMBERED_DELIVERIES} are kept)"
             ))
         })?;
         Ok(Response::new(await_outcome(outcome).await?))
     }
-
     async fn validate_config(
         &self,
         request: Request<ValidateConfigRequest>,
@@ -533,8 +770,15 @@ impl ShardSidecar for Sidecar {
         Ok(Response::new(reply))
     }
 
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let (open, phase, pending_run_id) = match self.inner.shard.try_lock() {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let id = shard_id(&request.into_inner().shard)?;
+        let found = locked(&self.inner.slots).get(&id).cloned();
+        // A shard not open here is as the default one before its Open: closed.
+        let slot = found.unwrap_or_else(|| Arc::new(Slot::new(id)));
+        let (open, phase, pending_run_id) = match slot.shard.try_lock() {
             Ok(guard) => match guard.as_ref() {
                 Some(shard) => (
                     true,
@@ -546,13 +790,13 @@ impl ShardSidecar for Sidecar {
             // Held by a delivery, or a commit in progress (maybe waiting for backlog room).
             Err(_) => (true, ShardPhase::Delivering, None),
         };
-        let backlog = self.backlog_status();
+        let backlog = slot.backlog_status();
         let phase = match (phase, &backlog) {
             (ShardPhase::Delivering, Some(b)) if b.backpressured => ShardPhase::Backpressured,
             (ShardPhase::Delivering, Some(_)) => ShardPhase::Committing,
             (phase, _) => phase,
         };
-        let books = self.books();
+        let books = slot.books();
         let last = books.last.clone().unwrap_or_default();
         Ok(Response::new(StatusResponse {
             delivery_mode: wire::delivery_mode(&self.inner.config.shard.delivery).into(),
@@ -602,7 +846,8 @@ impl ShardSidecar for Sidecar {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         let request = request.into_inner();
-        let (_user, ledger) = self.ledger().await?;
+        let slot = self.slot(&request.shard)?;
+        let (_user, ledger) = slot.ledger(&self.inner.config).await?;
         let (deliveries, next_page_token) = ledger
             .deliveries(request.page_size as usize, &request.page_token)
             .await
@@ -618,7 +863,8 @@ impl ShardSidecar for Sidecar {
         request: Request<DeliveryRef>,
     ) -> Result<Response<DeliveryRecord>, Status> {
         let at = request.into_inner();
-        let (_user, ledger) = self.ledger().await?;
+        let slot = self.slot(&at.shard)?;
+        let (_user, ledger) = slot.ledger(&self.inner.config).await?;
         let record = ledger
             .delivery(&trigger_name(&ledger, &at)?, at.first_commit_seq)
             .await
@@ -631,7 +877,8 @@ impl ShardSidecar for Sidecar {
         request: Request<DeliveryRef>,
     ) -> Result<Response<DeliveryRecord>, Status> {
         let at = request.into_inner();
-        let (_user, ledger) = self.ledger().await?;
+        let slot = self.slot(&at.shard)?;
+        let (_user, ledger) = slot.ledger(&self.inner.config).await?;
         let record = ledger
             .retry(&trigger_name(&ledger, &at)?, at.first_commit_seq)
             .await
@@ -647,7 +894,8 @@ impl ShardSidecar for Sidecar {
         let at = request
             .delivery
             .ok_or_else(|| Status::invalid_argument("SkipDelivery needs a delivery"))?;
-        let (_user, ledger) = self.ledger().await?;
+        let slot = self.slot(&at.shard)?;
+        let (_user, ledger) = slot.ledger(&self.inner.config).await?;
         let record = ledger
             .skip(
                 &trigger_name(&ledger, &at)?,
@@ -661,9 +909,11 @@ impl ShardSidecar for Sidecar {
 
     async fn await_drained(
         &self,
-        _: Request<AwaitDrainedRequest>,
+        request: Request<AwaitDrainedRequest>,
     ) -> Result<Response<AwaitDrainedResponse>, Status> {
-        let (_user, opened) = self.open_shard().await?;
+        let slot = self.slot(&request.into_inner().shard)?;
+        let config = &self.inner.config;
+        let (_user, opened) = slot.open_shard().await?;
         let result = match opened.backlog {
             Some(backlog) => backlog.drained().await,
             None => Ok(()),
@@ -672,15 +922,15 @@ impl ShardSidecar for Sidecar {
             Ok(()) => AwaitDrainedResponse {
                 ok: true,
                 error: String::new(),
-                state_ops: self.take_state_ops().await?,
+                state_ops: slot.take_state_ops(config).await?,
             },
             // Not a delivery outcome: the shard it waited on is gone.
-            Err(BacklogError::Closed) => return Err(to_status(BacklogError::Closed.into())),
+            Err(BacklogError::Closed) => return Err(slot.status(BacklogError::Closed.into())),
             Err(err @ (BacklogError::Webhook(_) | BacklogError::Stopped { .. })) => {
                 AwaitDrainedResponse {
                     ok: false,
                     error: bounded(&err.to_string()),
-                    state_ops: self.take_state_ops().await?,
+                    state_ops: slot.take_state_ops(config).await?,
                 }
             }
         }))
@@ -718,10 +968,15 @@ impl ShardSidecar for Sidecar {
         let request = request.into_inner();
         let variables = preview_variables(request.variables.as_deref())?;
         let shard = &self.inner.config.shard;
-        let deliverer =
-            Deliverer::with_policy(shard.backoff.clone(), shard.network).map_err(|err| {
-                Status::internal(bounded(&format!("cannot build the HTTP client: {err}")))
-            })?;
+        // The shards' client (without their attempt observer: a test is no delivery).
+        let deliverer = match &shard.deliverer {
+            Some(shared) => shared.clone(),
+            None => {
+                Deliverer::with_policy(shard.backoff.clone(), shard.network).map_err(|err| {
+                    Status::internal(bounded(&format!("cannot build the HTTP client: {err}")))
+                })?
+            }
+        };
         // Render off the async workers, as Preview does; send on them.
         let index = trigger_index(&shard.triggers, request.trigger, &request.trigger_name)?;
         let payload = self
@@ -837,8 +1092,18 @@ async fn await_outcome(
     Ok(outcome.clone().unwrap_or_default())
 }
 
-fn not_open() -> Status {
-    Status::failed_precondition("the shard is not open: call Open first")
+/// A call on a shard not open here. The default shard's message is the one the sidecar
+/// of one shard always gave.
+fn not_open(id: &ShardId) -> Status {
+    if id.is_default() {
+        return Status::failed_precondition("the shard is not open: call Open first");
+    }
+    Status::failed_precondition(format!("{id} is not open here: call Open first"))
+}
+
+/// The shard a request names, or INVALID_ARGUMENT saying the bound of an id.
+fn shard_id(shard: &str) -> Result<ShardId, Status> {
+    ShardId::parse(shard).map_err(|err| Status::invalid_argument(bounded(&err.to_string())))
 }
 
 fn validation_trigger(err: &ValidationError) -> i32 {

@@ -1,4 +1,4 @@
-//! `shard-sidecar`: serves one shard's trigger runtime over gRPC.
+//! `shard-sidecar`: serves the trigger runtime of a consumer's shards over gRPC.
 
 use clap::Parser;
 use std::io::Write as _;
@@ -6,12 +6,13 @@ use std::time::Duration;
 use triggers_sidecar::args::{ShardArgs, TokenArgs, init_tracing};
 use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
-/// Runs one shard's trigger runtime beside a consumer, serving it over gRPC.
+/// Runs the trigger runtime of a consumer's shards beside it, serving them over gRPC.
 ///
 /// A consumer that is not written in Rust (a Go Gazette consumer, say) starts one
-/// sidecar per shard and drives it with the ShardSidecar service
-/// (crates/proto/proto/sidecar.proto): Open (recover; returns the last checkpoint and
-/// whether triggers are pending), StartCommit (checkpoint + per-binding stats; returns once
+/// sidecar per process and drives every shard it is assigned with the ShardSidecar
+/// service (crates/proto/proto/sidecar.proto), each call naming its shard by its Gazette
+/// shard id: Open (recover; returns the last checkpoint and whether triggers are
+/// pending), Close (the shard moved away: release its store), StartCommit (checkpoint + per-binding stats; returns once
 /// durable), Acknowledged (delivers the triggers; optionally waits for the outcome),
 /// AwaitDelivery, AwaitDrained, ValidateConfig, Status, and Preview and TestFire (one
 /// trigger's payload unsent, or one test webhook; they need no open shard).
@@ -24,8 +25,10 @@ use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 /// one the sidecar refuses to start. Given on a Unix socket, a token is required there
 /// too.
 ///
-/// The sidecar owns the shard's RocksDB store (one process per store) and its trigger
-/// config, which may be SOPS-encrypted (decrypted in memory only, with --identity,
+/// The sidecar owns its shards' RocksDB stores (one process per store): the default
+/// shard's (the empty id) is --store itself, a named shard's is
+/// STORE/shards/<its id, each '/' written as %2F>, made at its Open. One trigger config,
+/// materialization and delivery mode serve every shard; it may be SOPS-encrypted (decrypted in memory only, with --identity,
 /// $SOPS_AGE_KEY_FILE or $SOPS_AGE_KEY). On start it prints `listening on ADDRESS` to
 /// stdout. On SIGTERM or Ctrl-C it stops accepting calls and starting webhooks, gives the
 /// requests in flight the grace period to finish, and exits; a delivery cut off stays

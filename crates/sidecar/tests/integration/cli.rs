@@ -529,11 +529,15 @@ async fn shard_sidecar_and_consumer_start_with_an_encrypted_config() {
                     first_clock: triggers::Clock::from_unix(1_700_000_000, 0).0,
                     last_clock: triggers::Clock::from_unix(1_700_000_000, 0).0,
                 }],
+                ..Default::default()
             })
             .await
             .expect("commits");
         let outcome = client
-            .acknowledged(AcknowledgedRequest { wait: true })
+            .acknowledged(AcknowledgedRequest {
+                wait: true,
+                ..Default::default()
+            })
             .await
             .expect("ack")
             .into_inner()

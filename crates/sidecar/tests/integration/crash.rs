@@ -1121,11 +1121,15 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
                 first_clock: clock,
                 last_clock: clock,
             }],
+            ..Default::default()
         })
         .await
         .expect("commits");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("queues");
     let arrived = harness
@@ -1152,11 +1156,14 @@ async fn sigterm_lets_in_flight_webhooks_finish_within_the_grace() {
         "the in-flight webhooks finished before the exit: {opened:?}"
     );
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("drains")
         .into_inner();

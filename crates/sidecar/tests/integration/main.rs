@@ -10,5 +10,6 @@ mod airflow;
 mod cli;
 #[cfg(feature = "failpoints")]
 mod crash;
+mod shards;
 mod sidecar;
 mod support;

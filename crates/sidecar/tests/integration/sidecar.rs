@@ -21,19 +21,21 @@ use triggers_runtime::test_support::fixtures::{checkpoint, materialization};
 
 type Client = triggers_sidecar::Client;
 
-struct Running {
-    client: Client,
+/// A sidecar served in-process (also by the `shards` tests).
+pub(crate) struct Running {
+    pub(crate) client: Client,
     /// As a client dials it.
-    address: String,
+    pub(crate) address: String,
     /// `http://127.0.0.1:PORT/metrics`.
-    metrics: String,
+    pub(crate) metrics: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Running {
-    async fn stop(mut self) {
+    /// Stops it (as at SIGTERM) and waits, at most 10 s, for `run` to return.
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -102,6 +104,16 @@ async fn serve_triggers(
             .with_delivery(delivery),
     );
     config.shutdown_grace = grace;
+    serve_config(dir, config, address).await
+}
+
+/// A sidecar of `config` in `dir`, serving on `address` (`unix` for a socket in `dir`)
+/// with the test token, and its metrics on 127.0.0.1.
+pub(crate) async fn serve_config(
+    dir: tempfile::TempDir,
+    config: SidecarConfig,
+    address: &str,
+) -> Running {
     let sidecar = Sidecar::new(config);
     let address = if address == "unix" {
         format!("unix:{}", dir.path().join("sidecar.sock").display())
@@ -161,7 +173,10 @@ async fn serve_decoupled_and_open(receiver: &Receiver, limit: usize) -> (Running
     let mut client = running.client.clone();
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     (running, client)
@@ -174,16 +189,20 @@ async fn commit_and_acknowledge(client: &mut Client, n: i64) {
             started_at: None,
             checkpoint: Some(checkpoint(n)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect("commits");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("ack");
 }
 
-fn stats() -> Vec<BindingStats> {
+pub(crate) fn stats() -> Vec<BindingStats> {
     let clock = Clock::from_unix(1_700_000_000, 0).0;
     vec![BindingStats {
         binding: 1,
@@ -206,6 +225,7 @@ async fn the_whole_lifecycle_over_grpc() {
             started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect_err("not open");
@@ -219,7 +239,10 @@ async fn the_whole_lifecycle_over_grpc() {
     assert_eq!(opened.checkpoint, Some(Checkpoint::default()));
     assert!(!opened.triggers_pending);
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovery ack");
 
@@ -230,6 +253,7 @@ async fn the_whole_lifecycle_over_grpc() {
             started_at: None,
             checkpoint: None,
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect_err("no checkpoint");
@@ -241,6 +265,7 @@ async fn the_whole_lifecycle_over_grpc() {
             started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: bad,
+            ..Default::default()
         })
         .await
         .expect_err("unknown binding");
@@ -252,6 +277,7 @@ async fn the_whole_lifecycle_over_grpc() {
             started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect("commits")
@@ -259,7 +285,10 @@ async fn the_whole_lifecycle_over_grpc() {
     assert!(commit.triggers_persisted);
 
     let started = client
-        .acknowledged(AcknowledgedRequest { wait: false })
+        .acknowledged(AcknowledgedRequest {
+            wait: false,
+            ..Default::default()
+        })
         .await
         .expect("starts delivery")
         .into_inner();
@@ -267,6 +296,7 @@ async fn the_whole_lifecycle_over_grpc() {
     let outcome = client
         .await_delivery(AwaitDeliveryRequest {
             delivery_id: started.delivery_id,
+            ..Default::default()
         })
         .await
         .expect("awaits")
@@ -283,7 +313,7 @@ async fn the_whole_lifecycle_over_grpc() {
     assert_eq!(receiver.requests().len(), 2);
 
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();
@@ -294,13 +324,19 @@ async fn the_whole_lifecycle_over_grpc() {
 
     // Acknowledged without a commit is refused up front.
     let err = client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect_err("nothing to acknowledge");
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     let err = client
-        .await_delivery(AwaitDeliveryRequest { delivery_id: 999 })
+        .await_delivery(AwaitDeliveryRequest {
+            delivery_id: 999,
+            ..Default::default()
+        })
         .await
         .expect_err("unknown delivery");
     assert_eq!(err.code(), Code::NotFound);
@@ -321,7 +357,10 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
     let mut client = running.client.clone();
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovery ack");
     let commit = client
@@ -329,13 +368,17 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
             started_at: None,
             checkpoint: Some(checkpoint(5)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect("commits")
         .into_inner();
 
     let outcome = client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("the call itself succeeds")
         .into_inner()
@@ -352,7 +395,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
     assert!(outcome.triggers[0].delivered);
 
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();
@@ -367,6 +410,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
             started_at: None,
             checkpoint: Some(checkpoint(6)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect_err("failed shard");
@@ -381,7 +425,10 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
     assert!(reopened.triggers_pending);
     assert_eq!(reopened.pending_flow_run_id, commit.flow_run_id);
     let outcome = client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("acks")
         .into_inner()
@@ -397,7 +444,7 @@ async fn a_failed_delivery_is_reported_and_reopening_fires_it_again() {
         .collect();
     assert_eq!(outcomes, [(true, 200, false), (true, 409, true)]);
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();
@@ -464,11 +511,15 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
                     started_at: None,
                     checkpoint: Some(checkpoint(n)),
                     stats: stats(),
+                    ..Default::default()
                 })
                 .await
                 .expect("commits");
             let ack = committer
-                .acknowledged(AcknowledgedRequest { wait: true })
+                .acknowledged(AcknowledgedRequest {
+                    wait: true,
+                    ..Default::default()
+                })
                 .await
                 .expect("ack")
                 .into_inner()
@@ -481,7 +532,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     let mut seen = None;
     for _ in 0..200 {
         let status = client
-            .status(StatusRequest {})
+            .status(StatusRequest::default())
             .await
             .expect("status")
             .into_inner();
@@ -505,13 +556,13 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     commits.await.expect("commits finish");
 
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("awaits")
         .into_inner();
     assert!(drained.ok, "{drained:?}");
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();
@@ -528,7 +579,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     receiver.script("/b", [Reply::status(404).with_body("no such hook")]);
     commit_and_acknowledge(&mut client, 6).await;
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("awaits")
         .into_inner();
@@ -542,7 +593,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     }
     assert!(!drained.error.contains("hunter2"));
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();
@@ -552,6 +603,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
             started_at: None,
             checkpoint: Some(checkpoint(7)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect_err("failed shard");
@@ -562,6 +614,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
         .list_deliveries(ListDeliveriesRequest {
             page_size: 4,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("lists")
@@ -608,7 +661,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
     let got = client.get_delivery(at).await.expect("gets").into_inner();
     assert_eq!(got.cancel_reason, "hook deleted on the receiver's side");
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("awaits")
         .into_inner();
@@ -618,6 +671,7 @@ async fn decoupled_status_shows_backpressure_and_await_drained_reports_a_failure
             started_at: None,
             checkpoint: Some(checkpoint(7)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect("commits again");
@@ -633,7 +687,7 @@ async fn metrics_are_scraped_over_http() {
         commit_and_acknowledge(&mut client, n).await;
     }
     client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("drains");
     // One more, held by /b for a while: it shows in the backlog gauges. Scraped once /b
@@ -773,7 +827,10 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
     receiver.script("/a", [Reply::status(200).after(Duration::from_secs(3))]);
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovery ack");
     client
@@ -781,11 +838,15 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
             started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect("commits");
     let started = client
-        .acknowledged(AcknowledgedRequest { wait: false })
+        .acknowledged(AcknowledgedRequest {
+            wait: false,
+            ..Default::default()
+        })
         .await
         .expect("delivery starts")
         .into_inner();
@@ -820,6 +881,7 @@ async fn preview_and_test_fire_need_no_open_shard_and_never_wait_for_it() {
     let outcome = client
         .await_delivery(AwaitDeliveryRequest {
             delivery_id: started.delivery_id,
+            ..Default::default()
         })
         .await
         .expect("delivery ends")
@@ -845,7 +907,7 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn wait_until_backpressured(client: &mut Client) {
     for _ in 0..400 {
         let status = client
-            .status(StatusRequest {})
+            .status(StatusRequest::default())
             .await
             .expect("status")
             .into_inner();
@@ -870,7 +932,8 @@ async fn an_await_drained_in_flight_does_not_hold_the_old_store_against_a_new_op
     assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
 
     let mut waiter = client.clone();
-    let drained = tokio::spawn(async move { waiter.await_drained(AwaitDrainedRequest {}).await });
+    let drained =
+        tokio::spawn(async move { waiter.await_drained(AwaitDrainedRequest::default()).await });
     // Each backlog is at its limit of one: the next StartCommit waits for room.
     let mut committer = client.clone();
     let committing = tokio::spawn(async move {
@@ -879,6 +942,7 @@ async fn an_await_drained_in_flight_does_not_hold_the_old_store_against_a_new_op
                 started_at: None,
                 checkpoint: Some(checkpoint(2)),
                 stats: stats(),
+                ..Default::default()
             })
             .await
     });
@@ -914,11 +978,14 @@ async fn an_await_drained_in_flight_does_not_hold_the_old_store_against_a_new_op
         .into_inner();
     assert_eq!(reopened.checkpoint, Some(checkpoint(1)));
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("drains")
         .into_inner();
@@ -948,11 +1015,14 @@ async fn reopening_a_live_sidecar_never_sends_an_in_flight_ordered_webhook_twice
         "the in-flight webhooks finished before the reopen: {reopened:?}"
     );
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("drains")
         .into_inner();
@@ -997,7 +1067,7 @@ async fn status_codes_agree_with_the_readme() {
     let mut client = running.client.clone();
 
     let err = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect_err("AwaitDrained before Open");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
@@ -1024,20 +1094,24 @@ async fn status_codes_agree_with_the_readme() {
             started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect_err("StartCommit before the recovered Acknowledged");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("recovered checkpoint"), "{err}");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
 
     receiver.script("/b", [Reply::status(404).with_body("no such hook")]);
     commit_and_acknowledge(&mut client, 1).await;
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("awaits")
         .into_inner();
@@ -1047,6 +1121,7 @@ async fn status_codes_agree_with_the_readme() {
             started_at: None,
             checkpoint: Some(checkpoint(2)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect_err("StartCommit on a failed backlog");
@@ -1080,7 +1155,7 @@ async fn an_open_dropped_mid_way_still_reopens_the_shard() {
     let mut reopened = false;
     for _ in 0..1000 {
         let status = client
-            .status(StatusRequest {})
+            .status(StatusRequest::default())
             .await
             .expect("status")
             .into_inner();
@@ -1092,11 +1167,14 @@ async fn an_open_dropped_mid_way_still_reopens_the_shard() {
     }
     assert!(reopened, "the reopen completed without its caller");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("drains")
         .into_inner();
@@ -1207,7 +1285,10 @@ async fn calls_without_the_bearer_token_are_unauthenticated() {
             .await
             .expect("connects");
         for status in [
-            client.status(StatusRequest {}).await.expect_err("refused"),
+            client
+                .status(StatusRequest::default())
+                .await
+                .expect_err("refused"),
             client
                 .open(OpenRequest::default())
                 .await
@@ -1227,7 +1308,7 @@ async fn calls_without_the_bearer_token_are_unauthenticated() {
     assert!(receiver.requests().is_empty(), "no test-fire got through");
     running
         .client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("with the token");
     running.stop().await;
@@ -1295,7 +1376,7 @@ async fn binding_the_unix_socket_never_takes_over_a_live_sidecars_socket() {
         .await
         .expect("connects");
     again
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("the first sidecar still answers");
     first.stop().await;
@@ -1325,7 +1406,10 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
     let mut client = running.client.clone();
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     receiver.set_default(Reply::status(200).after(Duration::from_secs(3)));
@@ -1334,11 +1418,15 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
             started_at: None,
             checkpoint: Some(checkpoint(1)),
             stats: stats(),
+            ..Default::default()
         })
         .await
         .expect("commits");
     let delivery_id = client
-        .acknowledged(AcknowledgedRequest { wait: false })
+        .acknowledged(AcknowledgedRequest {
+            wait: false,
+            ..Default::default()
+        })
         .await
         .expect("ack")
         .into_inner()
@@ -1356,7 +1444,10 @@ async fn open_in_waiting_delivery_is_bounded_by_the_shutdown_grace() {
     assert!(err.message().contains("shutdown grace"), "{err}");
 
     let outcome = client
-        .await_delivery(AwaitDeliveryRequest { delivery_id })
+        .await_delivery(AwaitDeliveryRequest {
+            delivery_id,
+            ..Default::default()
+        })
         .await
         .expect("the delivery went on")
         .into_inner();
@@ -1510,7 +1601,7 @@ async fn validate_config_and_preview_run_off_the_async_workers() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut client = running.client.clone();
     client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("Status answers");
     let pending = validations.iter().filter(|v| !v.is_finished()).count();
@@ -1563,7 +1654,10 @@ async fn run_id_is_the_started_at_a_consumer_gives_and_out_of_range_ones_are_ign
     let mut client = sidecar::connect(&address, None).await.expect("connects");
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
 
@@ -1590,11 +1684,15 @@ async fn run_id_is_the_started_at_a_consumer_gives_and_out_of_range_ones_are_ign
                 checkpoint: Some(checkpoint(n as i64 + 1)),
                 stats: stats(),
                 started_at,
+                ..Default::default()
             })
             .await
             .expect("commits");
         client
-            .acknowledged(AcknowledgedRequest { wait: true })
+            .acknowledged(AcknowledgedRequest {
+                wait: true,
+                ..Default::default()
+            })
             .await
             .expect("delivers");
     }
@@ -1671,18 +1769,21 @@ async fn a_removed_triggers_webhook_is_in_status_and_skipped_by_name() {
     let mut client = running.client.clone();
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     commit_and_acknowledge(&mut client, 2).await;
     let drained = client
-        .await_drained(AwaitDrainedRequest {})
+        .await_drained(AwaitDrainedRequest::default())
         .await
         .expect("awaits")
         .into_inner();
     assert!(drained.ok, "the orphan holds nothing back: {drained:?}");
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();
@@ -1755,7 +1856,7 @@ async fn a_removed_triggers_webhook_is_in_status_and_skipped_by_name() {
         (DeliveryState::Cancelled, "slack")
     );
     let status = client
-        .status(StatusRequest {})
+        .status(StatusRequest::default())
         .await
         .expect("status")
         .into_inner();

@@ -36,7 +36,10 @@ pub async fn open_and_acknowledge(
         .expect("connects");
     client.open(OpenRequest::default()).await.expect("opens");
     client
-        .acknowledged(AcknowledgedRequest { wait: true })
+        .acknowledged(AcknowledgedRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .expect("recovered ack");
     client
