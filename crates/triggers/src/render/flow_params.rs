@@ -104,8 +104,12 @@ fn to_variables(flow: FlowVariables, fresh: String) -> Variables {
         connector_image: flow.connector_image,
         flow_published_at_min: time(&flow.flow_published_at_min),
         flow_published_at_max: max,
+        // An empty one is as good as none: stored empty, it would read back as the
+        // fallback below anyway (params of builds before `run_id` hold it empty), so a
+        // re-fire would not repeat it.
         run_id: flow
             .run_id
+            .filter(|id| !id.is_empty())
             .unwrap_or_else(|| crate::run_id(std::time::SystemTime::from(max))),
         flow_run_id: flow
             .flow_run_id
@@ -168,6 +172,17 @@ mod tests {
             "kept as Flow wrote it"
         );
         assert_eq!(v.flow_run_id, "fresh-1");
+    }
+
+    /// Found by the `flow_params` fuzz target: `{"run_id":""}` read into variables whose
+    /// `run_id` did not survive being stored (an empty one reads back as the fallback).
+    #[test]
+    fn an_empty_run_id_is_the_fallback_and_survives_being_stored() {
+        let pending = flow_pending_per_trigger(br#"{"run_id":""}"#, &triggers(), &mut fresh())
+            .expect("reads");
+        let v = pending[0].clone().expect("fires");
+        assert_eq!(v.run_id, "1970-01-01T00:00:00.000Z");
+        assert_eq!(Variables::from_params(v.to_params()), Ok(v));
     }
 
     #[test]
