@@ -210,6 +210,8 @@ fn delivery_record_bytes() {
         already_delivered: false,
         // Records of earlier builds have no name: their bytes are the contract above.
         trigger_name: String::new(),
+        dead_letter: false,
+        entry: None,
     };
     insta::assert_snapshot!(round_trip(&record));
     // Issue 18: a record keyed by its trigger's name carries it.
@@ -218,6 +220,24 @@ fn delivery_record_bytes() {
         ..record
     };
     insta::assert_snapshot!("delivery_record_bytes_named", round_trip(&named));
+    // Issue 17: a dead letter keeps what it sends (fields 14 and 15, appended; absent
+    // in other records, so theirs keep their bytes).
+    let dead = DeliveryRecord {
+        dead_letter: true,
+        entry: Some(BacklogEntry {
+            params: Some(TriggerParams {
+                first_commit_seq: 4,
+                last_commit_seq: 6,
+                ..Default::default()
+            }),
+            committed_at: Some(Timestamp {
+                seconds: 1_700_000_300,
+                nanos: 5,
+            }),
+        }),
+        ..named
+    };
+    insta::assert_snapshot!("delivery_record_bytes_dead_letter", round_trip(&dead));
 }
 
 /// Issue 13: a SUCCESS the receiver said it already had (`responses.alreadyDelivered`),

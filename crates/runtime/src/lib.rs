@@ -78,7 +78,8 @@ pub use rocksdb;
 
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
-    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, OrphanedQueue, QueueStatus,
+    DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, MAX_REPLAY, OrphanedQueue, QueueStatus,
+    ReplayRange,
 };
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};

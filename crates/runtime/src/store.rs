@@ -636,6 +636,35 @@ impl Store {
             .map_err(|err| self.rocksdb_error("ledger write", err))
     }
 
+    /// Puts a finished delivery back in its trigger's backlog (a dead letter retried, a
+    /// delivered one replayed): its entry under its backlog key and its record (PENDING
+    /// again) in one WriteBatch, so a crash keeps both or neither. Not synced, like
+    /// [`Store::write_delivery`]: lost to a power cut, the operator's action is undone
+    /// and the record is as it was.
+    pub(crate) fn restore_backlog_entry(
+        &self,
+        record: &DeliveryRecord,
+        entry: &BacklogEntry,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let (trigger, first_commit_seq) = (&record.trigger_name, record.first_commit_seq);
+        self.put(
+            &mut batch,
+            ledger_key(trigger, first_commit_seq),
+            record.encode_to_vec(),
+        );
+        self.put(
+            &mut batch,
+            backlog_key(trigger, first_commit_seq),
+            entry.encode_to_vec(),
+        );
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|err| self.rocksdb_error("backlog restore", err))
+    }
+
     /// The ledger record of a delivery, if it has left PENDING.
     pub fn delivery(
         &self,

@@ -50,6 +50,21 @@ impl EncodeLabelSet for BacklogLabels {
     }
 }
 
+/// Labels of one shard: `shard` (its id), or none for the default shard.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ShardLabels {
+    shard: String,
+}
+
+impl EncodeLabelSet for ShardLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        if !self.shard.is_empty() {
+            ("shard", self.shard.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
 /// Labels of an attempt's outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
@@ -79,6 +94,8 @@ pub struct Metrics {
     backpressure_waits: Counter,
     backpressured: Gauge,
     orphaned_entries: Family<BacklogLabels, Gauge>,
+    dead_letters: Family<BacklogLabels, Counter>,
+    stopped: Family<ShardLabels, Gauge>,
     /// One render at a time: each clears the gauges and sets them again.
     rendering: std::sync::Mutex<()>,
 }
@@ -147,7 +164,21 @@ impl Metrics {
             "Backlog entries of triggers the config no longer has, by trigger name: kept and never sent until an operator skips them or the trigger comes back",
             orphaned_entries.clone(),
         );
+        let dead_letters = Family::<BacklogLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Deliveries that failed for good and became dead letters (a trigger whose onFailure is deadLetter) since their shard opened: the backlog went on without them (a reopen or a close reads as a counter reset)",
+            dead_letters.clone(),
+        );
+        let stopped = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "backlog_stopped",
+            "1 while a shard's backlog is stopped (a delivery FAILED for good waits for an operator, or the shard must be reopened), else 0",
+            stopped.clone(),
+        );
         Self {
+            dead_letters,
+            stopped,
             orphaned_entries,
             registry,
             attempts,
@@ -191,8 +222,15 @@ impl Metrics {
         self.oldest_pending_seconds.clear();
         // Skipped ones leave the series rather than linger at their last count.
         self.orphaned_entries.clear();
+        self.dead_letters.clear();
+        self.stopped.clear();
         let (mut waits, mut backpressured) = (0u64, 0i64);
         for (shard, status) in backlogs {
+            self.stopped
+                .get_or_create(&ShardLabels {
+                    shard: shard.clone(),
+                })
+                .set(i64::from(status.failure.is_some()));
             for queue in &status.queues {
                 let labels = BacklogLabels {
                     shard: shard.clone(),
@@ -206,6 +244,11 @@ impl Metrics {
                     .and_then(|at| now.duration_since(at).ok())
                     .map_or(0.0, |age| age.as_secs_f64());
                 self.oldest_pending_seconds.get_or_create(&labels).set(age);
+                // The backlog counts them; the counter shows its count.
+                self.dead_letters
+                    .get_or_create(&labels)
+                    .inner()
+                    .store(queue.dead_letters, Ordering::Relaxed);
             }
             for orphaned in &status.orphaned {
                 self.orphaned_entries

@@ -43,14 +43,14 @@ use triggers_proto::sidecar::{
     AcknowledgedRequest, AcknowledgedResponse, AwaitDeliveryRequest, AwaitDrainedRequest,
     AwaitDrainedResponse, BacklogQueue, CloseRequest, CloseResponse, DeliveryOutcome, DeliveryRef,
     ListDeliveriesRequest, ListDeliveriesResponse, OpenRequest, OpenResponse, OrphanedBacklog,
-    PreviewRequest, PreviewResponse, ShardPhase, SkipDeliveryRequest, StartCommitRequest,
-    StartCommitResponse, StateEntry, StateOp, StatusRequest, StatusResponse, TestFireRequest,
-    TestFireResponse, TriggerOutcome, ValidateConfigRequest, ValidateConfigResponse,
-    ValidationIssue,
+    PreviewRequest, PreviewResponse, ReplayDeliveriesRequest, ReplayDeliveriesResponse, ShardPhase,
+    SkipDeliveryRequest, StartCommitRequest, StartCommitResponse, StateEntry, StateOp,
+    StatusRequest, StatusResponse, TestFireRequest, TestFireResponse, TriggerOutcome,
+    ValidateConfigRequest, ValidateConfigResponse, ValidationIssue,
 };
 use triggers_runtime::{
-    BacklogError, BacklogHandle, DeliveryMode, Durability, Keyspace, LedgerError, Shard,
-    ShardConfig, ShardError, Store, StoreError,
+    BacklogError, BacklogHandle, DeliveryMode, Durability, Keyspace, LedgerError, ReplayRange,
+    Shard, ShardConfig, ShardError, Store, StoreError,
 };
 
 /// How many finished deliveries AwaitDelivery can still be asked about.
@@ -816,6 +816,7 @@ impl ShardSidecar for Sidecar {
                     transactions_delivered: q.transactions_delivered,
                     already_delivered: q.already_delivered,
                     oldest_pending_seq: q.oldest_pending_seq.unwrap_or(0),
+                    dead_letters: q.dead_letters,
                 })
                 .collect(),
             orphaned: backlog
@@ -884,6 +885,26 @@ impl ShardSidecar for Sidecar {
             .await
             .map_err(ledger_status)?;
         Ok(Response::new(record))
+    }
+
+    async fn replay_deliveries(
+        &self,
+        request: Request<ReplayDeliveriesRequest>,
+    ) -> Result<Response<ReplayDeliveriesResponse>, Status> {
+        let asked = request.into_inner();
+        let range = replay_range(&asked)?;
+        let slot = self.slot(&asked.shard)?;
+        let (_user, ledger) = slot.ledger(&self.inner.config).await?;
+        let at = DeliveryRef {
+            trigger: asked.trigger,
+            trigger_name: asked.trigger_name.clone(),
+            ..DeliveryRef::default()
+        };
+        let replayed = ledger
+            .replay(&trigger_name(&ledger, &at)?, range)
+            .await
+            .map_err(ledger_status)?;
+        Ok(Response::new(ReplayDeliveriesResponse { replayed }))
     }
 
     async fn skip_delivery(
@@ -1150,6 +1171,38 @@ fn delivery_outcome(
 
 /// The trigger a [`DeliveryRef`] names: its `trigger_name`, else the name of the trigger
 /// at position `trigger` in the config.
+/// The range a replay asks for: a commit range, or a commit-time range, not both.
+fn replay_range(asked: &ReplayDeliveriesRequest) -> Result<ReplayRange, Status> {
+    let commits = asked.first_commit_seq != 0 || asked.last_commit_seq != 0;
+    let times = asked.committed_from.is_some() || asked.committed_to.is_some();
+    let invalid = |why: &str| Status::invalid_argument(format!("ReplayDeliveries: {why}"));
+    match (commits, times) {
+        (true, true) => Err(invalid("give a commit range or a time range, not both")),
+        (false, false) => Err(invalid("give a commit range or a time range")),
+        (true, false) => {
+            let (first, last) = (asked.first_commit_seq, asked.last_commit_seq);
+            if first == 0 || last < first {
+                return Err(invalid(
+                    "the commit range needs first_commit_seq >= 1 and last_commit_seq >= it",
+                ));
+            }
+            Ok(ReplayRange::Commits { first, last })
+        }
+        (false, true) => {
+            let time = |at: Option<triggers_proto::Timestamp>| {
+                at.and_then(timestamp_time).ok_or_else(|| {
+                    invalid("the time range needs a valid committed_from and committed_to")
+                })
+            };
+            let (from, to) = (time(asked.committed_from)?, time(asked.committed_to)?);
+            if to < from {
+                return Err(invalid("committed_to is before committed_from"));
+            }
+            Ok(ReplayRange::CommittedBetween { from, to })
+        }
+    }
+}
+
 fn trigger_name(ledger: &BacklogHandle, at: &DeliveryRef) -> Result<String, Status> {
     if !at.trigger_name.is_empty() {
         // Names are at most 64 bytes: a longer one names nothing, and is not echoed whole.
@@ -1588,6 +1641,11 @@ pub async fn run(
 /// A client's transaction start, if it is a time from 1970 to 9999 (what `run_id` can
 /// name); anything else is ignored for the time StartCommit arrived.
 fn started_at(at: triggers_proto::Timestamp) -> Option<std::time::SystemTime> {
+    timestamp_time(at)
+}
+
+/// A timestamp as a time, if it is one from the epoch to the year 10000.
+fn timestamp_time(at: triggers_proto::Timestamp) -> Option<std::time::SystemTime> {
     const YEAR_10000: u64 = 253_402_300_800;
     let seconds = u64::try_from(at.seconds).ok().filter(|s| *s < YEAR_10000)?;
     let nanos = u32::try_from(at.nanos)

@@ -81,7 +81,7 @@ pub use config::document::{
     SECRET_TYPE_ERROR, TriggerConfig, TriggersConfig,
 };
 pub use config::drain::{
-    DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS,
+    DEFAULT_MAX_IN_FLIGHT, Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS, OnFailure,
 };
 pub use config::duration::{ConfigDuration, DurationError, DurationProblem, MAX_DURATION_BYTES};
 pub use config::responses::{

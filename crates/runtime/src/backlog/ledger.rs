@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use triggers::{
     AttemptObserver, AttemptOutcome, AttemptRecord, Delivered, TriggerFailure, Variables,
 };
-use triggers_proto::{DeliveryAttempt, DeliveryRecord, DeliveryState, Timestamp};
+use triggers_proto::{BacklogEntry, DeliveryAttempt, DeliveryRecord, DeliveryState, Timestamp};
 
 /// Default number of terminal records kept.
 pub const DEFAULT_LEDGER_KEEP: usize = 1000;
@@ -188,6 +188,16 @@ fn record(delivery: Delivery<'_>, state: DeliveryState) -> DeliveryRecord {
         error: String::new(),
         already_delivered: false,
         trigger_name: delivery.name.to_string(),
+        dead_letter: false,
+        entry: None,
+    }
+}
+
+/// What a delivery sends, as its record keeps it for a replay or a dead letter's retry.
+fn entry_of(delivery: Delivery<'_>) -> BacklogEntry {
+    BacklogEntry {
+        params: Some(delivery.variables.to_params()),
+        committed_at: Some(timestamp(delivery.committed_at)),
     }
 }
 
@@ -212,6 +222,8 @@ pub(crate) fn orphan(entry: &StoredEntry, stored: Option<&DeliveryRecord>) -> De
         error: stored.map(|r| r.error.clone()).unwrap_or_default(),
         cancel_reason: String::new(),
         already_delivered: false,
+        dead_letter: false,
+        entry: None,
     }
 }
 
@@ -229,7 +241,22 @@ pub(crate) fn succeeded(
     DeliveryRecord {
         attempts,
         already_delivered: delivered.already_delivered,
+        entry: Some(entry_of(delivery)),
         ..record(delivery, DeliveryState::Success)
+    }
+}
+
+/// FAILED as a dead letter: its trigger's backlog goes on without it, and the record
+/// keeps what it sends, for a retry.
+pub(crate) fn dead_lettered(
+    delivery: Delivery<'_>,
+    attempts: Vec<DeliveryAttempt>,
+    failure: &TriggerFailure,
+) -> DeliveryRecord {
+    DeliveryRecord {
+        dead_letter: true,
+        entry: Some(entry_of(delivery)),
+        ..failed(delivery, attempts, failure)
     }
 }
 
@@ -356,6 +383,22 @@ impl Ledger {
         let _cas = self.guard();
         next.attempts = merged_attempts(store, &next)?;
         store.write_delivery(&next, false, None)
+    }
+
+    /// RUNNING → FAILED as a dead letter, deleting the backlog entry in the same batch:
+    /// the record keeps what it sends.
+    pub(crate) fn record_dead_letter(
+        &self,
+        store: &Store,
+        mut next: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        {
+            let _cas = self.guard();
+            next.attempts = merged_attempts(store, &next)?;
+            store.write_delivery(&next, true, None)?;
+        }
+        self.after_terminal(store);
+        Ok(())
     }
 
     /// Runs a retention pass every [`GC_EVERY`] terminal transitions.

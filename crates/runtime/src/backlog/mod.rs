@@ -33,6 +33,7 @@ mod ledger;
 mod operator;
 
 pub use ledger::{DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention};
+pub use operator::{MAX_REPLAY, ReplayRange};
 
 use crate::crash::crash_point;
 use crate::shard_store::ShardStore;
@@ -50,7 +51,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
-use triggers::{Delivered, Deliverer, Drain, SendReason, TriggerFailure, Triggers, Variables};
+use triggers::{
+    Delivered, Deliverer, Drain, OnFailure, SendReason, TriggerFailure, Triggers, Variables,
+};
 use triggers_proto::{Checkpoint, DeliveryAttempt};
 
 /// Why decoupled delivery stopped, or why a call waiting on the backlog ended. The
@@ -151,6 +154,9 @@ pub struct QueueStatus {
     /// Of `delivered`, those the receiver said it already had (a status of the trigger's
     /// `responses.alreadyDelivered` to a re-send).
     pub already_delivered: u64,
+    /// Deliveries that failed for good and became dead letters since the shard opened
+    /// (a trigger whose `onFailure` is `deadLetter`): the queue went on without them.
+    pub dead_letters: u64,
     /// Commit sequence number of the oldest transaction waiting, if any.
     pub oldest_pending_seq: Option<u64>,
     /// When the oldest transaction waiting committed, if any.
@@ -292,6 +298,8 @@ struct QueueState {
     delivered: u64,
     transactions_delivered: u64,
     already_delivered: u64,
+    /// Deliveries that failed for good and became dead letters since the shard opened.
+    dead_letters: u64,
 }
 
 impl QueueState {
@@ -316,6 +324,8 @@ struct Queue {
     /// Its trigger's name: its entries' store keys.
     name: Arc<str>,
     drain: Drain,
+    /// What a webhook that fails for good does to the queue.
+    on_failure: OnFailure,
     state: Mutex<QueueState>,
     /// Wakes the queue's worker: an entry was added or acknowledged, or one finished.
     wake: Notify,
@@ -502,6 +512,7 @@ impl Shared {
                         delivered: state.delivered,
                         transactions_delivered: state.transactions_delivered,
                         already_delivered: state.already_delivered,
+                        dead_letters: state.dead_letters,
                         oldest_pending_seq: state
                             .entries
                             .iter()
@@ -835,6 +846,7 @@ impl Backlog {
                     index,
                     name: trigger.name().into(),
                     drain: trigger.drain(),
+                    on_failure: trigger.on_failure(),
                     state: Mutex::new(QueueState {
                         last_sent: last_sent_wall.map(|at| since_on_monotonic(at, now, wall_now)),
                         last_sent_wall,
@@ -1545,6 +1557,9 @@ impl Shared {
     }
 
     fn failed_for_good(&self, store: &Store, queue: &Queue, send: Picked, failure: TriggerFailure) {
+        if queue.on_failure == OnFailure::DeadLetter {
+            return self.dead_lettered(store, queue, send, failure);
+        }
         let attempts = ledger::take_attempts(&send.attempts);
         let record = ledger::failed(send.delivery(queue), attempts, &failure);
         let recorded = self.ledger.record_failure(store, record);
@@ -1570,5 +1585,34 @@ impl Shared {
                 err,
             ));
         }
+    }
+
+    /// A dead letter: FAILED in the ledger, its record keeping what it sends, and its
+    /// backlog entry deleted in the same batch; the queue goes on with the next entry.
+    fn dead_lettered(&self, store: &Store, queue: &Queue, send: Picked, failure: TriggerFailure) {
+        crash_point!("backlog.before_dead_letter");
+        let attempts = ledger::take_attempts(&send.attempts);
+        let record = ledger::dead_lettered(send.delivery(queue), attempts, &failure);
+        if let Err(err) = self.ledger.record_dead_letter(store, record) {
+            if let Some(entry) = queue.lock().entry_mut(send.first_commit_seq) {
+                entry.unpick();
+            }
+            self.set_fatal(BacklogError::stopped_by(
+                "recording a dead letter (and deleting its backlog entry) failed",
+                err,
+            ));
+            return;
+        }
+        crash_point!("backlog.after_dead_letter");
+        tracing::error!(
+            error = %failure,
+            first_commit_seq = send.first_commit_seq,
+            last_commit_seq = send.variables.last_commit_seq,
+            "a webhook failed for good and is a dead letter (onFailure: deadLetter); the \
+             backlog goes on without it, and an operator may retry it while the ledger keeps it"
+        );
+        let mut state = queue.lock();
+        state.remove(send.first_commit_seq);
+        state.dead_letters += 1;
     }
 }

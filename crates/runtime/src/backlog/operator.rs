@@ -6,13 +6,65 @@
 //! as PENDING and can be skipped, not retried.
 
 use super::ledger::{self, LedgerError, illegal, not_found, timestamp};
-use super::{BacklogHandle, Shared, Stage};
+use super::{BacklogHandle, Entry, QueueState, Shared, Stage};
 use crate::store::Store;
 use std::time::SystemTime;
+use triggers::Variables;
 use triggers_proto::{DeliveryRecord, DeliveryState};
 
 /// Longest list page.
 const MAX_PAGE: usize = 500;
+/// Most deliveries one replay may send again (the ledger's default retention).
+pub const MAX_REPLAY: usize = 1000;
+
+/// Which delivered webhooks of a trigger a replay sends again: by the commit sequence
+/// numbers they cover, or by when their first transaction committed. Bounds are
+/// inclusive; a delivery is selected when its whole range lies within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayRange {
+    /// Deliveries whose commits lie in `first..=last`.
+    Commits {
+        /// The first commit sequence number.
+        first: u64,
+        /// The last (at least `first`).
+        last: u64,
+    },
+    /// Deliveries whose first transaction committed in `from..=to`.
+    CommittedBetween {
+        /// The earliest commit time.
+        from: SystemTime,
+        /// The latest (not before `from`).
+        to: SystemTime,
+    },
+}
+
+impl ReplayRange {
+    fn check(&self) -> Result<(), LedgerError> {
+        let ordered = match self {
+            ReplayRange::Commits { first, last } => first <= last,
+            ReplayRange::CommittedBetween { from, to } => from <= to,
+        };
+        if ordered {
+            Ok(())
+        } else {
+            Err(LedgerError::Invalid(format!(
+                "replay range {self:?} ends before it starts"
+            )))
+        }
+    }
+
+    fn selects(&self, record: &DeliveryRecord) -> bool {
+        match *self {
+            ReplayRange::Commits { first, last } => {
+                record.first_commit_seq >= first && record.last_commit_seq <= last
+            }
+            ReplayRange::CommittedBetween { from, to } => record
+                .committed_at
+                .and_then(ledger::system_time)
+                .is_some_and(|at| at >= from && at <= to),
+        }
+    }
+}
 /// Longest accepted cancel reason, in characters.
 const MAX_REASON_CHARS: usize = 1000;
 
@@ -127,6 +179,18 @@ impl Shared {
         let stored = store.delivery(trigger, seq)?;
         let Some(entry) = state.entries.iter_mut().find(|e| e.first_commit_seq == seq) else {
             let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
+            if stored.dead_letter && stored.state() == DeliveryState::Failed {
+                let next = self.revive(store, &mut state, stored, "retry")?;
+                drop(state);
+                tracing::info!(
+                    trigger = queue.index,
+                    trigger_name = trigger,
+                    first_commit_seq = seq,
+                    "operator retries a dead letter; it goes back in the backlog"
+                );
+                queue.wake.notify_one();
+                return Ok(next);
+            }
             return Err(illegal(
                 "retry",
                 &stored,
@@ -161,6 +225,116 @@ impl Shared {
         Ok(next)
     }
 
+    /// A finished delivery (a dead letter, or a SUCCESS) back in `queue` as PENDING, to
+    /// be sent now as `operator-replay`: its stored entry under its key again and its
+    /// record PENDING, in one batch, and the entry in memory at its place in commit order
+    /// (sealed: a coalesced trigger never merges into what a receiver may have). Called
+    /// with the queue (its `state`) and the ledger locked.
+    fn revive(
+        &self,
+        store: &Store,
+        state: &mut QueueState,
+        stored: DeliveryRecord,
+        action: &'static str,
+    ) -> Result<DeliveryRecord, LedgerError> {
+        let seq = stored.first_commit_seq;
+        if state.entries.iter().any(|e| e.first_commit_seq == seq) {
+            return Err(illegal(action, &stored, "it is in the backlog already"));
+        }
+        let Some(kept) = stored.entry.clone() else {
+            return Err(illegal(
+                action,
+                &stored,
+                "its record (written by an earlier build) keeps nothing to send",
+            ));
+        };
+        let params = kept.params.clone().unwrap_or_default();
+        let variables = Variables::from_params(params).map_err(|err| {
+            LedgerError::Invalid(format!(
+                "the record of trigger {} starting at commit {seq} keeps variables that do \
+                 not decode: {err}",
+                stored.trigger_name
+            ))
+        })?;
+        let committed_at = kept
+            .committed_at
+            .and_then(ledger::system_time)
+            .unwrap_or_else(SystemTime::now);
+        let next = DeliveryRecord {
+            state: DeliveryState::Pending as i32,
+            updated_at: Some(timestamp(SystemTime::now())),
+            dead_letter: false,
+            error: String::new(),
+            ..self.placed(stored)
+        };
+        store.restore_backlog_entry(&next, &kept)?;
+        let at = state
+            .entries
+            .iter()
+            .position(|e| e.first_commit_seq > seq)
+            .unwrap_or(state.entries.len());
+        state.entries.insert(
+            at,
+            Entry {
+                sealed: true,
+                replay: true,
+                ..Entry::new(seq, variables, committed_at)
+            },
+        );
+        Ok(next)
+    }
+
+    /// SUCCESS → PENDING for each delivered webhook of `trigger` that `range` selects
+    /// and the ledger keeps (with what it sent): each goes back in the backlog, to be sent
+    /// again as `operator-replay`, oldest first. At most [`MAX_REPLAY`] at once.
+    fn replay(
+        &self,
+        store: &Store,
+        trigger: &str,
+        range: &ReplayRange,
+    ) -> Result<Vec<DeliveryRecord>, LedgerError> {
+        let Some(queue) = self.queue_named(trigger) else {
+            return Err(LedgerError::Invalid(format!(
+                "trigger {trigger} is not in the config: only a trigger the shard runs can \
+                 replay"
+            )));
+        };
+        let mut state = queue.lock();
+        let _cas = self.ledger.guard();
+        let mut chosen: Vec<DeliveryRecord> = store
+            .deliveries()?
+            .into_iter()
+            .filter(|r| {
+                r.trigger_name == trigger
+                    && r.state() == DeliveryState::Success
+                    && r.entry.is_some()
+                    && range.selects(r)
+            })
+            .collect();
+        chosen.sort_by_key(|r| r.first_commit_seq);
+        if chosen.len() > MAX_REPLAY {
+            return Err(LedgerError::Invalid(format!(
+                "the range selects {} delivered webhooks of trigger {trigger}, more than the \
+                 {MAX_REPLAY} one replay may send: narrow it",
+                chosen.len()
+            )));
+        }
+        let mut replayed = Vec::with_capacity(chosen.len());
+        for record in chosen {
+            replayed.push(self.revive(store, &mut state, record, "replay")?);
+        }
+        drop(state);
+        tracing::warn!(
+            trigger = queue.index,
+            trigger_name = trigger,
+            replayed = replayed.len(),
+            ?range,
+            "operator replays delivered webhooks"
+        );
+        queue.wake.notify_one();
+        Ok(replayed)
+    }
+
     /// PENDING or FAILED → CANCELLED, deleting the backlog entry in the same batch: an
     /// operator gives up on a webhook that can never succeed. The backlog resumes once no
     /// delivery is FAILED.
@@ -192,6 +366,25 @@ impl Shared {
         let stored = store.delivery(trigger, seq)?;
         let Some(at) = state.entries.iter().position(|e| e.first_commit_seq == seq) else {
             let stored = stored.ok_or_else(|| not_found(trigger, seq))?;
+            if stored.dead_letter && stored.state() == DeliveryState::Failed {
+                // A dead letter has no backlog entry: it only leaves the dead letters.
+                let next = DeliveryRecord {
+                    state: DeliveryState::Cancelled as i32,
+                    updated_at: Some(timestamp(SystemTime::now())),
+                    cancel_reason: reason.clone(),
+                    dead_letter: false,
+                    ..self.placed(stored)
+                };
+                store.write_delivery(&next, false, None)?;
+                tracing::warn!(
+                    trigger = queue.index,
+                    trigger_name = trigger,
+                    first_commit_seq = seq,
+                    %reason,
+                    "operator skipped a dead letter; it will not be sent"
+                );
+                return Ok(next);
+            }
             let hint = match stored.state() {
                 DeliveryState::Success => "it was delivered",
                 _ => "it is already finished",
@@ -316,6 +509,23 @@ impl BacklogHandle {
         self.0
             .run_job(move |shared, store| shared.skip(store, &trigger, first_commit_seq, &reason))
             .await?
+    }
+
+    /// Sends delivered webhooks of the trigger named `trigger` again, as
+    /// `operator-replay` (each keeps its `webhook-id`: a receiver that dedupes on it
+    /// ignores the replay unless it honours the reason): those `range` selects among the
+    /// SUCCESS records retention keeps, at most [`MAX_REPLAY`] at once. Returns their
+    /// records, PENDING again; they are sent oldest first, before newer webhooks of an
+    /// ordered trigger.
+    pub async fn replay(
+        &self,
+        trigger: &str,
+        range: ReplayRange,
+    ) -> Result<Vec<DeliveryRecord>, LedgerError> {
+        range.check()?;
+        let shared = self.0.clone();
+        let trigger = trigger.to_string();
+        run(&self.0, move |store| shared.replay(store, &trigger, &range)).await
     }
 
     /// Runs a retention pass now; returns how many records it collected.

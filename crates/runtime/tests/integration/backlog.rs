@@ -16,7 +16,7 @@ use triggers_runtime::{
     BacklogError, DeliveryMode, Durability, Shard, ShardConfig, ShardError, Store,
 };
 
-const TEMPLATE: &str = r#"{"run": "{{flow_run_id}}", "id": "{{webhook_id}}", "collections": {{json collection_names}}, "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "count": {{transaction_count}}, "first": {{first_commit_seq}}, "last": {{last_commit_seq}}}"#;
+pub(crate) const TEMPLATE: &str = r#"{"run": "{{flow_run_id}}", "id": "{{webhook_id}}", "collections": {{json collection_names}}, "min": "{{flow_published_at_min}}", "max": "{{flow_published_at_max}}", "count": {{transaction_count}}, "first": {{first_commit_seq}}, "last": {{last_commit_seq}}}"#;
 
 /// One trigger per `(path, drain)`.
 fn triggers(receiver: &Receiver, drains: &[(&str, serde_json::Value)]) -> Arc<Triggers> {
@@ -38,13 +38,13 @@ fn triggers_retrying(
     Arc::new(validate(&config.to_string(), ConfigFormat::Json).expect("valid config"))
 }
 
-fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
+pub(crate) fn config(triggers: Arc<Triggers>, delivery: DeliveryMode) -> ShardConfig {
     loopback_shard(materialization(3), triggers)
         .with_durability(Durability::Unsynced)
         .with_delivery(delivery)
 }
 
-fn decoupled(limit: usize) -> DeliveryMode {
+pub(crate) fn decoupled(limit: usize) -> DeliveryMode {
     DeliveryMode::Decoupled {
         backlog_limit: limit,
     }
@@ -56,7 +56,7 @@ fn stats(n: u64) -> Vec<BindingStats> {
 }
 
 /// Commits and acknowledges transactions `range`.
-async fn commit_all(shard: &mut Shard, range: std::ops::RangeInclusive<u64>) {
+pub(crate) async fn commit_all(shard: &mut Shard, range: std::ops::RangeInclusive<u64>) {
     for n in range {
         shard
             .start_commit(checkpoint(n as i64), &stats(n))
@@ -68,7 +68,10 @@ async fn commit_all(shard: &mut Shard, range: std::ops::RangeInclusive<u64>) {
 }
 
 /// Accepted webhooks of `path`, in arrival order, as (id, first, last, count, body).
-fn accepted(receiver: &Receiver, path: &str) -> Vec<(String, u64, u64, u64, serde_json::Value)> {
+pub(crate) fn accepted(
+    receiver: &Receiver,
+    path: &str,
+) -> Vec<(String, u64, u64, u64, serde_json::Value)> {
     receiver
         .requests()
         .into_iter()
@@ -110,7 +113,7 @@ fn assert_covers_exactly_once(receiver: &Receiver, path: &str, n: u64) -> usize 
     ranges.len()
 }
 
-async fn open(dir: &std::path::Path, config: ShardConfig) -> Shard {
+pub(crate) async fn open(dir: &std::path::Path, config: ShardConfig) -> Shard {
     let (mut shard, _) = Shard::open(dir, config).await.expect("opens");
     shard.acknowledged().await.expect("recovered ack");
     shard
@@ -456,7 +459,7 @@ async fn a_coalesced_minimum_interval_survives_a_restart() {
 use triggers_proto::{DeliveryRecord, DeliveryState};
 use triggers_runtime::{LedgerError, LedgerRetention};
 
-fn states(records: &[DeliveryRecord]) -> Vec<(u64, DeliveryState)> {
+pub(crate) fn states(records: &[DeliveryRecord]) -> Vec<(u64, DeliveryState)> {
     records
         .iter()
         .map(|r| (r.first_commit_seq, r.state()))
@@ -817,7 +820,7 @@ async fn each_attempt_has_a_span_naming_shard_transaction_and_trigger() {
 use triggers_runtime::BacklogHandle;
 
 /// Polls the ledger until delivery `(trigger, seq)` is in `state` (for at most 10 s).
-async fn await_state(
+pub(crate) async fn await_state(
     ledger: &BacklogHandle,
     trigger: &str,
     seq: u64,

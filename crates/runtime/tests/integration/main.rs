@@ -8,6 +8,7 @@
 
 mod backlog;
 mod collections;
+mod dead_letters;
 mod host_db;
 mod names;
 mod run_id;

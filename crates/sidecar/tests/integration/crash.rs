@@ -98,6 +98,9 @@ struct Harness {
     /// Webhooks of this materialization are not the run's own (Flow's pending
     /// `trigger-params`, imported): the checker leaves them to the test.
     foreign: Option<&'static str>,
+    /// The trigger at this path is `onFailure: deadLetter` and its receiver refuses
+    /// every webhook: each transaction must end as a dead letter in the ledger.
+    dead_letters: Option<&'static str>,
 }
 
 /// What the checker found.
@@ -150,7 +153,29 @@ impl Harness {
             host_db: false,
             state_in_consumer: false,
             foreign: None,
+            dead_letters: None,
         }
+    }
+
+    /// Makes the trigger at `path` a dead-lettering one (`onFailure: deadLetter`, no
+    /// retries) whose receiver refuses every webhook for good (422).
+    fn dead_letter_at(&mut self, path: &'static str) {
+        let file = self.dir.path().join("triggers.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("reads config")).expect("JSON");
+        let at = TRIGGER_PATHS
+            .iter()
+            .position(|p| *p == path)
+            .expect("a trigger path");
+        config["config"][at]["onFailure"] = "deadLetter".into();
+        config["config"][at]["maxRetries"] = 0.into();
+        std::fs::write(&file, config.to_string()).expect("write config");
+        // More refusals than the run can ask for (each transaction, and re-fires).
+        self.receiver.script(
+            path,
+            (0..100).map(|_| Reply::status(422).with_body("never")),
+        );
+        self.dead_letters = Some(path);
     }
 
     fn delivery_arg(&self) -> &'static str {
@@ -332,6 +357,10 @@ impl Harness {
         let may_reannounce = self.state_in_consumer && self.crashes > 0;
         let requests = self.receiver.requests();
         for (index, path) in TRIGGER_PATHS.into_iter().enumerate() {
+            if self.dead_letters == Some(path) {
+                // Checked in the store (`check_dead_letters`).
+                continue;
+            }
             // The config names no trigger: each is named by its index, which its ids
             // derive from, so a webhook sent for another trigger shows.
             let name = index.to_string();
@@ -589,6 +618,75 @@ impl Harness {
                 .violations
                 .push(format!("{backlog} backlog entries left pending at the end"));
         }
+        if let Some(path) = self.dead_letters {
+            self.check_dead_letters(&store, path, report);
+        }
+    }
+
+    /// The dead-lettering trigger at `path`: every committed transaction was sent to its
+    /// receiver at least once and is covered by exactly one dead letter in the ledger,
+    /// which keeps its variables; no delivery of it is FAILED otherwise (stopped).
+    fn check_dead_letters(&self, store: &Store, path: &str, report: &mut Report) {
+        let index = TRIGGER_PATHS
+            .iter()
+            .position(|p| *p == path)
+            .expect("a trigger path");
+        let name = index.to_string();
+        let mut covered = vec![0usize; self.expected.len() + 1];
+        for record in store.deliveries().expect("reads the ledger") {
+            if record.trigger_name != name {
+                continue;
+            }
+            let dead = record.state() == triggers_proto::DeliveryState::Failed
+                && record.dead_letter
+                && record
+                    .entry
+                    .as_ref()
+                    .and_then(|e| e.params.as_ref())
+                    .is_some_and(|p| {
+                        (p.first_commit_seq, p.last_commit_seq)
+                            == (record.first_commit_seq, record.last_commit_seq)
+                    });
+            if !dead {
+                report.violations.push(format!(
+                    "{path}: delivery {}..={} is {:?}, not a dead letter keeping its variables",
+                    record.first_commit_seq,
+                    record.last_commit_seq,
+                    record.state()
+                ));
+                continue;
+            }
+            for n in record.first_commit_seq..=record.last_commit_seq {
+                if let Some(count) = covered.get_mut(n as usize) {
+                    *count += 1;
+                }
+            }
+        }
+        for (n, count) in covered.iter().enumerate().skip(1) {
+            if *count != 1 {
+                report.violations.push(format!(
+                    "{path}: transaction {n} is in {count} dead letters, not one"
+                ));
+            }
+        }
+        let mut sent = vec![false; self.expected.len() + 1];
+        for request in self.receiver.requests().iter().filter(|r| r.path == path) {
+            let body = request.json().expect("webhooks are JSON");
+            let (first, last) = (
+                body["first"].as_u64().unwrap_or_default(),
+                body["last"].as_u64().unwrap_or_default(),
+            );
+            for n in first..=last {
+                if let Some(seen) = sent.get_mut(n as usize) {
+                    *seen = true;
+                }
+            }
+        }
+        if let Some(n) = sent.iter().skip(1).position(|seen| !seen) {
+            report
+                .violations
+                .push(format!("{path}: transaction {} was never sent", n + 1));
+        }
     }
 
     fn assert_clean(&self) -> Report {
@@ -767,6 +865,35 @@ async fn decoupled_crash_points_lose_nothing_in_every_drain_mode() {
             );
             assert_eq!(report.transactions, 10);
         }
+    }
+}
+
+/// Issue 17: a dead-lettering trigger whose receiver refuses everything, the consumer
+/// SIGKILLed just before and just after a dead letter's write (the record and the entry's
+/// deletion, one batch): every transaction ends as exactly one dead letter keeping its
+/// variables, the other trigger delivers everything, and the shard commits to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_never_lost_nor_doubled_by_a_crash() {
+    for point in [
+        "backlog.before_dead_letter@3",
+        "backlog.after_dead_letter@3",
+    ] {
+        println!("case: {point}");
+        let mut harness = Harness::with_delivery(30, 3, Delivery::Decoupled(Drain::Ordered)).await;
+        harness
+            .receiver
+            .set_default(Reply::status(200).after(Duration::from_millis(15)));
+        harness.dead_letter_at("/b");
+        let child = harness.consumer(None, Some(point));
+        harness.kill_at_crash_point(child).await;
+        harness.complete().await;
+        let report = harness.check();
+        assert!(
+            report.violations.is_empty(),
+            "{point}: {:#?}",
+            report.violations
+        );
+        assert_eq!(report.transactions, 10);
     }
 }
 

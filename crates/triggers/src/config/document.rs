@@ -6,7 +6,7 @@
 
 use super::duration::ConfigDuration;
 use super::nesting;
-use crate::{AuthConfig, DrainConfig, ResponsesConfig, Secret};
+use crate::{AuthConfig, DrainConfig, OnFailure, ResponsesConfig, Secret};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -154,6 +154,12 @@ struct TriggerDocument {
     /// `{"alreadyDelivered": [409], "retry": []}` (the default).
     #[serde(default)]
     responses: ResponsesConfig,
+    /// What a webhook that fails for good (its retries spent) does to the trigger's
+    /// backlog in decoupled delivery: `stop` (the default) waits for an operator to retry
+    /// or skip it; `deadLetter` leaves it FAILED in the ledger (a dead letter, which an
+    /// operator may retry or replay later) and goes on with the next webhooks.
+    #[serde(default)]
+    on_failure: OnFailure,
     /// The collections this trigger fires for: exact collection names, or name prefixes
     /// ending in `/` (`acmeCo/orders/`). Without it, every collection. A transaction that
     /// read none of them sends this trigger no webhook, and its webhooks list only the
@@ -210,6 +216,8 @@ pub struct TriggerConfig {
     pub auth: Option<AuthConfig>,
     /// What the receiver's answers mean beyond the defaults.
     pub responses: ResponsesConfig,
+    /// What a webhook that fails for good does to the backlog (`onFailure`).
+    pub on_failure: OnFailure,
     /// The collections it fires for (exact names, or prefixes ending in `/`); `None` for
     /// every collection.
     pub collections: Option<Vec<String>>,
@@ -247,6 +255,7 @@ impl From<TriggerDocument> for TriggerConfig {
             drain: doc.drain,
             auth: doc.auth,
             responses: doc.responses,
+            on_failure: doc.on_failure,
             collections: doc.collections,
         }
     }
@@ -398,6 +407,7 @@ impl std::fmt::Debug for TriggerConfig {
             .field("drain", &self.drain)
             .field("auth", &self.auth)
             .field("responses", &self.responses)
+            .field("on_failure", &self.on_failure)
             .field("collections", &self.collections)
             .finish()
     }

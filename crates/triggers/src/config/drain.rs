@@ -93,3 +93,21 @@ impl Drain {
         }
     }
 }
+
+/// What happens to a trigger's backlog when one of its webhooks fails for good (its
+/// retries spent), as written in its config under `onFailure`. Decoupled delivery only:
+/// in waiting mode a failed webhook always stops the shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// The backlog stops, and with it the shard's commits, until an operator retries or
+    /// skips the delivery: nothing is sent out of order or given up without a person
+    /// deciding.
+    #[default]
+    Stop,
+    /// The failed delivery stays FAILED in the ledger as a dead letter, its variables
+    /// kept there for a retry or a replay, and the backlog goes on with the next ones
+    /// (in order among the rest): for receivers where a late webhook is worth less than
+    /// a stalled materialization.
+    DeadLetter,
+}

@@ -14,7 +14,7 @@ use crate::render::template::{TemplateError, Templates};
 use crate::render::variables::Variables;
 use crate::send::signing::{SigningKey, SigningSecretError};
 use crate::send::webhook_headers::DELIVERER_HEADERS;
-use crate::{Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS};
+use crate::{Drain, DrainConfig, MAX_MAX_IN_FLIGHT, MAX_MIN_INTERVAL_SECS, OnFailure};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 use std::time::Duration;
@@ -49,6 +49,8 @@ pub struct Trigger {
     pub(crate) responses: ResponsePolicy,
     /// The collections it fires for; `None` for every one.
     pub(crate) collections: Option<CollectionFilter>,
+    /// What a webhook that fails for good does to its backlog.
+    pub(crate) on_failure: OnFailure,
 }
 
 /// How errors and logs name a trigger: its name and its URL's origin
@@ -103,6 +105,7 @@ impl std::fmt::Debug for Trigger {
             .field("drain", &self.drain)
             .field("auth", &self.auth)
             .field("responses", &self.responses)
+            .field("on_failure", &self.on_failure)
             .field(
                 "collections",
                 &self.collections.as_ref().map(CollectionFilter::entries),
@@ -674,6 +677,11 @@ impl Trigger {
         self.drain
     }
 
+    /// What a webhook of it that fails for good does to its backlog (`onFailure`).
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+
     /// Its `collections` as written; `None` when it fires for every collection.
     pub fn collections(&self) -> Option<&[String]> {
         self.collections.as_ref().map(CollectionFilter::entries)
@@ -1042,6 +1050,7 @@ fn check_trigger(
         auth,
         responses,
         collections,
+        on_failure: raw.on_failure,
     })
 }
 
