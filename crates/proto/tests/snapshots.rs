@@ -212,6 +212,7 @@ fn delivery_record_bytes() {
         trigger_name: String::new(),
         dead_letter: false,
         entry: None,
+        replay: false,
     };
     insta::assert_snapshot!(round_trip(&record));
     // Issue 18: a record keyed by its trigger's name carries it.

@@ -79,7 +79,7 @@ pub use rocksdb;
 pub use backlog::{
     BacklogError, BacklogFailure, BacklogHandle, BacklogStatus, DEFAULT_LEDGER_KEEP,
     DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention, MAX_REPLAY, OrphanedQueue, QueueStatus,
-    ReplayRange,
+    ReplayRange, StoppedShard,
 };
 pub use config::{DEFAULT_BACKLOG_LIMIT, DEFAULT_SHUTDOWN_GRACE, DeliveryMode, ShardConfig};
 pub use error::{ProtocolError, ShardError};

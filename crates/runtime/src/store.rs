@@ -34,7 +34,7 @@ use rocksdb::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, TriggerParams};
+use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, DeliveryState, TriggerParams};
 
 /// The block cache every store this process opens shares: several times a store's live
 /// data (a checkpoint, a backlog of at most its bound, a ledger of about a thousand
@@ -590,14 +590,15 @@ impl Store {
             let params = entry
                 .params
                 .ok_or_else(|| self.corrupt_key(&key, "entry has no params"))?;
+            let record = self.delivery(&trigger, first_commit_seq)?;
             entries.push(StoredEntry {
                 first_commit_seq,
                 params,
                 committed_at: entry.committed_at,
                 // An entry moved from the single-key layout (no commit time) may have
                 // been delivered by waiting delivery, which keeps no ledger.
-                sent: entry.committed_at.is_none()
-                    || self.has_delivery(&trigger, first_commit_seq)?,
+                sent: entry.committed_at.is_none() || record.is_some(),
+                replay: record.is_some_and(|r| r.replay && r.state() == DeliveryState::Pending),
                 trigger,
             });
         }
@@ -1175,6 +1176,9 @@ pub struct StoredEntry {
     /// has a record of it (it was picked for sending at least once), or it was moved from
     /// the single-key layout, whose waiting delivery keeps no ledger.
     pub sent: bool,
+    /// An operator asked for it to be sent again (its record is PENDING with `replay`):
+    /// it goes as `operator-replay`.
+    pub replay: bool,
 }
 
 /// `prefix`, the trigger's name, `/`, and the sequence number (big-endian, so a

@@ -190,6 +190,7 @@ fn record(delivery: Delivery<'_>, state: DeliveryState) -> DeliveryRecord {
         trigger_name: delivery.name.to_string(),
         dead_letter: false,
         entry: None,
+        replay: false,
     }
 }
 
@@ -224,6 +225,7 @@ pub(crate) fn orphan(entry: &StoredEntry, stored: Option<&DeliveryRecord>) -> De
         already_delivered: false,
         dead_letter: false,
         entry: None,
+        replay: false,
     }
 }
 

@@ -30,9 +30,11 @@
 //!   backlog; a config that brings the name back sends it at the next open.
 
 mod ledger;
+mod offline;
 mod operator;
 
 pub use ledger::{DEFAULT_LEDGER_KEEP, DEFAULT_LEDGER_MAX_AGE, LedgerError, LedgerRetention};
+pub use offline::StoppedShard;
 pub use operator::{MAX_REPLAY, ReplayRange};
 
 use crate::crash::crash_point;
@@ -865,6 +867,7 @@ impl Backlog {
                 queue.lock().entries.push_back(Entry {
                     recovered: true,
                     sealed: stored.sent,
+                    replay: stored.replay,
                     ..Entry::new(stored.first_commit_seq, variables, committed_at)
                 });
             }

@@ -39,7 +39,7 @@ pub enum ReplayRange {
 }
 
 impl ReplayRange {
-    fn check(&self) -> Result<(), LedgerError> {
+    pub(super) fn check(&self) -> Result<(), LedgerError> {
         let ordered = match self {
             ReplayRange::Commits { first, last } => first <= last,
             ReplayRange::CommittedBetween { from, to } => from <= to,
@@ -53,7 +53,7 @@ impl ReplayRange {
         }
     }
 
-    fn selects(&self, record: &DeliveryRecord) -> bool {
+    pub(super) fn selects(&self, record: &DeliveryRecord) -> bool {
         match *self {
             ReplayRange::Commits { first, last } => {
                 record.first_commit_seq >= first && record.last_commit_seq <= last
@@ -208,6 +208,7 @@ impl Shared {
         let next = DeliveryRecord {
             state: DeliveryState::Pending as i32,
             updated_at: Some(timestamp(SystemTime::now())),
+            replay: true,
             ..current
         };
         store.write_delivery(&next, false, None)?;
@@ -241,33 +242,7 @@ impl Shared {
         if state.entries.iter().any(|e| e.first_commit_seq == seq) {
             return Err(illegal(action, &stored, "it is in the backlog already"));
         }
-        let Some(kept) = stored.entry.clone() else {
-            return Err(illegal(
-                action,
-                &stored,
-                "its record (written by an earlier build) keeps nothing to send",
-            ));
-        };
-        let params = kept.params.clone().unwrap_or_default();
-        let variables = Variables::from_params(params).map_err(|err| {
-            LedgerError::Invalid(format!(
-                "the record of trigger {} starting at commit {seq} keeps variables that do \
-                 not decode: {err}",
-                stored.trigger_name
-            ))
-        })?;
-        let committed_at = kept
-            .committed_at
-            .and_then(ledger::system_time)
-            .unwrap_or_else(SystemTime::now);
-        let next = DeliveryRecord {
-            state: DeliveryState::Pending as i32,
-            updated_at: Some(timestamp(SystemTime::now())),
-            dead_letter: false,
-            error: String::new(),
-            ..self.placed(stored)
-        };
-        store.restore_backlog_entry(&next, &kept)?;
+        let (next, variables, committed_at) = revive_on_disk(store, self.placed(stored), action)?;
         let at = state
             .entries
             .iter()
@@ -301,24 +276,7 @@ impl Shared {
         };
         let mut state = queue.lock();
         let _cas = self.ledger.guard();
-        let mut chosen: Vec<DeliveryRecord> = store
-            .deliveries()?
-            .into_iter()
-            .filter(|r| {
-                r.trigger_name == trigger
-                    && r.state() == DeliveryState::Success
-                    && r.entry.is_some()
-                    && range.selects(r)
-            })
-            .collect();
-        chosen.sort_by_key(|r| r.first_commit_seq);
-        if chosen.len() > MAX_REPLAY {
-            return Err(LedgerError::Invalid(format!(
-                "the range selects {} delivered webhooks of trigger {trigger}, more than the \
-                 {MAX_REPLAY} one replay may send: narrow it",
-                chosen.len()
-            )));
-        }
+        let chosen = replayable(store, trigger, range)?;
         let mut replayed = Vec::with_capacity(chosen.len());
         for record in chosen {
             replayed.push(self.revive(store, &mut state, record, "replay")?);
@@ -345,13 +303,7 @@ impl Shared {
         seq: u64,
         reason: &str,
     ) -> Result<DeliveryRecord, LedgerError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(LedgerError::Invalid(
-                "skipping a delivery needs a reason, for the record".to_string(),
-            ));
-        }
-        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let reason = cancel_reason(reason)?;
         let Some(queue) = self.queue_named(trigger) else {
             if let Some(skipped) = self.skip_orphan(store, trigger, seq, reason)? {
                 return Ok(skipped);
@@ -458,28 +410,10 @@ impl BacklogHandle {
         page_size: usize,
         page_token: &str,
     ) -> Result<(Vec<DeliveryRecord>, String), LedgerError> {
-        let size = match page_size {
-            0 => 50,
-            n => n.min(MAX_PAGE),
-        };
-        let after = parse_token(page_token)?;
+        parse_token(page_token)?;
         let shared = self.0.clone();
         let all = run(&self.0, move |store| shared.list(store)).await?;
-        let start = match after {
-            None => 0,
-            Some((seq, name)) => all
-                .iter()
-                .position(|r| (r.first_commit_seq, r.trigger_name.as_str()) < (seq, name.as_str()))
-                .unwrap_or(all.len()),
-        };
-        let page: Vec<DeliveryRecord> = all.iter().skip(start).take(size).cloned().collect();
-        let next = match page.last() {
-            Some(last) if start + page.len() < all.len() => {
-                format!("{}/{}", last.first_commit_seq, last.trigger_name)
-            }
-            _ => String::new(),
-        };
-        Ok((page, next))
+        page(&all, page_size, page_token)
     }
 
     /// Sends a FAILED delivery again now (FAILED → PENDING), as `operator-replay`, its
@@ -545,6 +479,115 @@ async fn run<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<T, LedgerError> {
     shared.store.run(work).await?
+}
+
+/// Puts the finished delivery `stored` (a dead letter, or a SUCCESS) back in its
+/// trigger's backlog on disk: its kept entry under its key again and its record PENDING
+/// (`replay`: sent as `operator-replay`), in one batch. Returns the new record and what
+/// it sends. Refused when its record keeps nothing to send, or what it keeps does not
+/// decode (nothing is written then).
+pub(super) fn revive_on_disk(
+    store: &Store,
+    stored: DeliveryRecord,
+    action: &'static str,
+) -> Result<(DeliveryRecord, Variables, SystemTime), LedgerError> {
+    let seq = stored.first_commit_seq;
+    let Some(kept) = stored.entry.clone() else {
+        return Err(illegal(
+            action,
+            &stored,
+            "its record (written by an earlier build) keeps nothing to send",
+        ));
+    };
+    let params = kept.params.clone().unwrap_or_default();
+    let variables = Variables::from_params(params).map_err(|err| {
+        LedgerError::Invalid(format!(
+            "the record of trigger {} starting at commit {seq} keeps variables that do not \
+             decode: {err}",
+            stored.trigger_name
+        ))
+    })?;
+    let committed_at = kept
+        .committed_at
+        .and_then(ledger::system_time)
+        .unwrap_or_else(SystemTime::now);
+    let next = DeliveryRecord {
+        state: DeliveryState::Pending as i32,
+        updated_at: Some(timestamp(SystemTime::now())),
+        dead_letter: false,
+        error: String::new(),
+        replay: true,
+        ..stored
+    };
+    store.restore_backlog_entry(&next, &kept)?;
+    Ok((next, variables, committed_at))
+}
+
+/// The SUCCESS records of `trigger` that `range` selects and that keep what they sent,
+/// oldest first; more than [`MAX_REPLAY`] is refused.
+pub(super) fn replayable(
+    store: &Store,
+    trigger: &str,
+    range: &ReplayRange,
+) -> Result<Vec<DeliveryRecord>, LedgerError> {
+    let mut chosen: Vec<DeliveryRecord> = store
+        .deliveries()?
+        .into_iter()
+        .filter(|r| {
+            r.trigger_name == trigger
+                && r.state() == DeliveryState::Success
+                && r.entry.is_some()
+                && range.selects(r)
+        })
+        .collect();
+    chosen.sort_by_key(|r| r.first_commit_seq);
+    if chosen.len() > MAX_REPLAY {
+        return Err(LedgerError::Invalid(format!(
+            "the range selects {} delivered webhooks of trigger {trigger}, more than the \
+             {MAX_REPLAY} one replay may send: narrow it",
+            chosen.len()
+        )));
+    }
+    Ok(chosen)
+}
+
+/// A skip's reason, trimmed and bounded; an empty one is refused.
+pub(super) fn cancel_reason(reason: &str) -> Result<String, LedgerError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(LedgerError::Invalid(
+            "skipping a delivery needs a reason, for the record".to_string(),
+        ));
+    }
+    Ok(reason.chars().take(MAX_REASON_CHARS).collect())
+}
+
+/// One page of `all` (newest first) after `page_token`, and the next page's token.
+pub(super) fn page(
+    all: &[DeliveryRecord],
+    page_size: usize,
+    page_token: &str,
+) -> Result<(Vec<DeliveryRecord>, String), LedgerError> {
+    let size = match page_size {
+        0 => 50,
+        n => n.min(MAX_PAGE),
+    };
+    let after = parse_token(page_token)?;
+    let start = match after {
+        None => 0,
+        Some((seq, name)) => all
+            .iter()
+            .position(|r| (r.first_commit_seq, r.trigger_name.as_str()) < (seq, name.as_str()))
+            .unwrap_or(all.len()),
+    };
+    let page: Vec<DeliveryRecord> = all.iter().skip(start).take(size).cloned().collect();
+    let next = match page.last() {
+        Some(last) if start + page.len() < all.len() => {
+            format!("{}/{}", last.first_commit_seq, last.trigger_name)
+        }
+        _ => String::new(),
+    };
+    Ok((page, next))
 }
 
 fn parse_token(token: &str) -> Result<Option<(u64, String)>, LedgerError> {

@@ -266,3 +266,117 @@ async fn replay_sends_delivered_webhooks_again_with_their_ids_oldest_first() {
     drop(ledger);
     shard.close().await;
 }
+
+/// Issue 17, item 1: a stopped shard's deliveries, on disk, with nothing sent: listed,
+/// a stopped one skipped, a delivered one replayed, a dead letter retried; refused while
+/// another holds the store; the next open sends what they made PENDING as
+/// `operator-replay`.
+#[tokio::test]
+async fn a_stopped_shards_deliveries_are_skipped_replayed_and_retried_on_disk() {
+    use triggers_runtime::{StoppedShard, StoreError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start().await.expect("receiver");
+    receiver.script("/s", [Reply::status(200), Reply::status(422)]);
+    let stops = trigger(
+        &receiver,
+        "/s",
+        serde_json::json!({"mode": "ordered"}),
+        "stop",
+    );
+    let mut shard = open(dir.path(), config(stops.clone(), decoupled(10))).await;
+    commit_all(&mut shard, 1..=3).await;
+    shard.drained().await.expect_err("2 stops the backlog");
+    let err = StoppedShard::open(dir.path()).expect_err("the shard holds its store");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    shard.close().await;
+
+    let stopped = StoppedShard::open(dir.path()).expect("opens a stopped shard");
+    let (all, next) = stopped.deliveries(10, "").expect("lists");
+    assert!(next.is_empty());
+    assert_eq!(
+        states(&all),
+        [
+            (3, DeliveryState::Pending),
+            (2, DeliveryState::Failed),
+            (1, DeliveryState::Success),
+        ]
+    );
+    let (first_page, next) = stopped.deliveries(2, "").expect("pages");
+    assert_eq!(first_page.len(), 2);
+    let (rest, _) = stopped.deliveries(2, &next).expect("pages");
+    assert_eq!(states(&rest), [(1, DeliveryState::Success)]);
+    let err = stopped.skip("0", 1, "no").expect_err("delivered");
+    assert!(err.to_string().contains("it was delivered"), "{err}");
+    let skipped = stopped
+        .skip("0", 2, "the receiver rejects it for good")
+        .expect("skips");
+    assert_eq!(skipped.state(), DeliveryState::Cancelled);
+    let replayed = stopped
+        .replay("0", ReplayRange::Commits { first: 1, last: 1 })
+        .expect("replays");
+    assert_eq!(states(&replayed), [(1, DeliveryState::Pending)]);
+    assert_eq!(receiver.requests().len(), 2, "nothing sent on disk");
+    drop(stopped);
+
+    let shard = open(dir.path(), config(stops, decoupled(10))).await;
+    shard.drained().await.expect("drains");
+    let sent: Vec<(u64, String)> = receiver.requests()[2..]
+        .iter()
+        .map(|r| {
+            (
+                r.json().expect("JSON")["first"]
+                    .as_u64()
+                    .unwrap_or_default(),
+                r.header("webhook-reason").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (1, "operator-replay".to_string()),
+            (3, "recovery-refire".to_string()),
+        ],
+        "the replay first (oldest), then what the stop held"
+    );
+    shard.close().await;
+
+    // A dead letter, retried on disk, goes at the next open as operator-replay.
+    let dead_dir = tempfile::tempdir().expect("tempdir");
+    receiver.script("/d", [Reply::status(422)]);
+    let dead = trigger(
+        &receiver,
+        "/d",
+        serde_json::json!({"mode": "ordered"}),
+        "deadLetter",
+    );
+    let mut shard = open(dead_dir.path(), config(dead.clone(), decoupled(10))).await;
+    commit_all(&mut shard, 1..=1).await;
+    shard.drained().await.expect("a dead letter stops nothing");
+    shard.close().await;
+    let stopped = StoppedShard::open(dead_dir.path()).expect("opens");
+    let retried = stopped.retry("0", 1).expect("retries the dead letter");
+    assert_eq!(retried.state(), DeliveryState::Pending);
+    let err = stopped.retry("0", 1).expect_err("pending now");
+    assert!(
+        matches!(err, LedgerError::IllegalTransition { .. }),
+        "{err}"
+    );
+    drop(stopped);
+    let shard = open(dead_dir.path(), config(dead, decoupled(10))).await;
+    shard.drained().await.expect("drains");
+    let last = receiver.requests().pop().expect("sent");
+    assert_eq!(last.path, "/d");
+    assert_eq!(last.header("webhook-reason"), Some("operator-replay"));
+    assert_eq!(
+        shard
+            .backlog_handle()
+            .expect("decoupled")
+            .delivery("0", 1)
+            .await
+            .expect("gets")
+            .state(),
+        DeliveryState::Success
+    );
+    shard.close().await;
+}
