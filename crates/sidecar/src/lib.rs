@@ -56,6 +56,7 @@ pub mod args;
 pub mod consumer;
 pub mod consumer_state;
 pub mod crash;
+pub mod deliveries;
 pub mod metrics;
 mod server;
 pub mod shard_id;

@@ -25,6 +25,8 @@ use triggers_sidecar::Client;
 ///   triggers encrypt --config triggers.yaml --recipient age1...
 ///   triggers preview --config triggers.yaml          each trigger's payload, unsent
 ///   triggers test-fire --config triggers.yaml --trigger 0
+///   triggers deliveries list --sidecar unix:/run/shard.sock --state failed
+///   triggers deliveries skip --store /var/lib/shard onCommit 42 --reason "ticket 7"
 ///
 /// A config file is JSON if its name ends in `.json`, YAML otherwise; a SOPS-encrypted
 /// one needs `--identity` (an age keys file), $SOPS_AGE_KEY_FILE or $SOPS_AGE_KEY.
@@ -98,6 +100,105 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
+    /// A shard's delivery ledger: list, show, retry, skip, replay. Against a running
+    /// sidecar (--sidecar), or a stopped shard's store (--store: refused while a process
+    /// holds it; what becomes PENDING is sent when the shard next opens). Prints a table
+    /// (--json for scripts). Exit status: 0 done, 1 refused (no such delivery, a state
+    /// that does not allow it, an invalid request), 2 usage, 3 the sidecar or the store
+    /// cannot be reached (or another process holds the store).
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+        #[command(flatten)]
+        target: DeliveriesTarget,
+        /// JSON on stdout instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+/// What `deliveries` does.
+#[derive(Debug, Subcommand)]
+enum DeliveriesAction {
+    /// Deliveries, newest first (by first commit sequence number).
+    List {
+        /// Only deliveries in this state.
+        #[arg(long, value_enum)]
+        state: Option<sidecar::deliveries::StateFilter>,
+        /// Only deliveries of the trigger with this name.
+        #[arg(long, value_name = "NAME")]
+        trigger: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=500))]
+        limit: u16,
+        /// Go on after a previous list (its `next page:` token).
+        #[arg(long, value_name = "TOKEN", default_value = "")]
+        page_token: String,
+    },
+    /// One delivery, with its attempts.
+    Show {
+        /// The trigger's name.
+        trigger: String,
+        /// The first commit sequence number the delivery covers.
+        first_commit_seq: u64,
+    },
+    /// Send a FAILED delivery (or a dead letter) again, as `operator-replay`.
+    Retry {
+        /// The trigger's name.
+        trigger: String,
+        /// The first commit sequence number the delivery covers.
+        first_commit_seq: u64,
+    },
+    /// Give up on a PENDING or FAILED delivery for good, with a reason for the record.
+    Skip {
+        /// The trigger's name.
+        trigger: String,
+        /// The first commit sequence number the delivery covers.
+        first_commit_seq: u64,
+        /// Why (required; at most 1000 characters are kept).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Send delivered webhooks of a trigger again (as `operator-replay`, with their
+    /// webhook-id): those whose commits lie in --commits FIRST..LAST, or that committed
+    /// between --since and --until (RFC 3339). At most 1000 at once.
+    Replay {
+        /// The trigger's name.
+        trigger: String,
+        /// Commit sequence numbers, `FIRST..LAST` (inclusive) or one number.
+        #[arg(long, value_name = "FIRST..LAST", conflicts_with_all = ["since", "until"], required_unless_present = "since")]
+        commits: Option<String>,
+        /// The earliest commit time (RFC 3339, e.g. 2026-12-01T08:00:00Z).
+        #[arg(long, value_name = "TIME", requires = "until")]
+        since: Option<String>,
+        /// The latest commit time (RFC 3339).
+        #[arg(long, value_name = "TIME", requires = "since")]
+        until: Option<String>,
+    },
+}
+
+/// Where `deliveries` acts.
+#[derive(Debug, Args)]
+struct DeliveriesTarget {
+    /// The running shard-sidecar (http://127.0.0.1:PORT or unix:/path).
+    #[arg(long, value_name = "ADDRESS", global = true, conflicts_with = "store")]
+    sidecar: Option<String>,
+    /// With --sidecar: the shard (a Gazette shard id); the default shard if not given.
+    #[arg(
+        long,
+        value_name = "ID",
+        global = true,
+        default_value = "",
+        requires = "sidecar"
+    )]
+    shard: String,
+    /// A stopped shard's store directory.
+    #[arg(long, value_name = "DIR", global = true)]
+    store: Option<PathBuf>,
+    /// With --sidecar on TCP: a file holding the bearer token (else
+    /// $TRIGGERS_SIDECAR_TOKEN, if set).
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
 }
 
 /// A config file, maybe SOPS-encrypted.
@@ -223,7 +324,156 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             variables,
             network,
         } => test_fire(&source, trigger, &variables, &network).await,
+        Command::Deliveries {
+            action,
+            target,
+            json,
+        } => deliveries(action, target, json).await,
     }
+}
+
+/// `deliveries`: the exit status says how it went (see its help).
+async fn deliveries(
+    action: DeliveriesAction,
+    target: DeliveriesTarget,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use sidecar::deliveries::{self as ledger, DeliveriesError, Filter, Target};
+    let mut target = match (&target.sidecar, &target.store) {
+        (Some(address), _) => {
+            let token = TokenArgs {
+                token_file: target.token_file.clone(),
+            }
+            .token()?;
+            match sidecar::connect(address, token.as_ref()).await {
+                Ok(client) => Target::Sidecar {
+                    client: Box::new(client),
+                    shard: target.shard.clone(),
+                },
+                Err(err) => {
+                    eprintln!("error: cannot reach the sidecar at {address}: {err}");
+                    return Ok(ExitCode::from(3));
+                }
+            }
+        }
+        (None, Some(dir)) => Target::Store(dir.clone()),
+        (None, None) => {
+            eprintln!(
+                "error: give --sidecar ADDRESS (a running shard) or --store DIR (a stopped one)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let print_one = |record: &triggers_proto::DeliveryRecord| {
+        if json {
+            println!("{}", ledger::record_json(record));
+        } else {
+            print!("{}", ledger::detail(record));
+        }
+    };
+    let done: Result<(), DeliveriesError> = async {
+        match action {
+            DeliveriesAction::List {
+                state,
+                trigger,
+                limit,
+                page_token,
+            } => {
+                let filter = Filter { state, trigger };
+                let listed =
+                    ledger::list(&mut target, &filter, usize::from(limit), &page_token).await?;
+                if json {
+                    let records: Vec<_> =
+                        listed.deliveries.iter().map(ledger::record_json).collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "deliveries": records,
+                            "next_page_token": listed.next_page_token,
+                        })
+                    );
+                } else {
+                    print!("{}", ledger::table(&listed.deliveries));
+                    if !listed.next_page_token.is_empty() {
+                        println!("next page: --page-token '{}'", listed.next_page_token);
+                    }
+                }
+            }
+            DeliveriesAction::Show {
+                trigger,
+                first_commit_seq,
+            } => print_one(&ledger::show(&mut target, &trigger, first_commit_seq).await?),
+            DeliveriesAction::Retry {
+                trigger,
+                first_commit_seq,
+            } => print_one(&ledger::retry(&mut target, &trigger, first_commit_seq).await?),
+            DeliveriesAction::Skip {
+                trigger,
+                first_commit_seq,
+                reason,
+            } => print_one(&ledger::skip(&mut target, &trigger, first_commit_seq, &reason).await?),
+            DeliveriesAction::Replay {
+                trigger,
+                commits,
+                since,
+                until,
+            } => {
+                let range = replay_range(commits.as_deref(), since.as_deref(), until.as_deref())
+                    .map_err(|err| DeliveriesError::Refused(format!("{err:#}")))?;
+                let replayed = ledger::replay(&mut target, &trigger, range).await?;
+                if json {
+                    let records: Vec<_> = replayed.iter().map(ledger::record_json).collect();
+                    println!("{}", serde_json::json!({ "replayed": records }));
+                } else {
+                    println!("{} delivery(ies) to be sent again:", replayed.len());
+                    print!("{}", ledger::table(&replayed));
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(ExitCode::from(err.exit_code()))
+        }
+    }
+}
+
+/// A replay's range from `--commits FIRST..LAST` (or one number), or `--since`/`--until`.
+fn replay_range(
+    commits: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<triggers_runtime::ReplayRange> {
+    use triggers_runtime::ReplayRange;
+    if let Some(commits) = commits {
+        let number = |text: &str| {
+            text.trim().parse::<u64>().with_context(|| {
+                format!("--commits {commits:?}: {text:?} is not a commit sequence number")
+            })
+        };
+        let (first, last) = match commits.split_once("..") {
+            Some((first, last)) => (number(first)?, number(last.trim_start_matches('='))?),
+            None => {
+                let one = number(commits)?;
+                (one, one)
+            }
+        };
+        return Ok(ReplayRange::Commits { first, last });
+    }
+    let time = |flag: &str, text: Option<&str>| -> anyhow::Result<std::time::SystemTime> {
+        let text = text.with_context(|| format!("--{flag} is required"))?;
+        let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("--{flag} {text:?} is not an RFC 3339 time"))?;
+        Ok(std::time::SystemTime::from(at))
+    };
+    Ok(ReplayRange::CommittedBetween {
+        from: time("since", since)?,
+        to: time("until", until)?,
+    })
 }
 
 fn validate(args: &ConfigArgs, bindings: &[String]) -> anyhow::Result<ExitCode> {

@@ -1019,3 +1019,285 @@ async fn a_collections_filter_naming_no_binding_is_refused_where_bindings_are_kn
         "refused before opening the store"
     );
 }
+
+/// A stopped shard's store with three deliveries of trigger `0` (ordered, its receiver
+/// refusing the second for good): 1 SUCCESS, 2 FAILED, 3 PENDING.
+async fn stopped_store(dir: &Path, receiver: &Receiver) -> PathBuf {
+    receiver.script(
+        "/d",
+        [
+            Reply::status(200),
+            Reply::status(422).with_body("bad payload"),
+        ],
+    );
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/d"), "payloadTemplate": "{}", "maxRetries": 0,
+         "drain": {"mode": "ordered"}, "headers": {"Authorization": SECRET}},
+    ]});
+    let triggers = Arc::new(validate(&config.to_string(), ConfigFormat::Json).expect("valid"));
+    let store = dir.join("store");
+    let config = triggers_runtime::test_support::fixtures::loopback_shard(
+        triggers_runtime::test_support::fixtures::materialization(1),
+        triggers,
+    )
+    .with_delivery(DeliveryMode::Decoupled { backlog_limit: 10 });
+    let (mut shard, _) = triggers_runtime::Shard::open(&store, config)
+        .await
+        .expect("opens");
+    shard.acknowledged().await.expect("recovered ack");
+    for n in 1..=3 {
+        shard
+            .start_commit(
+                triggers_runtime::test_support::fixtures::checkpoint(n),
+                &triggers_runtime::test_support::fixtures::stats_at(n as u64, &[0]),
+            )
+            .await
+            .expect("commits");
+        shard.acknowledged().await.expect("acknowledged");
+    }
+    shard.drained().await.expect_err("2 fails for good");
+    shard.close().await;
+    store
+}
+
+/// Issue 17, item 1: `triggers deliveries` on a stopped shard's store: a table, JSON,
+/// filters, show, skip with a reason, retry and replay, and the exit statuses (1 refused,
+/// 3 a store another process holds); never a header's secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_lists_and_acts_on_a_stopped_shards_store() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = stopped_store(dir.path(), &receiver).await;
+    let store = s(&store);
+
+    let out = triggers(&["deliveries", "list", "--store", store]).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines[0].starts_with("TRIGGER"), "{}", out.stdout);
+    assert!(
+        lines[1].contains("PENDING") && lines[1].contains(" 3 "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[2].contains("FAILED") && lines[2].contains("HTTP 422"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[3].contains("SUCCESS"), "{}", out.stdout);
+
+    let out = triggers(&[
+        "deliveries",
+        "list",
+        "--store",
+        store,
+        "--state",
+        "failed",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(
+        listed["deliveries"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(listed["deliveries"][0]["first_commit_seq"], 2);
+    assert_eq!(listed["deliveries"][0]["attempts"][0]["status"], 422);
+
+    let out = triggers(&["deliveries", "list", "--store", store, "--limit", "2"]).await;
+    assert!(
+        out.stdout.contains("next page: --page-token '2/0'"),
+        "{}",
+        out.stdout
+    );
+    let out = triggers(&[
+        "deliveries",
+        "list",
+        "--store",
+        store,
+        "--page-token",
+        "2/0",
+        "--json",
+    ])
+    .await;
+    let rest: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(rest["deliveries"][0]["first_commit_seq"], 1, "{rest}");
+
+    let out = triggers(&["deliveries", "show", "0", "2", "--store", store]).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("state FAILED") && out.stdout.contains("#1"),
+        "{}",
+        out.stdout
+    );
+
+    // Refused: exit status 1, saying why.
+    let out = triggers(&["deliveries", "retry", "0", "1", "--store", store]).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stderr.contains("it is SUCCESS"), "{}", out.stderr);
+    let out = triggers(&["deliveries", "show", "0", "9", "--store", store]).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+
+    let out = triggers(&[
+        "deliveries",
+        "skip",
+        "0",
+        "2",
+        "--reason",
+        "bad payload, ticket 7",
+        "--store",
+        store,
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let skipped: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(skipped["state"], "CANCELLED");
+    assert_eq!(skipped["cancel_reason"], "bad payload, ticket 7");
+    let out = triggers(&[
+        "deliveries",
+        "replay",
+        "0",
+        "--commits",
+        "1..1",
+        "--store",
+        store,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.starts_with("1 delivery(ies) to be sent again"),
+        "{}",
+        out.stdout
+    );
+    let out = triggers(&[
+        "deliveries",
+        "replay",
+        "0",
+        "--commits",
+        "x",
+        "--store",
+        store,
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+
+    // Held by another process (here: this one): 3.
+    let held = triggers_runtime::StoppedShard::open(store).expect("opens");
+    let out = triggers(&["deliveries", "list", "--store", store]).await;
+    assert_eq!(out.code, Some(3), "{}", out.all());
+    assert!(out.stderr.contains("use --sidecar"), "{}", out.stderr);
+    drop(held);
+    // Neither target: a usage error.
+    let out = triggers(&["deliveries", "list"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    // The trigger's Authorization header is in no record, so in no output.
+    let out = triggers(&["deliveries", "show", "0", "2", "--store", store, "--json"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(!out.all().contains("hunter2"), "{}", out.all());
+}
+
+/// Issue 17, item 1: `triggers deliveries` against a running sidecar on TCP (with its
+/// token), and what a sidecar that is not there gives (3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_through_a_running_sidecar() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = stopped_store(dir.path(), &receiver).await;
+    let config = serde_json::json!({"config": [
+        {"url": receiver.url("/d"), "payloadTemplate": "{}", "maxRetries": 0,
+         "drain": {"mode": "ordered"}},
+    ]});
+    let triggers_config = validate(&config.to_string(), ConfigFormat::Json).expect("valid");
+    let mut config = SidecarConfig::new(
+        &store,
+        triggers_runtime::test_support::fixtures::loopback_shard(
+            triggers_runtime::test_support::fixtures::materialization(1),
+            Arc::new(triggers_config),
+        )
+        .with_delivery(DeliveryMode::Decoupled { backlog_limit: 10 }),
+    );
+    config.shutdown_grace = Duration::from_secs(5);
+    let sidecar = Sidecar::new(config);
+    let listener = Listener::bind("127.0.0.1:0", Some(support::token()))
+        .await
+        .expect("binds");
+    let token_file = support::token_file(dir.path());
+    let token_file = s(&token_file);
+    let address = listener.address();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sidecar::run(sidecar, listener, async move {
+        let _ = stopped.await;
+    }));
+    // Before Open, the shard is not open: refused.
+    let out = triggers(&[
+        "deliveries",
+        "list",
+        "--sidecar",
+        &address,
+        "--token-file",
+        token_file,
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let mut client = sidecar::connect(&address, Some(&support::token()))
+        .await
+        .expect("connects");
+    client
+        .open(triggers_proto::sidecar::OpenRequest::default())
+        .await
+        .expect("opens");
+
+    let out = triggers(&[
+        "deliveries",
+        "list",
+        "--sidecar",
+        &address,
+        "--token-file",
+        token_file,
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(
+        listed["deliveries"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    let out = triggers(&[
+        "deliveries",
+        "skip",
+        "0",
+        "2",
+        "--reason",
+        "never",
+        "--sidecar",
+        &address,
+        "--token-file",
+        token_file,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains("state CANCELLED"), "{}", out.stdout);
+    // Without the token: the sidecar refuses it (UNAUTHENTICATED), which is not a refusal
+    // of the ledger's.
+    let out = triggers(&["deliveries", "list", "--sidecar", &address]).await;
+    assert_eq!(out.code, Some(3), "{}", out.all());
+
+    let _ = stop.send(());
+    server.await.expect("server task").expect("serves");
+    let out = triggers(&[
+        "deliveries",
+        "list",
+        "--sidecar",
+        &address,
+        "--token-file",
+        token_file,
+    ])
+    .await;
+    assert_eq!(out.code, Some(3), "{}", out.all());
+}
