@@ -239,6 +239,18 @@ fn delivery_record_bytes() {
         ..named
     };
     insta::assert_snapshot!("delivery_record_bytes_dead_letter", round_trip(&dead));
+    // What retention reads of a record: its head, under the same field numbers.
+    let head = triggers_proto::DeliveryRecordHead::decode(dead.encode_to_vec().as_slice())
+        .expect("a record decodes as its head");
+    assert_eq!(
+        (
+            head.first_commit_seq,
+            head.state(),
+            head.updated_at,
+            head.trigger_name.as_str()
+        ),
+        (4, DeliveryState::Failed, dead.updated_at, "onCommit")
+    );
 }
 
 /// Issue 13: a SUCCESS the receiver said it already had (`responses.alreadyDelivered`),

@@ -34,7 +34,9 @@ use rocksdb::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use triggers_proto::{BacklogEntry, Checkpoint, DeliveryRecord, DeliveryState, TriggerParams};
+use triggers_proto::{
+    BacklogEntry, Checkpoint, DeliveryRecord, DeliveryRecordHead, DeliveryState, TriggerParams,
+};
 
 /// The block cache every store this process opens shares: several times a store's live
 /// data (a checkpoint, a backlog of at most its bound, a ledger of about a thousand
@@ -794,6 +796,24 @@ impl Store {
             }
             visit(
                 DeliveryRecord::decode(value.as_ref())
+                    .map_err(|err| self.corrupt_key(&key, &err.to_string()))?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Visits every ledger record's head (what retention reads), in key order.
+    pub(crate) fn for_each_delivery_head(
+        &self,
+        mut visit: impl FnMut(DeliveryRecordHead) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.scan(LEDGER_PREFIX) {
+            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
+            if !key.starts_with(LEDGER_PREFIX) {
+                break;
+            }
+            visit(
+                DeliveryRecordHead::decode(value.as_ref())
                     .map_err(|err| self.corrupt_key(&key, &err.to_string()))?,
             )?;
         }

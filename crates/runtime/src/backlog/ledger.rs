@@ -24,7 +24,9 @@ pub const DEFAULT_LEDGER_KEEP: usize = 1000;
 pub const DEFAULT_LEDGER_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Attempts kept per record: the latest ones.
 const MAX_ATTEMPTS: usize = 32;
-/// A retention pass runs after this many terminal transitions.
+/// A retention pass runs after this many terminal transitions at least (an eighth of
+/// the records kept, if more: a pass reads every record, so a bigger ledger is passed
+/// over less often, and holds at most that many past its bound).
 const GC_EVERY: u64 = 32;
 
 /// How long terminal ledger records (SUCCESS, CANCELLED, and FAILED ones whose backlog
@@ -403,9 +405,14 @@ impl Ledger {
         Ok(())
     }
 
-    /// Runs a retention pass every [`GC_EVERY`] terminal transitions.
+    /// Terminal transitions between retention passes.
+    fn gc_every(&self) -> u64 {
+        (u64::try_from(self.retention.keep).unwrap_or(u64::MAX) / 8).max(GC_EVERY)
+    }
+
+    /// Runs a retention pass every [`Ledger::gc_every`] terminal transitions.
     fn after_terminal(&self, store: &Store) {
-        if self.terminal_since_gc.fetch_add(1, Ordering::Relaxed) + 1 >= GC_EVERY {
+        if self.terminal_since_gc.fetch_add(1, Ordering::Relaxed) + 1 >= self.gc_every() {
             self.terminal_since_gc.store(0, Ordering::Relaxed);
             if let Err(err) = self.collect(store) {
                 tracing::warn!(error = %err, "ledger retention pass failed; it runs again later");
@@ -419,7 +426,7 @@ impl Ledger {
         let now = SystemTime::now();
         // Only when each finished and which it is: a pass holds a few bytes per record.
         let mut terminal: Vec<(SystemTime, String, u64)> = Vec::new();
-        store.for_each_delivery(|record| {
+        store.for_each_delivery_head(|record| {
             let done = match record.state() {
                 DeliveryState::Success | DeliveryState::Cancelled => true,
                 DeliveryState::Failed => {
