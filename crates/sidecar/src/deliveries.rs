@@ -138,7 +138,7 @@ pub struct Listed {
 
 /// A page of the target's deliveries, newest first, after `page_token`: at most `limit`
 /// (1 to [`MAX_LIST`]) that `filter` keeps, reading the ledger's pages until it has them
-/// (or [`MAX_PAGES_SCANNED`] pages, then with a token to go on).
+/// (or 100 pages of 500, then with a token to go on).
 ///
 /// Cancel-safe: it only reads.
 pub async fn list(
