@@ -53,6 +53,7 @@
 
 mod access;
 pub mod args;
+pub mod console;
 pub mod consumer;
 pub mod consumer_state;
 pub mod crash;
