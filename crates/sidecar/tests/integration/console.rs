@@ -750,3 +750,79 @@ async fn a_browser_logs_in_skips_the_failed_delivery_and_the_shard_commits_again
         started.elapsed().as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_on_a_unix_socket_needs_no_token_and_other_addresses_are_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use triggers_sidecar::console::{ConsoleError, ConsoleListener};
+    // Loopback TCP only, and only with a token.
+    for address in [
+        "0.0.0.0:0",
+        "192.0.2.1:80",
+        "localhost:0",
+        "127.0.0.1",
+        "unix",
+    ] {
+        let refused = ConsoleListener::bind(address, Some(support::token())).await;
+        assert!(
+            matches!(refused, Err(ConsoleError::NotLoopback { .. })),
+            "{address}"
+        );
+    }
+    let refused = ConsoleListener::bind("127.0.0.1:0", None).await;
+    assert!(matches!(refused, Err(ConsoleError::TokenRequired { .. })));
+    let refused = ConsoleListener::bind("[::1]:0", None).await;
+    assert!(matches!(refused, Err(ConsoleError::TokenRequired { .. })));
+
+    // A sidecar whose console is a Unix socket of mode 0600; a browser (here, by hand)
+    // gets its session at its first visit, and a CSRF token with it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("triggers.json");
+    std::fs::write(
+        &config,
+        r#"{"config": [{"name": "good", "url": "http://127.0.0.1:9/hook", "payloadTemplate": "{}"}]}"#,
+    )
+    .expect("writes the config");
+    let socket = dir.path().join("console.sock");
+    let console = format!("unix:{}", socket.display());
+    let sidecar =
+        support::start_sidecar(dir.path(), &config, &["--console-address", &console], &[]).await;
+    assert_eq!(
+        sidecar.printed,
+        vec![format!("console on {console}")],
+        "prints its address"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket)
+            .expect("the socket")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let get = async |target: &str| {
+        let mut stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("connects");
+        stream
+            .write_all(
+                format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("writes");
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut reply))
+            .await
+            .expect("answers in time")
+            .expect("reads");
+        reply
+    };
+    let reply = get("/").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("set-cookie: triggers_console="), "{reply}");
+    assert!(reply.contains("(default shard)"), "{reply}");
+    let reply = get("/deliveries?shard=").await;
+    // A waiting shard not opened has no ledger: the sidecar's own error, as a page.
+    assert!(reply.starts_with("HTTP/1.1 409"), "{reply}");
+    assert!(reply.contains("FailedPrecondition"), "{reply}");
+    drop(sidecar);
+}
