@@ -3,6 +3,7 @@
 //! plain HTTP, then the whole repair in headless Chromium (through chromedriver), with a
 //! screenshot of each step.
 
+use crate::support::webdriver::{Browser, Driver, Element};
 use crate::support::{self, SidecarProcess, TOKEN};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -481,36 +482,8 @@ fn chromium() -> Result<(PathBuf, PathBuf), String> {
     Ok((find("chromium")?, find("chromedriver")?))
 }
 
-/// A chromedriver process on a free loopback port, killed when dropped.
-struct Driver {
-    _child: tokio::process::Child,
-    url: String,
-}
-
-async fn start_driver(chromedriver: &Path, log: &Path) -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = tokio::process::Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(std::fs::File::create(log).expect("log"))
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromedriver starts");
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if reqwest::get(format!("{url}/status")).await.is_ok() {
-            return Driver { _child: child, url };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not answer on {url} within 10 s");
-}
-
 /// Writes the browser's screen to `shots/STEP-NAME.png` and prints the path.
-async fn shoot(browser: &fantoccini::Client, shots: &Path, step: &mut u32, name: &str) {
+async fn shoot(browser: &Browser, shots: &Path, step: &mut u32, name: &str) {
     *step += 1;
     let png = browser.screenshot().await.expect("screenshot");
     let path = shots.join(format!("{step}-{name}.png"));
@@ -518,19 +491,33 @@ async fn shoot(browser: &fantoccini::Client, shots: &Path, step: &mut u32, name:
     println!("screenshot: {}", path.display());
 }
 
-/// Waits (at most 30 s) for the page a click led to: the one with an element `#id`.
-async fn arrive(browser: &fantoccini::Client, id: &str) {
-    let found = browser
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(fantoccini::Locator::Id(id))
-        .await;
-    if let Err(err) = found {
-        panic!(
-            "no #{id} on the page ({err}): {}",
+/// Waits (at most 30 s) for the page a click led to: the one with an element `css`.
+async fn arrive(browser: &Browser, css: &str) -> Element {
+    match browser.wait_for(css, Duration::from_secs(30)).await {
+        Ok(found) => found,
+        Err(err) => panic!(
+            "no {css} on the page ({err}): {}",
             browser.source().await.unwrap_or_default()
-        );
+        ),
     }
+}
+
+/// The text of the first element matching `css`.
+async fn text(browser: &Browser, css: &str) -> String {
+    let found = browser.find(css).await.expect(css);
+    browser.text(&found).await.expect("text")
+}
+
+/// Clicks the first element matching `css`.
+async fn click(browser: &Browser, css: &str) {
+    let found = browser.find(css).await.expect(css);
+    browser.click(&found).await.expect("clicks");
+}
+
+/// Types `keys` into the first element matching `css`.
+async fn type_into(browser: &Browser, css: &str, keys: &str) {
+    let found = browser.find(css).await.expect(css);
+    browser.send_keys(&found, keys).await.expect("types");
 }
 
 /// Where the screenshots go: `target/console-screenshots/`.
@@ -574,47 +561,30 @@ async fn a_browser_logs_in_skips_the_failed_delivery_and_the_shard_commits_again
         .expect_err("a FAILED delivery stops the shard");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
 
-    let driver = start_driver(&chromedriver, &console.dir.path().join("chromedriver.log")).await;
+    let driver = Driver::start(&chromedriver, &console.dir.path().join("chromedriver.log")).await;
     let profile = console.dir.path().join("chromium-profile");
-    let capabilities = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1200,850",
-                     format!("--user-data-dir={}", profile.display())],
-        }
-    });
-    let serde_json::Value::Object(capabilities) = capabilities else {
-        unreachable!("an object")
-    };
-    let browser =
-        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&driver.url)
-            .await
-            .expect("chromium starts");
+    let browser = Browser::new(
+        &driver,
+        serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1200,850",
+                         format!("--user-data-dir={}", profile.display())],
+            }
+        }),
+    )
+    .await
+    .expect("chromium starts");
     let shots = screenshot_dir();
     let mut step = 0;
-    use fantoccini::Locator;
 
     // 1. Log in.
     browser.goto(&format!("{url}/")).await.expect("opens");
-    browser
-        .find(Locator::Id("token"))
-        .await
-        .expect("the login form")
-        .send_keys(TOKEN)
-        .await
-        .expect("types");
+    type_into(&browser, "#token", TOKEN).await;
     shoot(&browser, &shots, &mut step, "login").await;
-    browser
-        .find(Locator::Id("login"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("logs in");
-    arrive(&browser, "shards").await;
+    click(&browser, "#login").await;
+    arrive(&browser, "#shards").await;
     let body = browser.source().await.expect("source");
     assert!(body.contains("<h1>Shards</h1>"), "{body}");
     assert!(
@@ -637,50 +607,18 @@ async fn a_browser_logs_in_skips_the_failed_delivery_and_the_shard_commits_again
         .await
         .expect("opens");
     shoot(&browser, &shots, &mut step, "ledger-failed").await;
-    browser
-        .find(Locator::Css("#deliveries tr.failed a"))
-        .await
-        .expect("a FAILED delivery")
-        .click()
-        .await
-        .expect("opens it");
-    arrive(&browser, "skip-reason").await;
-    let state = browser
-        .find(Locator::Id("state"))
-        .await
-        .expect("state")
-        .text()
-        .await
-        .expect("text");
-    assert_eq!(state, "FAILED");
+    click(&browser, "#deliveries tr.failed a").await;
+    arrive(&browser, "#skip-reason").await;
+    assert_eq!(text(&browser, "#state").await, "FAILED");
 
     // 4. Skip it, with a reason.
-    browser
-        .find(Locator::Id("skip-reason"))
-        .await
-        .expect("the reason field")
-        .send_keys("the receiver deleted this hook")
-        .await
-        .expect("types");
+    type_into(&browser, "#skip-reason", "the receiver deleted this hook").await;
     shoot(&browser, &shots, &mut step, "delivery-failed").await;
-    browser
-        .find(Locator::Id("skip"))
-        .await
-        .expect("skip")
-        .click()
-        .await
-        .expect("skips");
+    click(&browser, "#skip").await;
     // Only a skipped delivery's page has its reason.
-    arrive(&browser, "reason").await;
-    let state = browser
-        .find(Locator::Id("state"))
-        .await
-        .expect("back on the delivery's page")
-        .text()
-        .await
-        .expect("text");
+    arrive(&browser, "#reason").await;
     assert_eq!(
-        state,
+        text(&browser, "#state").await,
         "CANCELLED",
         "{}",
         browser.source().await.unwrap_or_default()
@@ -713,20 +651,10 @@ async fn a_browser_logs_in_skips_the_failed_delivery_and_the_shard_commits_again
         .expect("opens");
     let mut moved = false;
     for _ in 0..120 {
-        let shown = browser
-            .find(Locator::Id("commits"))
-            .await
-            .expect("commits")
-            .text()
-            .await
-            .expect("text");
-        let depths = browser
-            .find_all(Locator::Css("td.depth"))
-            .await
-            .expect("depths");
+        let shown = text(&browser, "#commits").await;
         let mut idle = true;
-        for depth in depths {
-            idle &= depth.text().await.expect("text") == "0";
+        for depth in browser.find_all("td.depth").await.expect("depths") {
+            idle &= browser.text(&depth).await.expect("text") == "0";
         }
         if shown == commits.to_string() && idle {
             moved = true;

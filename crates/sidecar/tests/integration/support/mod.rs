@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod airflow;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use triggers::{Clock, Materialization, Variables};
