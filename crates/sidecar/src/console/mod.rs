@@ -223,6 +223,7 @@ enum Who {
 }
 
 /// A request the console refuses or cannot answer, as a page.
+#[derive(Debug)]
 struct Refusal {
     status: StatusCode,
     message: String,
@@ -356,7 +357,10 @@ impl Console {
         // on its first visit.
         let (who, cookie) = match who {
             Who::Nobody if self.token.is_none() => {
-                let session = self.new_session();
+                let session = match self.new_session() {
+                    Ok(session) => session,
+                    Err(refusal) => return self.refused(None, refusal),
+                };
                 let cookie = session_cookie(&session);
                 (Who::Session(session), Some(cookie))
             }
@@ -420,10 +424,10 @@ impl Console {
     }
 
     /// A new session, within [`MAX_SESSIONS`] (the one closest to expiring ends first).
-    fn new_session(&self) -> Session {
+    fn new_session(&self) -> Result<Session, Refusal> {
         let session = Session {
-            id: random_hex(),
-            csrf: random_hex(),
+            id: random_hex()?,
+            csrf: random_hex()?,
             expires: Instant::now() + SESSION_TTL,
         };
         let mut sessions = locked(&self.sessions);
@@ -440,7 +444,7 @@ impl Console {
             sessions.remove(&oldest);
         }
         sessions.insert(session.id.clone(), session.clone());
-        session
+        Ok(session)
     }
 
     fn login_page(&self, status: StatusCode, message: Option<&str>) -> Response {
@@ -569,7 +573,10 @@ impl Console {
                 Some("that is not this sidecar's token"),
             );
         }
-        let session = self.new_session();
+        let session = match self.new_session() {
+            Ok(session) => session,
+            Err(refusal) => return self.refused(None, refusal),
+        };
         let mut response = see_other("/");
         response
             .headers_mut()
@@ -815,15 +822,13 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// 32 random bytes from the OS, in hex: a session id or a CSRF token.
-fn random_hex() -> String {
+fn random_hex() -> Result<String, Refusal> {
     let mut bytes = [0u8; 32];
-    // The OS's generator does not fail on Linux once booted; if it ever did, two
-    // v4 UUIDs (from the same source, through another path) still make 244 random bits.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes).map_err(|err| Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("the system's random number generator failed ({err}): no session"),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn session_cookie(session: &Session) -> HeaderValue {
@@ -1045,6 +1050,59 @@ mod tests {
             .is_ok()
         );
         assert!(same_origin(&headers(&[("referer", "http://127.0.0.1:80800/")]), host).is_err());
+    }
+
+    fn console() -> Console {
+        let triggers =
+            triggers::validate("config: []", triggers::ConfigFormat::Yaml).expect("valid");
+        let materialization = triggers::Materialization {
+            name: "acmeCo/orders/warehouse".to_string(),
+            connector_image: "ghcr.io/estuary/materialize-postgres:v1".to_string(),
+            binding_collections: vec!["acmeCo/orders".to_string()],
+        };
+        let config = crate::SidecarConfig::new(
+            "/nonexistent/store",
+            triggers_runtime::ShardConfig::new(materialization, Arc::new(triggers)),
+        );
+        Console {
+            sidecar: Sidecar::new(config),
+            token: None,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with_cookie(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let cookie = format!("other=1; {SESSION_COOKIE}={id}");
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&cookie).expect("ascii"),
+        );
+        headers
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_expire() {
+        let console = console();
+        let first = console.new_session().expect("a session");
+        assert_eq!(first.id.len(), 64);
+        assert_ne!(first.id, first.csrf);
+        assert!(console.session(&with_cookie(&first.id)).is_some());
+        assert!(console.session(&with_cookie(&"0".repeat(64))).is_none());
+        let mut last = first.clone();
+        for _ in 0..MAX_SESSIONS + 5 {
+            last = console.new_session().expect("a session");
+        }
+        assert_eq!(locked(&console.sessions).len(), MAX_SESSIONS);
+        // The oldest ended first.
+        assert!(console.session(&with_cookie(&first.id)).is_none());
+        assert!(console.session(&with_cookie(&last.id)).is_some());
+        // An expired one is gone at its next use.
+        if let Some(session) = locked(&console.sessions).get_mut(&last.id) {
+            session.expires = Instant::now();
+        }
+        assert!(console.session(&with_cookie(&last.id)).is_none());
+        assert_eq!(locked(&console.sessions).len(), MAX_SESSIONS - 1);
     }
 
     #[test]
