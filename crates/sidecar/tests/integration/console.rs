@@ -469,6 +469,97 @@ async fn console_refuses_forged_posts_bad_input_and_strangers_and_shows_no_secre
     drop(console.dir);
 }
 
+/// The deliveries a ledger page lists, as (trigger, first commit seq), and its `Older`
+/// link.
+fn ledger_rows(page: &str) -> (Vec<(String, u64)>, Option<String>) {
+    let rows = page
+        .split("<a href=\"/delivery?shard=&amp;trigger=")
+        .skip(1)
+        .filter_map(|row| {
+            let (trigger, rest) = row.split_once("&amp;seq=")?;
+            let seq = rest[..rest.find('"')?].parse().ok()?;
+            Some((trigger.to_string(), seq))
+        })
+        .collect();
+    let older = page.find("\" id=\"next\"").map(|end| {
+        let start = page[..end].rfind("href=\"").expect("a link") + 6;
+        page[start..end].replace("&amp;", "&")
+    });
+    (rows, older)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_pages_newest_first_and_filters_by_trigger() {
+    let mut console = console_with_a_failed_delivery().await;
+    let url = console.url.clone();
+    console
+        .client
+        .skip_delivery(triggers_proto::sidecar::SkipDeliveryRequest {
+            delivery: Some(DeliveryRef {
+                trigger_name: "broken".to_string(),
+                first_commit_seq: 1,
+                ..Default::default()
+            }),
+            reason: "test".to_string(),
+        })
+        .await
+        .expect("skips");
+    for n in 2..=8 {
+        commit(&mut console.client, n).await;
+    }
+    let drained = console
+        .client
+        .await_drained(AwaitDrainedRequest::default())
+        .await
+        .expect("awaits")
+        .into_inner();
+    assert!(drained.ok, "{drained:?}");
+    let http = http();
+    // Every page from the first, following `Older`, at most 20 pages.
+    let walk = async |first: String| {
+        let mut rows = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(at) = next.take() {
+            pages += 1;
+            assert!(pages <= 20, "the pages end");
+            let page = http
+                .get(format!("{url}{at}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("gets")
+                .text()
+                .await
+                .expect("body");
+            let (found, older) = ledger_rows(&page);
+            rows.push(found);
+            next = older;
+        }
+        rows
+    };
+    // One trigger, three a page: 8 deliveries, newest first, none twice.
+    let pages = walk("/deliveries?shard=&trigger=good&size=3".to_string()).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [3, 3, 2], "{pages:?}");
+    let seqs: Vec<u64> = pages.iter().flatten().map(|(_, seq)| *seq).collect();
+    assert_eq!(seqs, [8, 7, 6, 5, 4, 3, 2, 1]);
+    assert!(pages.iter().flatten().all(|(trigger, _)| trigger == "good"));
+    // Both triggers, five a page: all 16, newest first.
+    let pages = walk("/deliveries?shard=&size=5".to_string()).await;
+    let rows: Vec<(String, u64)> = pages.iter().flatten().cloned().collect();
+    assert_eq!(rows.len(), 16, "{pages:?}");
+    assert!(pages.iter().all(|page| page.len() <= 5));
+    assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "{rows:?}");
+    let mut distinct = rows.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 16);
+    // A state and a trigger: the skipped one only.
+    let pages = walk("/deliveries?shard=&state=cancelled&trigger=broken".to_string()).await;
+    assert_eq!(pages.concat(), [("broken".to_string(), 1)]);
+}
+
 /// chromium and chromedriver, if both are installed.
 fn chromium() -> Result<(PathBuf, PathBuf), String> {
     let find = |name: &str| {
