@@ -16,8 +16,9 @@ use triggers_receiver::{Receiver, Reply};
 use triggers_runtime::test_support::fixtures::checkpoint;
 
 /// What the config holds that no page may ever show.
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 6] = [
     "header-secret-value-1234",
+    "broken-header-secret-3456",
     "url-password-5678",
     "query-secret-9012",
     "whsec_c2VjcmV0LXNpZ25pbmcta2V5LTQy",
@@ -41,7 +42,11 @@ struct Console {
 
 async fn console_with_a_failed_delivery() -> Console {
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.script(BROKEN, [Reply::status(404).with_body("no such hook")]);
+    // The receiver echoes the header it got: the ledger keeps the excerpt redacted.
+    receiver.script(
+        BROKEN,
+        [Reply::status(404).with_body("no such hook (X-Key: broken-header-secret-3456)")],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let template = r#"{"run": "{{flow_run_id}}"}"#;
     let broken = format!(
@@ -52,6 +57,7 @@ async fn console_with_a_failed_delivery() -> Console {
         {"name": "good", "url": receiver.url("/good"), "payloadTemplate": template,
          "headers": {"X-Api-Key": "header-secret-value-1234"}},
         {"name": "broken", "url": broken, "payloadTemplate": template, "maxRetries": 0,
+         "headers": {"X-Key": "broken-header-secret-3456"},
          "signingSecrets": ["whsec_c2VjcmV0LXNpZ25pbmcta2V5LTQy"]},
     ]});
     let path = dir.path().join("triggers.json");
@@ -331,6 +337,11 @@ async fn console_refuses_forged_posts_bad_input_and_strangers_and_shows_no_secre
         .await
         .expect("body");
     assert_no_secret(&page, "the delivery page");
+    // The receiver's excerpt is shown, the header value it echoed redacted (escaped).
+    assert!(
+        page.contains("no such hook (X-Key: &lt;redacted&gt;)"),
+        "{page}"
+    );
     let csrf = hidden(&page, "csrf");
     assert_eq!(csrf.len(), 64);
 
