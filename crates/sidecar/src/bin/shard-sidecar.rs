@@ -26,6 +26,9 @@ use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 /// one the sidecar refuses to start. Given on a Unix socket, a token is required there
 /// too.
 ///
+/// Operators: --console-address serves a web console (the shards' state, the ledger,
+/// retry and skip) on a Unix socket or loopback TCP, with the same token on TCP.
+///
 /// The sidecar owns its shards' RocksDB stores (one process per store): the default
 /// shard's (the empty id) is --store itself, a named shard's is
 /// STORE/shards/<its id, each '/' written as %2F>, made at its Open. One trigger config,
