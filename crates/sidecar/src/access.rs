@@ -119,18 +119,29 @@ impl BearerToken {
 
     /// Whether an `authorization` value carries this token, compared in time that does
     /// not depend on where they differ.
-    fn accepts(&self, value: &[u8]) -> bool {
+    pub(crate) fn accepts(&self, value: &[u8]) -> bool {
         let Some(given) = value.strip_prefix(b"Bearer ") else {
             return false;
         };
-        let expected = self.0.expose().as_bytes();
-        given.len() == expected.len()
-            && given
-                .iter()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        self.is(given)
     }
+
+    /// Whether `given` is the token itself (the console's login form), compared in time
+    /// that does not depend on where they differ.
+    pub(crate) fn is(&self, given: &[u8]) -> bool {
+        constant_time_eq(given, self.0.expose().as_bytes())
+    }
+}
+
+/// Whether two secrets are equal, in time that depends on their lengths only, never on
+/// where they differ (bearer tokens, the console's CSRF tokens).
+pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The server's check: every call carries the token, when there is one.

@@ -1,6 +1,6 @@
 //! Beside a shard, out of process: the gRPC sidecar that serves the lifecycle of a
 //! consumer's shards (Open, Close, StartCommit, Acknowledged, Status, the ledger, Preview,
-//! TestFire; each call naming its shard) to a consumer written in any language, its Prometheus metrics, the operator's `triggers` tool, the
+//! TestFire; each call naming its shard) to a consumer written in any language, its Prometheus metrics, the operator's web console ([`console`]), the operator's `triggers` tool, the
 //! reference consumer and the demo (`examples/demo.rs`).
 //!
 //! The state machine itself is `triggers-runtime`, which a reactor links without any of
@@ -53,6 +53,7 @@
 
 mod access;
 pub mod args;
+pub mod console;
 pub mod consumer;
 pub mod consumer_state;
 pub mod crash;

@@ -415,6 +415,74 @@ mod tests {
         );
     }
 
+    /// Issue 17 (alerts): every metric the example alerting rules in `deploy/alerts.yml`
+    /// read is one the sidecar exports, with its type's suffix (`_total` for counters),
+    /// so renaming a metric breaks this test instead of silently muting an alert.
+    #[test]
+    fn the_example_alerts_read_metrics_the_sidecar_exports() {
+        let rules = include_str!("../../../deploy/alerts.yml");
+        // Families show in the text once they have a series: one attempt, one backlog.
+        let metrics = Metrics::new();
+        metrics.attempt_finished(&triggers::AttemptRecord {
+            trigger: 0,
+            trigger_name: "broken".to_string(),
+            number: 1,
+            reason: "first-send",
+            at: std::time::SystemTime::UNIX_EPOCH,
+            latency: Duration::from_millis(3),
+            status: Some(404),
+            outcome: triggers::AttemptOutcome::Permanent,
+            error: None,
+            trace_id: triggers::TraceId::random(),
+            span_id: triggers::SpanId::random(),
+        });
+        let text = metrics.render(Some(&BacklogStatus {
+            queues: vec![triggers_runtime::QueueStatus {
+                trigger: 0,
+                name: "broken".to_string(),
+                drain: triggers::Drain::Ordered,
+                depth: 1,
+                in_flight: 0,
+                delivered: 0,
+                transactions_delivered: 0,
+                already_delivered: 0,
+                oldest_pending_seq: Some(1),
+                oldest_committed_at: Some(std::time::SystemTime::now()),
+            }],
+            limit: 4,
+            backpressured: false,
+            backpressure_waits: 0,
+            failure: None,
+            orphaned: Vec::new(),
+        }));
+        let exported: Vec<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .flat_map(|typed| {
+                let (name, kind) = typed.split_once(' ').unwrap_or((typed, ""));
+                match kind {
+                    "counter" => vec![format!("{name}_total")],
+                    "histogram" => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .map(|suffix| format!("{name}{suffix}"))
+                        .collect(),
+                    _ => vec![name.to_string()],
+                }
+            })
+            .collect();
+        let mut read = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("triggers_") {
+                read += 1;
+                assert!(
+                    exported.iter().any(|name| name == word),
+                    "deploy/alerts.yml reads {word}, which the sidecar does not export: {exported:?}"
+                );
+            }
+        }
+        assert!(read >= 5, "the rules read the sidecar's metrics");
+    }
+
     /// Issue 13 (response policy): an attempt the receiver answered "already delivered"
     /// is counted under its own outcome, with its status class, beside plain deliveries.
     /// (The backlog test that makes a real 409 re-fire checks what the observer is told.)

@@ -367,6 +367,17 @@ impl Sidecar {
         Ok(was_open)
     }
 
+    /// The ids of the shards it holds (the default shard's, `""`, always), sorted: the
+    /// console's list of shards.
+    pub(crate) fn shard_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = locked(&self.inner.slots)
+            .keys()
+            .map(|id| id.as_str().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// The sidecar's metrics in the OpenMetrics text format (what `GET /metrics` serves).
     pub fn metrics_text(&self) -> String {
         let slots: Vec<Arc<Slot>> = locked(&self.inner.slots).values().cloned().collect();
@@ -1563,6 +1574,15 @@ impl Listener {
             (None, None) => Err(BindError::TokenRequired {
                 address: address.to_string(),
             }),
+        }
+    }
+
+    /// The Unix socket's listener and path, for another server (the console) bound the
+    /// same way; `None` for TCP.
+    pub(crate) fn into_unix(self) -> Option<(tokio::net::UnixListener, PathBuf)> {
+        match self.socket {
+            Socket::Unix { listener, path } => Some((listener, path)),
+            Socket::Tcp(_) => None,
         }
     }
 

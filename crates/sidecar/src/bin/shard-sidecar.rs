@@ -4,6 +4,7 @@ use clap::Parser;
 use std::io::Write as _;
 use std::time::Duration;
 use triggers_sidecar::args::{ShardArgs, TokenArgs, init_tracing};
+use triggers_sidecar::console::ConsoleListener;
 use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 
 /// Runs the trigger runtime of a consumer's shards beside it, serving them over gRPC.
@@ -24,6 +25,9 @@ use triggers_sidecar::{self as sidecar, Listener, Sidecar, SidecarConfig};
 /// read from --token-file or $TRIGGERS_SIDECAR_TOKEN (never from a flag value); without
 /// one the sidecar refuses to start. Given on a Unix socket, a token is required there
 /// too.
+///
+/// Operators: --console-address serves a web console (the shards' state, the ledger,
+/// retry and skip) on a Unix socket or loopback TCP, with the same token on TCP.
 ///
 /// The sidecar owns its shards' RocksDB stores (one process per store): the default
 /// shard's (the empty id) is --store itself, a named shard's is
@@ -55,6 +59,12 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_address: Option<String>,
+    /// Serve the operator's web console (off by default): unix:/path/to.sock (mode
+    /// 0600) or a loopback 127.0.0.1:PORT / [::1]:PORT, which needs the bearer token
+    /// (--token-file or $TRIGGERS_SIDECAR_TOKEN: curl sends `Authorization: Bearer`, a
+    /// browser logs in once). Prints `console on ADDRESS` before `listening on`.
+    #[arg(long, value_name = "ADDRESS")]
+    console_address: Option<String>,
     /// Keep nothing durable of its own: Open takes the consumer's recovered values of
     /// the sidecar's keys, StartCommit and AwaitDrained answer with the writes the
     /// consumer makes in its own store (with its checkpoint). --store then only names the
@@ -81,7 +91,17 @@ async fn run() -> anyhow::Result<()> {
             sidecar::default_socket_path(&args.shard.store)?.display()
         ),
     };
-    let listener = Listener::bind(&address, args.token.token()?).await?;
+    let token = args.token.token()?;
+    // Bound before the gRPC socket, so a refused console address stops the start.
+    let console = match &args.console_address {
+        Some(address) => Some(ConsoleListener::bind(address, token.clone()).await?),
+        None => None,
+    };
+    let listener = Listener::bind(&address, token).await?;
+    if let Some(console) = &console {
+        // Before `listening on`, which tells a supervisor the sidecar is up.
+        println!("console on {}", console.address());
+    }
     println!("listening on {}", listener.address());
     std::io::stdout().flush()?;
     tracing::info!(
@@ -109,8 +129,25 @@ async fn run() -> anyhow::Result<()> {
                 .await;
         }));
     }
+    let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut console_server = None;
+    if let Some(console) = console {
+        console_server = Some(tokio::spawn(sidecar::console::serve(
+            sidecar.clone(),
+            console,
+            async move {
+                let _ = console_stopped.await;
+            },
+        )));
+    }
     let served = sidecar::run(sidecar, listener, shutdown_signal()).await;
     let _ = stop_metrics.send(());
+    let _ = stop_console.send(());
+    if let Some(server) = console_server
+        && let Err(err) = server.await
+    {
+        tracing::warn!(error = %err, "console server task failed");
+    }
     if let Some(server) = metrics_server
         && let Err(err) = server.await
     {

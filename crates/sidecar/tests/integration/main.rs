@@ -8,6 +8,7 @@
 
 mod airflow;
 mod cli;
+mod console;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod shards;

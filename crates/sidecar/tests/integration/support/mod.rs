@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod airflow;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use triggers::{Clock, Materialization, Variables};
@@ -51,11 +52,13 @@ pub struct SidecarProcess {
     pub child: tokio::process::Child,
     /// What it printed after `listening on `.
     pub address: String,
+    /// What it printed before that line (`console on ADDRESS`, say).
+    pub printed: Vec<String>,
 }
 
 /// Starts `shard-sidecar` for a one-binding shard (`acmeCo/orders`) with its store in
-/// `dir/store`, the config `triggers`, waiting delivery and loopback allowed, plus
-/// `extra` flags and `env`; returns once it prints its address (within 60 s). Its
+/// `dir/store`, the config `triggers`, waiting delivery (unless `extra` names another)
+/// and loopback allowed, plus `extra` flags and `env`; returns once it prints its address (within 60 s). Its
 /// further stdout is not read (it prints nothing more).
 pub async fn start_sidecar(
     dir: &Path,
@@ -77,8 +80,6 @@ pub async fn start_sidecar(
             "ghcr.io/estuary/materialize-postgres:v1",
             "--binding",
             "acmeCo/orders",
-            "--delivery",
-            "waiting",
             "--allow-loopback",
         ])
         .args(extra)
@@ -89,14 +90,19 @@ pub async fn start_sidecar(
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(dir.join("sidecar.log")).expect("creates the log"))
         .kill_on_drop(true);
+    if !extra.contains(&"--delivery") {
+        command.args(["--delivery", "waiting"]);
+    }
     let mut child = command.spawn().expect("shard-sidecar starts");
     let stdout = child.stdout.take().expect("piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
     let listening = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(address) = line.strip_prefix("listening on ") {
                 return Some(address.to_string());
             }
+            printed.push(line);
         }
         None
     })
@@ -111,7 +117,11 @@ pub async fn start_sidecar(
             std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default()
         );
     };
-    SidecarProcess { child, address }
+    SidecarProcess {
+        child,
+        address,
+        printed,
+    }
 }
 
 pub use triggers_runtime::test_support::fixtures::COLLECTIONS;
