@@ -446,6 +446,7 @@ mod tests {
                 delivered: 0,
                 transactions_delivered: 0,
                 already_delivered: 0,
+                dead_letters: 1,
                 oldest_pending_seq: Some(1),
                 oldest_committed_at: Some(std::time::SystemTime::now()),
             }],
