@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tonic::Request;
 use triggers_proto::sidecar::shard_sidecar_server::ShardSidecar;
 use triggers_proto::sidecar::{
-    DeliveryRef, ListDeliveriesRequest, SkipDeliveryRequest, StatusRequest,
+    DeliveryRef, ListDeliveriesRequest, ReplayDeliveriesRequest, SkipDeliveryRequest, StatusRequest,
 };
 use triggers_proto::{DeliveryRecord, DeliveryState};
 
@@ -546,6 +546,7 @@ impl Console {
                 return response;
             }
             "/retry" => self.retry(&form).await,
+            "/replay" => self.replay(&form).await,
             "/skip" => self.skip(&form).await,
             _ => Err(Refusal {
                 status: StatusCode::NOT_FOUND,
@@ -777,6 +778,28 @@ impl Console {
         ))
     }
 
+    /// ReplayDeliveries of this one delivered webhook; the delivery's page to go back to.
+    async fn replay(&self, form: &Params) -> Result<String, Refusal> {
+        let at = form.delivery()?;
+        ShardSidecar::replay_deliveries(
+            &self.sidecar,
+            Request::new(ReplayDeliveriesRequest {
+                shard: at.shard.clone(),
+                trigger_name: at.trigger_name.clone(),
+                first_commit_seq: at.first_commit_seq,
+                last_commit_seq: at.first_commit_seq,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|status| Refusal::from_status(&status))?;
+        Ok(pages::delivery_href(
+            &at.shard,
+            &at.trigger_name,
+            at.first_commit_seq,
+        ))
+    }
+
     /// SkipDelivery with the form's reason (required, at most [`MAX_REASON_CHARS`]).
     async fn skip(&self, form: &Params) -> Result<String, Refusal> {
         let at = form.delivery()?;
@@ -946,7 +969,7 @@ impl Params {
             "/shard" => &["shard"],
             "/deliveries" => &["shard", "state", "trigger", "page", "size"],
             "/delivery" => &["shard", "trigger", "seq"],
-            "/retry" => &["shard", "trigger", "seq", "csrf"],
+            "/retry" | "/replay" => &["shard", "trigger", "seq", "csrf"],
             "/skip" => &["shard", "trigger", "seq", "csrf", "reason"],
             "/login" => &["token"],
             "/logout" => &["csrf"],

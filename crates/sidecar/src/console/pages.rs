@@ -362,7 +362,7 @@ pub(super) fn deliveries(logout: Option<&str>, ledger: &Ledger<'_>) -> Markup {
                                     @if record.last_commit_seq > record.first_commit_seq { "–" (record.last_commit_seq) }
                                 }
                             }
-                            td class="state" { (state_name(state)) }
+                            td class="state" { (state_name(state)) @if record.dead_letter { " (dead letter)" } }
                             td { (record.transaction_count) }
                             td { (time(record.committed_at.as_ref())) }
                             td { (time(record.updated_at.as_ref())) }
@@ -399,6 +399,8 @@ pub(super) fn delivery(
     let state = record.state();
     let retryable = state == DeliveryState::Failed;
     let skippable = matches!(state, DeliveryState::Failed | DeliveryState::Pending);
+    // A delivered webhook whose record keeps what it sent (this build's records do).
+    let replayable = state == DeliveryState::Success && record.entry.is_some();
     let seq = record.first_commit_seq.to_string();
     let fields = |csrf: &str| {
         html! {
@@ -420,7 +422,10 @@ pub(super) fn delivery(
             dl {
                 dt { "Shard" } dd { a href={ "/shard?shard=" (encoded(shard)) } { (shard_label(shard)) } }
                 dt { "Trigger" } dd { (record.trigger_name) }
-                dt { "State" } dd id="state" { (state_name(state)) }
+                dt { "State" } dd id="state" {
+                    (state_name(state))
+                    @if record.dead_letter { " (dead letter: its trigger's backlog went on without it)" }
+                }
                 dt { "Commits" } dd { (record.first_commit_seq) "–" (record.last_commit_seq) " (" (record.transaction_count) " transactions)" }
                 dt { "Newest transaction" } dd { (record.flow_run_id) }
                 dt { "Committed" } dd { (time(record.committed_at.as_ref())) }
@@ -461,6 +466,14 @@ pub(super) fn delivery(
                         (fields(csrf))
                         p { "Send it again now (as operator-replay). The backlog waits behind it until it is delivered or skipped." }
                         button type="submit" id="retry" { "Retry" }
+                    }
+                }
+                @if replayable {
+                    h2 { "Replay" }
+                    form method="post" action="/replay" {
+                        (fields(csrf))
+                        p { "Send this delivered webhook again (as operator-replay, with its webhook-id): a receiver that dedupes on the id alone ignores it." }
+                        button type="submit" id="replay" { "Replay" }
                     }
                 }
                 @if skippable {

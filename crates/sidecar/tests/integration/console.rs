@@ -875,3 +875,59 @@ async fn console_on_a_unix_socket_needs_no_token_and_other_addresses_are_refused
     assert!(reply.contains("FailedPrecondition"), "{reply}");
     drop(sidecar);
 }
+
+/// Issue 17, item 4: the console replays a delivered webhook (a POST, as the Replay
+/// button sends it; with the bearer token, which needs no CSRF token), even while
+/// another trigger's failure holds the backlog, and the webhook goes again as
+/// `operator-replay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_replays_a_delivered_webhook() {
+    let mut console = console_with_a_failed_delivery().await;
+    let http = http();
+    let page = http
+        .get(format!(
+            "{}/delivery?shard=&trigger=good&seq=1",
+            console.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("gets")
+        .text()
+        .await
+        .expect("body");
+    assert!(page.contains("SUCCESS"), "{page}");
+    let reply = http
+        .post(format!("{}/replay", console.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("shard=&trigger=good&seq=1")
+        .send()
+        .await
+        .expect("posts");
+    assert!(
+        reply.status().is_redirection() || reply.status().is_success(),
+        "{}",
+        reply.status()
+    );
+    assert_eq!(
+        state_of(&mut console.client, 1).await,
+        DeliveryState::Failed,
+        "broken's"
+    );
+    let mut reasons = Vec::new();
+    for _ in 0..500 {
+        reasons = console
+            ._receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/good")
+            .map(|r| r.header("webhook-reason").unwrap_or_default().to_string())
+            .collect();
+        if reasons.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(reasons, ["first-send", "operator-replay"]);
+}
