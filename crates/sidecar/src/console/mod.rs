@@ -658,11 +658,15 @@ impl Console {
     ) -> Result<maud::Markup, Refusal> {
         let params = Params::parse(query.as_bytes(), "/deliveries")?;
         let shard = params.shard()?;
+        let state = params.get("state").filter(|s| !s.is_empty());
+        let dead_letters = state == Some("dead-letter");
         let filter = Filter {
-            state: match params.get("state").filter(|s| !s.is_empty()) {
+            state: match state {
                 None => None,
+                Some("dead-letter") => Some(DeliveryState::Failed),
                 Some(state) => Some(parse_state(state)?),
             },
+            dead_letters,
             trigger: match params.get("trigger").filter(|t| !t.is_empty()) {
                 None => None,
                 Some(trigger) => Some(trigger_param(trigger)?.to_string()),
@@ -698,6 +702,7 @@ impl Console {
                 shard: &shard,
                 triggers: &triggers,
                 state: filter.state,
+                dead_letters: filter.dead_letters,
                 trigger: filter.trigger.as_deref(),
                 size,
                 page,
@@ -920,12 +925,15 @@ fn same_origin(headers: &HeaderMap, host: &str) -> Result<(), Refusal> {
 /// Which ledger records a page shows.
 struct Filter {
     state: Option<DeliveryState>,
+    /// Only dead letters (FAILED ones whose backlog went on): `state=dead-letter`.
+    dead_letters: bool,
     trigger: Option<String>,
 }
 
 impl Filter {
     fn passes(&self, record: &DeliveryRecord) -> bool {
         self.state.is_none_or(|state| record.state() == state)
+            && (!self.dead_letters || record.dead_letter)
             && self
                 .trigger
                 .as_deref()
@@ -942,7 +950,7 @@ fn parse_state(state: &str) -> Result<DeliveryState, Refusal> {
         "cancelled" => DeliveryState::Cancelled,
         _ => {
             return Err(Refusal::bad(
-                "state must be one of pending, running, success, failed, cancelled",
+                "state must be one of pending, running, success, failed, dead-letter, cancelled",
             ));
         }
     })

@@ -293,6 +293,8 @@ pub(super) struct Ledger<'a> {
     /// The configured triggers' names, for the filter.
     pub triggers: &'a [String],
     pub state: Option<DeliveryState>,
+    /// Only dead letters (with `state` FAILED).
+    pub dead_letters: bool,
     pub trigger: Option<&'a str>,
     pub size: u32,
     pub page: &'a str,
@@ -304,7 +306,9 @@ pub(super) struct Ledger<'a> {
 impl Ledger<'_> {
     fn href(&self, page: &str) -> String {
         let mut href = format!("/deliveries?shard={}", encoded(self.shard));
-        if let Some(state) = self.state {
+        if self.dead_letters {
+            href.push_str("&state=dead-letter");
+        } else if let Some(state) = self.state {
             href.push_str(&format!("&state={}", state_param(state)));
         }
         if let Some(trigger) = self.trigger {
@@ -334,8 +338,9 @@ pub(super) fn deliveries(logout: Option<&str>, ledger: &Ledger<'_>) -> Markup {
                 select name="state" id="state" {
                     option value="" { "any" }
                     @for state in STATES {
-                        option value=(state_param(state)) selected[ledger.state == Some(state)] { (state_name(state)) }
+                        option value=(state_param(state)) selected[ledger.state == Some(state) && !ledger.dead_letters] { (state_name(state)) }
                     }
+                    option value="dead-letter" selected[ledger.dead_letters] { "DEAD LETTER" }
                 }
                 label for="trigger" { "Trigger" }
                 select name="trigger" id="trigger" {

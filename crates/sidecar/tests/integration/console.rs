@@ -930,4 +930,30 @@ async fn the_console_replays_a_delivered_webhook() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(reasons, ["first-send", "operator-replay"]);
+    // The ledger filtered to dead letters: broken's FAILED delivery stops its backlog
+    // (onFailure: stop), so it is none.
+    let dead = http
+        .get(format!(
+            "{}/deliveries?shard=&state=dead-letter",
+            console.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("gets")
+        .text()
+        .await
+        .expect("body");
+    assert!(dead.contains(r#"value="dead-letter" selected"#), "{dead}");
+    assert!(!dead.contains(r#"class="delivery failed""#), "{dead}");
+    let failed = http
+        .get(format!("{}/deliveries?shard=&state=failed", console.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("gets")
+        .text()
+        .await
+        .expect("body");
+    assert!(failed.contains(r#"class="delivery failed""#), "{failed}");
 }
