@@ -131,6 +131,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How long the thread waiting for lanes looks for one before it sleeps: the next store
+/// call of a host committing its shards in turn comes within microseconds of the last
+/// one's answer, and waking a sleeping thread costs more than that. Only the one thread
+/// holding the queue's lock looks; the others sleep on the lock.
+const LOOK_BEFORE_SLEEPING: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The next lane with work: looked for (yielding the core to whoever else may run) for
+/// [`LOOK_BEFORE_SLEEPING`], then waited for asleep.
+fn next_lane(waiting: &mpsc::Receiver<Arc<Lane>>) -> Result<Arc<Lane>, mpsc::RecvError> {
+    let until = std::time::Instant::now() + LOOK_BEFORE_SLEEPING;
+    loop {
+        match waiting.try_recv() {
+            Ok(lane) => return Ok(lane),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < until => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::TryRecvError::Empty) => return waiting.recv(),
+        }
+    }
+}
+
 impl Pool {
     /// Starts a thread if none is idle and the bound allows; an error only when the pool
     /// has no thread at all (otherwise the ones it has serve).
@@ -165,7 +187,7 @@ impl Pool {
         IN_POOL.with(|flag| flag.set(true));
         loop {
             self.idle.fetch_add(1, Ordering::SeqCst);
-            let next = lock(&self.waiting).recv();
+            let next = next_lane(&lock(&self.waiting));
             self.idle.fetch_sub(1, Ordering::SeqCst);
             match next {
                 Ok(lane) => lane.run_turn(self),
