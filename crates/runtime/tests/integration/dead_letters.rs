@@ -159,7 +159,7 @@ async fn an_operator_retries_a_dead_letter_as_operator_replay_and_skips_another(
 async fn a_stopping_trigger_still_stops_and_its_failure_is_no_dead_letter() {
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.script("/s", [Reply::status(422)]);
+    receiver.script("/s", [Reply::status(422).after(Duration::from_millis(500))]);
     let triggers = trigger(
         &receiver,
         "/s",
@@ -276,7 +276,14 @@ async fn a_stopped_shards_deliveries_are_skipped_replayed_and_retried_on_disk() 
     use triggers_runtime::{StoppedShard, StoreError};
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await.expect("receiver");
-    receiver.script("/s", [Reply::status(200), Reply::status(422)]);
+    // The refusal comes late enough that all three commits land before the backlog stops.
+    receiver.script(
+        "/s",
+        [
+            Reply::status(200),
+            Reply::status(422).after(Duration::from_millis(500)),
+        ],
+    );
     let stops = trigger(
         &receiver,
         "/s",

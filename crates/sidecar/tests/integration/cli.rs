@@ -1027,7 +1027,10 @@ async fn stopped_store(dir: &Path, receiver: &Receiver) -> PathBuf {
         "/d",
         [
             Reply::status(200),
-            Reply::status(422).with_body("bad payload"),
+            // Late enough that all three commits land before the backlog stops.
+            Reply::status(422)
+                .with_body("bad payload")
+                .after(Duration::from_millis(500)),
         ],
     );
     let config = serde_json::json!({"config": [
