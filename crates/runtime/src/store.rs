@@ -592,7 +592,10 @@ impl Store {
             let params = entry
                 .params
                 .ok_or_else(|| self.corrupt_key(&key, "entry has no params"))?;
-            let record = self.delivery(&trigger, first_commit_seq)?;
+            // Its head only: the open reads one record per entry, and a record keeps its
+            // attempts and variables.
+            let record: Option<DeliveryRecordHead> =
+                self.ledger_read(&trigger, first_commit_seq)?;
             entries.push(StoredEntry {
                 first_commit_seq,
                 params,
@@ -674,6 +677,15 @@ impl Store {
         trigger: &str,
         first_commit_seq: u64,
     ) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.ledger_read(trigger, first_commit_seq)
+    }
+
+    /// The ledger record of a delivery as `M`: the whole record, or its head.
+    fn ledger_read<M: prost::Message + Default>(
+        &self,
+        trigger: &str,
+        first_commit_seq: u64,
+    ) -> Result<Option<M>, StoreError> {
         let key = ledger_key(trigger, first_commit_seq);
         let Some(bytes) = self
             .get_pinned(&key)
@@ -681,7 +693,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        DeliveryRecord::decode(bytes.as_ref())
+        M::decode(bytes.as_ref())
             .map(Some)
             .map_err(|err| self.corrupt_key(&key, &err.to_string()))
     }
@@ -787,25 +799,23 @@ impl Store {
     /// a pass over the ledger that keeps little of each record holds little memory.
     pub fn for_each_delivery(
         &self,
-        mut visit: impl FnMut(DeliveryRecord) -> Result<(), StoreError>,
+        visit: impl FnMut(DeliveryRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for item in self.scan(LEDGER_PREFIX) {
-            let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
-            if !key.starts_with(LEDGER_PREFIX) {
-                break;
-            }
-            visit(
-                DeliveryRecord::decode(value.as_ref())
-                    .map_err(|err| self.corrupt_key(&key, &err.to_string()))?,
-            )?;
-        }
-        Ok(())
+        self.for_each_ledger(visit)
     }
 
     /// Visits every ledger record's head (what retention reads), in key order.
     pub(crate) fn for_each_delivery_head(
         &self,
-        mut visit: impl FnMut(DeliveryRecordHead) -> Result<(), StoreError>,
+        visit: impl FnMut(DeliveryRecordHead) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_ledger(visit)
+    }
+
+    /// Visits every ledger record as `M` (the whole record, or its head), in key order.
+    fn for_each_ledger<M: prost::Message + Default>(
+        &self,
+        mut visit: impl FnMut(M) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for item in self.scan(LEDGER_PREFIX) {
             let (key, value) = item.map_err(|err| self.rocksdb_error("read", err))?;
@@ -813,7 +823,7 @@ impl Store {
                 break;
             }
             visit(
-                DeliveryRecordHead::decode(value.as_ref())
+                M::decode(value.as_ref())
                     .map_err(|err| self.corrupt_key(&key, &err.to_string()))?,
             )?;
         }
