@@ -106,8 +106,50 @@ pub enum StateFilter {
     Cancelled,
 }
 
+impl StateFilter {
+    /// Every state a list can be filtered by, in lifecycle order.
+    pub const ALL: [StateFilter; 6] = [
+        StateFilter::Pending,
+        StateFilter::Running,
+        StateFilter::Success,
+        StateFilter::Failed,
+        StateFilter::DeadLetter,
+        StateFilter::Cancelled,
+    ];
+
+    /// How a query string or `--state` spells it (`dead-letter`, ...).
+    pub fn param(self) -> &'static str {
+        match self {
+            StateFilter::Pending => "pending",
+            StateFilter::Running => "running",
+            StateFilter::Success => "success",
+            StateFilter::Failed => "failed",
+            StateFilter::DeadLetter => "dead-letter",
+            StateFilter::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state `param` spells, if it spells one.
+    pub fn from_param(param: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.param() == param)
+    }
+
+    /// How tables and pages show it (`DEAD_LETTER`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            StateFilter::DeadLetter => "DEAD_LETTER",
+            StateFilter::Pending => DeliveryState::Pending.as_str(),
+            StateFilter::Running => DeliveryState::Running.as_str(),
+            StateFilter::Success => DeliveryState::Success.as_str(),
+            StateFilter::Failed => DeliveryState::Failed.as_str(),
+            StateFilter::Cancelled => DeliveryState::Cancelled.as_str(),
+        }
+    }
+}
+
 impl Filter {
-    fn keeps(&self, record: &DeliveryRecord) -> bool {
+    /// Whether `record` passes the filter.
+    pub fn keeps(&self, record: &DeliveryRecord) -> bool {
         let state = record.state();
         let state_kept = match self.state {
             None => true,

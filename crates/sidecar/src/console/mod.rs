@@ -17,6 +17,7 @@
 mod pages;
 
 use crate::access::{BearerToken, TOKEN_ENV, constant_time_eq};
+use crate::deliveries::{Filter, StateFilter};
 use crate::shard_id::{MAX_SHARD_ID_BYTES, ShardId};
 use crate::{BindError, Listener, Sidecar};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -27,11 +28,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Request;
+use triggers_proto::DeliveryRecord;
 use triggers_proto::sidecar::shard_sidecar_server::ShardSidecar;
 use triggers_proto::sidecar::{
     DeliveryRef, ListDeliveriesRequest, ReplayDeliveriesRequest, SkipDeliveryRequest, StatusRequest,
 };
-use triggers_proto::{DeliveryRecord, DeliveryState};
 
 /// Most browser sessions held at once; a login past it ends the oldest one.
 pub const MAX_SESSIONS: usize = 64;
@@ -658,15 +659,11 @@ impl Console {
     ) -> Result<maud::Markup, Refusal> {
         let params = Params::parse(query.as_bytes(), "/deliveries")?;
         let shard = params.shard()?;
-        let state = params.get("state").filter(|s| !s.is_empty());
-        let dead_letters = state == Some("dead-letter");
         let filter = Filter {
-            state: match state {
+            state: match params.get("state").filter(|s| !s.is_empty()) {
                 None => None,
-                Some("dead-letter") => Some(DeliveryState::Failed),
                 Some(state) => Some(parse_state(state)?),
             },
-            dead_letters,
             trigger: match params.get("trigger").filter(|t| !t.is_empty()) {
                 None => None,
                 Some(trigger) => Some(trigger_param(trigger)?.to_string()),
@@ -702,7 +699,6 @@ impl Console {
                 shard: &shard,
                 triggers: &triggers,
                 state: filter.state,
-                dead_letters: filter.dead_letters,
                 trigger: filter.trigger.as_deref(),
                 size,
                 page,
@@ -742,7 +738,7 @@ impl Console {
             .map_err(|status| Refusal::from_status(&status))?
             .into_inner();
             scanned += reply.deliveries.len();
-            found.extend(reply.deliveries.into_iter().filter(|r| filter.passes(r)));
+            found.extend(reply.deliveries.into_iter().filter(|r| filter.keeps(r)));
             token = reply.next_page_token;
             if token.is_empty() || found.len() >= size as usize || scanned >= MAX_SCANNED {
                 return Ok((found, token, scanned));
@@ -922,37 +918,11 @@ fn same_origin(headers: &HeaderMap, host: &str) -> Result<(), Refusal> {
     }
 }
 
-/// Which ledger records a page shows.
-struct Filter {
-    state: Option<DeliveryState>,
-    /// Only dead letters (FAILED ones whose backlog went on): `state=dead-letter`.
-    dead_letters: bool,
-    trigger: Option<String>,
-}
-
-impl Filter {
-    fn passes(&self, record: &DeliveryRecord) -> bool {
-        self.state.is_none_or(|state| record.state() == state)
-            && (!self.dead_letters || record.dead_letter)
-            && self
-                .trigger
-                .as_deref()
-                .is_none_or(|name| record.trigger_name == name)
-    }
-}
-
-fn parse_state(state: &str) -> Result<DeliveryState, Refusal> {
-    Ok(match state {
-        "pending" => DeliveryState::Pending,
-        "running" => DeliveryState::Running,
-        "success" => DeliveryState::Success,
-        "failed" => DeliveryState::Failed,
-        "cancelled" => DeliveryState::Cancelled,
-        _ => {
-            return Err(Refusal::bad(
-                "state must be one of pending, running, success, failed, dead-letter, cancelled",
-            ));
-        }
+/// A ledger page's `state`, as `triggers deliveries --state` spells it.
+fn parse_state(state: &str) -> Result<StateFilter, Refusal> {
+    StateFilter::from_param(state).ok_or_else(|| {
+        let names: Vec<&str> = StateFilter::ALL.iter().map(|s| s.param()).collect();
+        Refusal::bad(format!("state must be one of {}", names.join(", ")))
     })
 }
 

@@ -2,6 +2,7 @@
 //! otherwise, and nothing here is marked otherwise.
 
 use super::{DEFAULT_PAGE_SIZE, MAX_REASON_CHARS, REFRESH_SECS};
+use crate::deliveries::StateFilter;
 use maud::{DOCTYPE, Markup, html};
 use std::time::SystemTime;
 use triggers_proto::sidecar::StatusResponse;
@@ -64,14 +65,6 @@ fn state_param(state: DeliveryState) -> &'static str {
         DeliveryState::Cancelled => "cancelled",
     }
 }
-
-const STATES: [DeliveryState; 5] = [
-    DeliveryState::Pending,
-    DeliveryState::Running,
-    DeliveryState::Success,
-    DeliveryState::Failed,
-    DeliveryState::Cancelled,
-];
 
 fn time(at: Option<&Timestamp>) -> String {
     let Some(at) = at else {
@@ -292,9 +285,7 @@ pub(super) struct Ledger<'a> {
     pub shard: &'a str,
     /// The configured triggers' names, for the filter.
     pub triggers: &'a [String],
-    pub state: Option<DeliveryState>,
-    /// Only dead letters (with `state` FAILED).
-    pub dead_letters: bool,
+    pub state: Option<StateFilter>,
     pub trigger: Option<&'a str>,
     pub size: u32,
     pub page: &'a str,
@@ -306,10 +297,8 @@ pub(super) struct Ledger<'a> {
 impl Ledger<'_> {
     fn href(&self, page: &str) -> String {
         let mut href = format!("/deliveries?shard={}", encoded(self.shard));
-        if self.dead_letters {
-            href.push_str("&state=dead-letter");
-        } else if let Some(state) = self.state {
-            href.push_str(&format!("&state={}", state_param(state)));
+        if let Some(state) = self.state {
+            href.push_str(&format!("&state={}", state.param()));
         }
         if let Some(trigger) = self.trigger {
             href.push_str(&format!("&trigger={}", encoded(trigger)));
@@ -337,10 +326,9 @@ pub(super) fn deliveries(logout: Option<&str>, ledger: &Ledger<'_>) -> Markup {
                 label for="state" { "State" }
                 select name="state" id="state" {
                     option value="" { "any" }
-                    @for state in STATES {
-                        option value=(state_param(state)) selected[ledger.state == Some(state) && !ledger.dead_letters] { (state_name(state)) }
+                    @for state in StateFilter::ALL {
+                        option value=(state.param()) selected[ledger.state == Some(state)] { (state.label()) }
                     }
-                    option value="dead-letter" selected[ledger.dead_letters] { "DEAD LETTER" }
                 }
                 label for="trigger" { "Trigger" }
                 select name="trigger" id="trigger" {
