@@ -14,12 +14,20 @@
 //! order it was asked for, on whichever thread of the process's pool is free. The pool
 //! starts threads as lanes need them, up to [`store_threads`], and keeps them: a fixed
 //! set of threads (and arenas), warm while there is work.
+//!
+//! Which thread takes the next lane matters as much as how many there are. A thread that
+//! runs out of work looks for more for a moment before it sleeps, and only one looks at
+//! a time: the one that just finished, so a host committing its shards in turn has its
+//! every store call run on the same warm thread, handed over in microseconds. Threads
+//! once took turns instead (the waiting one held the queue, and passed it to a sleeping
+//! one as it took a lane): every call woke a thread and ran on a cold one, and 100 shards
+//! in turn committed at 0.55x one shard's rate (33 against 61 us a commit).
 
 use crate::store::StoreError;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -72,17 +80,29 @@ impl From<StoreError> for StoreTaskError {
 
 /// The process's store threads and the lanes waiting for one.
 struct Pool {
-    /// Lanes with work and no thread; a lane is in here at most once.
-    ready: mpsc::Sender<Arc<Lane>>,
-    /// The other end, shared by the threads: one waits in `recv` while the rest wait
-    /// for the lock.
-    waiting: Mutex<mpsc::Receiver<Arc<Lane>>>,
+    state: Mutex<PoolState>,
+    /// Where threads with nothing to do sleep.
+    wake: Condvar,
+    /// Lanes in `state.ready`, for the looking thread to watch without the lock.
+    ready_lanes: AtomicUsize,
     max_threads: usize,
-    threads: AtomicUsize,
-    /// Threads waiting for a lane (or for the lock to wait for one).
-    idle: AtomicUsize,
-    /// Serializes starting threads, so the count never passes `max_threads`.
-    starting: Mutex<()>,
+}
+
+/// What the pool's lock guards.
+#[derive(Default)]
+struct PoolState {
+    /// Lanes with work and no thread; a lane is in here at most once.
+    ready: VecDeque<Arc<Lane>>,
+    /// A thread is looking for work without sleeping (see [`LOOK_BEFORE_SLEEPING`]):
+    /// it will take the next lane, so nobody needs waking.
+    looking: bool,
+    /// Threads asleep on `wake`.
+    sleeping: usize,
+    /// Wake-ups sent and not yet taken by a sleeper: a lane scheduled while the sleepers
+    /// are all already woken starts a thread instead.
+    woken: usize,
+    /// Threads started.
+    threads: usize,
 }
 
 thread_local! {
@@ -93,16 +113,11 @@ thread_local! {
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let (ready, waiting) = mpsc::channel();
-        Pool {
-            ready,
-            waiting: Mutex::new(waiting),
-            max_threads: threads_from_env(std::env::var("TRIGGERS_STORE_THREADS").ok()),
-            threads: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
-            starting: Mutex::new(()),
-        }
+    POOL.get_or_init(|| Pool {
+        state: Mutex::new(PoolState::default()),
+        wake: Condvar::new(),
+        ready_lanes: AtomicUsize::new(0),
+        max_threads: threads_from_env(std::env::var("TRIGGERS_STORE_THREADS").ok()),
     })
 }
 
@@ -131,76 +146,110 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// How long the thread waiting for lanes looks for one before it sleeps: the next store
-/// call of a host committing its shards in turn comes within microseconds of the last
-/// one's answer, and waking a sleeping thread costs more than that. Only the one thread
-/// holding the queue's lock looks; the others sleep on the lock.
+/// How long a thread that ran out of work looks for more before it sleeps: the next
+/// store call of a host committing its shards in turn comes within microseconds of the
+/// last one's answer, and waking a sleeping thread costs more than that. One thread
+/// looks at a time, and it is the one that just finished (its caches are warm); the
+/// others sleep until there is more work than it takes.
 const LOOK_BEFORE_SLEEPING: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// The next lane with work: looked for (yielding the core to whoever else may run) for
-/// [`LOOK_BEFORE_SLEEPING`], then waited for asleep.
-fn next_lane(waiting: &mpsc::Receiver<Arc<Lane>>) -> Result<Arc<Lane>, mpsc::RecvError> {
-    let until = std::time::Instant::now() + LOOK_BEFORE_SLEEPING;
-    loop {
-        match waiting.try_recv() {
-            Ok(lane) => return Ok(lane),
-            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
-            Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < until => {
-                std::thread::yield_now();
+impl Pool {
+    /// A pool thread: runs a turn of each lane that has work, for as long as the
+    /// process lives (it holds no store while it waits).
+    fn serve(&'static self) {
+        IN_POOL.with(|flag| flag.set(true));
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(lane) = state.ready.pop_front() {
+                self.ready_lanes.fetch_sub(1, Ordering::SeqCst);
+                drop(state);
+                lane.run_turn(self);
+                state = lock(&self.state);
+                continue;
             }
-            Err(mpsc::TryRecvError::Empty) => return waiting.recv(),
+            if !state.looking {
+                state.looking = true;
+                drop(state);
+                self.look();
+                state = lock(&self.state);
+                state.looking = false;
+                if !state.ready.is_empty() {
+                    continue;
+                }
+            }
+            state.sleeping += 1;
+            loop {
+                state = self
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A wake-up meant for a sleeper (this one or another: any one of them
+                // taking it is the same), not a spurious one.
+                if state.woken > 0 {
+                    state.woken -= 1;
+                    break;
+                }
+            }
+            state.sleeping -= 1;
         }
     }
-}
 
-impl Pool {
-    /// Starts a thread if none is idle and the bound allows; an error only when the pool
-    /// has no thread at all (otherwise the ones it has serve).
-    fn grow(&'static self) -> Result<(), StoreTaskError> {
-        if self.idle.load(Ordering::SeqCst) > 0 && self.threads.load(Ordering::SeqCst) > 0 {
-            return Ok(());
-        }
-        let _starting = lock(&self.starting);
-        let threads = self.threads.load(Ordering::SeqCst);
-        if threads >= self.max_threads {
-            return Ok(());
-        }
-        let spawned = std::thread::Builder::new()
+    /// Puts back a lane whose turn ended with work left, behind the lanes waiting: the
+    /// thread that ran it comes straight back for the next, so nobody is woken.
+    fn requeue(&self, lane: Arc<Lane>) {
+        lock(&self.state).ready.push_back(lane);
+        self.ready_lanes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Starts one more thread (the caller checked the bound).
+    fn start_thread(&'static self, state: &mut PoolState) -> std::io::Result<()> {
+        std::thread::Builder::new()
             .name("shard-store".to_string())
-            .spawn(move || self.serve());
-        match spawned {
-            Ok(_) => {
-                self.threads.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
+            .spawn(move || self.serve())?;
+        state.threads += 1;
+        Ok(())
+    }
+
+    /// Watches for a ready lane for up to [`LOOK_BEFORE_SLEEPING`], yielding the core
+    /// to whoever else may run meanwhile.
+    fn look(&self) {
+        let until = std::time::Instant::now() + LOOK_BEFORE_SLEEPING;
+        while self.ready_lanes.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Queues a lane for a thread: the looking one takes it (if it has no other to take), else a sleeping one is
+    /// woken, else one is started (while the bound allows; otherwise the lane waits for
+    /// a thread to finish its turn). An error only when the pool has no thread at all
+    /// and cannot start one.
+    fn schedule(&'static self, lane: Arc<Lane>) -> Result<(), StoreTaskError> {
+        let mut state = lock(&self.state);
+        state.ready.push_back(lane);
+        self.ready_lanes.fetch_add(1, Ordering::SeqCst);
+        // The looking thread takes one lane; any more need threads of their own (a
+        // synced commit must not wait behind another shard's).
+        if state.looking && state.ready.len() == 1 {
+            return Ok(());
+        }
+        if state.sleeping > state.woken {
+            state.woken += 1;
+            self.wake.notify_one();
+            return Ok(());
+        }
+        if state.threads >= self.max_threads {
+            return Ok(());
+        }
+        let threads = state.threads;
+        match self.start_thread(&mut state) {
+            Ok(()) => Ok(()),
+            // The lane stays queued for a thread started later; but none may be.
             Err(err) if threads == 0 => Err(StoreTaskError::Start(err)),
             Err(err) => {
                 tracing::warn!(%err, threads, "cannot start another store thread; the others serve");
                 Ok(())
             }
         }
-    }
-
-    /// A pool thread: runs a turn of each lane that has work, for as long as the
-    /// process lives (it holds no store while it waits).
-    fn serve(&'static self) {
-        IN_POOL.with(|flag| flag.set(true));
-        loop {
-            self.idle.fetch_add(1, Ordering::SeqCst);
-            let next = next_lane(&lock(&self.waiting));
-            self.idle.fetch_sub(1, Ordering::SeqCst);
-            match next {
-                Ok(lane) => lane.run_turn(self),
-                // The pool is static: its sender never goes.
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn schedule(&'static self, lane: Arc<Lane>) -> Result<(), StoreTaskError> {
-        // The receiver is static too, so the send cannot fail.
-        let _ = self.ready.send(lane);
-        self.grow()
     }
 }
 
@@ -249,8 +298,7 @@ impl Lane {
             self.drained.notify_all();
         } else {
             drop(state);
-            // The pool has this thread at least, so this cannot fail.
-            let _ = pool.schedule(self);
+            pool.requeue(self);
         }
     }
 }
@@ -295,8 +343,14 @@ impl StoreLane {
     /// A new lane on the process's pool (started with its first thread if need be).
     pub(crate) fn start() -> Result<Self, StoreTaskError> {
         let pool = pool();
-        if pool.threads.load(Ordering::SeqCst) == 0 {
-            pool.grow()?;
+        {
+            // The first lane starts the first thread, so a process that cannot start
+            // one learns it when a shard opens, not at its first commit.
+            let mut state = lock(&pool.state);
+            if state.threads == 0 {
+                pool.start_thread(&mut state)
+                    .map_err(StoreTaskError::Start)?;
+            }
         }
         Ok(Self {
             inner: Arc::new(LaneHandle {
@@ -418,7 +472,39 @@ mod tests {
             (1..=store_threads()).contains(&used),
             "{used} threads for 300 lanes"
         );
-        assert!(pool().threads.load(Ordering::SeqCst) <= store_threads());
+        assert!(lock(&pool().state).threads <= store_threads());
+    }
+
+    /// Two shards' work queued together runs at once, on two threads, whether it finds
+    /// a thread looking for work, sleeping, or none started yet: a synced commit never
+    /// waits behind another shard's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_queued_together_on_two_lanes_runs_at_once() {
+        let (first, second) = (
+            StoreLane::start().expect("starts"),
+            StoreLane::start().expect("starts"),
+        );
+        for round in 0..40 {
+            // Some rounds find the pool's threads looking, others asleep.
+            if round % 2 == 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let (met, meets) = std::sync::mpsc::channel::<()>();
+            let waits = first.call(move || {
+                meets
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .is_ok()
+            });
+            let arrives = second.call(move || {
+                let _ = met.send(());
+            });
+            let (waited, arrived) = tokio::join!(waits, arrives);
+            arrived.expect("runs");
+            assert!(
+                waited.expect("runs"),
+                "round {round}: the second lane's work did not run while the first's waited"
+            );
+        }
     }
 
     #[test]
