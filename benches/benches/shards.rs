@@ -208,6 +208,23 @@ fn shards(c: &mut Criterion) {
         }
     }
     group.finish();
+    // The goal's ratios, paired, and their floor (`SHARDS_ONLY=paired` runs them alone).
+    if std::env::var("SHARDS_ONLY").is_ok_and(|only| only == "paired")
+        || std::env::var("SHARDS_ONLY").is_err()
+    {
+        lines.push(paired_stores_alone());
+        for triggers in [0, 3] {
+            let config = benches::shard_config(
+                benches::triggers(&receiver.url("/hook"), triggers),
+                Durability::Unsynced,
+                DeliveryMode::Decoupled {
+                    backlog_limit: triggers_runtime::DEFAULT_BACKLOG_LIMIT,
+                },
+            )
+            .with_deliverer(deliverer.clone());
+            lines.push(runtime.block_on(paired_in_turn(config, triggers, &stats)));
+        }
+    }
     for line in lines {
         println!("{line}");
     }
@@ -218,6 +235,119 @@ fn shards(c: &mut Criterion) {
             serde_json::Value::from(figures).to_string(),
         );
     }
+}
+
+/// Shards in the many-shard set of the paired measure (the goal's N).
+const PAIRED_SHARDS: usize = 100;
+
+/// The goal's ratio measured in one run: blocks of commits in turn on 1 shard and on
+/// [`PAIRED_SHARDS`] shards (all open at once in this process) alternate, and the
+/// medians of their time per commit are compared. Criterion measures each N separately,
+/// and on this shared machine one shard's own time per commit drifted by up to 1.6x
+/// between such runs, more than the gap being measured. With triggers each block ends
+/// with every webhook it made delivered. Saved as `shards_n100[_triggers]_paired`.
+async fn paired_in_turn(
+    config: triggers_runtime::ShardConfig,
+    triggers: usize,
+    stats: &[triggers_proto::BindingStats],
+) -> String {
+    let (blocks, per_block) = if triggers == 0 { (40, 300) } else { (30, 100) };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sets: [Vec<Shard>; 2] = [Vec::new(), Vec::new()];
+    for (set, n) in sets.iter_mut().zip([1, PAIRED_SHARDS]) {
+        for i in 0..n {
+            let (mut shard, _) = Shard::open(dir.path().join(format!("{n}-{i}")), config.clone())
+                .await
+                .expect("opens");
+            shard.acknowledged().await.expect("recovered ack");
+            set.push(shard);
+        }
+    }
+    let offset = AtomicI64::new(0);
+    for set in &mut sets {
+        for _ in 0..WARM_UP_COMMITS {
+            commit_each(set, &offset, stats).await;
+        }
+        drain(set).await;
+    }
+    let (mut many, mut one) = (Vec::new(), Vec::new());
+    let mut next = 0usize;
+    for block in 0..blocks {
+        for is_many in [block % 2 == 0, block % 2 == 1] {
+            let set = &mut sets[usize::from(is_many)];
+            let started = Instant::now();
+            for _ in 0..per_block {
+                let i = next % set.len();
+                next += 1;
+                commit(&mut set[i], offset.fetch_add(1, Ordering::Relaxed), stats).await;
+            }
+            drain(set).await;
+            let per_commit = started.elapsed() / per_block;
+            if is_many {
+                many.push(per_commit);
+            } else {
+                one.push(per_commit);
+            }
+        }
+    }
+    for set in sets {
+        for shard in set {
+            shard.close().await;
+        }
+    }
+    let paired = benches::Paired::from_blocks(many, one);
+    let group = if triggers == 0 {
+        "shards_n100_paired".to_string()
+    } else {
+        "shards_n100_triggers_paired".to_string()
+    };
+    paired.save(&group);
+    format!(
+        "{group} ({blocks} alternating blocks of {per_block} commits in turn, {triggers} \
+         triggers): {PAIRED_SHARDS} shards {:.2} us a commit, 1 shard {:.2} us, ratio {:.3}",
+        paired.ours.as_secs_f64() * 1e6,
+        paired.floor.as_secs_f64() * 1e6,
+        paired.ratio()
+    )
+}
+
+/// The floor under [`paired_in_turn`]: the same StartCommit write (the checkpoint, one
+/// WriteBatch, unsynced) on 1 store and on [`PAIRED_SHARDS`] stores in turn, called
+/// straight from this thread (no runtime, no store pool): what RocksDB itself costs
+/// more when each write goes to another DB, its caches cold. Saved as
+/// `shards_n100_stores_alone_paired`.
+fn paired_stores_alone() -> String {
+    use triggers_runtime::test_support::RawStore as _;
+    let (blocks, per_block) = (40, 300);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sets: [Vec<triggers_runtime::Store>; 2] = [1, PAIRED_SHARDS].map(|n| {
+        (0..n)
+            .map(|i| {
+                triggers_runtime::Store::open(
+                    dir.path().join(format!("{n}-{i}")),
+                    Durability::Unsynced,
+                )
+                .expect("opens")
+            })
+            .collect()
+    });
+    let mut at = 0i64;
+    let paired = benches::Paired::alternate(blocks, per_block, |many| {
+        let set = &sets[usize::from(many)];
+        set[at as usize % set.len()]
+            .commit_unchecked(&benches::checkpoint(at), None)
+            .expect("commits");
+        at += 1;
+    });
+    let group = "shards_n100_stores_alone_paired";
+    paired.save(group);
+    format!(
+        "{group} ({blocks} alternating blocks of {per_block} writes in turn, on this thread): \
+         {PAIRED_SHARDS} stores {:.2} us a write, 1 store {:.2} us, ratio {:.3}",
+        paired.ours.as_secs_f64() * 1e6,
+        paired.floor.as_secs_f64() * 1e6,
+        paired.ratio()
+    )
 }
 
 async fn commit(shard: &mut Shard, at: i64, stats: &[triggers_proto::BindingStats]) {

@@ -129,17 +129,17 @@ const RATIOS: &[(&str, &str, &str, f64, Goal, &str)] = &[
         "shards",
         "no_triggers_n100",
         "no_triggers_n1",
-        1.25,
+        f64::INFINITY,
         Goal::AtMost,
-        "100 shards committed in turn vs 1, no triggers: time per commit (aggregate throughput >= 0.8x)",
+        "100 shards committed in turn vs 1, no triggers: time per commit, separate runs (the goal is paired, below)",
     ),
     (
         "shards",
         "three_triggers_n100",
         "three_triggers_n1",
-        1.25,
+        f64::INFINITY,
         Goal::AtMost,
-        "100 shards vs 1, 3 triggers, their webhooks delivered: time per commit (throughput >= 0.8x)",
+        "100 shards vs 1, 3 triggers, their webhooks delivered: time per commit, separate runs (the goal is paired, below)",
     ),
     (
         "shards",
@@ -228,6 +228,21 @@ const PAIRED: &[(&str, f64, &str)] = &[
         1.02,
         "a trigger with a cached token vs a fixed Authorization header: time",
     ),
+    (
+        "shards_n100_paired",
+        1.0 / 0.8,
+        "100 shards committed in turn vs 1, no triggers: time per commit (aggregate throughput >= 0.8x)",
+    ),
+    (
+        "shards_n100_triggers_paired",
+        1.0 / 0.8,
+        "100 shards vs 1, 3 triggers, their webhooks delivered: time per commit (throughput >= 0.8x)",
+    ),
+    (
+        "shards_n100_stores_alone_paired",
+        f64::INFINITY,
+        "the floor: 100 RocksDB stores written in turn vs 1, no runtime: time per write (information)",
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -288,8 +303,13 @@ fn main() {
                 let ratio = paired.ratio();
                 let holds = ratio <= *goal;
                 failed += usize::from(!holds);
+                let goal = if goal.is_finite() {
+                    format!("<= {goal:.2}")
+                } else {
+                    "info".to_string()
+                };
                 println!(
-                    "{:<5} {ratio:>7.3}x  goal <= {goal:<5.2} {what}, paired blocks ({group}: {:.1} us / {:.1} us)",
+                    "{:<5} {ratio:>7.3}x  goal {goal:<8} {what}, paired blocks ({group}: {:.1} us / {:.1} us)",
                     if holds { "ok" } else { "MISS" },
                     paired.ours.as_secs_f64() * 1e6,
                     paired.floor.as_secs_f64() * 1e6,
