@@ -75,6 +75,11 @@ fn shared_options() -> Options {
         options.set_write_buffer_size(1 << 20);
         options.set_max_write_buffer_number(2);
         options.set_arena_block_size(32 << 10);
+        // Each flush's table is compacted into level 1 at once (the live data is a few
+        // small keys, so that costs little): a store keeps one table open, not up to the
+        // four level-0 tables RocksDB lets pile up by default, one file descriptor each
+        // (9 per store after 10^5 commits; the goal is 6).
+        options.set_level_zero_file_num_compaction_trigger(1);
         options.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
             MEMTABLES_BYTES,
             false,
@@ -1424,6 +1429,38 @@ mod tests {
             !names.iter().any(|name| name.starts_with("LOG")),
             "no info log file: {names:?}"
         );
+    }
+
+    /// Issue 16: at most 6 file descriptors a store, however long it runs: each flush's
+    /// table is compacted at once, so level 0 does not pile up (by default it kept up to
+    /// four tables open, 9 descriptors in all).
+    #[test]
+    fn a_long_running_store_keeps_six_files_open_at_most() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Durability::Unsynced).expect("opens");
+        let open_in_store = || {
+            std::fs::read_dir("/proc/self/fd")
+                .expect("lists fds")
+                .flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir.path()))
+                })
+                .count()
+        };
+        // Seven flushes: by default three level-0 tables and one level-1 would be left.
+        for offset in 0..7 {
+            store.commit(&checkpoint(offset), None).expect("commits");
+            store.db.flush().expect("flushes");
+        }
+        let mut open = open_in_store();
+        for _ in 0..500 {
+            if open <= 6 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            open = open_in_store();
+        }
+        assert!(open <= 6, "{open} files of the store open");
     }
 
     /// Issue 16: a keyspace is one shard's: a second store on it, or on a prefix that
