@@ -85,13 +85,35 @@ pub fn params() -> triggers_proto::TriggerParams {
     .to_params()
 }
 
-/// A trigger config of `count` triggers posting [`TEMPLATE`] to `url`.
+/// A trigger config of `count` triggers posting [`TEMPLATE`] to `url` (draining as
+/// decoupled delivery's default does: coalesced).
 pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
-    let config = serde_json::json!({
-        "config": (0..count).map(|_| serde_json::json!({
+    triggers_with(url, count, serde_json::json!({}))
+}
+
+/// As [`triggers`], but ordered: one webhook per transaction, however fast the
+/// transactions come. A coalesced trigger merges the transactions committed while it
+/// sends, so the webhooks per commit depend on the commit rate (one shard committing
+/// flat out made 0.27 a commit; a hundred in turn, 2.79).
+pub fn ordered_triggers(url: &str, count: usize) -> triggers::Triggers {
+    triggers_with(
+        url,
+        count,
+        serde_json::json!({"drain": {"mode": "ordered"}}),
+    )
+}
+
+fn triggers_with(url: &str, count: usize, extra: serde_json::Value) -> triggers::Triggers {
+    let trigger = |_| {
+        let mut trigger = serde_json::json!({
             "url": url, "payloadTemplate": TEMPLATE, "maxRetries": 0
-        })).collect::<Vec<_>>()
-    });
+        });
+        if let (Some(trigger), Some(extra)) = (trigger.as_object_mut(), extra.as_object()) {
+            trigger.extend(extra.clone());
+        }
+        trigger
+    };
+    let config = serde_json::json!({"config": (0..count).map(trigger).collect::<Vec<_>>()});
     triggers::validate(&config.to_string(), triggers::ConfigFormat::Json).expect("valid config")
 }
 

@@ -239,6 +239,16 @@ const PAIRED: &[(&str, f64, &str)] = &[
         "100 shards vs 1, 3 triggers, their webhooks delivered: time per commit (throughput >= 0.8x)",
     ),
     (
+        "shards_n100_at_once_paired",
+        f64::INFINITY,
+        "100 shards committing at once vs 1, no triggers: time per commit (information)",
+    ),
+    (
+        "shards_n100_triggers_at_once_paired",
+        f64::INFINITY,
+        "100 shards committing at once vs 1, 3 triggers, their webhooks delivered: time per commit (information)",
+    ),
+    (
         "shards_n100_stores_alone_paired",
         f64::INFINITY,
         "the floor: 100 RocksDB stores written in turn vs 1, no runtime: time per write (information)",
