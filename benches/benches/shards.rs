@@ -9,7 +9,7 @@
 //! the end of each sample), so every N sends the same three webhooks per commit (a
 //! coalesced trigger would send fewer the faster one shard commits). Criterion's time
 //! per commit at each N is for information; the goal (aggregate throughput at N = 100
-//! >= 0.8x N = 1) is judged on paired blocks of 1 and of 100 shards in one run (see
+//! at least 0.8x that of N = 1) is judged on paired blocks of 1 and of 100 shards in one run (see
 //! `paired_blocks`), committing in turn and, for information, at once, beside their
 //! floor, RocksDB alone (`paired_stores_alone`). The bench also prints what each shard
 //! costs after warm-up and after the bench's commits, over the process just before its
