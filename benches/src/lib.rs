@@ -91,7 +91,7 @@ pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
     triggers_with(url, count, serde_json::json!({}))
 }
 
-/// As [`triggers`], but ordered: one webhook per transaction, however fast the
+/// As [`triggers()`], but ordered: one webhook per transaction, however fast the
 /// transactions come. A coalesced trigger merges the transactions committed while it
 /// sends, so the webhooks per commit depend on the commit rate (one shard committing
 /// flat out made 0.27 a commit; a hundred in turn, 2.79).
