@@ -865,3 +865,76 @@ async fn a_hung_shard_never_stalls_the_others() {
         "only its recovered checkpoint's finished"
     );
 }
+
+/// The threads named `shard-store` a process has now, from `/proc/<pid>/task`: the store
+/// pool's, and RocksDB's timer thread, which the first store open (on a pool thread)
+/// starts without a name of its own, so it inherits that one.
+fn store_threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("lists the process's threads")
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "shard-store")
+        })
+        .count()
+}
+
+/// Issue 16: `TRIGGERS_STORE_THREADS` bounds a real sidecar's store threads however many
+/// of its shards commit at once; a value out of its bounds is refused with a warning
+/// naming the variable, and the default serves. 24 shards commit (synced, so their
+/// store calls wait on the disk together) at once, which fills the default's 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_thread_bound_comes_from_the_environment() {
+    const SHARDS: i64 = 24;
+    for (value, bound) in [(Some("2"), 2), (Some("many"), 8), (None, 8)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("triggers.json");
+        std::fs::write(&config, r#"{"config": []}"#).expect("writes");
+        let env: Vec<(&str, &str)> = value
+            .map(|value| ("TRIGGERS_STORE_THREADS", value))
+            .into_iter()
+            .collect();
+        let sidecar = support::start_sidecar(dir.path(), &config, &[], &env).await;
+        let pid = sidecar.child.id().expect("running");
+        let client = triggers_sidecar::connect(&sidecar.address, None)
+            .await
+            .expect("connects");
+        let shards: Vec<_> = (0..SHARDS)
+            .map(|i| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let shard = format!("shard/{i}");
+                    open(&mut client, &shard).await;
+                    for n in 1..=5 {
+                        commit(&mut client, &shard, i * 10 + n, true).await;
+                    }
+                })
+            })
+            .collect();
+        let mut most = 0;
+        for shard in shards {
+            tokio::time::timeout(WAIT, shard)
+                .await
+                .expect("the shard commits")
+                .expect("joins");
+            most = most.max(store_threads_of(pid));
+        }
+        let threads = store_threads_of(pid);
+        assert!(
+            threads >= 2 && most.max(threads) <= bound + 1,
+            "TRIGGERS_STORE_THREADS={value:?}: {threads} threads named shard-store ({most} at \
+             most seen), for a bound of {bound} and RocksDB's timer"
+        );
+        if bound > 2 {
+            // The same load with the default bound takes more than 2: the test can tell.
+            assert!(most > 3, "{value:?}: only {most} threads named shard-store");
+        }
+        let log = std::fs::read_to_string(dir.path().join("sidecar.log")).expect("reads the log");
+        assert_eq!(
+            log.contains("TRIGGERS_STORE_THREADS is not a number"),
+            value == Some("many"),
+            "{value:?}: {log}"
+        );
+    }
+}
