@@ -303,6 +303,52 @@ impl Lane {
     }
 }
 
+/// How long one caller at a time waits for its store call's answer by yielding to the
+/// executor instead of sleeping (see [`wait_for_answer`]).
+const WAIT_AWAKE: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Callers waiting awake now: at most one, so a process whose shards all call at once
+/// does not spend its cores yielding while the store threads need them.
+static WAITING_AWAKE: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits for a store call's answer. Most take microseconds; a caller that sleeps for one
+/// has its thread parked, and on a machine whose other cores are idle the answer must
+/// wake a sleeping core (13 to 18 us on the 2-core VM the bench runs on, as much as the
+/// call itself). So one caller at a time (`awake` counts it) first yields until the
+/// answer comes or [`WAIT_AWAKE`] passes, and only then sleeps: to the executor, so its
+/// other tasks run, and to the OS, so a store thread waiting for this core runs too.
+/// Nothing blocks. None when the answer never comes (the call was dropped unrun).
+/// Cancel-safe: dropping it drops the answer, not the call.
+async fn wait_for_answer<T>(
+    mut answer: tokio::sync::oneshot::Receiver<T>,
+    awake: &AtomicUsize,
+) -> Option<T> {
+    if awake
+        .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        struct Awake<'a>(&'a AtomicUsize);
+        impl Drop for Awake<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::SeqCst);
+            }
+        }
+        let _awake = Awake(awake);
+        let until = std::time::Instant::now() + WAIT_AWAKE;
+        while std::time::Instant::now() < until {
+            match answer.try_recv() {
+                Ok(value) => return Some(value),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    std::thread::yield_now();
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+    answer.await.ok()
+}
+
 /// A handle to a shard's lane. Cheap to clone; clones share the lane. Dropping the last
 /// handle waits for the work queued on it to finish (so the store it holds is closed,
 /// and another process may open it, once the drop returns), except on a pool thread.
@@ -375,9 +421,9 @@ impl StoreLane {
             let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(work)));
         });
         self.push(job)?;
-        match result.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(panic)) => {
+        match wait_for_answer(result, &WAITING_AWAKE).await {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(panic)) => {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|text| text.to_string())
@@ -385,7 +431,7 @@ impl StoreLane {
                     .unwrap_or_else(|| "a panic".to_string());
                 Err(StoreTaskError::Panicked { message })
             }
-            Err(_) => Err(StoreTaskError::Stopped),
+            None => Err(StoreTaskError::Stopped),
         }
     }
 
@@ -505,6 +551,55 @@ mod tests {
                 "round {round}: the second lane's work did not run while the first's waited"
             );
         }
+    }
+
+    /// One caller at a time waits awake for its answer; it lets go when the answer comes,
+    /// when its wait is dropped, and when its time is up (the answer still arrives, asleep).
+    #[test]
+    fn one_caller_waits_awake_and_lets_go() {
+        use futures::FutureExt as _;
+        let awake = AtomicUsize::new(0);
+        let (send, answer) = tokio::sync::oneshot::channel::<u32>();
+        let mut first = wait_for_answer(answer, &awake).boxed();
+        assert!((&mut first).now_or_never().is_none(), "no answer yet");
+        assert_eq!(
+            awake.load(Ordering::SeqCst),
+            1,
+            "the first caller waits awake"
+        );
+        let (other_send, other_answer) = tokio::sync::oneshot::channel::<u32>();
+        let mut second = wait_for_answer(other_answer, &awake).boxed();
+        assert!((&mut second).now_or_never().is_none());
+        assert_eq!(
+            awake.load(Ordering::SeqCst),
+            1,
+            "a second caller sleeps instead"
+        );
+        drop(first);
+        assert_eq!(awake.load(Ordering::SeqCst), 0, "a dropped wait lets go");
+        drop(send);
+        other_send.send(7).expect("waits");
+        assert_eq!(second.now_or_never(), Some(Some(7)));
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (send, answer) = tokio::sync::oneshot::channel::<u32>();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(WAIT_AWAKE * 100);
+            let _ = send.send(8);
+        });
+        assert_eq!(runtime.block_on(wait_for_answer(answer, &awake)), Some(8));
+        assert_eq!(
+            awake.load(Ordering::SeqCst),
+            0,
+            "its time was up long before"
+        );
+        late.join().expect("sends");
+        let (send, answer) = tokio::sync::oneshot::channel::<u32>();
+        drop(send);
+        assert_eq!(runtime.block_on(wait_for_answer(answer, &awake)), None);
+        assert_eq!(awake.load(Ordering::SeqCst), 0);
     }
 
     #[test]
