@@ -69,6 +69,17 @@ fn shards(c: &mut Criterion) {
     )
     .expect("client");
     let stats = benches::stats(benches::SHARD_BINDINGS);
+    // Every case's shard: `triggers` ordered triggers, unsynced, decoupled, one client.
+    let config_with = |triggers: usize| {
+        benches::shard_config(
+            benches::ordered_triggers(&receiver.url("/hook"), triggers),
+            Durability::Unsynced,
+            DeliveryMode::Decoupled {
+                backlog_limit: triggers_runtime::DEFAULT_BACKLOG_LIMIT,
+            },
+        )
+        .with_deliverer(deliverer.clone())
+    };
 
     let mut group = c.benchmark_group("shards");
     group.sample_size(10);
@@ -84,14 +95,7 @@ fn shards(c: &mut Criterion) {
         // The last case: every shard in one RocksDB the process opened, a keyspace each,
         // as a host may keep them: what a DB per shard costs beside it.
         let one_db = label.starts_with("one_db");
-        let config = benches::shard_config(
-            benches::ordered_triggers(&receiver.url("/hook"), triggers),
-            Durability::Unsynced,
-            DeliveryMode::Decoupled {
-                backlog_limit: triggers_runtime::DEFAULT_BACKLOG_LIMIT,
-            },
-        )
-        .with_deliverer(deliverer.clone());
+        let config = config_with(triggers);
         for n in COUNTS {
             if one_db && n < 100 {
                 continue;
@@ -220,14 +224,7 @@ fn shards(c: &mut Criterion) {
     {
         lines.push(paired_stores_alone());
         for triggers in [0, 3] {
-            let config = benches::shard_config(
-                benches::ordered_triggers(&receiver.url("/hook"), triggers),
-                Durability::Unsynced,
-                DeliveryMode::Decoupled {
-                    backlog_limit: triggers_runtime::DEFAULT_BACKLOG_LIMIT,
-                },
-            )
-            .with_deliverer(deliverer.clone());
+            let config = config_with(triggers);
             for at_once in [false, true] {
                 lines.push(runtime.block_on(paired_blocks(
                     config.clone(),
