@@ -219,9 +219,9 @@ impl Pool {
         }
     }
 
-    /// Queues a lane for a thread: the looking one takes it (if it has no other to take), else a sleeping one is
-    /// woken, else one is started (while the bound allows; otherwise the lane waits for
-    /// a thread to finish its turn). An error only when the pool has no thread at all
+    /// Queues a lane for a thread: the looking one takes it (if it has no other to
+    /// take), else a sleeping one is woken, else one is started (while the bound allows;
+    /// otherwise the lane waits for a thread to finish its turn). An error only when the pool has no thread at all
     /// and cannot start one.
     fn schedule(&'static self, lane: Arc<Lane>) -> Result<(), StoreTaskError> {
         let mut state = lock(&self.state);
