@@ -88,7 +88,7 @@ pub fn params() -> triggers_proto::TriggerParams {
 /// A trigger config of `count` triggers posting [`TEMPLATE`] to `url` (draining as
 /// decoupled delivery's default does: coalesced).
 pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
-    triggers_with(url, count, serde_json::json!({}))
+    triggers_draining(url, count, None)
 }
 
 /// As [`triggers()`], but ordered: one webhook per transaction, however fast the
@@ -96,22 +96,17 @@ pub fn triggers(url: &str, count: usize) -> triggers::Triggers {
 /// sends, so the webhooks per commit depend on the commit rate (one shard committing
 /// flat out made 0.27 a commit; a hundred in turn, 2.79).
 pub fn ordered_triggers(url: &str, count: usize) -> triggers::Triggers {
-    triggers_with(
-        url,
-        count,
-        serde_json::json!({"drain": {"mode": "ordered"}}),
-    )
+    triggers_draining(url, count, Some("ordered"))
 }
 
-fn triggers_with(url: &str, count: usize, extra: serde_json::Value) -> triggers::Triggers {
-    let trigger = |_| {
-        let mut trigger = serde_json::json!({
-            "url": url, "payloadTemplate": TEMPLATE, "maxRetries": 0
-        });
-        if let (Some(trigger), Some(extra)) = (trigger.as_object_mut(), extra.as_object()) {
-            trigger.extend(extra.clone());
-        }
-        trigger
+/// `count` triggers posting [`TEMPLATE`] to `url`, draining in `mode` (the default when
+/// none).
+fn triggers_draining(url: &str, count: usize, mode: Option<&str>) -> triggers::Triggers {
+    let trigger = |_| match mode {
+        Some(mode) => serde_json::json!({
+            "url": url, "payloadTemplate": TEMPLATE, "maxRetries": 0, "drain": {"mode": mode}
+        }),
+        None => serde_json::json!({"url": url, "payloadTemplate": TEMPLATE, "maxRetries": 0}),
     };
     let config = serde_json::json!({"config": (0..count).map(trigger).collect::<Vec<_>>()});
     triggers::validate(&config.to_string(), triggers::ConfigFormat::Json).expect("valid config")
